@@ -1,0 +1,108 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""Opening and closing libvirt connections: the one place a module gets a ``virConnect``.
+
+The options are documented once in the ``virtops.migration.connection`` doc fragment, and their
+argument spec is :data:`CONNECTION_ARGUMENT_SPEC`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import traceback
+import typing as t
+
+from ansible.module_utils.basic import env_fallback
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+    MigrationError,
+    translate_libvirt_error,
+)
+
+LIBVIRT_IMPORT_ERROR: t.Optional[str]
+try:
+    import libvirt
+except ImportError:
+    HAS_LIBVIRT = False
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+else:
+    HAS_LIBVIRT = True
+    LIBVIRT_IMPORT_ERROR = None
+
+DEFAULT_URI = "qemu:///system"
+URI_ENVIRONMENT_VARIABLE = "LIBVIRT_DEFAULT_URI"
+
+CONNECTION_ARGUMENT_SPEC: t.Dict[str, t.Dict[str, t.Any]] = {
+    "uri": {"type": "str", "default": DEFAULT_URI, "fallback": (env_fallback, [URI_ENVIRONMENT_VARIABLE])},
+    "username": {"type": "str"},
+    "password": {"type": "str", "no_log": True},
+}
+
+
+def connection_argument_spec() -> t.Dict[str, t.Dict[str, t.Any]]:
+    """A fresh copy of the connection options' argument spec, to merge into a module's own."""
+    return {name: dict(spec) for name, spec in CONNECTION_ARGUMENT_SPEC.items()}
+
+
+def resolve_uri(uri: t.Optional[str], environ: t.Optional[t.Mapping[str, str]] = None) -> str:
+    """The URI to open: ``uri`` if set, else ``$LIBVIRT_DEFAULT_URI``, else ``qemu:///system``."""
+    if uri:
+        return uri
+    env = os.environ if environ is None else environ
+    return env.get(URI_ENVIRONMENT_VARIABLE) or DEFAULT_URI
+
+
+def _ignore_libvirt_error(_userdata: t.Any, _error: t.Any) -> None:
+    """libvirt error handler that drops the report: errors reach us as exceptions instead."""
+
+
+def _credential_callback(
+    username: t.Optional[str], password: t.Optional[str]
+) -> t.Callable[[t.List[t.List[t.Any]], t.Any], int]:
+    """An ``openAuth`` callback answering SASL / SSH prompts with the module's credentials."""
+
+    def callback(credentials: t.List[t.List[t.Any]], _userdata: t.Any) -> int:
+        for credential in credentials:
+            # Each entry is [type, prompt, challenge, default result, result (filled in here)].
+            if credential[0] == libvirt.VIR_CRED_AUTHNAME:
+                value = username or credential[3]
+            elif credential[0] == libvirt.VIR_CRED_PASSPHRASE:
+                value = password
+            else:
+                return -1
+            if value is None:
+                return -1
+            credential[4] = value
+        return 0
+
+    return callback
+
+
+@contextlib.contextmanager
+def libvirt_connection(
+    uri: t.Optional[str] = None,
+    username: t.Optional[str] = None,
+    password: t.Optional[str] = None,
+    readonly: bool = False,
+) -> t.Iterator[t.Any]:
+    """Open a libvirt connection for the ``with`` block, and always close it.
+
+    Failures to open become :class:`HostUnreachableError` naming the URI. The libvirt error handler
+    is replaced by a no-op, so libvirt prints nothing to stderr.
+    """
+    if not HAS_LIBVIRT:
+        raise MigrationError("The libvirt Python bindings (libvirt-python) are not installed.")
+    target = resolve_uri(uri)
+    libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+    auth = [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], _credential_callback(username, password), None]
+    flags = libvirt.VIR_CONNECT_RO if readonly else 0
+    try:
+        conn = libvirt.openAuth(target, auth, flags)
+    except libvirt.libvirtError as exc:
+        raise translate_libvirt_error(exc, "open a libvirt connection", host=target, connecting=True) from exc
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()

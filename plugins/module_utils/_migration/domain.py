@@ -1,0 +1,254 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""Finding a VM on a host, and reading what we need from its domain XML.
+
+The XML readers are pure (no libvirt import); :func:`lookup_domain`, :func:`find_domain` and
+:func:`describe_domain` take an open ``virConnect`` / ``virDomain`` and use only their methods.
+"""
+
+from __future__ import annotations
+
+import re
+import typing as t
+import xml.etree.ElementTree as ET
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import metadata
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+    VmNotFoundError,
+    is_not_found,
+    translate_libvirt_error,
+)
+
+# virDomainState values and the words ``virsh domstate`` uses for them.
+STATE_NAMES: t.Dict[int, str] = {
+    0: "no state",
+    1: "running",
+    2: "idle",
+    3: "paused",
+    4: "in shutdown",
+    5: "shut off",
+    6: "crashed",
+    7: "pmsuspended",
+}
+
+# Why a domain is in its state (the second item of virDomain.state()), for the states a migration
+# run cares about: virDomainRunningReason, virDomainPausedReason, virDomainShutoffReason.
+STATE_REASONS: t.Dict[int, t.Dict[int, str]] = {
+    1: {
+        0: "unknown",
+        1: "booted",
+        2: "migrated",
+        3: "restored",
+        4: "from snapshot",
+        5: "unpaused",
+        6: "migration cancelled",
+        7: "save cancelled",
+        8: "wakeup",
+        9: "crashed",
+        10: "post-copy",
+        11: "post-copy failed",
+    },
+    3: {
+        0: "unknown",
+        1: "user",
+        2: "migration",
+        3: "save",
+        4: "dump",
+        5: "I/O error",
+        6: "watchdog",
+        7: "from snapshot",
+        8: "shutting down",
+        9: "snapshot",
+        10: "crashed",
+        11: "starting up",
+        12: "post-copy",
+        13: "post-copy failed",
+        14: "API error",
+    },
+    5: {
+        0: "unknown",
+        1: "shutdown",
+        2: "destroyed",
+        3: "crashed",
+        4: "migrated",
+        5: "saved",
+        6: "failed",
+        7: "from snapshot",
+        8: "daemon",
+    },
+}
+
+# Multipliers to bytes for the ``unit`` attribute of libvirt scaled integers (docs: formatdomain).
+_UNIT_BYTES: t.Dict[str, int] = {
+    "b": 1,
+    "bytes": 1,
+    "kb": 1000,
+    "k": 1024,
+    "kib": 1024,
+    "mb": 1000**2,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "tb": 1000**4,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "pb": 1000**5,
+    "p": 1024**5,
+    "pib": 1024**5,
+    "eb": 1000**6,
+    "e": 1024**6,
+    "eib": 1024**6,
+}
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\Z")
+
+MIB = 1024**2
+
+
+def state_name(state: int) -> str:
+    """The ``virsh`` word for a ``virDomainState`` value ("unknown (N)" for values libvirt may add)."""
+    return STATE_NAMES.get(state, "unknown (%d)" % state)
+
+
+def state_reason(state: int, reason: int) -> str:
+    """The word for why a domain is running, paused or shut off (``"unknown"`` otherwise)."""
+    return STATE_REASONS.get(state, {}).get(reason, "unknown")
+
+
+def scaled_bytes(element: t.Optional[ET.Element], default_unit: str = "KiB") -> t.Optional[int]:
+    """Bytes in a libvirt scaled integer such as ``<memory unit='KiB'>131072</memory>``."""
+    if element is None or element.text is None or not element.text.strip():
+        return None
+    unit = (element.get("unit") or default_unit).lower()
+    if unit not in _UNIT_BYTES:
+        raise ValueError("unknown unit %r in <%s>" % (element.get("unit"), element.tag))
+    return int(element.text.strip()) * _UNIT_BYTES[unit]
+
+
+def to_mib(value: t.Optional[int]) -> t.Optional[int]:
+    """Bytes to whole MiB, rounded down (``None`` stays ``None``)."""
+    return None if value is None else value // MIB
+
+
+def looks_like_uuid(text: str) -> bool:
+    """True for a UUID in libvirt's string form (with or without dashes)."""
+    return bool(_UUID.match(text))
+
+
+def parse_domain_xml(domain_xml: str) -> t.Dict[str, t.Any]:
+    """The facts this collection uses from a domain XML document (live or persistent).
+
+    ``migration_settings`` is ``{}`` when the domain has no migration metadata, and ``priority`` the
+    resolved migration priority. Metadata that cannot be read gives ``{}`` and the default priority,
+    and adds ``migration_settings_error`` with the reason, so one bad VM does not hide the others.
+    """
+    root = ET.fromstring(domain_xml)
+    vcpu = root.find("vcpu")
+    max_vcpus = int(vcpu.text.strip()) if vcpu is not None and vcpu.text and vcpu.text.strip() else None
+    current_vcpus = vcpu.get("current") if vcpu is not None else None
+    os_type = root.find("os/type")
+    cpu = root.find("cpu")
+    memory = scaled_bytes(root.find("memory"))
+    current_memory = scaled_bytes(root.find("currentMemory"))
+    domain_id = root.get("id")
+    facts: t.Dict[str, t.Any] = {
+        "name": root.findtext("name"),
+        "uuid": root.findtext("uuid"),
+        "id": int(domain_id) if domain_id is not None and domain_id.isdigit() else None,
+        "domain_type": root.get("type"),
+        "arch": os_type.get("arch") if os_type is not None else None,
+        "machine": os_type.get("machine") if os_type is not None else None,
+        "cpu_mode": (cpu.get("mode") or "custom") if cpu is not None else None,
+        "vcpus": int(current_vcpus) if current_vcpus else max_vcpus,
+        "max_vcpus": max_vcpus,
+        "memory_mib": to_mib(memory),
+        "current_memory_mib": to_mib(current_memory if current_memory is not None else memory),
+    }
+    try:
+        settings = metadata.from_domain_element(root)
+        priority = metadata.resolve_priority(settings)
+    except metadata.MetadataFormatError as exc:
+        facts.update(migration_settings={}, priority=metadata.DEFAULT_PRIORITY, migration_settings_error=str(exc))
+    else:
+        facts.update(migration_settings=settings, priority=priority)
+    return facts
+
+
+def find_domain(conn: t.Any, vm: str) -> t.Optional[t.Any]:
+    """The ``virDomain`` named ``vm`` (a name or a UUID), or ``None`` when there is none.
+
+    A UUID-shaped string is tried as a UUID first, then as a name.
+    """
+    uri = _connection_uri(conn)
+    lookups: t.List[t.Callable[[str], t.Any]] = []
+    if looks_like_uuid(vm):
+        lookups.append(conn.lookupByUUIDString)
+    lookups.append(conn.lookupByName)
+    for lookup in lookups:
+        try:
+            return lookup(vm)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            if is_not_found(exc):
+                continue
+            raise translate_libvirt_error(exc, "look up the domain", vm=vm, host=uri) from exc
+    return None
+
+
+def lookup_domain(conn: t.Any, vm: str) -> t.Any:
+    """The ``virDomain`` named ``vm`` (a name or a UUID); :class:`VmNotFoundError` when absent."""
+    domain = find_domain(conn, vm)
+    if domain is None:
+        uri = _connection_uri(conn)
+        raise VmNotFoundError(
+            "VM '%s' does not exist on %s (looked up by %s)."
+            % (vm, uri, "UUID and name" if looks_like_uuid(vm) else "name"),
+            vm=vm,
+            host=uri,
+        )
+    return domain
+
+
+def describe_domain(domain: t.Any, uri: t.Optional[str] = None) -> t.Dict[str, t.Any]:
+    """Facts about one domain: its XML facts plus state, persistence and autostart from libvirt.
+
+    Raises a translated :class:`~.errors.MigrationError` (a :class:`VmNotFoundError` when the
+    domain vanished meanwhile, for example because it was migrated away).
+    """
+    name = _domain_name(domain)
+    try:
+        xml = domain.XMLDesc(0)
+        state, reason = domain.state()[:2]
+        active = bool(domain.isActive())
+        persistent = bool(domain.isPersistent())
+        # A transient domain has no autostart flag; libvirt answers 0 for it.
+        autostart = bool(domain.autostart()) if persistent else False
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        raise translate_libvirt_error(exc, "read the domain", vm=name, host=uri) from exc
+    facts = parse_domain_xml(xml)
+    facts.update(
+        {
+            "state": state_name(state),
+            "state_reason": state_reason(state, reason),
+            "active": active,
+            "persistent": persistent,
+            "autostart": autostart,
+        }
+    )
+    return facts
+
+
+def _domain_name(domain: t.Any) -> t.Optional[str]:
+    try:
+        return str(domain.name())
+    except Exception:  # pylint: disable=broad-exception-caught
+        return None
+
+
+def _connection_uri(conn: t.Any) -> t.Optional[str]:
+    try:
+        return str(conn.getURI())
+    except Exception:  # pylint: disable=broad-exception-caught
+        return None

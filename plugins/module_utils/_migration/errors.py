@@ -1,0 +1,247 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""The collection's one exception family, and the translation of libvirt errors into it.
+
+Every failure a module reports is a :class:`MigrationError`; a module's ``main()`` turns it into
+``fail_json(msg=..., **details)`` in one place. libvirt errors are translated here, by error code,
+and nowhere else.
+
+This file does not import libvirt: error codes are matched by their numeric values, which libvirt
+keeps stable (they are part of its ABI). Each value is listed with its ``virErrorNumber`` name; the
+unit tests compare the table with the constants of the installed libvirt-python.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+T = t.TypeVar("T")
+
+# virErrorNumber values (libvirt's include/libvirt/virterror.h), by name.
+LIBVIRT_ERROR_CODES: t.Dict[str, int] = {
+    "VIR_ERR_INTERNAL_ERROR": 1,
+    "VIR_ERR_NO_SUPPORT": 3,
+    "VIR_ERR_UNKNOWN_HOST": 4,
+    "VIR_ERR_NO_CONNECT": 5,
+    "VIR_ERR_INVALID_CONN": 6,
+    "VIR_ERR_INVALID_DOMAIN": 7,
+    "VIR_ERR_INVALID_ARG": 8,
+    "VIR_ERR_OPERATION_FAILED": 9,
+    "VIR_ERR_XML_ERROR": 27,
+    "VIR_ERR_DOM_EXIST": 28,
+    "VIR_ERR_OPERATION_DENIED": 29,
+    "VIR_ERR_SYSTEM_ERROR": 38,
+    "VIR_ERR_RPC": 39,
+    "VIR_ERR_GNUTLS_ERROR": 40,
+    "VIR_ERR_NO_DOMAIN": 42,
+    "VIR_ERR_NO_NETWORK": 43,
+    "VIR_ERR_AUTH_FAILED": 45,
+    "VIR_ERR_NO_STORAGE_POOL": 49,
+    "VIR_ERR_OPERATION_INVALID": 55,
+    "VIR_ERR_CONFIG_UNSUPPORTED": 67,
+    "VIR_ERR_OPERATION_TIMEOUT": 68,
+    "VIR_ERR_ARGUMENT_UNSUPPORTED": 74,
+    "VIR_ERR_OPERATION_ABORTED": 78,
+    "VIR_ERR_AUTH_CANCELLED": 79,
+    "VIR_ERR_NO_DOMAIN_METADATA": 80,
+    "VIR_ERR_MIGRATE_UNSAFE": 81,
+    "VIR_ERR_OPERATION_UNSUPPORTED": 84,
+    "VIR_ERR_SSH": 85,
+    "VIR_ERR_AGENT_UNRESPONSIVE": 86,
+    "VIR_ERR_RESOURCE_BUSY": 87,
+    "VIR_ERR_ACCESS_DENIED": 88,
+    "VIR_ERR_CPU_INCOMPATIBLE": 91,
+    "VIR_ERR_AUTH_UNAVAILABLE": 94,
+    "VIR_ERR_LIBSSH": 98,
+    "VIR_ERR_MULTIPLE_DOMAINS": 110,
+}
+LIBVIRT_ERROR_NAMES: t.Dict[int, str] = {code: name for name, code in LIBVIRT_ERROR_CODES.items()}
+
+# virErrorDomain values: where in libvirt an error was raised.
+VIR_FROM_RPC = 7
+VIR_FROM_REMOTE = 13
+
+VIR_ERR_NO_DOMAIN = LIBVIRT_ERROR_CODES["VIR_ERR_NO_DOMAIN"]
+VIR_ERR_NO_DOMAIN_METADATA = LIBVIRT_ERROR_CODES["VIR_ERR_NO_DOMAIN_METADATA"]
+VIR_ERR_OPERATION_INVALID = LIBVIRT_ERROR_CODES["VIR_ERR_OPERATION_INVALID"]
+VIR_ERR_OPERATION_ABORTED = LIBVIRT_ERROR_CODES["VIR_ERR_OPERATION_ABORTED"]
+VIR_ERR_SYSTEM_ERROR = LIBVIRT_ERROR_CODES["VIR_ERR_SYSTEM_ERROR"]
+
+# "The hypervisor (or this libvirt driver) lacks the feature."
+UNSUPPORTED_CODES = frozenset(
+    LIBVIRT_ERROR_CODES[name]
+    for name in ("VIR_ERR_NO_SUPPORT", "VIR_ERR_OPERATION_UNSUPPORTED", "VIR_ERR_ARGUMENT_UNSUPPORTED")
+)
+
+# "The host cannot be reached or refused us": always a connection problem, whenever raised.
+CONNECTION_CODES = frozenset(
+    LIBVIRT_ERROR_CODES[name]
+    for name in (
+        "VIR_ERR_UNKNOWN_HOST",
+        "VIR_ERR_NO_CONNECT",
+        "VIR_ERR_INVALID_CONN",
+        "VIR_ERR_RPC",
+        "VIR_ERR_GNUTLS_ERROR",
+        "VIR_ERR_AUTH_FAILED",
+        "VIR_ERR_AUTH_CANCELLED",
+        "VIR_ERR_AUTH_UNAVAILABLE",
+        "VIR_ERR_SSH",
+        "VIR_ERR_LIBSSH",
+    )
+)
+
+# VIR_ERR_SYSTEM_ERROR is libvirt's "an OS call failed": a lost connection when it comes from the
+# RPC or remote layers (or from opening the connection), but a missing file or the like otherwise.
+CONNECTION_ERROR_DOMAINS = frozenset((VIR_FROM_RPC, VIR_FROM_REMOTE))
+
+
+class MigrationError(Exception):
+    """The one exception a module turns into ``fail_json``.
+
+    ``msg`` is the sentence shown to the operator. ``details`` are extra result keys (for example
+    ``vm``, ``host``, ``libvirt_error_code``) returned next to ``msg``; their values must be
+    JSON-serialisable.
+    """
+
+    meaning = "the operation failed"
+
+    def __init__(self, msg: str, **details: t.Any) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.details: t.Dict[str, t.Any] = {key: value for key, value in details.items() if value is not None}
+
+    def __str__(self) -> str:
+        return self.msg
+
+    def result(self) -> t.Dict[str, t.Any]:
+        """Keyword arguments for ``fail_json``: ``msg`` and every detail."""
+        result = dict(self.details)
+        result["msg"] = self.msg
+        return result
+
+
+class VmNotFoundError(MigrationError):
+    """The VM does not exist on that host: for a declarative module, it is absent."""
+
+    meaning = "the VM does not exist there"
+
+
+class OperationInvalidError(MigrationError):
+    """libvirt refused the call in the VM's current state: it is not running, or the job already ended."""
+
+    meaning = "the VM is not in a state that allows this (not running, or the job already ended)"
+
+
+class OperationCancelledError(MigrationError):
+    """The job was aborted (by us, by an operator, or by libvirt) before it completed."""
+
+    meaning = "the operation was cancelled"
+
+
+class FeatureUnsupportedError(MigrationError):
+    """The hypervisor or its libvirt driver lacks the feature."""
+
+    meaning = "the hypervisor does not support this"
+
+
+class HostUnreachableError(MigrationError):
+    """The host cannot be reached, or the connection was refused, failed to authenticate or was lost."""
+
+    meaning = "the host cannot be reached or refused the connection"
+
+
+def libvirt_error_code(exc: BaseException) -> t.Optional[int]:
+    """The ``virErrorNumber`` of a ``libvirt.libvirtError`` (``None`` for anything else)."""
+    getter = getattr(exc, "get_error_code", None)
+    code = getter() if callable(getter) else None
+    return code if isinstance(code, int) else None
+
+
+def libvirt_error_domain(exc: BaseException) -> t.Optional[int]:
+    """The ``virErrorDomain`` of a ``libvirt.libvirtError`` (``None`` for anything else)."""
+    getter = getattr(exc, "get_error_domain", None)
+    domain = getter() if callable(getter) else None
+    return domain if isinstance(domain, int) else None
+
+
+def is_unsupported(exc: BaseException) -> bool:
+    """True when libvirt says the hypervisor or driver lacks the feature just called."""
+    return libvirt_error_code(exc) in UNSUPPORTED_CODES
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """True when libvirt says the domain does not exist (it is absent, or has just gone away)."""
+    return libvirt_error_code(exc) == VIR_ERR_NO_DOMAIN
+
+
+def error_class(code: t.Optional[int], domain: t.Optional[int], connecting: bool = False) -> t.Type[MigrationError]:
+    """Which :class:`MigrationError` subclass a libvirt error code means."""
+    if connecting or code in CONNECTION_CODES:
+        return HostUnreachableError
+    if code == VIR_ERR_SYSTEM_ERROR and domain in CONNECTION_ERROR_DOMAINS:
+        return HostUnreachableError
+    if code == VIR_ERR_NO_DOMAIN:
+        return VmNotFoundError
+    if code == VIR_ERR_OPERATION_INVALID:
+        return OperationInvalidError
+    if code == VIR_ERR_OPERATION_ABORTED:
+        return OperationCancelledError
+    if code in UNSUPPORTED_CODES:
+        return FeatureUnsupportedError
+    return MigrationError
+
+
+def translate_libvirt_error(
+    exc: BaseException,
+    action: str,
+    vm: t.Optional[str] = None,
+    host: t.Optional[str] = None,
+    connecting: bool = False,
+) -> MigrationError:
+    """Turn a ``libvirt.libvirtError`` into the matching :class:`MigrationError`.
+
+    ``action`` says what was being done, as a verb phrase ("read the domain XML"). ``vm`` and
+    ``host`` (the connection URI) are named in the message and returned as details. ``connecting``
+    marks errors raised while opening the connection: whatever their code, the host is unreachable.
+
+    Use as ``raise translate_libvirt_error(exc, ...) from exc`` so the libvirt traceback is kept.
+    """
+    code = libvirt_error_code(exc)
+    domain = libvirt_error_domain(exc)
+    cls = error_class(code, domain, connecting)
+    libvirt_text = str(exc).strip() or exc.__class__.__name__
+    code_name = LIBVIRT_ERROR_NAMES.get(code) if code is not None else None
+
+    where = ""
+    if vm is not None:
+        where += " for VM '%s'" % vm
+    if host is not None:
+        where += " on %s" % host
+    msg = "Cannot %s%s: %s. libvirt: %s" % (action, where, cls.meaning, libvirt_text)
+    if code is not None:
+        msg += " [%s]" % (code_name or "libvirt error code %d" % code)
+
+    return cls(
+        msg,
+        vm=vm,
+        host=host,
+        libvirt_error_code=code,
+        libvirt_error_name=code_name,
+        libvirt_error_domain=domain,
+        libvirt_message=libvirt_text,
+    )
+
+
+def optional_call(func: t.Callable[..., T], *args: t.Any) -> t.Optional[T]:
+    """Call a libvirt API that the driver may lack; ``None`` when libvirt says it is unsupported.
+
+    This is how features are probed: by asking, not by comparing version numbers. Other errors
+    propagate unchanged.
+    """
+    try:
+        return func(*args)
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        if is_unsupported(exc):
+            return None
+        raise

@@ -1,0 +1,155 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""The per-VM migration settings stored in a domain's XML ``<metadata>``.
+
+This is the one owner of the format. The settings travel with the domain (live and persistent
+definitions alike), so nothing is kept in a side database. Pure logic: no libvirt import.
+
+Format, under the namespace :data:`NAMESPACE_URI` with prefix :data:`NAMESPACE_PREFIX`::
+
+    <virtops:migration xmlns:virtops="https://virtops.github.io/xmlns/migration/1">
+      <priority>high</priority>
+      <migration_mode>auto</migration_mode>
+      <pinned_hosts><item>lab-h1</item><item>lab-h2</item></pinned_hosts>
+      <auto_converge>true</auto_converge>
+      <bandwidth_mib>64</bandwidth_mib>
+    </virtops:migration>
+
+Scalars are text (booleans ``true``/``false``), lists are ``<item>`` children, mappings are nested
+elements. libvirt qualifies only the root element with the namespace, so children are read whether or
+not they carry it.
+"""
+
+from __future__ import annotations
+
+import re
+import typing as t
+import xml.etree.ElementTree as ET
+
+NAMESPACE_URI = "https://virtops.github.io/xmlns/migration/1"
+NAMESPACE_PREFIX = "virtops"
+ROOT_TAG = "migration"
+
+PRIORITIES = ("low", "medium", "high")
+DEFAULT_PRIORITY = "medium"
+
+# Scalar text read back as an integer; anything else that is not true/false stays a string.
+_INTEGER = re.compile(r"-?[0-9]+\Z")
+# Setting names become element names: XML names without a namespace prefix.
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+
+SettingValue = t.Union[str, int, bool, t.List[t.Any], t.Dict[str, t.Any]]
+
+
+class MetadataFormatError(ValueError):
+    """The metadata element exists but cannot be read as migration settings."""
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _to_text(value: t.Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _from_text(text: str) -> t.Union[str, int, bool]:
+    if text in ("true", "false"):
+        return text == "true"
+    if _INTEGER.match(text):
+        return int(text)
+    return text
+
+
+def _fill(parent: ET.Element, value: t.Any) -> None:
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str) or not _SETTING_NAME.match(key):
+                raise MetadataFormatError("migration setting name %r is not usable as an XML element name" % (key,))
+        for key in sorted(value):
+            _fill(ET.SubElement(parent, key), value[key])
+    elif isinstance(value, (list, tuple)):
+        parent.set("type", "list")
+        for item in value:
+            _fill(ET.SubElement(parent, "item"), item)
+    elif value is None:
+        raise MetadataFormatError(
+            "migration setting <%s> has no value (None); leave it out instead" % _local(parent.tag)
+        )
+    else:
+        parent.text = _to_text(value)
+
+
+def _read(element: ET.Element) -> t.Any:
+    children = list(element)
+    if element.get("type") == "list":
+        return [_read(child) for child in children]
+    if children:
+        return {_local(child.tag): _read(child) for child in children}
+    return _from_text((element.text or "").strip())
+
+
+def render(settings: t.Mapping[str, t.Any], qualified: bool = True) -> str:
+    """Return the metadata element for ``settings``.
+
+    ``qualified=True`` gives the element with its namespace declared, ready to be placed inside a
+    domain's ``<metadata>``. ``qualified=False`` gives the bare element that
+    ``virDomain.setMetadata(VIR_DOMAIN_METADATA_ELEMENT, xml, prefix, uri)`` expects.
+
+    Raises :class:`MetadataFormatError` for a setting name that is not an XML name, or a ``None`` value.
+    """
+    root = ET.Element(ROOT_TAG)
+    _fill(root, dict(settings))
+    text = ET.tostring(root, encoding="unicode")
+    if qualified:
+        head = '<%s:%s xmlns:%s="%s"' % (NAMESPACE_PREFIX, ROOT_TAG, NAMESPACE_PREFIX, NAMESPACE_URI)
+        text = head + text[len("<" + ROOT_TAG) :]
+        if text.endswith("</%s>" % ROOT_TAG):
+            text = text[: -len("</%s>" % ROOT_TAG)] + "</%s:%s>" % (NAMESPACE_PREFIX, ROOT_TAG)
+    return text
+
+
+def parse(xml_text: t.Optional[str]) -> t.Dict[str, t.Any]:
+    """Read settings from the metadata element (as ``getMetadata`` returns it); ``None`` gives ``{}``."""
+    if not xml_text or not xml_text.strip():
+        return {}
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as exc:
+        raise MetadataFormatError("migration metadata is not well-formed XML: %s" % exc) from exc
+    if _local(root.tag) != ROOT_TAG:
+        raise MetadataFormatError("migration metadata root is <%s>, expected <%s>" % (_local(root.tag), ROOT_TAG))
+    value = _read(root)
+    return value if isinstance(value, dict) else {}
+
+
+def from_domain_xml(domain_xml: str) -> t.Dict[str, t.Any]:
+    """Read settings from a whole domain XML document (no libvirt call needed)."""
+    return from_domain_element(ET.fromstring(domain_xml))
+
+
+def from_domain_element(root: ET.Element) -> t.Dict[str, t.Any]:
+    """Read settings from an already parsed ``<domain>`` element."""
+    metadata = root.find("metadata")
+    if metadata is None:
+        return {}
+    element = metadata.find("{%s}%s" % (NAMESPACE_URI, ROOT_TAG))
+    if element is None:
+        return {}
+    return parse(ET.tostring(element, encoding="unicode"))
+
+
+def resolve_priority(settings: t.Mapping[str, t.Any]) -> str:
+    """The VM's migration priority: its ``priority`` setting, or :data:`DEFAULT_PRIORITY` when unset.
+
+    Raises :class:`MetadataFormatError` for a value outside :data:`PRIORITIES`.
+    """
+    value = settings.get("priority")
+    if value is None or value == "":
+        return DEFAULT_PRIORITY
+    if value not in PRIORITIES:
+        raise MetadataFormatError("migration priority %r is not one of %s" % (value, ", ".join(PRIORITIES)))
+    return str(value)

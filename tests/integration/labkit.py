@@ -1,0 +1,99 @@
+"""Helpers the lab integration tests share: drive `virtlab` and run collection modules over SSH.
+
+Modules run exactly as users run them: `ansible` / `ansible-playbook` against the inventory that
+`virtlab up` wrote, reaching each lab host over SSH. Results come back through Ansible's JSON callback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import typing as t
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VIRTLAB = REPO / "tests" / "lab" / "virtlab"
+
+
+def virtlab(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run `virtlab ARGS`; with check=True a non-zero exit fails loudly with its output."""
+    proc = subprocess.run([str(VIRTLAB), *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            "virtlab %s exited %d\nstdout:\n%s\nstderr:\n%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr)
+        )
+    return proc
+
+
+def lab_status() -> dict[str, t.Any]:
+    return json.loads(virtlab("status", "--json").stdout)
+
+
+def assert_no_vm_lost(*allow_stopped: str) -> None:
+    """The no-VM-lost invariant: every lab VM defined on exactly one host and running only there."""
+    args = ["check"]
+    for name in allow_stopped:
+        args += ["--allow-stopped", name]
+    proc = virtlab(*args, check=False)
+    assert proc.returncode == 0, "virtlab check failed:\n%s%s" % (proc.stdout, proc.stderr)
+
+
+def _ansible_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+        ANSIBLE_HOST_KEY_CHECKING="False",
+        ANSIBLE_RETRY_FILES_ENABLED="False",
+        ANSIBLE_NOCOLOR="1",
+    )
+    return env
+
+
+def run_module(
+    inventory: Path,
+    host: str,
+    module: str,
+    args: t.Mapping[str, t.Any] | None = None,
+    check_mode: bool = False,
+    diff: bool = False,
+    timeout: float = 900,
+) -> dict[str, t.Any]:
+    """Run one module on one lab host over SSH and return its result dict."""
+    cmd = [
+        "ansible",
+        host,
+        "-i",
+        str(inventory),
+        "-m",
+        module,
+        "-a",
+        json.dumps(dict(args or {})),
+    ]
+    if check_mode:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_ansible_env(), timeout=timeout)
+    try:
+        report = json.loads(proc.stdout)
+        return report["plays"][0]["tasks"][0]["hosts"][host]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise AssertionError(
+            "no module result from %s on %s (exit %d): %s\nstdout:\n%s\nstderr:\n%s"
+            % (module, host, proc.returncode, exc, proc.stdout, proc.stderr)
+        ) from exc
+
+
+def run_playbook(
+    inventory: Path, playbook: Path, extra_vars: t.Mapping[str, t.Any] | None = None, check_mode: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run a playbook with the default callback; the caller asserts on the return code and output."""
+    cmd = ["ansible-playbook", "-i", str(inventory), str(playbook)]
+    if extra_vars:
+        cmd += ["-e", json.dumps(dict(extra_vars))]
+    if check_mode:
+        cmd.append("--check")
+    env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1")
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)

@@ -1,0 +1,211 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Small stand-ins for libvirt connection, domain, network and pool objects.
+
+They answer from XML samples and raise real ``libvirt.libvirtError`` objects carrying real error
+codes, so the code under test meets the same exceptions it meets on a host.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+import libvirt
+
+
+def libvirt_error(code: int, message: str, domain: int = libvirt.VIR_FROM_QEMU) -> libvirt.libvirtError:
+    """A real ``libvirtError`` as libvirt-python raises it, with ``err`` filled in."""
+    libvirt.virResetLastError()
+    exc = libvirt.libvirtError(message)
+    # virError fields: code, domain, message, level, str1, str2, str3, int1, int2
+    exc.err = (code, domain, message, libvirt.VIR_ERR_ERROR, message, None, None, -1, -1)
+    exc.args = (message,)
+    return exc
+
+
+def unsupported(api: str) -> libvirt.libvirtError:
+    return libvirt_error(
+        libvirt.VIR_ERR_NO_SUPPORT,
+        "this function is not supported by the connection driver: %s" % api,
+        libvirt.VIR_FROM_DOMAIN,
+    )
+
+
+class FakeDomain:
+    def __init__(
+        self,
+        xml: str,
+        state: t.Tuple[int, int] = (libvirt.VIR_DOMAIN_RUNNING, 1),
+        persistent: bool = True,
+        autostart: bool = False,
+        vanished: bool = False,
+    ) -> None:
+        self.xml = xml
+        self._state = state
+        self._persistent = persistent
+        self._autostart = autostart
+        self.vanished = vanished
+        self._name = xml.split("<name>", 1)[1].split("</name>", 1)[0]
+
+    def _check(self) -> None:
+        if self.vanished:
+            raise libvirt_error(
+                libvirt.VIR_ERR_NO_DOMAIN,
+                "Domain not found: no domain with matching uuid '%s'" % self._name,
+                libvirt.VIR_FROM_QEMU,
+            )
+
+    def name(self) -> str:
+        return self._name
+
+    def XMLDesc(self, flags: int = 0) -> str:
+        self._check()
+        return self.xml
+
+    def state(self, flags: int = 0) -> t.List[int]:
+        self._check()
+        return list(self._state)
+
+    def isActive(self) -> int:
+        self._check()
+        return int(self._state[0] not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE))
+
+    def isPersistent(self) -> int:
+        self._check()
+        return int(self._persistent)
+
+    def autostart(self) -> int:
+        self._check()
+        return int(self._autostart)
+
+
+class FakeObject:
+    """A network or storage pool."""
+
+    def __init__(self, xml: str, active: bool = True, persistent: bool = True, autostart: bool = False) -> None:
+        self.xml = xml
+        self._active = active
+        self._persistent = persistent
+        self._autostart = autostart
+
+    def name(self) -> str:
+        return self.xml.split("<name>", 1)[1].split("</name>", 1)[0]
+
+    def XMLDesc(self, flags: int = 0) -> str:
+        return self.xml
+
+    def isActive(self) -> int:
+        return int(self._active)
+
+    def isPersistent(self) -> int:
+        return int(self._persistent)
+
+    def autostart(self) -> int:
+        return int(self._autostart)
+
+
+class FakeConnection:
+    """A ``virConnect`` for a QEMU host; attributes can be replaced to change its answers."""
+
+    def __init__(
+        self,
+        capabilities: str,
+        domain_capabilities: t.Optional[t.Mapping[str, str]] = None,
+        domains: t.Sequence[FakeDomain] = (),
+        networks: t.Sequence[FakeObject] = (),
+        pools: t.Sequence[FakeObject] = (),
+        uri: str = "qemu+tcp://hv1.example.com/system",
+    ) -> None:
+        self.capabilities = capabilities
+        self.domain_capabilities = dict(domain_capabilities or {})
+        self.domains = list(domains)
+        self.networks = list(networks)
+        self.pools = list(pools)
+        self.uri = uri
+        self.closed = False
+        self.memory_stats: t.Optional[t.Dict[str, int]] = {
+            "total": 24684096,
+            "free": 23513768,
+            "buffers": 17856,
+            "cached": 831616,
+        }
+        self.info = ["x86_64", 24105, 2, 2596, 1, 1, 2, 1]
+        self.free_memory = 24_000_000_000
+        self.network_error: t.Optional[libvirt.libvirtError] = None
+        self.domain_capabilities_error: t.Optional[libvirt.libvirtError] = None
+        self.calls: t.List[str] = []
+
+    def close(self) -> int:
+        self.closed = True
+        return 0
+
+    def getURI(self) -> str:
+        return self.uri
+
+    def getHostname(self) -> str:
+        return "hv1"
+
+    def getCapabilities(self) -> str:
+        return self.capabilities
+
+    def getInfo(self) -> t.List[t.Any]:
+        return list(self.info)
+
+    def getLibVersion(self) -> int:
+        return 9000000
+
+    def getVersion(self) -> int:
+        return 7002022
+
+    def getType(self) -> str:
+        return "QEMU"
+
+    def getMemoryStats(self, cell: int, flags: int = 0) -> t.Dict[str, int]:
+        self.calls.append("getMemoryStats(%d)" % cell)
+        if self.memory_stats is None:
+            raise unsupported("virNodeGetMemoryStats")
+        return dict(self.memory_stats)
+
+    def getFreeMemory(self) -> int:
+        return self.free_memory
+
+    def getDomainCapabilities(
+        self,
+        emulatorbin: t.Optional[str],
+        arch: t.Optional[str],
+        machine: t.Optional[str],
+        virttype: t.Optional[str],
+        flags: int = 0,
+    ) -> str:
+        self.calls.append("getDomainCapabilities(%s, %s)" % (arch, virttype))
+        if self.domain_capabilities_error is not None:
+            raise self.domain_capabilities_error
+        if virttype not in self.domain_capabilities:
+            raise unsupported("virConnectGetDomainCapabilities")
+        return self.domain_capabilities[virttype]
+
+    def listAllDomains(self, flags: int = 0) -> t.List[FakeDomain]:
+        return list(self.domains)
+
+    def listAllNetworks(self, flags: int = 0) -> t.List[FakeObject]:
+        if self.network_error is not None:
+            raise self.network_error
+        return list(self.networks)
+
+    def listAllStoragePools(self, flags: int = 0) -> t.List[FakeObject]:
+        return list(self.pools)
+
+    def lookupByName(self, name: str) -> FakeDomain:
+        self.calls.append("lookupByName(%s)" % name)
+        for domain in self.domains:
+            if domain.name() == name:
+                return domain
+        raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching name '%s'" % name)
+
+    def lookupByUUIDString(self, uuid: str) -> FakeDomain:
+        self.calls.append("lookupByUUIDString(%s)" % uuid)
+        for domain in self.domains:
+            if "<uuid>%s</uuid>" % uuid in domain.xml:
+                return domain
+        raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching uuid '%s'" % uuid)

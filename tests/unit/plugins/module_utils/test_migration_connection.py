@@ -1,0 +1,206 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Opening and closing libvirt connections (``_migration/connection.py``)."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt")
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import connection  # noqa: E402
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (  # noqa: E402
+    HostUnreachableError,
+)
+from libvirt_fakes import libvirt_error  # noqa: E402
+
+
+class Recorder:
+    """Stands in for libvirt.openAuth and records how it was called."""
+
+    def __init__(self, result: t.Any = None, error: t.Optional[BaseException] = None) -> None:
+        self.result = result
+        self.error = error
+        self.calls: t.List[t.Tuple[str, t.List[t.Any], int]] = []
+
+    def __call__(self, uri: str, auth: t.List[t.Any], flags: int) -> t.Any:
+        self.calls.append((uri, auth, flags))
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class ClosingConnection:
+    def __init__(self, close_error: t.Optional[BaseException] = None) -> None:
+        self.closed = 0
+        self.close_error = close_error
+
+    def close(self) -> int:
+        self.closed += 1
+        if self.close_error is not None:
+            raise self.close_error
+        return 0
+
+
+@pytest.mark.parametrize(
+    ("uri", "environ", "expected"),
+    [
+        ("qemu+ssh://root@hv1/system", {"LIBVIRT_DEFAULT_URI": "test:///default"}, "qemu+ssh://root@hv1/system"),
+        (None, {"LIBVIRT_DEFAULT_URI": "test:///default"}, "test:///default"),
+        ("", {"LIBVIRT_DEFAULT_URI": "test:///default"}, "test:///default"),
+        (None, {}, "qemu:///system"),
+        ("", {"LIBVIRT_DEFAULT_URI": ""}, "qemu:///system"),
+    ],
+)
+def test_resolve_uri_falls_back_to_the_environment_then_the_system_uri(
+    uri: t.Optional[str], environ: t.Dict[str, str], expected: str
+) -> None:
+    assert connection.resolve_uri(uri, environ) == expected
+
+
+def test_resolve_uri_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu+tcp://from-env/system")
+    assert connection.resolve_uri(None) == "qemu+tcp://from-env/system"
+
+
+def test_argument_spec_copies_are_independent() -> None:
+    spec = connection.connection_argument_spec()
+    spec["uri"]["default"] = "changed"
+    assert connection.connection_argument_spec()["uri"]["default"] == "qemu:///system"
+    assert spec["password"]["no_log"] is True
+
+
+def test_opens_with_open_auth_and_always_closes(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = ClosingConnection()
+    recorder = Recorder(result=conn)
+    monkeypatch.setattr(libvirt, "openAuth", recorder)
+    with connection.libvirt_connection("qemu+tcp://hv1/system", "alice", "s3cret") as opened:
+        assert opened is conn
+        assert conn.closed == 0
+    assert conn.closed == 1
+    ((uri, auth, flags),) = recorder.calls
+    assert (uri, flags) == ("qemu+tcp://hv1/system", 0)
+    assert auth[0] == [libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE]
+
+
+def test_closes_when_the_block_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = ClosingConnection()
+    monkeypatch.setattr(libvirt, "openAuth", Recorder(result=conn))
+    with pytest.raises(RuntimeError), connection.libvirt_connection("test:///default"):
+        raise RuntimeError("boom")
+    assert conn.closed == 1
+
+
+def test_a_failing_close_does_not_hide_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = ClosingConnection(close_error=libvirt_error(libvirt.VIR_ERR_INVALID_CONN, "invalid connection pointer"))
+    monkeypatch.setattr(libvirt, "openAuth", Recorder(result=conn))
+    with connection.libvirt_connection("test:///default"):
+        pass
+    assert conn.closed == 1
+
+
+def test_read_only_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = Recorder(result=ClosingConnection())
+    monkeypatch.setattr(libvirt, "openAuth", recorder)
+    with connection.libvirt_connection("test:///default", readonly=True):
+        pass
+    assert recorder.calls[0][2] == libvirt.VIR_CONNECT_RO
+
+
+def test_empty_uri_uses_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = Recorder(result=ClosingConnection())
+    monkeypatch.setattr(libvirt, "openAuth", recorder)
+    monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu+tcp://from-env/system")
+    with connection.libvirt_connection(""):
+        pass
+    assert recorder.calls[0][0] == "qemu+tcp://from-env/system"
+
+
+def test_installs_a_silent_error_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    installed: t.List[t.Any] = []
+
+    def register(handler: t.Callable[[t.Any, t.Any], None], ctx: t.Any) -> int:
+        installed.append((handler, ctx))
+        return 1
+
+    monkeypatch.setattr(libvirt, "registerErrorHandler", register)
+    monkeypatch.setattr(libvirt, "openAuth", Recorder(result=ClosingConnection()))
+    with connection.libvirt_connection("test:///default"):
+        pass
+    ((handler, ctx),) = installed
+    assert ctx is None
+    assert handler(None, (libvirt.VIR_ERR_NO_DOMAIN, 10, "Domain not found")) is None
+
+
+def test_nothing_reaches_stderr_when_opening_fails(capfd: pytest.CaptureFixture[str]) -> None:
+    # A real failure inside libvirt (no daemon listens on port 1), with the real error handler path.
+    with pytest.raises(HostUnreachableError), connection.libvirt_connection("qemu+tcp://127.0.0.1:1/system"):
+        pass  # pragma: no cover
+    assert capfd.readouterr().err == ""
+
+
+def test_open_failures_name_the_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    error = libvirt_error(
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        "unable to connect to server at 'hv9:16509': Connection refused",
+        libvirt.VIR_FROM_RPC,
+    )
+    monkeypatch.setattr(libvirt, "openAuth", Recorder(error=error))
+    with pytest.raises(HostUnreachableError) as caught, connection.libvirt_connection("qemu+tcp://hv9/system"):
+        pass  # pragma: no cover
+    assert caught.value.msg == (
+        "Cannot open a libvirt connection on qemu+tcp://hv9/system: the host cannot be reached or refused the "
+        "connection. libvirt: unable to connect to server at 'hv9:16509': Connection refused [VIR_ERR_SYSTEM_ERROR]"
+    )
+    assert caught.value.details["host"] == "qemu+tcp://hv9/system"
+    assert caught.value.details["libvirt_error_code"] == libvirt.VIR_ERR_SYSTEM_ERROR
+    assert caught.value.__cause__ is error
+
+
+def test_a_real_test_driver_connection() -> None:
+    with connection.libvirt_connection("test:///default") as conn:
+        assert conn.getURI() == "test:///default"
+        assert conn.isAlive() == 1
+    with pytest.raises(libvirt.libvirtError):
+        conn.getURI()
+
+
+def _callback(username: t.Optional[str], password: t.Optional[str]) -> t.Callable[[t.List[t.List[t.Any]], t.Any], int]:
+    recorder = Recorder(result=ClosingConnection())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(libvirt, "openAuth", recorder)
+        with connection.libvirt_connection("test:///default", username, password):
+            pass
+    return t.cast(t.Callable[[t.List[t.List[t.Any]], t.Any], int], recorder.calls[0][1][1])
+
+
+def test_credential_callback_answers_username_and_password() -> None:
+    callback = _callback("alice", "s3cret")
+    credentials = [
+        [libvirt.VIR_CRED_AUTHNAME, "Username:", "hv1", "root", None],
+        [libvirt.VIR_CRED_PASSPHRASE, "Password:", "hv1", None, None],
+    ]
+    assert callback(credentials, None) == 0
+    assert [credential[4] for credential in credentials] == ["alice", "s3cret"]
+
+
+def test_credential_callback_takes_libvirts_default_user_name() -> None:
+    callback = _callback(None, "s3cret")
+    credentials = [[libvirt.VIR_CRED_AUTHNAME, "Username:", "hv1", "root", None]]
+    assert callback(credentials, None) == 0
+    assert credentials[0][4] == "root"
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        [libvirt.VIR_CRED_PASSPHRASE, "Password:", "hv1", None, None],
+        [libvirt.VIR_CRED_ECHOPROMPT, "Accept the host key?", "hv1", None, None],
+    ],
+)
+def test_credential_callback_fails_for_what_it_cannot_answer(credential: t.List[t.Any]) -> None:
+    callback = _callback("alice", None)
+    assert callback([credential], None) == -1

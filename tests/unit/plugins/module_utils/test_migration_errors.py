@@ -1,0 +1,325 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Translation of libvirt errors into the collection's exceptions (``_migration/errors.py``)."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt")
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import errors  # noqa: E402
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (  # noqa: E402
+    FeatureUnsupportedError,
+    HostUnreachableError,
+    MigrationError,
+    OperationCancelledError,
+    OperationInvalidError,
+    VmNotFoundError,
+)
+from libvirt_fakes import libvirt_error  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(errors.LIBVIRT_ERROR_CODES))
+def test_error_code_table_matches_the_installed_libvirt(name: str) -> None:
+    assert errors.LIBVIRT_ERROR_CODES[name] == getattr(libvirt, name)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("VIR_FROM_RPC", errors.VIR_FROM_RPC), ("VIR_FROM_REMOTE", errors.VIR_FROM_REMOTE)]
+)
+def test_error_domain_values_match_the_installed_libvirt(name: str, value: int) -> None:
+    assert getattr(libvirt, name) == value
+
+
+# (libvirt error code, error domain, raised while connecting, expected class), with the messages
+# libvirt 9.0 gives for them.
+TRANSLATIONS = [
+    pytest.param(
+        libvirt.VIR_ERR_NO_DOMAIN,
+        libvirt.VIR_FROM_QEMU,
+        "Domain not found: no domain with matching name 'web1'",
+        False,
+        VmNotFoundError,
+        id="no-domain-is-absent",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_OPERATION_INVALID,
+        libvirt.VIR_FROM_DOMAIN,
+        "Requested operation is not valid: domain is not running",
+        False,
+        OperationInvalidError,
+        id="not-running",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_OPERATION_INVALID,
+        libvirt.VIR_FROM_QEMU,
+        "Requested operation is not valid: no job is active on the domain",
+        False,
+        OperationInvalidError,
+        id="job-already-ended",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_OPERATION_ABORTED,
+        libvirt.VIR_FROM_QEMU,
+        "operation aborted: migration out job: canceled by client",
+        False,
+        OperationCancelledError,
+        id="cancelled",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_NO_SUPPORT,
+        libvirt.VIR_FROM_DOMAIN,
+        "this function is not supported by the connection driver: virConnectGetDomainCapabilities",
+        False,
+        FeatureUnsupportedError,
+        id="no-support",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+        libvirt.VIR_FROM_QEMU,
+        "Operation not supported: post-copy migration is not supported by QEMU binary",
+        False,
+        FeatureUnsupportedError,
+        id="operation-unsupported",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+        libvirt.VIR_FROM_QEMU,
+        "argument unsupported: unsupported flags (0x1000000) in function qemuMigrationSrcPerform",
+        False,
+        FeatureUnsupportedError,
+        id="flag-unsupported",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_FROM_RPC,
+        "unable to connect to server at '127.0.0.1:1': Connection refused",
+        False,
+        HostUnreachableError,
+        id="system-error-from-rpc",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_FROM_REMOTE,
+        "Cannot recv data: Connection reset by peer",
+        False,
+        HostUnreachableError,
+        id="system-error-from-remote",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_FROM_QEMU,
+        "Cannot access storage file '/var/lib/libvirt/images/web1.qcow2': No such file or directory",
+        False,
+        MigrationError,
+        id="system-error-elsewhere-is-generic",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_INTERNAL_ERROR,
+        libvirt.VIR_FROM_NONE,
+        "internal error: unexpected qemu URI path '/nonsense', try qemu:///system",
+        True,
+        HostUnreachableError,
+        id="anything-while-connecting",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_NO_CONNECT,
+        libvirt.VIR_FROM_NONE,
+        "no connection driver available for bogus:///",
+        False,
+        HostUnreachableError,
+        id="no-connect",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_AUTH_FAILED,
+        libvirt.VIR_FROM_AUTH,
+        "authentication failed: Failed to collect auth credentials",
+        False,
+        HostUnreachableError,
+        id="auth-failed",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_AUTH_CANCELLED,
+        libvirt.VIR_FROM_AUTH,
+        "authentication cancelled: no password given",
+        False,
+        HostUnreachableError,
+        id="auth-cancelled",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+        libvirt.VIR_FROM_POLKIT,
+        "authentication unavailable: no polkit agent available to authenticate action",
+        False,
+        HostUnreachableError,
+        id="auth-unavailable",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_INVALID_CONN,
+        libvirt.VIR_FROM_RPC,
+        "invalid connection pointer in virConnectListAllDomains",
+        False,
+        HostUnreachableError,
+        id="invalid-conn",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_RPC,
+        libvirt.VIR_FROM_RPC,
+        "internal error: client socket is closed",
+        False,
+        HostUnreachableError,
+        id="rpc",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_OPERATION_FAILED,
+        libvirt.VIR_FROM_QEMU,
+        "operation failed: migration of disk vda failed",
+        False,
+        MigrationError,
+        id="operation-failed-is-generic",
+    ),
+    pytest.param(
+        libvirt.VIR_ERR_CPU_INCOMPATIBLE,
+        libvirt.VIR_FROM_CPU,
+        "the CPU is incompatible with host CPU: Host CPU does not provide required features: avx512f",
+        False,
+        MigrationError,
+        id="cpu-incompatible-is-generic",
+    ),
+]
+
+
+@pytest.mark.parametrize(("code", "domain", "text", "connecting", "expected"), TRANSLATIONS)
+def test_libvirt_errors_are_translated_by_code(
+    code: int, domain: int, text: str, connecting: bool, expected: t.Type[MigrationError]
+) -> None:
+    exc = libvirt_error(code, text, domain)
+    translated = errors.translate_libvirt_error(
+        exc, "migrate the VM", vm="web1", host="qemu+tcp://hv1/system", connecting=connecting
+    )
+    assert translated.__class__ is expected
+    assert isinstance(translated, MigrationError)
+    assert translated.details["libvirt_error_code"] == code
+    assert translated.details["libvirt_error_domain"] == domain
+    assert translated.details["libvirt_message"] == text
+    assert translated.details["vm"] == "web1"
+    assert translated.details["host"] == "qemu+tcp://hv1/system"
+
+
+@pytest.mark.parametrize(("code", "domain", "text", "connecting", "expected"), TRANSLATIONS)
+def test_messages_name_the_vm_the_host_libvirts_text_and_the_code(
+    code: int, domain: int, text: str, connecting: bool, expected: t.Type[MigrationError]
+) -> None:
+    exc = libvirt_error(code, text, domain)
+    msg = errors.translate_libvirt_error(exc, "migrate the VM", vm="web1", host="qemu+tcp://hv1/system").msg
+    assert msg.startswith("Cannot migrate the VM for VM 'web1' on qemu+tcp://hv1/system: ")
+    assert text in msg
+    name = errors.LIBVIRT_ERROR_NAMES.get(code)
+    assert ("[%s]" % name if name else "[libvirt error code %d]" % code) in msg
+
+
+def test_a_no_domain_message_reads_well() -> None:
+    exc = libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching name 'web1'")
+    translated = errors.translate_libvirt_error(exc, "look up the domain", vm="web1", host="qemu:///system")
+    assert translated.msg == (
+        "Cannot look up the domain for VM 'web1' on qemu:///system: the VM does not exist there. "
+        "libvirt: Domain not found: no domain with matching name 'web1' [VIR_ERR_NO_DOMAIN]"
+    )
+
+
+def test_result_gives_fail_json_keywords() -> None:
+    exc = libvirt_error(libvirt.VIR_ERR_OPERATION_ABORTED, "operation aborted: canceled by client")
+    result = errors.translate_libvirt_error(exc, "migrate the VM", vm="web1", host="qemu:///system").result()
+    assert result == {
+        "msg": result["msg"],
+        "vm": "web1",
+        "host": "qemu:///system",
+        "libvirt_error_code": libvirt.VIR_ERR_OPERATION_ABORTED,
+        "libvirt_error_name": "VIR_ERR_OPERATION_ABORTED",
+        "libvirt_error_domain": libvirt.VIR_FROM_QEMU,
+        "libvirt_message": "operation aborted: canceled by client",
+    }
+
+
+def test_unnamed_codes_are_shown_by_number() -> None:
+    exc = libvirt_error(libvirt.VIR_ERR_HOOK_SCRIPT_FAILED, "Hook script execution failed: exit status 1")
+    translated = errors.translate_libvirt_error(exc, "start the VM")
+    assert translated.__class__ is MigrationError
+    assert translated.msg == (
+        "Cannot start the VM: the operation failed. libvirt: Hook script execution failed: exit status 1 "
+        "[libvirt error code %d]" % libvirt.VIR_ERR_HOOK_SCRIPT_FAILED
+    )
+    assert "libvirt_error_name" not in translated.details
+    assert "vm" not in translated.details
+
+
+def test_a_libvirt_error_without_details_is_generic() -> None:
+    libvirt.virResetLastError()
+    exc = libvirt.libvirtError("virDomainGetXMLDesc() failed")
+    assert exc.err is None
+    translated = errors.translate_libvirt_error(exc, "read the domain", vm="web1")
+    assert translated.__class__ is MigrationError
+    assert (
+        translated.msg
+        == "Cannot read the domain for VM 'web1': the operation failed. libvirt: virDomainGetXMLDesc() failed"
+    )
+    assert translated.details == {"vm": "web1", "libvirt_message": "virDomainGetXMLDesc() failed"}
+
+
+def test_a_real_libvirt_failure_translates() -> None:
+    # Not a constructed error: the test driver raises this one itself.
+    conn = libvirt.open("test:///default")
+    try:
+        with pytest.raises(libvirt.libvirtError) as caught:
+            conn.lookupByName("no-such-vm")
+    finally:
+        conn.close()
+    translated = errors.translate_libvirt_error(
+        caught.value, "look up the domain", vm="no-such-vm", host="test:///default"
+    )
+    assert isinstance(translated, VmNotFoundError)
+    assert translated.details["libvirt_error_code"] == libvirt.VIR_ERR_NO_DOMAIN
+
+
+def test_migration_error_keeps_message_and_drops_empty_details() -> None:
+    exc = MigrationError("VM 'web1' cannot move", vm="web1", host=None, hosts=["a", "b"])
+    assert str(exc) == exc.msg == "VM 'web1' cannot move"
+    assert exc.details == {"vm": "web1", "hosts": ["a", "b"]}
+    assert exc.result() == {"msg": "VM 'web1' cannot move", "vm": "web1", "hosts": ["a", "b"]}
+
+
+@pytest.mark.parametrize(
+    ("exc", "unsupported", "not_found"),
+    [
+        (libvirt_error(libvirt.VIR_ERR_NO_SUPPORT, "not supported"), True, False),
+        (libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found"), False, True),
+        (libvirt_error(libvirt.VIR_ERR_OPERATION_INVALID, "not valid"), False, False),
+        (ValueError("plain"), False, False),
+    ],
+)
+def test_predicates(exc: BaseException, unsupported: bool, not_found: bool) -> None:
+    assert errors.is_unsupported(exc) is unsupported
+    assert errors.is_not_found(exc) is not_found
+
+
+def test_optional_call_returns_the_result_when_supported() -> None:
+    assert errors.optional_call(lambda value: value * 2, 21) == 42
+
+
+def test_optional_call_gives_none_when_the_driver_lacks_the_api() -> None:
+    def unsupported() -> int:
+        raise libvirt_error(libvirt.VIR_ERR_NO_SUPPORT, "this function is not supported by the connection driver")
+
+    assert errors.optional_call(unsupported) is None
+
+
+def test_optional_call_lets_other_errors_through() -> None:
+    def broken() -> int:
+        raise libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED, "operation failed")
+
+    with pytest.raises(libvirt.libvirtError):
+        errors.optional_call(broken)
