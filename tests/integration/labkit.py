@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import typing as t
 from pathlib import Path
 
@@ -18,7 +19,7 @@ VIRTLAB = REPO / "tests" / "lab" / "virtlab"
 
 def virtlab(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run `virtlab ARGS`; with check=True a non-zero exit fails loudly with its output."""
-    proc = subprocess.run([str(VIRTLAB), *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([str(VIRTLAB), *args], capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(
             "virtlab %s exited %d\nstdout:\n%s\nstderr:\n%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr)
@@ -59,8 +60,13 @@ def run_module(
     check_mode: bool = False,
     diff: bool = False,
     timeout: float = 900,
+    background: int = 0,
 ) -> dict[str, t.Any]:
-    """Run one module on one lab host over SSH and return its result dict."""
+    """Run one module on one lab host over SSH and return its result dict.
+
+    ``background=N`` starts it as an async task allowed N seconds and returns at once with its
+    ``ansible_job_id`` (read its outcome with :func:`wait_async`).
+    """
     cmd = [
         "ansible",
         host,
@@ -68,14 +74,16 @@ def run_module(
         str(inventory),
         "-m",
         module,
-        "-a",
-        json.dumps(dict(args or {})),
     ]
+    if args:
+        cmd += ["-a", json.dumps(dict(args))]
     if check_mode:
         cmd.append("--check")
     if diff:
         cmd.append("--diff")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_ansible_env(), timeout=timeout)
+    if background:
+        cmd += ["-B", str(background), "-P", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_ansible_env(), timeout=timeout, check=False)
     try:
         report = json.loads(proc.stdout)
         return report["plays"][0]["tasks"][0]["hosts"][host]
@@ -96,4 +104,58 @@ def run_playbook(
     if check_mode:
         cmd.append("--check")
     env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1")
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
+
+
+def wait_async(inventory: Path, host: str, job_id: str, timeout: float = 300) -> dict[str, t.Any]:
+    """Poll an async task until it finishes and return its final result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = run_module(inventory, host, "ansible.builtin.async_status", {"jid": job_id})
+        if result.get("finished"):
+            return result
+        assert time.monotonic() < deadline, "async job %s on %s did not finish in %d s: %s" % (job_id, host, timeout, result)
+        time.sleep(1)
+
+
+def wait_until(predicate: t.Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
+    """Wait for a condition of the lab, failing the test with ``what`` when it never comes true."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out after %d s waiting until %s" % (timeout, what)
+        time.sleep(interval)
+
+
+def load_hostvars(inventory: Path) -> dict[str, dict[str, t.Any]]:
+    """Host variables from the YAML inventory `virtlab up` wrote (group vars merged under host vars)."""
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    data = yaml.safe_load(inventory.read_text())
+    result: dict[str, dict[str, t.Any]] = {}
+
+    def walk(group: dict[str, t.Any], inherited: dict[str, t.Any]) -> None:
+        merged = dict(inherited, **(group.get("vars") or {}))
+        for name, hostvars in (group.get("hosts") or {}).items():
+            result[name] = dict(merged, **(hostvars or {}))
+        for child in (group.get("children") or {}).values():
+            walk(child or {}, merged)
+
+    walk(data["all"], {})
+    return result
+
+
+def vm_homes(name: str) -> dict[str, str]:
+    """Host -> state for every lab host on which the VM is defined or active."""
+    homes = {}
+    for host in lab_status()["hosts"]:
+        for vm in host["vms"]:
+            if vm["name"] == name:
+                homes[host["name"]] = vm["state"]
+    return homes
+
+
+def running_on(name: str) -> str:
+    """The one host the VM runs on; fails the test if that is not exactly one."""
+    running = [host for host, state in vm_homes(name).items() if state == "running"]
+    assert len(running) == 1, "VM %s runs on %s" % (name, running or "no host")
+    return running[0]

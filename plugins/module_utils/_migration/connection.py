@@ -100,7 +100,7 @@ def libvirt_connection(
     try:
         conn = libvirt.openAuth(target, auth, flags)
     except libvirt.libvirtError as exc:
-        raise translate_libvirt_error(exc, "open a libvirt connection", host=target, connecting=True) from exc
+        raise translate_libvirt_error(exc, "open a libvirt connection", uri=target, connecting=True) from exc
     try:
         yield conn
     finally:

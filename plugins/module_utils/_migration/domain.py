@@ -193,7 +193,7 @@ def find_domain(conn: t.Any, vm: str) -> t.Optional[t.Any]:
         except Exception as exc:  # pylint: disable=broad-exception-caught
             if is_not_found(exc):
                 continue
-            raise translate_libvirt_error(exc, "look up the domain", vm=vm, host=uri) from exc
+            raise translate_libvirt_error(exc, "look up the domain", vm=vm, uri=uri) from exc
     return None
 
 
@@ -206,7 +206,7 @@ def lookup_domain(conn: t.Any, vm: str) -> t.Any:
             "VM '%s' does not exist on %s (looked up by %s)."
             % (vm, uri, "UUID and name" if looks_like_uuid(vm) else "name"),
             vm=vm,
-            host=uri,
+            uri=uri,
         )
     return domain
 
@@ -226,7 +226,7 @@ def describe_domain(domain: t.Any, uri: t.Optional[str] = None) -> t.Dict[str, t
         # A transient domain has no autostart flag; libvirt answers 0 for it.
         autostart = bool(domain.autostart()) if persistent else False
     except Exception as exc:  # pylint: disable=broad-exception-caught
-        raise translate_libvirt_error(exc, "read the domain", vm=name, host=uri) from exc
+        raise translate_libvirt_error(exc, "read the domain", vm=name, uri=uri) from exc
     facts = parse_domain_xml(xml)
     facts.update(
         {
@@ -252,3 +252,54 @@ def _connection_uri(conn: t.Any) -> t.Optional[str]:
         return str(conn.getURI())
     except Exception:  # pylint: disable=broad-exception-caught
         return None
+
+
+def parse_requirements(domain_xml: str) -> t.Dict[str, t.Any]:
+    """What a destination must offer the VM, from its domain XML.
+
+    ``networks``: libvirt networks its interfaces use; ``bridges``: host bridges they attach to;
+    ``disks``: each disk with its target, source path, cache mode, whether it must be visible on the
+    destination (``shared_storage``: a file or block source) and whether its cache mode makes a live
+    migration unsafe (``unsafe_cache``: a writable disk whose cache is not ``none``); ``cpu_xml``: the
+    ``<cpu>`` element to compare with a destination's hypervisor CPU (``None`` when the domain has
+    none, or passes the host CPU through, which only an identical host can check).
+    """
+    root = ET.fromstring(domain_xml)
+    devices = root.find("devices")
+    networks: t.List[str] = []
+    bridges: t.List[str] = []
+    disks: t.List[t.Dict[str, t.Any]] = []
+    for interface in devices.findall("interface") if devices is not None else []:
+        source = interface.find("source")
+        if source is None:
+            continue
+        if interface.get("type") == "network" and source.get("network"):
+            networks.append(source.get("network", ""))
+        elif interface.get("type") == "bridge" and source.get("bridge"):
+            bridges.append(source.get("bridge", ""))
+    for disk in devices.findall("disk") if devices is not None else []:
+        source = disk.find("source")
+        driver = disk.find("driver")
+        target = disk.find("target")
+        path = None
+        if source is not None:
+            path = source.get("file") or source.get("dev")
+        readonly = disk.find("readonly") is not None or disk.get("device") in ("cdrom", "floppy")
+        cache = driver.get("cache") if driver is not None else None
+        disks.append(
+            {
+                "target": target.get("dev") if target is not None else None,
+                "device": disk.get("device", "disk"),
+                "type": disk.get("type"),
+                "path": path,
+                "cache": cache,
+                "readonly": readonly,
+                "shared_storage": bool(path) and disk.get("type") in ("file", "block"),
+                "unsafe_cache": bool(path) and not readonly and cache != "none",
+            }
+        )
+    cpu = root.find("cpu")
+    cpu_xml = None
+    if cpu is not None and cpu.get("mode", "custom") != "host-passthrough" and cpu.find("model") is not None:
+        cpu_xml = ET.tostring(cpu, encoding="unicode")
+    return {"networks": sorted(set(networks)), "bridges": sorted(set(bridges)), "disks": disks, "cpu_xml": cpu_xml}

@@ -100,7 +100,7 @@ class MigrationError(Exception):
     """The one exception a module turns into ``fail_json``.
 
     ``msg`` is the sentence shown to the operator. ``details`` are extra result keys (for example
-    ``vm``, ``host``, ``libvirt_error_code``) returned next to ``msg``; their values must be
+    ``vm``, ``uri``, ``libvirt_error_code``) returned next to ``msg``; their values must be
     JSON-serialisable.
     """
 
@@ -196,13 +196,13 @@ def translate_libvirt_error(
     exc: BaseException,
     action: str,
     vm: t.Optional[str] = None,
-    host: t.Optional[str] = None,
+    uri: t.Optional[str] = None,
     connecting: bool = False,
 ) -> MigrationError:
     """Turn a ``libvirt.libvirtError`` into the matching :class:`MigrationError`.
 
     ``action`` says what was being done, as a verb phrase ("read the domain XML"). ``vm`` and
-    ``host`` (the connection URI) are named in the message and returned as details. ``connecting``
+    ``uri`` (the host's connection URI) are named in the message and returned as details. ``connecting``
     marks errors raised while opening the connection: whatever their code, the host is unreachable.
 
     Use as ``raise translate_libvirt_error(exc, ...) from exc`` so the libvirt traceback is kept.
@@ -216,8 +216,8 @@ def translate_libvirt_error(
     where = ""
     if vm is not None:
         where += " for VM '%s'" % vm
-    if host is not None:
-        where += " on %s" % host
+    if uri is not None:
+        where += " on %s" % uri
     msg = "Cannot %s%s: %s. libvirt: %s" % (action, where, cls.meaning, libvirt_text)
     if code is not None:
         msg += " [%s]" % (code_name or "libvirt error code %d" % code)
@@ -225,7 +225,7 @@ def translate_libvirt_error(
     return cls(
         msg,
         vm=vm,
-        host=host,
+        uri=uri,
         libvirt_error_code=code,
         libvirt_error_name=code_name,
         libvirt_error_domain=domain,

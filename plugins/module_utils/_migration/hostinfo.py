@@ -267,7 +267,7 @@ class HostInfoCollector:
         except Exception as exc:  # pylint: disable=broad-exception-caught
             if isinstance(exc, MigrationError):
                 raise
-            raise translate_libvirt_error(exc, action, host=self.uri) from exc
+            raise translate_libvirt_error(exc, action, uri=self.uri) from exc
 
     def _memory(self, info: t.Sequence[t.Any]) -> t.Dict[str, int]:
         stats = self._call(
@@ -295,7 +295,7 @@ class HostInfoCollector:
             try:
                 xml = self.conn.getDomainCapabilities(None, arch, None, domain_type, 0)
             except Exception as exc:  # pylint: disable=broad-exception-caught
-                error = translate_libvirt_error(exc, "read the %s domain capabilities" % domain_type, host=self.uri)
+                error = translate_libvirt_error(exc, "read the %s domain capabilities" % domain_type, uri=self.uri)
                 if isinstance(error, HostUnreachableError):
                     raise error from exc
                 # Informational: a host that cannot describe one virtualization type still has facts.
@@ -333,7 +333,7 @@ class HostInfoCollector:
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 if libvirt_error_code(exc) in VANISHED_CODES:
                     continue  # undefined since it was listed
-                raise translate_libvirt_error(exc, "read the %s %s" % (kind, _object_name(obj)), host=self.uri) from exc
+                raise translate_libvirt_error(exc, "read the %s %s" % (kind, _object_name(obj)), uri=self.uri) from exc
             result.append(facts)
         return sorted(result, key=lambda item: item["name"] or "")
 
@@ -342,7 +342,7 @@ class HostInfoCollector:
             return list(getattr(self.conn, method)(0))
         except Exception as exc:  # pylint: disable=broad-exception-caught
             if not is_unsupported(exc):
-                raise translate_libvirt_error(exc, action, host=self.uri) from exc
+                raise translate_libvirt_error(exc, action, uri=self.uri) from exc
             self.warnings.append("Cannot %s on %s: the driver does not offer it (%s)." % (action, self.uri, exc))
             return []
 

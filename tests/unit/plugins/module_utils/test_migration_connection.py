@@ -155,7 +155,7 @@ def test_open_failures_name_the_uri(monkeypatch: pytest.MonkeyPatch) -> None:
         "Cannot open a libvirt connection on qemu+tcp://hv9/system: the host cannot be reached or refused the "
         "connection. libvirt: unable to connect to server at 'hv9:16509': Connection refused [VIR_ERR_SYSTEM_ERROR]"
     )
-    assert caught.value.details["host"] == "qemu+tcp://hv9/system"
+    assert caught.value.details["uri"] == "qemu+tcp://hv9/system"
     assert caught.value.details["libvirt_error_code"] == libvirt.VIR_ERR_SYSTEM_ERROR
     assert caught.value.__cause__ is error
 

@@ -267,7 +267,7 @@ def test_lookup_domain_names_the_vm_and_the_uri_when_absent(conn: FakeConnection
     with pytest.raises(VmNotFoundError) as caught:
         domain.lookup_domain(conn, "nope")
     assert caught.value.msg == "VM 'nope' does not exist on qemu+tcp://hv1.example.com/system (looked up by name)."
-    assert caught.value.details == {"vm": "nope", "host": "qemu+tcp://hv1.example.com/system"}
+    assert caught.value.details == {"vm": "nope", "uri": "qemu+tcp://hv1.example.com/system"}
 
 
 def test_lookup_failures_other_than_absence_are_translated(conn: FakeConnection) -> None:
@@ -324,4 +324,4 @@ def test_describe_domain_of_a_vanished_domain_is_not_found(sample: t.Callable[[s
     with pytest.raises(VmNotFoundError) as caught:
         domain.describe_domain(FakeDomain(sample("domain-running.xml"), vanished=True), "qemu:///system")
     assert caught.value.details["vm"] == "probe-vm"
-    assert caught.value.details["host"] == "qemu:///system"
+    assert caught.value.details["uri"] == "qemu:///system"

@@ -199,7 +199,7 @@ def test_libvirt_errors_are_translated_by_code(
 ) -> None:
     exc = libvirt_error(code, text, domain)
     translated = errors.translate_libvirt_error(
-        exc, "migrate the VM", vm="web1", host="qemu+tcp://hv1/system", connecting=connecting
+        exc, "migrate the VM", vm="web1", uri="qemu+tcp://hv1/system", connecting=connecting
     )
     assert translated.__class__ is expected
     assert isinstance(translated, MigrationError)
@@ -207,7 +207,7 @@ def test_libvirt_errors_are_translated_by_code(
     assert translated.details["libvirt_error_domain"] == domain
     assert translated.details["libvirt_message"] == text
     assert translated.details["vm"] == "web1"
-    assert translated.details["host"] == "qemu+tcp://hv1/system"
+    assert translated.details["uri"] == "qemu+tcp://hv1/system"
 
 
 @pytest.mark.parametrize(("code", "domain", "text", "connecting", "expected"), TRANSLATIONS)
@@ -215,7 +215,7 @@ def test_messages_name_the_vm_the_host_libvirts_text_and_the_code(
     code: int, domain: int, text: str, connecting: bool, expected: t.Type[MigrationError]
 ) -> None:
     exc = libvirt_error(code, text, domain)
-    msg = errors.translate_libvirt_error(exc, "migrate the VM", vm="web1", host="qemu+tcp://hv1/system").msg
+    msg = errors.translate_libvirt_error(exc, "migrate the VM", vm="web1", uri="qemu+tcp://hv1/system").msg
     assert msg.startswith("Cannot migrate the VM for VM 'web1' on qemu+tcp://hv1/system: ")
     assert text in msg
     name = errors.LIBVIRT_ERROR_NAMES.get(code)
@@ -224,7 +224,7 @@ def test_messages_name_the_vm_the_host_libvirts_text_and_the_code(
 
 def test_a_no_domain_message_reads_well() -> None:
     exc = libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching name 'web1'")
-    translated = errors.translate_libvirt_error(exc, "look up the domain", vm="web1", host="qemu:///system")
+    translated = errors.translate_libvirt_error(exc, "look up the domain", vm="web1", uri="qemu:///system")
     assert translated.msg == (
         "Cannot look up the domain for VM 'web1' on qemu:///system: the VM does not exist there. "
         "libvirt: Domain not found: no domain with matching name 'web1' [VIR_ERR_NO_DOMAIN]"
@@ -233,11 +233,11 @@ def test_a_no_domain_message_reads_well() -> None:
 
 def test_result_gives_fail_json_keywords() -> None:
     exc = libvirt_error(libvirt.VIR_ERR_OPERATION_ABORTED, "operation aborted: canceled by client")
-    result = errors.translate_libvirt_error(exc, "migrate the VM", vm="web1", host="qemu:///system").result()
+    result = errors.translate_libvirt_error(exc, "migrate the VM", vm="web1", uri="qemu:///system").result()
     assert result == {
         "msg": result["msg"],
         "vm": "web1",
-        "host": "qemu:///system",
+        "uri": "qemu:///system",
         "libvirt_error_code": libvirt.VIR_ERR_OPERATION_ABORTED,
         "libvirt_error_name": "VIR_ERR_OPERATION_ABORTED",
         "libvirt_error_domain": libvirt.VIR_FROM_QEMU,
@@ -279,14 +279,14 @@ def test_a_real_libvirt_failure_translates() -> None:
     finally:
         conn.close()
     translated = errors.translate_libvirt_error(
-        caught.value, "look up the domain", vm="no-such-vm", host="test:///default"
+        caught.value, "look up the domain", vm="no-such-vm", uri="test:///default"
     )
     assert isinstance(translated, VmNotFoundError)
     assert translated.details["libvirt_error_code"] == libvirt.VIR_ERR_NO_DOMAIN
 
 
 def test_migration_error_keeps_message_and_drops_empty_details() -> None:
-    exc = MigrationError("VM 'web1' cannot move", vm="web1", host=None, hosts=["a", "b"])
+    exc = MigrationError("VM 'web1' cannot move", vm="web1", uri=None, hosts=["a", "b"])
     assert str(exc) == exc.msg == "VM 'web1' cannot move"
     assert exc.details == {"vm": "web1", "hosts": ["a", "b"]}
     assert exc.result() == {"msg": "VM 'web1' cannot move", "vm": "web1", "hosts": ["a", "b"]}

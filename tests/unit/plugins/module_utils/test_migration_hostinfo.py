@@ -432,7 +432,7 @@ def test_collector_translates_a_lost_connection(conn: FakeConnection) -> None:
     assert caught.value.msg.startswith(
         "Cannot list the virtual networks on qemu+tcp://hv1.example.com/system: the host cannot be reached"
     )
-    assert caught.value.details["host"] == "qemu+tcp://hv1.example.com/system"
+    assert caught.value.details["uri"] == "qemu+tcp://hv1.example.com/system"
 
 
 def test_collector_refuses_a_negative_reserve(conn: FakeConnection) -> None:

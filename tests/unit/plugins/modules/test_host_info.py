@@ -151,7 +151,7 @@ def test_an_unreachable_host_fails_with_the_libvirt_details(
     assert result["failed"] is True
     assert result["msg"].startswith("Cannot open a libvirt connection on qemu+tcp://hv9/system")
     assert "Connection refused" in result["msg"]
-    assert result["host"] == "qemu+tcp://hv9/system"
+    assert result["uri"] == "qemu+tcp://hv9/system"
     assert result["libvirt_error_code"] == libvirt.VIR_ERR_SYSTEM_ERROR
     assert result["libvirt_error_name"] == "VIR_ERR_SYSTEM_ERROR"
     assert result["libvirt_error_domain"] == libvirt.VIR_FROM_RPC

@@ -1,0 +1,120 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""Where a VM may go, and where it should go.
+
+Filters first, as oVirt's scheduler does (not the source, not in maintenance, reachable, pinning,
+CPU compatible, networks present, storage present, enough free memory counting what is already
+planned there), then a rank: the most free memory after the VM lands, ties broken by the fewest
+running vCPUs. Placements already planned count as pending load, so a series of choices spreads.
+
+Pure logic: the facts come from ``host_info``-style readings; no libvirt import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+
+@dataclasses.dataclass(frozen=True)
+class VmNeeds:
+    """What a VM requires of the host it runs on."""
+
+    name: str
+    memory_mib: int
+    vcpus: int = 1
+    networks: t.FrozenSet[str] = frozenset()
+    disk_paths: t.FrozenSet[str] = frozenset()
+    pinned_hosts: t.FrozenSet[str] = frozenset()
+
+
+@dataclasses.dataclass
+class HostState:
+    """One candidate destination as read from its libvirtd (or why it could not be read)."""
+
+    name: str
+    uri: str
+    uuid: t.Optional[str] = None
+    available_mib: int = 0
+    vcpus_running: int = 0
+    networks: t.FrozenSet[str] = frozenset()
+    disk_paths: t.FrozenSet[str] = frozenset()
+    maintenance: bool = False
+    error: t.Optional[str] = None
+    cpu_incompatible: t.Dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class PendingLoad:
+    """Memory and vCPUs already planned onto each host by earlier choices."""
+
+    memory_mib: t.Dict[str, int] = dataclasses.field(default_factory=dict)
+    vcpus: t.Dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def add(self, host: str, vm: VmNeeds) -> None:
+        self.memory_mib[host] = self.memory_mib.get(host, 0) + vm.memory_mib
+        self.vcpus[host] = self.vcpus.get(host, 0) + vm.vcpus
+
+
+def rejections(
+    vm: VmNeeds, host: HostState, source_uuid: t.Optional[str], pending: t.Optional[PendingLoad] = None
+) -> t.List[str]:
+    """Every reason ``host`` cannot take ``vm`` now (empty when it can)."""
+    pending = pending or PendingLoad()
+    if host.error:
+        return ["cannot be reached: %s" % host.error]
+    reasons: t.List[str] = []
+    if source_uuid is not None and host.uuid == source_uuid:
+        reasons.append("is the source host itself (same host UUID %s)" % source_uuid)
+    if host.maintenance:
+        reasons.append("is in maintenance")
+    if vm.pinned_hosts and host.name not in vm.pinned_hosts:
+        reasons.append("is not among the VM's pinned hosts (%s)" % ", ".join(sorted(vm.pinned_hosts)))
+    if vm.name in host.cpu_incompatible:
+        reasons.append("cannot run the VM's CPU: %s" % host.cpu_incompatible[vm.name])
+    missing_networks = sorted(vm.networks - host.networks)
+    if missing_networks:
+        reasons.append("lacks the active network(s) %s" % ", ".join(missing_networks))
+    missing_disks = sorted(vm.disk_paths - host.disk_paths)
+    if missing_disks:
+        reasons.append("cannot see the disk(s) %s" % ", ".join(missing_disks))
+    free = host.available_mib - pending.memory_mib.get(host.name, 0)
+    if free < vm.memory_mib:
+        reasons.append(
+            "has %d MiB free after its reserve and planned migrations, the VM needs %d MiB" % (free, vm.memory_mib)
+        )
+    return reasons
+
+
+def rank(vm: VmNeeds, host: HostState, pending: t.Optional[PendingLoad] = None) -> t.Tuple[int, int, str]:
+    """Sort key, lowest best: most free memory after the VM lands, then fewest running vCPUs."""
+    pending = pending or PendingLoad()
+    free_after = host.available_mib - pending.memory_mib.get(host.name, 0) - vm.memory_mib
+    vcpus = host.vcpus_running + pending.vcpus.get(host.name, 0)
+    return (-free_after, vcpus, host.name)
+
+
+def choose(
+    vm: VmNeeds, hosts: t.Sequence[HostState], source_uuid: t.Optional[str], pending: t.Optional[PendingLoad] = None
+) -> t.Tuple[t.Optional[HostState], t.Dict[str, t.List[str]]]:
+    """The best host for ``vm`` (``None`` if none fits) and, per rejected host, why."""
+    rejected: t.Dict[str, t.List[str]] = {}
+    fitting: t.List[HostState] = []
+    for host in hosts:
+        reasons = rejections(vm, host, source_uuid, pending)
+        if reasons:
+            rejected[host.name] = reasons
+        else:
+            fitting.append(host)
+    if not fitting:
+        return None, rejected
+    return min(fitting, key=lambda host: rank(vm, host, pending)), rejected
+
+
+def explain(vm: str, rejected: t.Mapping[str, t.Sequence[str]]) -> str:
+    """One sentence naming the VM and every host with its reasons."""
+    if not rejected:
+        return "no candidate host was given for VM '%s'" % vm
+    parts = ["%s %s" % (name, "; ".join(reasons)) for name, reasons in sorted(rejected.items())]
+    return "no host can take VM '%s': %s" % (vm, " | ".join(parts))

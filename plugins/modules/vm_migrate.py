@@ -1,0 +1,477 @@
+#!/usr/bin/python
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm_migrate
+short_description: Live-migrate a VM between KVM/libvirt hosts, or cancel its migration
+version_added: 0.1.0
+description:
+  - Moves one VM from the host given by O(uri) (the source) to another host, keeping it running;
+    its memory is copied while it runs, then it continues on the destination. Storage and network
+    connectivity are unchanged, so both hosts must see the VM's disks (shared storage) and offer
+    its networks.
+  - The destination is either named (O(destination_uri)) or chosen among O(candidates)
+    (O(destination=auto)), which picks the candidate that passes every check with the most free memory after
+    its reserve, ties broken by the fewest running vCPUs.
+  - Before anything moves, also in check mode, the destination is checked. It must be reachable
+    and not the source itself (host UUID), not in maintenance, able to run the VM's CPU definition
+    (libvirt's hypervisor CPU comparison), offer every libvirt network the VM uses and see every
+    disk path (as a storage volume), and have the VM's memory free after its reserve. Disks must use
+    C(cache='none') unless O(allow_unsafe=true). Each failed check is an error naming the VM, the host
+    and the reason, and nothing is started.
+  - The migration runs under a policy with a convergence schedule. It starts with an initial
+    maximum downtime; each memory iteration that does not shrink the data remaining moves the
+    schedule on one step (raise the maximum downtime, switch to post-copy, suspend the VM, or
+    abort). See O(policy).
+  - A VM that is shut off moves its persistent definition instead (offline migration).
+  - With O(state=cancelled), aborts the VM's outgoing migration job; the VM keeps running on its
+    source. Run the migration with C(async) to be able to cancel it from a later task.
+  - Whatever happens, the VM keeps running on exactly one host. A failed, aborted or timed-out
+    migration leaves it running on the source (resumed if the schedule had paused it), defined there
+    only, and the module fails with libvirt's reason.
+author:
+  - virtops.migration contributors
+extends_documentation_fragment:
+  - virtops.migration.connection
+  - virtops.migration.attributes
+  - virtops.migration.attributes.ACTIONGROUP_LIBVIRT
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Runs every check and returns the RV(plan) without moving anything.
+  diff_mode:
+    support: full
+    details:
+      - Shows the host the VM runs on before and after.
+  idempotent:
+    support: full
+    details:
+      - A VM already running on the destination (or on any of the O(candidates)) reports no change.
+options:
+  name:
+    description:
+      - Name of the VM (libvirt domain) on the source host.
+      - One of O(name) and O(uuid) is required.
+    type: str
+    version_added: 0.1.0
+  uuid:
+    description:
+      - UUID of the VM, as an alternative to O(name).
+    type: str
+    version_added: 0.1.0
+  state:
+    description:
+      - V(migrated) moves the VM (or confirms it has moved already).
+      - V(cancelled) aborts the VM's ongoing outgoing migration on the source host O(uri). No change
+        when none is running.
+    type: str
+    choices: [migrated, cancelled]
+    default: migrated
+    version_added: 0.1.0
+  destination_uri:
+    description:
+      - libvirt URI of the destination host, as the source host reaches it, for example
+        V(qemu+tls://hv2.example.com/system). The source host's libvirtd connects to it directly
+        (peer-to-peer migration).
+      - Mutually exclusive with O(destination).
+    type: str
+    version_added: 0.1.0
+  destination:
+    description:
+      - V(auto) picks the destination among O(candidates).
+      - One of O(destination) and O(destination_uri) is required with O(state=migrated).
+    type: str
+    choices: [auto]
+    version_added: 0.1.0
+  candidates:
+    description:
+      - The hosts O(destination=auto) chooses from. Each is a libvirt URI, or a dictionary with
+        C(uri), optional C(name) (the host name used by pinning) and optional C(maintenance)
+        (a host in maintenance is never chosen), as the roles build them from
+        M(virtops.migration.host_info) facts.
+      - The source host itself may be listed; it is never chosen.
+      - Also searched, when the VM is not on the source, to recognise a VM that has already moved.
+    type: list
+    elements: raw
+    default: []
+    version_added: 0.1.0
+  migrate_uri:
+    description:
+      - The address QEMU sends the migration stream to, for a dedicated migration network, for
+        example V(tcp://10.0.10.2). By default the destination's own choice.
+    type: str
+    version_added: 0.1.0
+  listen_address:
+    description:
+      - The address the destination's QEMU listens on for the migration stream.
+    type: str
+    version_added: 0.1.0
+  live:
+    description:
+      - Keep the VM running while its memory is copied. With V(false), a running VM is paused for
+        the whole copy.
+      - A shut-off VM always moves its definition (offline), whatever this says.
+    type: bool
+    default: true
+    version_added: 0.1.0
+  persistent:
+    description:
+      - Define the VM persistently on the destination.
+    type: bool
+    default: true
+    version_added: 0.1.0
+  undefine_source:
+    description:
+      - Remove the VM's persistent definition from the source once the migration has completed, so
+        that it is defined on exactly one host.
+    type: bool
+    default: true
+    version_added: 0.1.0
+  policy:
+    description:
+      - The migration policy. A built-in name, or a dictionary with an optional C(based_on)
+        (a built-in name, default V(legacy)), an optional C(name), and any of the settings below
+        (C(auto_converge), C(compression), C(bandwidth_mib), C(max_downtime_ms),
+        C(downtime_schedule), C(post_copy), C(parallel_connections), C(max_concurrent)).
+      - V(minimal_downtime) (oVirt's default) auto-converges; maximum downtime 100 ms, raised to
+        150, 200, 300, 400 ms after 1, 2, 3, 4 stalled memory iterations and 500 ms after 6, then
+        aborts.
+      - V(suspend_workload) auto-converges with XBZRLE compression; the same steps, then 5000 ms,
+        then aborts.
+      - V(post_copy) auto-converges; 100 ms, 150 ms and 200 ms, then switches to post-copy. Once in
+        post-copy the VM runs on the destination; a network failure at that point can lose the VM.
+      - V(very_large_vms) starts at 300 ms, then 400, 500, 700, 1000, 1500 and 5000 ms, then aborts.
+      - V(legacy) keeps a fixed 300 ms maximum downtime and no auto-converge, so a busy VM may not
+        converge and then runs into O(timeout).
+      - The options below override single settings of the policy.
+    type: raw
+    default: minimal_downtime
+    version_added: 0.1.0
+  auto_converge:
+    description:
+      - Throttle the VM's vCPUs when the migration does not converge.
+    type: bool
+    version_added: 0.1.0
+  compression:
+    description:
+      - Compression methods for the migration stream, for example V([xbzrle]).
+    type: list
+    elements: str
+    version_added: 0.1.0
+  bandwidth_mib:
+    description:
+      - Maximum bandwidth of the migration, in MiB/s. By default the hypervisor's own limit.
+    type: int
+    version_added: 0.1.0
+  max_downtime_ms:
+    description:
+      - The initial maximum downtime, in milliseconds.
+    type: int
+    version_added: 0.1.0
+  downtime_schedule:
+    description:
+      - The convergence schedule, replacing the policy's. A list of steps, each with C(stalled)
+        (the number of memory iterations without progress after which the step applies, increasing
+        from step to step), C(action) (V(downtime), V(post_copy), V(suspend) or V(abort)) and, for
+        V(downtime), C(downtime_ms).
+    type: list
+    elements: dict
+    version_added: 0.1.0
+  post_copy:
+    description:
+      - Allow switching to post-copy (by the schedule or by O(timeout_action=post_copy)).
+      - Cannot be combined with O(parallel_connections).
+    type: bool
+    version_added: 0.1.0
+  parallel_connections:
+    description:
+      - Send the memory over this many parallel connections (QEMU multifd).
+    type: int
+    version_added: 0.1.0
+  tls:
+    description:
+      - Encrypt the migration stream with TLS (both hosts need libvirt's migration TLS set up).
+    type: bool
+    default: false
+    version_added: 0.1.0
+  allow_unsafe:
+    description:
+      - Migrate even when disks use a cache mode other than C(none).
+    type: bool
+    default: false
+    version_added: 0.1.0
+  wait:
+    description:
+      - Wait for the migration to finish, applying the convergence schedule and O(timeout).
+      - With V(false), return as soon as the source host has started the job. libvirt then carries
+        it to its end with the initial settings, but no schedule step or timeout is applied. Prefer
+        C(async) on the task to let a migration run in the background under its full policy (and
+        O(state=cancelled) to stop it).
+    type: bool
+    default: true
+    version_added: 0.1.0
+  timeout:
+    description:
+      - Seconds after which O(timeout_action) is taken if the migration has not completed.
+      - By default 150 seconds per GiB of guest memory, at least 120 seconds.
+    type: int
+    version_added: 0.1.0
+  timeout_action:
+    description:
+      - What to do at O(timeout). V(abort) cancels the migration (the VM keeps running on the
+        source); V(post_copy) switches to post-copy; V(suspend) pauses the VM so the migration
+        completes, and resumes it on the destination.
+    type: str
+    choices: [abort, post_copy, suspend]
+    default: abort
+    version_added: 0.1.0
+  wait_sleep:
+    description:
+      - Seconds between two readings of the migration job's statistics.
+    type: float
+    default: 0.5
+    version_added: 0.1.0
+  memory_reserved_mib:
+    description:
+      - Memory, in MiB, each destination keeps back for itself; the VM must fit in what remains.
+    type: int
+    default: 256
+    version_added: 0.1.0
+notes:
+  - The task runs on the source host (or reaches it through O(uri)). Migration is peer-to-peer; the
+    source host's libvirtd connects to the destination URI itself, with the source host's
+    credentials.
+  - Statistics of the completed job (downtime, data moved) are read on the destination.
+seealso:
+  - module: virtops.migration.host_info
+  - name: libvirt migration guide
+    description: How libvirt migrates VMs, and its URIs.
+    link: https://libvirt.org/migration.html
+"""
+
+EXAMPLES = r"""
+- name: Move web1 from this host to hv2
+  virtops.migration.vm_migrate:
+    name: web1
+    destination_uri: qemu+tls://hv2.example.com/system
+
+- name: Move db1 to the best host of its cluster, with auto-converge and XBZRLE, at most 256 MiB/s
+  virtops.migration.vm_migrate:
+    name: db1
+    destination: auto
+    candidates: "{{ groups['cluster1'] | map('extract', hostvars, 'virtops_libvirt_uri') | list }}"
+    policy: suspend_workload
+    bandwidth_mib: 256
+
+- name: Plan only (check mode shows the chosen destination and policy)
+  virtops.migration.vm_migrate:
+    name: db1
+    destination: auto
+    candidates:
+      - {name: hv2, uri: qemu+tls://hv2.example.com/system}
+      - {name: hv3, uri: qemu+tls://hv3.example.com/system, maintenance: true}
+  check_mode: true
+  register: plan
+
+- name: A custom schedule that gives up after three stalled iterations
+  virtops.migration.vm_migrate:
+    name: batch7
+    destination_uri: qemu+tls://hv3.example.com/system
+    policy:
+      based_on: legacy
+      auto_converge: true
+      max_downtime_ms: 200
+      downtime_schedule:
+        - {stalled: 1, action: downtime, downtime_ms: 400}
+        - {stalled: 3, action: abort}
+
+- name: Start a slow migration in the background
+  virtops.migration.vm_migrate:
+    name: big1
+    destination_uri: qemu+tls://hv2.example.com/system
+    bandwidth_mib: 32
+  async: 600
+  poll: 0
+  register: slow_migration
+
+- name: Cancel it again (big1 keeps running here)
+  virtops.migration.vm_migrate:
+    name: big1
+    state: cancelled
+
+- name: Wait for the background job to report the cancellation
+  ansible.builtin.async_status:
+    jid: "{{ slow_migration.ansible_job_id }}"
+  register: slow_result
+  until: slow_result.finished
+  retries: 60
+  delay: 2
+  failed_when: false
+"""
+
+RETURN = r"""
+vm:
+  description: Name of the VM.
+  returned: always
+  type: str
+  sample: web1
+source:
+  description: The source host.
+  returned: state=migrated
+  type: dict
+  sample: {hostname: hv1, uri: "qemu:///system"}
+destination:
+  description: The destination host (where the VM runs now, or would run in check mode).
+  returned: state=migrated
+  type: dict
+  sample: {hostname: hv2, uri: "qemu+tls://hv2.example.com/system"}
+plan:
+  description:
+    - What the module does or, in check mode, would do. Also the effective policy and, for
+      O(destination=auto), why each other candidate was rejected.
+  returned: state=migrated and the VM was not already on the destination
+  type: dict
+  sample:
+    vm: web1
+    kind: live
+    source: {hostname: hv1, uri: "qemu:///system"}
+    destination: {hostname: hv2, uri: "qemu+tls://hv2.example.com/system"}
+    memory_mib: 4096
+    timeout_s: 600
+    timeout_action: abort
+    rejected_hosts: {hv3: [is in maintenance]}
+policy:
+  description: The effective migration policy.
+  returned: state=migrated and the VM was not already on the destination
+  type: dict
+  sample:
+    name: minimal_downtime
+    auto_converge: true
+    compression: []
+    bandwidth_mib: null
+    max_downtime_ms: 100
+    downtime_schedule: [{stalled: 1, action: downtime, downtime_ms: 150}, {stalled: 7, action: abort}]
+    post_copy: false
+    parallel_connections: null
+    max_concurrent: 2
+duration_s:
+  description: Seconds the module spent, checks included.
+  returned: when a migration ran
+  type: float
+  sample: 2.31
+downtime_ms:
+  description: The VM's downtime at the switch-over, in milliseconds, as QEMU measured it.
+  returned: when a migration ran (null if the hypervisor did not report it)
+  type: int
+  sample: 38
+data_total_mib:
+  description: Data the migration had to move, in MiB.
+  returned: when a migration ran (null if the hypervisor did not report it)
+  type: float
+  sample: 257.3
+memory_iterations:
+  description: Memory passes the migration made.
+  returned: when a migration ran (null if the hypervisor did not report it)
+  type: int
+  sample: 4
+job_time_ms:
+  description: Duration of the libvirt migration job, in milliseconds.
+  returned: when a migration ran (null if the hypervisor did not report it)
+  type: int
+  sample: 2104
+schedule_applied:
+  description: Every schedule step (or timeout action) applied, with when and why.
+  returned: when a migration ran
+  type: list
+  elements: dict
+  sample: [{at_s: 3.1, action: downtime, downtime_ms: 150, stalled: 1, memory_iteration: 3, reason: 1 stalled memory iteration(s)}]
+events:
+  description:
+    - Notable steps of the run, in order, each with C(at_s) (seconds since the start) and C(event)
+      (V(started), V(max_downtime), V(progress), V(schedule_step), V(timeout), V(completed),
+      V(failed), V(resumed_on_source), V(resumed_on_destination), V(cancel_requested),
+      V(cancelled)). V(progress) carries the percentage of data processed and the data remaining.
+    - Also returned on failure.
+  returned: when a migration ran or was cancelled
+  type: list
+  elements: dict
+  sample: [{at_s: 0.05, event: started, kind: live}, {at_s: 2.2, event: completed}]
+state:
+  description: The VM's state on the source after a cancellation.
+  returned: state=cancelled and a job was cancelled
+  type: str
+  sample: running
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import (
+    HAS_LIBVIRT,
+    LIBVIRT_IMPORT_ERROR,
+    connection_argument_spec,
+)
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import Migrator, request_from_params
+
+
+def argument_spec() -> dict:
+    spec = connection_argument_spec()
+    spec.update(
+        name={"type": "str"},
+        uuid={"type": "str"},
+        state={"type": "str", "choices": ["migrated", "cancelled"], "default": "migrated"},
+        destination_uri={"type": "str"},
+        destination={"type": "str", "choices": ["auto"]},
+        candidates={"type": "list", "elements": "raw", "default": []},
+        migrate_uri={"type": "str"},
+        listen_address={"type": "str"},
+        live={"type": "bool", "default": True},
+        persistent={"type": "bool", "default": True},
+        undefine_source={"type": "bool", "default": True},
+        policy={"type": "raw", "default": "minimal_downtime"},
+        auto_converge={"type": "bool"},
+        compression={"type": "list", "elements": "str"},
+        bandwidth_mib={"type": "int"},
+        max_downtime_ms={"type": "int"},
+        downtime_schedule={"type": "list", "elements": "dict"},
+        post_copy={"type": "bool"},
+        parallel_connections={"type": "int"},
+        tls={"type": "bool", "default": False},
+        allow_unsafe={"type": "bool", "default": False},
+        wait={"type": "bool", "default": True},
+        timeout={"type": "int"},
+        timeout_action={"type": "str", "choices": ["abort", "post_copy", "suspend"], "default": "abort"},
+        wait_sleep={"type": "float", "default": 0.5},
+        memory_reserved_mib={"type": "int", "default": 256},
+    )
+    return spec
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        supports_check_mode=True,
+        required_one_of=[("name", "uuid")],
+        mutually_exclusive=[("name", "uuid"), ("destination", "destination_uri")],
+        required_if=[("state", "migrated", ("destination", "destination_uri"), True)],
+    )
+    if not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
+    try:
+        migrator = Migrator(request_from_params(module.params), log=module.log)
+        if module.params["state"] == "cancelled":
+            result = migrator.cancel(module.check_mode)
+        else:
+            result = migrator.migrate(module.check_mode)
+    except MigrationError as exc:
+        module.fail_json(**exc.result())
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""vm_migrate against real lab hosts: moves, idempotency, bad input, cancel, failures, convergence.
+
+Every test boots fresh guests of its own, writes a marker into the guest before a move and reads it
+back afterwards (a real loss is caught, not retried away), and ends with the lab's no-VM-lost check.
+"""
+
+from __future__ import annotations
+
+import secrets
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from labkit import (
+    assert_no_vm_lost,
+    load_hostvars,
+    run_module,
+    running_on,
+    virtlab,
+    vm_homes,
+    wait_async,
+    wait_until,
+)
+
+MODULE = "virtops.migration.vm_migrate"
+
+
+@pytest.fixture()
+def new_vm(lab: Path) -> t.Iterator[t.Callable[..., str]]:
+    """Factory for fresh lab VMs (random names), removed again after the test."""
+    created: list[str] = []
+
+    def make(memory_mib: int = 192, host_index: int = 1, priority: str = "medium") -> str:
+        name = "t%s" % secrets.token_hex(3)
+        virtlab("add-vm", "--vm", "%s:%d:%s@%d" % (name, memory_mib, priority, host_index))
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        virtlab("remove-vm", *created, check=False)
+
+
+def uri(lab: Path, host: str) -> str:
+    return load_hostvars(lab)[host]["virtops_libvirt_uri"]
+
+
+def write_marker(vm: str) -> str:
+    marker = "marker-%s-%s" % (vm, secrets.token_hex(4))
+    virtlab("exec", vm, "--", "sh", "-c", "echo %s > /tmp/marker" % marker)
+    return marker
+
+
+def read_marker(vm: str) -> str:
+    return virtlab("exec", vm, "--", "cat", "/tmp/marker").stdout.strip()
+
+
+def job_running(lab: Path, host: str, vm: str) -> bool:
+    """Whether the VM has an outgoing migration job (asked through the module's own check mode)."""
+    return run_module(lab, host, MODULE, {"name": vm, "state": "cancelled"}, check_mode=True)["changed"] is True
+
+
+def test_migrate_to_a_named_host_check_real_repeat(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm()
+    marker = write_marker(vm)
+    args = {"name": vm, "destination_uri": uri(lab, "lab-h2")}
+
+    planned = run_module(lab, "lab-h1", MODULE, args, check_mode=True)
+    assert planned["changed"] is True, planned
+    assert planned["plan"]["destination"]["hostname"] == "lab-h2"
+    assert planned["plan"]["kind"] == "live"
+    assert planned["policy"]["name"] == "minimal_downtime"
+    assert running_on(vm) == "lab-h1", "check mode moved nothing"
+
+    moved = run_module(lab, "lab-h1", MODULE, args, diff=True)
+    assert moved["changed"] is True, moved
+    assert moved["destination"]["hostname"] == "lab-h2"
+    assert moved["diff"] == {"before": {"vm": vm, "host": "lab-h1"}, "after": {"vm": vm, "host": "lab-h2"}}
+    assert isinstance(moved["downtime_ms"], int) and moved["downtime_ms"] >= 0
+    assert moved["data_total_mib"] and moved["memory_iterations"] >= 1
+    assert [e["event"] for e in moved["events"]][-1] == "completed"
+    assert vm_homes(vm) == {"lab-h2": "running"}, "defined and running on the destination only"
+    assert read_marker(vm) == marker
+
+    again = run_module(lab, "lab-h1", MODULE, args)
+    assert again["changed"] is False, again
+    assert again["destination"]["hostname"] == "lab-h2"
+    again_checked = run_module(lab, "lab-h1", MODULE, args, check_mode=True)
+    assert again_checked["changed"] is False, again_checked
+    assert_no_vm_lost()
+
+
+def test_auto_destination_skips_source_and_maintenance(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(host_index=1)
+    marker = write_marker(vm)
+    candidates = [
+        {"name": "lab-h1", "uri": uri(lab, "lab-h1")},
+        {"name": "lab-h2", "uri": uri(lab, "lab-h2")},
+        {"name": "lab-h3", "uri": uri(lab, "lab-h3"), "maintenance": True},
+    ]
+    args = {"name": vm, "destination": "auto", "candidates": candidates}
+    planned = run_module(lab, "lab-h1", MODULE, args, check_mode=True)
+    assert planned["changed"] is True, planned
+    assert planned["plan"]["destination"]["hostname"] == "lab-h2"
+    rejected = planned["plan"]["rejected_hosts"]
+    assert "is the source host itself" in rejected["lab-h1"][0]
+    assert rejected["lab-h3"] == ["is in maintenance"]
+
+    moved = run_module(lab, "lab-h1", MODULE, args)
+    assert moved["changed"] is True and moved["destination"]["hostname"] == "lab-h2", moved
+    assert running_on(vm) == "lab-h2" and read_marker(vm) == marker
+    assert run_module(lab, "lab-h1", MODULE, args)["changed"] is False
+    assert run_module(lab, "lab-h1", MODULE, args, check_mode=True)["changed"] is False
+    assert_no_vm_lost()
+
+
+def test_bad_input_is_refused_before_anything_moves(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm()
+    h2 = uri(lab, "lab-h2")
+    cases: list[tuple[dict[str, t.Any], str]] = [
+        ({"name": "no-such-vm", "destination_uri": h2}, "VM 'no-such-vm' does not exist on the source"),
+        ({"name": vm, "destination_uri": "qemu+nosuchtransport://x/system"}, "qemu+nosuchtransport://x/system"),
+        ({"name": vm, "destination_uri": "qemu+tcp://127.0.0.1:1/system"}, "Cannot open a libvirt connection on qemu+tcp://127.0.0.1:1/system"),
+        ({"name": vm, "destination_uri": uri(lab, "lab-h1")}, "is the source host itself"),
+        ({"name": vm, "destination_uri": h2, "policy": "fastest"}, "unknown migration policy 'fastest'"),
+        ({"name": vm, "destination_uri": h2, "bandwidth_mib": -5}, "bandwidth_mib must be positive"),
+        ({"name": vm, "destination_uri": h2, "post_copy": True, "parallel_connections": 2}, "post_copy cannot be combined with parallel_connections"),
+        ({"name": vm, "destination": "auto"}, "destination=auto needs at least one host in candidates"),
+    ]
+    for args, message in cases:
+        result = run_module(lab, "lab-h1", MODULE, args)
+        assert result.get("failed") is True, (args, result)
+        assert message in result["msg"], (args, result["msg"])
+        assert vm_homes(vm) == {"lab-h1": "running"}, "nothing moved for %s" % args
+    assert_no_vm_lost()
+
+
+def test_shut_off_vm_moves_its_definition(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm()
+    virtlab("ssh", "lab-h1", "--", "virsh", "destroy", vm)
+    args = {"name": vm, "destination_uri": uri(lab, "lab-h3")}
+    planned = run_module(lab, "lab-h1", MODULE, args, check_mode=True)
+    assert planned["changed"] is True and planned["plan"]["kind"] == "offline", planned
+    moved = run_module(lab, "lab-h1", MODULE, args)
+    assert moved["changed"] is True, moved
+    assert vm_homes(vm) == {"lab-h3": "shut off"}
+    assert_no_vm_lost(vm)
+    virtlab("ssh", "lab-h3", "--", "virsh", "start", vm)
+    assert_no_vm_lost()
+
+
+def test_cancel_a_slow_migration_started_with_async(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm()
+    marker = write_marker(vm)
+    virtlab("dirty", vm, "--mib", "16")
+    started = run_module(
+        lab, "lab-h1", MODULE, {"name": vm, "destination_uri": uri(lab, "lab-h2"), "bandwidth_mib": 1, "policy": "legacy"}, background=300
+    )
+    job_id = started["ansible_job_id"]
+    wait_until(lambda: job_running(lab, "lab-h1", vm), 60, "the migration job of %s runs" % vm)
+
+    cancelled = run_module(lab, "lab-h1", MODULE, {"name": vm, "state": "cancelled"})
+    assert cancelled["changed"] is True, cancelled
+    assert cancelled["state"] == "running"
+    final = wait_async(lab, "lab-h1", job_id)
+    assert final.get("failed") is True, final
+    assert "cancel" in final["msg"].lower() or "abort" in final["msg"].lower(), final["msg"]
+    assert vm_homes(vm) == {"lab-h1": "running"}
+    assert read_marker(vm) == marker
+    again = run_module(lab, "lab-h1", MODULE, {"name": vm, "state": "cancelled"})
+    assert again["changed"] is False, again
+    assert_no_vm_lost()
+
+
+@pytest.mark.parametrize("failure", ["libvirtd-killed", "link-down"])
+def test_destination_failure_mid_migration_leaves_vm_on_source(lab: Path, new_vm: t.Callable[..., str], failure: str) -> None:
+    vm = new_vm()
+    marker = write_marker(vm)
+    virtlab("dirty", vm, "--mib", "16")
+    started = run_module(
+        lab, "lab-h1", MODULE, {"name": vm, "destination_uri": uri(lab, "lab-h3"), "bandwidth_mib": 2, "policy": "legacy"}, background=300
+    )
+    wait_until(lambda: job_running(lab, "lab-h1", vm), 60, "the migration job of %s runs" % vm)
+    try:
+        if failure == "libvirtd-killed":
+            virtlab("kill-libvirtd", "lab-h3")
+        else:
+            virtlab("link", "lab-h3", "down")
+        final = wait_async(lab, "lab-h1", started["ansible_job_id"], timeout=180)
+    finally:
+        if failure == "libvirtd-killed":
+            virtlab("start-libvirtd", "lab-h3")
+        else:
+            virtlab("link", "lab-h3", "up")
+    assert final.get("failed") is True, final
+    assert vm in final["msg"] and "libvirt:" in final["msg"], final["msg"]
+    assert running_on(vm) == "lab-h1"
+    assert read_marker(vm) == marker
+    # The destination drops its half-received copy once it notices the source gave up.
+    wait_until(lambda: set(vm_homes(vm)) == {"lab-h1"}, 120, "the destination has dropped its incoming copy of %s" % vm)
+    assert_no_vm_lost()
+
+
+CONVERGENCE = [
+    # (policy, extra options, expected outcome)
+    ("legacy", {"timeout": 25}, "aborted"),
+    ("minimal_downtime", {}, "completed"),
+    ("post_copy", {}, "post_copy"),
+]
+
+
+@pytest.mark.parametrize("policy, extra, outcome", CONVERGENCE, ids=[case[0] for case in CONVERGENCE])
+def test_convergence_of_a_busy_guest_under_a_bandwidth_cap(
+    lab: Path, new_vm: t.Callable[..., str], policy: str, extra: dict[str, t.Any], outcome: str
+) -> None:
+    vm = new_vm(memory_mib=256)
+    marker = write_marker(vm)
+    virtlab("dirty", vm, "--mib", "24")
+    args = dict({"name": vm, "destination_uri": uri(lab, "lab-h2"), "policy": policy, "bandwidth_mib": 50}, **extra)
+    result = run_module(lab, "lab-h1", MODULE, args)
+    if outcome == "aborted":
+        assert result.get("failed") is True, result
+        assert "timeout after 25 s" in result["msg"], result["msg"]
+        assert running_on(vm) == "lab-h1"
+    else:
+        assert result.get("failed") is not True and result["changed"] is True, result
+        assert running_on(vm) == "lab-h2"
+        actions = [step["action"] for step in result["schedule_applied"]]
+        if outcome == "post_copy":
+            assert "post_copy" in actions, result["schedule_applied"]
+        else:
+            assert "abort" not in actions
+    assert read_marker(vm) == marker
+    assert_no_vm_lost()

@@ -1,0 +1,70 @@
+"""Destination filters and ranking (pure logic)."""
+
+from __future__ import annotations
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import placement as pl
+
+
+def host(name: str, available: int = 4096, vcpus: int = 0, **kwargs: object) -> pl.HostState:
+    kwargs.setdefault("uuid", "uuid-" + name)
+    kwargs.setdefault("networks", frozenset({"lab"}))
+    return pl.HostState(name=name, uri="qemu+tcp://%s/system" % name, available_mib=available, vcpus_running=vcpus, **kwargs)  # type: ignore[arg-type]
+
+
+VM = pl.VmNeeds(name="web1", memory_mib=1024, vcpus=2, networks=frozenset({"lab"}))
+
+
+def test_most_free_memory_wins() -> None:
+    best, rejected = pl.choose(VM, [host("h2", 2048), host("h3", 8192)], source_uuid="uuid-h1")
+    assert best is not None and best.name == "h3" and rejected == {}
+
+
+def test_tie_broken_by_fewest_running_vcpus() -> None:
+    best, _ = pl.choose(VM, [host("h2", 4096, vcpus=8), host("h3", 4096, vcpus=2)], source_uuid="uuid-h1")
+    assert best is not None and best.name == "h3"
+
+
+def test_every_filter_names_its_reason() -> None:
+    vm = pl.VmNeeds(name="db1", memory_mib=2048, networks=frozenset({"lab", "storage"}), disk_paths=frozenset({"/s/db1.qcow2"}), pinned_hosts=frozenset({"h1", "h2", "h3", "h4"}))
+    hosts = [
+        host("h1"),  # the source
+        host("h2", maintenance=True, networks=frozenset({"lab", "storage"}), disk_paths=frozenset({"/s/db1.qcow2"})),
+        host("h3", 1024, networks=frozenset({"lab"})),
+        host("h5", networks=frozenset({"lab", "storage"}), disk_paths=frozenset({"/s/db1.qcow2"})),
+        host("h4", error="connection refused"),
+        host("h6", networks=frozenset({"lab", "storage"}), disk_paths=frozenset({"/s/db1.qcow2"}), cpu_incompatible={"db1": "no avx512"}),
+    ]
+    best, rejected = pl.choose(vm, hosts, source_uuid="uuid-h1")
+    assert best is None
+    assert "is the source host itself" in rejected["h1"][0]
+    assert rejected["h2"] == ["is in maintenance"]
+    assert any("lacks the active network(s) storage" in r for r in rejected["h3"])
+    assert any("cannot see the disk(s) /s/db1.qcow2" in r for r in rejected["h3"])
+    assert any("1024 MiB free" in r for r in rejected["h3"])
+    assert rejected["h4"] == ["cannot be reached: connection refused"]
+    assert any("not among the VM's pinned hosts" in r for r in rejected["h5"])
+    assert any("cannot run the VM's CPU: no avx512" in r for r in rejected["h6"])
+    text = pl.explain("db1", rejected)
+    assert text.startswith("no host can take VM 'db1': h1 ") and "h6 " in text
+
+
+def test_pending_load_spreads_consecutive_choices() -> None:
+    hosts = [host("h2", 4096), host("h3", 3072)]
+    pending = pl.PendingLoad()
+    chosen = []
+    for index in range(4):
+        vm = pl.VmNeeds(name="vm%d" % index, memory_mib=1024)
+        best, _ = pl.choose(vm, hosts, source_uuid="uuid-h1", pending=pending)
+        assert best is not None
+        pending.add(best.name, vm)
+        chosen.append(best.name)
+    # h2 starts 1 GiB ahead; once even, the tie goes to the host with fewer vCPUs planned.
+    assert chosen == ["h2", "h3", "h2", "h3"]
+    assert pending.memory_mib == {"h2": 2048, "h3": 2048}
+
+
+def test_pending_load_counts_against_free_memory() -> None:
+    pending = pl.PendingLoad()
+    pending.add("h2", pl.VmNeeds(name="x", memory_mib=3500))
+    best, rejected = pl.choose(VM, [host("h2", 4096)], source_uuid="uuid-h1", pending=pending)
+    assert best is None and "596 MiB free" in rejected["h2"][0]
