@@ -15,6 +15,8 @@ DEBIAN_PACKAGES=(
   python3 python3-libvirt
   # building libvirt-python into the controller's virtual environment
   python3-venv python3-dev libvirt-dev pkg-config gcc make git
+  # ansible-test sanity: its shellcheck test
+  shellcheck
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -24,9 +24,10 @@ description:
     C(cache='none') unless O(allow_unsafe=true). Each failed check is an error naming the VM, the host
     and the reason, and nothing is started.
   - The migration runs under a policy with a convergence schedule. It starts with an initial
-    maximum downtime; each memory iteration that does not shrink the data remaining moves the
-    schedule on one step (raise the maximum downtime, switch to post-copy, suspend the VM, or
-    abort). See O(policy).
+    maximum downtime. Every O(monitor_interval) seconds the job is checked, and a new memory
+    iteration that has not shrunk the data remaining counts as stalled and moves the schedule on
+    by one step (raise the maximum downtime, switch to post-copy, suspend the VM, or abort). See
+    O(policy).
   - A VM that is shut off moves its persistent definition instead (offline migration).
   - With O(state=cancelled), aborts the VM's outgoing migration job; the VM keeps running on its
     source. Run the migration with C(async) to be able to cancel it from a later task.
@@ -235,6 +236,15 @@ options:
       - Seconds between two readings of the migration job's statistics.
     type: float
     default: 0.5
+    version_added: 0.1.0
+  monitor_interval:
+    description:
+      - Seconds between two convergence checks. At each check, a memory iteration that has not
+        shrunk the data remaining counts as stalled and moves the schedule on by at most one step.
+      - The default of 10 seconds is vdsm's migration monitor interval; shorter intervals make the
+        schedule (and its abort step) come sooner.
+    type: float
+    default: 10.0
     version_added: 0.1.0
   memory_reserved_mib:
     description:
@@ -447,6 +457,7 @@ def argument_spec() -> dict:
         timeout={"type": "int"},
         timeout_action={"type": "str", "choices": ["abort", "post_copy", "suspend"], "default": "abort"},
         wait_sleep={"type": "float", "default": 0.5},
+        monitor_interval={"type": "float", "default": 10.0},
         memory_reserved_mib={"type": "int", "default": 256},
     )
     return spec

@@ -33,7 +33,7 @@ def new_vm(lab: Path) -> t.Iterator[t.Callable[..., str]]:
 
     def make(memory_mib: int = 192, host_index: int = 1, priority: str = "medium") -> str:
         name = "t%s" % secrets.token_hex(3)
-        virtlab("add-vm", "--vm", "%s:%d:%s@%d" % (name, memory_mib, priority, host_index))
+        virtlab("add-vm", "%s:%d:%s@%d" % (name, memory_mib, priority, host_index))
         created.append(name)
         return name
 
@@ -206,7 +206,7 @@ CONVERGENCE = [
     # (policy, extra options, expected outcome)
     ("legacy", {"timeout": 25}, "aborted"),
     ("minimal_downtime", {}, "completed"),
-    ("post_copy", {}, "post_copy"),
+    ("post_copy", {"monitor_interval": 3}, "post_copy"),
 ]
 
 

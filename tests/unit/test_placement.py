@@ -63,6 +63,13 @@ def test_pending_load_spreads_consecutive_choices() -> None:
     assert pending.memory_mib == {"h2": 2048, "h3": 2048}
 
 
+def test_bridges_checked_only_where_the_host_can_tell() -> None:
+    vm = pl.VmNeeds(name="web3", memory_mib=512, bridges=frozenset({"br-prod"}))
+    best, rejected = pl.choose(vm, [host("h2", bridges=frozenset({"br0"})), host("h3", bridges=None)], source_uuid="uuid-h1")
+    assert best is not None and best.name == "h3"
+    assert rejected["h2"] == ["lacks the bridge(s) br-prod"]
+
+
 def test_pending_load_counts_against_free_memory() -> None:
     pending = pl.PendingLoad()
     pending.add("h2", pl.VmNeeds(name="x", memory_mib=3500))

@@ -25,6 +25,7 @@ class VmNeeds:
     memory_mib: int
     vcpus: int = 1
     networks: t.FrozenSet[str] = frozenset()
+    bridges: t.FrozenSet[str] = frozenset()
     disk_paths: t.FrozenSet[str] = frozenset()
     pinned_hosts: t.FrozenSet[str] = frozenset()
 
@@ -39,6 +40,8 @@ class HostState:
     available_mib: int = 0
     vcpus_running: int = 0
     networks: t.FrozenSet[str] = frozenset()
+    # None when the host cannot tell which bridges it has (no libvirt interface driver).
+    bridges: t.Optional[t.FrozenSet[str]] = None
     disk_paths: t.FrozenSet[str] = frozenset()
     maintenance: bool = False
     error: t.Optional[str] = None
@@ -76,6 +79,9 @@ def rejections(
     missing_networks = sorted(vm.networks - host.networks)
     if missing_networks:
         reasons.append("lacks the active network(s) %s" % ", ".join(missing_networks))
+    missing_bridges = sorted(vm.bridges - host.bridges) if host.bridges is not None else []
+    if missing_bridges:
+        reasons.append("lacks the bridge(s) %s" % ", ".join(missing_bridges))
     missing_disks = sorted(vm.disk_paths - host.disk_paths)
     if missing_disks:
         reasons.append("cannot see the disk(s) %s" % ", ".join(missing_disks))

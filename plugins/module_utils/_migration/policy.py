@@ -8,8 +8,9 @@ connections, post-copy allowed) and how it is pushed to converge: an initial max
 schedule steps applied as memory iterations go by without progress (the data remaining does not
 shrink). A step raises the maximum downtime, switches to post-copy, suspends the VM, or aborts.
 
-The built-in schedules are those of oVirt's engine (``MigrationPolicies``), whose numbers vdsm
-applies one step per stalling memory iteration. Pure logic: no libvirt import.
+The built-in schedules are those of oVirt's engine (``MigrationPolicies``), whose steps vdsm
+applies one at a time, at most one per monitor check that finds a new, stalling memory iteration.
+Pure logic: no libvirt import.
 """
 
 from __future__ import annotations
@@ -249,8 +250,9 @@ def default_timeout(memory_mib: int) -> int:
 class ScheduleTracker:
     """Follows a migration job's statistics and says which schedule steps are due.
 
-    A memory iteration "stalls" when the data remaining at its start is not lower than the lowest
-    seen at any earlier iteration. At most one step is applied per new iteration, as vdsm does.
+    Fed one reading per convergence check. A reading from a new memory iteration "stalls" when the
+    data remaining is not lower than the lowest seen at any earlier check. At most one step is due
+    per stalling reading, as vdsm applies them.
     """
 
     def __init__(self, schedule: t.Sequence[Step]) -> None:

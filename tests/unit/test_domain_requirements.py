@@ -1,0 +1,46 @@
+"""What a destination must offer a VM, read from its domain XML (pure)."""
+
+from __future__ import annotations
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import parse_requirements
+
+DOMAIN = """
+<domain type='kvm'>
+  <name>db1</name>
+  <cpu mode='custom' match='exact'><model fallback='forbid'>EPYC</model></cpu>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>
+      <source file='/shared/db1.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw' cache='writeback'/>
+      <source file='/shared/db1-data.raw'/><target dev='vdb' bus='virtio'/></disk>
+    <disk type='block' device='disk'><driver name='qemu' type='raw'/>
+      <source dev='/dev/mapper/lun7'/><target dev='vdc' bus='virtio'/></disk>
+    <disk type='file' device='cdrom'><source file='/iso/tools.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
+    <disk type='file' device='cdrom'><target dev='sdb' bus='sata'/><readonly/></disk>
+    <interface type='network'><source network='prod'/><model type='virtio'/></interface>
+    <interface type='network'><source network='prod'/></interface>
+    <interface type='bridge'><source bridge='br-storage'/></interface>
+  </devices>
+</domain>
+"""
+
+
+def test_networks_bridges_and_cpu() -> None:
+    needs = parse_requirements(DOMAIN)
+    assert needs["networks"] == ["prod"]
+    assert needs["bridges"] == ["br-storage"]
+    assert needs["cpu_xml"] is not None and "EPYC" in needs["cpu_xml"]
+
+
+def test_disks_shared_storage_and_unsafe_cache() -> None:
+    disks = {disk["target"]: disk for disk in parse_requirements(DOMAIN)["disks"]}
+    assert disks["vda"]["shared_storage"] and not disks["vda"]["unsafe_cache"]
+    assert disks["vdb"]["unsafe_cache"] and disks["vdb"]["cache"] == "writeback"
+    assert disks["vdc"]["path"] == "/dev/mapper/lun7" and disks["vdc"]["unsafe_cache"], "no cache attribute is not 'none'"
+    assert disks["sda"]["readonly"] and not disks["sda"]["unsafe_cache"]
+    assert disks["sdb"]["path"] is None and not disks["sdb"]["shared_storage"]
+
+
+def test_host_passthrough_and_diskless_guest() -> None:
+    needs = parse_requirements("<domain><cpu mode='host-passthrough'/><devices/></domain>")
+    assert needs == {"networks": [], "bridges": [], "disks": [], "cpu_xml": None}

@@ -1,0 +1,88 @@
+"""Turning vm_migrate's parameters into a request, and a request into libvirt flags (no hypervisor)."""
+
+from __future__ import annotations
+
+import typing as t
+
+import libvirt
+import pytest
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import migrate
+from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError
+
+BASE: dict[str, t.Any] = {"name": "web1", "uri": "qemu:///system", "destination_uri": "qemu+tcp://hv2/system", "state": "migrated"}
+
+
+def params(**changes: t.Any) -> dict[str, t.Any]:
+    return dict(BASE, **changes)
+
+
+def test_named_destination_becomes_the_only_candidate() -> None:
+    request = migrate.request_from_params(params(candidates=["qemu+tcp://hv3/system"]))
+    assert [c.uri for c in request.candidates] == ["qemu+tcp://hv2/system"]
+    assert request.policy.name == "minimal_downtime" and request.timeout is None
+
+
+def test_candidates_as_uris_and_dicts() -> None:
+    request = migrate.request_from_params(
+        params(destination_uri=None, destination="auto", candidates=["qemu+tcp://a/system", {"uri": "qemu+tcp://b/system", "name": "b", "maintenance": True}])
+    )
+    assert request.auto
+    assert [(c.uri, c.name, c.maintenance) for c in request.candidates] == [("qemu+tcp://a/system", None, False), ("qemu+tcp://b/system", "b", True)]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"destination_uri": None, "destination": "auto"}, "destination=auto needs at least one host"),
+        ({"destination_uri": None, "destination": "auto", "candidates": [{"name": "x"}]}, r"candidates\[0\] must be a libvirt URI"),
+        ({"destination_uri": None, "destination": "auto", "candidates": [{"uri": "u", "zone": 1}]}, "unknown keys: zone"),
+        ({"bandwidth_mib": -1}, "bandwidth_mib must be positive"),
+        ({"timeout": 0}, "timeout must be a positive number"),
+        ({"monitor_interval": -2.0}, "monitor_interval must be a positive number"),
+        ({"memory_reserved_mib": -1}, "memory_reserved_mib must be zero or more"),
+        ({"policy": "nope"}, "unknown migration policy 'nope'"),
+        ({"post_copy": True, "parallel_connections": 2}, "post_copy cannot be combined"),
+    ],
+)
+def test_bad_parameters_are_refused(changes: dict[str, t.Any], message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        migrate.request_from_params(params(**changes))
+
+
+def test_cancel_needs_no_destination() -> None:
+    request = migrate.request_from_params({"name": "web1", "state": "cancelled"})
+    assert request.candidates == [] and request.source_uri == "qemu:///system"
+
+
+def test_live_flags_follow_the_policy() -> None:
+    request = migrate.request_from_params(params(policy="suspend_workload", bandwidth_mib=64, migrate_uri="tcp://10.0.0.2"))
+    flags, typed = migrate.migration_flags_and_params(request, running=True)
+    for flag in (
+        libvirt.VIR_MIGRATE_LIVE,
+        libvirt.VIR_MIGRATE_PEER2PEER,
+        libvirt.VIR_MIGRATE_PERSIST_DEST,
+        libvirt.VIR_MIGRATE_UNDEFINE_SOURCE,
+        libvirt.VIR_MIGRATE_AUTO_CONVERGE,
+        libvirt.VIR_MIGRATE_COMPRESSED,
+    ):
+        assert flags & flag, flag
+    assert not flags & libvirt.VIR_MIGRATE_POSTCOPY
+    assert typed == {
+        libvirt.VIR_MIGRATE_PARAM_COMPRESSION: ["xbzrle"],
+        libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 64,
+        libvirt.VIR_MIGRATE_PARAM_URI: "tcp://10.0.0.2",
+    }
+
+
+def test_post_copy_flag_for_policy_or_timeout_action() -> None:
+    flags, _ = migrate.migration_flags_and_params(migrate.request_from_params(params(policy="post_copy")), running=True)
+    assert flags & libvirt.VIR_MIGRATE_POSTCOPY
+    flags, _ = migrate.migration_flags_and_params(migrate.request_from_params(params(policy="legacy", timeout_action="post_copy")), running=True)
+    assert flags & libvirt.VIR_MIGRATE_POSTCOPY
+
+
+def test_shut_off_vm_migrates_offline_and_persistently() -> None:
+    flags, typed = migrate.migration_flags_and_params(migrate.request_from_params(params(persistent=False)), running=False)
+    assert flags & libvirt.VIR_MIGRATE_OFFLINE and flags & libvirt.VIR_MIGRATE_PERSIST_DEST
+    assert not flags & libvirt.VIR_MIGRATE_LIVE and typed == {}
