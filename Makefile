@@ -43,7 +43,9 @@ integration:
 
 molecule:
 	@echo "== molecule scenarios against the lab"
-	cd extensions && molecule test --all
+	for scenario in extensions/molecule/*/molecule.yml; do \
+	  molecule test -s "$$(basename "$$(dirname "$$scenario")")"; \
+	done
 
 lab-down:
 	tests/lab/virtlab down

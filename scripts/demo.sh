@@ -23,6 +23,15 @@ tests/lab/virtlab status
 step "Facts of every host of the cluster (virtops.migration.host_info over SSH)"
 ansible-playbook -i "$inventory" playbooks/cluster_report.yml -e cluster=lab
 
+step "Plan a live migration of web1 to the best other host (check mode: nothing moves)"
+ansible-playbook -i "$inventory" playbooks/migrate_vm.yml -e source=lab-h1 -e vm=web1 --check
+
+step "Live-migrate web1 (virtops.migration.vm_migrate, policy minimal_downtime)"
+ansible-playbook -i "$inventory" playbooks/migrate_vm.yml -e source=lab-h1 -e vm=web1
+
+step "Run it again: web1 is already there, nothing changes"
+ansible-playbook -i "$inventory" playbooks/migrate_vm.yml -e source=lab-h1 -e vm=web1
+
 step "The lab's no-VM-lost check"
 tests/lab/virtlab check
 

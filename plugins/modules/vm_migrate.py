@@ -35,7 +35,7 @@ description:
     migration leaves it running on the source (resumed if the schedule had paused it), defined there
     only, and the module fails with libvirt's reason.
 author:
-  - virtops.migration contributors
+  - virtops.migration contributors (@virtops)
 extends_documentation_fragment:
   - virtops.migration.connection
   - virtops.migration.attributes

@@ -16,6 +16,7 @@ from labkit import (
     assert_no_vm_lost,
     load_hostvars,
     run_module,
+    run_playbook,
     running_on,
     virtlab,
     vm_homes,
@@ -233,3 +234,32 @@ def test_convergence_of_a_busy_guest_under_a_bandwidth_cap(
             assert "abort" not in actions
     assert read_marker(vm) == marker
     assert_no_vm_lost()
+
+
+def test_migrate_vm_playbook_plans_moves_and_repeats(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(host_index=3)
+    marker = write_marker(vm)
+    playbook = Path(__file__).resolve().parents[2] / "playbooks" / "migrate_vm.yml"
+    extra = {"source": "lab-h3", "vm": vm}
+
+    planned = run_playbook(lab, playbook, extra, check_mode=True)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "%s: lab-h3 -> " % vm in planned.stdout and "(planned, check mode)" in planned.stdout
+    assert running_on(vm) == "lab-h3"
+
+    moved = run_playbook(lab, playbook, extra)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert "downtime" in moved.stdout
+    assert running_on(vm) != "lab-h3" and read_marker(vm) == marker
+
+    again = run_playbook(lab, playbook, extra)
+    assert again.returncode == 0 and "(already there)" in again.stdout, again.stdout
+    assert "changed=0" in again.stdout
+    assert_no_vm_lost()
+
+
+def test_migrate_vm_playbook_refuses_missing_inputs(lab: Path) -> None:
+    playbook = Path(__file__).resolve().parents[2] / "playbooks" / "migrate_vm.yml"
+    result = run_playbook(lab, playbook, {"source": "lab-h1"})
+    assert result.returncode != 0
+    assert "Give the VM to move with -e vm=NAME" in result.stdout

@@ -57,7 +57,7 @@ def test_cancel_needs_no_destination() -> None:
 
 def test_live_flags_follow_the_policy() -> None:
     request = migrate.request_from_params(params(policy="suspend_workload", bandwidth_mib=64, migrate_uri="tcp://10.0.0.2"))
-    flags, typed = migrate.migration_flags_and_params(request, running=True)
+    flags, typed = migrate.migration_flags_and_params(request, running=True)[0]
     for flag in (
         libvirt.VIR_MIGRATE_LIVE,
         libvirt.VIR_MIGRATE_PEER2PEER,
@@ -76,9 +76,9 @@ def test_live_flags_follow_the_policy() -> None:
 
 
 def test_post_copy_flag_for_policy_or_timeout_action() -> None:
-    flags, _ = migrate.migration_flags_and_params(migrate.request_from_params(params(policy="post_copy")), running=True)
+    flags = migrate.migration_flags_and_params(migrate.request_from_params(params(policy="post_copy")), running=True)[0]
     assert flags & libvirt.VIR_MIGRATE_POSTCOPY
-    flags, _ = migrate.migration_flags_and_params(migrate.request_from_params(params(policy="legacy", timeout_action="post_copy")), running=True)
+    flags = migrate.migration_flags_and_params(migrate.request_from_params(params(policy="legacy", timeout_action="post_copy")), running=True)[0]
     assert flags & libvirt.VIR_MIGRATE_POSTCOPY
 
 

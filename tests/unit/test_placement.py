@@ -20,12 +20,18 @@ def test_most_free_memory_wins() -> None:
 
 
 def test_tie_broken_by_fewest_running_vcpus() -> None:
-    best, _ = pl.choose(VM, [host("h2", 4096, vcpus=8), host("h3", 4096, vcpus=2)], source_uuid="uuid-h1")
+    best = pl.choose(VM, [host("h2", 4096, vcpus=8), host("h3", 4096, vcpus=2)], source_uuid="uuid-h1")[0]
     assert best is not None and best.name == "h3"
 
 
 def test_every_filter_names_its_reason() -> None:
-    vm = pl.VmNeeds(name="db1", memory_mib=2048, networks=frozenset({"lab", "storage"}), disk_paths=frozenset({"/s/db1.qcow2"}), pinned_hosts=frozenset({"h1", "h2", "h3", "h4"}))
+    vm = pl.VmNeeds(
+        name="db1",
+        memory_mib=2048,
+        networks=frozenset({"lab", "storage"}),
+        disk_paths=frozenset({"/s/db1.qcow2"}),
+        pinned_hosts=frozenset({"h1", "h2", "h3", "h4"}),
+    )
     hosts = [
         host("h1"),  # the source
         host("h2", maintenance=True, networks=frozenset({"lab", "storage"}), disk_paths=frozenset({"/s/db1.qcow2"})),
@@ -54,7 +60,7 @@ def test_pending_load_spreads_consecutive_choices() -> None:
     chosen = []
     for index in range(4):
         vm = pl.VmNeeds(name="vm%d" % index, memory_mib=1024)
-        best, _ = pl.choose(vm, hosts, source_uuid="uuid-h1", pending=pending)
+        best = pl.choose(vm, hosts, source_uuid="uuid-h1", pending=pending)[0]
         assert best is not None
         pending.add(best.name, vm)
         chosen.append(best.name)
