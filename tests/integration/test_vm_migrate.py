@@ -263,3 +263,47 @@ def test_migrate_vm_playbook_refuses_missing_inputs(lab: Path) -> None:
     result = run_playbook(lab, playbook, {"source": "lab-h1"})
     assert result.returncode != 0
     assert "Give the VM to move with -e vm=NAME" in result.stdout
+
+
+def test_timeout_action_suspend_completes_and_resumes_on_destination(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(memory_mib=256)
+    marker = write_marker(vm)
+    virtlab("dirty", vm, "--mib", "24")
+    args = {"name": vm, "destination_uri": uri(lab, "lab-h2"), "policy": "legacy", "bandwidth_mib": 50, "timeout": 8, "timeout_action": "suspend"}
+    result = run_module(lab, "lab-h1", MODULE, args)
+    assert result.get("failed") is not True and result["changed"] is True, result
+    assert [step["action"] for step in result["schedule_applied"]] == ["suspend"]
+    events = [event["event"] for event in result["events"]]
+    assert "timeout" in events and "resumed_on_destination" in events
+    assert vm_homes(vm) == {"lab-h2": "running"}
+    assert read_marker(vm) == marker
+    assert_no_vm_lost()
+
+
+def test_dedicated_migration_address(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm()
+    marker = write_marker(vm)
+    address = load_hostvars(lab)["lab-h3"]["ansible_host"]
+    result = run_module(lab, "lab-h1", MODULE, {"name": vm, "destination_uri": uri(lab, "lab-h3"), "migrate_uri": "tcp://%s" % address})
+    assert result["changed"] is True, result
+    assert vm_homes(vm) == {"lab-h3": "running"} and read_marker(vm) == marker
+    assert_no_vm_lost()
+
+
+def test_disk_with_unsafe_cache_is_refused_unless_allowed(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm()
+    image = "/var/lib/libvirt/images/%s-data.raw" % vm
+    virtlab("ssh", "lab-h1", "--", "truncate", "-s", "16M", image)
+    virtlab("ssh", "lab-h1", "--", "virsh", "attach-disk", vm, image, "vdb", "--cache", "writeback", "--persistent")
+    args = {"name": vm, "destination_uri": uri(lab, "lab-h2")}
+
+    refused = run_module(lab, "lab-h1", MODULE, args)
+    assert refused.get("failed") is True, refused
+    assert "vdb (cache=writeback)" in refused["msg"] and "allow_unsafe" in refused["msg"], refused["msg"]
+
+    # Allowed, the next check still holds: lab-h2 cannot see the disk (it is not on shared storage).
+    unseen = run_module(lab, "lab-h1", MODULE, dict(args, allow_unsafe=True), check_mode=True)
+    assert unseen.get("failed") is True, unseen
+    assert "cannot see the disk(s) %s" % image in unseen["msg"], unseen["msg"]
+    assert vm_homes(vm) == {"lab-h1": "running"}
+    assert_no_vm_lost()

@@ -57,7 +57,7 @@ def test_cancel_needs_no_destination() -> None:
 
 def test_live_flags_follow_the_policy() -> None:
     request = migrate.request_from_params(params(policy="suspend_workload", bandwidth_mib=64, migrate_uri="tcp://10.0.0.2"))
-    flags, typed = migrate.migration_flags_and_params(request, running=True)[0]
+    flags, typed = migrate.migration_flags_and_params(request, running=True)
     for flag in (
         libvirt.VIR_MIGRATE_LIVE,
         libvirt.VIR_MIGRATE_PEER2PEER,
