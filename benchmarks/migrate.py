@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: live migration of lab guests with vm_migrate, side by side with plain virsh.
 
 On one lab (two hosts) and fresh guests, measured in the same run:

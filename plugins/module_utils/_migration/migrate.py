@@ -20,7 +20,7 @@ import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration import placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration import placement, settings
 from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     MigrationError,
@@ -74,6 +74,10 @@ class Request:
     candidates: t.List[Candidate]
     policy: Policy
     auto: bool = False
+    policy_option: t.Any = None
+    overrides: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    global_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
     migrate_uri: t.Optional[str] = None
     listen_address: t.Optional[str] = None
     live: bool = True
@@ -120,8 +124,11 @@ def parse_candidates(raw: t.Sequence[t.Any]) -> t.List[Candidate]:
 
 def request_from_params(params: t.Mapping[str, t.Any]) -> "Request":
     """Validate the module's parameters into a :class:`Request`; refuse bad input before any connection."""
-    overrides = {key: params.get(key) for key in POLICY_OVERRIDES}
+    overrides = {key: params.get(key) for key in POLICY_OVERRIDES if params.get(key) is not None}
+    # Validated now, so that bad input fails before any connection; the VM's own settings join in later.
     policy = apply_overrides(base_policy(params.get("policy")), overrides)
+    cluster_policy = settings.validate(params.get("cluster_policy"), "cluster_policy")
+    global_policy = settings.validate(params.get("global_policy"), "global_policy")
     if params.get("timeout") is not None and params["timeout"] <= 0:
         raise PolicyError("timeout must be a positive number of seconds, got %d" % params["timeout"])
     for name in ("wait_sleep", "monitor_interval"):
@@ -142,6 +149,10 @@ def request_from_params(params: t.Mapping[str, t.Any]) -> "Request":
         candidates=candidates,
         policy=policy,
         auto=auto,
+        policy_option=params.get("policy"),
+        overrides=overrides,
+        cluster_policy=cluster_policy,
+        global_policy=global_policy,
         migrate_uri=params.get("migrate_uri"),
         listen_address=params.get("listen_address"),
         live=params.get("live", True),
@@ -170,10 +181,9 @@ class Clock:
         return round(time.monotonic() - self.start, 3)
 
 
-def vm_needs(vm: str, facts: t.Mapping[str, t.Any], requirements: t.Mapping[str, t.Any]) -> placement.VmNeeds:
-    """What the VM requires of a destination, from its domain facts and XML requirements."""
-    settings = facts.get("migration_settings") or {}
-    pinned = settings.get("pinned_hosts") or []
+def vm_needs(vm: str, facts: t.Mapping[str, t.Any], requirements: t.Mapping[str, t.Any], effective: t.Mapping[str, t.Any]) -> placement.VmNeeds:
+    """What the VM requires of a destination, from its domain facts, XML requirements and effective settings."""
+    pinned = effective.get("pinned_hosts") or []
     return placement.VmNeeds(
         name=vm,
         memory_mib=int(facts.get("memory_mib") or 0),
@@ -330,11 +340,17 @@ class Migrator:
             xml = self._call(dom.XMLDesc, "read the domain XML", req.source_uri)
             facts = domxml.describe_domain(dom, req.source_uri)
             requirements = domxml.parse_requirements(xml)
-            needs = vm_needs(facts["name"], facts, requirements)
+            resolved = settings.resolve(facts.get("migration_settings") or {}, req.cluster_policy, req.global_policy)
+            effective = {key: entry["value"] for key, entry in resolved.items()}
+            if effective["migration_mode"] == "none":
+                raise PolicyError(
+                    "VM '%s' has migration_mode 'none' (set at the %s level): it is never migrated." % (facts["name"], resolved["migration_mode"]["source"]),
+                    vm=facts["name"],
+                    uri=req.source_uri,
+                )
+            req.policy = self._effective_policy(effective)
+            needs = vm_needs(facts["name"], facts, requirements, effective)
             source_uuid = parse_capabilities(source.getCapabilities())["uuid"]
-            mode = (facts.get("migration_settings") or {}).get("migration_mode")
-            if mode == "none":
-                raise PolicyError("VM '%s' has migration_mode 'none': it is never migrated." % facts["name"], vm=facts["name"], uri=req.source_uri)
             self._check_disks(facts["name"], requirements)
             running = bool(facts["active"])
             if req.timeout is None:
@@ -373,6 +389,15 @@ class Migrator:
             result.update(self._completed_stats(facts["uuid"], dest.uri, dom))
         result.update(duration_s=self.clock.now(), schedule_applied=self.applied, events=self.events)
         return result
+
+    def _effective_policy(self, effective: t.Mapping[str, t.Any]) -> Policy:
+        """The task's policy and options win; what they leave open comes from the VM > cluster > global settings."""
+        req = self.request
+        policy = base_policy(req.policy_option if req.policy_option is not None else effective["policy"])
+        inherited = {key: effective[key] for key in ("auto_converge", "compression", "bandwidth_mib", "max_downtime_ms") if effective.get(key) is not None}
+        if req.policy_option is None:
+            policy = apply_overrides(policy, inherited)
+        return apply_overrides(policy, req.overrides)
 
     def _already_moved(self, src_host: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
         """The VM is not on the source: fine if it runs on a destination candidate (a repeat run)."""

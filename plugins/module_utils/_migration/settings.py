@@ -1,0 +1,150 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""Per-VM migration settings: what each may hold, and their inheritance VM > cluster > global.
+
+A VM's own settings live in its domain metadata (see ``metadata.py``); cluster and global settings
+come from inventory variables, passed to modules as ``cluster_policy`` and ``global_policy``. The
+effective value of a setting is the VM's, else the cluster's, else the global one, else the built-in
+default; the value ``inherit`` at any level defers to the next wider one. Pure logic: no libvirt.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import (
+    BUILTIN_POLICIES,
+    COMPRESSION_METHODS,
+    DEFAULT_POLICY,
+    PolicyError,
+    apply_overrides,
+    base_policy,
+    Policy,
+)
+
+INHERIT = "inherit"
+LEVELS = ("vm", "cluster", "global")
+PRIORITIES = ("low", "medium", "high")
+PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
+MIGRATION_MODES = ("auto", "manual", "none")
+
+# Built-in defaults; None means "the policy's own value".
+DEFAULTS: t.Dict[str, t.Any] = {
+    "priority": "medium",
+    "migration_mode": "auto",
+    "pinned_hosts": [],
+    "policy": DEFAULT_POLICY,
+    "auto_converge": None,
+    "compression": None,
+    "bandwidth_mib": None,
+    "max_downtime_ms": None,
+}
+SETTING_NAMES = tuple(DEFAULTS)
+
+
+# Words a boolean setting may be given as (key=value task arguments arrive as strings).
+_BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+class SettingsError(MigrationError):
+    """A migration setting has a value it cannot hold; nothing has been written."""
+
+
+def _check_policy(value: t.Any, where: str) -> t.Any:
+    if isinstance(value, str) and value not in BUILTIN_POLICIES:
+        raise SettingsError("%s.policy: unknown migration policy %r; built-in policies: %s" % (where, value, ", ".join(sorted(BUILTIN_POLICIES))))
+    try:
+        base_policy(value)
+    except PolicyError as exc:
+        raise SettingsError("%s.policy: %s" % (where, exc.msg)) from None
+    return value
+
+
+def validate_value(name: str, value: t.Any, where: str = "settings") -> t.Any:
+    """The normalised value of one setting, or :class:`SettingsError` naming the problem."""
+    if name not in DEFAULTS:
+        raise SettingsError("%s: unknown migration setting %r (known: %s)" % (where, name, ", ".join(SETTING_NAMES)))
+    if value is None or value == INHERIT:
+        return value
+    label = "%s.%s" % (where, name)
+    if name == "priority":
+        if value not in PRIORITIES:
+            raise SettingsError("%s must be one of low, medium, high or inherit, got %r" % (label, value))
+    elif name == "migration_mode":
+        if value not in MIGRATION_MODES:
+            raise SettingsError("%s must be one of auto, manual, none or inherit, got %r" % (label, value))
+    elif name == "pinned_hosts":
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(h, str) and h for h in value):
+            raise SettingsError("%s must be a list of host names, got %r" % (label, value))
+        value = sorted(set(value))
+    elif name == "policy":
+        value = _check_policy(value, where)
+    elif name == "auto_converge":
+        if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
+            value = _BOOLEAN_WORDS[value.lower()]
+        if not isinstance(value, bool):
+            raise SettingsError("%s must be true, false or inherit, got %r" % (label, value))
+    elif name == "compression":
+        methods = [value] if isinstance(value, str) else value
+        if not isinstance(methods, (list, tuple)) or any(m not in COMPRESSION_METHODS for m in methods):
+            raise SettingsError("%s must be a list of %s (or inherit), got %r" % (label, ", ".join(COMPRESSION_METHODS), value))
+        value = list(methods)
+    elif name in ("bandwidth_mib", "max_downtime_ms"):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise SettingsError("%s must be a positive whole number (or inherit), got %r" % (label, value))
+    return value
+
+
+def validate(settings: t.Optional[t.Mapping[str, t.Any]], where: str) -> t.Dict[str, t.Any]:
+    """Validate a whole level; ``None`` values are dropped (not set at this level)."""
+    result: t.Dict[str, t.Any] = {}
+    for name, value in (settings or {}).items():
+        checked = validate_value(name, value, where)
+        if checked is not None:
+            result[name] = checked
+    return result
+
+
+def resolve(
+    vm: t.Optional[t.Mapping[str, t.Any]],
+    cluster: t.Optional[t.Mapping[str, t.Any]] = None,
+    global_: t.Optional[t.Mapping[str, t.Any]] = None,
+) -> t.Dict[str, t.Dict[str, t.Any]]:
+    """Each setting's effective value and the level it came from (``vm``, ``cluster``, ``global``, ``default``).
+
+    The VM level is read leniently (unknown keys in stored metadata are ignored, so metadata written
+    by a newer release does not break an older one); cluster and global levels are validated.
+    """
+    levels = (
+        ("vm", {k: v for k, v in (vm or {}).items() if k in DEFAULTS}),
+        ("cluster", validate(cluster, "cluster_policy")),
+        ("global", validate(global_, "global_policy")),
+    )
+    result: t.Dict[str, t.Dict[str, t.Any]] = {}
+    for name in SETTING_NAMES:
+        result[name] = {"value": DEFAULTS[name], "source": "default"}
+        for level, values in levels:
+            value = values.get(name)
+            if value is not None and value != INHERIT:
+                result[name] = {"value": value, "source": level}
+                break
+    return result
+
+
+def effective(
+    vm: t.Optional[t.Mapping[str, t.Any]],
+    cluster: t.Optional[t.Mapping[str, t.Any]] = None,
+    global_: t.Optional[t.Mapping[str, t.Any]] = None,
+) -> t.Dict[str, t.Any]:
+    """Each setting's effective value."""
+    return {name: entry["value"] for name, entry in resolve(vm, cluster, global_).items()}
+
+
+def effective_policy(values: t.Mapping[str, t.Any]) -> Policy:
+    """The migration policy the effective settings describe (policy plus its single overrides)."""
+    overrides = {name: values.get(name) for name in ("auto_converge", "compression", "bandwidth_mib", "max_downtime_ms")}
+    return apply_overrides(base_policy(values.get("policy")), overrides)

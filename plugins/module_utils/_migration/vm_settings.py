@@ -1,0 +1,123 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""Reading and writing a VM's own migration settings in its domain metadata.
+
+The settings are written to the live definition (if the VM runs) and to the persistent one (if it
+has one), so they travel with the VM on migration and survive restarts. Only the collection's own
+metadata element is touched; other ``<metadata>`` children stay as they are.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration import metadata, settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import translate_libvirt_error
+
+try:
+    import libvirt
+except ImportError:  # reported by the module through missing_required_lib
+    pass
+
+
+class VmSettingsManager:
+    """``present`` / ``absent`` / ``info`` for the migration settings of the VMs on one host."""
+
+    def __init__(self, uri: str, username: t.Optional[str] = None, password: t.Optional[str] = None) -> None:
+        self.uri = uri
+        self.username = username
+        self.password = password
+
+    def _stored(self, dom: t.Any, name: str) -> t.Tuple[t.Dict[str, t.Any], t.Optional[t.Dict[str, t.Any]], bool, bool]:
+        """(live or only settings, persistent settings or None, active, persistent)."""
+        try:
+            active = bool(dom.isActive())
+            persistent = bool(dom.isPersistent())
+            current = metadata.from_domain_xml(dom.XMLDesc(0))
+            config = metadata.from_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) if persistent and active else None
+        except libvirt.libvirtError as exc:
+            raise translate_libvirt_error(exc, "read the migration settings", vm=name, uri=self.uri) from exc
+        except metadata.MetadataFormatError as exc:
+            raise settings.SettingsError("VM '%s' on %s has unreadable migration metadata: %s" % (name, self.uri, exc), vm=name, uri=self.uri) from exc
+        return current, config, active, persistent
+
+    def _write(self, dom: t.Any, name: str, values: t.Optional[t.Mapping[str, t.Any]], active: bool, persistent: bool) -> None:
+        flags = 0
+        if active:
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        if persistent:
+            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        xml = metadata.render(values, qualified=False) if values else None
+        prefix = metadata.NAMESPACE_PREFIX if values else None
+        try:
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, prefix, metadata.NAMESPACE_URI, flags)
+        except libvirt.libvirtError as exc:
+            raise translate_libvirt_error(exc, "write the migration settings", vm=name, uri=self.uri) from exc
+
+    def apply(self, vm: str, state: str, wanted: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
+        """Make the VM's own settings match: ``present`` sets the given ones, ``absent`` removes them all.
+
+        With ``present``, settings not given keep their value, and ``inherit`` removes a setting
+        from the VM level so that the cluster or global value applies.
+        """
+        values = settings.validate(wanted, "options")
+        with libvirt_connection(self.uri, self.username, self.password) as conn:
+            dom = domxml.lookup_domain(conn, vm)
+            name = dom.name()
+            current, config, active, persistent = self._stored(dom, name)
+            if state == "absent":
+                after: t.Dict[str, t.Any] = {}
+            else:
+                after = dict(current)
+                for key, value in values.items():
+                    if value == settings.INHERIT:
+                        after.pop(key, None)
+                    else:
+                        after[key] = value
+            changed = after != current or (config is not None and after != config)
+            if changed and not check_mode:
+                self._write(dom, name, after, active, persistent)
+        return {
+            "changed": changed,
+            "vm": name,
+            "settings": after,
+            "diff": {"before": current, "after": after},
+        }
+
+    def info(
+        self,
+        vm: t.Optional[str],
+        cluster: t.Optional[t.Mapping[str, t.Any]],
+        global_: t.Optional[t.Mapping[str, t.Any]],
+    ) -> t.List[t.Dict[str, t.Any]]:
+        """For one VM or every VM of the host: its own settings and each effective value with its level."""
+        settings.validate(cluster, "cluster_policy")
+        settings.validate(global_, "global_policy")
+        result = []
+        with libvirt_connection(self.uri, self.username, self.password) as conn:
+            if vm:
+                domains = [domxml.lookup_domain(conn, vm)]
+            else:
+                try:
+                    domains = conn.listAllDomains(0)
+                except libvirt.libvirtError as exc:
+                    raise translate_libvirt_error(exc, "list the VMs", uri=self.uri) from exc
+            for dom in domains:
+                name = dom.name()
+                own = self._stored(dom, name)[0]
+                resolved = settings.resolve(own, cluster, global_)
+                values = {key: entry["value"] for key, entry in resolved.items()}
+                result.append(
+                    {
+                        "name": name,
+                        "uuid": dom.UUIDString(),
+                        "own": own,
+                        "settings": resolved,
+                        "effective": values,
+                        "policy": settings.effective_policy(values).as_dict(),
+                    }
+                )
+        return sorted(result, key=lambda entry: entry["name"])

@@ -1,0 +1,205 @@
+#!/usr/bin/python
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: migration_policy
+short_description: Set a VM's own migration priority, mode, pinning and policy
+version_added: 0.1.0
+description:
+  - Keeps a VM's migration settings in the VM's own domain XML C(<metadata>), in the live
+    definition (if it runs) and the persistent one (if it has one), so they travel with the VM when
+    it migrates and survive restarts. Nothing is kept elsewhere.
+  - Settings are inherited VM, then cluster, then global, then the built-in default. This module
+    sets the VM level; cluster and global levels are inventory variables that roles pass to
+    modules as C(cluster_policy) and C(global_policy). V(inherit) removes a setting from the VM
+    level so the wider level applies.
+  - M(virtops.migration.vm_migrate) and the maintenance role read the effective settings.
+    O(migration_mode=none) refuses every migration; V(manual) allows a migration asked for by name
+    but keeps the VM out of evacuations unless confirmed; O(pinned_hosts) restricts destinations.
+  - Invalid values are refused with a message naming the setting, and nothing is written.
+author:
+  - virtops.migration contributors (@virtops)
+extends_documentation_fragment:
+  - virtops.migration.connection
+  - virtops.migration.attributes
+  - virtops.migration.attributes.ACTIONGROUP_LIBVIRT
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details:
+      - The VM-level settings before and after.
+  idempotent:
+    support: full
+options:
+  name:
+    description:
+      - Name of the VM. One of O(name) and O(uuid) is required.
+    type: str
+    version_added: 0.1.0
+  uuid:
+    description:
+      - UUID of the VM, as an alternative to O(name).
+    type: str
+    version_added: 0.1.0
+  state:
+    description:
+      - V(present) sets the settings given and keeps the others as they are.
+      - V(absent) removes all of the VM's own migration settings (only the collection's metadata
+        element; other metadata stays), so every setting is inherited.
+    type: str
+    choices: [present, absent]
+    default: present
+    version_added: 0.1.0
+  priority:
+    description:
+      - Migration priority. Evacuations migrate V(high) VMs first, then V(medium), then V(low).
+    type: str
+    choices: [low, medium, high, inherit]
+    version_added: 0.1.0
+  migration_mode:
+    description:
+      - V(auto) allows automatic and manual migration, V(manual) only migrations asked for by name,
+        V(none) no migration at all.
+    type: str
+    choices: [auto, manual, none, inherit]
+    version_added: 0.1.0
+  pinned_hosts:
+    description:
+      - Host names (as M(virtops.migration.host_info) reports them) the VM may run on. An empty list
+        means any host. V(inherit) (as a string) removes the setting.
+    type: raw
+    version_added: 0.1.0
+  policy:
+    description:
+      - Migration policy, a built-in name (see M(virtops.migration.vm_migrate)) or a custom policy
+        as a dictionary, or V(inherit).
+    type: raw
+    version_added: 0.1.0
+  auto_converge:
+    description:
+      - Throttle the VM's vCPUs when a migration does not converge. V(true), V(false) or V(inherit).
+    type: raw
+    version_added: 0.1.0
+  compression:
+    description:
+      - Compression methods for the migration stream, for example V([xbzrle]), or V(inherit).
+    type: raw
+    version_added: 0.1.0
+  bandwidth_mib:
+    description:
+      - Maximum migration bandwidth in MiB/s, or V(inherit).
+    type: raw
+    version_added: 0.1.0
+  max_downtime_ms:
+    description:
+      - Initial maximum downtime in milliseconds, or V(inherit).
+    type: raw
+    version_added: 0.1.0
+notes:
+  - The settings are stored under the namespace C(https://virtops.github.io/xmlns/migration/1).
+seealso:
+  - module: virtops.migration.migration_policy_info
+  - module: virtops.migration.vm_migrate
+"""
+
+EXAMPLES = r"""
+- name: Make db1 a high-priority VM that migrates only when asked, on hv2 or hv3
+  virtops.migration.migration_policy:
+    name: db1
+    priority: high
+    migration_mode: manual
+    pinned_hosts: [hv2, hv3]
+
+- name: Give batch7 its own migration policy with XBZRLE compression
+  virtops.migration.migration_policy:
+    name: batch7
+    policy: suspend_workload
+    compression: [xbzrle]
+    bandwidth_mib: 256
+
+- name: Let batch7 follow the cluster's bandwidth again
+  virtops.migration.migration_policy:
+    name: batch7
+    bandwidth_mib: inherit
+
+- name: Never migrate the licence server
+  virtops.migration.migration_policy:
+    name: licence1
+    migration_mode: none
+
+- name: Drop every VM-level setting of web1
+  virtops.migration.migration_policy:
+    name: web1
+    state: absent
+"""
+
+RETURN = r"""
+vm:
+  description: Name of the VM.
+  returned: success
+  type: str
+  sample: db1
+settings:
+  description: The VM's own settings after the change (or as they would be, in check mode).
+  returned: success
+  type: dict
+  sample: {priority: high, migration_mode: manual, pinned_hosts: [hv2, hv3]}
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import (
+    HAS_LIBVIRT,
+    LIBVIRT_IMPORT_ERROR,
+    connection_argument_spec,
+)
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.settings import SETTING_NAMES
+from ansible_collections.virtops.migration.plugins.module_utils._migration.vm_settings import VmSettingsManager
+
+
+def argument_spec() -> dict:
+    spec = connection_argument_spec()
+    spec.update(
+        name={"type": "str"},
+        uuid={"type": "str"},
+        state={"type": "str", "choices": ["present", "absent"], "default": "present"},
+        priority={"type": "str", "choices": ["low", "medium", "high", "inherit"]},
+        migration_mode={"type": "str", "choices": ["auto", "manual", "none", "inherit"]},
+        pinned_hosts={"type": "raw"},
+        policy={"type": "raw"},
+        auto_converge={"type": "raw"},
+        compression={"type": "raw"},
+        bandwidth_mib={"type": "raw"},
+        max_downtime_ms={"type": "raw"},
+    )
+    return spec
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        supports_check_mode=True,
+        required_one_of=[("name", "uuid")],
+        mutually_exclusive=[("name", "uuid")],
+    )
+    if not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
+    params = module.params
+    wanted = {key: params[key] for key in SETTING_NAMES if params.get(key) is not None}
+    try:
+        manager = VmSettingsManager(params["uri"], params["username"], params["password"])
+        result = manager.apply(params["name"] or params["uuid"], params["state"], wanted, module.check_mode)
+    except MigrationError as exc:
+        module.fail_json(**exc.result())
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

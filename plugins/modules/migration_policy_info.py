@@ -1,0 +1,131 @@
+#!/usr/bin/python
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: migration_policy_info
+short_description: Effective migration settings of VMs, and where each comes from
+version_added: 0.1.0
+description:
+  - For one VM, or every VM of the host, returns the VM's own migration settings (set with
+    M(virtops.migration.migration_policy)) and the effective value of each setting with the level
+    it came from, V(vm), V(cluster), V(global) or V(default), following the inheritance VM, then
+    cluster, then global, then the built-in default (V(inherit) defers to the wider level).
+  - Also returns the effective migration policy in full.
+author:
+  - virtops.migration contributors (@virtops)
+extends_documentation_fragment:
+  - virtops.migration.connection
+  - virtops.migration.attributes
+  - virtops.migration.attributes.INFO_MODULE
+  - virtops.migration.attributes.ACTIONGROUP_LIBVIRT
+options:
+  name:
+    description:
+      - Name or UUID of one VM. Without it, every VM of the host.
+    type: str
+    version_added: 0.1.0
+  cluster_policy:
+    description:
+      - Cluster-level settings, usually a group variable of the cluster's inventory group. Same keys
+        and values as the options of M(virtops.migration.migration_policy).
+    type: dict
+    default: {}
+    version_added: 0.1.0
+  global_policy:
+    description:
+      - Global settings, usually a variable of the C(all) group. Same keys and values as the options
+        of M(virtops.migration.migration_policy).
+    type: dict
+    default: {}
+    version_added: 0.1.0
+seealso:
+  - module: virtops.migration.migration_policy
+"""
+
+EXAMPLES = r"""
+- name: Effective settings of every VM on this host
+  virtops.migration.migration_policy_info:
+    cluster_policy: "{{ virtops_cluster_policy | default({}) }}"
+    global_policy: "{{ virtops_global_policy | default({}) }}"
+  register: policies
+
+- name: VMs that never migrate
+  ansible.builtin.debug:
+    msg: "{{ policies.vms | selectattr('effective.migration_mode', 'eq', 'none') | map(attribute='name') | list }}"
+"""
+
+RETURN = r"""
+vms:
+  description: One entry per VM, sorted by name.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name of the VM.
+      returned: success
+      type: str
+      sample: db1
+    uuid:
+      description: UUID of the VM.
+      returned: success
+      type: str
+      sample: 0e4c5a8e-1d35-4bde-9df6-2f3e3bd8f3a1
+    own:
+      description: The VM's own settings, as stored in its metadata.
+      returned: success
+      type: dict
+      sample: {priority: high}
+    settings:
+      description: Each setting with its effective C(value) and the C(source) level it came from.
+      returned: success
+      type: dict
+      sample: {priority: {value: high, source: vm}, migration_mode: {value: auto, source: default}}
+    effective:
+      description: Each setting's effective value.
+      returned: success
+      type: dict
+      sample: {priority: high, migration_mode: auto, pinned_hosts: [], policy: minimal_downtime}
+    policy:
+      description: The effective migration policy in full (see RV(virtops.migration.vm_migrate#module:policy)).
+      returned: success
+      type: dict
+      sample: {name: minimal_downtime, auto_converge: true, max_downtime_ms: 100}
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import (
+    HAS_LIBVIRT,
+    LIBVIRT_IMPORT_ERROR,
+    connection_argument_spec,
+)
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.vm_settings import VmSettingsManager
+
+
+def main() -> None:
+    spec = connection_argument_spec()
+    spec.update(
+        name={"type": "str"},
+        cluster_policy={"type": "dict", "default": {}},
+        global_policy={"type": "dict", "default": {}},
+    )
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    if not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
+    params = module.params
+    try:
+        manager = VmSettingsManager(params["uri"], params["username"], params["password"])
+        vms = manager.info(params["name"], params["cluster_policy"], params["global_policy"])
+    except MigrationError as exc:
+        module.fail_json(**exc.result())
+    module.exit_json(changed=False, vms=vms)
+
+
+if __name__ == "__main__":
+    main()

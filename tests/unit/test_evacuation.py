@@ -1,0 +1,492 @@
+"""Evacuation planning and the execution queue (pure logic)."""
+
+from __future__ import annotations
+
+import random
+import typing as t
+
+import pytest
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import evacuation as ev
+from ansible_collections.virtops.migration.plugins.module_utils._migration import placement as pl
+from ansible_collections.virtops.migration.plugins.module_utils._migration import settings as st
+
+SOURCE = ev.SourceHost(name="h1", uuid="uuid-h1", uri="qemu:///system")
+
+
+def host(name: str, available: int = 8192, vcpus: int = 0, **kwargs: t.Any) -> pl.HostState:
+    kwargs.setdefault("uuid", "uuid-" + name)
+    kwargs.setdefault("networks", frozenset({"lab"}))
+    return pl.HostState(name=name, uri="qemu+tcp://%s/system" % name, available_mib=available, vcpus_running=vcpus, **kwargs)
+
+
+def vm(
+    name: str,
+    memory: int = 1024,
+    priority: str = "medium",
+    mode: str = "auto",
+    pinned: t.Sequence[str] = (),
+    running: bool = True,
+    vcpus: int = 1,
+    networks: t.AbstractSet[str] = frozenset({"lab"}),
+    **settings: t.Any,
+) -> ev.VmToMove:
+    values = st.effective({"priority": priority, "migration_mode": mode, "pinned_hosts": list(pinned), **settings})
+    needs = pl.VmNeeds(name=name, memory_mib=memory, vcpus=vcpus, networks=frozenset(networks), pinned_hosts=frozenset(pinned))
+    return ev.VmToMove(name, "uuid-" + name, memory, vcpus, running, True, values, needs)
+
+
+def plan(vms: t.Sequence[ev.VmToMove], hosts: t.Sequence[pl.HostState], **kwargs: t.Any) -> ev.EvacuationPlan:
+    return ev.plan_evacuation(vms, [host("h1")] + list(hosts), SOURCE, **kwargs)
+
+
+def moves(result: ev.EvacuationPlan) -> t.List[t.Tuple[str, str]]:
+    return [(move.vm, move.destination) for move in result.moves]
+
+
+# -- building a VM from its facts
+
+
+def test_from_facts_takes_needs_from_requirements_and_effective_settings() -> None:
+    facts = {"name": "db1", "uuid": "u-db1", "memory_mib": 4096, "vcpus": 4, "active": False, "persistent": True}
+    requirements = {
+        "networks": ["lab", "storage"],
+        "bridges": ["br0"],
+        "disks": [
+            {"path": "/shared/db1.qcow2", "shared_storage": True},
+            {"path": "/dev/sdb", "shared_storage": False},
+            {"path": None, "shared_storage": False},
+        ],
+    }
+    effective = st.effective({"pinned_hosts": ["h3", "h2"], "priority": "high"})
+    move = ev.VmToMove.from_facts(facts, requirements, effective)
+    assert (move.name, move.uuid, move.memory_mib, move.vcpus, move.running, move.persistent) == ("db1", "u-db1", 4096, 4, False, True)
+    assert move.settings["priority"] == "high"
+    assert move.needs == pl.VmNeeds(
+        name="db1",
+        memory_mib=4096,
+        vcpus=4,
+        networks=frozenset({"lab", "storage"}),
+        bridges=frozenset({"br0"}),
+        disk_paths=frozenset({"/shared/db1.qcow2"}),
+        pinned_hosts=frozenset({"h2", "h3"}),
+    )
+    # Shut off: placement is asked for no memory and no vCPUs.
+    assert (move.placement_needs.memory_mib, move.placement_needs.vcpus) == (0, 0)
+
+
+def test_needs_default_from_fields_and_settings() -> None:
+    move = ev.VmToMove("web1", memory_mib=512, vcpus=2, settings={"pinned_hosts": "h4"})
+    assert move.needs == pl.VmNeeds(name="web1", memory_mib=512, vcpus=2, pinned_hosts=frozenset({"h4"}))
+
+
+# -- order and placement
+
+
+@pytest.mark.parametrize(
+    "vms, expected",
+    [
+        ([vm("a", priority="low"), vm("b", priority="high"), vm("c", priority="medium")], ["b", "c", "a"]),
+        ([vm("a", 512, "high"), vm("b", 4096, "low"), vm("c", 2048, "high")], ["c", "a", "b"]),
+        # Same priority: larger memory first, then name.
+        ([vm("b", 1024), vm("a", 1024), vm("c", 2048)], ["c", "a", "b"]),
+        ([vm("z", 1024, "high"), vm("y", 1024, "high"), vm("x", 8192, "low")], ["y", "z", "x"]),
+    ],
+)
+def test_order_priority_then_memory_then_name(vms: t.List[ev.VmToMove], expected: t.List[str]) -> None:
+    result = plan(vms, [host("h2", 65536), host("h3", 65536)])
+    assert [move.vm for move in result.moves] == expected
+    assert result.ok
+
+
+def test_unknown_or_inherited_priority_sorts_as_default() -> None:
+    plain = ev.VmToMove("a", "ua", 1024, settings={"priority": None})
+    inherited = ev.VmToMove("b", "ub", 1024, settings={"priority": "inherit"})
+    result = plan([vm("c", priority="low"), inherited, plain, vm("d", priority="high")], [host("h2", 65536)])
+    assert [(move.vm, move.priority) for move in result.moves] == [("d", "high"), ("a", "medium"), ("b", "medium"), ("c", "low")]
+
+
+def test_pending_load_spreads_the_vms() -> None:
+    result = plan([vm("v%d" % index, 1024) for index in range(6)], [host("h2", 8192), host("h3", 6144)])
+    assert moves(result) == [("v0", "h2"), ("v1", "h2"), ("v2", "h3"), ("v3", "h2"), ("v4", "h3"), ("v5", "h2")]
+    assert {name: load.available_mib_after for name, load in result.load.items()} == {"h2": 4096, "h3": 4096}
+
+
+def test_equal_memory_goes_to_fewest_vcpus_including_planned() -> None:
+    result = plan([vm("a", 1024, vcpus=4), vm("b", 1024, vcpus=1)], [host("h2", 5120, vcpus=2), host("h3", 4096, vcpus=3)])
+    # a: h2 (more free). b: h2 and h3 both 4096 free; h2 now has 2+4 vCPUs, h3 3: h3.
+    assert moves(result) == [("a", "h2"), ("b", "h3")]
+    assert (result.load["h2"].vcpus, result.load["h3"].vcpus) == (4, 1)
+
+
+def test_pinning_restricts_destinations() -> None:
+    result = plan([vm("db1", pinned=["h3", "h4"]), vm("db2", pinned=["h4"])], [host("h2", 65536), host("h3", 2048), host("h4", 4096)])
+    assert moves(result) == [("db1", "h4"), ("db2", "h4")]
+
+
+@pytest.mark.parametrize(
+    "pinned, fragment",
+    [
+        (["h1"], "VM 'db1' is pinned to h1, the host being evacuated, and to no other host"),
+        (["h8", "h9"], "VM 'db1' is pinned to h8, h9, and none of them is a candidate destination other than h1"),
+        (["h1", "h9"], "VM 'db1' is pinned to h1, h9, and none of them is a candidate destination other than h1"),
+    ],
+)
+def test_pinned_to_no_other_candidate_is_not_migratable(pinned: t.List[str], fragment: str) -> None:
+    result = plan([vm("db1", pinned=pinned)], [host("h2")])
+    assert not result.ok and not result.moves
+    assert [held.reason for held in result.blocked] == [fragment]
+    shut = plan([vm("db1", pinned=pinned)], [host("h2")], non_migratable="shutdown")
+    assert shut.ok and [held.vm for held in shut.shutdown] == ["db1"]
+
+
+def test_pinned_to_a_candidate_that_cannot_take_it_is_unplaceable() -> None:
+    result = plan([vm("db1", pinned=["h3"])], [host("h2"), host("h3", maintenance=True)])
+    assert not result.blocked
+    assert [held.vm for held in result.unplaceable] == ["db1"]
+    assert "h3 is in maintenance" in result.unplaceable[0].reason
+
+
+@pytest.mark.parametrize(
+    "mode, running, include_manual, non_migratable, outcome",
+    [
+        ("none", True, False, "fail", "blocked"),
+        ("none", True, True, "fail", "blocked"),
+        ("none", True, False, "shutdown", "shutdown"),
+        ("none", True, True, "shutdown", "shutdown"),
+        ("manual", True, False, "fail", "blocked"),
+        ("manual", True, True, "fail", "moves"),
+        ("manual", True, False, "shutdown", "shutdown"),
+        ("manual", True, True, "shutdown", "moves"),
+        ("auto", True, False, "fail", "moves"),
+        ("auto", True, False, "shutdown", "moves"),
+        # Shut off and not migratable: stays defined on the source, blocks nothing.
+        ("none", False, False, "fail", "kept"),
+        ("none", False, True, "shutdown", "kept"),
+        ("manual", False, False, "fail", "kept"),
+        ("manual", False, True, "fail", "moves"),
+        ("auto", False, False, "fail", "moves"),
+    ],
+)
+def test_migration_modes(mode: str, running: bool, include_manual: bool, non_migratable: str, outcome: str) -> None:
+    result = plan([vm("app", mode=mode, running=running)], [host("h2")], include_manual=include_manual, non_migratable=non_migratable)
+    held = {"blocked": result.blocked, "shutdown": result.shutdown, "kept": result.kept}
+    counts = dict({name: len(entries) for name, entries in held.items()}, moves=len(result.moves))
+    assert counts == {name: int(name == outcome) for name in counts}
+    assert result.ok is (outcome != "blocked")
+    if outcome in held:
+        reason = held[outcome][0].reason
+        assert reason.startswith("VM 'app' ") and "migration_mode %s" % mode in reason
+    if outcome == "shutdown":
+        assert reason.endswith("it is shut down and started again when h1 is activated")
+    if outcome == "kept":
+        assert reason.endswith("it is shut off and stays defined on h1")
+
+
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [
+        ({"priority": "urgent"}, "migration_settings.priority must be one of low, medium, high or inherit, got 'urgent'"),
+        ({"migration_mode": "sometimes"}, "migration_settings.migration_mode must be one of auto, manual, none or inherit"),
+        ({"policy": "warp"}, "unknown migration policy 'warp'"),
+        ({"bandwidth_mib": -5}, "bandwidth_mib must be positive"),
+    ],
+)
+@pytest.mark.parametrize("running", [True, False])
+def test_unusable_settings_always_block(settings: t.Dict[str, t.Any], fragment: str, running: bool) -> None:
+    values = dict(st.DEFAULTS, **settings)
+    bad = ev.VmToMove("odd", "u-odd", 1024, running=running, settings=values)
+    result = plan([bad, vm("fine")], [host("h2", networks=frozenset({"lab"}))], non_migratable="shutdown", include_manual=True)
+    assert [move.vm for move in result.moves] == ["fine"]
+    assert len(result.blocked) == 1 and not result.ok
+    assert result.blocked[0].reason.startswith("VM 'odd' has migration settings the plan cannot use: ")
+    assert fragment in result.blocked[0].reason
+
+
+def test_policy_name_and_overrides_reach_the_move() -> None:
+    result = plan([vm("a", policy="post_copy"), vm("b", policy="very_large_vms", bandwidth_mib=100)], [host("h2", 65536)])
+    by_vm = {move.vm: move for move in result.moves}
+    assert by_vm["a"].policy.name == "post_copy" and by_vm["a"].policy.post_copy
+    assert by_vm["b"].policy.name == "very_large_vms" and by_vm["b"].policy.bandwidth_mib == 100
+
+
+@pytest.mark.parametrize(
+    "bad_host",
+    [
+        host("h2", 65536, maintenance=True),
+        host("h2", 65536, error="connection refused"),
+        host("h2", 65536, uuid="uuid-h1"),  # the source under another name
+    ],
+)
+def test_unusable_hosts_never_chosen(bad_host: pl.HostState) -> None:
+    result = plan([vm("a"), vm("b", running=False)], [bad_host, host("h3", 2048)])
+    assert moves(result) == [("a", "h3"), ("b", "h3")]
+    assert set(result.load) == {"h3"}
+
+
+def test_unplaceable_names_every_host_and_reason() -> None:
+    big = vm("big", 16384)
+    odd = vm("odd", 512, networks={"lab", "storage"})
+    result = plan([big, odd, vm("small", 512)], [host("h2", 4096), host("h3", 8192, error="timed out")])
+    assert moves(result) == [("small", "h2")]
+    assert not result.ok
+    reasons = {held.vm: held.reason for held in result.unplaceable}
+    assert reasons["big"].startswith("no host can take VM 'big': h1 is the source host itself")
+    assert "h2 has 4096 MiB free after its reserve and planned migrations, the VM needs 16384 MiB" in reasons["big"]
+    assert "h3 cannot be reached: timed out" in reasons["big"]
+    assert "h2 lacks the active network(s) storage" in reasons["odd"]
+    assert result.unplaceable[0].rejected["h3"] == ["cannot be reached: timed out"]
+    assert result.problems() == [reasons["big"], reasons["odd"]]
+
+
+def test_unplaceable_reason_counts_earlier_placements() -> None:
+    result = plan([vm("a", 3072), vm("b", 2048)], [host("h2", 4096)])
+    assert moves(result) == [("a", "h2")]
+    assert "h2 has 1024 MiB free after its reserve and planned migrations, the VM needs 2048 MiB" in result.unplaceable[0].reason
+
+
+def test_shut_off_vm_needs_no_memory_but_its_networks() -> None:
+    result = plan([vm("off", 32768, running=False), vm("on", 1024)], [host("h3", 0), host("h4", 65536, networks=frozenset())])
+    # The shut-off VM lands on a host with no free memory at all, not on one lacking its network.
+    assert moves(result) == [("off", "h3")]
+    assert (result.moves[0].kind, result.moves[0].memory_mib, result.moves[0].vcpus) == ("offline", 32768, 1)
+    assert [held.vm for held in result.unplaceable] == ["on"]
+    assert "h4 lacks the active network(s) lab" in result.unplaceable[0].reason
+    assert (result.load["h3"].vms, result.load["h3"].memory_mib, result.load["h4"].vms) == (1, 0, 0)
+
+
+def test_shut_off_vm_adds_no_pending_load() -> None:
+    result = plan([vm("off", 4096, running=False), vm("on", 1024)], [host("h2", 4096), host("h3", 3072)])
+    assert moves(result) == [("off", "h2"), ("on", "h2")]
+    assert (result.load["h2"].vms, result.load["h2"].memory_mib, result.load["h2"].vcpus) == (2, 1024, 1)
+
+
+def test_plan_as_dict_shape() -> None:
+    vms = [vm("a", 2048, "high"), vm("b", running=False), vm("c", mode="none"), vm("d", mode="manual", running=False), vm("e", 99999)]
+    result = plan(vms, [host("h2", 8192), host("h3", 4096, maintenance=True)], non_migratable="shutdown")
+    data = result.as_dict()
+    assert set(data) == {"source", "ok", "include_manual", "non_migratable", "moves", "blocked", "shutdown", "kept", "unplaceable", "load", "summary"}
+    assert data["source"] == {"name": "h1", "uuid": "uuid-h1", "uri": "qemu:///system"}
+    assert data["ok"] is False and data["non_migratable"] == "shutdown" and data["include_manual"] is False
+    assert data["moves"][0] == {
+        "vm": "a",
+        "uuid": "uuid-a",
+        "priority": "high",
+        "memory_mib": 2048,
+        "vcpus": 1,
+        "from": "h1",
+        "from_uri": "qemu:///system",
+        "to": "h2",
+        "to_uri": "qemu+tcp://h2/system",
+        "kind": "live",
+        "policy": "minimal_downtime",
+    }
+    assert [(entry["vm"], entry["kind"]) for entry in data["moves"]] == [("a", "live"), ("b", "offline")]
+    assert [entry["vm"] for entry in data["shutdown"]] == ["c"]
+    assert [entry["vm"] for entry in data["kept"]] == ["d"]
+    assert [entry["vm"] for entry in data["unplaceable"]] == ["e"]
+    assert set(data["unplaceable"][0]) == {"vm", "uuid", "priority", "memory_mib", "running", "reason"}
+    assert data["load"] == {
+        "h2": {"uri": "qemu+tcp://h2/system", "vms": 2, "memory_mib": 2048, "vcpus": 1, "available_mib_before": 8192, "available_mib_after": 6144}
+    }
+    assert data["summary"] == {"moves": 2, "live": 1, "offline": 1, "blocked": 0, "shutdown": 1, "kept": 1, "unplaceable": 1}
+
+
+def test_empty_host_plans_ok() -> None:
+    result = plan([], [host("h2")])
+    assert result.ok and result.as_dict()["summary"]["moves"] == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, vms, source, message",
+    [
+        ({"non_migratable": "ignore"}, [], SOURCE, "non_migratable must be one of fail, shutdown, got 'ignore'"),
+        ({}, [], ev.SourceHost("h1", ""), "the UUID of host h1 is needed"),
+        ({}, [ev.VmToMove("ghost", running=False, persistent=False)], SOURCE, "VM 'ghost' is neither running nor persistent"),
+    ],
+)
+def test_refused_arguments(kwargs: t.Dict[str, t.Any], vms: t.List[ev.VmToMove], source: ev.SourceHost, message: str) -> None:
+    with pytest.raises(ev.EvacuationError) as info:
+        ev.plan_evacuation(vms, [host("h2")], source, **kwargs)
+    assert message in info.value.msg
+
+
+# -- the execution queue
+
+
+def move(name: str, destination: str, priority: str = "medium") -> ev.Move:
+    return ev.Move(name, "uuid-" + name, priority, 1024, 1, "h1", None, destination, "qemu+tcp://%s/system" % destination, "live", st.effective_policy({}))
+
+
+def start_all(queue: ev.EvacuationQueue) -> t.List[str]:
+    started: t.List[str] = []
+    while True:
+        ready = queue.next_ready()
+        if ready is None:
+            return started
+        queue.start(ready)
+        started.append(ready.vm)
+
+
+@pytest.mark.parametrize("max_outgoing, expected", [(1, ["a"]), (2, ["a", "b"]), (3, ["a", "b", "c"]), (5, ["a", "b", "c", "d"])])
+def test_outgoing_limit(max_outgoing: int, expected: t.List[str]) -> None:
+    queue = ev.EvacuationQueue([move(name, "h%d" % index) for index, name in enumerate("abcd")], max_outgoing=max_outgoing)
+    assert start_all(queue) == expected
+    assert len(queue.running) == len(expected)
+
+
+@pytest.mark.parametrize("max_incoming, expected", [(1, ["a", "d"]), (2, ["a", "b", "d"]), (3, ["a", "b", "c", "d"])])
+def test_incoming_limit(max_incoming: int, expected: t.List[str]) -> None:
+    queue = ev.EvacuationQueue([move("a", "h2"), move("b", "h2"), move("c", "h2"), move("d", "h3")], max_outgoing=4, max_incoming=max_incoming)
+    assert start_all(queue) == expected
+    assert queue.incoming("h2") == len(expected) - 1 and queue.incoming("h3") == 1
+
+
+def test_higher_priority_is_never_overtaken() -> None:
+    queue = ev.EvacuationQueue([move("low1", "h3", "low"), move("hi1", "h2", "high"), move("hi2", "h2", "high"), move("med1", "h4", "medium")], 4, 1)
+    assert start_all(queue) == ["hi1"]
+    # hi2 waits for h2's slot: medium and low wait too, though their destinations are free.
+    assert queue.waiting_reason(queue.waiting[0]) == "VM 'hi2' waits for one of the 1 incoming migration slots of h2"
+    assert queue.waiting_reason(queue.waiting[1]) == "VM 'med1' (medium priority) waits for higher-priority VMs to start: hi2"
+    with pytest.raises(ev.EvacuationError, match="cannot start moving VM 'med1' now"):
+        queue.start(queue.waiting[1])
+    queue.finish(queue.running[0])
+    assert start_all(queue) == ["hi2", "med1", "low1"]
+
+
+def test_same_priority_may_overtake_one_waiting_for_its_destination() -> None:
+    queue = ev.EvacuationQueue([move("a", "h2"), move("b", "h2"), move("c", "h3")], max_outgoing=2, max_incoming=1)
+    assert start_all(queue) == ["a", "c"]
+    queue.finish(queue.running[1])
+    assert queue.waiting_reason(queue.waiting[0]) == "VM 'b' waits for one of the 1 incoming migration slots of h2"
+    assert queue.next_ready() is None
+    queue.finish(queue.running[0])
+    assert start_all(queue) == ["b"]
+    queue.finish(queue.running[0])
+    assert queue.done() and [m.vm for m in queue.finished] == ["c", "a", "b"]
+
+
+def test_outgoing_slot_reason_and_cancel() -> None:
+    queue = ev.EvacuationQueue([move("a", "h2"), move("b", "h3"), move("c", "h4")], max_outgoing=1)
+    assert start_all(queue) == ["a"]
+    assert queue.waiting_reason(queue.waiting[0]) == "VM 'b' waits for one of the 1 outgoing migration slots of h1"
+    assert [m.vm for m in queue.cancel()] == ["b", "c"]
+    assert not queue.done()
+    queue.finish(queue.running[0])
+    assert queue.done()
+
+
+@pytest.mark.parametrize(
+    "action, message",
+    [
+        (lambda q, m: q.finish(m), "VM 'a' is not being moved"),
+        (lambda q, m: (q.start(m), q.start(m)), "VM 'a' is not waiting to be moved"),
+    ],
+)
+def test_queue_refuses_wrong_transitions(action: t.Callable[[ev.EvacuationQueue, ev.Move], t.Any], message: str) -> None:
+    queue = ev.EvacuationQueue([move("a", "h2")])
+    with pytest.raises(ev.EvacuationError, match=message):
+        action(queue, queue.waiting[0])
+
+
+@pytest.mark.parametrize(
+    "moves_, kwargs, message",
+    [
+        ([move("a", "h2")], {"max_outgoing": 0}, "must be at least 1"),
+        ([move("a", "h2"), move("a", "h3")], {}, "VM 'a' is queued twice"),
+        ([move("a", "h2", "urgent")], {}, "unknown priority 'urgent'"),
+    ],
+)
+def test_queue_refuses_bad_input(moves_: t.List[ev.Move], kwargs: t.Dict[str, int], message: str) -> None:
+    with pytest.raises(ev.EvacuationError, match=message):
+        ev.EvacuationQueue(moves_, **kwargs)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_queue_simulation_keeps_every_rule(seed: int) -> None:
+    rng = random.Random(seed)
+    plan_moves = [move("v%02d" % index, "h%d" % rng.randrange(2, 6), rng.choice(st.PRIORITIES)) for index in range(30)]
+    max_outgoing, max_incoming = rng.randint(1, 4), rng.randint(1, 3)
+    queue = ev.EvacuationQueue(plan_moves, max_outgoing, max_incoming)
+    started: t.List[ev.Move] = []
+    while not queue.done():
+        for name in start_all(queue):
+            started.append(next(m for m in plan_moves if m.vm == name))
+        assert len(queue.running) <= max_outgoing
+        assert all(queue.incoming(dest) <= max_incoming for dest in ("h2", "h3", "h4", "h5"))
+        if queue.running:
+            queue.finish(rng.choice(queue.running))
+    ranks = [st.PRIORITY_RANK[m.priority] for m in started]
+    assert ranks == sorted(ranks)
+    assert sorted(m.vm for m in started) == sorted(m.vm for m in plan_moves)
+
+
+# -- the ranked chooser gives the same plan as checking every host for every VM
+
+
+def random_instance(rng: random.Random, vm_count: int, host_count: int) -> t.Tuple[t.List[ev.VmToMove], t.List[pl.HostState]]:
+    names = ["h%d" % index for index in range(1, host_count + 1)]
+    networks = ("lab", "prod", "dmz")
+    vms = []
+    for index in range(vm_count):
+        name = "vm%02d" % index
+        pinned = rng.sample(names, rng.randint(1, min(3, host_count))) if rng.random() < 0.2 else []
+        memory = rng.choice((0, 256, 512, 512, 1024, 1024, 2048, 4096))
+        values = st.effective(
+            {
+                "priority": rng.choice(st.PRIORITIES),
+                "migration_mode": rng.choice(("auto", "auto", "auto", "manual", "none")),
+                "pinned_hosts": pinned,
+            }
+        )
+        needs = pl.VmNeeds(
+            name=name,
+            memory_mib=memory,
+            vcpus=rng.randint(1, 4),
+            networks=frozenset(rng.sample(networks, rng.randint(0, 2))),
+            bridges=frozenset({"br0"}) if rng.random() < 0.2 else frozenset(),
+            disk_paths=frozenset({"/s/%s" % name}) if rng.random() < 0.2 else frozenset(),
+            pinned_hosts=frozenset(pinned),
+        )
+        vms.append(ev.VmToMove(name, "u-" + name, memory, needs.vcpus, rng.random() < 0.8, True, values, needs))
+    disks = [path for vm_ in vms for path in vm_.needs.disk_paths]  # type: ignore[union-attr]
+    hosts: t.List[pl.HostState] = []
+    for name in names:
+        if rng.random() < 0.1:
+            name = rng.choice(names)  # the same name twice: pending load is counted by name
+        hosts.append(
+            pl.HostState(
+                name=name,
+                uri="qemu+tcp://%s/system" % name,
+                uuid="uuid-h1" if name == "h1" else "uuid-%s-%d" % (name, len(hosts)),
+                available_mib=rng.choice((0, 1024, 2048, 2048, 4096, 6144)),
+                vcpus_running=rng.choice((0, 2, 2, 4)),
+                networks=frozenset(rng.sample(networks, rng.randint(1, 3))),
+                bridges=rng.choice((None, frozenset(), frozenset({"br0"}))),
+                disk_paths=frozenset(path for path in disks if rng.random() < 0.7),
+                maintenance=rng.random() < 0.1,
+                error="refused" if rng.random() < 0.05 else None,
+                cpu_incompatible={vm_.name: "no avx" for vm_ in vms if rng.random() < 0.05},
+            )
+        )
+    return vms, hosts
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_fast_path_gives_the_same_plan(seed: int) -> None:
+    rng = random.Random(seed)
+    vms, hosts = random_instance(rng, rng.randint(1, 40), rng.randint(1, 10))
+    options: t.Dict[str, t.Any] = {"include_manual": rng.random() < 0.5, "non_migratable": rng.choice(ev.NON_MIGRATABLE_ACTIONS)}
+    fast = ev.plan_evacuation(vms, hosts, SOURCE, **options)
+    reference = ev.plan_evacuation(vms, hosts, SOURCE, fast=False, **options)
+    assert fast.as_dict() == reference.as_dict()
+    assert [held.rejected for held in fast.unplaceable] == [held.rejected for held in reference.unplaceable]
+
+
+def test_fast_path_gives_the_same_plan_on_a_larger_cluster() -> None:
+    rng = random.Random(4242)
+    vms, hosts = random_instance(rng, 400, 40)
+    fast = ev.plan_evacuation(vms, hosts, SOURCE, include_manual=True)
+    reference = ev.plan_evacuation(vms, hosts, SOURCE, include_manual=True, fast=False)
+    assert len(fast.moves) > 100
+    assert fast.as_dict() == reference.as_dict()

@@ -1,0 +1,112 @@
+"""Migration settings: validation and inheritance VM > cluster > global > default (pure)."""
+
+from __future__ import annotations
+
+import itertools
+import typing as t
+
+import pytest
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import settings as st
+
+UNSET, INHERIT = "unset", "inherit"
+LEVEL_VALUES = {"vm": "high", "cluster": "low", "global": "medium"}
+
+
+def level(choice: str, value: str) -> dict[str, t.Any]:
+    if choice == UNSET:
+        return {}
+    return {"priority": INHERIT if choice == INHERIT else value}
+
+
+@pytest.mark.parametrize("vm, cluster, global_", list(itertools.product([UNSET, INHERIT, "set"], repeat=3)))
+def test_resolution_table(vm: str, cluster: str, global_: str) -> None:
+    """Every combination of unset / inherit / a value at each level: the narrowest value wins."""
+    resolved = st.resolve(level(vm, "high"), level(cluster, "low"), level(global_, "medium"))["priority"]
+    for name, choice in (("vm", vm), ("cluster", cluster), ("global", global_)):
+        if choice == "set":
+            assert resolved == {"value": LEVEL_VALUES[name], "source": name}
+            break
+    else:
+        assert resolved == {"value": "medium", "source": "default"}
+
+
+def test_defaults_when_nothing_is_set() -> None:
+    values = st.effective({})
+    assert values == {
+        "priority": "medium",
+        "migration_mode": "auto",
+        "pinned_hosts": [],
+        "policy": "minimal_downtime",
+        "auto_converge": None,
+        "compression": None,
+        "bandwidth_mib": None,
+        "max_downtime_ms": None,
+    }
+
+
+def test_each_setting_resolves_independently() -> None:
+    resolved = st.resolve(
+        {"priority": "high", "bandwidth_mib": "inherit"},
+        {"bandwidth_mib": 128, "migration_mode": "manual"},
+        {"policy": "suspend_workload", "migration_mode": "none", "auto_converge": False},
+    )
+    assert resolved["priority"] == {"value": "high", "source": "vm"}
+    assert resolved["bandwidth_mib"] == {"value": 128, "source": "cluster"}
+    assert resolved["migration_mode"] == {"value": "manual", "source": "cluster"}
+    assert resolved["policy"] == {"value": "suspend_workload", "source": "global"}
+    assert resolved["auto_converge"] == {"value": False, "source": "global"}
+    assert resolved["pinned_hosts"] == {"value": [], "source": "default"}
+
+
+def test_false_is_a_value_not_unset() -> None:
+    assert st.resolve({"auto_converge": False}, {"auto_converge": True})["auto_converge"] == {"value": False, "source": "vm"}
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("priority", "urgent", "must be one of low, medium, high or inherit"),
+        ("migration_mode", "sometimes", "must be one of auto, manual, none or inherit"),
+        ("pinned_hosts", "hv1", "must be a list of host names"),
+        ("pinned_hosts", ["hv1", ""], "must be a list of host names"),
+        ("policy", "fastest", "unknown migration policy 'fastest'"),
+        ("policy", {"based_on": "legacy", "post_copy": True, "parallel_connections": 2}, "post_copy cannot be combined"),
+        ("auto_converge", "maybe", "must be true, false or inherit"),
+        ("compression", ["lz4"], "must be a list of xbzrle"),
+        ("bandwidth_mib", -1, "must be a positive whole number"),
+        ("bandwidth_mib", True, "must be a positive whole number"),
+        ("max_downtime_ms", "fast", "must be a positive whole number"),
+        ("colour", "blue", "unknown migration setting 'colour'"),
+    ],
+)
+def test_invalid_values_name_the_setting(name: str, value: t.Any, message: str) -> None:
+    with pytest.raises(st.SettingsError, match=message):
+        st.validate({name: value}, "options")
+
+
+@pytest.mark.parametrize(
+    "name, given, stored",
+    [
+        ("auto_converge", "yes", True),
+        ("auto_converge", "false", False),
+        ("bandwidth_mib", "64", 64),
+        ("pinned_hosts", ["hv3", "hv2", "hv3"], ["hv2", "hv3"]),
+        ("compression", "xbzrle", ["xbzrle"]),
+        ("priority", "inherit", "inherit"),
+    ],
+)
+def test_values_are_normalised(name: str, given: t.Any, stored: t.Any) -> None:
+    assert st.validate({name: given}, "options") == {name: stored}
+
+
+def test_cluster_level_is_validated_but_vm_level_is_read_leniently() -> None:
+    assert st.resolve({"future_setting": 1, "priority": "low"})["priority"]["value"] == "low"
+    with pytest.raises(st.SettingsError, match="cluster_policy.priority"):
+        st.resolve({}, {"priority": "urgent"})
+
+
+def test_effective_policy_applies_single_settings() -> None:
+    values = st.effective({"policy": "legacy", "auto_converge": True}, {"bandwidth_mib": 64})
+    policy = st.effective_policy(values)
+    assert (policy.name, policy.auto_converge, policy.bandwidth_mib, policy.initial_downtime_ms) == ("legacy", True, 64, 300)
