@@ -77,18 +77,21 @@ def idle_rounds(inventory: Path, uris: t.Dict[str, str], rounds: int) -> None:
     virsh_downtimes: t.List[int] = []
     module_downtimes: t.List[int] = []
     for index in range(rounds):
-        src, dst = ("lab-h1", "lab-h2") if index % 2 == 0 else ("lab-h2", "lab-h1")
-        virsh_times.append(virsh_migrate(uris[src], uris[dst], vm))
-        downtime = virsh_downtime(uris[dst], vm)
-        if downtime is not None:
-            virsh_downtimes.append(downtime)
-        assert_no_vm_lost()
-        elapsed, result = module_migrate(inventory, dst, uris[src], vm)
-        assert result.get("changed") is True, result
-        module_times.append(elapsed)
-        if result.get("downtime_ms") is not None:
-            module_downtimes.append(result["downtime_ms"])
-        assert_no_vm_lost()
+        # Each round moves the guest there and back, one move per method; which goes first alternates.
+        methods = ("virsh", "module") if index % 2 == 0 else ("module", "virsh")
+        for method, (src, dst) in zip(methods, (("lab-h1", "lab-h2"), ("lab-h2", "lab-h1"))):
+            if method == "virsh":
+                virsh_times.append(virsh_migrate(uris[src], uris[dst], vm))
+                downtime = virsh_downtime(uris[dst], vm)
+                if downtime is not None:
+                    virsh_downtimes.append(downtime)
+            else:
+                elapsed, result = module_migrate(inventory, src, uris[dst], vm)
+                assert result.get("changed") is True, result
+                module_times.append(elapsed)
+                if result.get("downtime_ms") is not None:
+                    module_downtimes.append(result["downtime_ms"])
+            assert_no_vm_lost()
     virtlab("remove-vm", vm)
     v, m = statistics.median(virsh_times), statistics.median(module_times)
     print("\n== Idle 256 MiB guest, %d rounds each, alternating" % rounds)

@@ -36,6 +36,15 @@ options:
     type: int
     default: 256
     version_added: 0.1.0
+  state_dir:
+    description:
+      - The collection's state directory on the managed node, where
+        M(virtops.migration.host_maintenance) keeps the host's maintenance mark.
+      - Read on the managed node the module runs on, so RV(host.maintenance) describes the host
+        only when the module runs on it (the default O(uri)).
+    type: path
+    default: /var/lib/virtops-migration
+    version_added: 0.1.0
 notes:
   - Free memory counts the kernel's free memory plus buffers and page cache, which the kernel gives
     back to guests on demand. When the libvirt driver has no node memory statistics, libvirt's free
@@ -658,9 +667,44 @@ host:
           returned: success
           type: int
           sample: 4096
+    maintenance:
+      description:
+        - The host's maintenance state, as M(virtops.migration.host_maintenance) recorded it in
+          O(state_dir).
+      returned: success
+      type: dict
+      sample: {active: true, since: "2026-11-26T04:20:00.000+00:00", reason: kernel update, by: awx, shutdown_vms: []}
+      contains:
+        active:
+          description: Whether the host is in maintenance.
+          returned: success
+          type: bool
+          sample: true
+        since:
+          description: When the host went into maintenance (ISO 8601, UTC).
+          returned: success
+          type: str
+          sample: "2026-11-26T04:20:00.000+00:00"
+        reason:
+          description: Why, as given to M(virtops.migration.host_maintenance).
+          returned: success
+          type: str
+          sample: kernel update
+        by:
+          description: Who asked, as given to M(virtops.migration.host_maintenance).
+          returned: success
+          type: str
+          sample: awx
+        shutdown_vms:
+          description: VMs shut down for the maintenance, started again when the host is activated.
+          returned: success
+          type: list
+          elements: str
+          sample: [licence1]
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
 from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import (
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
@@ -668,6 +712,8 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
     libvirt_connection,
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.maintenance import STATE_DIR
+from ansible_collections.virtops.migration.plugins.module_utils._migration.maintenance import status as maintenance_status
 from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import (
     DEFAULT_MEMORY_RESERVED_MIB,
     HostInfoCollector,
@@ -676,7 +722,10 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.hosti
 
 def main() -> None:
     argument_spec = connection_argument_spec()
-    argument_spec.update(memory_reserved_mib={"type": "int", "default": DEFAULT_MEMORY_RESERVED_MIB})
+    argument_spec.update(
+        memory_reserved_mib={"type": "int", "default": DEFAULT_MEMORY_RESERVED_MIB},
+        state_dir={"type": "path", "default": STATE_DIR},
+    )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not HAS_LIBVIRT:
         module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
@@ -686,6 +735,7 @@ def main() -> None:
         with libvirt_connection(params["uri"], params["username"], params["password"]) as conn:
             collector = HostInfoCollector(conn, memory_reserved_mib=params["memory_reserved_mib"])
             host = collector.collect()
+        host["maintenance"] = maintenance_status(params["state_dir"])
     except MigrationError as exc:
         module.fail_json(**exc.result())
     for warning in collector.warnings:

@@ -59,10 +59,10 @@ def test_from_facts_takes_needs_from_requirements_and_effective_settings() -> No
         ],
     }
     effective = st.effective({"pinned_hosts": ["h3", "h2"], "priority": "high"})
-    move = ev.VmToMove.from_facts(facts, requirements, effective)
-    assert (move.name, move.uuid, move.memory_mib, move.vcpus, move.running, move.persistent) == ("db1", "u-db1", 4096, 4, False, True)
-    assert move.settings["priority"] == "high"
-    assert move.needs == pl.VmNeeds(
+    subject = ev.VmToMove.from_facts(facts, requirements, effective)
+    assert (subject.name, subject.uuid, subject.memory_mib, subject.vcpus, subject.running, subject.persistent) == ("db1", "u-db1", 4096, 4, False, True)
+    assert subject.settings["priority"] == "high"
+    assert subject.needs == pl.VmNeeds(
         name="db1",
         memory_mib=4096,
         vcpus=4,
@@ -72,12 +72,12 @@ def test_from_facts_takes_needs_from_requirements_and_effective_settings() -> No
         pinned_hosts=frozenset({"h2", "h3"}),
     )
     # Shut off: placement is asked for no memory and no vCPUs.
-    assert (move.placement_needs.memory_mib, move.placement_needs.vcpus) == (0, 0)
+    assert (subject.placement_needs.memory_mib, subject.placement_needs.vcpus) == (0, 0)
 
 
 def test_needs_default_from_fields_and_settings() -> None:
-    move = ev.VmToMove("web1", memory_mib=512, vcpus=2, settings={"pinned_hosts": "h4"})
-    assert move.needs == pl.VmNeeds(name="web1", memory_mib=512, vcpus=2, pinned_hosts=frozenset({"h4"}))
+    subject = ev.VmToMove("web1", memory_mib=512, vcpus=2, settings={"pinned_hosts": "h4"})
+    assert subject.needs == pl.VmNeeds(name="web1", memory_mib=512, vcpus=2, pinned_hosts=frozenset({"h4"}))
 
 
 # -- order and placement

@@ -52,37 +52,6 @@ class EvacuationError(MigrationError):
     """An evacuation cannot be planned or scheduled as asked; nothing has been changed."""
 
 
-def _host_names(value: t.Any) -> t.FrozenSet[str]:
-    """A set of host names from a setting that may be missing, one name, or a list of names."""
-    if not value:
-        return frozenset()
-    if isinstance(value, str):
-        return frozenset((value,))
-    return frozenset(str(name) for name in value)
-
-
-def needs_from_facts(
-    facts: t.Mapping[str, t.Any], requirements: t.Mapping[str, t.Any], effective_settings: t.Mapping[str, t.Any]
-) -> placement.VmNeeds:
-    """What a VM requires of a destination.
-
-    ``facts`` are a domain's facts (``domain.describe_domain``), ``requirements`` what its XML asks of
-    a host (``domain.parse_requirements``) and ``effective_settings`` its effective migration settings
-    (``settings.effective``), whose ``pinned_hosts`` restrict the destinations. Only disks with a
-    file or block source must be visible on the destination (``shared_storage``).
-    """
-    disks = requirements.get("disks") or []
-    return placement.VmNeeds(
-        name=str(facts.get("name") or ""),
-        memory_mib=int(facts.get("memory_mib") or 0),
-        vcpus=int(facts.get("vcpus") or 1),
-        networks=frozenset(requirements.get("networks") or ()),
-        bridges=frozenset(requirements.get("bridges") or ()),
-        disk_paths=frozenset(disk["path"] for disk in disks if disk.get("path") and disk.get("shared_storage")),
-        pinned_hosts=_host_names(effective_settings.get("pinned_hosts")),
-    )
-
-
 @dataclasses.dataclass
 class VmToMove:
     """One VM on the host being evacuated.
@@ -108,7 +77,7 @@ class VmToMove:
                 name=self.name,
                 memory_mib=self.memory_mib,
                 vcpus=self.vcpus,
-                pinned_hosts=_host_names(self.settings.get("pinned_hosts")),
+                pinned_hosts=placement.host_names(self.settings.get("pinned_hosts")),
             )
 
     @classmethod
@@ -116,7 +85,7 @@ class VmToMove:
         cls, facts: t.Mapping[str, t.Any], requirements: t.Mapping[str, t.Any], effective_settings: t.Mapping[str, t.Any]
     ) -> "VmToMove":
         """The VM described by its domain facts, XML requirements and effective settings."""
-        needs = needs_from_facts(facts, requirements, effective_settings)
+        needs = placement.needs_from_facts(facts, requirements, effective_settings)
         return cls(
             name=needs.name,
             uuid=facts.get("uuid"),

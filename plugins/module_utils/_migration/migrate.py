@@ -63,6 +63,7 @@ class Candidate:
     uri: str
     name: t.Optional[str] = None
     maintenance: bool = False
+    memory_reserved_mib: t.Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -113,10 +114,15 @@ def parse_candidates(raw: t.Sequence[t.Any]) -> t.List[Candidate]:
         if isinstance(item, str) and item:
             result.append(Candidate(uri=item))
         elif isinstance(item, t.Mapping) and isinstance(item.get("uri"), str) and item["uri"]:
-            unknown = sorted(set(item) - {"uri", "name", "maintenance"})
+            unknown = sorted(set(item) - {"uri", "name", "maintenance", "memory_reserved_mib"})
             if unknown:
-                raise PolicyError("candidates[%d] has unknown keys: %s (known: uri, name, maintenance)" % (index, ", ".join(unknown)))
-            result.append(Candidate(uri=item["uri"], name=item.get("name"), maintenance=bool(item.get("maintenance", False))))
+                raise PolicyError("candidates[%d] has unknown keys: %s (known: uri, name, maintenance, memory_reserved_mib)" % (index, ", ".join(unknown)))
+            reserve = item.get("memory_reserved_mib")
+            if reserve is not None and (isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0):
+                raise PolicyError("candidates[%d].memory_reserved_mib must be a whole number of MiB, zero or more, got %r" % (index, reserve))
+            result.append(
+                Candidate(uri=item["uri"], name=item.get("name"), maintenance=bool(item.get("maintenance", False)), memory_reserved_mib=reserve)
+            )
         else:
             raise PolicyError("candidates[%d] must be a libvirt URI or a dictionary with a 'uri', got %r" % (index, item))
     return result
@@ -181,20 +187,6 @@ class Clock:
         return round(time.monotonic() - self.start, 3)
 
 
-def vm_needs(vm: str, facts: t.Mapping[str, t.Any], requirements: t.Mapping[str, t.Any], effective: t.Mapping[str, t.Any]) -> placement.VmNeeds:
-    """What the VM requires of a destination, from its domain facts, XML requirements and effective settings."""
-    pinned = effective.get("pinned_hosts") or []
-    return placement.VmNeeds(
-        name=vm,
-        memory_mib=int(facts.get("memory_mib") or 0),
-        vcpus=int(facts.get("vcpus") or 1),
-        networks=frozenset(requirements["networks"]),
-        bridges=frozenset(requirements["bridges"]),
-        disk_paths=frozenset(disk["path"] for disk in requirements["disks"] if disk.get("path") and disk.get("shared_storage")),
-        pinned_hosts=frozenset(str(name) for name in pinned),
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class CpuCheck:
     """The VM's ``<cpu>`` and the emulation it runs under, to compare with a destination's hypervisor CPU."""
@@ -205,8 +197,19 @@ class CpuCheck:
     machine: t.Optional[str]
 
 
-def probe_host(conn: t.Any, candidate: Candidate, needs: placement.VmNeeds, cpu: t.Optional[CpuCheck], reserve_mib: int) -> placement.HostState:
-    """Read what placement needs from a candidate's libvirtd: identity, free memory, networks, disks, CPU."""
+def probe_host(
+    conn: t.Any,
+    candidate: Candidate,
+    needs: t.Sequence[placement.VmNeeds],
+    cpus: t.Mapping[str, CpuCheck],
+    reserve_mib: int,
+) -> placement.HostState:
+    """Read what placement needs from a candidate's libvirtd for the given VMs.
+
+    Identity, free memory after the reserve (the candidate's own, else ``reserve_mib``), running
+    vCPUs, active networks, the bridges and disk paths the VMs use, and for each VM in ``cpus``
+    whether the host's hypervisor can run its CPU definition.
+    """
     uri = candidate.uri
     try:
         capabilities = parse_capabilities(conn.getCapabilities())
@@ -217,28 +220,26 @@ def probe_host(conn: t.Any, candidate: Candidate, needs: placement.VmNeeds, cpu:
         for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
             vcpus += int(dom.info()[3])
         networks = frozenset(net.name() for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE))
-        bridges = _bridges(conn, needs.bridges)
+        bridges = _bridges(conn, frozenset().union(*(vm.bridges for vm in needs)) if needs else frozenset())
         disk_paths = set()
-        for path in needs.disk_paths:
+        for path in sorted(frozenset().union(*(vm.disk_paths for vm in needs)) if needs else ()):
             try:
                 conn.storageVolLookupByPath(path)
                 disk_paths.add(path)
             except libvirt.libvirtError:
                 pass
-        incompatible: t.Dict[str, str] = {}
-        if cpu is not None:
-            try:
-                verdict = conn.compareHypervisorCPU(None, cpu.arch, cpu.machine, cpu.virttype, cpu.xml, 0)
-                if verdict == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
-                    incompatible[needs.name] = "the VM's CPU model is not compatible with this host's hypervisor CPU"
-            except libvirt.libvirtError as exc:
-                if libvirt_error_code(exc) == libvirt.VIR_ERR_CPU_INCOMPATIBLE:
-                    incompatible[needs.name] = str(exc)
-                else:
-                    raise
+        incompatible = {}
+        verdicts: t.Dict[t.Tuple[str, t.Optional[str], t.Optional[str], t.Optional[str]], t.Optional[str]] = {}
+        for vm, cpu in cpus.items():
+            key = (cpu.xml, cpu.arch, cpu.virttype, cpu.machine)
+            if key not in verdicts:
+                verdicts[key] = _cpu_verdict(conn, cpu)
+            if verdicts[key] is not None:
+                incompatible[vm] = t.cast(str, verdicts[key])
     except libvirt.libvirtError as exc:
         raise translate_libvirt_error(exc, "read the destination's facts", uri=uri) from exc
-    memory = memory_facts(node[1] * 1024, free_bytes // 1024, reserve_mib)
+    reserve = candidate.memory_reserved_mib if candidate.memory_reserved_mib is not None else reserve_mib
+    memory = memory_facts(node[1] * 1024, free_bytes // 1024, reserve)
     return placement.HostState(
         name=candidate.name or hostname,
         uri=uri,
@@ -251,6 +252,19 @@ def probe_host(conn: t.Any, candidate: Candidate, needs: placement.VmNeeds, cpu:
         maintenance=candidate.maintenance,
         cpu_incompatible=incompatible,
     )
+
+
+def _cpu_verdict(conn: t.Any, cpu: CpuCheck) -> t.Optional[str]:
+    """Why the host's hypervisor cannot run this CPU definition, or None when it can."""
+    try:
+        verdict = conn.compareHypervisorCPU(None, cpu.arch, cpu.machine, cpu.virttype, cpu.xml, 0)
+    except libvirt.libvirtError as exc:
+        if libvirt_error_code(exc) == libvirt.VIR_ERR_CPU_INCOMPATIBLE:
+            return str(exc)
+        raise
+    if verdict == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
+        return "the VM's CPU model is not compatible with this host's hypervisor CPU"
+    return None
 
 
 def _bridges(conn: t.Any, wanted: t.AbstractSet[str]) -> t.Optional[t.FrozenSet[str]]:
@@ -349,7 +363,9 @@ class Migrator:
                     uri=req.source_uri,
                 )
             req.policy = self._effective_policy(effective)
-            needs = vm_needs(facts["name"], facts, requirements, effective)
+            needs = placement.needs_from_facts(facts, requirements, effective)
+            if not facts["active"]:
+                needs = dataclasses.replace(needs, memory_mib=0, vcpus=0)  # an offline move takes no memory
             source_uuid = parse_capabilities(source.getCapabilities())["uuid"]
             self._check_disks(facts["name"], requirements)
             running = bool(facts["active"])
@@ -449,7 +465,7 @@ class Migrator:
         for candidate in req.candidates:
             try:
                 with self.connect(candidate.uri) as conn:
-                    hosts.append(probe_host(conn, candidate, needs, cpu, req.memory_reserved_mib))
+                    hosts.append(probe_host(conn, candidate, [needs], {needs.name: cpu} if cpu else {}, req.memory_reserved_mib))
             except MigrationError as exc:
                 if not req.auto:
                     raise

@@ -30,6 +30,37 @@ class VmNeeds:
     pinned_hosts: t.FrozenSet[str] = frozenset()
 
 
+def host_names(value: t.Any) -> t.FrozenSet[str]:
+    """A set of host names from a setting that may be missing, one name, or a list of names."""
+    if not value:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset((value,))
+    return frozenset(str(name) for name in value)
+
+
+def needs_from_facts(
+    facts: t.Mapping[str, t.Any], requirements: t.Mapping[str, t.Any], effective_settings: t.Mapping[str, t.Any]
+) -> VmNeeds:
+    """What a VM requires of a destination.
+
+    ``facts`` are a domain's facts (``domain.describe_domain``), ``requirements`` what its XML asks of
+    a host (``domain.parse_requirements``) and ``effective_settings`` its effective migration settings
+    (``settings.effective``), whose ``pinned_hosts`` restrict the destinations. Only disks with a
+    file or block source must be visible on the destination (``shared_storage``).
+    """
+    disks = requirements.get("disks") or []
+    return VmNeeds(
+        name=str(facts.get("name") or ""),
+        memory_mib=int(facts.get("memory_mib") or 0),
+        vcpus=int(facts.get("vcpus") or 1),
+        networks=frozenset(requirements.get("networks") or ()),
+        bridges=frozenset(requirements.get("bridges") or ()),
+        disk_paths=frozenset(disk["path"] for disk in disks if disk.get("path") and disk.get("shared_storage")),
+        pinned_hosts=host_names(effective_settings.get("pinned_hosts")),
+    )
+
+
 @dataclasses.dataclass
 class HostState:
     """One candidate destination as read from its libvirtd (or why it could not be read)."""

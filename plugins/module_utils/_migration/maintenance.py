@@ -1,0 +1,393 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""Host maintenance: evacuate a host in priority order and mark it, or bring it back to active.
+
+The maintenance mark is a small JSON file in the collection's state directory on the host itself
+(since when, why, by whom, and which VMs were shut down for it). Every migration the evacuation
+runs is also appended, as one JSON line, to the event log in the collection's log directory on the
+host, for audit.
+
+The host is marked only when every VM has moved (or been shut down as asked). If any migration
+fails, the others still run, the host is not marked, and the result lists every VM's outcome; a
+rerun resumes, since VMs that have moved are no longer on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import queue
+import threading
+import time
+import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration import evacuation, placement, settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, translate_libvirt_error
+from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import parse_capabilities
+from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import (
+    Candidate,
+    CpuCheck,
+    Migrator,
+    Request,
+    parse_candidates,
+    probe_host,
+)
+from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError
+
+try:
+    import libvirt
+except ImportError:  # reported by the module through missing_required_lib
+    pass
+
+STATE_DIR = "/var/lib/virtops-migration"
+LOG_DIR = "/var/log/virtops-migration"
+MARK_FILE = "maintenance.json"
+EVENT_LOG = "events.jsonl"
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def read_mark(state_dir: str) -> t.Optional[t.Dict[str, t.Any]]:
+    """The host's maintenance mark, or None when the host is active."""
+    path = os.path.join(state_dir, MARK_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            mark = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise MigrationError("Cannot read the maintenance mark %s: %s" % (path, exc), path=path) from exc
+    return mark if isinstance(mark, dict) else None
+
+
+def status(state_dir: str) -> t.Dict[str, t.Any]:
+    """The host's maintenance state as host_info reports it."""
+    mark = read_mark(state_dir)
+    if mark is None:
+        return {"active": False, "since": None, "reason": None, "by": None, "shutdown_vms": []}
+    return {
+        "active": True,
+        "since": mark.get("since"),
+        "reason": mark.get("reason"),
+        "by": mark.get("by"),
+        "shutdown_vms": list(mark.get("shutdown_vms") or []),
+    }
+
+
+def write_mark(state_dir: str, mark: t.Mapping[str, t.Any]) -> None:
+    """Write the mark atomically (a reader sees the old file or the new one, never a part)."""
+    os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    path = os.path.join(state_dir, MARK_FILE)
+    partial = path + ".new"
+    with open(partial, "w", encoding="utf-8") as handle:
+        json.dump(mark, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(partial, path)
+
+
+def clear_mark(state_dir: str) -> None:
+    try:
+        os.unlink(os.path.join(state_dir, MARK_FILE))
+    except FileNotFoundError:
+        pass
+
+
+@dataclasses.dataclass
+class MaintenanceRequest:
+    """Everything one ``host_maintenance`` run was asked to do."""
+
+    uri: str
+    state: str
+    candidates: t.List[Candidate]
+    include_manual: bool = False
+    non_migratable: str = "fail"
+    shutdown_timeout: int = 120
+    max_outgoing: int = 2
+    max_incoming: int = 2
+    memory_reserved_mib: int = 256
+    reason: t.Optional[str] = None
+    requested_by: t.Optional[str] = None
+    cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    global_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    monitor_interval: float = 10.0
+    poll_interval: float = 0.5
+    state_dir: str = STATE_DIR
+    log_dir: str = LOG_DIR
+    username: t.Optional[str] = None
+    password: t.Optional[str] = None
+
+
+def request_from_params(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
+    """Validate the module's parameters before any connection."""
+    for name in ("max_outgoing", "max_incoming", "shutdown_timeout"):
+        if params.get(name) is not None and params[name] < 1:
+            raise PolicyError("%s must be 1 or more, got %d" % (name, params[name]))
+    if (params.get("memory_reserved_mib") or 0) < 0:
+        raise PolicyError("memory_reserved_mib must be zero or more, got %d" % params["memory_reserved_mib"])
+    candidates = parse_candidates(params.get("candidates") or [])
+    if params.get("state") == "maintenance" and not candidates:
+        raise PolicyError("state=maintenance needs the other hosts of the cluster in candidates")
+    return MaintenanceRequest(
+        uri=params.get("uri") or "qemu:///system",
+        state=params.get("state") or "maintenance",
+        candidates=candidates,
+        include_manual=bool(params.get("include_manual")),
+        non_migratable=params.get("non_migratable") or "fail",
+        shutdown_timeout=params.get("shutdown_timeout") or 120,
+        max_outgoing=params.get("max_outgoing") or 2,
+        max_incoming=params.get("max_incoming") or 2,
+        memory_reserved_mib=params.get("memory_reserved_mib") or 0,
+        reason=params.get("reason"),
+        requested_by=params.get("requested_by"),
+        cluster_policy=settings.validate(params.get("cluster_policy"), "cluster_policy"),
+        global_policy=settings.validate(params.get("global_policy"), "global_policy"),
+        monitor_interval=params.get("monitor_interval") or 10.0,
+        poll_interval=params.get("wait_sleep") or 0.5,
+        state_dir=params.get("state_dir") or STATE_DIR,
+        log_dir=params.get("log_dir") or LOG_DIR,
+        username=params.get("username"),
+        password=params.get("password"),
+    )
+
+
+class HostMaintenance:
+    """``maintenance`` and ``active`` for the host at ``request.uri``."""
+
+    def __init__(self, request: MaintenanceRequest, log: t.Callable[[str], None] = lambda _msg: None) -> None:
+        self.request = request
+        self.log = log
+        self.start = time.monotonic()
+        self._log_lock = threading.Lock()
+
+    def connect(self, uri: str) -> t.ContextManager[t.Any]:
+        return libvirt_connection(uri, self.request.username, self.request.password)
+
+    def at(self) -> float:
+        return round(time.monotonic() - self.start, 3)
+
+    # -- reading the source and the candidates ------------------------------------------------
+    def _source_vms(self, conn: t.Any) -> t.Tuple[t.List[evacuation.VmToMove], t.Dict[str, CpuCheck]]:
+        req = self.request
+        vms = []
+        cpus: t.Dict[str, CpuCheck] = {}
+        try:
+            domains = conn.listAllDomains(0)
+        except libvirt.libvirtError as exc:
+            raise translate_libvirt_error(exc, "list the VMs", uri=req.uri) from exc
+        for dom in domains:
+            try:
+                facts = domxml.describe_domain(dom, req.uri)
+                xml = dom.XMLDesc(0)
+            except MigrationError:
+                continue  # gone since it was listed
+            requirements = domxml.parse_requirements(xml)
+            effective = settings.effective(facts.get("migration_settings") or {}, req.cluster_policy, req.global_policy)
+            vm = evacuation.VmToMove.from_facts(facts, requirements, effective)
+            vms.append(vm)
+            if vm.running and requirements.get("cpu_xml"):
+                cpus[vm.name] = CpuCheck(requirements["cpu_xml"], facts.get("arch"), facts.get("domain_type"), facts.get("machine"))
+        return vms, cpus
+
+    def _hosts(self, vms: t.Sequence[evacuation.VmToMove], cpus: t.Mapping[str, CpuCheck]) -> t.List[placement.HostState]:
+        req = self.request
+        needs = [t.cast(placement.VmNeeds, vm.needs) for vm in vms]
+        hosts = []
+        for candidate in req.candidates:
+            try:
+                with self.connect(candidate.uri) as conn:
+                    hosts.append(probe_host(conn, candidate, needs, cpus, req.memory_reserved_mib))
+            except MigrationError as exc:
+                hosts.append(placement.HostState(name=candidate.name or candidate.uri, uri=candidate.uri, error=exc.msg))
+        return hosts
+
+    def _final_load(self) -> t.Dict[str, t.Dict[str, t.Any]]:
+        """VMs, running vCPUs and memory left for guests on each reachable candidate, read afterwards."""
+        load = {}
+        for host in self._hosts([], {}):
+            if host.error is None:
+                load[host.name] = {"uri": host.uri, "available_mib": host.available_mib, "vcpus_running": host.vcpus_running}
+        return load
+
+    # -- maintenance --------------------------------------------------------------------------
+    def maintenance(self, check_mode: bool) -> t.Dict[str, t.Any]:
+        req = self.request
+        mark = read_mark(req.state_dir)
+        with self.connect(req.uri) as conn:
+            hostname = conn.getHostname()
+            uuid = parse_capabilities(conn.getCapabilities())["uuid"]
+            vms, cpus = self._source_vms(conn)
+        source = evacuation.SourceHost(name=hostname, uuid=uuid, uri=req.uri)
+        to_move = [vm for vm in vms if vm.running or vm.persistent]
+        if mark is not None and not to_move:
+            return {"changed": False, "host": hostname, "maintenance": mark, "msg": "%s is in maintenance and has no VMs." % hostname}
+        plan = evacuation.plan_evacuation(to_move, self._hosts(to_move, cpus), source, req.include_manual, req.non_migratable)
+        result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict()}
+        if not plan.ok:
+            raise MigrationError(
+                "%s cannot go into maintenance, nothing was moved: %s" % (hostname, " ".join(plan.problems())),
+                host_name=hostname,
+                plan=plan.as_dict(),
+            )
+        if check_mode:
+            return result
+        records = self._run(plan, hostname)
+        failed = [record for record in records if record["outcome"] == "failed"]
+        if failed:
+            raise MigrationError(
+                "%d of %d VMs could not leave %s, so it stays active: %s"
+                % (len(failed), len(records), hostname, "; ".join("%s: %s" % (r["vm"], r["error"]) for r in failed)),
+                host_name=hostname,
+                plan=plan.as_dict(),
+                vms=records,
+                load=self._final_load(),
+            )
+        shut = self._shutdown(plan, hostname)
+        mark = {
+            "since": now_iso(),
+            "reason": req.reason,
+            "by": req.requested_by,
+            "shutdown_vms": sorted(set((mark or {}).get("shutdown_vms", [])) | set(shut)),
+        }
+        write_mark(req.state_dir, mark)
+        result.update(vms=records, shutdown=shut, maintenance=mark, load=self._final_load())
+        return result
+
+    def _run(self, plan: evacuation.EvacuationPlan, hostname: str) -> t.List[t.Dict[str, t.Any]]:
+        """Run the plan's moves under the queue's limits; one record per VM, in start order."""
+        req = self.request
+        pending = evacuation.EvacuationQueue(plan.moves, req.max_outgoing, req.max_incoming)
+        done: "queue.Queue[t.Tuple[evacuation.Move, t.Dict[str, t.Any]]]" = queue.Queue()
+        records: t.List[t.Dict[str, t.Any]] = []
+
+        def worker(move: evacuation.Move, record: t.Dict[str, t.Any]) -> None:
+            migration = Request(
+                vm=move.uuid or move.vm,
+                source_uri=req.uri,
+                candidates=[Candidate(uri=move.destination_uri, name=move.destination)],
+                policy=move.policy,
+                cluster_policy=req.cluster_policy,
+                global_policy=req.global_policy,
+                poll_interval=req.poll_interval,
+                monitor_interval=req.monitor_interval,
+                # The plan already counted every VM headed there, reserves included; this re-check
+                # at start time must not count the ones arriving meanwhile a second time.
+                memory_reserved_mib=0,
+                username=req.username,
+                password=req.password,
+            )
+            try:
+                outcome = Migrator(migration, log=self.log).migrate(check_mode=False)
+                record.update(
+                    outcome="migrated" if outcome.get("changed") else "already there",
+                    downtime_ms=outcome.get("downtime_ms"),
+                    data_total_mib=outcome.get("data_total_mib"),
+                )
+            except MigrationError as exc:
+                record.update(outcome="failed", error=exc.msg)
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                record.update(outcome="failed", error="unexpected error: %r" % exc)
+            done.put((move, record))
+
+        threads = []
+        while not pending.done():
+            move = pending.next_ready()
+            while move is not None:
+                pending.start(move)
+                record = {
+                    "vm": move.vm,
+                    "priority": move.priority,
+                    "memory_mib": move.memory_mib,
+                    "kind": move.kind,
+                    "from": hostname,
+                    "to": move.destination,
+                    "policy": move.policy.name,
+                    "started": now_iso(),
+                    "started_at_s": self.at(),
+                }
+                records.append(record)
+                thread = threading.Thread(target=worker, args=(move, record), name="evacuate-%s" % move.vm, daemon=True)
+                thread.start()
+                threads.append(thread)
+                move = pending.next_ready()
+            finished, record = done.get()
+            record.update(finished=now_iso(), finished_at_s=self.at())
+            record["duration_s"] = round(record["finished_at_s"] - record["started_at_s"], 3)
+            pending.finish(finished)
+            self._audit(record)
+        for thread in threads:
+            thread.join()
+        return records
+
+    def _audit(self, record: t.Mapping[str, t.Any]) -> None:
+        """Append one JSON line per migration to the host's event log (best effort, never fatal)."""
+        entry = {
+            "time": record.get("finished"),
+            "event": "migration",
+            "why": "host maintenance" + (": %s" % self.request.reason if self.request.reason else ""),
+            "by": self.request.requested_by,
+        }
+        entry.update({key: record.get(key) for key in ("vm", "from", "to", "priority", "kind", "outcome", "duration_s", "downtime_ms", "error")})
+        try:
+            with self._log_lock:
+                os.makedirs(self.request.log_dir, mode=0o755, exist_ok=True)
+                with open(os.path.join(self.request.log_dir, EVENT_LOG), "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        except OSError as exc:
+            self.log("cannot write the event log: %s" % exc)
+
+    def _shutdown(self, plan: evacuation.EvacuationPlan, hostname: str) -> t.List[str]:
+        """Shut the plan's non-migratable VMs down cleanly; fail if one does not stop in time."""
+        req = self.request
+        names = [held.vm for held in plan.shutdown if held.running]
+        if not names:
+            return []
+        with self.connect(req.uri) as conn:
+            domains = {}
+            for name in names:
+                dom = domxml.lookup_domain(conn, name)
+                try:
+                    dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT | libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                except libvirt.libvirtError as exc:
+                    raise translate_libvirt_error(exc, "shut the VM down", vm=name, uri=req.uri) from exc
+                domains[name] = dom
+            deadline = time.monotonic() + req.shutdown_timeout
+            while any(dom.isActive() for dom in domains.values()):
+                if time.monotonic() > deadline:
+                    still = sorted(name for name, dom in domains.items() if dom.isActive())
+                    raise MigrationError(
+                        "%s stays active: VM(s) %s did not shut down within %d s" % (hostname, ", ".join(still), req.shutdown_timeout),
+                        host_name=hostname,
+                        vms=still,
+                    )
+                time.sleep(req.poll_interval)
+        return names
+
+    # -- active -------------------------------------------------------------------------------
+    def activate(self, check_mode: bool) -> t.Dict[str, t.Any]:
+        req = self.request
+        mark = read_mark(req.state_dir)
+        with self.connect(req.uri) as conn:
+            hostname = conn.getHostname()
+            if mark is None:
+                return {"changed": False, "host": hostname, "msg": "%s is not in maintenance." % hostname}
+            to_start = []
+            for name in mark.get("shutdown_vms") or []:
+                dom = domxml.find_domain(conn, name)
+                if dom is not None and not dom.isActive():
+                    to_start.append((name, dom))
+            if check_mode:
+                return {"changed": True, "host": hostname, "started": [name for name, _dom in to_start], "maintenance": None}
+            for name, dom in to_start:
+                try:
+                    dom.create()
+                except libvirt.libvirtError as exc:
+                    raise translate_libvirt_error(exc, "start the VM shut down for maintenance", vm=name, uri=req.uri) from exc
+        clear_mark(req.state_dir)
+        return {"changed": True, "host": hostname, "started": [name for name, _dom in to_start], "maintenance": None, "previous": mark}

@@ -1,0 +1,289 @@
+#!/usr/bin/python
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: host_maintenance
+short_description: Put a KVM/libvirt host into maintenance by evacuating its VMs, or bring it back
+version_added: 0.1.0
+description:
+  - With O(state=maintenance), moves every VM off the host the module runs on (O(uri)) to the other
+    hosts of its cluster (O(candidates)), then marks the host as in maintenance.
+  - Plan first, then act. The plan orders the VMs by effective priority (high, medium, low; then
+    larger memory first) and places each on the best candidate that passes every check of
+    M(virtops.migration.vm_migrate), counting the memory and vCPUs of VMs already planned there as
+    pending load, so that placement spreads across the cluster. Hosts in maintenance, unreachable
+    hosts and the host itself are never chosen.
+  - Each VM's effective settings (see M(virtops.migration.migration_policy)) are honoured. A running
+    VM with migration mode V(none), or V(manual) without O(include_manual=true), or pinned to no
+    other host, blocks the maintenance; the module then fails before moving anything and lists those
+    VMs, unless O(non_migratable=shutdown), which shuts them down cleanly once all other VMs have
+    moved and starts them again when the host is activated. Shut-off VMs move their persistent
+    definitions; shut-off VMs that may not move stay defined on the host.
+  - At most O(max_outgoing) migrations run from the host at once and at most O(max_incoming) into
+    any one destination; a VM of higher priority always starts before one of lower priority; each
+    migration runs under the VM's effective policy.
+  - If any VM fails to move, the others still move, the host is not marked, and the module fails
+    with every VM's outcome. A rerun resumes; VMs already moved are no longer on the host.
+  - The mark is a small file in O(state_dir) on the host (since when, why, by whom), reported by
+    M(virtops.migration.host_info). Each migration is also logged as one JSON line in
+    O(log_dir)C(/events.jsonl) on the host.
+  - With O(state=active), starts the VMs shut down for the maintenance and clears the mark.
+author:
+  - virtops.migration contributors (@virtops)
+extends_documentation_fragment:
+  - virtops.migration.connection
+  - virtops.migration.attributes
+  - virtops.migration.attributes.ACTIONGROUP_LIBVIRT
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Returns the full plan (order, destination per VM, expected load per host) and moves nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details:
+      - A host already in maintenance with no VMs left, or already active, reports no change.
+options:
+  state:
+    description:
+      - V(maintenance) evacuates the host and marks it; V(active) brings it back.
+    type: str
+    choices: [maintenance, active]
+    default: maintenance
+    version_added: 0.1.0
+  candidates:
+    description:
+      - The other hosts of the cluster, each a libvirt URI (as this host reaches it) or a dictionary
+        with C(uri), C(name), C(maintenance) and C(memory_reserved_mib), as the
+        C(virtops.migration.cluster_facts) role builds them. The host itself may be listed.
+      - Required with O(state=maintenance).
+    type: list
+    elements: raw
+    default: []
+    version_added: 0.1.0
+  include_manual:
+    description:
+      - Also migrate VMs whose migration mode is V(manual) (the confirmation RHV asks for).
+    type: bool
+    default: false
+    version_added: 0.1.0
+  non_migratable:
+    description:
+      - What to do with running VMs that may not migrate. V(fail) refuses the maintenance;
+        V(shutdown) shuts them down cleanly (guest agent, then ACPI) after the other VMs have moved,
+        and starts them again on O(state=active).
+    type: str
+    choices: [fail, shutdown]
+    default: fail
+    version_added: 0.1.0
+  shutdown_timeout:
+    description:
+      - Seconds to wait for the VMs being shut down; the host stays active if one is still running.
+    type: int
+    default: 120
+    version_added: 0.1.0
+  max_outgoing:
+    description:
+      - Migrations running from this host at once (vdsm's default is 2).
+    type: int
+    default: 2
+    version_added: 0.1.0
+  max_incoming:
+    description:
+      - Migrations running into any one destination at once.
+    type: int
+    default: 2
+    version_added: 0.1.0
+  memory_reserved_mib:
+    description:
+      - Memory, in MiB, each destination keeps back for itself, unless its candidate entry says
+        otherwise.
+    type: int
+    default: 256
+    version_added: 0.1.0
+  reason:
+    description:
+      - Why the host goes into maintenance; kept in the mark and in the event log.
+    type: str
+    version_added: 0.1.0
+  requested_by:
+    description:
+      - Who asks; kept in the mark and in the event log.
+    type: str
+    version_added: 0.1.0
+  cluster_policy:
+    description:
+      - Cluster-level migration settings (see M(virtops.migration.vm_migrate)).
+    type: dict
+    default: {}
+    version_added: 0.1.0
+  global_policy:
+    description:
+      - Global migration settings (see M(virtops.migration.vm_migrate)).
+    type: dict
+    default: {}
+    version_added: 0.1.0
+  monitor_interval:
+    description:
+      - Seconds between two convergence checks of each migration (see M(virtops.migration.vm_migrate)).
+    type: float
+    default: 10.0
+    version_added: 0.1.0
+  wait_sleep:
+    description:
+      - Seconds between two readings of a migration job's statistics.
+    type: float
+    default: 0.5
+    version_added: 0.1.0
+  state_dir:
+    description:
+      - The collection's state directory on the host, where the maintenance mark is kept.
+    type: path
+    default: /var/lib/virtops-migration
+    version_added: 0.1.0
+  log_dir:
+    description:
+      - The collection's log directory on the host, where migrations are logged.
+    type: path
+    default: /var/log/virtops-migration
+    version_added: 0.1.0
+notes:
+  - Run the task on the host to evacuate (the default O(uri)); the mark and the event log are
+    written on the managed node the module runs on.
+seealso:
+  - module: virtops.migration.vm_migrate
+  - module: virtops.migration.host_info
+  - module: virtops.migration.migration_policy
+"""
+
+EXAMPLES = r"""
+- name: Put hv1 into maintenance, its VMs spread over the rest of the cluster
+  virtops.migration.host_maintenance:
+    state: maintenance
+    candidates: "{{ groups['cluster1'] | map('extract', hostvars, 'virtops_libvirt_uri') | list }}"
+    reason: kernel update
+    requested_by: "{{ lookup('ansible.builtin.env', 'USER') }}"
+  when: inventory_hostname == 'hv1'
+
+- name: Show the plan only
+  virtops.migration.host_maintenance:
+    candidates:
+      - {name: hv2, uri: qemu+tls://hv2.example.com/system}
+      - {name: hv3, uri: qemu+tls://hv3.example.com/system, memory_reserved_mib: 4096}
+  check_mode: true
+  register: plan
+
+- name: Evacuate, migrating manual-mode VMs too and shutting down the pinned ones
+  virtops.migration.host_maintenance:
+    candidates: "{{ cluster_candidates }}"
+    include_manual: true
+    non_migratable: shutdown
+
+- name: Bring hv1 back (restarts the VMs shut down for the maintenance)
+  virtops.migration.host_maintenance:
+    state: active
+"""
+
+RETURN = r"""
+host:
+  description: Host name of the host.
+  returned: always
+  type: str
+  sample: hv1
+plan:
+  description:
+    - The evacuation plan, in check mode too. C(moves) in start order (C(vm), C(priority),
+      C(memory_mib), C(from), C(to), C(to_uri), C(kind), C(policy)), C(blocked), C(shutdown), C(kept)
+      and C(unplaceable) VMs with reasons, and C(load), the expected pending load per destination.
+  returned: state=maintenance and the host had VMs
+  type: dict
+  sample: {ok: true, moves: [{vm: db1, priority: high, memory_mib: 4096, from: hv1, to: hv3, kind: live}], blocked: []}
+vms:
+  description: One record per VM moved, in start order, also returned on failure.
+  returned: state=maintenance and migrations ran
+  type: list
+  elements: dict
+  sample:
+    - {vm: db1, priority: high, from: hv1, to: hv3, started: "2026-11-26T04:20:01.120+00:00", finished: "2026-11-26T04:20:04.310+00:00",
+       started_at_s: 0.41, finished_at_s: 3.6, duration_s: 3.19, downtime_ms: 52, outcome: migrated}
+shutdown:
+  description: VMs shut down for the maintenance.
+  returned: state=maintenance and not in check mode
+  type: list
+  elements: str
+  sample: [licence1]
+load:
+  description: Free memory for guests and running vCPUs of each reachable candidate, read after the evacuation.
+  returned: state=maintenance and migrations ran
+  type: dict
+  sample: {hv2: {uri: "qemu+tls://hv2.example.com/system", available_mib: 20480, vcpus_running: 12}}
+maintenance:
+  description: The mark written (V(null) after O(state=active)).
+  returned: success
+  type: dict
+  sample: {since: "2026-11-26T04:20:05.000+00:00", reason: kernel update, by: awx, shutdown_vms: []}
+started:
+  description: VMs started again by O(state=active).
+  returned: state=active and the host was in maintenance
+  type: list
+  elements: str
+  sample: [licence1]
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import (
+    HAS_LIBVIRT,
+    LIBVIRT_IMPORT_ERROR,
+    connection_argument_spec,
+)
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.maintenance import HostMaintenance, request_from_params
+
+
+def argument_spec() -> dict:
+    spec = connection_argument_spec()
+    spec.update(
+        state={"type": "str", "choices": ["maintenance", "active"], "default": "maintenance"},
+        candidates={"type": "list", "elements": "raw", "default": []},
+        include_manual={"type": "bool", "default": False},
+        non_migratable={"type": "str", "choices": ["fail", "shutdown"], "default": "fail"},
+        shutdown_timeout={"type": "int", "default": 120},
+        max_outgoing={"type": "int", "default": 2},
+        max_incoming={"type": "int", "default": 2},
+        memory_reserved_mib={"type": "int", "default": 256},
+        reason={"type": "str"},
+        requested_by={"type": "str"},
+        cluster_policy={"type": "dict", "default": {}},
+        global_policy={"type": "dict", "default": {}},
+        monitor_interval={"type": "float", "default": 10.0},
+        wait_sleep={"type": "float", "default": 0.5},
+        state_dir={"type": "path", "default": "/var/lib/virtops-migration"},
+        log_dir={"type": "path", "default": "/var/log/virtops-migration"},
+    )
+    return spec
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    if not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
+    try:
+        manager = HostMaintenance(request_from_params(module.params), log=module.log)
+        if module.params["state"] == "active":
+            result = manager.activate(module.check_mode)
+        else:
+            result = manager.maintenance(module.check_mode)
+    except MigrationError as exc:
+        module.fail_json(**exc.result())
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
