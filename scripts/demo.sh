@@ -23,17 +23,21 @@ tests/lab/virtlab status
 step "Facts of every host of the cluster (virtops.migration.host_info over SSH)"
 ansible-playbook -i "$inventory" playbooks/cluster_report.yml -e cluster=lab
 
-step "Plan a live migration of web1 to the best other host (check mode: nothing moves)"
-ansible-playbook -i "$inventory" playbooks/migrate_vm.yml -e source=lab-h1 -e vm=web1 --check
+step "Plan: put lab-h1 into maintenance (check mode: nothing moves)"
+ansible-playbook -i "$inventory" playbooks/maintenance.yml -e target=lab-h1 --check
 
-step "Live-migrate web1 (virtops.migration.vm_migrate, policy minimal_downtime)"
-ansible-playbook -i "$inventory" playbooks/migrate_vm.yml -e source=lab-h1 -e vm=web1
+step "Put lab-h1 into maintenance: its VMs migrate live, high priority first, spread over lab-h2 and lab-h3"
+ansible-playbook -i "$inventory" playbooks/maintenance.yml -e target=lab-h1 -e "reason='demo: kernel update'"
 
-step "Run it again: web1 is already there, nothing changes"
-ansible-playbook -i "$inventory" playbooks/migrate_vm.yml -e source=lab-h1 -e vm=web1
+step "The cluster now"
+ansible-playbook -i "$inventory" playbooks/cluster_report.yml -e cluster=lab
+tests/lab/virtlab status
 
 step "The lab's no-VM-lost check"
 tests/lab/virtlab check
+
+step "Bring lab-h1 back to active"
+ansible-playbook -i "$inventory" playbooks/activate.yml -e target=lab-h1
 
 step "Done. The lab is still up for you to explore:"
 echo "  inventory:  $inventory"

@@ -1,0 +1,181 @@
+"""host_maintenance on the lab: plan, priority order, spreading, blocking, shutdown, failure, rerun."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+from pathlib import Path
+
+from labkit import (
+    assert_no_vm_lost,
+    read_marker,
+    run_module,
+    uri,
+    virtlab,
+    vm_homes,
+    wait_async,
+    wait_until,
+    write_marker,
+)
+
+MAINTENANCE = "virtops.migration.host_maintenance"
+HOSTS = ("lab-h1", "lab-h2", "lab-h3")
+RANK = {"high": 0, "medium": 1, "low": 2}
+
+
+def candidates(lab: Path, **reserves: int) -> list[dict[str, t.Any]]:
+    result = []
+    for host in HOSTS:
+        entry: dict[str, t.Any] = {"name": host, "uri": uri(lab, host)}
+        if host.replace("-", "_") in reserves:
+            entry["memory_reserved_mib"] = reserves[host.replace("-", "_")]
+        result.append(entry)
+    return result
+
+
+def vms_on(host: str) -> list[str]:
+    return [vm["name"] for entry in virtlab_status_hosts() if entry["name"] == host for vm in entry["vms"]]
+
+
+def virtlab_status_hosts() -> list[dict[str, t.Any]]:
+    return json.loads(virtlab("status", "--json").stdout)["hosts"]
+
+
+def maintenance_state(lab: Path, host: str) -> dict[str, t.Any]:
+    return run_module(lab, host, "virtops.migration.host_info")["host"]["maintenance"]
+
+
+def activate(lab: Path, host: str) -> dict[str, t.Any]:
+    return run_module(lab, host, MAINTENANCE, {"state": "active"})
+
+
+def test_evacuation_check_real_repeat_in_priority_order_then_activate(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    made = [new_vm(192, 3, "high"), new_vm(160, 3, "high"), new_vm(160, 3, "medium"), new_vm(224, 3, "low"), new_vm(160, 3, "low")]
+    markers = {vm: write_marker(vm) for vm in made}
+    on_h3 = vms_on("lab-h3")
+    args = {"candidates": candidates(lab), "reason": "lab test", "requested_by": "pytest", "max_outgoing": 2}
+
+    planned = run_module(lab, "lab-h3", MAINTENANCE, args, check_mode=True)
+    assert planned["changed"] is True and planned["plan"]["ok"] is True, planned
+    moves = planned["plan"]["moves"]
+    assert sorted(move["vm"] for move in moves) == sorted(on_h3)
+    ranks = [(RANK[move["priority"]], -move["memory_mib"]) for move in moves]
+    assert ranks == sorted(ranks), "planned high first, then larger memory first"
+    assert {move["to"] for move in moves} <= {"lab-h1", "lab-h2"}
+    assert sorted(vms_on("lab-h3")) == sorted(on_h3), "check mode moved nothing"
+    assert maintenance_state(lab, "lab-h3")["active"] is False
+
+    done = run_module(lab, "lab-h3", MAINTENANCE, args)
+    assert done["changed"] is True, done
+    records = done["vms"]
+    assert all(record["outcome"] == "migrated" for record in records), records
+    for earlier in records:
+        for later in records:
+            if RANK[earlier["priority"]] < RANK[later["priority"]]:
+                assert earlier["started_at_s"] <= later["started_at_s"], (earlier, later)
+    assert vms_on("lab-h3") == []
+    assert {vm: read_marker(vm) for vm in made} == markers
+    state = maintenance_state(lab, "lab-h3")
+    assert state["active"] is True and state["reason"] == "lab test" and state["by"] == "pytest"
+    log = virtlab("ssh", "lab-h3", "--", "cat", "/var/log/virtops-migration/events.jsonl").stdout.splitlines()
+    logged = [json.loads(line) for line in log]
+    assert {entry["vm"] for entry in logged} >= set(made)
+    assert all(entry["event"] == "migration" and entry["from"] == "lab-h3" for entry in logged)
+
+    assert run_module(lab, "lab-h3", MAINTENANCE, args)["changed"] is False
+    assert run_module(lab, "lab-h3", MAINTENANCE, args, check_mode=True)["changed"] is False
+    assert_no_vm_lost()
+
+    assert run_module(lab, "lab-h3", MAINTENANCE, {"state": "active"}, check_mode=True)["changed"] is True
+    assert maintenance_state(lab, "lab-h3")["active"] is True
+    assert activate(lab, "lab-h3")["changed"] is True
+    assert maintenance_state(lab, "lab-h3")["active"] is False
+    assert activate(lab, "lab-h3")["changed"] is False
+    assert_no_vm_lost()
+
+
+def test_placement_spreads_and_follows_host_reserves(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    made = [new_vm(192, 2) for _index in range(4)]
+    even = run_module(lab, "lab-h2", MAINTENANCE, {"candidates": candidates(lab)}, check_mode=True)
+    targets = [move["to"] for move in even["plan"]["moves"] if move["vm"] in made]
+    assert abs(targets.count("lab-h1") - targets.count("lab-h3")) <= 1, targets
+
+    free_h3 = run_module(lab, "lab-h3", "virtops.migration.host_info", {"memory_reserved_mib": 0})["host"]["memory"]["free_mib"]
+    # Leave lab-h3 room for two of these VMs only (2 x 192 = 384 MiB < 450 MiB < 3 x 192).
+    tight = candidates(lab, lab_h3=max(free_h3 - 450, 0))
+    planned = run_module(lab, "lab-h2", MAINTENANCE, {"candidates": tight}, check_mode=True)
+    to_h3 = [move["vm"] for move in planned["plan"]["moves"] if move["to"] == "lab-h3"]
+    assert len(to_h3) <= 2, planned["plan"]["moves"]
+    done = run_module(lab, "lab-h2", MAINTENANCE, {"candidates": tight})
+    assert done["changed"] is True, done
+    actual = {record["vm"]: record["to"] for record in done["vms"]}
+    assert actual == {move["vm"]: move["to"] for move in planned["plan"]["moves"]}
+    assert all(vm_homes(vm) == {actual[vm]: "running"} for vm in made)
+    assert activate(lab, "lab-h2")["changed"] is True
+    assert_no_vm_lost()
+
+
+def test_a_none_mode_vm_blocks_and_nothing_moves(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    stuck, free = new_vm(160, 3), new_vm(160, 3)
+    run_module(lab, "lab-h3", "virtops.migration.migration_policy", {"name": stuck, "migration_mode": "none"})
+    before = sorted(vms_on("lab-h3"))
+    result = run_module(lab, "lab-h3", MAINTENANCE, {"candidates": candidates(lab)})
+    assert result.get("failed") is True, result
+    assert "nothing was moved" in result["msg"] and stuck in result["msg"], result["msg"]
+    assert free not in result["msg"]
+    assert sorted(vms_on("lab-h3")) == before
+    assert maintenance_state(lab, "lab-h3")["active"] is False
+    assert_no_vm_lost()
+
+
+def test_non_migratable_shutdown_then_restart_on_activate(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    pinned, other = new_vm(160, 3), new_vm(160, 3)
+    run_module(lab, "lab-h3", "virtops.migration.migration_policy", {"name": pinned, "pinned_hosts": ["lab-h3"]})
+    args = {"candidates": candidates(lab), "non_migratable": "shutdown", "shutdown_timeout": 60}
+    planned = run_module(lab, "lab-h3", MAINTENANCE, args, check_mode=True)
+    assert [held["vm"] for held in planned["plan"]["shutdown"]] == [pinned], planned["plan"]
+    done = run_module(lab, "lab-h3", MAINTENANCE, args)
+    assert done["changed"] is True and done["shutdown"] == [pinned], done
+    assert vm_homes(pinned) == {"lab-h3": "shut off"}
+    assert "lab-h3" not in vm_homes(other)
+    assert maintenance_state(lab, "lab-h3")["shutdown_vms"] == [pinned]
+    assert_no_vm_lost(pinned)
+
+    back = activate(lab, "lab-h3")
+    assert back["changed"] is True and back["started"] == [pinned], back
+    assert vm_homes(pinned) == {"lab-h3": "running"}
+    assert_no_vm_lost()
+
+
+def test_destination_killed_mid_evacuation_then_rerun(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    made = [new_vm(192, 1) for _index in range(4)]
+    slow = {"candidates": candidates(lab), "cluster_policy": {"bandwidth_mib": 4, "policy": "legacy"}, "max_outgoing": 2}
+    started = run_module(lab, "lab-h1", MAINTENANCE, slow, background=600)
+    # Wait until a migration into lab-h3 is under way, then crash lab-h3's libvirtd.
+    wait_until(lambda: bool(vm_homes_on("lab-h3", made)), 90, "a VM is being received by lab-h3")
+    virtlab("kill-libvirtd", "lab-h3")
+    try:
+        final = wait_async(lab, "lab-h1", started["ansible_job_id"], timeout=400)
+    finally:
+        virtlab("start-libvirtd", "lab-h3")
+    assert final.get("failed") is True, final
+    assert "stays active" in final["msg"], final["msg"]
+    outcomes = {record["vm"]: record["outcome"] for record in final["vms"]}
+    assert "failed" in outcomes.values(), outcomes
+    assert maintenance_state(lab, "lab-h1")["active"] is False
+    for vm, outcome in outcomes.items():
+        expected_here = outcome == "failed"
+        assert ("lab-h1" in vm_homes(vm)) == expected_here, (vm, outcome, vm_homes(vm))
+    wait_until(lambda: all(len(vm_homes(vm)) == 1 for vm in made), 120, "every VM is defined on one host only")
+    assert_no_vm_lost()
+
+    rerun = run_module(lab, "lab-h1", MAINTENANCE, {"candidates": candidates(lab)})
+    assert rerun["changed"] is True, rerun
+    assert vms_on("lab-h1") == [] and maintenance_state(lab, "lab-h1")["active"] is True
+    assert activate(lab, "lab-h1")["changed"] is True
+    assert_no_vm_lost()
+
+
+def vm_homes_on(host: str, vms: list[str]) -> list[str]:
+    """States on ``host`` of those of ``vms`` defined or arriving there."""
+    return [homes[host] for homes in (vm_homes(vm) for vm in vms) if host in homes]
