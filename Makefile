@@ -9,7 +9,7 @@ export ANSIBLE_FORCE_COLOR := 0
 export PYTHONDONTWRITEBYTECODE := 1
 PYTEST := $(VENV)/bin/python -m pytest -p no:cacheprovider
 
-.PHONY: setup demo test unit sanity lint integration molecule lab-down clean
+.PHONY: setup demo test unit sanity lint build integration molecule lab-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -21,7 +21,7 @@ demo: setup
 ## test: everything CI runs
 test: setup
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory unit sanity lint integration molecule; \
+	$(MAKE) --no-print-directory unit sanity lint build integration molecule; \
 	echo "make test: all stages passed in $$(( $$(date +%s) - start )) s"
 
 unit:
@@ -36,6 +36,11 @@ lint:
 	@echo "== ansible-lint (production profile) and changelog"
 	ansible-lint --profile production roles playbooks
 	antsibull-changelog lint
+
+## build: the collection tarball installs and every plugin's and role's documentation renders from it
+build:
+	@echo "== collection build, install and ansible-doc"
+	bash tests/build-check.sh
 
 integration:
 	@echo "== lab integration tests"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".venv" / "collections"))
 os.environ["PATH"] = "%s:%s" % (REPO / ".venv" / "bin", os.environ.get("PATH", ""))
 
-from labkit import assert_no_vm_lost, load_hostvars, run_module, virtlab, vm_homes  # noqa: E402
+from labkit import assert_no_vm_lost, load_hostvars, run_module, virsh_migrate, virtlab, vm_homes  # noqa: E402
 
 GUESTS = [
     ("ev-web1", 256, "high"),
@@ -43,16 +43,6 @@ GUESTS = [
     ("ev-batch1", 192, "low"),
     ("ev-batch2", 192, "low"),
 ]
-
-
-def virsh_migrate(source_uri: str, dest_uri: str, vm: str) -> float:
-    start = time.monotonic()
-    subprocess.run(
-        ["virsh", "-c", source_uri, "migrate", "--live", "--p2p", "--persistent", "--undefinesource", vm, dest_uri],
-        check=True,
-        capture_output=True,
-    )
-    return time.monotonic() - start
 
 
 def gather_back(uris: t.Mapping[str, str]) -> None:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".venv" / "collections"))
 os.environ["PATH"] = "%s:%s" % (REPO / ".venv" / "bin", os.environ.get("PATH", ""))
 
-from labkit import assert_no_vm_lost, load_hostvars, run_module, running_on, virtlab  # noqa: E402
+from labkit import assert_no_vm_lost, load_hostvars, run_module, running_on, virsh_migrate, virtlab  # noqa: E402
 
 MODULE = "virtops.migration.vm_migrate"
 BUSY_CASES: t.List[t.Tuple[str, t.Dict[str, t.Any]]] = [
@@ -40,16 +40,6 @@ BUSY_CASES: t.List[t.Tuple[str, t.Dict[str, t.Any]]] = [
     ("suspend_workload", {}),
     ("post_copy", {}),
 ]
-
-
-def virsh_migrate(source_uri: str, dest_uri: str, vm: str) -> float:
-    start = time.monotonic()
-    subprocess.run(
-        ["virsh", "-c", source_uri, "migrate", "--live", "--p2p", "--persistent", "--undefinesource", vm, dest_uri],
-        check=True,
-        capture_output=True,
-    )
-    return time.monotonic() - start
 
 
 def virsh_downtime(dest_uri: str, vm: str) -> t.Optional[int]:

@@ -36,6 +36,7 @@ author:
   - virtops.migration contributors (@virtops)
 extends_documentation_fragment:
   - virtops.migration.connection
+  - virtops.migration.migration_run
   - virtops.migration.attributes
   - virtops.migration.attributes.ACTIONGROUP_LIBVIRT
 attributes:
@@ -100,13 +101,6 @@ options:
     type: int
     default: 2
     version_added: 0.1.0
-  memory_reserved_mib:
-    description:
-      - Memory, in MiB, each destination keeps back for itself, unless its candidate entry says
-        otherwise.
-    type: int
-    default: 256
-    version_added: 0.1.0
   reason:
     description:
       - Why the host goes into maintenance; kept in the mark and in the event log.
@@ -116,30 +110,6 @@ options:
     description:
       - Who asks; kept in the mark and in the event log.
     type: str
-    version_added: 0.1.0
-  cluster_policy:
-    description:
-      - Cluster-level migration settings (see M(virtops.migration.vm_migrate)).
-    type: dict
-    default: {}
-    version_added: 0.1.0
-  global_policy:
-    description:
-      - Global migration settings (see M(virtops.migration.vm_migrate)).
-    type: dict
-    default: {}
-    version_added: 0.1.0
-  monitor_interval:
-    description:
-      - Seconds between two convergence checks of each migration (see M(virtops.migration.vm_migrate)).
-    type: float
-    default: 10.0
-    version_added: 0.1.0
-  wait_sleep:
-    description:
-      - Seconds between two readings of a migration job's statistics.
-    type: float
-    default: 0.5
     version_added: 0.1.0
   state_dir:
     description:
@@ -244,11 +214,13 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
     connection_argument_spec,
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import migration_run_argument_spec
 from ansible_collections.virtops.migration.plugins.module_utils._migration.maintenance import HostMaintenance, request_from_params
 
 
 def argument_spec() -> dict:
     spec = connection_argument_spec()
+    spec.update(migration_run_argument_spec())
     spec.update(
         state={"type": "str", "choices": ["maintenance", "active"], "default": "maintenance"},
         candidates={"type": "list", "elements": "raw", "default": []},
@@ -257,13 +229,8 @@ def argument_spec() -> dict:
         shutdown_timeout={"type": "int", "default": 120},
         max_outgoing={"type": "int", "default": 2},
         max_incoming={"type": "int", "default": 2},
-        memory_reserved_mib={"type": "int", "default": 256},
         reason={"type": "str"},
         requested_by={"type": "str"},
-        cluster_policy={"type": "dict", "default": {}},
-        global_policy={"type": "dict", "default": {}},
-        monitor_interval={"type": "float", "default": 10.0},
-        wait_sleep={"type": "float", "default": 0.5},
         state_dir={"type": "path", "default": "/var/lib/virtops-migration"},
         log_dir={"type": "path", "default": "/var/log/virtops-migration"},
     )

@@ -38,6 +38,7 @@ author:
   - virtops.migration contributors (@virtops)
 extends_documentation_fragment:
   - virtops.migration.connection
+  - virtops.migration.migration_run
   - virtops.migration.attributes
   - virtops.migration.attributes.ACTIONGROUP_LIBVIRT
 attributes:
@@ -156,23 +157,6 @@ options:
         here ignores the inherited single settings; the options below apply in any case.
     type: raw
     version_added: 0.1.0
-  cluster_policy:
-    description:
-      - Cluster-level migration settings (priority, migration_mode, pinned_hosts, policy,
-        auto_converge, compression, bandwidth_mib, max_downtime_ms), usually a group variable of
-        the cluster's inventory group. The VM's own settings win over them; O(global_policy) and
-        the built-in defaults apply below them.
-      - An effective C(migration_mode) of V(none) refuses the migration; effective C(pinned_hosts)
-        restrict the destinations.
-    type: dict
-    default: {}
-    version_added: 0.1.0
-  global_policy:
-    description:
-      - Global migration settings, usually a variable of the C(all) group; see O(cluster_policy).
-    type: dict
-    default: {}
-    version_added: 0.1.0
   auto_converge:
     description:
       - Throttle the VM's vCPUs when the migration does not converge.
@@ -250,27 +234,6 @@ options:
     type: str
     choices: [abort, post_copy, suspend]
     default: abort
-    version_added: 0.1.0
-  wait_sleep:
-    description:
-      - Seconds between two readings of the migration job's statistics.
-    type: float
-    default: 0.5
-    version_added: 0.1.0
-  monitor_interval:
-    description:
-      - Seconds between two convergence checks. At each check, a memory iteration that has not
-        shrunk the data remaining counts as stalled and moves the schedule on by at most one step.
-      - The default of 10 seconds is vdsm's migration monitor interval; shorter intervals make the
-        schedule (and its abort step) come sooner.
-    type: float
-    default: 10.0
-    version_added: 0.1.0
-  memory_reserved_mib:
-    description:
-      - Memory, in MiB, each destination keeps back for itself; the VM must fit in what remains.
-    type: int
-    default: 256
     version_added: 0.1.0
 notes:
   - The task runs on the source host (or reaches it through O(uri)). Migration is peer-to-peer; the
@@ -446,11 +409,16 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
     connection_argument_spec,
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
-from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import Migrator, request_from_params
+from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import (
+    Migrator,
+    migration_run_argument_spec,
+    request_from_params,
+)
 
 
 def argument_spec() -> dict:
     spec = connection_argument_spec()
+    spec.update(migration_run_argument_spec())
     spec.update(
         name={"type": "str"},
         uuid={"type": "str"},
@@ -464,8 +432,6 @@ def argument_spec() -> dict:
         persistent={"type": "bool", "default": True},
         undefine_source={"type": "bool", "default": True},
         policy={"type": "raw"},
-        cluster_policy={"type": "dict", "default": {}},
-        global_policy={"type": "dict", "default": {}},
         auto_converge={"type": "bool"},
         compression={"type": "list", "elements": "str"},
         bandwidth_mib={"type": "int"},
@@ -478,9 +444,6 @@ def argument_spec() -> dict:
         wait={"type": "bool", "default": True},
         timeout={"type": "int"},
         timeout_action={"type": "str", "choices": ["abort", "post_copy", "suspend"], "default": "abort"},
-        wait_sleep={"type": "float", "default": 0.5},
-        monitor_interval={"type": "float", "default": 10.0},
-        memory_reserved_mib={"type": "int", "default": 256},
     )
     return spec
 

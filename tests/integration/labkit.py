@@ -177,3 +177,14 @@ def write_marker(vm: str) -> str:
 def read_marker(vm: str) -> str:
     """The marker :func:`write_marker` left in the guest, read through its agent."""
     return virtlab("exec", vm, "--", "cat", "/tmp/marker").stdout.strip()
+
+
+def virsh_migrate(source_uri: str, dest_uri: str, vm: str) -> float:
+    """Plain ``virsh migrate --live --p2p`` of one guest (the baseline benchmarks compare with); its wall time."""
+    start = time.monotonic()
+    subprocess.run(
+        ["virsh", "-c", source_uri, "migrate", "--live", "--p2p", "--persistent", "--undefinesource", vm, dest_uri],
+        check=True,
+        capture_output=True,
+    )
+    return time.monotonic() - start

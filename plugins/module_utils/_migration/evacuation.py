@@ -44,8 +44,6 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.polic
 NON_MIGRATABLE_ACTIONS = ("fail", "shutdown")
 LIVE = "live"
 OFFLINE = "offline"
-# The settings that make up a VM's effective migration policy.
-_POLICY_SETTINGS = ("policy", "auto_converge", "compression", "bandwidth_mib", "max_downtime_ms")
 
 
 class EvacuationError(MigrationError):
@@ -379,7 +377,7 @@ class _Assessor:
         self._policies: t.Dict[str, Policy] = {}
 
     def _policy(self, vm: VmToMove) -> Policy:
-        values = {name: vm.settings.get(name) for name in _POLICY_SETTINGS}
+        values = {name: vm.settings.get(name) for name in vm_settings.POLICY_SETTINGS}
         values = {name: None if value == vm_settings.INHERIT else value for name, value in values.items()}
         cache_key = repr(sorted(values.items()))
         policy = self._policies.get(cache_key)

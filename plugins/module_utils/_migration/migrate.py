@@ -36,6 +36,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.polic
     Policy,
     PolicyError,
     ScheduleTracker,
+    OVERRIDES,
     Step,
     apply_overrides,
     base_policy,
@@ -96,15 +97,15 @@ class Request:
     password: t.Optional[str] = None
 
 
-POLICY_OVERRIDES = (
-    "auto_converge",
-    "compression",
-    "bandwidth_mib",
-    "max_downtime_ms",
-    "downtime_schedule",
-    "post_copy",
-    "parallel_connections",
-)
+def migration_run_argument_spec() -> t.Dict[str, t.Dict[str, t.Any]]:
+    """Options shared by the modules that run migrations (doc fragment ``virtops.migration.migration_run``)."""
+    return {
+        "cluster_policy": {"type": "dict", "default": {}},
+        "global_policy": {"type": "dict", "default": {}},
+        "monitor_interval": {"type": "float", "default": 10.0},
+        "wait_sleep": {"type": "float", "default": 0.5},
+        "memory_reserved_mib": {"type": "int", "default": 256},
+    }
 
 
 def parse_candidates(raw: t.Sequence[t.Any]) -> t.List[Candidate]:
@@ -130,7 +131,7 @@ def parse_candidates(raw: t.Sequence[t.Any]) -> t.List[Candidate]:
 
 def request_from_params(params: t.Mapping[str, t.Any]) -> "Request":
     """Validate the module's parameters into a :class:`Request`; refuse bad input before any connection."""
-    overrides = {key: params.get(key) for key in POLICY_OVERRIDES if params.get(key) is not None}
+    overrides = {key: params.get(key) for key in OVERRIDES if params.get(key) is not None}
     # Validated now, so that bad input fails before any connection; the VM's own settings join in later.
     policy = apply_overrides(base_policy(params.get("policy")), overrides)
     cluster_policy = settings.validate(params.get("cluster_policy"), "cluster_policy")
@@ -408,12 +409,7 @@ class Migrator:
 
     def _effective_policy(self, effective: t.Mapping[str, t.Any]) -> Policy:
         """The task's policy and options win; what they leave open comes from the VM > cluster > global settings."""
-        req = self.request
-        policy = base_policy(req.policy_option if req.policy_option is not None else effective["policy"])
-        inherited = {key: effective[key] for key in ("auto_converge", "compression", "bandwidth_mib", "max_downtime_ms") if effective.get(key) is not None}
-        if req.policy_option is None:
-            policy = apply_overrides(policy, inherited)
-        return apply_overrides(policy, req.overrides)
+        return settings.effective_policy(effective, self.request.policy_option, self.request.overrides)
 
     def _already_moved(self, src_host: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
         """The VM is not on the source: fine if it runs on a destination candidate (a repeat run)."""

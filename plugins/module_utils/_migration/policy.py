@@ -116,6 +116,17 @@ BUILTIN_POLICIES: t.Dict[str, Policy] = {
 }
 DEFAULT_POLICY = "minimal_downtime"
 
+# The single settings a task may override on top of a policy.
+OVERRIDES = (
+    "auto_converge",
+    "compression",
+    "bandwidth_mib",
+    "max_downtime_ms",
+    "downtime_schedule",
+    "post_copy",
+    "parallel_connections",
+)
+
 
 def _positive_int(value: t.Any, what: str, allow_zero: bool = False) -> int:
     if isinstance(value, bool):
@@ -192,16 +203,7 @@ def base_policy(policy: t.Union[None, str, t.Mapping[str, t.Any]]) -> Policy:
 
 def apply_overrides(policy: Policy, overrides: t.Mapping[str, t.Any]) -> Policy:
     """Return ``policy`` with the given settings replaced; ``None`` values leave a setting alone."""
-    known = {
-        "max_concurrent",
-        "auto_converge",
-        "compression",
-        "bandwidth_mib",
-        "max_downtime_ms",
-        "downtime_schedule",
-        "post_copy",
-        "parallel_connections",
-    }
+    known = {"max_concurrent", *OVERRIDES}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise PolicyError("unknown policy settings: %s (known: %s)" % (", ".join(unknown), ", ".join(sorted(known))))

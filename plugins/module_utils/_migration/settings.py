@@ -42,6 +42,8 @@ DEFAULTS: t.Dict[str, t.Any] = {
     "max_downtime_ms": None,
 }
 SETTING_NAMES = tuple(DEFAULTS)
+# The settings that make up a VM's effective migration policy.
+POLICY_SETTINGS = ("policy", "auto_converge", "compression", "bandwidth_mib", "max_downtime_ms")
 
 
 # Words a boolean setting may be given as (key=value task arguments arrive as strings).
@@ -144,7 +146,17 @@ def effective(
     return {name: entry["value"] for name, entry in resolve(vm, cluster, global_).items()}
 
 
-def effective_policy(values: t.Mapping[str, t.Any]) -> Policy:
-    """The migration policy the effective settings describe (policy plus its single overrides)."""
-    overrides = {name: values.get(name) for name in ("auto_converge", "compression", "bandwidth_mib", "max_downtime_ms")}
-    return apply_overrides(base_policy(values.get("policy")), overrides)
+def effective_policy(
+    values: t.Mapping[str, t.Any],
+    policy: t.Any = None,
+    overrides: t.Optional[t.Mapping[str, t.Any]] = None,
+) -> Policy:
+    """The migration policy for a VM's effective settings ``values``.
+
+    ``policy`` (a task's own choice) replaces the effective policy and the single settings inherited
+    with it; ``overrides`` (a task's own single settings) apply last.
+    """
+    result = base_policy(policy if policy is not None else values.get("policy"))
+    if policy is None:
+        result = apply_overrides(result, {name: values.get(name) for name in POLICY_SETTINGS if name != "policy"})
+    return apply_overrides(result, overrides or {})

@@ -1,0 +1,54 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Options of the modules that run migrations (vm_migrate, host_maintenance)."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    """Inherited settings, monitoring and destination reserve, documented once."""
+
+    DOCUMENTATION = r"""
+options:
+  cluster_policy:
+    description:
+      - Cluster-level migration settings (C(priority), C(migration_mode), C(pinned_hosts), C(policy),
+        C(auto_converge), C(compression), C(bandwidth_mib), C(max_downtime_ms), with the values
+        M(virtops.migration.migration_policy) takes), usually a group variable of the cluster's
+        inventory group. A VM's own settings win over them; O(global_policy) and the built-in
+        defaults apply below them.
+      - An effective C(migration_mode) of V(none) refuses a migration; effective C(pinned_hosts)
+        restrict the destinations.
+    type: dict
+    default: {}
+    version_added: 0.1.0
+  global_policy:
+    description:
+      - Global migration settings, usually a variable of the C(all) group; see O(cluster_policy).
+    type: dict
+    default: {}
+    version_added: 0.1.0
+  monitor_interval:
+    description:
+      - Seconds between two convergence checks of a migration. At each check, a new memory
+        iteration that has not shrunk the data remaining counts as stalled and moves the policy's
+        schedule on by at most one step.
+      - The default of 10 seconds is vdsm's migration monitor interval; shorter intervals make the
+        schedule (and its abort step) come sooner.
+    type: float
+    default: 10.0
+    version_added: 0.1.0
+  wait_sleep:
+    description:
+      - Seconds between two readings of a migration job's statistics (progress, timeout).
+    type: float
+    default: 0.5
+    version_added: 0.1.0
+  memory_reserved_mib:
+    description:
+      - Memory, in MiB, each destination keeps back for itself; a VM must fit in what remains.
+    type: int
+    default: 256
+    version_added: 0.1.0
+"""
