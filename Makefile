@@ -44,7 +44,7 @@ build:
 
 integration:
 	@echo "== lab integration tests"
-	PYTHONPATH=$(VENV)/collections $(PYTEST) tests/integration -v
+	PYTHONPATH=$(VENV)/collections $(PYTEST) tests/integration -v --durations=15
 
 molecule:
 	@echo "== molecule scenarios against the lab"

@@ -118,6 +118,8 @@ def test_shut_off_vm_moves_its_definition(lab: Path, new_vm: t.Callable[..., str
     moved = run_module(lab, "lab-h1", MODULE, args)
     assert moved["changed"] is True, moved
     assert vm_homes(vm) == {"lab-h3": "shut off"}
+    assert run_module(lab, "lab-h1", MODULE, args)["changed"] is False
+    assert run_module(lab, "lab-h1", MODULE, args, check_mode=True)["changed"] is False
     assert_no_vm_lost(vm)
     virtlab("ssh", "lab-h3", "--", "virsh", "start", vm)
     assert_no_vm_lost()

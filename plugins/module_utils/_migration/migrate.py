@@ -418,7 +418,8 @@ class Migrator:
             try:
                 with self.connect(candidate.uri) as conn:
                     dom = domxml.find_domain(conn, req.vm)
-                    if dom is not None and (dom.isActive() or not req.live):
+                    # Running there, or (after an offline move) defined there persistently.
+                    if dom is not None and (dom.isActive() or dom.isPersistent()):
                         where = {"hostname": conn.getHostname(), "uri": candidate.uri}
                         return {
                             "changed": False,
