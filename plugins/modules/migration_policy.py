@@ -25,6 +25,7 @@ author:
   - virtops.migration contributors (@virtops)
 extends_documentation_fragment:
   - virtops.migration.connection
+  - virtops.migration.vm
   - virtops.migration.attributes
   - virtops.migration.attributes.ACTIONGROUP_LIBVIRT
 attributes:
@@ -37,16 +38,6 @@ attributes:
   idempotent:
     support: full
 options:
-  name:
-    description:
-      - Name of the VM. One of O(name) and O(uuid) is required.
-    type: str
-    version_added: 0.1.0
-  uuid:
-    description:
-      - UUID of the VM, as an alternative to O(name).
-    type: str
-    version_added: 0.1.0
   state:
     description:
       - V(present) sets the settings given and keeps the others as they are.
@@ -159,6 +150,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
     LIBVIRT_IMPORT_ERROR,
     connection_argument_spec,
 )
+from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import vm_argument_spec
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.settings import SETTING_NAMES
 from ansible_collections.virtops.migration.plugins.module_utils._migration.vm_settings import VmSettingsManager
@@ -166,9 +158,8 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.vm_se
 
 def argument_spec() -> dict:
     spec = connection_argument_spec()
+    spec.update(vm_argument_spec())
     spec.update(
-        name={"type": "str"},
-        uuid={"type": "str"},
         state={"type": "str", "choices": ["present", "absent"], "default": "present"},
         priority={"type": "str", "choices": ["low", "medium", "high", "inherit"]},
         migration_mode={"type": "str", "choices": ["auto", "manual", "none", "inherit"]},

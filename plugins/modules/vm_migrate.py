@@ -38,6 +38,7 @@ author:
   - virtops.migration contributors (@virtops)
 extends_documentation_fragment:
   - virtops.migration.connection
+  - virtops.migration.vm
   - virtops.migration.migration_run
   - virtops.migration.attributes
   - virtops.migration.attributes.ACTIONGROUP_LIBVIRT
@@ -55,17 +56,6 @@ attributes:
     details:
       - A VM already running on the destination (or on any of the O(candidates)) reports no change.
 options:
-  name:
-    description:
-      - Name of the VM (libvirt domain) on the source host.
-      - One of O(name) and O(uuid) is required.
-    type: str
-    version_added: 0.1.0
-  uuid:
-    description:
-      - UUID of the VM, as an alternative to O(name).
-    type: str
-    version_added: 0.1.0
   state:
     description:
       - V(migrated) moves the VM (or confirms it has moved already).
@@ -408,6 +398,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
     LIBVIRT_IMPORT_ERROR,
     connection_argument_spec,
 )
+from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import vm_argument_spec
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import (
     Migrator,
@@ -418,10 +409,9 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.migra
 
 def argument_spec() -> dict:
     spec = connection_argument_spec()
+    spec.update(vm_argument_spec())
     spec.update(migration_run_argument_spec())
     spec.update(
-        name={"type": "str"},
-        uuid={"type": "str"},
         state={"type": "str", "choices": ["migrated", "cancelled"], "default": "migrated"},
         destination_uri={"type": "str"},
         destination={"type": "str", "choices": ["auto"]},

@@ -108,6 +108,11 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]
 MIB = 1024**2
 
 
+def vm_argument_spec() -> t.Dict[str, t.Dict[str, t.Any]]:
+    """The ``name`` / ``uuid`` options (doc fragment ``virtops.migration.vm``); modules require one of them."""
+    return {"name": {"type": "str"}, "uuid": {"type": "str"}}
+
+
 def state_name(state: int) -> str:
     """The ``virsh`` word for a ``virDomainState`` value ("unknown (N)" for values libvirt may add)."""
     return STATE_NAMES.get(state, "unknown (%d)" % state)
