@@ -9,8 +9,9 @@ DEBIAN_PACKAGES=(
   # the lab's hypervisor hosts
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
   openssh-server openssh-client iproute2 util-linux procps
-  # the lab's guest image (kernel and agent are fetched by `virtlab image` with apt-get download)
-  busybox-static
+  # the lab's guest image (kernel and agent are fetched by `virtlab image` with apt-get download;
+  # the guest's workload is compiled with gcc, below, and linked statically)
+  busybox-static libc6-dev
   # what the collection's modules need on a hypervisor host
   python3 python3-libvirt
   # building libvirt-python into the controller's virtual environment

