@@ -97,7 +97,11 @@ def _median(values: t.Sequence[float]) -> str:
 
 def busy_cases(inventory: Path, uris: t.Dict[str, str]) -> None:
     print("\n== Busy 256 MiB guest (24 MiB rewritten ~10x/s), bandwidth capped at 50 MiB/s")
-    print("%-18s %-10s %8s %12s %10s %6s  %s" % ("policy", "outcome", "wall s", "downtime ms", "data MiB", "iters", "schedule steps"))
+    print("   lost: guest pages that lost a write in the move, counted by the lab's workload (should be 0)")
+    print(
+        "%-18s %-10s %8s %12s %10s %6s %5s  %s"
+        % ("policy", "outcome", "wall s", "downtime ms", "data MiB", "iters", "lost", "schedule steps")
+    )
     for policy, extra in BUSY_CASES:
         vm = "bench-%s" % policy.replace("_", "")
         virtlab("add-vm", "%s:256@1" % vm)
@@ -112,8 +116,10 @@ def busy_cases(inventory: Path, uris: t.Dict[str, str]) -> None:
         summary = ", ".join(
             "%s%s@%.0fs" % (s["action"], "=%d" % s["downtime_ms"] if "downtime_ms" in s else "", s["at_s"]) for s in steps
         )
+        counts = virtlab("dirty", vm, "--stop").stdout.split()
+        lost = counts[counts.index("lost") + 1] if "lost" in counts else "?"
         print(
-            "%-18s %-10s %8.1f %12s %10s %6s  %s"
+            "%-18s %-10s %8.1f %12s %10s %6s %5s  %s"
             % (
                 policy,
                 outcome,
@@ -121,6 +127,7 @@ def busy_cases(inventory: Path, uris: t.Dict[str, str]) -> None:
                 result.get("downtime_ms", "-"),
                 result.get("data_total_mib", "-"),
                 result.get("memory_iterations", "-"),
+                lost,
                 summary or "-",
             )
         )

@@ -25,7 +25,10 @@ description:
     definitions; shut-off VMs that may not move stay defined on the host.
   - At most O(max_outgoing) migrations run from the host at once and at most O(max_incoming) into
     any one destination; a VM of higher priority always starts before one of lower priority; each
-    migration runs under the VM's effective policy.
+    migration runs under the VM's effective policy. A policy's own limit of migrations at once
+    (C(max_concurrent): 2 for V(minimal_downtime), V(post_copy) and V(legacy), 1 for
+    V(suspend_workload) and V(very_large_vms), which so run alone) lowers O(max_outgoing) while a VM
+    with that policy moves or waits to start.
   - If any VM fails to move, the others still move, the host is not marked, and the module fails
     with every VM's outcome. A rerun resumes; VMs already moved are no longer on the host.
   - The mark is a small file in O(state_dir) on the host (since when, why, by whom), reported by
@@ -92,6 +95,7 @@ options:
   max_outgoing:
     description:
       - Migrations running from this host at once (vdsm's default is 2).
+      - The policies of the VMs moving may allow fewer; see the description.
     type: int
     default: 2
     version_added: 0.1.0

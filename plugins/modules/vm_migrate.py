@@ -348,17 +348,23 @@ duration_s:
   type: float
   sample: 2.31
 downtime_ms:
-  description: The VM's downtime at the switch-over, in milliseconds, as QEMU measured it.
+  description:
+    - The VM's downtime at the switch-over, in milliseconds, as QEMU measured it.
+    - Null after a switch to post-copy, for which libvirt keeps no completed-job statistics.
   returned: when a migration ran (null if the hypervisor did not report it)
   type: int
   sample: 38
 data_total_mib:
-  description: Data the migration had to move, in MiB.
+  description:
+    - Data the migration had to move, in MiB.
+    - After a switch to post-copy, as of the last progress poll.
   returned: when a migration ran (null if the hypervisor did not report it)
   type: float
   sample: 257.3
 memory_iterations:
-  description: Memory passes the migration made.
+  description:
+    - Memory passes the migration made.
+    - After a switch to post-copy, the passes made before the switch, as of the last progress poll.
   returned: when a migration ran (null if the hypervisor did not report it)
   type: int
   sample: 4

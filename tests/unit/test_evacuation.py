@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import random
 import typing as t
 
@@ -314,8 +316,12 @@ def test_refused_arguments(kwargs: t.Dict[str, t.Any], vms: t.List[ev.VmToMove],
 # -- the execution queue
 
 
+# The queue's own limits are tested with a policy that allows many migrations at once.
+ROOMY = st.effective_policy({}, {"name": "roomy", "max_concurrent": 10})
+
+
 def move(name: str, destination: str, priority: str = "medium") -> ev.Move:
-    return ev.Move(name, "uuid-" + name, priority, 1024, 1, "h1", None, destination, "qemu+tcp://%s/system" % destination, "live", st.effective_policy({}))
+    return ev.Move(name, "uuid-" + name, priority, 1024, 1, "h1", None, destination, "qemu+tcp://%s/system" % destination, "live", ROOMY)
 
 
 def start_all(queue: ev.EvacuationQueue) -> t.List[str]:
@@ -374,6 +380,44 @@ def test_outgoing_slot_reason_and_cancel() -> None:
     assert not queue.done()
     queue.finish(queue.running[0])
     assert queue.done()
+
+
+def policy_move(name: str, destination: str, policy: str) -> ev.Move:
+    return dataclasses.replace(move(name, destination), policy=st.effective_policy({"policy": policy}))
+
+
+def test_a_policy_that_runs_alone_waits_for_running_moves_and_is_not_overtaken() -> None:
+    queue = ev.EvacuationQueue(
+        [move("a", "h2"), policy_move("big", "h3", "very_large_vms"), move("c", "h4"), move("d", "h4")], max_outgoing=2
+    )
+    assert start_all(queue) == ["a"], "big may not start beside a, and c may not overtake big"
+    assert queue.waiting_reason(queue.waiting[0]) == (
+        "VM 'big' waits: its policy or a running move's policy allows only 1 migration(s) at once"
+    )
+    queue.finish(queue.running[0])
+    assert start_all(queue) == ["big"], "nothing starts beside a move whose policy runs alone"
+    assert queue.waiting_reason(queue.waiting[0]).startswith("VM 'c' waits: its policy or a running move's")
+    queue.finish(queue.running[0])
+    assert start_all(queue) == ["c", "d"]
+
+
+@pytest.mark.parametrize(
+    "policies, most_at_once",
+    [
+        (["minimal_downtime"] * 4, 2),
+        (["suspend_workload"] * 3, 1),
+        (["legacy", "post_copy", "suspend_workload", "legacy"], 2),
+    ],
+)
+def test_at_most_the_smallest_limit_of_the_running_moves_run_at_once(policies: t.List[str], most_at_once: int) -> None:
+    queue = ev.EvacuationQueue([policy_move("v%d" % i, "h%d" % (i + 2), p) for i, p in enumerate(policies)], max_outgoing=3)
+    peak = 0
+    while not queue.done():
+        start_all(queue)
+        peak = max(peak, len(queue.running))
+        assert len(queue.running) <= min(m.policy.max_concurrent for m in queue.running)
+        queue.finish(queue.running[0])
+    assert peak == most_at_once
 
 
 @pytest.mark.parametrize(

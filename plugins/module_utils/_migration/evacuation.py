@@ -496,6 +496,10 @@ class EvacuationQueue:
 
     * At most ``max_outgoing`` moves run at once out of the source (vdsm's default: 2).
     * At most ``max_incoming`` moves run at once into any one destination (vdsm's default: 2).
+    * A move's policy may allow fewer: ``suspend_workload`` and ``very_large_vms`` run alone
+      (``max_concurrent`` 1, as in oVirt). A move starts only while fewer moves run than its own
+      policy allows and than the policy of each running move allows; a move held back so is not
+      overtaken, the running moves drain first.
     * Priority: while a move of some priority waits, no move of a lower priority starts, even if its
       own destination has room; a higher-priority VM always starts before a lower-priority one.
     * Within one priority the plan order holds, except that a move whose destination has no free
@@ -545,6 +549,13 @@ class EvacuationQueue:
         """How many moves run into ``host`` now."""
         return self._incoming.get(host, 0)
 
+    def outgoing_limit(self, move: t.Optional[Move] = None) -> int:
+        """How many moves may run out of the source now (with ``move`` started too)."""
+        limits = [self.max_outgoing] + [running.policy.max_concurrent for running in self._running]
+        if move is not None:
+            limits.append(move.policy.max_concurrent)
+        return min(limits)
+
     def waiting_reason(self, move: Move) -> t.Optional[str]:
         """Why a waiting ``move`` cannot start now (``None`` when it can)."""
         if move not in self._waiting:
@@ -555,6 +566,11 @@ class EvacuationQueue:
             return "VM '%s' (%s priority) waits for higher-priority VMs to start: %s" % (move.vm, move.priority, ", ".join(ahead))
         if len(self._running) >= self.max_outgoing:
             return "VM '%s' waits for one of the %d outgoing migration slots of %s" % (move.vm, self.max_outgoing, move.source)
+        if len(self._running) >= self.outgoing_limit(move):
+            return "VM '%s' waits: its policy or a running move's policy allows only %d migration(s) at once" % (
+                move.vm,
+                self.outgoing_limit(move),
+            )
         if self.incoming(move.destination) >= self.max_incoming:
             return "VM '%s' waits for one of the %d incoming migration slots of %s" % (move.vm, self.max_incoming, move.destination)
         return None
@@ -567,6 +583,8 @@ class EvacuationQueue:
         for move in self._waiting:
             if vm_settings.PRIORITY_RANK[move.priority] != top:
                 break
+            if len(self._running) >= self.outgoing_limit(move):
+                return None
             if self.incoming(move.destination) < self.max_incoming:
                 return move
         return None

@@ -328,6 +328,7 @@ class Migrator:
         self.applied: t.List[t.Dict[str, t.Any]] = []
         self._aborted_by: t.Optional[str] = None
         self._suspended = False
+        self._last_stats: t.Optional[t.Dict[str, t.Any]] = None
 
     # -- shared -------------------------------------------------------------------------------
     def event(self, name: str, **details: t.Any) -> None:
@@ -522,6 +523,7 @@ class Migrator:
             stats = self._job_stats(dom)
             if stats is None:
                 continue
+            self._last_stats = stats
             if downtime_pending:
                 downtime_pending = not self._set_downtime(dom, req.policy.initial_downtime_ms)
             now = self.clock.now()
@@ -610,7 +612,11 @@ class Migrator:
                 self.event("resumed_on_destination")
 
     def _completed_stats(self, uuid: str, dest_uri: str, source_dom: t.Any) -> t.Dict[str, t.Any]:
-        """Downtime, data moved and iterations, from the destination's completed-job statistics."""
+        """Downtime, data moved and iterations, from the destination's completed-job statistics.
+
+        After a switch to post-copy libvirt keeps no completed-job statistics; data and iterations
+        then come from the last progress poll, and the downtime stays unknown.
+        """
         flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
         stats: t.Dict[str, t.Any] = {}
         try:
@@ -623,6 +629,8 @@ class Migrator:
                 stats = source_dom.jobStats(flags) or {}
             except libvirt.libvirtError:
                 stats = {}
+        if not stats and self._last_stats:
+            stats = {key: value for key, value in self._last_stats.items() if key != "downtime"}
         total = stats.get("data_total") or stats.get("memory_total")
         return {
             "downtime_ms": stats.get("downtime"),
