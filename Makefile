@@ -49,7 +49,7 @@ integration:
 molecule:
 	@echo "== molecule scenarios against the lab"
 	for scenario in extensions/molecule/*/molecule.yml; do \
-	  molecule test -s "$$(basename "$$(dirname "$$scenario")")"; \
+	  molecule test -s "$$(basename "$$(dirname "$$scenario")")" || exit 1; \
 	done
 
 lab-down:
