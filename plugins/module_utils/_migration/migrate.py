@@ -624,12 +624,13 @@ class Migrator:
                 stats = conn.lookupByUUIDString(uuid).jobStats(flags) or {}
         except (MigrationError, libvirt.libvirtError):
             stats = {}
-        if not stats:
+        if stats.get("type", JOB_NONE) == JOB_NONE:
             try:
                 stats = source_dom.jobStats(flags) or {}
             except libvirt.libvirtError:
                 stats = {}
-        if not stats and self._last_stats:
+        if stats.get("type", JOB_NONE) == JOB_NONE and self._last_stats:
+            # libvirt reports no completed job ({"type": 0}): keep what the last poll saw.
             stats = {key: value for key, value in self._last_stats.items() if key != "downtime"}
         total = stats.get("data_total") or stats.get("memory_total")
         return {
