@@ -373,6 +373,28 @@ job_time_ms:
   returned: when a migration ran (null if the hypervisor did not report it)
   type: int
   sample: 2104
+compression:
+  description:
+    - What XBZRLE compression did, from the completed job's statistics.
+  returned: when a migration ran (null unless XBZRLE compression was used)
+  type: dict
+  contains:
+    cache_mib:
+      description: Size of the XBZRLE page cache, in MiB.
+      type: float
+    compressed_mib:
+      description: Data sent compressed, in MiB.
+      type: float
+    compressed_pages:
+      description: Pages sent compressed.
+      type: int
+    cache_misses:
+      description: Dirty pages not found in the cache, sent whole.
+      type: int
+    overflows:
+      description: Pages whose compressed form was larger than the page, sent whole.
+      type: int
+  sample: {cache_mib: 64.0, compressed_mib: 936.7, compressed_pages: 244408, cache_misses: 8032, overflows: 0}
 schedule_applied:
   description: Every schedule step (or timeout action) applied, with when and why.
   returned: when a migration ran

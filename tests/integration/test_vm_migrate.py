@@ -214,6 +214,47 @@ def test_convergence_of_a_busy_guest_under_a_bandwidth_cap(
     assert_no_vm_lost()
 
 
+def migration_connections(lab: Path, host: str, peer: str) -> int:
+    """Established TCP connections from ``peer`` into the QEMU migration ports (49152-49215) of ``host``."""
+    peer_address = load_hostvars(lab)[peer]["ansible_host"]
+    count = 0
+    for line in virtlab("ssh", host, "--", "ss", "-tnH", "state", "established").stdout.splitlines():
+        local, remote = line.split()[-2:]
+        if 49152 <= int(local.rsplit(":", 1)[1]) <= 49215 and remote.rsplit(":", 1)[0] == peer_address:
+            count += 1
+    return count
+
+
+def test_parallel_connections_and_xbzrle_compression(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(memory_mib=256)
+    marker = write_marker(vm)
+
+    # Three parallel connections: QEMU opens the main channel and three multifd channels.
+    args = {"name": vm, "destination_uri": uri(lab, "lab-h2"), "parallel_connections": 3, "bandwidth_mib": 10}
+    started = run_module(lab, "lab-h1", MODULE, args, background=300)
+    seen: list[int] = []
+    wait_until(
+        lambda: seen.append(migration_connections(lab, "lab-h2", "lab-h1")) or seen[-1] >= 4,
+        60,
+        "lab-h2 has 4 incoming migration connections from lab-h1 (seen: %s)" % seen,
+    )
+    moved = wait_async(lab, "lab-h1", started["ansible_job_id"])
+    assert moved.get("failed") is not True and moved["changed"] is True, moved
+    assert moved["policy"]["parallel_connections"] == 3
+    assert moved["compression"] is None
+    assert running_on(vm) == "lab-h2" and read_marker(vm) == marker
+
+    # XBZRLE on a busy guest: the pages it rewrites go out as deltas against QEMU's page cache.
+    virtlab("dirty", vm, "--mib", "24")
+    args = {"name": vm, "destination_uri": uri(lab, "lab-h1"), "compression": ["xbzrle"], "bandwidth_mib": 50, "monitor_interval": 3}
+    back = run_module(lab, "lab-h2", MODULE, args)
+    assert back.get("failed") is not True and back["changed"] is True, back
+    assert back["policy"]["compression"] == ["xbzrle"]
+    assert back["compression"]["compressed_pages"] > 0 and back["compression"]["cache_mib"] > 0, back["compression"]
+    assert running_on(vm) == "lab-h1" and read_marker(vm) == marker
+    assert_no_vm_lost()
+
+
 def test_migrate_vm_playbook_plans_moves_and_repeats(lab: Path, new_vm: t.Callable[..., str]) -> None:
     vm = new_vm(host_index=3)
     marker = write_marker(vm)

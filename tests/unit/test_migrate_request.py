@@ -86,3 +86,27 @@ def test_shut_off_vm_migrates_offline_and_persistently() -> None:
     flags, typed = migrate.migration_flags_and_params(migrate.request_from_params(params(persistent=False)), running=False)
     assert flags & libvirt.VIR_MIGRATE_OFFLINE and flags & libvirt.VIR_MIGRATE_PERSIST_DEST
     assert not flags & libvirt.VIR_MIGRATE_LIVE and typed == {}
+
+
+@pytest.mark.parametrize(
+    "stats, expected",
+    [
+        ({"type": 3, "downtime": 40, "data_total": 1 << 28}, None),
+        (
+            {
+                "compression_cache": 64 << 20,
+                "compression_bytes": 3 << 19,
+                "compression_pages": 900,
+                "compression_cache_misses": 12,
+                "compression_overflow": 0,
+            },
+            {"cache_mib": 64.0, "compressed_mib": 1.5, "compressed_pages": 900, "cache_misses": 12, "overflows": 0},
+        ),
+        (
+            {"compression_cache": 64 << 20},
+            {"cache_mib": 64.0, "compressed_mib": 0.0, "compressed_pages": None, "cache_misses": None, "overflows": None},
+        ),
+    ],
+)
+def test_compression_stats_only_when_xbzrle_reported(stats: dict[str, t.Any], expected: t.Any) -> None:
+    assert migrate.compression_stats(stats) == expected

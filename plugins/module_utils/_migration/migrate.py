@@ -317,6 +317,19 @@ def migration_flags_and_params(request: Request, running: bool) -> t.Tuple[int, 
     return flags, params
 
 
+def compression_stats(stats: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
+    """XBZRLE's cache and what it saved, from libvirt job statistics (None when it was not used)."""
+    if "compression_bytes" not in stats and "compression_cache" not in stats:
+        return None
+    return {
+        "cache_mib": round((stats.get("compression_cache") or 0) / MIB, 1),
+        "compressed_mib": round((stats.get("compression_bytes") or 0) / MIB, 1),
+        "compressed_pages": stats.get("compression_pages"),
+        "cache_misses": stats.get("compression_cache_misses"),
+        "overflows": stats.get("compression_overflow"),
+    }
+
+
 class Migrator:
     """Carries out one :class:`Request`; :meth:`migrate` and :meth:`cancel` return the module result."""
 
@@ -638,6 +651,7 @@ class Migrator:
             "data_total_mib": round(total / MIB, 1) if total else None,
             "memory_iterations": stats.get("memory_iteration"),
             "job_time_ms": stats.get("time_elapsed"),
+            "compression": compression_stats(stats),
         }
 
     # -- cancel -------------------------------------------------------------------------------
