@@ -155,6 +155,9 @@ options:
   compression:
     description:
       - Compression methods for the migration stream, for example V([xbzrle]).
+      - V(xbzrle) and V(mt) work with a single connection. V(zlib) and V(zstd) compress
+        O(parallel_connections) streams; libvirt 9.0 (Debian 12) refuses them with "Unsupported
+        compression method", and the VM stays where it is.
     type: list
     elements: str
     version_added: 0.1.0
