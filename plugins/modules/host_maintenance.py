@@ -26,7 +26,7 @@ description:
   - At most O(max_outgoing) migrations run from the host at once and at most O(max_incoming) into
     any one destination; a VM of higher priority always starts before one of lower priority; each
     migration runs under the VM's effective policy. A policy's own limit of migrations at once
-    (C(max_concurrent): 2 for V(minimal_downtime), V(post_copy) and V(legacy), 1 for
+    (C(max_concurrent), which is 2 for V(minimal_downtime), V(post_copy) and V(legacy), and 1 for
     V(suspend_workload) and V(very_large_vms), which so run alone) lowers O(max_outgoing) while a VM
     with that policy moves or waits to start.
   - If any VM fails to move, the others still move, the host is not marked, and the module fails
