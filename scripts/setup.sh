@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
   # the lab's hypervisor hosts
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
-  openssh-server openssh-client iproute2 util-linux procps
+  openssh-server openssh-client iproute2 util-linux procps openssl
   # the lab's guest image (kernel and agent are fetched by `virtlab image` with apt-get download;
   # the guest's workload is compiled with gcc, below, and linked statically)
   busybox-static libc6-dev

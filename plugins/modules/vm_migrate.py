@@ -193,7 +193,10 @@ options:
     version_added: 0.1.0
   tls:
     description:
-      - Encrypt the migration stream with TLS (both hosts need libvirt's migration TLS set up).
+      - Encrypt QEMU's migration stream with TLS. Both hosts need certificates in the directory that
+        C(migrate_tls_x509_cert_dir) (or C(default_tls_x509_cert_dir)) names in C(qemu.conf); the
+        destination's certificate must name the address the stream goes to.
+      - Independent of a C(qemu+tls://) O(destination_uri), which encrypts libvirt's own connection.
     type: bool
     default: false
     version_added: 0.1.0

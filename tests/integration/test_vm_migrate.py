@@ -6,6 +6,7 @@ back afterwards (a real loss is caught, not retried away), and ends with the lab
 
 from __future__ import annotations
 
+import subprocess
 import typing as t
 from pathlib import Path
 
@@ -252,6 +253,37 @@ def test_parallel_connections_and_xbzrle_compression(lab: Path, new_vm: t.Callab
     assert back["policy"]["compression"] == ["xbzrle"]
     assert back["compression"]["compressed_pages"] > 0 and back["compression"]["cache_mib"] > 0, back["compression"]
     assert running_on(vm) == "lab-h1" and read_marker(vm) == marker
+    assert_no_vm_lost()
+
+
+def migration_parameters(lab: Path, host: str, vm: str) -> str:
+    """QEMU's migration parameters of ``vm`` on ``host`` (QMP query-migrate-parameters), as JSON text."""
+    command = ["virsh", "-c", uri(lab, host), "qemu-monitor-command", vm, '{"execute":"query-migrate-parameters"}']
+    return subprocess.run(command, capture_output=True, text=True, check=False).stdout.replace(" ", "")
+
+
+def test_tls_connection_and_encrypted_migration_stream(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    # The destination over qemu+tls (the lab CA's certificates), and QEMU's stream under TLS too.
+    vm = new_vm()
+    marker = write_marker(vm)
+    tls_uri = load_hostvars(lab)["lab-h2"]["virtops_lab_tls_uri"]
+    assert tls_uri.startswith("qemu+tls://")
+    args = {"name": vm, "destination_uri": tls_uri, "tls": True}
+
+    planned = run_module(lab, "lab-h1", MODULE, args, check_mode=True)
+    assert planned["changed"] is True and planned["plan"]["destination"] == {"hostname": "lab-h2", "uri": tls_uri}, planned
+    started = run_module(lab, "lab-h1", MODULE, dict(args, bandwidth_mib=10), background=300)
+    # While it runs, the source QEMU sends the stream with libvirt's TLS credentials.
+    wait_until(
+        lambda: '"tls-creds":"objlibvirt_migrate_tls' in migration_parameters(lab, "lab-h1", vm),
+        60,
+        "the source QEMU of %s migrates with TLS credentials" % vm,
+    )
+    moved = wait_async(lab, "lab-h1", started["ansible_job_id"])
+    assert moved.get("failed") is not True and moved["changed"] is True, moved
+    assert vm_homes(vm) == {"lab-h2": "running"} and read_marker(vm) == marker
+    assert run_module(lab, "lab-h1", MODULE, args)["changed"] is False
+    assert run_module(lab, "lab-h1", MODULE, args, check_mode=True)["changed"] is False
     assert_no_vm_lost()
 
 
