@@ -245,9 +245,11 @@ def test_parallel_connections_and_xbzrle_compression(lab: Path, new_vm: t.Callab
     assert moved["compression"] is None
     assert running_on(vm) == "lab-h2" and read_marker(vm) == marker
 
-    # XBZRLE on a busy guest: the pages it rewrites go out as deltas against QEMU's page cache.
-    virtlab("dirty", vm, "--mib", "24")
-    args = {"name": vm, "destination_uri": uri(lab, "lab-h1"), "compression": ["xbzrle"], "bandwidth_mib": 50, "monitor_interval": 3}
+    # XBZRLE: the pages the guest rewrites between memory passes go out as deltas against QEMU's page
+    # cache. A light load keeps the move to a few passes: under TCG, long XBZRLE moves of a busier
+    # guest crash it now and then (tests/lab/README.md, known limitations).
+    virtlab("dirty", vm, "--mib", "8", "--rate", "5")
+    args = {"name": vm, "destination_uri": uri(lab, "lab-h1"), "compression": ["xbzrle"], "bandwidth_mib": 50}
     back = run_module(lab, "lab-h2", MODULE, args)
     assert back.get("failed") is not True and back["changed"] is True, back
     assert back["policy"]["compression"] == ["xbzrle"]
