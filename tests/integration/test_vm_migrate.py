@@ -215,9 +215,8 @@ def test_convergence_of_a_busy_guest_under_a_bandwidth_cap(
     assert_no_vm_lost()
 
 
-def migration_connections(lab: Path, host: str, peer: str) -> int:
-    """Established TCP connections from ``peer`` into the QEMU migration ports (49152-49215) of ``host``."""
-    peer_address = load_hostvars(lab)[peer]["ansible_host"]
+def migration_connections(host: str, peer_address: str) -> int:
+    """Established TCP connections from ``peer_address`` into the QEMU migration ports (49152-49215) of ``host``."""
     count = 0
     for line in virtlab("ssh", host, "--", "ss", "-tnH", "state", "established").stdout.splitlines():
         local, remote = line.split()[-2:]
@@ -233,9 +232,10 @@ def test_parallel_connections_and_xbzrle_compression(lab: Path, new_vm: t.Callab
     # Three parallel connections: QEMU opens the main channel and three multifd channels.
     args = {"name": vm, "destination_uri": uri(lab, "lab-h2"), "parallel_connections": 3, "bandwidth_mib": 10}
     started = run_module(lab, "lab-h1", MODULE, args, background=300)
+    source_address = load_hostvars(lab)["lab-h1"]["ansible_host"]
     seen: list[int] = []
     wait_until(
-        lambda: seen.append(migration_connections(lab, "lab-h2", "lab-h1")) or seen[-1] >= 4,
+        lambda: seen.append(migration_connections("lab-h2", source_address)) or seen[-1] >= 4,
         60,
         "lab-h2 has 4 incoming migration connections from lab-h1 (seen: %s)" % seen,
     )

@@ -566,11 +566,9 @@ class EvacuationQueue:
             return "VM '%s' (%s priority) waits for higher-priority VMs to start: %s" % (move.vm, move.priority, ", ".join(ahead))
         if len(self._running) >= self.max_outgoing:
             return "VM '%s' waits for one of the %d outgoing migration slots of %s" % (move.vm, self.max_outgoing, move.source)
-        if len(self._running) >= self.outgoing_limit(move):
-            return "VM '%s' waits: its policy or a running move's policy allows only %d migration(s) at once" % (
-                move.vm,
-                self.outgoing_limit(move),
-            )
+        limit = self.outgoing_limit(move)
+        if len(self._running) >= limit:
+            return "VM '%s' waits: its policy or a running move's policy allows only %d migration(s) at once" % (move.vm, limit)
         if self.incoming(move.destination) >= self.max_incoming:
             return "VM '%s' waits for one of the %d incoming migration slots of %s" % (move.vm, self.max_incoming, move.destination)
         return None
