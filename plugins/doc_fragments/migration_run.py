@@ -51,4 +51,15 @@ options:
     type: int
     default: 256
     version_added: 0.1.0
+  state_dir:
+    description:
+      - Directory on the host the module runs on where the collection keeps its state: the
+        maintenance mark of M(virtops.migration.host_maintenance), and a note for each VM a
+        convergence schedule has paused, so that a later run resumes a VM an interrupted run left
+        paused.
+      - Must belong to root and not be writable by other users; files are written atomically,
+        mode 0600, without following symbolic links.
+    type: path
+    default: /var/lib/virtops-migration
+    version_added: 0.1.0
 """

@@ -626,7 +626,12 @@ host:
           type: int
           sample: 2048
         migration_settings:
-          description: The VM's migration settings from the collection's domain metadata; V({}) when it has none.
+          description:
+            - The VM's own readable migration settings from the collection's domain metadata; V({}) when it has none.
+            - Each setting is read on its own; unreadable ones are left out and listed in
+              RV(host.vms[].migration_settings_problems). When the migration mode or the pinned hosts
+              cannot be read, C(migration_mode) is V(none) here, so nothing moves the VM until the
+              setting is fixed.
           returned: success
           type: dict
           sample: {priority: high, migration_mode: auto, pinned_hosts: [hv1, hv2]}
@@ -637,10 +642,15 @@ host:
           choices: [low, medium, high]
           sample: high
         migration_settings_error:
-          description: Why the migration metadata could not be read; RV(host.vms[].migration_settings) is then V({}).
-          returned: when the VM's migration metadata cannot be read
+          description: Every unreadable migration setting with its reason, as one sentence.
+          returned: when some of the VM's migration metadata cannot be read
           type: str
-          sample: "migration priority 'urgent' is not one of low, medium, high"
+          sample: "metadata.priority must be one of low, medium, high or inherit, got 'urgent'"
+        migration_settings_problems:
+          description: Per unreadable setting (V(metadata) for the whole element), why it cannot be read.
+          returned: when some of the VM's migration metadata cannot be read
+          type: dict
+          sample: {priority: "metadata.priority must be one of low, medium, high or inherit, got 'urgent'"}
     summary:
       description: Counts over RV(host.vms).
       returned: success
@@ -676,10 +686,19 @@ host:
       sample: {active: true, since: "2026-11-26T04:20:00.000+00:00", reason: kernel update, by: awx, shutdown_vms: []}
       contains:
         active:
-          description: Whether the host is in maintenance.
+          description:
+            - Whether the host is marked, in maintenance or preparing for it. Either way it
+              refuses incoming migrations and VM starts when the collection's libvirt hook is loaded,
+              and placement never chooses it.
           returned: success
           type: bool
           sample: true
+        state:
+          description:
+            - V(preparing) while the host is being evacuated, V(maintenance) once it runs no VM, V(null) when active.
+          returned: success
+          type: str
+          sample: maintenance
         since:
           description: When the host went into maintenance (ISO 8601, UTC).
           returned: success
@@ -711,7 +730,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
     connection_argument_spec,
     libvirt_connection,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, unexpected_failure
 from ansible_collections.virtops.migration.plugins.module_utils._migration.maintenance import STATE_DIR
 from ansible_collections.virtops.migration.plugins.module_utils._migration.maintenance import status as maintenance_status
 from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import (
@@ -738,6 +757,8 @@ def main() -> None:
         host["maintenance"] = maintenance_status(params["state_dir"])
     except MigrationError as exc:
         module.fail_json(**exc.result())
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        module.fail_json(**unexpected_failure(exc))
     for warning in collector.warnings:
         module.warn(warning)
     module.exit_json(changed=False, host=host)

@@ -29,12 +29,26 @@ description:
     (C(max_concurrent), which is 2 for V(minimal_downtime), V(post_copy) and V(legacy), and 1 for
     V(suspend_workload) and V(very_large_vms), which so run alone) lowers O(max_outgoing) while a VM
     with that policy moves or waits to start.
-  - If any VM fails to move, the others still move, the host is not marked, and the module fails
-    with every VM's outcome. A rerun resumes; VMs already moved are no longer on the host.
-  - The mark is a small file in O(state_dir) on the host (since when, why, by whom), reported by
-    M(virtops.migration.host_info). Each migration is also logged as one JSON line in
-    O(log_dir)C(/events.jsonl) on the host.
-  - With O(state=active), starts the VMs shut down for the maintenance and clears the mark.
+  - The host enforces its maintenance itself. Before the first move the host is marked V(preparing),
+    and from then on the collection's libvirt hook (role C(virtops.migration.maintenance_hook))
+    makes it refuse incoming migrations and VM starts. After the last move the module lists the
+    host's VMs again. Only when none runs is the mark set to V(maintenance): the next step is often
+    a reboot. The mark is written atomically and durably (temporary file, fsync, rename), mode 0600.
+  - Two evacuations started at the same moment on two hosts of a cluster cannot send VMs into each
+    other: each host refuses the other's VMs while it is preparing, so both fail clearly and go back
+    to active. A second run on the same host while one runs is refused.
+  - Every move is verified through libvirt afterwards (see M(virtops.migration.vm_migrate)). If any
+    VM fails to move, the others still move, and the host goes back to active (the mark is removed).
+    The module then fails with every VM's outcome. A rerun resumes: VMs already moved are no longer
+    on the host, and a migration left running by a run that died is adopted.
+  - A VM whose UUID is also defined on a candidate (a stale copy), a pmsuspended or crashed VM, a VM
+    whose own migration settings cannot be read, and a transient VM that may not move (shutting it
+    down would destroy it) block the maintenance before anything moves.
+  - The mark is a small file in O(state_dir) on the host (state, since when, why, by whom). M(virtops.migration.host_info)
+    reports it. Each migration is also logged as one JSON line in O(log_dir)C(/events.jsonl) on the
+    host. The module must run on the host it evacuates, because the mark and the hook are local files.
+  - With O(state=active), clears the mark, so the host accepts VMs again, and then starts the VMs shut
+    down for the maintenance.
 author:
   - virtops.migration contributors (@virtops)
 extends_documentation_fragment:
@@ -117,9 +131,22 @@ options:
     version_added: 0.1.0
   state_dir:
     description:
-      - The collection's state directory on the host, where the maintenance mark is kept.
+      - The collection's state directory on the host, where the maintenance mark is kept. The hook
+        installed by the role C(virtops.migration.maintenance_hook) must read the same directory.
+      - Must belong to root and not be writable by other users.
     type: path
     default: /var/lib/virtops-migration
+    version_added: 0.1.0
+  require_hook:
+    description:
+      - Refuse to start an evacuation unless the host enforces maintenance. The collection's libvirt
+        hook must be installed in C(/etc/libvirt/hooks/qemu.d/) and loaded, that is libvirtd must have
+        started after the hook was installed. The role C(virtops.migration.maintenance_hook) installs it
+        and restarts libvirtd once.
+      - With V(false) the evacuation runs without it. Other migrations may then land on the host
+        while it is evacuated; the final re-listing still keeps such a host active.
+    type: bool
+    default: true
     version_added: 0.1.0
   log_dir:
     description:
@@ -198,10 +225,15 @@ load:
   type: dict
   sample: {hv2: {uri: "qemu+tls://hv2.example.com/system", available_mib: 20480, vcpus_running: 12}}
 maintenance:
-  description: The mark written (V(null) after O(state=active)).
+  description: The mark written (V(null) after O(state=active), and after a failed evacuation).
   returned: success
   type: dict
-  sample: {since: "2026-11-26T04:20:05.000+00:00", reason: kernel update, by: awx, shutdown_vms: []}
+  sample: {state: maintenance, since: "2026-11-26T04:20:05.000+00:00", reason: kernel update, by: awx, shutdown_vms: []}
+enforcement:
+  description: Whether the host enforces maintenance through the collection's libvirt hook.
+  returned: state=maintenance and the host had VMs to plan
+  type: dict
+  sample: {path: /etc/libvirt/hooks/qemu.d/virtops-maintenance, installed: true, loaded: true}
 started:
   description: VMs started again by O(state=active).
   returned: state=active and the host was in maintenance
@@ -217,7 +249,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
     LIBVIRT_IMPORT_ERROR,
     connection_argument_spec,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, unexpected_failure
 from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import migration_run_argument_spec
 from ansible_collections.virtops.migration.plugins.module_utils._migration.maintenance import HostMaintenance, request_from_params
 
@@ -237,6 +269,7 @@ def argument_spec() -> dict:
         requested_by={"type": "str"},
         state_dir={"type": "path", "default": "/var/lib/virtops-migration"},
         log_dir={"type": "path", "default": "/var/log/virtops-migration"},
+        require_hook={"type": "bool", "default": True},
     )
     return spec
 
@@ -253,6 +286,8 @@ def main() -> None:
             result = manager.maintenance(module.check_mode)
     except MigrationError as exc:
         module.fail_json(**exc.result())
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        module.fail_json(**unexpected_failure(exc))
     module.exit_json(**result)
 
 

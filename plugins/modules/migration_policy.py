@@ -151,7 +151,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
     connection_argument_spec,
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import vm_argument_spec
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, unexpected_failure
 from ansible_collections.virtops.migration.plugins.module_utils._migration.settings import SETTING_NAMES
 from ansible_collections.virtops.migration.plugins.module_utils._migration.vm_settings import VmSettingsManager
 
@@ -189,6 +189,8 @@ def main() -> None:
         result = manager.apply(params["name"] or params["uuid"], params["state"], wanted, module.check_mode)
     except MigrationError as exc:
         module.fail_json(**exc.result())
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        module.fail_json(**unexpected_failure(exc))
     module.exit_json(**result)
 
 

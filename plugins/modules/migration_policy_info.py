@@ -104,7 +104,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
     LIBVIRT_IMPORT_ERROR,
     connection_argument_spec,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, unexpected_failure
 from ansible_collections.virtops.migration.plugins.module_utils._migration.vm_settings import VmSettingsManager
 
 
@@ -124,6 +124,8 @@ def main() -> None:
         vms = manager.info(params["name"], params["cluster_policy"], params["global_policy"])
     except MigrationError as exc:
         module.fail_json(**exc.result())
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        module.fail_json(**unexpected_failure(exc))
     module.exit_json(changed=False, vms=vms)
 
 

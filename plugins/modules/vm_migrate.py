@@ -21,8 +21,10 @@ description:
     and not the source itself (host UUID), not in maintenance, able to run the VM's CPU definition
     (libvirt's hypervisor CPU comparison), offer every libvirt network the VM uses and see every
     disk path (as a storage volume), and have the VM's memory free after its reserve. Disks must use
-    C(cache='none') unless O(allow_unsafe=true). Each failed check is an error naming the VM, the host
-    and the reason, and nothing is started.
+    C(cache='none') or C(cache='directsync') unless O(allow_unsafe_cache=true). The VM's UUID must not
+    be defined on any destination checked already (a stale copy left by an interrupted move): a VM
+    defined on two hosts is refused with both hosts named. Each failed check is an error naming the
+    VM, the host and the reason, and nothing is started.
   - The migration runs under a policy with a convergence schedule. It starts with an initial
     maximum downtime. Every O(monitor_interval) seconds the job is checked, and a new memory
     iteration that has not shrunk the data remaining counts as stalled and moves the schedule on
@@ -31,9 +33,25 @@ description:
   - A VM that is shut off moves its persistent definition instead (offline migration).
   - With O(state=cancelled), aborts the VM's outgoing migration job; the VM keeps running on its
     source. Run the migration with C(async) to be able to cancel it from a later task.
+  - A move is done only when libvirt shows it afterwards. The destination must have the domain
+    (same UUID), active after a live move and persistent when it was persistent, and the source
+    must no longer have it. Any other outcome, and any error of any kind, fails the task with
+    what libvirt shows on both hosts (RV(observed)). A VM that did not move is never reported as
+    changed.
   - Whatever happens, the VM keeps running on exactly one host. A failed, aborted or timed-out
     migration leaves it running on the source (resumed if the schedule had paused it), defined there
     only, and the module fails with libvirt's reason.
+  - A rerun after a run that died mid-migration (task timeout, C(async) limit, lost SSH connection)
+    finds libvirt's migration job still running for the VM and adopts it. It follows the job to its
+    end under this run's schedule and timeout, then reports where the VM is (RV(adopted)). Use
+    O(state=cancelled) to stop such a job instead. A VM that a lost run's schedule had paused is
+    resumed by the next run, wherever it is.
+  - VM states. A paused VM migrates and stays paused on the destination (RV(vm_state)). A
+    pmsuspended VM, or a crashed VM kept for inspection, is refused. A VM busy with a libvirt job
+    that is not an outgoing migration is refused.
+  - Destinations in maintenance refuse the VM themselves, when the role C(virtops.migration.maintenance_hook)
+    has installed the collection's libvirt hook there. That refusal fails the task with an error naming
+    the host and its state (C(preparing) or C(maintenance)).
 author:
   - virtops.migration contributors (@virtops)
 extends_documentation_fragment:
@@ -114,6 +132,9 @@ options:
   persistent:
     description:
       - Define the VM persistently on the destination.
+      - A persistent VM always moves as a persistent VM. V(false) is refused for it, because libvirt
+        would then delete its definition, or leave it on the source while the VM runs elsewhere.
+        V(false) only keeps a transient VM transient.
     type: bool
     default: true
     version_added: 0.1.0
@@ -121,6 +142,8 @@ options:
     description:
       - Remove the VM's persistent definition from the source once the migration has completed, so
         that it is defined on exactly one host.
+      - V(false) is refused for a persistent VM: it would leave a second, shut-off definition that a
+        later start would run twice.
     type: bool
     default: true
     version_added: 0.1.0
@@ -200,9 +223,23 @@ options:
     type: bool
     default: false
     version_added: 0.1.0
-  allow_unsafe:
+  allow_unsafe_cache:
     description:
-      - Migrate even when disks use a cache mode other than C(none).
+      - Migrate live even when writable disks use a cache mode other than C(none) or C(directsync).
+        Such a cache may hold writes the destination does not see.
+      - This is the collection's own check only. libvirt's storage-safety check stays on; see
+        O(unsafe_storage).
+    type: bool
+    default: false
+    aliases: [allow_unsafe]
+    version_added: 0.1.0
+  unsafe_storage:
+    description:
+      - Switch off libvirt's own storage-safety check (C(VIR_MIGRATE_UNSAFE)). libvirt then migrates even
+        when it cannot tell that the disks are shared or safely cached. With a local disk at the same
+        path on both hosts, the guest continues on a different disk.
+      - Only for storage libvirt cannot recognise as shared but that is shared. Never implied by
+        O(allow_unsafe_cache).
     type: bool
     default: false
     version_added: 0.1.0
@@ -411,13 +448,32 @@ events:
   description:
     - Notable steps of the run, in order, each with C(at_s) (seconds since the start) and C(event)
       (V(started), V(max_downtime), V(progress), V(schedule_step), V(timeout), V(completed),
-      V(failed), V(resumed_on_source), V(resumed_on_destination), V(cancel_requested),
-      V(cancelled)). V(progress) carries the percentage of data processed and the data remaining.
+      V(failed), V(verified), V(verification_failed), V(resumed_on_source), V(resumed_on_destination),
+      V(adopted), V(resumed_after_lost_run), V(cancel_requested), V(cancelled)). V(progress) carries the percentage of data processed and the data remaining.
     - Also returned on failure.
   returned: when a migration ran or was cancelled
   type: list
   elements: dict
   sample: [{at_s: 0.05, event: started, kind: live}, {at_s: 2.2, event: completed}]
+vm_state:
+  description: The VM's state on the destination after the move, as libvirt shows it (a paused VM stays paused).
+  returned: when a migration completed, or the VM was already on a destination
+  type: str
+  sample: running
+observed:
+  description:
+    - Where the VM is after the run, as libvirt shows it, per host (V(source), V(destination)).
+      Each is null when that host does not have the VM, else its C(state), C(reason), C(active) and
+      C(persistent), or C(error) when the host could not be read.
+    - Also returned on failure.
+  returned: when a migration ran
+  type: dict
+  sample: {source: null, destination: {state: running, reason: migrated, active: true, persistent: true}}
+adopted:
+  description: True when the run found a migration job of the VM already running (an earlier run died) and followed it to its end.
+  returned: when such a job was found
+  type: bool
+  sample: true
 state:
   description: The VM's state on the source after a cancellation.
   returned: state=cancelled and a job was cancelled
@@ -433,7 +489,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
     connection_argument_spec,
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import vm_argument_spec
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, unexpected_failure
 from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import (
     Migrator,
     migration_run_argument_spec,
@@ -464,7 +520,8 @@ def argument_spec() -> dict:
         post_copy={"type": "bool"},
         parallel_connections={"type": "int"},
         tls={"type": "bool", "default": False},
-        allow_unsafe={"type": "bool", "default": False},
+        allow_unsafe_cache={"type": "bool", "default": False, "aliases": ["allow_unsafe"]},
+        unsafe_storage={"type": "bool", "default": False},
         wait={"type": "bool", "default": True},
         timeout={"type": "int"},
         timeout_action={"type": "str", "choices": ["abort", "post_copy", "suspend"], "default": "abort"},
@@ -490,6 +547,8 @@ def main() -> None:
             result = migrator.migrate(module.check_mode)
     except MigrationError as exc:
         module.fail_json(**exc.result())
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        module.fail_json(**unexpected_failure(exc))
     module.exit_json(**result)
 
 

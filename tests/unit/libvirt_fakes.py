@@ -136,6 +136,10 @@ class FakeConnection:
         self.domain_capabilities_error: t.Optional[libvirt.libvirtError] = None
         self.calls: t.List[str] = []
 
+    def setKeepAlive(self, interval: int, count: int) -> int:  # noqa: N802 (libvirt's name)
+        self.keepalive = (interval, count)
+        return 0
+
     def close(self) -> int:
         self.closed = True
         return 0

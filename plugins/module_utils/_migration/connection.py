@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import traceback
 import typing as t
 
 from ansible.module_utils.basic import env_fallback
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+    HostUnreachableError,
     MigrationError,
     translate_libvirt_error,
+    unexpected_error,
 )
 
 LIBVIRT_IMPORT_ERROR: t.Optional[str]
@@ -32,6 +35,32 @@ else:
 
 DEFAULT_URI = "qemu:///system"
 URI_ENVIRONMENT_VARIABLE = "LIBVIRT_DEFAULT_URI"
+
+# A host that does not answer the connection within this many seconds counts as unreachable.
+CONNECT_TIMEOUT_S = 30.0
+# libvirt keepalive: a probe every KEEPALIVE_INTERVAL_S seconds; after KEEPALIVE_COUNT unanswered
+# probes the connection is closed and every call on it fails, instead of hanging on a dead peer.
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 6
+
+_EVENT_LOOP_LOCK = threading.Lock()
+_EVENT_LOOP_STARTED = False
+
+
+def _run_event_loop() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+
+def ensure_event_loop() -> None:
+    """Run libvirt's default event loop in a daemon thread (once per process): keepalive needs it."""
+    global _EVENT_LOOP_STARTED  # pylint: disable=global-statement
+    with _EVENT_LOOP_LOCK:
+        if _EVENT_LOOP_STARTED:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
+        _EVENT_LOOP_STARTED = True
 
 CONNECTION_ARGUMENT_SPEC: t.Dict[str, t.Dict[str, t.Any]] = {
     "uri": {"type": "str", "default": DEFAULT_URI, "fallback": (env_fallback, [URI_ENVIRONMENT_VARIABLE])},
@@ -51,6 +80,45 @@ def resolve_uri(uri: t.Optional[str], environ: t.Optional[t.Mapping[str, str]] =
         return uri
     env = os.environ if environ is None else environ
     return env.get(URI_ENVIRONMENT_VARIABLE) or DEFAULT_URI
+
+
+def _open(target: str, username: t.Optional[str], password: t.Optional[str], readonly: bool) -> t.Any:
+    """``openAuth`` under :data:`CONNECT_TIMEOUT_S`; a connection that arrives too late is closed."""
+    auth = [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], _credential_callback(username, password), None]
+    flags = libvirt.VIR_CONNECT_RO if readonly else 0
+    outcome: t.Dict[str, t.Any] = {}
+    lock = threading.Lock()
+
+    def opener() -> None:
+        try:
+            conn = libvirt.openAuth(target, auth, flags)
+        except BaseException as exc:  # pylint: disable=broad-exception-caught
+            with lock:
+                outcome["error"] = exc
+            return
+        with lock:
+            if outcome.get("abandoned"):
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.close()
+                return
+            outcome["conn"] = conn
+
+    worker = threading.Thread(target=opener, name="libvirt-open", daemon=True)
+    worker.start()
+    worker.join(CONNECT_TIMEOUT_S)
+    with lock:
+        if "conn" not in outcome and "error" not in outcome:
+            outcome["abandoned"] = True
+            raise HostUnreachableError(
+                "Cannot open a libvirt connection on %s: the host did not answer within %d s." % (target, CONNECT_TIMEOUT_S),
+                uri=target,
+            )
+    if "error" in outcome:
+        exc = outcome["error"]
+        if isinstance(exc, libvirt.libvirtError):
+            raise translate_libvirt_error(exc, "open a libvirt connection", uri=target, connecting=True) from exc
+        raise unexpected_error(exc, "open a libvirt connection", uri=target) from exc
+    return outcome["conn"]
 
 
 def _ignore_libvirt_error(_userdata: t.Any, _error: t.Any) -> None:
@@ -88,19 +156,22 @@ def libvirt_connection(
 ) -> t.Iterator[t.Any]:
     """Open a libvirt connection for the ``with`` block, and always close it.
 
-    Failures to open become :class:`HostUnreachableError` naming the URI. The libvirt error handler
+    Failures to open become :class:`HostUnreachableError` naming the URI, and so does a host that
+    does not answer within :data:`CONNECT_TIMEOUT_S`. The connection sends keepalive probes, so a
+    peer that dies or drops off the network fails the calls on it within about
+    ``KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT`` seconds instead of hanging. The libvirt error handler
     is replaced by a no-op, so libvirt prints nothing to stderr.
     """
     if not HAS_LIBVIRT:
         raise MigrationError("The libvirt Python bindings (libvirt-python) are not installed.")
     target = resolve_uri(uri)
     libvirt.registerErrorHandler(_ignore_libvirt_error, None)
-    auth = [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], _credential_callback(username, password), None]
-    flags = libvirt.VIR_CONNECT_RO if readonly else 0
+    ensure_event_loop()
+    conn = _open(target, username, password, readonly)
     try:
-        conn = libvirt.openAuth(target, auth, flags)
-    except libvirt.libvirtError as exc:
-        raise translate_libvirt_error(exc, "open a libvirt connection", uri=target, connecting=True) from exc
+        conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+    except libvirt.libvirtError:
+        pass  # drivers without a remote peer (test://, local embedded) have no keepalive
     try:
         yield conn
     finally:

@@ -14,6 +14,7 @@ import typing as t
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import metadata
+from ansible_collections.virtops.migration.plugins.module_utils._migration import settings as vm_settings
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     VmNotFoundError,
     is_not_found,
@@ -107,6 +108,10 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]
 
 MIB = 1024**2
 
+# Disk cache modes that keep no dirty data in the source host's page cache, so a live migration
+# cannot lose writes: ``none`` and ``directsync`` (both O_DIRECT).
+SAFE_CACHE_MODES = ("none", "directsync")
+
 
 def vm_argument_spec() -> t.Dict[str, t.Dict[str, t.Any]]:
     """The ``name`` / ``uuid`` options (doc fragment ``virtops.migration.vm``); modules require one of them."""
@@ -146,9 +151,11 @@ def looks_like_uuid(text: str) -> bool:
 def parse_domain_xml(domain_xml: str) -> t.Dict[str, t.Any]:
     """The facts this collection uses from a domain XML document (live or persistent).
 
-    ``migration_settings`` is ``{}`` when the domain has no migration metadata, and ``priority`` the
-    resolved migration priority. Metadata that cannot be read gives ``{}`` and the default priority,
-    and adds ``migration_settings_error`` with the reason, so one bad VM does not hide the others.
+    ``migration_settings`` are the VM's own readable settings (``{}`` without migration metadata) and
+    ``priority`` its own priority (the default when unset or unreadable). Each setting is read on its
+    own (``settings.readable``): unreadable ones are left out and listed, with the reason, in
+    ``migration_settings_problems`` (and as one sentence in ``migration_settings_error``); when the
+    migration mode or the pinned hosts cannot be read, ``migration_mode`` is ``none``.
     """
     root = ET.fromstring(domain_xml)
     vcpu = root.find("vcpu")
@@ -173,12 +180,17 @@ def parse_domain_xml(domain_xml: str) -> t.Dict[str, t.Any]:
         "current_memory_mib": to_mib(current_memory if current_memory is not None else memory),
     }
     try:
-        settings = metadata.from_domain_element(root)
-        priority = metadata.resolve_priority(settings)
+        stored = metadata.from_domain_element(root)
+        error = None
     except metadata.MetadataFormatError as exc:
-        facts.update(migration_settings={}, priority=metadata.DEFAULT_PRIORITY, migration_settings_error=str(exc))
-    else:
-        facts.update(migration_settings=settings, priority=priority)
+        stored, error = {}, str(exc)
+    usable, problems = vm_settings.readable(stored, error)
+    facts.update(migration_settings=usable, priority=usable.get("priority") or metadata.DEFAULT_PRIORITY)
+    if usable.get("priority") == vm_settings.INHERIT:
+        facts["priority"] = metadata.DEFAULT_PRIORITY
+    if problems:
+        facts["migration_settings_problems"] = problems
+        facts["migration_settings_error"] = vm_settings.describe_problems(problems)
     return facts
 
 
@@ -265,7 +277,7 @@ def parse_requirements(domain_xml: str) -> t.Dict[str, t.Any]:
     ``networks``: libvirt networks its interfaces use; ``bridges``: host bridges they attach to;
     ``disks``: each disk with its target, source path, cache mode, whether it must be visible on the
     destination (``shared_storage``: a file or block source) and whether its cache mode makes a live
-    migration unsafe (``unsafe_cache``: a writable disk whose cache is not ``none``); ``cpu_xml``: the
+    migration unsafe (``unsafe_cache``: a writable disk whose cache is neither ``none`` nor ``directsync``); ``cpu_xml``: the
     ``<cpu>`` element to compare with a destination's hypervisor CPU (``None`` when the domain has
     none, or passes the host CPU through, which only an identical host can check).
     """
@@ -300,7 +312,7 @@ def parse_requirements(domain_xml: str) -> t.Dict[str, t.Any]:
                 "cache": cache,
                 "readonly": readonly,
                 "shared_storage": bool(path) and disk.get("type") in ("file", "block"),
-                "unsafe_cache": bool(path) and not readonly and cache != "none",
+                "unsafe_cache": bool(path) and not readonly and cache not in SAFE_CACHE_MODES,
             }
         )
     cpu = root.find("cpu")

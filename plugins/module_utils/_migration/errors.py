@@ -14,9 +14,15 @@ unit tests compare the table with the constants of the installed libvirt-python.
 
 from __future__ import annotations
 
+import re
+import traceback
 import typing as t
 
 T = t.TypeVar("T")
+
+# The line the collection's libvirt hook (role maintenance_hook) writes when a host in maintenance
+# refuses an incoming migration or a VM start; libvirt puts it into its error message.
+HOOK_REFUSAL = re.compile(r"virtops-maintenance: host (?P<host>\S+) is in (?P<state>\w+): refusing to (?P<operation>\w+)")
 
 # virErrorNumber values (libvirt's include/libvirt/virterror.h), by name.
 LIBVIRT_ERROR_CODES: t.Dict[str, int] = {
@@ -151,6 +157,42 @@ class HostUnreachableError(MigrationError):
     meaning = "the host cannot be reached or refused the connection"
 
 
+class HostInMaintenanceError(MigrationError):
+    """The destination host is in maintenance (or preparing for it) and refused the VM."""
+
+    meaning = "the host is in maintenance"
+
+
+class DuplicateVmError(MigrationError):
+    """The VM is defined on more than one host; moving it could leave two copies that both start."""
+
+    meaning = "the VM is defined on more than one host"
+
+
+def unexpected_error(exc: BaseException, action: str, vm: t.Optional[str] = None, uri: t.Optional[str] = None) -> MigrationError:
+    """A failure that is not a libvirt error (a bug, a value libvirt-python cannot pass), as a MigrationError."""
+    where = ""
+    if vm is not None:
+        where += " for VM '%s'" % vm
+    if uri is not None:
+        where += " on %s" % uri
+    return MigrationError(
+        "Cannot %s%s: unexpected %s: %s" % (action, where, type(exc).__name__, exc),
+        vm=vm,
+        uri=uri,
+        exception_type=type(exc).__name__,
+    )
+
+
+def unexpected_failure(exc: BaseException) -> t.Dict[str, t.Any]:
+    """``fail_json`` arguments for an exception no layer expected: a clear message, the traceback kept for -vvv."""
+    return {
+        "msg": "Unexpected %s: %s. This is a bug in virtops.migration; nothing else was attempted after it." % (type(exc).__name__, exc),
+        "exception": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "exception_type": type(exc).__name__,
+    }
+
+
 def libvirt_error_code(exc: BaseException) -> t.Optional[int]:
     """The ``virErrorNumber`` of a ``libvirt.libvirtError`` (``None`` for anything else)."""
     getter = getattr(exc, "get_error_code", None)
@@ -212,6 +254,19 @@ def translate_libvirt_error(
     cls = error_class(code, domain, connecting)
     libvirt_text = str(exc).strip() or exc.__class__.__name__
     code_name = LIBVIRT_ERROR_NAMES.get(code) if code is not None else None
+    refusal = HOOK_REFUSAL.search(libvirt_text)
+    if refusal is not None:
+        return HostInMaintenanceError(
+            "Cannot %s%s: host %s is in %s and refuses to %s VMs (its maintenance hook said no). libvirt: %s"
+            % (action, " for VM '%s'" % vm if vm else "", refusal.group("host"), refusal.group("state"), refusal.group("operation"), libvirt_text),
+            vm=vm,
+            uri=uri,
+            host_name=refusal.group("host"),
+            host_state=refusal.group("state"),
+            libvirt_error_code=code,
+            libvirt_error_name=code_name,
+            libvirt_message=libvirt_text,
+        )
 
     where = ""
     if vm is not None:

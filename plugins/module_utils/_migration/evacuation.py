@@ -21,6 +21,10 @@ behind:
   one is ``kept``: it stays defined, shut off, on the host, which blocks nothing.
 * A VM whose migration settings cannot be used (an unknown priority, mode or policy) is always
   ``blocked``, running or not: the settings must be fixed before the plan can say where it goes.
+* A running transient VM that may not migrate is ``blocked`` even with ``non_migratable=shutdown``:
+  libvirt forgets a transient VM when it stops, so shutting it down would destroy it.
+* A VM whose UUID is also defined on another host (a stale copy) is ``blocked``, and so is a
+  pmsuspended or crashed one: moving them could start a VM twice, or cannot work.
 * A VM no host can take is ``unplaceable``, with every host's reasons.
 
 The plan is ``ok`` when nothing is blocked or unplaceable. :class:`EvacuationQueue` then orders the
@@ -42,6 +46,11 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import Policy, PolicyError
 
 NON_MIGRATABLE_ACTIONS = ("fail", "shutdown")
+# Active VMs in these states cannot be migrated, and why.
+UNMOVABLE_STATES = {
+    "pmsuspended": "its guest suspended itself to RAM; wake it up first (virsh dompmwakeup)",
+    "crashed": "it crashed and is kept for inspection; dump or destroy it first",
+}
 LIVE = "live"
 OFFLINE = "offline"
 
@@ -68,6 +77,12 @@ class VmToMove:
     persistent: bool = True
     settings: t.Dict[str, t.Any] = dataclasses.field(default_factory=lambda: dict(vm_settings.DEFAULTS))
     needs: t.Optional[placement.VmNeeds] = None
+    # libvirt's word for the VM's state (running, paused, pmsuspended, crashed, shut off, ...).
+    state: t.Optional[str] = None
+    # Per unreadable setting of the VM's own metadata, why it cannot be read.
+    settings_problems: t.Dict[str, str] = dataclasses.field(default_factory=dict)
+    # Other hosts on which the same UUID is defined too (a stale copy).
+    duplicate_on: t.Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.needs is None:
@@ -93,6 +108,8 @@ class VmToMove:
             persistent=bool(facts.get("persistent", True)),
             settings=dict(effective_settings),
             needs=needs,
+            state=facts.get("state"),
+            settings_problems=dict(facts.get("migration_settings_problems") or {}),
         )
 
     @property
@@ -391,6 +408,19 @@ class _Assessor:
         priority = vm.settings.get("priority")
         if priority not in vm_settings.PRIORITY_RANK:
             priority = vm_settings.DEFAULTS["priority"] if priority in (None, vm_settings.INHERIT) else str(priority)
+        if vm.duplicate_on:
+            return _Assessment(
+                priority,
+                invalid="VM '%s' (UUID %s) is defined on %s and also on %s: it is not moved, since two definitions could both be "
+                "started; remove the stale copy first" % (vm.name, vm.uuid, self.source.name, ", ".join(vm.duplicate_on)),
+            )
+        if vm.settings_problems:
+            return _Assessment(
+                priority,
+                invalid="VM '%s' has migration settings that cannot be read: %s" % (vm.name, vm_settings.describe_problems(vm.settings_problems)),
+            )
+        if vm.running and vm.state in UNMOVABLE_STATES:
+            return _Assessment(priority, invalid="VM '%s' is %s: %s" % (vm.name, vm.state, UNMOVABLE_STATES[vm.state]))
         try:
             _setting(vm, "priority")
             mode = _setting(vm, "migration_mode")
@@ -459,6 +489,9 @@ def plan_evacuation(
                 plan.kept.append(_held(vm, assessment, "%s; it is shut off and stays defined on %s" % (assessment.held, source.name)))
             elif non_migratable == "fail":
                 plan.blocked.append(_held(vm, assessment, assessment.held))
+            elif not vm.persistent:
+                reason = "%s; it is transient, and shutting it down would destroy it, so it blocks the evacuation" % assessment.held
+                plan.blocked.append(_held(vm, assessment, reason))
             else:
                 reason = "%s; it is shut down and started again when %s is activated" % (assessment.held, source.name)
                 plan.shutdown.append(_held(vm, assessment, reason))

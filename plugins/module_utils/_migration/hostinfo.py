@@ -356,7 +356,7 @@ class HostInfoCollector:
                 continue  # undefined or migrated away since it was listed
             if "migration_settings_error" in facts:
                 self.warnings.append(
-                    "VM '%s' on %s has unreadable migration metadata, reported as none: %s"
+                    "VM '%s' on %s has unreadable migration settings, left out (an unreadable migration mode or pinning counts as migration_mode none): %s"
                     % (facts["name"], self.uri, facts["migration_settings_error"])
                 )
             vms.append(facts)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
 import queue
@@ -25,19 +26,26 @@ import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration import evacuation, placement, settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration import evacuation, placement, settings, statefiles
 from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, translate_libvirt_error
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+    MigrationError,
+    VmNotFoundError,
+    is_not_found,
+    translate_libvirt_error,
+    unexpected_error,
+)
 from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import parse_capabilities
 from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import (
     Candidate,
     CpuCheck,
     Migrator,
     Request,
+    check_run_numbers,
     parse_candidates,
     probe_host,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, check_number
 
 try:
     import libvirt
@@ -47,7 +55,15 @@ except ImportError:  # reported by the module through missing_required_lib
 STATE_DIR = "/var/lib/virtops-migration"
 LOG_DIR = "/var/log/virtops-migration"
 MARK_FILE = "maintenance.json"
+LOCK_FILE = "maintenance.lock"
 EVENT_LOG = "events.jsonl"
+# The mark's states: the host is being evacuated (it already refuses incoming VMs), or it is empty.
+PREPARING = "preparing"
+MAINTENANCE = "maintenance"
+# The collection's libvirt hook (role maintenance_hook), which makes the host refuse incoming
+# migrations and VM starts while a mark exists, and the pid files libvirtd may use.
+HOOK_PATH = "/etc/libvirt/hooks/qemu.d/virtops-maintenance"
+LIBVIRTD_PID_FILES = ("/run/libvirt/libvirtd.pid", "/run/libvirtd.pid", "/var/run/libvirtd.pid")
 
 
 def now_iso() -> str:
@@ -55,25 +71,28 @@ def now_iso() -> str:
 
 
 def read_mark(state_dir: str) -> t.Optional[t.Dict[str, t.Any]]:
-    """The host's maintenance mark, or None when the host is active."""
-    path = os.path.join(state_dir, MARK_FILE)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            mark = json.load(handle)
-    except FileNotFoundError:
+    """The host's maintenance mark, or None when the host is active.
+
+    A mark without a ``state`` (older releases) counts as ``maintenance``; a mark that cannot be read
+    is an error, never "active": the host may be about to be rebooted.
+    """
+    mark = statefiles.read_json(state_dir, MARK_FILE)
+    if mark is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise MigrationError("Cannot read the maintenance mark %s: %s" % (path, exc), path=path) from exc
-    return mark if isinstance(mark, dict) else None
+    if not isinstance(mark, dict):
+        raise MigrationError("The maintenance mark %s is not a JSON object; fix or remove it." % os.path.join(state_dir, MARK_FILE))
+    mark.setdefault("state", MAINTENANCE)
+    return mark
 
 
 def status(state_dir: str) -> t.Dict[str, t.Any]:
     """The host's maintenance state as host_info reports it."""
     mark = read_mark(state_dir)
     if mark is None:
-        return {"active": False, "since": None, "reason": None, "by": None, "shutdown_vms": []}
+        return {"active": False, "state": None, "since": None, "reason": None, "by": None, "shutdown_vms": []}
     return {
         "active": True,
+        "state": mark.get("state"),
         "since": mark.get("since"),
         "reason": mark.get("reason"),
         "by": mark.get("by"),
@@ -82,21 +101,48 @@ def status(state_dir: str) -> t.Dict[str, t.Any]:
 
 
 def write_mark(state_dir: str, mark: t.Mapping[str, t.Any]) -> None:
-    """Write the mark atomically (a reader sees the old file or the new one, never a part)."""
-    os.makedirs(state_dir, mode=0o755, exist_ok=True)
-    path = os.path.join(state_dir, MARK_FILE)
-    partial = path + ".new"
-    with open(partial, "w", encoding="utf-8") as handle:
-        json.dump(mark, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(partial, path)
+    """Write the mark atomically and durably (a reader sees the old file or the new one, never a part)."""
+    statefiles.write_json(state_dir, MARK_FILE, dict(mark))
 
 
 def clear_mark(state_dir: str) -> None:
+    statefiles.remove(state_dir, MARK_FILE)
+
+
+def _process_start(pid: int) -> t.Optional[float]:
+    """When a process started, in seconds since the epoch (None when it cannot be read)."""
     try:
-        os.unlink(os.path.join(state_dir, MARK_FILE))
-    except FileNotFoundError:
-        pass
+        with open("/proc/%d/stat" % pid, encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat", encoding="ascii") as handle:
+            boot = next(float(line.split()[1]) for line in handle if line.startswith("btime "))
+        return boot + int(fields[19]) / float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def hook_status(hook_path: str = HOOK_PATH, pid_files: t.Sequence[str] = LIBVIRTD_PID_FILES) -> t.Dict[str, t.Any]:
+    """Whether this host enforces maintenance: the hook is installed, and libvirtd started after it was.
+
+    libvirtd reads its hook scripts only when it starts, so a hook installed later is not used until
+    the next restart (``loaded`` false). ``loaded`` is null when libvirtd's start time is unknown.
+    """
+    try:
+        info = os.stat(hook_path)
+    except OSError:
+        return {"path": hook_path, "installed": False, "loaded": False}
+    installed = bool(info.st_mode & 0o111)
+    started = None
+    for pid_file in pid_files:
+        try:
+            with open(pid_file, encoding="ascii") as handle:
+                started = _process_start(int(handle.read().strip()))
+        except (OSError, ValueError):
+            continue
+        if started is not None:
+            break
+    loaded = None if started is None else installed and info.st_mtime <= started
+    return {"path": hook_path, "installed": installed, "loaded": loaded}
 
 
 @dataclasses.dataclass
@@ -122,15 +168,19 @@ class MaintenanceRequest:
     log_dir: str = LOG_DIR
     username: t.Optional[str] = None
     password: t.Optional[str] = None
+    require_hook: bool = True
+
+
+# Ranges of host_maintenance's own numeric options.
+NUMBER_RANGES = {"max_outgoing": (1, 64), "max_incoming": (1, 64), "shutdown_timeout": (1, 86400)}
 
 
 def request_from_params(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
     """Validate the module's parameters before any connection."""
-    for name in ("max_outgoing", "max_incoming", "shutdown_timeout"):
-        if params.get(name) is not None and params[name] < 1:
-            raise PolicyError("%s must be 1 or more, got %d" % (name, params[name]))
-    if (params.get("memory_reserved_mib") or 0) < 0:
-        raise PolicyError("memory_reserved_mib must be zero or more, got %d" % params["memory_reserved_mib"])
+    for name, (low, high) in NUMBER_RANGES.items():
+        if params.get(name) is not None:
+            check_number(params[name], name, low, high, whole=True)
+    check_run_numbers(params)
     candidates = parse_candidates(params.get("candidates") or [])
     if params.get("state") == "maintenance" and not candidates:
         raise PolicyError("state=maintenance needs the other hosts of the cluster in candidates")
@@ -154,6 +204,7 @@ def request_from_params(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
         log_dir=params.get("log_dir") or LOG_DIR,
         username=params.get("username"),
         password=params.get("password"),
+        require_hook=params.get("require_hook", True) is not False,
     )
 
 
@@ -185,8 +236,12 @@ class HostMaintenance:
             try:
                 facts = domxml.describe_domain(dom, req.uri)
                 xml = dom.XMLDesc(0)
-            except MigrationError:
+            except VmNotFoundError:
                 continue  # gone since it was listed
+            except libvirt.libvirtError as exc:
+                if is_not_found(exc):
+                    continue
+                raise translate_libvirt_error(exc, "read the domain XML", vm=facts.get("name"), uri=req.uri) from exc
             requirements = domxml.parse_requirements(xml)
             effective = settings.effective(facts.get("migration_settings") or {}, req.cluster_policy, req.global_policy)
             vm = evacuation.VmToMove.from_facts(facts, requirements, effective)
@@ -217,47 +272,129 @@ class HostMaintenance:
 
     # -- maintenance --------------------------------------------------------------------------
     def maintenance(self, check_mode: bool) -> t.Dict[str, t.Any]:
+        """Evacuate the host and mark it; one run at a time per host (a lock in the state directory)."""
+        req = self.request
+        if check_mode:
+            return self._maintenance(check_mode)
+        statefiles.ensure_directory(req.state_dir)
+        lock_path = os.path.join(req.state_dir, LOCK_FILE)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                raise MigrationError(
+                    "Another host_maintenance run is working on this host (it holds %s); nothing was changed." % lock_path, path=lock_path
+                ) from exc
+            return self._maintenance(check_mode)
+        finally:
+            os.close(fd)
+
+    def _maintenance(self, check_mode: bool) -> t.Dict[str, t.Any]:
         req = self.request
         mark = read_mark(req.state_dir)
         with self.connect(req.uri) as conn:
-            hostname = conn.getHostname()
-            uuid = parse_capabilities(conn.getCapabilities())["uuid"]
+            try:
+                hostname = conn.getHostname()
+                uuid = parse_capabilities(conn.getCapabilities())["uuid"]
+            except libvirt.libvirtError as exc:
+                raise translate_libvirt_error(exc, "read the host's identity", uri=req.uri) from exc
             vms, cpus = self._source_vms(conn)
         source = evacuation.SourceHost(name=hostname, uuid=uuid, uri=req.uri)
         to_move = [vm for vm in vms if vm.running or vm.persistent]
-        if mark is not None and not to_move:
-            return {"changed": False, "host": hostname, "maintenance": mark, "msg": "%s is in maintenance and has no VMs." % hostname}
-        plan = evacuation.plan_evacuation(to_move, self._hosts(to_move, cpus), source, req.include_manual, req.non_migratable)
-        result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict()}
+        hosts = self._hosts(to_move, cpus)
+        for vm in to_move:
+            vm.duplicate_on = tuple(
+                sorted(host.name for host in hosts if host.error is None and host.uuid != uuid and vm.uuid in host.vm_uuids)
+            )
+        plan = evacuation.plan_evacuation(to_move, hosts, source, req.include_manual, req.non_migratable)
+        enforcement = hook_status()
+        result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict(), "enforcement": enforcement}
         if not plan.ok:
             raise MigrationError(
                 "%s cannot go into maintenance, nothing was moved: %s" % (hostname, " ".join(plan.problems())),
                 host_name=hostname,
                 plan=plan.as_dict(),
             )
+        to_shut = [held for held in plan.shutdown if held.running]
+        if mark is not None and mark["state"] == MAINTENANCE and not plan.moves and not to_shut:
+            return {
+                "changed": False,
+                "host": hostname,
+                "maintenance": mark,
+                "plan": plan.as_dict(),
+                "enforcement": enforcement,
+                "msg": "%s is in maintenance and runs no VM." % hostname,
+            }
+        if req.require_hook and not enforcement["loaded"]:
+            raise MigrationError(
+                "%s cannot go into maintenance: it would not refuse incoming migrations and VM starts meanwhile, because the "
+                "collection's libvirt hook %s is %s. Install it with the role virtops.migration.maintenance_hook "
+                "(playbooks/setup_hosts.yml), which restarts libvirtd once; or set require_hook=false. Nothing was changed."
+                % (hostname, enforcement["path"], "not loaded by the running libvirtd (installed after it started)" if enforcement["installed"] else "not installed"),
+                host_name=hostname,
+                enforcement=enforcement,
+            )
         if check_mode:
             return result
-        records = self._run(plan, hostname)
-        failed = [record for record in records if record["outcome"] == "failed"]
-        if failed:
-            raise MigrationError(
-                "%d of %d VMs could not leave %s, so it stays active: %s"
-                % (len(failed), len(records), hostname, "; ".join("%s: %s" % (r["vm"], r["error"]) for r in failed)),
-                host_name=hostname,
-                plan=plan.as_dict(),
-                vms=records,
-                load=self._final_load(),
-            )
-        shut = self._shutdown(plan, hostname)
-        mark = {
-            "since": now_iso(),
+        base = {
+            "since": (mark or {}).get("since") or now_iso(),
             "reason": req.reason,
             "by": req.requested_by,
-            "shutdown_vms": sorted(set((mark or {}).get("shutdown_vms", [])) | set(shut)),
+            "shutdown_vms": list((mark or {}).get("shutdown_vms") or []),
         }
-        write_mark(req.state_dir, mark)
-        result.update(vms=records, shutdown=shut, maintenance=mark, load=self._final_load())
+        # From here on the host refuses incoming VMs; whatever goes wrong, it goes back to active.
+        write_mark(req.state_dir, dict(base, state=PREPARING))
+        records: t.List[t.Dict[str, t.Any]] = []
+        try:
+            records = self._run(plan, hostname)
+            failed = [record for record in records if record["outcome"] == "failed"]
+            if failed:
+                raise MigrationError(
+                    "%d of %d VMs could not leave %s, so it stays active: %s"
+                    % (len(failed), len(records), hostname, "; ".join("%s: %s" % (r["vm"], r["error"]) for r in failed)),
+                    host_name=hostname,
+                )
+            shut = self._shutdown(plan, hostname)
+            base["shutdown_vms"] = sorted(set(base["shutdown_vms"]) | set(shut))
+            write_mark(req.state_dir, dict(base, state=PREPARING))
+            left = self._active_vms()
+            if left:
+                raise MigrationError(
+                    "%s still runs %s after its evacuation (started or arrived meanwhile), so it stays active." % (hostname, ", ".join(left)),
+                    host_name=hostname,
+                    running=left,
+                )
+            final = dict(base, state=MAINTENANCE)
+            write_mark(req.state_dir, final)
+        except BaseException as exc:
+            self._back_to_active(hostname)
+            if isinstance(exc, MigrationError):
+                exc.details.update(plan=plan.as_dict(), vms=records, load=self._final_load(), maintenance=None)
+                raise
+            if isinstance(exc, Exception):
+                error = unexpected_error(exc, "evacuate the host", uri=req.uri)
+                error.details.update(plan=plan.as_dict(), vms=records, maintenance=None)
+                raise error from exc
+            raise
+        result.update(vms=records, shutdown=shut, maintenance=final, load=self._final_load())
         return result
+
+    def _back_to_active(self, hostname: str) -> None:
+        """After a failed evacuation the host is active again (it runs VMs); a failure to say so is logged."""
+        try:
+            clear_mark(self.request.state_dir)
+        except MigrationError as exc:
+            self.log("%s: cannot remove the maintenance mark after a failed evacuation: %s" % (hostname, exc.msg))
+
+    def _active_vms(self) -> t.List[str]:
+        """Every VM active on the host now, read again from libvirt."""
+        req = self.request
+        with self.connect(req.uri) as conn:
+            try:
+                return sorted(dom.name() for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+            except libvirt.libvirtError as exc:
+                raise translate_libvirt_error(exc, "list the VMs still running", uri=req.uri) from exc
 
     def _run(self, plan: evacuation.EvacuationPlan, hostname: str) -> t.List[t.Dict[str, t.Any]]:
         """Run the plan's moves under the queue's limits; one record per VM, in start order."""
@@ -267,33 +404,36 @@ class HostMaintenance:
         records: t.List[t.Dict[str, t.Any]] = []
 
         def worker(move: evacuation.Move, record: t.Dict[str, t.Any]) -> None:
-            migration = Request(
-                vm=move.uuid or move.vm,
-                source_uri=req.uri,
-                candidates=[Candidate(uri=move.destination_uri, name=move.destination)],
-                policy=move.policy,
-                cluster_policy=req.cluster_policy,
-                global_policy=req.global_policy,
-                poll_interval=req.poll_interval,
-                monitor_interval=req.monitor_interval,
-                # The plan already counted every VM headed there, reserves included; this re-check
-                # at start time must not count the ones arriving meanwhile a second time.
-                memory_reserved_mib=0,
-                username=req.username,
-                password=req.password,
-            )
             try:
+                migration = Request(
+                    vm=move.uuid or move.vm,
+                    source_uri=req.uri,
+                    candidates=[Candidate(uri=move.destination_uri, name=move.destination)],
+                    policy=move.policy,
+                    cluster_policy=req.cluster_policy,
+                    global_policy=req.global_policy,
+                    poll_interval=req.poll_interval,
+                    monitor_interval=req.monitor_interval,
+                    # The plan already counted every VM headed there, reserves included; this re-check
+                    # at start time must not count the ones arriving meanwhile a second time.
+                    memory_reserved_mib=0,
+                    username=req.username,
+                    password=req.password,
+                    state_dir=req.state_dir,
+                )
                 outcome = Migrator(migration, log=self.log).migrate(check_mode=False)
                 record.update(
                     outcome="migrated" if outcome.get("changed") else "already there",
                     downtime_ms=outcome.get("downtime_ms"),
                     data_total_mib=outcome.get("data_total_mib"),
+                    vm_state=outcome.get("vm_state"),
                 )
             except MigrationError as exc:
-                record.update(outcome="failed", error=exc.msg)
-            except Exception as exc:  # pylint: disable=broad-exception-caught
-                record.update(outcome="failed", error="unexpected error: %r" % exc)
-            done.put((move, record))
+                record.update(outcome="failed", error=exc.msg, observed=exc.details.get("observed"))
+            except BaseException as exc:  # pylint: disable=broad-exception-caught
+                record.update(outcome="failed", error="unexpected %s: %s" % (type(exc).__name__, exc))
+            finally:
+                done.put((move, record))
 
         threads = []
         while not pending.done():
@@ -336,14 +476,20 @@ class HostMaintenance:
         entry.update({key: record.get(key) for key in ("vm", "from", "to", "priority", "kind", "outcome", "duration_s", "downtime_ms", "error")})
         try:
             with self._log_lock:
-                os.makedirs(self.request.log_dir, mode=0o755, exist_ok=True)
-                with open(os.path.join(self.request.log_dir, EVENT_LOG), "a", encoding="utf-8") as handle:
+                statefiles.ensure_directory(self.request.log_dir)
+                path = os.path.join(self.request.log_dir, EVENT_LOG)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+                with os.fdopen(fd, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(entry, sort_keys=True) + "\n")
-        except OSError as exc:
+        except (OSError, MigrationError) as exc:
             self.log("cannot write the event log: %s" % exc)
 
     def _shutdown(self, plan: evacuation.EvacuationPlan, hostname: str) -> t.List[str]:
-        """Shut the plan's non-migratable VMs down cleanly; fail if one does not stop in time."""
+        """Shut the plan's non-migratable VMs down cleanly; fail if one does not stop in time.
+
+        Only persistent VMs are ever shut down (the plan blocks transient ones): they stay defined
+        on the host and are started again when it is activated.
+        """
         req = self.request
         names = [held.vm for held in plan.shutdown if held.running]
         if not names:
@@ -353,14 +499,21 @@ class HostMaintenance:
             for name in names:
                 dom = domxml.lookup_domain(conn, name)
                 try:
+                    if not dom.isPersistent():
+                        raise MigrationError("VM '%s' on %s is transient: shutting it down would destroy it; it was not touched." % (name, hostname), vm=name)
                     dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT | libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
                 except libvirt.libvirtError as exc:
                     raise translate_libvirt_error(exc, "shut the VM down", vm=name, uri=req.uri) from exc
                 domains[name] = dom
             deadline = time.monotonic() + req.shutdown_timeout
-            while any(dom.isActive() for dom in domains.values()):
-                if time.monotonic() > deadline:
+            while True:
+                try:
                     still = sorted(name for name, dom in domains.items() if dom.isActive())
+                except libvirt.libvirtError as exc:
+                    raise translate_libvirt_error(exc, "follow the shutdown of the VMs", uri=req.uri) from exc
+                if not still:
+                    break
+                if time.monotonic() > deadline:
                     raise MigrationError(
                         "%s stays active: VM(s) %s did not shut down within %d s" % (hostname, ", ".join(still), req.shutdown_timeout),
                         host_name=hostname,
@@ -371,23 +524,32 @@ class HostMaintenance:
 
     # -- active -------------------------------------------------------------------------------
     def activate(self, check_mode: bool) -> t.Dict[str, t.Any]:
+        """Clear the mark (the host accepts VMs again), then start the VMs shut down for the maintenance."""
         req = self.request
         mark = read_mark(req.state_dir)
         with self.connect(req.uri) as conn:
-            hostname = conn.getHostname()
+            try:
+                hostname = conn.getHostname()
+            except libvirt.libvirtError as exc:
+                raise translate_libvirt_error(exc, "read the host's name", uri=req.uri) from exc
             if mark is None:
-                return {"changed": False, "host": hostname, "msg": "%s is not in maintenance." % hostname}
+                return {"changed": False, "host": hostname, "maintenance": None, "msg": "%s is not in maintenance." % hostname}
             to_start = []
             for name in mark.get("shutdown_vms") or []:
                 dom = domxml.find_domain(conn, name)
                 if dom is not None and not dom.isActive():
                     to_start.append((name, dom))
             if check_mode:
-                return {"changed": True, "host": hostname, "started": [name for name, _dom in to_start], "maintenance": None}
+                return {"changed": True, "host": hostname, "started": [name for name, _dom in to_start], "maintenance": None, "previous": mark}
+            # The hook refuses VM starts while the mark exists: clear it first.
+            clear_mark(req.state_dir)
+            started = []
             for name, dom in to_start:
                 try:
                     dom.create()
                 except libvirt.libvirtError as exc:
-                    raise translate_libvirt_error(exc, "start the VM shut down for maintenance", vm=name, uri=req.uri) from exc
-        clear_mark(req.state_dir)
-        return {"changed": True, "host": hostname, "started": [name for name, _dom in to_start], "maintenance": None, "previous": mark}
+                    error = translate_libvirt_error(exc, "start the VM shut down for maintenance", vm=name, uri=req.uri)
+                    error.details.update(changed=True, started=started, maintenance=None)
+                    raise error from exc
+                started.append(name)
+        return {"changed": True, "host": hostname, "started": started, "maintenance": None, "previous": mark}

@@ -77,6 +77,8 @@ class HostState:
     maintenance: bool = False
     error: t.Optional[str] = None
     cpu_incompatible: t.Dict[str, str] = dataclasses.field(default_factory=dict)
+    # UUIDs of every domain defined or running there, to refuse a VM that would be copied twice.
+    vm_uuids: t.FrozenSet[str] = frozenset()
 
 
 @dataclasses.dataclass

@@ -24,6 +24,14 @@ ACTIONS = ("downtime", "post_copy", "suspend", "abort")
 TIMEOUT_ACTIONS = ("abort", "post_copy", "suspend")
 COMPRESSION_METHODS = ("xbzrle", "mt", "zlib", "zstd")
 
+# Largest values libvirt and QEMU can carry: libvirt's own bandwidth ceiling (INT64_MAX bytes/s in
+# MiB/s), QEMU's 2000 s maximum downtime, QEMU's 255 multifd channels.
+MAX_BANDWIDTH_MIB = (2**63 - 1) // (1024 * 1024)
+MAX_DOWNTIME_MS = 2000 * 1000
+MAX_PARALLEL_CONNECTIONS = 255
+MAX_CONCURRENT = 64
+MAX_STALLED = 10000
+
 # Completion timeout per GiB of guest memory (KubeVirt's default), and a floor for small guests.
 TIMEOUT_SECONDS_PER_GIB = 150
 MIN_TIMEOUT_SECONDS = 120
@@ -128,16 +136,41 @@ OVERRIDES = (
 )
 
 
-def _positive_int(value: t.Any, what: str, allow_zero: bool = False) -> int:
-    if isinstance(value, bool):
+def _positive_int(value: t.Any, what: str, allow_zero: bool = False, maximum: t.Optional[int] = None) -> int:
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
         raise PolicyError("%s must be a whole number, got %r" % (what, value))
+    if isinstance(value, str):
+        value = value.strip()
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise PolicyError("%s must be a whole number, got %r" % (what, value)) from None
     if number < 0 or (number == 0 and not allow_zero):
         raise PolicyError("%s must be %s, got %d" % (what, "zero or more" if allow_zero else "positive", number))
+    if maximum is not None and number > maximum:
+        raise PolicyError("%s must be at most %d, got %d" % (what, maximum, number))
     return number
+
+
+def check_number(
+    value: t.Any, what: str, minimum: float, maximum: float, whole: bool = False, exclusive_minimum: bool = False
+) -> t.Any:
+    """``value`` if it is a finite number in range, else :class:`PolicyError` naming ``what`` and the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        raise PolicyError("%s must be a %s, got %r" % (what, "whole number" if whole else "number", value))
+    if whole and isinstance(value, float) and not value.is_integer():
+        raise PolicyError("%s must be a whole number, got %r" % (what, value))
+    low_ok = value > minimum if exclusive_minimum else value >= minimum
+    if not low_ok or value > maximum:
+        raise PolicyError(
+            "%s must be %s %s and at most %s, got %s"
+            % (what, "more than" if exclusive_minimum else "at least", _plain(minimum), _plain(maximum), _plain(value))
+        )
+    return value
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
 
 
 def parse_schedule(steps: t.Sequence[t.Mapping[str, t.Any]], what: str = "downtime_schedule") -> t.Tuple[Step, ...]:
@@ -147,6 +180,8 @@ def parse_schedule(steps: t.Sequence[t.Mapping[str, t.Any]], what: str = "downti
     order of ``stalled``; nothing may follow ``abort``.
     """
     result: t.List[Step] = []
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, t.Sequence):
+        raise PolicyError("%s must be a list of steps, got %r" % (what, steps))
     for index, raw in enumerate(steps):
         where = "%s[%d]" % (what, index)
         if not isinstance(raw, t.Mapping):
@@ -157,12 +192,14 @@ def parse_schedule(steps: t.Sequence[t.Mapping[str, t.Any]], what: str = "downti
         action = raw.get("action") or ("downtime" if raw.get("downtime_ms") is not None else None)
         if action not in ACTIONS:
             raise PolicyError("%s.action must be one of %s, got %r" % (where, ", ".join(ACTIONS), raw.get("action")))
-        stalled = _positive_int(raw.get("stalled"), where + ".stalled")
+        stalled = _positive_int(raw.get("stalled"), where + ".stalled", maximum=MAX_STALLED)
         downtime = None
         if action == "downtime":
             if raw.get("downtime_ms") is None:
                 raise PolicyError("%s raises the downtime but gives no downtime_ms" % where)
-            downtime = _positive_int(raw["downtime_ms"], where + ".downtime_ms")
+            downtime = _positive_int(raw["downtime_ms"], where + ".downtime_ms", maximum=MAX_DOWNTIME_MS)
+        elif raw.get("downtime_ms") is not None:
+            raise PolicyError("%s: downtime_ms goes only with action downtime, not %s" % (where, action))
         if result and stalled <= result[-1].stalled:
             raise PolicyError(
                 "%s.stalled (%d) must be greater than the step before (%d)" % (where, stalled, result[-1].stalled)
@@ -174,8 +211,13 @@ def parse_schedule(steps: t.Sequence[t.Mapping[str, t.Any]], what: str = "downti
 
 
 def _compression(value: t.Any) -> t.Tuple[str, ...]:
-    methods = [value] if isinstance(value, str) else list(value or [])
-    bad = [m for m in methods if m not in COMPRESSION_METHODS]
+    if isinstance(value, str):
+        methods = [value]
+    elif isinstance(value, (list, tuple)):
+        methods = list(value)
+    else:
+        raise PolicyError("compression must be a list of methods among %s, got %r" % (", ".join(COMPRESSION_METHODS), value))
+    bad = [m for m in methods if not isinstance(m, str) or m not in COMPRESSION_METHODS]
     if bad:
         raise PolicyError(
             "compression methods must be among %s, got %s" % (", ".join(COMPRESSION_METHODS), ", ".join(map(str, bad)))
@@ -196,8 +238,13 @@ def base_policy(policy: t.Union[None, str, t.Mapping[str, t.Any]]) -> Policy:
     if not isinstance(policy, t.Mapping):
         raise PolicyError("policy must be a built-in policy name or a mapping, got %r" % (policy,))
     custom = dict(policy)
-    base = base_policy(custom.pop("based_on", "legacy"))
-    name = str(custom.pop("name", "custom"))
+    based_on = custom.pop("based_on", "legacy")
+    if not isinstance(based_on, str):
+        raise PolicyError("policy.based_on must be a built-in policy name, got %r" % (based_on,))
+    base = base_policy(based_on)
+    name = custom.pop("name", "custom")
+    if not isinstance(name, str) or not name:
+        raise PolicyError("policy.name must be a non-empty string, got %r" % (name,))
     return apply_overrides(dataclasses.replace(base, name=name), custom)
 
 
@@ -212,7 +259,7 @@ def apply_overrides(policy: Policy, overrides: t.Mapping[str, t.Any]) -> Policy:
         if value is None:
             continue
         if key == "max_concurrent":
-            changes[key] = _positive_int(value, key)
+            changes[key] = _positive_int(value, key, maximum=MAX_CONCURRENT)
         elif key in ("auto_converge", "post_copy"):
             if not isinstance(value, bool):
                 raise PolicyError("%s must be true or false, got %r" % (key, value))
@@ -220,13 +267,13 @@ def apply_overrides(policy: Policy, overrides: t.Mapping[str, t.Any]) -> Policy:
         elif key == "compression":
             changes[key] = _compression(value)
         elif key == "bandwidth_mib":
-            changes[key] = _positive_int(value, "bandwidth_mib")
+            changes[key] = _positive_int(value, "bandwidth_mib", maximum=MAX_BANDWIDTH_MIB)
         elif key == "max_downtime_ms":
-            changes["initial_downtime_ms"] = _positive_int(value, key)
+            changes["initial_downtime_ms"] = _positive_int(value, key, maximum=MAX_DOWNTIME_MS)
         elif key == "downtime_schedule":
             changes["schedule"] = parse_schedule(value)
         elif key == "parallel_connections":
-            changes[key] = _positive_int(value, key)
+            changes[key] = _positive_int(value, key, maximum=MAX_PARALLEL_CONNECTIONS)
     result = dataclasses.replace(policy, **changes)
     validate(result)
     return result

@@ -18,6 +18,8 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.polic
     BUILTIN_POLICIES,
     COMPRESSION_METHODS,
     DEFAULT_POLICY,
+    MAX_BANDWIDTH_MIB,
+    MAX_DOWNTIME_MS,
     PolicyError,
     apply_overrides,
     base_policy,
@@ -90,25 +92,69 @@ def validate_value(name: str, value: t.Any, where: str = "settings") -> t.Any:
             raise SettingsError("%s must be true, false or inherit, got %r" % (label, value))
     elif name == "compression":
         methods = [value] if isinstance(value, str) else value
-        if not isinstance(methods, (list, tuple)) or any(m not in COMPRESSION_METHODS for m in methods):
+        if not isinstance(methods, (list, tuple)) or any(not isinstance(m, str) or m not in COMPRESSION_METHODS for m in methods):
             raise SettingsError("%s must be a list of %s (or inherit), got %r" % (label, ", ".join(COMPRESSION_METHODS), value))
         value = list(methods)
     elif name in ("bandwidth_mib", "max_downtime_ms"):
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value.strip())
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise SettingsError("%s must be a positive whole number (or inherit), got %r" % (label, value))
+        limit = MAX_BANDWIDTH_MIB if name == "bandwidth_mib" else MAX_DOWNTIME_MS
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value > limit:
+            raise SettingsError("%s must be a positive whole number up to %d (or inherit), got %r" % (label, limit, value))
     return value
 
 
 def validate(settings: t.Optional[t.Mapping[str, t.Any]], where: str) -> t.Dict[str, t.Any]:
     """Validate a whole level; ``None`` values are dropped (not set at this level)."""
+    if settings is not None and not isinstance(settings, t.Mapping):
+        raise SettingsError("%s must be a dictionary of migration settings, got %r" % (where, settings))
     result: t.Dict[str, t.Any] = {}
     for name, value in (settings or {}).items():
         checked = validate_value(name, value, where)
         if checked is not None:
             result[name] = checked
     return result
+
+
+# Settings that decide whether and where a VM may move: when one cannot be read, the VM does not move.
+MOVABILITY_SETTINGS = ("migration_mode", "pinned_hosts")
+WHOLE_METADATA = "metadata"
+
+
+def readable(
+    stored: t.Optional[t.Mapping[str, t.Any]], metadata_error: t.Optional[str] = None
+) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, str]]:
+    """A VM's own settings as read from its metadata: the usable values, and why each other one is not.
+
+    Each setting is judged on its own, so one bad value (a priority written by hand, say) does not
+    drop the others. Unknown names are ignored (metadata written by a newer release). An unreadable
+    setting never makes the VM more movable than its readable settings say: when its migration mode
+    or its pinned hosts cannot be read, or the metadata as a whole cannot (``metadata_error``), the
+    VM counts as ``migration_mode: none``. Problems are keyed by setting name (``metadata`` for the
+    whole element).
+    """
+    problems: t.Dict[str, str] = {}
+    values: t.Dict[str, t.Any] = {}
+    if metadata_error is not None:
+        problems[WHOLE_METADATA] = metadata_error
+    for name, value in (stored or {}).items():
+        if name not in DEFAULTS:
+            continue
+        try:
+            checked = validate_value(name, value, "metadata")
+        except SettingsError as exc:
+            problems[name] = exc.msg
+            continue
+        if checked is not None:
+            values[name] = checked
+    if any(name in problems for name in MOVABILITY_SETTINGS + (WHOLE_METADATA,)):
+        values["migration_mode"] = "none"
+    return values, problems
+
+
+def describe_problems(problems: t.Mapping[str, str]) -> str:
+    """One sentence listing unreadable settings, for messages."""
+    return "; ".join(problems[name] for name in sorted(problems))
 
 
 def resolve(

@@ -38,6 +38,10 @@ class ClosingConnection:
         self.closed = 0
         self.close_error = close_error
 
+    def setKeepAlive(self, interval: int, count: int) -> int:  # noqa: N802 (libvirt's name)
+        self.keepalive = (interval, count)
+        return 0
+
     def close(self) -> int:
         self.closed += 1
         if self.close_error is not None:

@@ -1,0 +1,107 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""The small JSON files the collection keeps on a host, written so that a crash or a reboot never
+leaves half a file, and never through a path another user could redirect.
+
+A write goes to a new temporary file in the same directory (created exclusively, not following
+links, mode 0600), is flushed to disk, renamed over the old file, and the directory is flushed too:
+the next step after writing the maintenance mark is often a reboot. Reads do not follow a symbolic
+link either. The directory must belong to root (or to the user the module runs as) and must not be
+writable by others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+
+
+class StateFileError(MigrationError):
+    """A state file or its directory cannot be used safely."""
+
+
+def _check_directory(directory: str) -> None:
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise StateFileError("%s is not a directory (a symbolic link or another file); refusing to use it" % directory, path=directory)
+    if info.st_uid not in (0, os.geteuid()):
+        raise StateFileError("%s belongs to uid %d, not to root; refusing to use it" % (directory, info.st_uid), path=directory)
+    if info.st_mode & stat.S_IWOTH:
+        raise StateFileError("%s is writable by every user; refusing to use it" % directory, path=directory)
+
+
+def ensure_directory(directory: str, mode: int = 0o755) -> None:
+    """Create ``directory`` (and its parents) if missing, then check it is safe to write in."""
+    try:
+        os.makedirs(directory, mode=mode, exist_ok=True)
+        _check_directory(directory)
+    except OSError as exc:
+        raise StateFileError("Cannot use the state directory %s: %s" % (directory, exc), path=directory) from exc
+
+
+def read_json(directory: str, name: str) -> t.Optional[t.Any]:
+    """The JSON content of ``directory/name``, or None when the file does not exist."""
+    path = os.path.join(directory, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateFileError("Cannot read %s: %s" % (path, exc), path=path) from exc
+    try:
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise StateFileError("Cannot read %s: %s" % (path, exc), path=path) from exc
+
+
+def write_json(directory: str, name: str, data: t.Any, mode: int = 0o600) -> None:
+    """Replace ``directory/name`` with ``data`` atomically and durably (see the module docstring)."""
+    ensure_directory(directory)
+    path = os.path.join(directory, name)
+    partial = os.path.join(directory, ".%s.%s.tmp" % (name, secrets.token_hex(6)))
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=2, sort_keys=True)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, path)
+        except BaseException:
+            try:
+                os.unlink(partial)
+            except OSError:
+                pass
+            raise
+        _sync_directory(directory)
+    except OSError as exc:
+        raise StateFileError("Cannot write %s: %s" % (path, exc), path=path) from exc
+
+
+def remove(directory: str, name: str) -> bool:
+    """Remove ``directory/name`` durably; False when it was not there."""
+    path = os.path.join(directory, name)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StateFileError("Cannot remove %s: %s" % (path, exc), path=path) from exc
+    _sync_directory(directory)
+    return True
+
+
+def _sync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
