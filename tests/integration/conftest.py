@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import virtlab
+from labkit import REPO, run_playbook, virtlab
 
 LAB_VMS = ("web1:192:high", "db1:256:medium", "batch1:160:low", "web2:192:high@2", "cache1:160@3")
 
@@ -25,6 +25,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Path]:
         args += ["--vm", spec]
     virtlab(*args, timeout=900)
     try:
+        # Every host enforces maintenance: the collection's libvirt hook, installed by its own playbook
+        # (libvirtd restarted once per host through the inventory's restart command).
+        setup = run_playbook(inventory, REPO / "playbooks" / "setup_hosts.yml", {"cluster": "lab"})
+        assert setup.returncode == 0, "playbooks/setup_hosts.yml failed:\n%s%s" % (setup.stdout, setup.stderr)
         yield inventory
     finally:
         virtlab("down", check=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -62,6 +63,7 @@ def run_module(
     diff: bool = False,
     timeout: float = 900,
     background: int = 0,
+    extra_vars: t.Mapping[str, t.Any] | None = None,
 ) -> dict[str, t.Any]:
     """Run one module on one lab host over SSH and return its result dict.
 
@@ -84,6 +86,8 @@ def run_module(
         cmd.append("--diff")
     if background:
         cmd += ["-B", str(background), "-P", "0"]
+    if extra_vars:
+        cmd += ["-e", json.dumps(dict(extra_vars))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_ansible_env(), timeout=timeout, check=False)
     try:
         report = json.loads(proc.stdout)
@@ -188,3 +192,45 @@ def virsh_migrate(source_uri: str, dest_uri: str, vm: str) -> float:
         capture_output=True,
     )
     return time.monotonic() - start
+
+
+def virsh(host_uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``virsh -c HOST_URI ARGS`` from the controller: libvirt's own view, not the module's."""
+    proc = subprocess.run(["virsh", "-c", host_uri, *args], capture_output=True, text=True, timeout=120, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError("virsh -c %s %s exited %d: %s%s" % (host_uri, " ".join(args), proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def migration_job(host_uri: str, vm: str) -> bool:
+    """Whether libvirt shows an outgoing migration job for the VM on that host (``virsh domjobinfo``)."""
+    proc = virsh(host_uri, "domjobinfo", vm, check=False)
+    fields = dict(line.split(":", 1) for line in proc.stdout.splitlines() if ":" in line)
+    job = fields.get("Job type", "").strip()
+    operation = fields.get("Operation", "").strip()
+    return proc.returncode == 0 and job not in ("", "None", "Completed", "Failed", "Cancelled") and operation == "Outgoing migration"
+
+
+def maintenance_mark(host: str) -> dict[str, t.Any] | None:
+    """The host's maintenance mark as the file on the host says (None when there is none)."""
+    proc = virtlab("ssh", host, "--", "cat", "/var/lib/virtops-migration/maintenance.json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def active_vms(host_uri: str) -> list[str]:
+    """Names of the VMs active on a host, from ``virsh list``."""
+    return sorted(virsh(host_uri, "list", "--name").stdout.split())
+
+
+def stop_dirty(vm: str) -> tuple[int, int]:
+    """Stop the guest's dirtying workload; (passes it made, writes it found lost). Fails if none runs."""
+    out = virtlab("dirty", vm, "--stop").stdout
+    found = re.search(r"passes (\d+) lost (\d+)", out)
+    assert found, "no workload counters in: %s" % out
+    return int(found.group(1)), int(found.group(2))
+
+
+def assert_no_lost_writes(vm: str) -> None:
+    """The busy guest's workload ran on across the move and found every one of its writes."""
+    passes, lost = stop_dirty(vm)
+    assert passes > 0 and lost == 0, "workload in %s: %d passes, %d lost writes" % (vm, passes, lost)

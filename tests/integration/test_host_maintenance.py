@@ -7,7 +7,10 @@ import typing as t
 from pathlib import Path
 
 from labkit import (
+    active_vms,
     assert_no_vm_lost,
+    maintenance_mark,
+    run_playbook,
     read_marker,
     run_module,
     uri,
@@ -179,3 +182,33 @@ def test_destination_killed_mid_evacuation_then_rerun(lab: Path, new_vm: t.Calla
 def vm_homes_on(host: str, vms: list[str]) -> list[str]:
     """States on ``host`` of those of ``vms`` defined or arriving there."""
     return [homes[host] for homes in (vm_homes(vm) for vm in vms) if host in homes]
+
+
+def test_maintenance_and_activate_playbooks(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    made = [new_vm(160, 3, "high"), new_vm(160, 3, "low")]
+    markers = {vm: write_marker(vm) for vm in made}
+    playbooks = Path(__file__).resolve().parents[2] / "playbooks"
+    h3 = uri(lab, "lab-h3")
+    before = active_vms(h3)
+
+    planned = run_playbook(lab, playbooks / "maintenance.yml", {"target": "lab-h3", "reason": "playbook test"}, check_mode=True)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert active_vms(h3) == before and maintenance_mark("lab-h3") is None, "check mode moved nothing"
+
+    done = run_playbook(lab, playbooks / "maintenance.yml", {"target": "lab-h3", "reason": "playbook test"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert active_vms(h3) == []
+    mark = maintenance_mark("lab-h3")
+    assert mark is not None and mark["state"] == "maintenance" and mark["reason"] == "playbook test", mark
+    assert {vm: read_marker(vm) for vm in made} == markers
+    assert_no_vm_lost()
+
+    again = run_playbook(lab, playbooks / "maintenance.yml", {"target": "lab-h3", "reason": "playbook test"})
+    assert again.returncode == 0 and "changed=0" in again.stdout.split("PLAY RECAP")[-1], again.stdout
+
+    back = run_playbook(lab, playbooks / "activate.yml", {"target": "lab-h3"})
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert maintenance_mark("lab-h3") is None
+    twice = run_playbook(lab, playbooks / "activate.yml", {"target": "lab-h3"})
+    assert twice.returncode == 0 and "changed=0" in twice.stdout.split("PLAY RECAP")[-1], twice.stdout
+    assert_no_vm_lost()

@@ -198,6 +198,20 @@ def memory_facts(total_kib: int, free_kib: int, reserved_mib: int) -> t.Dict[str
     }
 
 
+def host_memory(conn: t.Any, info: t.Sequence[t.Any], reserved_mib: int) -> t.Dict[str, int]:
+    """The host's memory as placement and host_info both count it (one reading, one rule).
+
+    Free memory is libvirt's node statistics' free memory plus buffers and page cache, which the
+    kernel gives back to guests on demand; without those statistics, ``getFreeMemory``. ``info`` is
+    ``conn.getInfo()`` (its second item is the total in MiB).
+    """
+    stats = optional_call(conn.getMemoryStats, VIR_NODE_MEMORY_STATS_ALL_CELLS)
+    if stats and "total" in stats and "free" in stats:
+        free_kib = stats["free"] + stats.get("buffers", 0) + stats.get("cached", 0)
+        return memory_facts(stats["total"], free_kib, reserved_mib)
+    return memory_facts(info[1] * KIB, conn.getFreeMemory() // KIB, reserved_mib)
+
+
 def summarize_vms(vms: t.Iterable[t.Mapping[str, t.Any]]) -> t.Dict[str, int]:
     """Counts over the VMs: all of them, and the active ones (running or paused: holding resources)."""
     vms = list(vms)
@@ -270,15 +284,7 @@ class HostInfoCollector:
             raise translate_libvirt_error(exc, action, uri=self.uri) from exc
 
     def _memory(self, info: t.Sequence[t.Any]) -> t.Dict[str, int]:
-        stats = self._call(
-            "read the host memory statistics", optional_call, self.conn.getMemoryStats, VIR_NODE_MEMORY_STATS_ALL_CELLS
-        )
-        if stats and "total" in stats and "free" in stats:
-            # Buffers and page cache are given back to guests on demand, so they count as free.
-            free_kib = stats["free"] + stats.get("buffers", 0) + stats.get("cached", 0)
-            return memory_facts(stats["total"], free_kib, self.memory_reserved_mib)
-        free_bytes = self._call("read the free host memory", self.conn.getFreeMemory)
-        return memory_facts(info[1] * KIB, free_bytes // KIB, self.memory_reserved_mib)
+        return self._call("read the host memory statistics", host_memory, self.conn, info, self.memory_reserved_mib)
 
     def _domain_capabilities(
         self, arch: t.Optional[str], guests: t.Sequence[t.Mapping[str, t.Any]]

@@ -326,7 +326,12 @@ class HostMaintenance:
                 "enforcement": enforcement,
                 "msg": "%s is in maintenance and runs no VM." % hostname,
             }
-        if req.require_hook and not enforcement["loaded"]:
+        if req.require_hook and not enforcement["loaded"] and check_mode:
+            result["warnings"] = [
+                "%s does not enforce maintenance yet: the collection's libvirt hook %s is %s; a real run refuses to start."
+                % (hostname, enforcement["path"], "not loaded" if enforcement["installed"] else "not installed")
+            ]
+        elif req.require_hook and not enforcement["loaded"]:
             raise MigrationError(
                 "%s cannot go into maintenance: it would not refuse incoming migrations and VM starts meanwhile, because the "
                 "collection's libvirt hook %s is %s. Install it with the role virtops.migration.maintenance_hook "

@@ -36,7 +36,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
     translate_libvirt_error,
     VIR_ERR_OPERATION_INVALID,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import memory_facts, parse_capabilities
+from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import host_memory, parse_capabilities
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import (
     Policy,
     PolicyError,
@@ -246,7 +246,6 @@ def probe_host(
         capabilities = parse_capabilities(conn.getCapabilities())
         hostname = conn.getHostname()
         node = conn.getInfo()
-        free_bytes = conn.getFreeMemory()
         vcpus = 0
         uuids = set()
         for dom in conn.listAllDomains(0):
@@ -273,7 +272,10 @@ def probe_host(
     except libvirt.libvirtError as exc:
         raise translate_libvirt_error(exc, "read the destination's facts", uri=uri) from exc
     reserve = candidate.memory_reserved_mib if candidate.memory_reserved_mib is not None else reserve_mib
-    memory = memory_facts(node[1] * 1024, free_bytes // 1024, reserve)
+    try:
+        memory = host_memory(conn, node, reserve)
+    except libvirt.libvirtError as exc:
+        raise translate_libvirt_error(exc, "read the destination's memory", uri=uri) from exc
     return placement.HostState(
         name=candidate.name or hostname,
         uri=uri,

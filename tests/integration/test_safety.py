@@ -1,0 +1,314 @@
+"""Faults and concurrency on the lab: no VM is lost or copied, no result lies, a marked host runs no VM.
+
+Each test judges through libvirt's own view (virsh, job info, the lab's check, which also fails a host
+marked in maintenance that runs a VM), never through the module's own words alone, and ends with the
+lab's no-VM-lost check.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import typing as t
+from pathlib import Path
+
+from labkit import (
+    active_vms,
+    assert_no_vm_lost,
+    maintenance_mark,
+    migration_job,
+    read_marker,
+    run_module,
+    uri,
+    virsh,
+    virtlab,
+    vm_homes,
+    wait_async,
+    wait_until,
+    write_marker,
+)
+
+MIGRATE = "virtops.migration.vm_migrate"
+MAINTENANCE = "virtops.migration.host_maintenance"
+HOSTS = ("lab-h1", "lab-h2", "lab-h3")
+NAMESPACE = "https://virtops.github.io/xmlns/migration/1"
+
+
+def candidates(lab: Path, *hosts: str) -> list[dict[str, t.Any]]:
+    return [{"name": host, "uri": uri(lab, host)} for host in hosts or HOSTS]
+
+
+def activate_all(lab: Path) -> None:
+    for host in HOSTS:
+        result = run_module(lab, host, MAINTENANCE, {"state": "active"})
+        assert not result.get("failed"), result
+
+
+def test_module_killed_mid_migration_then_rerun_adopts_the_job(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm()
+    marker = write_marker(vm)
+    h1, h2 = uri(lab, "lab-h1"), uri(lab, "lab-h2")
+    args = {"name": vm, "destination_uri": h2, "bandwidth_mib": 6, "policy": "legacy"}
+    run_module(lab, "lab-h1", MIGRATE, args, background=600)
+    wait_until(lambda: migration_job(h1, vm), 60, "libvirt shows the migration job of %s" % vm)
+    # The controller side dies: the module process is killed, libvirt's job runs on.
+    virtlab("ssh", "lab-h1", "--", "pkill", "-KILL", "-f", "AnsiballZ_vm_migrate")
+    assert migration_job(h1, vm), "the job outlives the module"
+
+    planned = run_module(lab, "lab-h1", MIGRATE, args, check_mode=True)
+    assert planned["changed"] is True and planned["adopted"] is True, planned
+    assert migration_job(h1, vm) and vm_homes(vm).get("lab-h1") == "running", "check mode left the job alone"
+
+    adopted = run_module(lab, "lab-h1", MIGRATE, args)
+    assert adopted["changed"] is True and adopted["adopted"] is True, adopted
+    assert any(event["event"] == "adopted" for event in adopted["events"]), adopted["events"]
+    assert vm_homes(vm) == {"lab-h2": "running"}
+    assert read_marker(vm) == marker
+    assert vm in active_vms(h2) and vm not in active_vms(h1)
+
+    again = run_module(lab, "lab-h1", MIGRATE, args)
+    assert again["changed"] is False, again
+    assert run_module(lab, "lab-h1", MIGRATE, args, check_mode=True)["changed"] is False
+    assert_no_vm_lost()
+
+
+def test_source_libvirtd_killed_mid_migration(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm()
+    marker = write_marker(vm)
+    h1, h3 = uri(lab, "lab-h1"), uri(lab, "lab-h3")
+    started = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": h3, "bandwidth_mib": 4, "policy": "legacy"}, background=600)
+    wait_until(lambda: migration_job(h1, vm), 60, "libvirt shows the migration job of %s" % vm)
+    virtlab("kill-libvirtd", "lab-h1")
+    try:
+        final = wait_async(lab, "lab-h1", started["ansible_job_id"], timeout=300)
+    finally:
+        virtlab("start-libvirtd", "lab-h1")
+    assert final.get("failed") is True, final
+    assert final.get("changed") is not True, final
+    wait_until(lambda: vm_homes(vm) == {"lab-h1": "running"}, 120, "%s runs on lab-h1 alone again" % vm)
+    assert read_marker(vm) == marker
+    assert_no_vm_lost()
+
+    moved = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": h3})
+    assert moved["changed"] is True and moved["vm_state"] == "running", moved
+    assert vm_homes(vm) == {"lab-h3": "running"} and read_marker(vm) == marker
+    assert run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": h3})["changed"] is False
+    assert_no_vm_lost()
+
+
+def test_two_hosts_evacuated_into_each_other_at_once(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    on_h1 = [new_vm(160, 1), new_vm(160, 1)]
+    on_h2 = [new_vm(160, 2), new_vm(160, 2)]
+    slow = {"cluster_policy": {"bandwidth_mib": 8, "policy": "legacy"}}
+    jobs = {
+        "lab-h1": run_module(lab, "lab-h1", MAINTENANCE, dict(slow, candidates=candidates(lab, "lab-h1", "lab-h2")), background=900),
+        "lab-h2": run_module(lab, "lab-h2", MAINTENANCE, dict(slow, candidates=candidates(lab, "lab-h2", "lab-h1")), background=900),
+    }
+    try:
+        results = {host: wait_async(lab, host, job["ansible_job_id"], timeout=600) for host, job in jobs.items()}
+        assert not all(result.get("failed") is not True for result in results.values()), "both cannot succeed: %s" % results
+        for host, result in results.items():
+            mark = maintenance_mark(host)
+            running = active_vms(uri(lab, host))
+            if result.get("failed"):
+                assert mark is None, "%s failed but is marked: %s" % (host, mark)
+                assert "maintenance" in result["msg"] or "preparing" in result["msg"], result["msg"]
+            else:
+                assert mark is not None and mark["state"] == "maintenance" and running == [], (host, mark, running)
+        # Every VM of the test runs on exactly one host.
+        for vm in on_h1 + on_h2:
+            assert len([state for state in vm_homes(vm).values() if state == "running"]) == 1, (vm, vm_homes(vm))
+        assert_no_vm_lost()
+    finally:
+        activate_all(lab)
+    assert_no_vm_lost()
+
+
+def test_a_host_in_maintenance_refuses_incoming_migrations(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(160, 1)
+    h1, h3 = uri(lab, "lab-h1"), uri(lab, "lab-h3")
+    try:
+        done = run_module(lab, "lab-h3", MAINTENANCE, {"candidates": candidates(lab)})
+        assert done["changed"] is True and done["enforcement"]["loaded"] is True, done
+        assert active_vms(h3) == [] and maintenance_mark("lab-h3")["state"] == "maintenance"
+
+        refused = virsh(h1, "migrate", "--live", "--p2p", "--persistent", "--undefinesource", vm, h3, check=False)
+        assert refused.returncode != 0, refused.stdout
+        assert "virtops-maintenance: host lab-h3 is in maintenance" in refused.stderr, refused.stderr
+        assert vm_homes(vm) == {"lab-h1": "running"}
+
+        by_name = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": h3})
+        assert by_name.get("failed") is True and by_name.get("changed") is not True, by_name
+        assert "lab-h3 is in maintenance" in by_name["msg"], by_name["msg"]
+        assert vm_homes(vm) == {"lab-h1": "running"}
+        assert_no_vm_lost()
+    finally:
+        activate_all(lab)
+    moved = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": h3})
+    assert moved["changed"] is True and vm_homes(vm) == {"lab-h3": "running"}, moved
+    assert_no_vm_lost()
+
+
+def _fault_interpreter(tmp_path: Path) -> str:
+    """A Python for lab host modules in which every virDomain.migrateToURI3 raises OverflowError.
+
+    The lab hosts share this machine's file system outside their private directories, so the
+    wrapper written here is what `ansible_python_interpreter` runs on the host.
+    """
+    directory = tmp_path / ("fault-%s" % secrets.token_hex(3))
+    directory.mkdir()
+    (directory / "sitecustomize.py").write_text(
+        "import libvirt\n\n\n"
+        "def _refuse(self, *args, **kwargs):\n"
+        "    raise OverflowError('injected by the lab test: Python int too large to convert to C unsigned long')\n\n\n"
+        "libvirt.virDomain.migrateToURI3 = _refuse\n"
+    )
+    wrapper = directory / "python3"
+    wrapper.write_text('#!/bin/sh\nPYTHONPATH=%s exec /usr/bin/python3 "$@"\n' % directory)
+    wrapper.chmod(0o755)
+    directory.chmod(0o755)
+    tmp_path.chmod(0o755)
+    return str(wrapper)
+
+
+def test_a_worker_failure_that_is_not_a_libvirt_error_is_a_failure(lab: Path, new_vm: t.Callable[..., str], tmp_path: Path) -> None:
+    vm, other = new_vm(160, 3), new_vm(160, 3)
+    faulty = {"ansible_python_interpreter": _fault_interpreter(tmp_path)}
+    h3 = uri(lab, "lab-h3")
+
+    moved = run_module(lab, "lab-h3", MIGRATE, {"name": vm, "destination_uri": uri(lab, "lab-h2")}, extra_vars=faulty)
+    assert moved.get("failed") is True and moved.get("changed") is not True, moved
+    assert "OverflowError" in moved["msg"], moved["msg"]
+    assert moved["observed"]["source"]["active"] is True and moved["observed"]["destination"] is None, moved["observed"]
+    assert vm_homes(vm) == {"lab-h3": "running"}
+
+    evacuated = run_module(lab, "lab-h3", MAINTENANCE, {"candidates": candidates(lab)}, extra_vars=faulty)
+    assert evacuated.get("failed") is True, evacuated
+    assert {record["outcome"] for record in evacuated["vms"]} == {"failed"}, evacuated["vms"]
+    assert maintenance_mark("lab-h3") is None
+    assert vm in active_vms(h3) and other in active_vms(h3)
+    assert_no_vm_lost()
+
+
+def test_a_stale_duplicate_definition_is_never_moved(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(160, 1)
+    h1, h2 = uri(lab, "lab-h1"), uri(lab, "lab-h2")
+    xml = virsh(h1, "dumpxml", "--inactive", vm).stdout
+    virsh_define(h2, xml)
+    try:
+        refused = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination": "auto", "candidates": candidates(lab, "lab-h2", "lab-h3")})
+        assert refused.get("failed") is True, refused
+        assert "lab-h1" in refused["msg"] and "lab-h2" in refused["msg"] and "defined on" in refused["msg"], refused["msg"]
+        assert vm_homes(vm) == {"lab-h1": "running", "lab-h2": "shut off"}
+
+        blocked = run_module(lab, "lab-h2", MAINTENANCE, {"candidates": candidates(lab)})
+        assert blocked.get("failed") is True and "nothing was moved" in blocked["msg"], blocked
+        assert "lab-h1" in blocked["msg"] and vm in blocked["msg"], blocked["msg"]
+        assert vm_homes(vm) == {"lab-h1": "running", "lab-h2": "shut off"}
+        assert maintenance_mark("lab-h2") is None
+    finally:
+        virsh(h2, "undefine", vm)
+    assert vm_homes(vm) == {"lab-h1": "running"}
+    assert_no_vm_lost()
+
+
+def virsh_define(host_uri: str, xml: str) -> None:
+    proc = subprocess.run(["virsh", "-c", host_uri, "define", "/dev/stdin"], input=xml, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_transient_vm_is_never_shut_down(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(160, 3)
+    h3 = uri(lab, "lab-h3")
+    persistent_xml = virsh(h3, "dumpxml", "--inactive", vm).stdout
+    virsh(h3, "undefine", vm)  # it runs on, transient
+    try:
+        run_module(lab, "lab-h3", "virtops.migration.migration_policy", {"name": vm, "migration_mode": "none"})
+        args = {"candidates": candidates(lab), "non_migratable": "shutdown", "shutdown_timeout": 30}
+        planned = run_module(lab, "lab-h3", MAINTENANCE, args, check_mode=True)
+        assert planned.get("failed") is True and "transient" in planned["msg"], planned
+        done = run_module(lab, "lab-h3", MAINTENANCE, args)
+        assert done.get("failed") is True and "transient" in done["msg"] and vm in done["msg"], done
+        assert vm in active_vms(h3), "the transient VM still runs"
+        assert maintenance_mark("lab-h3") is None
+    finally:
+        virsh_define(h3, persistent_xml)
+        run_module(lab, "lab-h3", "virtops.migration.migration_policy", {"name": vm, "state": "absent"})
+    assert_no_vm_lost()
+
+
+def test_a_paused_vm_is_evacuated_and_stays_paused(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(160, 2)
+    marker = write_marker(vm)
+    h2 = uri(lab, "lab-h2")
+    virsh(h2, "suspend", vm)
+    try:
+        done = run_module(lab, "lab-h2", MAINTENANCE, {"candidates": candidates(lab)})
+        assert done["changed"] is True, done
+        record = next(record for record in done["vms"] if record["vm"] == vm)
+        assert record["outcome"] == "migrated" and record["vm_state"] == "paused", record
+        homes = vm_homes(vm)
+        assert list(homes.values()) == ["paused"] and "lab-h2" not in homes, homes
+        assert active_vms(h2) == [] and maintenance_mark("lab-h2")["state"] == "maintenance"
+        virsh(uri(lab, next(iter(homes))), "resume", vm)
+        assert read_marker(vm) == marker
+    finally:
+        activate_all(lab)
+    assert_no_vm_lost()
+
+
+def test_unreadable_settings_never_make_a_vm_movable(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(160, 1)
+    h1 = uri(lab, "lab-h1")
+    # Written by hand: a priority the collection does not know, next to migration_mode none.
+    virsh(h1, "metadata", vm, "--uri", NAMESPACE, "--key", "virtops", "--live", "--config",
+          "--set", "<migration><priority>urgent</priority><migration_mode>none</migration_mode></migration>")
+    info = run_module(lab, "lab-h1", "virtops.migration.host_info")
+    facts = next(item for item in info["host"]["vms"] if item["name"] == vm)
+    assert facts["migration_settings"]["migration_mode"] == "none" and "priority" in facts["migration_settings_problems"], facts
+
+    refused = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": uri(lab, "lab-h2")})
+    assert refused.get("failed") is True and "migration_mode 'none'" in refused["msg"], refused
+    blocked = run_module(lab, "lab-h1", MAINTENANCE, {"candidates": candidates(lab)}, check_mode=True)
+    assert blocked.get("failed") is True and vm in blocked["msg"], blocked
+
+    # A mode that cannot be read counts as none, whatever the other settings say.
+    virsh(h1, "metadata", vm, "--uri", NAMESPACE, "--key", "virtops", "--live", "--config",
+          "--set", "<migration><migration_mode>sometimes</migration_mode></migration>")
+    refused = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": uri(lab, "lab-h2")})
+    assert refused.get("failed") is True and "cannot be read" in refused["msg"], refused
+    assert vm_homes(vm) == {"lab-h1": "running"}
+    virsh(h1, "metadata", vm, "--uri", NAMESPACE, "--live", "--config", "--remove")
+    assert_no_vm_lost()
+
+
+def test_persistent_false_and_keeping_the_source_definition_are_refused(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(160, 1)
+    for bad in ({"persistent": False}, {"undefine_source": False}, {"persistent": False, "undefine_source": False}):
+        result = run_module(lab, "lab-h1", MIGRATE, dict(bad, name=vm, destination_uri=uri(lab, "lab-h2")))
+        assert result.get("failed") is True and "persistent" in result["msg"], (bad, result)
+        assert vm_homes(vm) == {"lab-h1": "running"}
+    assert_no_vm_lost()
+
+
+def test_hostile_numbers_and_types_are_refused_before_anything(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(160, 1)
+    dest = uri(lab, "lab-h2")
+    cases = [
+        ({"bandwidth_mib": 2**70}, "bandwidth_mib"),
+        ({"policy": {"based_on": "legacy", "compression": 5}}, "compression"),
+        ({"parallel_connections": 1000}, "parallel_connections"),
+        ({"max_downtime_ms": 10**12}, "max_downtime_ms"),
+        ({"wait_sleep": -1}, "wait_sleep"),
+        ({"timeout": 10**9}, "timeout"),
+    ]
+    for extra, word in cases:
+        result = run_module(lab, "lab-h1", MIGRATE, dict(extra, name=vm, destination_uri=dest))
+        assert result.get("failed") is True and word in result["msg"], (extra, result)
+        assert "Traceback" not in json.dumps(result)
+    for extra, word in (({"wait_sleep": 0}, "wait_sleep"), ({"max_outgoing": 0}, "max_outgoing"), ({"monitor_interval": -5}, "monitor_interval")):
+        result = run_module(lab, "lab-h1", MAINTENANCE, dict(extra, candidates=candidates(lab)))
+        assert result.get("failed") is True and word in result["msg"], (extra, result)
+    assert vm_homes(vm) == {"lab-h1": "running"} and maintenance_mark("lab-h1") is None
+    assert_no_vm_lost()
