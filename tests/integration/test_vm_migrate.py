@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from labkit import (
+    assert_no_lost_writes,
     assert_no_vm_lost,
+    migration_job,
     load_hostvars,
     read_marker,
     run_module,
@@ -31,8 +33,8 @@ MODULE = "virtops.migration.vm_migrate"
 
 
 def job_running(lab: Path, host: str, vm: str) -> bool:
-    """Whether the VM has an outgoing migration job (asked through the module's own check mode)."""
-    return run_module(lab, host, MODULE, {"name": vm, "state": "cancelled"}, check_mode=True)["changed"] is True
+    """Whether libvirt shows an outgoing migration job for the VM (``virsh domjobinfo``)."""
+    return migration_job(uri(lab, host), vm)
 
 
 def test_migrate_to_a_named_host_check_real_repeat(lab: Path, new_vm: t.Callable[..., str]) -> None:
@@ -144,8 +146,11 @@ def test_cancel_a_slow_migration_started_with_async(lab: Path, new_vm: t.Callabl
     assert "cancel" in final["msg"].lower() or "abort" in final["msg"].lower(), final["msg"]
     assert vm_homes(vm) == {"lab-h1": "running"}
     assert read_marker(vm) == marker
+    assert not job_running(lab, "lab-h1", vm)
     again = run_module(lab, "lab-h1", MODULE, {"name": vm, "state": "cancelled"})
     assert again["changed"] is False, again
+    assert run_module(lab, "lab-h1", MODULE, {"name": vm, "state": "cancelled"}, check_mode=True)["changed"] is False
+    assert_no_lost_writes(vm)
     assert_no_vm_lost()
 
 
@@ -212,6 +217,7 @@ def test_convergence_of_a_busy_guest_under_a_bandwidth_cap(
         else:
             assert "abort" not in actions
     assert read_marker(vm) == marker
+    assert_no_lost_writes(vm)
     assert_no_vm_lost()
 
 
@@ -255,6 +261,7 @@ def test_parallel_connections_and_xbzrle_compression(lab: Path, new_vm: t.Callab
     assert back["policy"]["compression"] == ["xbzrle"]
     assert back["compression"]["compressed_pages"] > 0 and back["compression"]["cache_mib"] > 0, back["compression"]
     assert running_on(vm) == "lab-h1" and read_marker(vm) == marker
+    assert_no_lost_writes(vm)
     assert_no_vm_lost()
 
 
@@ -330,15 +337,56 @@ def test_timeout_action_suspend_completes_and_resumes_on_destination(lab: Path, 
     # Paused on the source to let the copy finish; running on the destination afterwards.
     assert vm_homes(vm) == {"lab-h2": "running"}
     assert read_marker(vm) == marker
+    assert_no_lost_writes(vm)
     assert_no_vm_lost()
 
 
 def test_dedicated_migration_address(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    # The lab hosts have a second network for migration streams: the destination's QEMU must listen, and
+    # the source's QEMU send, there. The proof is the destination's own view: its QEMU's sockets while the
+    # stream runs, and the bytes its two NICs received.
     vm = new_vm()
     marker = write_marker(vm)
-    address = load_hostvars(lab)["lab-h3"]["ansible_host"]
-    result = run_module(lab, "lab-h1", MODULE, {"name": vm, "destination_uri": uri(lab, "lab-h3"), "migrate_uri": "tcp://%s" % address})
-    assert result["changed"] is True, result
+    hostvars = load_hostvars(lab)
+    source, destination = hostvars["lab-h1"], hostvars["lab-h3"]
+    dedicated = destination["virtops_lab_migration_address"]
+    assert dedicated != destination["ansible_host"]
+    # 32 MiB of incompressible guest memory at 8 MiB/s: the stream runs for several seconds.
+    virtlab("exec", vm, "--", "dd", "if=/dev/urandom", "of=/tmp/fill", "bs=1M", "count=32")
+
+    def rx_bytes() -> dict[str, int]:
+        read = "cat /sys/class/net/eth0/statistics/rx_bytes /sys/class/net/eth1/statistics/rx_bytes"
+        eth0, eth1 = virtlab("ssh", "lab-h3", "--", read).stdout.split()
+        return {"eth0": int(eth0), "eth1": int(eth1)}
+
+    def qemu_connections() -> list[tuple[str, str]]:
+        """(local, peer) addresses of the established TCP connections of QEMU processes on lab-h3."""
+        lines = virtlab("ssh", "lab-h3", "--", "ss", "-tnpH", "state", "established").stdout.splitlines()
+        return [(line.split()[2], line.split()[3]) for line in lines if '"qemu' in line]
+
+    before = rx_bytes()
+    args = {
+        "name": vm,
+        "destination_uri": uri(lab, "lab-h3"),
+        "migrate_uri": "tcp://%s" % dedicated,
+        "listen_address": dedicated,
+        "bandwidth_mib": 8,
+    }
+    started = run_module(lab, "lab-h1", MODULE, args, background=600)
+    assert started.get("failed") is not True, started
+    seen: list[tuple[str, str]] = []
+    wait_until(lambda: bool(seen.extend(qemu_connections()) or seen), 120, "lab-h3's QEMU receives the stream")
+    seen.extend(qemu_connections())
+    moved = wait_async(lab, "lab-h1", started["ansible_job_id"], timeout=300)
+    after = rx_bytes()
+    assert moved.get("failed") is not True and moved["changed"] is True, moved
+    for local, peer in seen:
+        assert local.rsplit(":", 1)[0] == dedicated, "QEMU on lab-h3 has a connection on %s (from %s)" % (local, peer)
+        assert peer.rsplit(":", 1)[0] == source["virtops_lab_migration_address"], (local, peer)
+        assert 49152 <= int(local.rsplit(":", 1)[1]) <= 49215, (local, peer)
+    received = {nic: after[nic] - before[nic] for nic in before}
+    assert received["eth1"] > 32 * 2**20, received
+    assert received["eth0"] < 4 * 2**20, received
     assert vm_homes(vm) == {"lab-h3": "running"} and read_marker(vm) == marker
     assert_no_vm_lost()
 
@@ -352,11 +400,23 @@ def test_disk_with_unsafe_cache_is_refused_unless_allowed(lab: Path, new_vm: t.C
 
     refused = run_module(lab, "lab-h1", MODULE, args)
     assert refused.get("failed") is True, refused
-    assert "vdb (cache=writeback)" in refused["msg"] and "allow_unsafe" in refused["msg"], refused["msg"]
+    assert "vdb (cache=writeback)" in refused["msg"] and "allow_unsafe_cache" in refused["msg"], refused["msg"]
 
     # Allowed, the next check still holds: lab-h2 cannot see the disk (it is not on shared storage).
-    unseen = run_module(lab, "lab-h1", MODULE, dict(args, allow_unsafe=True), check_mode=True)
+    unseen = run_module(lab, "lab-h1", MODULE, dict(args, allow_unsafe_cache=True), check_mode=True)
     assert unseen.get("failed") is True, unseen
     assert "cannot see the disk(s) %s" % image in unseen["msg"], unseen["msg"]
     assert vm_homes(vm) == {"lab-h1": "running"}
+
+    # A local disk at the same path on lab-h2: the collection's checks pass, but the cache-mode
+    # override does not switch off libvirt's own storage-safety check, which refuses the move.
+    virtlab("ssh", "lab-h2", "--", "truncate", "-s", "16M", image)
+    virtlab("ssh", "lab-h2", "--", "virsh", "pool-refresh", "lab")
+    try:
+        unsafe = run_module(lab, "lab-h1", MODULE, dict(args, allow_unsafe_cache=True))
+        assert unsafe.get("failed") is True and unsafe.get("changed") is not True, unsafe
+        assert "VIR_ERR_MIGRATE_UNSAFE" in unsafe["msg"], unsafe["msg"]
+        assert vm_homes(vm) == {"lab-h1": "running"}
+    finally:
+        virtlab("ssh", "lab-h2", "--", "rm", "-f", image)
     assert_no_vm_lost()

@@ -62,6 +62,7 @@ def ensure_event_loop() -> None:
         threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
         _EVENT_LOOP_STARTED = True
 
+
 CONNECTION_ARGUMENT_SPEC: t.Dict[str, t.Dict[str, t.Any]] = {
     "uri": {"type": "str", "default": DEFAULT_URI, "fallback": (env_fallback, [URI_ENVIRONMENT_VARIABLE])},
     "username": {"type": "str"},

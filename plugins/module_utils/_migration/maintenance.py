@@ -336,7 +336,7 @@ class HostMaintenance:
                 "%s cannot go into maintenance: it would not refuse incoming migrations and VM starts meanwhile, because the "
                 "collection's libvirt hook %s is %s. Install it with the role virtops.migration.maintenance_hook "
                 "(playbooks/setup_hosts.yml), which restarts libvirtd once; or set require_hook=false. Nothing was changed."
-                % (hostname, enforcement["path"], "not loaded by the running libvirtd (installed after it started)" if enforcement["installed"] else "not installed"),
+                % (hostname, enforcement["path"], "not loaded by the running libvirtd (installed after it started)" if enforcement["installed"] else "absent"),
                 host_name=hostname,
                 enforcement=enforcement,
             )

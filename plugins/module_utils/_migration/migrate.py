@@ -496,7 +496,11 @@ class Migrator:
             problems = facts.get("migration_settings_problems") or {}
             warnings = ["VM '%s' has unreadable migration settings: %s" % (name, settings.describe_problems(problems))] if problems else []
             if effective["migration_mode"] == "none":
-                why = "its migration mode or pinning cannot be read (%s)" % settings.describe_problems(problems) if problems.keys() & set(settings.MOVABILITY_SETTINGS + (settings.WHOLE_METADATA,)) else "set at the %s level" % resolved["migration_mode"]["source"]
+                unreadable = problems.keys() & set(settings.MOVABILITY_SETTINGS + (settings.WHOLE_METADATA,))
+                if unreadable:
+                    why = "its migration mode or pinning cannot be read (%s)" % settings.describe_problems(problems)
+                else:
+                    why = "set at the %s level" % resolved["migration_mode"]["source"]
                 raise PolicyError("VM '%s' has migration_mode 'none' (%s): it is never migrated." % (name, why), vm=name, uri=req.source_uri)
             req.policy = self._effective_policy(effective)
             if req.timeout is None:
@@ -517,7 +521,8 @@ class Migrator:
             if persistent and not req.undefine_source:
                 raise PolicyError(
                     "VM '%s' is persistent: undefine_source=false would leave a second, shut-off definition on %s while it runs on the "
-                    "destination, which a later start would run twice. The source definition is always removed for a persistent VM." % (name, src_host["hostname"]),
+                    "destination, which a later start would run twice. The source definition is always removed for a persistent VM."
+                    % (name, src_host["hostname"]),
                     vm=name,
                     uri=req.source_uri,
                 )
@@ -882,7 +887,15 @@ class Migrator:
         }
 
     # -- a job left by a lost run -------------------------------------------------------------
-    def _adopt(self, source: t.Any, dom: t.Any, facts: t.Mapping[str, t.Any], src_host: t.Mapping[str, t.Any], job: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
+    def _adopt(
+        self,
+        source: t.Any,
+        dom: t.Any,
+        facts: t.Mapping[str, t.Any],
+        src_host: t.Mapping[str, t.Any],
+        job: t.Mapping[str, t.Any],
+        check_mode: bool,
+    ) -> t.Dict[str, t.Any]:
         """The VM already has a migration job on the source (an earlier run died, or someone else started
         it): monitor it to its end under this run's schedule and timeout, then report where the VM is."""
         req = self.request
@@ -890,7 +903,8 @@ class Migrator:
         operation = job.get("operation")
         if operation is not None and operation != JOB_OPERATION_MIGRATION_OUT:
             raise MigrationError(
-                "VM '%s' on %s is busy with another libvirt job (operation %s, not an outgoing migration); not migrating it now." % (name, req.source_uri, operation),
+                "VM '%s' on %s is busy with another libvirt job (operation %s, not an outgoing migration); not migrating it now."
+                % (name, req.source_uri, operation),
                 vm=name,
                 uri=req.source_uri,
             )
@@ -907,7 +921,8 @@ class Migrator:
                 "source": src_host,
                 "adopted": True,
                 "job": summary,
-                "msg": "VM '%s' has a migration job running on %s for %.0f s; a real run adopts it and follows it to its end." % (name, req.source_uri, elapsed),
+                "msg": "VM '%s' has a migration job running on %s for %.0f s; a real run adopts it and follows it to its end."
+                % (name, req.source_uri, elapsed),
             }
         self.clock = Clock(elapsed)
         self._suspended = self.records.has(uuid)
@@ -971,7 +986,8 @@ class Migrator:
             stats = self._job_stats(dom)
             if stats is None:
                 self._resume_after_lost_run(dom, name, uuid, req.source_uri)
-                return {"changed": bool(self.events), "vm": name, "events": self.events, "msg": "VM '%s' has no migration job running on %s." % (name, req.source_uri)}
+                msg = "VM '%s' has no migration job running on %s." % (name, req.source_uri)
+                return {"changed": bool(self.events), "vm": name, "events": self.events, "msg": msg}
             operation = stats.get("operation")
             if operation is not None and operation != JOB_OPERATION_MIGRATION_OUT:
                 raise MigrationError(
@@ -980,7 +996,8 @@ class Migrator:
                     uri=req.source_uri,
                 )
             state, reason = self._call(dom.state, "read the VM state", req.source_uri)[:2]
-            if (state, reason) in ((libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY), (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY)):
+            post_copy = ((libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY), (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY))
+            if (state, reason) in post_copy:
                 raise MigrationError(
                     "VM '%s' is in the post-copy phase of its migration: it already runs on the destination and the migration "
                     "cannot be cancelled any more; it completes on its own." % name,
@@ -1001,7 +1018,10 @@ class Migrator:
             here = _whereabouts(source, uuid)
             if self._job_stats(dom) is not None:
                 raise MigrationError(
-                    "The migration of VM '%s' was asked to stop but still runs after %d s." % (name, CANCEL_WAIT_S), vm=name, uri=req.source_uri, observed={"source": here}
+                    "The migration of VM '%s' was asked to stop but still runs after %d s." % (name, CANCEL_WAIT_S),
+                    vm=name,
+                    uri=req.source_uri,
+                    observed={"source": here},
                 )
             if here is None or not here.get("active"):
                 raise MigrationError(
