@@ -47,6 +47,10 @@ class FakeDomain:
         self._autostart = autostart
         self.vanished = vanished
         self._name = xml.split("<name>", 1)[1].split("</name>", 1)[0]
+        self._uuid = xml.split("<uuid>", 1)[1].split("</uuid>", 1)[0] if "<uuid>" in xml else None
+        # What jobStats answers: the current job (none by default), and the last completed one.
+        self.job: t.Dict[str, t.Any] = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+        self.completed_job: t.Dict[str, t.Any] = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
 
     def _check(self) -> None:
         if self.vanished:
@@ -58,6 +62,20 @@ class FakeDomain:
 
     def name(self) -> str:
         return self._name
+
+    def UUIDString(self) -> str:
+        if self._uuid is None:
+            raise AssertionError("the fake domain's XML has no <uuid>")
+        return self._uuid
+
+    def info(self) -> t.List[int]:
+        """[state, max memory KiB, memory KiB, vCPUs, CPU time ns]."""
+        self._check()
+        return [self._state[0], 0, 0, 1, 0]
+
+    def jobStats(self, flags: int = 0) -> t.Dict[str, t.Any]:
+        self._check()
+        return dict(self.completed_job if flags & libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED else self.job)
 
     def XMLDesc(self, flags: int = 0) -> str:
         self._check()
@@ -123,6 +141,7 @@ class FakeConnection:
         self.networks = list(networks)
         self.pools = list(pools)
         self.uri = uri
+        self.hostname = "hv1"
         self.closed = False
         self.memory_stats: t.Optional[t.Dict[str, int]] = {
             "total": 24684096,
@@ -148,7 +167,7 @@ class FakeConnection:
         return self.uri
 
     def getHostname(self) -> str:
-        return "hv1"
+        return self.hostname
 
     def getCapabilities(self) -> str:
         return self.capabilities

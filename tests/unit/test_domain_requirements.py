@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import parse_requirements
 
 DOMAIN = """
@@ -44,3 +46,21 @@ def test_disks_shared_storage_and_unsafe_cache() -> None:
 def test_host_passthrough_and_diskless_guest() -> None:
     needs = parse_requirements("<domain><cpu mode='host-passthrough'/><devices/></domain>")
     assert needs == {"networks": [], "bridges": [], "disks": [], "cpu_xml": None}
+
+
+@pytest.mark.parametrize(
+    "driver, unsafe",
+    [
+        ("<driver name='qemu' type='raw' cache='none'/>", False),
+        ("<driver name='qemu' type='raw' cache='directsync'/>", False),  # O_DIRECT as well: no dirty page cache
+        ("<driver name='qemu' type='raw' cache='writeback'/>", True),
+        ("<driver name='qemu' type='raw' cache='writethrough'/>", True),
+        ("<driver name='qemu' type='raw' cache='unsafe'/>", True),
+        ("<driver name='qemu' type='raw'/>", True),  # no cache attribute: the hypervisor's default, not 'none'
+        ("", True),
+    ],
+)
+def test_cache_modes_safe_for_live_migration(driver: str, unsafe: bool) -> None:
+    xml = "<domain><devices><disk type='file' device='disk'>%s<source file='/shared/a.raw'/><target dev='vda'/></disk></devices></domain>"
+    (disk,) = parse_requirements(xml % driver)["disks"]
+    assert disk["unsafe_cache"] is unsafe

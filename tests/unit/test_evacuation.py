@@ -137,7 +137,7 @@ def test_pinning_restricts_destinations() -> None:
 def test_pinned_to_no_other_candidate_is_not_migratable(pinned: t.List[str], fragment: str) -> None:
     result = plan([vm("db1", pinned=pinned)], [host("h2")])
     assert not result.ok and not result.moves
-    assert [held.reason for held in result.blocked] == [fragment]
+    assert len(result.blocked) == 1 and result.blocked[0].reason.startswith(fragment)
     shut = plan([vm("db1", pinned=pinned)], [host("h2")], non_migratable="shutdown")
     assert shut.ok and [held.vm for held in shut.shutdown] == ["db1"]
 
@@ -203,6 +203,88 @@ def test_unusable_settings_always_block(settings: t.Dict[str, t.Any], fragment: 
     assert len(result.blocked) == 1 and not result.ok
     assert result.blocked[0].reason.startswith("VM 'odd' has migration settings the plan cannot use: ")
     assert fragment in result.blocked[0].reason
+
+
+@pytest.mark.parametrize(
+    "mode, include_manual",
+    [("none", False), ("manual", False), ("none", True)],
+)
+def test_a_running_transient_vm_is_never_shut_down(mode: str, include_manual: bool) -> None:
+    # libvirt forgets a transient VM when it stops: shutting it down would destroy it.
+    transient = dataclasses.replace(vm("scratch", mode=mode), persistent=False)
+    result = plan([transient, vm("lic1", mode="none")], [host("h2")], non_migratable="shutdown", include_manual=include_manual)
+    assert not result.ok and not result.moves
+    assert [held.vm for held in result.blocked] == ["scratch"]
+    assert [held.vm for held in result.shutdown] == ["lic1"]
+    reason = result.blocked[0].reason
+    assert reason.startswith("VM 'scratch' ") and "migration_mode %s" % mode in reason
+    assert reason.endswith("it is transient, and shutting it down would destroy it, so it blocks the evacuation")
+
+
+def test_a_running_transient_vm_that_may_migrate_moves_live() -> None:
+    transient = dataclasses.replace(vm("scratch"), persistent=False)
+    result = plan([transient], [host("h2")], non_migratable="shutdown")
+    assert moves(result) == [("scratch", "h2")] and result.moves[0].kind == "live"
+
+
+@pytest.mark.parametrize("running", [True, False])
+@pytest.mark.parametrize("non_migratable", ["fail", "shutdown"])
+def test_a_vm_defined_on_another_host_too_is_blocked(running: bool, non_migratable: str) -> None:
+    twin = dataclasses.replace(vm("db1", running=running), duplicate_on=("h3", "h4"))
+    result = plan([twin, vm("web1")], [host("h2", 65536), host("h3", 65536)], non_migratable=non_migratable)
+    assert moves(result) == [("web1", "h2")]
+    assert [held.vm for held in result.blocked] == ["db1"] and not result.ok
+    assert result.blocked[0].reason.startswith("VM 'db1' (UUID uuid-db1) is defined on h1 and also on h3, h4: it is not moved")
+
+
+@pytest.mark.parametrize("running", [True, False])
+@pytest.mark.parametrize("mode", ["auto", "none"])
+def test_unreadable_own_settings_block_whatever_else_they_say(running: bool, mode: str) -> None:
+    # What host_maintenance builds for a VM whose metadata has a bad priority (settings.readable).
+    problems = {"priority": "metadata.priority must be one of low, medium, high or inherit, got 'urgent'"}
+    odd = dataclasses.replace(vm("odd", mode=mode, running=running), settings_problems=problems)
+    result = plan([odd, vm("fine")], [host("h2")], non_migratable="shutdown", include_manual=True)
+    assert moves(result) == [("fine", "h2")]
+    assert [held.vm for held in result.blocked] == ["odd"] and not result.shutdown and not result.kept
+    assert result.blocked[0].reason == (
+        "VM 'odd' has migration settings that cannot be read: metadata.priority must be one of low, medium, high or inherit, got 'urgent'"
+    )
+
+
+def test_from_facts_carries_state_and_settings_problems() -> None:
+    facts = {
+        "name": "odd",
+        "uuid": "u-odd",
+        "memory_mib": 512,
+        "vcpus": 1,
+        "active": True,
+        "persistent": True,
+        "state": "pmsuspended",
+        "migration_settings_problems": {"pinned_hosts": "bad"},
+    }
+    subject = ev.VmToMove.from_facts(facts, {"networks": [], "bridges": [], "disks": []}, st.effective({"migration_mode": "none"}))
+    assert (subject.state, subject.settings_problems, subject.duplicate_on) == ("pmsuspended", {"pinned_hosts": "bad"}, ())
+
+
+@pytest.mark.parametrize(
+    "state, fragment",
+    [
+        ("pmsuspended", "VM 'sleepy' is pmsuspended: its guest suspended itself to RAM; wake it up first"),
+        ("crashed", "VM 'sleepy' is crashed: it crashed and is kept for inspection; dump or destroy it first"),
+    ],
+)
+@pytest.mark.parametrize("non_migratable", ["fail", "shutdown"])
+def test_pmsuspended_or_crashed_running_vms_are_blocked(state: str, fragment: str, non_migratable: str) -> None:
+    stuck = dataclasses.replace(vm("sleepy"), state=state)
+    result = plan([stuck, vm("fine")], [host("h2")], non_migratable=non_migratable)
+    assert moves(result) == [("fine", "h2")]
+    assert len(result.blocked) == 1 and result.blocked[0].reason.startswith(fragment)
+
+
+@pytest.mark.parametrize("state", ["running", "paused", "idle", None])
+def test_other_running_states_migrate(state: t.Optional[str]) -> None:
+    result = plan([dataclasses.replace(vm("a"), state=state)], [host("h2")])
+    assert moves(result) == [("a", "h2")] and result.ok
 
 
 def test_policy_name_and_overrides_reach_the_move() -> None:

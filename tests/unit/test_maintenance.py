@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 import typing as t
 from pathlib import Path
 
@@ -16,21 +18,103 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
 def test_mark_round_trip_and_status(tmp_path: Path) -> None:
     state_dir = str(tmp_path / "state")
     assert mt.read_mark(state_dir) is None
-    assert mt.status(state_dir) == {"active": False, "since": None, "reason": None, "by": None, "shutdown_vms": []}
-    mark = {"since": "2026-11-26T04:20:00.000+00:00", "reason": "kernel", "by": "awx", "shutdown_vms": ["lic1"]}
+    assert mt.status(state_dir) == {"active": False, "state": None, "since": None, "reason": None, "by": None, "shutdown_vms": []}
+    mark = {"state": "preparing", "since": "2026-11-26T04:20:00.000+00:00", "reason": "kernel", "by": "awx", "shutdown_vms": ["lic1"]}
     mt.write_mark(state_dir, mark)
     assert mt.read_mark(state_dir) == mark
     assert mt.status(state_dir) == dict(mark, active=True)
-    assert not list((tmp_path / "state").glob("*.new")), "written atomically, no partial file left"
+    mt.write_mark(state_dir, dict(mark, state=mt.MAINTENANCE))
+    assert mt.status(state_dir)["state"] == "maintenance"
+    assert sorted(path.name for path in (tmp_path / "state").iterdir()) == [mt.MARK_FILE], "written atomically, no temporary file left"
+    assert (tmp_path / "state" / mt.MARK_FILE).stat().st_mode & 0o777 == 0o600
     mt.clear_mark(state_dir)
     mt.clear_mark(state_dir)
     assert mt.read_mark(state_dir) is None
 
 
-def test_unreadable_mark_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / mt.MARK_FILE).write_text("{not json")
-    with pytest.raises(MigrationError, match="Cannot read the maintenance mark .*maintenance.json"):
+def test_a_mark_without_a_state_is_in_maintenance(tmp_path: Path) -> None:
+    # Marks written before the mark had a state meant "in maintenance".
+    (tmp_path / mt.MARK_FILE).write_text(json.dumps({"since": "2026-11-26T04:20:00.000+00:00", "reason": "kernel"}))
+    assert mt.read_mark(str(tmp_path))["state"] == mt.MAINTENANCE
+    assert mt.status(str(tmp_path))["state"] == mt.MAINTENANCE
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "Cannot read .*maintenance.json"),
+        ("[1, 2]", "The maintenance mark .*maintenance.json is not a JSON object"),
+    ],
+)
+def test_unreadable_mark_is_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    # Never "active": a host whose mark cannot be read may be about to reboot.
+    (tmp_path / mt.MARK_FILE).write_text(content)
+    with pytest.raises(MigrationError, match=message):
         mt.read_mark(str(tmp_path))
+
+
+# -- whether the host enforces maintenance (the libvirt hook, loaded by the running libvirtd)
+
+A_DAY = 24 * 3600.0
+
+
+@pytest.fixture
+def hook_files(tmp_path: Path) -> t.Tuple[Path, Path]:
+    """An executable hook file, and a pid file naming this test process in place of libvirtd."""
+    hook = tmp_path / "virtops-maintenance"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    pid_file = tmp_path / "libvirtd.pid"
+    pid_file.write_text("%d\n" % os.getpid())
+    return hook, pid_file
+
+
+def set_mtime(path: Path, when: float) -> None:
+    os.utime(path, (when, when))
+
+
+def test_hook_installed_before_libvirtd_started_is_loaded(hook_files: t.Tuple[Path, Path]) -> None:
+    hook, pid_file = hook_files
+    set_mtime(hook, time.time() - 365 * A_DAY)  # long before this process started
+    assert mt.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": True, "loaded": True}
+
+
+def test_hook_newer_than_libvirtd_is_not_loaded(hook_files: t.Tuple[Path, Path]) -> None:
+    # libvirtd reads its hooks when it starts: one installed (or changed) later is not used yet.
+    hook, pid_file = hook_files
+    set_mtime(hook, time.time() + A_DAY)  # after this process started
+    assert mt.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": True, "loaded": False}
+
+
+def test_missing_hook_is_not_installed(hook_files: t.Tuple[Path, Path]) -> None:
+    hook, pid_file = hook_files
+    hook.unlink()
+    assert mt.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": False, "loaded": False}
+
+
+def test_non_executable_hook_is_not_installed(hook_files: t.Tuple[Path, Path]) -> None:
+    # libvirtd runs only executable hook scripts.
+    hook, pid_file = hook_files
+    hook.chmod(0o644)
+    set_mtime(hook, time.time() - 365 * A_DAY)
+    assert mt.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": False, "loaded": False}
+
+
+@pytest.mark.parametrize("pid_text", [None, "", "not a pid\n", "999999999\n"])
+def test_unknown_libvirtd_start_leaves_loaded_unknown(hook_files: t.Tuple[Path, Path], pid_text: t.Optional[str]) -> None:
+    hook, pid_file = hook_files
+    if pid_text is None:
+        pid_file.unlink()
+    else:
+        pid_file.write_text(pid_text)
+    assert mt.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": True, "loaded": None}
+
+
+def test_the_first_readable_pid_file_counts(hook_files: t.Tuple[Path, Path], tmp_path: Path) -> None:
+    hook, pid_file = hook_files
+    set_mtime(hook, time.time() - 365 * A_DAY)
+    missing = tmp_path / "nowhere" / "libvirtd.pid"
+    assert mt.hook_status(str(hook), [str(missing), str(pid_file)])["loaded"] is True
 
 
 BASE: dict[str, t.Any] = {"state": "maintenance", "uri": "qemu:///system", "candidates": ["qemu+tcp://hv2/system"]}
@@ -40,10 +124,24 @@ BASE: dict[str, t.Any] = {"state": "maintenance", "uri": "qemu:///system", "cand
     "changes, message",
     [
         ({"candidates": []}, "state=maintenance needs the other hosts of the cluster in candidates"),
-        ({"max_outgoing": 0}, "max_outgoing must be 1 or more"),
-        ({"max_incoming": 0}, "max_incoming must be 1 or more"),
-        ({"shutdown_timeout": 0}, "shutdown_timeout must be 1 or more"),
-        ({"memory_reserved_mib": -1}, "memory_reserved_mib must be zero or more"),
+        ({"max_outgoing": 0}, "max_outgoing must be at least 1 and at most 64, got 0"),
+        ({"max_outgoing": 65}, "max_outgoing must be at least 1 and at most 64, got 65"),
+        ({"max_outgoing": 2.5}, "max_outgoing must be a whole number, got 2.5"),
+        ({"max_outgoing": True}, "max_outgoing must be a whole number, got True"),
+        ({"max_incoming": 0}, "max_incoming must be at least 1 and at most 64, got 0"),
+        ({"max_incoming": 65}, "max_incoming must be at least 1 and at most 64, got 65"),
+        ({"shutdown_timeout": 0}, "shutdown_timeout must be at least 1 and at most 86400, got 0"),
+        ({"shutdown_timeout": 86401}, "shutdown_timeout must be at least 1 and at most 86400, got 86401"),
+        ({"memory_reserved_mib": -1}, "memory_reserved_mib must be at least 0 and at most 1099511627776, got -1"),
+        ({"wait_sleep": 0}, "wait_sleep must be more than 0 and at most 60, got 0"),
+        ({"wait_sleep": -1}, "wait_sleep must be more than 0 and at most 60, got -1"),
+        ({"wait_sleep": 61}, "wait_sleep must be more than 0 and at most 60, got 61"),
+        ({"memory_reserved_mib": 2**40 + 1}, "memory_reserved_mib must be at least 0 and at most 1099511627776, got 1099511627777"),
+        ({"monitor_interval": 0}, "monitor_interval must be more than 0 and at most 3600, got 0"),
+        ({"wait_sleep": float("nan")}, "wait_sleep must be a number, got nan"),
+        ({"monitor_interval": 3601}, "monitor_interval must be more than 0 and at most 3600, got 3601"),
+        ({"candidates": [{"uri": "qemu+tcp://hv2/system", "maintenance": "yes"}]}, r"candidates\[0\].maintenance must be true or false, got 'yes'"),
+        ({"candidates": [{"uri": "qemu+tcp://hv2/system", "name": ""}]}, r"candidates\[0\].name must be a non-empty string, got ''"),
         ({"candidates": [{"uri": "qemu+tcp://hv2/system", "memory_reserved_mib": -5}]}, r"candidates\[0\].memory_reserved_mib must be"),
         ({"cluster_policy": {"priority": "urgent"}}, "cluster_policy.priority must be one of"),
     ],
@@ -51,6 +149,24 @@ BASE: dict[str, t.Any] = {"state": "maintenance", "uri": "qemu:///system", "cand
 def test_bad_parameters_are_refused_before_any_connection(changes: dict[str, t.Any], message: str) -> None:
     with pytest.raises(MigrationError, match=message):
         mt.request_from_params(dict(BASE, **changes))
+
+
+@pytest.mark.parametrize(
+    "name, value, attribute",
+    [
+        ("max_outgoing", 1, "max_outgoing"),
+        ("max_outgoing", 64, "max_outgoing"),
+        ("max_incoming", 64, "max_incoming"),
+        ("shutdown_timeout", 1, "shutdown_timeout"),
+        ("shutdown_timeout", 86400, "shutdown_timeout"),
+        ("wait_sleep", 60, "poll_interval"),
+        ("wait_sleep", 0.01, "poll_interval"),
+        ("monitor_interval", 3600, "monitor_interval"),
+        ("memory_reserved_mib", 2**40, "memory_reserved_mib"),
+    ],
+)
+def test_numbers_at_the_ends_of_their_ranges_are_accepted(name: str, value: t.Any, attribute: str) -> None:
+    assert getattr(mt.request_from_params(dict(BASE, **{name: value})), attribute) == value
 
 
 def test_active_needs_no_candidates() -> None:

@@ -247,7 +247,6 @@ def test_does_not_wait_for_stdin(hook: t.Tuple[Path, Path], operation: str) -> N
         proc.stdin.close()
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_shellcheck(hook: t.Tuple[Path, Path]) -> None:
     script, _state_dir = hook
     result = subprocess.run(["shellcheck", "--shell=sh", str(script)], capture_output=True, text=True, check=False)

@@ -38,9 +38,34 @@ def test_candidates_as_uris_and_dicts() -> None:
         ({"destination_uri": None, "destination": "auto", "candidates": [{"name": "x"}]}, r"candidates\[0\] must be a libvirt URI"),
         ({"destination_uri": None, "destination": "auto", "candidates": [{"uri": "u", "zone": 1}]}, "unknown keys: zone"),
         ({"bandwidth_mib": -1}, "bandwidth_mib must be positive"),
-        ({"timeout": 0}, "timeout must be a positive number"),
-        ({"monitor_interval": -2.0}, "monitor_interval must be a positive number"),
-        ({"memory_reserved_mib": -1}, "memory_reserved_mib must be zero or more"),
+        ({"bandwidth_mib": 2**70}, "bandwidth_mib must be at most 8796093022207, got %d" % 2**70),
+        ({"max_downtime_ms": 2_000_001}, "max_downtime_ms must be at most 2000000, got 2000001"),
+        ({"parallel_connections": 256}, "parallel_connections must be at most 255, got 256"),
+        ({"timeout": 0}, "timeout must be at least 1 and at most 604800, got 0"),
+        ({"timeout": 604801}, "timeout must be at least 1 and at most 604800, got 604801"),
+        ({"timeout": 1.5}, "timeout must be a whole number, got 1.5"),
+        ({"wait_sleep": 0}, "wait_sleep must be more than 0 and at most 60, got 0"),
+        ({"wait_sleep": -1}, "wait_sleep must be more than 0 and at most 60, got -1"),
+        ({"wait_sleep": 61}, "wait_sleep must be more than 0 and at most 60, got 61"),
+        ({"wait_sleep": float("nan")}, "wait_sleep must be a number, got nan"),
+        ({"wait_sleep": float("inf")}, "wait_sleep must be a number, got inf"),
+        ({"monitor_interval": -2.0}, "monitor_interval must be more than 0 and at most 3600, got -2"),
+        ({"monitor_interval": 0}, "monitor_interval must be more than 0 and at most 3600, got 0"),
+        ({"monitor_interval": 3600.5}, "monitor_interval must be more than 0 and at most 3600, got 3600.5"),
+        ({"memory_reserved_mib": -1}, "memory_reserved_mib must be at least 0 and at most 1099511627776, got -1"),
+        ({"memory_reserved_mib": 2**40 + 1}, "memory_reserved_mib must be at least 0 and at most 1099511627776, got 1099511627777"),
+        (
+            {"destination_uri": None, "destination": "auto", "candidates": [{"uri": "qemu+tcp://hv3/system", "maintenance": "yes"}]},
+            r"candidates\[0\].maintenance must be true or false, got 'yes'",
+        ),
+        (
+            {"destination_uri": None, "destination": "auto", "candidates": [{"uri": "qemu+tcp://hv3/system", "name": ""}]},
+            r"candidates\[0\].name must be a non-empty string, got ''",
+        ),
+        (
+            {"destination_uri": None, "destination": "auto", "candidates": [{"uri": "qemu+tcp://hv3/system", "memory_reserved_mib": -5}]},
+            r"candidates\[0\].memory_reserved_mib must be at least 0",
+        ),
         ({"policy": "nope"}, "unknown migration policy 'nope'"),
         ({"post_copy": True, "parallel_connections": 2}, "post_copy cannot be combined"),
     ],
@@ -86,6 +111,37 @@ def test_shut_off_vm_migrates_offline_and_persistently() -> None:
     flags, typed = migrate.migration_flags_and_params(migrate.request_from_params(params(persistent=False)), running=False)
     assert flags & libvirt.VIR_MIGRATE_OFFLINE and flags & libvirt.VIR_MIGRATE_PERSIST_DEST
     assert not flags & libvirt.VIR_MIGRATE_LIVE and typed == {}
+
+
+@pytest.mark.parametrize(
+    "changes, unsafe",
+    [
+        ({}, False),
+        ({"allow_unsafe_cache": True}, False),  # the cache-mode override is checked by the module, not by libvirt
+        ({"unsafe_storage": True}, True),
+        ({"allow_unsafe_cache": True, "unsafe_storage": True}, True),
+    ],
+)
+def test_only_unsafe_storage_switches_off_libvirts_safety_check(changes: dict[str, t.Any], unsafe: bool) -> None:
+    request = migrate.request_from_params(params(**changes))
+    assert request.allow_unsafe_cache is changes.get("allow_unsafe_cache", False)
+    for running in (True, False):
+        flags = migrate.migration_flags_and_params(request, running=running, persistent=True)[0]
+        assert bool(flags & libvirt.VIR_MIGRATE_UNSAFE) is (unsafe and running)
+
+
+@pytest.mark.parametrize("running", [True, False])
+@pytest.mark.parametrize("requested", [True, False])
+def test_a_persistent_vm_always_stays_persistent(running: bool, requested: bool) -> None:
+    request = migrate.request_from_params(params(persistent=requested))
+    flags = migrate.migration_flags_and_params(request, running=running, persistent=True)[0]
+    assert flags & libvirt.VIR_MIGRATE_PERSIST_DEST
+
+
+def test_a_transient_vm_may_move_as_a_transient_one() -> None:
+    request = migrate.request_from_params(params(persistent=False, undefine_source=False))
+    flags = migrate.migration_flags_and_params(request, running=True, persistent=False)[0]
+    assert not flags & libvirt.VIR_MIGRATE_PERSIST_DEST and not flags & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
 
 
 @pytest.mark.parametrize(

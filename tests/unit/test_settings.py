@@ -110,3 +110,108 @@ def test_effective_policy_applies_single_settings() -> None:
     values = st.effective({"policy": "legacy", "auto_converge": True}, {"bandwidth_mib": 64})
     policy = st.effective_policy(values)
     assert (policy.name, policy.auto_converge, policy.bandwidth_mib, policy.initial_downtime_ms) == ("legacy", True, 64, 300)
+
+
+# -- reading a VM's own settings from its metadata, one setting at a time
+
+MODE_NONE = {"migration_mode": "none"}
+
+
+@pytest.mark.parametrize(
+    "stored, metadata_error, usable, problems",
+    [
+        pytest.param({}, None, {}, set(), id="nothing-stored"),
+        pytest.param(None, None, {}, set(), id="no-metadata"),
+        pytest.param(
+            {"priority": "high", "migration_mode": "manual", "pinned_hosts": ["h3", "h2"], "bandwidth_mib": 64},
+            None,
+            {"priority": "high", "migration_mode": "manual", "pinned_hosts": ["h2", "h3"], "bandwidth_mib": 64},
+            set(),
+            id="all-readable",
+        ),
+        pytest.param(
+            {"priority": "urgent", "migration_mode": "auto", "bandwidth_mib": 64, "auto_converge": True},
+            None,
+            {"migration_mode": "auto", "bandwidth_mib": 64, "auto_converge": True},
+            {"priority"},
+            id="bad-priority-keeps-the-others",
+        ),
+        pytest.param(
+            {"priority": "urgent", "migration_mode": "none"},
+            None,
+            MODE_NONE,
+            {"priority"},
+            id="bad-priority-keeps-mode-none",
+        ),
+        pytest.param(
+            {"bandwidth_mib": -1, "max_downtime_ms": 2_000_001, "compression": [5], "policy": "warp", "priority": "low"},
+            None,
+            {"priority": "low"},
+            {"bandwidth_mib", "max_downtime_ms", "compression", "policy"},
+            id="bad-policy-settings-left-out",
+        ),
+        pytest.param(
+            {"migration_mode": "sometimes", "priority": "high"},
+            None,
+            {"priority": "high", "migration_mode": "none"},
+            {"migration_mode"},
+            id="unreadable-mode-is-none",
+        ),
+        pytest.param(
+            {"migration_mode": "auto", "pinned_hosts": "h2"},
+            None,
+            MODE_NONE,
+            {"pinned_hosts"},
+            id="unreadable-pinning-is-none",
+        ),
+        pytest.param(
+            {"pinned_hosts": ["h2", ""]},
+            None,
+            MODE_NONE,
+            {"pinned_hosts"},
+            id="empty-pinned-name-is-none",
+        ),
+        pytest.param(
+            {},
+            "migration metadata is not well-formed XML: mismatched tag",
+            MODE_NONE,
+            {st.WHOLE_METADATA},
+            id="whole-metadata-unreadable-is-none",
+        ),
+        pytest.param(
+            {"future_setting": {"x": 1}, "colour": "blue", "priority": "low"},
+            None,
+            {"priority": "low"},
+            set(),
+            id="unknown-names-ignored",
+        ),
+        pytest.param(
+            {"priority": "inherit", "compression": "xbzrle", "auto_converge": "no"},
+            None,
+            {"priority": "inherit", "compression": ["xbzrle"], "auto_converge": False},
+            set(),
+            id="values-normalised",
+        ),
+    ],
+)
+def test_readable_judges_each_setting_on_its_own(
+    stored: t.Optional[dict[str, t.Any]], metadata_error: t.Optional[str], usable: dict[str, t.Any], problems: t.Set[str]
+) -> None:
+    values, found = st.readable(stored, metadata_error)
+    assert values == usable
+    assert set(found) == problems
+    if metadata_error is not None:
+        assert found[st.WHOLE_METADATA] == metadata_error
+    for name in set(found) - {st.WHOLE_METADATA}:
+        assert found[name].startswith("metadata.%s" % name)
+
+
+def test_readable_never_makes_a_vm_more_movable() -> None:
+    # Whatever the migration mode says, an unreadable pinning keeps the VM where it is.
+    values, problems = st.readable({"migration_mode": "auto", "pinned_hosts": 7})
+    assert st.effective(values)["migration_mode"] == "none"
+    assert st.describe_problems(problems) == "metadata.pinned_hosts must be a list of host names, got 7"
+
+
+def test_describe_problems_lists_them_in_name_order() -> None:
+    assert st.describe_problems({"priority": "b is bad", "bandwidth_mib": "a is bad"}) == "a is bad; b is bad"

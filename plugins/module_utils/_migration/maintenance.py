@@ -76,9 +76,9 @@ def read_mark(state_dir: str) -> t.Optional[t.Dict[str, t.Any]]:
     A mark without a ``state`` (older releases) counts as ``maintenance``; a mark that cannot be read
     is an error, never "active": the host may be about to be rebooted.
     """
-    mark = statefiles.read_json(state_dir, MARK_FILE)
-    if mark is None:
+    if not statefiles.exists(state_dir, MARK_FILE):
         return None
+    mark = statefiles.read_json(state_dir, MARK_FILE)
     if not isinstance(mark, dict):
         raise MigrationError("The maintenance mark %s is not a JSON object; fix or remove it." % os.path.join(state_dir, MARK_FILE))
     mark.setdefault("state", MAINTENANCE)
@@ -241,7 +241,7 @@ class HostMaintenance:
             except libvirt.libvirtError as exc:
                 if is_not_found(exc):
                     continue
-                raise translate_libvirt_error(exc, "read the domain XML", vm=facts.get("name"), uri=req.uri) from exc
+                raise translate_libvirt_error(exc, "read the domain XML", uri=req.uri) from exc
             requirements = domxml.parse_requirements(xml)
             effective = settings.effective(facts.get("migration_settings") or {}, req.cluster_policy, req.global_policy)
             vm = evacuation.VmToMove.from_facts(facts, requirements, effective)

@@ -458,7 +458,7 @@ class Migrator:
         try:
             return func()
         except MigrationError as exc:
-            raise self._fail(exc) from exc
+            raise self._fail(exc)  # pylint: disable=raise-missing-from
         except libvirt.libvirtError as exc:
             raise self._fail(translate_libvirt_error(exc, action, vm=self.request.vm, uri=self.request.source_uri)) from exc
         except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -705,7 +705,7 @@ class Migrator:
                 exc = OperationCancelledError("%s (%s)" % (exc.msg, self._aborted_by), **exc.details)
             self.event("failed", reason=exc.msg)
             exc.details["observed"] = self._observe(source, facts["uuid"], dest.uri)
-            raise exc
+            raise exc from error
         if worker.is_alive():
             return False
         self.event("completed")

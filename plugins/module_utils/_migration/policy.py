@@ -16,6 +16,7 @@ Pure logic: no libvirt import.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
@@ -156,7 +157,7 @@ def check_number(
     value: t.Any, what: str, minimum: float, maximum: float, whole: bool = False, exclusive_minimum: bool = False
 ) -> t.Any:
     """``value`` if it is a finite number in range, else :class:`PolicyError` naming ``what`` and the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or isinstance(value, float) and not math.isfinite(value):
         raise PolicyError("%s must be a %s, got %r" % (what, "whole number" if whole else "number", value))
     if whole and isinstance(value, float) and not value.is_integer():
         raise PolicyError("%s must be a whole number, got %r" % (what, value))
@@ -170,7 +171,9 @@ def check_number(
 
 
 def _plain(number: float) -> str:
-    return str(int(number)) if float(number).is_integer() else str(number)
+    if isinstance(number, int):
+        return str(number)
+    return str(int(number)) if number.is_integer() else str(number)
 
 
 def parse_schedule(steps: t.Sequence[t.Mapping[str, t.Any]], what: str = "downtime_schedule") -> t.Tuple[Step, ...]:

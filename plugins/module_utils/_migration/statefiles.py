@@ -45,6 +45,11 @@ def ensure_directory(directory: str, mode: int = 0o755) -> None:
         raise StateFileError("Cannot use the state directory %s: %s" % (directory, exc), path=directory) from exc
 
 
+def exists(directory: str, name: str) -> bool:
+    """Whether anything (a file, even a dangling link) is at ``directory/name``."""
+    return os.path.lexists(os.path.join(directory, name))
+
+
 def read_json(directory: str, name: str) -> t.Optional[t.Any]:
     """The JSON content of ``directory/name``, or None when the file does not exist."""
     path = os.path.join(directory, name)

@@ -5,17 +5,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import typing as t
 
+import libvirt
 import pytest
 
-libvirt = pytest.importorskip("libvirt")
-
-from ansible_collections.virtops.migration.plugins.module_utils._migration import connection  # noqa: E402
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (  # noqa: E402
+from ansible_collections.virtops.migration.plugins.module_utils._migration import connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     HostUnreachableError,
+    MigrationError,
 )
-from libvirt_fakes import libvirt_error  # noqa: E402
+from libvirt_fakes import libvirt_error
 
 
 class Recorder:
@@ -208,3 +210,59 @@ def test_credential_callback_takes_libvirts_default_user_name() -> None:
 def test_credential_callback_fails_for_what_it_cannot_answer(credential: t.List[t.Any]) -> None:
     callback = _callback("alice", None)
     assert callback([credential], None) == -1
+
+
+# -- keepalive and the connect timeout
+
+
+def test_the_connection_sends_keepalive_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = ClosingConnection()
+    monkeypatch.setattr(libvirt, "openAuth", Recorder(result=conn))
+    with connection.libvirt_connection("qemu+tls://hv1/system"):
+        assert conn.keepalive == (connection.KEEPALIVE_INTERVAL_S, connection.KEEPALIVE_COUNT)
+
+
+def test_a_driver_without_keepalive_is_fine(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoKeepAlive(ClosingConnection):
+        def setKeepAlive(self, interval: int, count: int) -> int:  # noqa: N802 (libvirt's name)
+            raise libvirt_error(libvirt.VIR_ERR_OPERATION_INVALID, "keepalive is not supported by this connection")
+
+    conn = NoKeepAlive()
+    monkeypatch.setattr(libvirt, "openAuth", Recorder(result=conn))
+    with connection.libvirt_connection("test:///default") as opened:
+        assert opened is conn
+    assert conn.closed == 1
+
+
+def test_a_host_that_does_not_answer_is_unreachable_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    late = ClosingConnection()
+
+    def hanging_open(uri: str, auth: t.List[t.Any], flags: int) -> ClosingConnection:
+        release.wait(30)  # a peer that takes the TCP connection and never answers
+        return late
+
+    monkeypatch.setattr(connection, "CONNECT_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(libvirt, "openAuth", hanging_open)
+    started = time.monotonic()
+    with pytest.raises(HostUnreachableError) as caught, connection.libvirt_connection("qemu+tcp://hv9/system"):
+        pass  # pragma: no cover
+    assert time.monotonic() - started < 5
+    assert caught.value.msg.startswith("Cannot open a libvirt connection on qemu+tcp://hv9/system: the host did not answer within")
+    assert caught.value.details == {"uri": "qemu+tcp://hv9/system"}
+    # When the connection arrives after all, nobody uses it: it is closed.
+    release.set()
+    deadline = time.monotonic() + 5
+    while not late.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert late.closed == 1
+
+
+def test_an_exception_other_than_a_libvirt_error_while_opening_is_a_migration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(libvirt, "openAuth", Recorder(error=OverflowError("signed integer is greater than maximum")))
+    with pytest.raises(MigrationError) as caught, connection.libvirt_connection("qemu+tcp://hv1/system"):
+        pass  # pragma: no cover
+    assert caught.value.msg == (
+        "Cannot open a libvirt connection on qemu+tcp://hv1/system: unexpected OverflowError: signed integer is greater than maximum"
+    )
+    assert isinstance(caught.value.__cause__, OverflowError)

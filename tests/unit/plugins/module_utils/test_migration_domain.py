@@ -8,18 +8,18 @@ from __future__ import annotations
 import typing as t
 import xml.etree.ElementTree as ET
 
+import libvirt
 import pytest
 
-libvirt = pytest.importorskip("libvirt")
-
-from ansible_collections.virtops.migration.plugins.module_utils._migration import domain  # noqa: E402
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (  # noqa: E402
+from ansible_collections.virtops.migration.plugins.module_utils._migration import domain
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     HostUnreachableError,
     VmNotFoundError,
 )
-from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error  # noqa: E402
+from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
 
 RUNNING_UUID = "c37d14c9-efdf-4661-a34f-1a93303f980d"
+BAD_PRIORITY = "metadata.priority must be one of low, medium, high or inherit, got 'urgent'"
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,8 @@ RUNNING_UUID = "c37d14c9-efdf-4661-a34f-1a93303f980d"
                 "current_memory_mib": 4096,
                 "migration_settings": {},
                 "priority": "medium",
-                "migration_settings_error": "migration priority 'urgent' is not one of low, medium, high",
+                "migration_settings_problems": {"priority": BAD_PRIORITY},
+                "migration_settings_error": BAD_PRIORITY,
             },
             id="unit-gib-and-bad-priority",
         ),
@@ -133,7 +134,53 @@ def test_malformed_metadata_does_not_hide_the_other_facts() -> None:
     assert facts["cpu_mode"] is None
     assert facts["migration_settings"] == {}
     assert facts["priority"] == "medium"
-    assert "is not one of" in facts["migration_settings_error"]
+    assert facts["migration_settings_problems"] == {
+        "priority": "metadata.priority must be one of low, medium, high or inherit, got ['low']"
+    }
+    assert facts["migration_settings_error"] == facts["migration_settings_problems"]["priority"]
+
+
+def metadata_xml(*elements: str) -> str:
+    """A small domain whose migration metadata holds the given (hand-written) elements."""
+    return (
+        "<domain type='kvm'><name>x</name><memory unit='KiB'>1048576</memory><vcpu>2</vcpu><metadata>"
+        '<v:migration xmlns:v="https://virtops.github.io/xmlns/migration/1">%s</v:migration>'
+        "</metadata></domain>" % "".join(elements)
+    )
+
+
+def test_a_bad_priority_keeps_the_other_settings_and_mode_none() -> None:
+    facts = domain.parse_domain_xml(
+        metadata_xml(
+            "<v:priority>urgent</v:priority>",
+            "<v:migration_mode>none</v:migration_mode>",
+            "<v:bandwidth_mib>64</v:bandwidth_mib>",
+        )
+    )
+    assert facts["migration_settings"] == {"migration_mode": "none", "bandwidth_mib": 64}
+    assert facts["priority"] == "medium"
+    assert set(facts["migration_settings_problems"]) == {"priority"}
+
+
+@pytest.mark.parametrize(
+    ("elements", "problem"),
+    [
+        (("<v:migration_mode>sometimes</v:migration_mode>", "<v:priority>high</v:priority>"), "migration_mode"),
+        (('<v:pinned_hosts>lab-h2</v:pinned_hosts>', "<v:migration_mode>auto</v:migration_mode>"), "pinned_hosts"),
+    ],
+)
+def test_an_unreadable_mode_or_pinning_reads_as_mode_none(elements: t.Tuple[str, ...], problem: str) -> None:
+    facts = domain.parse_domain_xml(metadata_xml(*elements))
+    assert facts["migration_settings"]["migration_mode"] == "none"
+    assert set(facts["migration_settings_problems"]) == {problem}
+    assert facts["migration_settings_error"].startswith("metadata.%s " % problem)
+
+
+def test_inherited_priority_reads_as_the_default() -> None:
+    facts = domain.parse_domain_xml(metadata_xml("<v:priority>inherit</v:priority>"))
+    assert facts["priority"] == "medium"
+    assert facts["migration_settings"] == {"priority": "inherit"}
+    assert "migration_settings_problems" not in facts and "migration_settings_error" not in facts
 
 
 @pytest.mark.parametrize(

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import typing as t
 
+import libvirt
 import pytest
 
-libvirt = pytest.importorskip("libvirt")
-
-from ansible_collections.virtops.migration.plugins.module_utils._migration import errors  # noqa: E402
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (  # noqa: E402
+from ansible_collections.virtops.migration.plugins.module_utils._migration import errors
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     FeatureUnsupportedError,
+    HostInMaintenanceError,
     HostUnreachableError,
     MigrationError,
     OperationCancelledError,
     OperationInvalidError,
     VmNotFoundError,
 )
-from libvirt_fakes import libvirt_error  # noqa: E402
+from libvirt_fakes import libvirt_error
 
 
 @pytest.mark.parametrize("name", sorted(errors.LIBVIRT_ERROR_CODES))
@@ -323,3 +323,75 @@ def test_optional_call_lets_other_errors_through() -> None:
 
     with pytest.raises(libvirt.libvirtError):
         errors.optional_call(broken)
+
+
+# -- the maintenance hook's refusal, and failures that are not libvirt errors
+
+HOOK_FAILURE = (
+    "Hook script execution failed: internal error: Child process (LC_ALL=C PATH=/usr/sbin:/usr/bin "
+    "/etc/libvirt/hooks/qemu.d/virtops-maintenance web1 migrate begin -) unexpected exit status 1: "
+    "virtops-maintenance: host lab-h2 is in preparing: refusing to migrate VM web1"
+)
+
+
+@pytest.mark.parametrize("domain", [libvirt.VIR_FROM_HOOK, libvirt.VIR_FROM_QEMU], ids=["from-hook", "relayed"])
+def test_a_hook_refusal_names_the_host_in_maintenance(domain: int) -> None:
+    # On the destination the hook's own error; relayed to the source by a peer-to-peer migration.
+    exc = libvirt_error(libvirt.VIR_ERR_HOOK_SCRIPT_FAILED, HOOK_FAILURE, domain)
+    translated = errors.translate_libvirt_error(exc, "migrate to qemu+tls://lab-h2/system", vm="web1", uri="qemu:///system")
+    assert isinstance(translated, HostInMaintenanceError)
+    assert translated.details["host_name"] == "lab-h2"
+    assert translated.details["host_state"] == "preparing"
+    assert translated.details["vm"] == "web1" and translated.details["uri"] == "qemu:///system"
+    assert translated.details["libvirt_error_code"] == libvirt.VIR_ERR_HOOK_SCRIPT_FAILED
+    assert translated.details["libvirt_message"] == HOOK_FAILURE
+    assert translated.msg.startswith(
+        "Cannot migrate to qemu+tls://lab-h2/system for VM 'web1': host lab-h2 is in preparing and refuses to migrate VMs"
+    )
+    assert translated.msg.endswith("libvirt: " + HOOK_FAILURE)
+
+
+def test_a_hook_refusal_of_a_start_on_a_host_in_maintenance() -> None:
+    exc = libvirt_error(
+        libvirt.VIR_ERR_HOOK_SCRIPT_FAILED,
+        "Hook script execution failed: unexpected exit status 1: virtops-maintenance: host lab-h1 is in maintenance: refusing to start VM db1",
+        libvirt.VIR_FROM_HOOK,
+    )
+    translated = errors.translate_libvirt_error(exc, "start the VM")
+    assert isinstance(translated, HostInMaintenanceError)
+    assert (translated.details["host_name"], translated.details["host_state"]) == ("lab-h1", "maintenance")
+    assert "refuses to start VMs" in translated.msg
+
+
+def test_another_hook_failure_is_not_a_maintenance_refusal() -> None:
+    exc = libvirt_error(libvirt.VIR_ERR_HOOK_SCRIPT_FAILED, "Hook script execution failed: some-other-hook: no", libvirt.VIR_FROM_HOOK)
+    assert not isinstance(errors.translate_libvirt_error(exc, "start the VM"), HostInMaintenanceError)
+
+
+def raised(exc: BaseException) -> BaseException:
+    """``exc`` with a traceback, as an ``except`` clause receives it."""
+    try:
+        raise exc
+    except BaseException as caught:  # noqa: B036 (the point is to get it back)
+        return caught
+
+
+def test_unexpected_error_names_the_exception_type() -> None:
+    exc = raised(OverflowError("Python int too large to convert to C long"))
+    translated = errors.unexpected_error(exc, "migrate to qemu+tcp://hv2/system", vm="web1", uri="qemu:///system")
+    assert translated.__class__ is MigrationError
+    assert translated.msg == (
+        "Cannot migrate to qemu+tcp://hv2/system for VM 'web1' on qemu:///system: "
+        "unexpected OverflowError: Python int too large to convert to C long"
+    )
+    assert translated.details == {"vm": "web1", "uri": "qemu:///system", "exception_type": "OverflowError"}
+
+
+def test_unexpected_failure_gives_fail_json_keywords() -> None:
+    exc = raised(KeyError("state"))
+    result = errors.unexpected_failure(exc)
+    assert set(result) == {"msg", "exception", "exception_type"}
+    assert result["msg"].startswith("Unexpected KeyError: 'state'. This is a bug in virtops.migration")
+    assert result["exception_type"] == "KeyError"
+    assert result["exception"].startswith("Traceback (most recent call last):")
+    assert "in raised" in result["exception"] and result["exception"].rstrip().endswith("KeyError: 'state'")

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import typing as t
 
+import libvirt
 import pytest
 
-libvirt = pytest.importorskip("libvirt")
-
-from ansible_collections.virtops.migration.plugins.module_utils._migration import hostinfo  # noqa: E402
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (  # noqa: E402
+from ansible_collections.virtops.migration.plugins.module_utils._migration import hostinfo
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     HostUnreachableError,
     MigrationError,
 )
-from libvirt_fakes import FakeConnection, FakeDomain, FakeObject, libvirt_error  # noqa: E402
+from libvirt_fakes import FakeConnection, FakeDomain, FakeObject, libvirt_error
 
 Sample = t.Callable[[str], str]
 
@@ -361,8 +360,9 @@ def test_collector_gathers_everything(conn: FakeConnection) -> None:
     ]
     assert host["summary"] == {"vms_total": 3, "vms_running": 2, "vcpus_running": 2, "memory_running_mib": 256}
     assert collector.warnings == [
-        "VM 'db1' on qemu+tcp://hv1.example.com/system has unreadable migration metadata, reported as none: "
-        "migration priority 'urgent' is not one of low, medium, high"
+        "VM 'db1' on qemu+tcp://hv1.example.com/system has unreadable migration settings, left out (an unreadable "
+        "migration mode or pinning counts as migration_mode none): "
+        "metadata.priority must be one of low, medium, high or inherit, got 'urgent'"
     ]
 
 

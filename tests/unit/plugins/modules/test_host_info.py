@@ -8,23 +8,29 @@ from __future__ import annotations
 import json
 import typing as t
 
+import libvirt
 import pytest
+from ansible.module_utils import _internal as module_utils_internal
 from ansible.module_utils.common import warnings as module_warnings
 from ansible.module_utils.testing import patch_module_args
 
-libvirt = pytest.importorskip("libvirt")
-
-from ansible_collections.virtops.migration.plugins.modules import host_info  # noqa: E402
-from libvirt_fakes import FakeConnection, FakeDomain, FakeObject, libvirt_error  # noqa: E402
+from ansible_collections.virtops.migration.plugins.modules import host_info
+from libvirt_fakes import FakeConnection, FakeDomain, FakeObject, libvirt_error
 
 Sample = t.Callable[[str], str]
 
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Module warnings are kept per process; give every test its own."""
+    """Module warnings are kept per process; give every test its own.
+
+    A module runs on the target, where warnings go into the result. Importing controller code in
+    the same process (another test file uses an Ansible filter plugin) switches ansible-core to
+    controller mode, where warnings go to the display instead: switch it back for these tests.
+    """
     if hasattr(module_warnings, "_global_warnings"):
         monkeypatch.setattr(module_warnings, "_global_warnings", {})
+    monkeypatch.setattr(module_utils_internal, "is_controller", False)
 
 
 def warning_texts(result: t.Mapping[str, t.Any]) -> t.List[str]:

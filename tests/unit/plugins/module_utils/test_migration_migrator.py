@@ -1,0 +1,439 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Running and cancelling one migration (``_migration/migrate.py`` ``Migrator``) against fake hosts.
+
+A move counts only once libvirt shows it on both hosts afterwards; whatever ``migrateToURI3`` says
+or raises, anything else is a failure that reports what each host shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import typing as t
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import migrate, placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+    DuplicateVmError,
+    HostUnreachableError,
+    MigrationError,
+)
+from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, base_policy
+from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
+
+SOURCE_URI = "qemu+tls://hv1/system"
+DEST_URI = "qemu+tls://hv2/system"
+HV1_UUID = "685adf38-a605-49f0-b38b-31df0e753953"  # capabilities-qemu.xml
+HV2_UUID = "0c9a4b52-7d3e-4f1a-9e55-2b8c6d1f0a77"
+VM_UUID = "4a0a3ad4-0d5b-4d47-9a6a-3b8a2f1c9e01"
+VM_XML = (
+    "<domain type='kvm'><name>web1</name><uuid>%s</uuid><memory unit='MiB'>1024</memory><vcpu>1</vcpu>"
+    "<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os><devices/></domain>" % VM_UUID
+)
+MIB = 1024 * 1024
+
+
+class MigratingDomain(FakeDomain):
+    """The VM on the source: ``migrateToURI3`` runs ``on_migrate`` (what libvirt did, or raised)."""
+
+    def __init__(self, on_migrate: t.Callable[[], t.Any], state: t.Tuple[int, int] = (libvirt.VIR_DOMAIN_RUNNING, 1)) -> None:
+        super().__init__(VM_XML, state)
+        self.on_migrate = on_migrate
+        self.on_abort: t.Callable[[], t.Any] = lambda: 0
+        self.calls: t.List[t.Tuple[t.Any, ...]] = []
+
+    def migrateToURI3(self, uri: str, params: t.Dict[str, t.Any], flags: int) -> int:  # noqa: N802 (libvirt's name)
+        self.calls.append(("migrateToURI3", uri, flags))
+        self.on_migrate()
+        return 0
+
+    def migrateSetMaxDowntime(self, downtime: int, flags: int = 0) -> int:  # noqa: N802 (libvirt's name)
+        self.calls.append(("migrateSetMaxDowntime", downtime))
+        return 0
+
+    def abortJob(self) -> int:  # noqa: N802 (libvirt's name)
+        self.calls.append(("abortJob",))
+        self.on_abort()
+        return 0
+
+
+class Cluster:
+    """Two fake hosts, hv1 (the source) and hv2, handed out by URI instead of ``libvirt_connection``."""
+
+    def __init__(self, capabilities: str) -> None:
+        self.source = FakeConnection(capabilities, uri=SOURCE_URI)
+        self.destination = FakeConnection(capabilities.replace(HV1_UUID, HV2_UUID), uri=DEST_URI)
+        self.destination.hostname = "hv2"
+        self.hosts = {SOURCE_URI: self.source, DEST_URI: self.destination}
+        self.vm = MigratingDomain(self.move)
+        self.source.domains.append(self.vm)
+
+    @contextlib.contextmanager
+    def connect(self, uri: str, username: t.Optional[str] = None, password: t.Optional[str] = None) -> t.Iterator[FakeConnection]:
+        if uri not in self.hosts:
+            raise HostUnreachableError("Cannot open a libvirt connection on %s" % uri, uri=uri)
+        yield self.hosts[uri]
+
+    def leave_source(self) -> None:
+        """The source forgets the VM, as after a completed migration with VIR_MIGRATE_UNDEFINE_SOURCE."""
+        self.source.domains.remove(self.vm)
+        self.vm.vanished = True
+
+    def arrive(self, state: int = libvirt.VIR_DOMAIN_RUNNING, persistent: bool = True) -> FakeDomain:
+        there = FakeDomain(VM_XML, (state, 1), persistent=persistent)
+        there.completed_job = {
+            "type": libvirt.VIR_DOMAIN_JOB_COMPLETED,
+            "downtime": 40,
+            "data_total": 256 * MIB,
+            "memory_iteration": 3,
+            "time_elapsed": 1200,
+        }
+        self.destination.domains.append(there)
+        return there
+
+    def move(self) -> None:
+        """What a successful peer-to-peer migration leaves behind."""
+        self.leave_source()
+        self.arrive()
+
+
+@pytest.fixture
+def cluster(sample: t.Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> Cluster:
+    hosts = Cluster(sample("capabilities-qemu.xml"))
+    monkeypatch.setattr(migrate, "libvirt_connection", hosts.connect)
+    return hosts
+
+
+def request(tmp_path: Path, **changes: t.Any) -> migrate.Request:
+    values: t.Dict[str, t.Any] = {
+        "vm": "web1",
+        "source_uri": SOURCE_URI,
+        "candidates": [migrate.Candidate(uri=DEST_URI)],
+        "policy": base_policy(None),
+        "poll_interval": 0.01,
+        "state_dir": str(tmp_path / "state"),
+    }
+    values.update(changes)
+    return migrate.Request(**values)
+
+
+def migrator(tmp_path: Path, **changes: t.Any) -> migrate.Migrator:
+    return migrate.Migrator(request(tmp_path, **changes))
+
+
+def event_names(details_or_result: t.Mapping[str, t.Any]) -> t.List[str]:
+    return [event["event"] for event in details_or_result["events"]]
+
+
+def running_job(cluster: Cluster) -> None:
+    """The VM has an outgoing migration job on the source."""
+    cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "operation": libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT}
+
+
+RUNNING_ON_SOURCE = {"state": "running", "reason": "booted", "active": True, "persistent": True}
+RUNNING_ON_DESTINATION = {"state": "running", "reason": "booted", "active": True, "persistent": True}
+
+
+# -- migrate
+
+
+def test_a_verified_move_is_a_change(cluster: Cluster, tmp_path: Path) -> None:
+    result = migrator(tmp_path).migrate(check_mode=False)
+    assert result["changed"] is True
+    assert result["vm_state"] == "running"
+    assert result["destination"] == {"hostname": "hv2", "uri": DEST_URI}
+    assert result["observed"] == {"source": None, "destination": RUNNING_ON_DESTINATION}
+    assert (result["downtime_ms"], result["data_total_mib"], result["memory_iterations"]) == (40, 256.0, 3)
+    assert event_names(result) == ["started", "max_downtime", "completed", "verified"]
+    (call,) = [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+    flags = call[2]
+    for flag in (libvirt.VIR_MIGRATE_LIVE, libvirt.VIR_MIGRATE_PEER2PEER, libvirt.VIR_MIGRATE_PERSIST_DEST, libvirt.VIR_MIGRATE_UNDEFINE_SOURCE):
+        assert flags & flag, flag
+    assert call[1] == DEST_URI
+
+
+def test_check_mode_plans_without_migrating(cluster: Cluster, tmp_path: Path) -> None:
+    result = migrator(tmp_path).migrate(check_mode=True)
+    assert result["changed"] is True and result["plan"]["kind"] == "live"
+    assert result["diff"] == {"before": {"vm": "web1", "host": "hv1"}, "after": {"vm": "web1", "host": "hv2"}}
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+
+
+def test_a_repeat_run_finds_the_vm_moved(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.move()
+    result = migrator(tmp_path).migrate(check_mode=False)
+    assert result["changed"] is False
+    assert result["destination"] == {"hostname": "hv2", "uri": DEST_URI} and result["vm_state"] == "running"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OverflowError("Python int too large to convert to C long"),
+        TypeError("migrateToURI3() argument 2 must be dict, not None"),
+        KeyError("destination"),
+    ],
+    ids=["overflow", "type", "key"],
+)
+def test_any_exception_from_the_job_is_a_failure(cluster: Cluster, tmp_path: Path, error: Exception) -> None:
+    def fail() -> None:
+        raise error
+
+    cluster.vm.on_migrate = fail
+    with pytest.raises(MigrationError) as caught:
+        migrator(tmp_path).migrate(check_mode=False)
+    failure = caught.value
+    assert failure.msg.startswith("Cannot migrate to %s for VM 'web1' on %s: unexpected %s: " % (DEST_URI, SOURCE_URI, type(error).__name__))
+    assert failure.details["exception_type"] == type(error).__name__
+    assert failure.details["observed"] == {"source": RUNNING_ON_SOURCE, "destination": None}
+    assert failure.details.get("changed") is not True
+    assert event_names(failure.details)[-1] == "failed"
+
+
+def test_a_libvirt_error_from_the_job_is_translated_with_what_each_host_shows(cluster: Cluster, tmp_path: Path) -> None:
+    def refuse() -> None:
+        raise libvirt_error(
+            libvirt.VIR_ERR_OPERATION_FAILED,
+            "operation failed: migration out job: unexpectedly failed",
+            libvirt.VIR_FROM_QEMU,
+        )
+
+    cluster.vm.on_migrate = refuse
+    with pytest.raises(MigrationError) as caught:
+        migrator(tmp_path).migrate(check_mode=False)
+    assert "migration out job: unexpectedly failed" in caught.value.msg
+    assert caught.value.details["libvirt_error_code"] == libvirt.VIR_ERR_OPERATION_FAILED
+    assert caught.value.details["observed"] == {"source": RUNNING_ON_SOURCE, "destination": None}
+
+
+def test_reported_complete_but_not_on_the_destination(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.vm.on_migrate = cluster.leave_source  # gone from the source, never arrived
+    with pytest.raises(MigrationError) as caught:
+        migrator(tmp_path).migrate(check_mode=False)
+    assert caught.value.msg == (
+        "libvirt reported the migration of VM 'web1' to %s complete, but the destination does not have it." % DEST_URI
+    )
+    assert caught.value.details["observed"] == {"source": None, "destination": None}
+    assert caught.value.details["changed"] is False
+    assert event_names(caught.value.details)[-2:] == ["completed", "verification_failed"]
+
+
+def test_reported_complete_but_still_running_on_the_source(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.vm.on_migrate = cluster.arrive  # a copy arrived, the source still runs it
+    with pytest.raises(MigrationError) as caught:
+        migrator(tmp_path).migrate(check_mode=False)
+    assert caught.value.msg == (
+        "libvirt reported the migration of VM 'web1' to %s complete, but it is still running on the source." % DEST_URI
+    )
+    assert caught.value.details["observed"] == {"source": RUNNING_ON_SOURCE, "destination": RUNNING_ON_DESTINATION}
+    assert caught.value.details["changed"] is True
+
+
+@pytest.mark.parametrize(
+    "state, persistent, leaves_source, problem",
+    [
+        (libvirt.VIR_DOMAIN_SHUTOFF, True, True, "it is shut off on the destination, not active"),
+        (libvirt.VIR_DOMAIN_RUNNING, False, True, "it is not persistently defined on the destination"),
+        (libvirt.VIR_DOMAIN_RUNNING, True, False, "it is still running on the source"),
+    ],
+)
+def test_every_other_outcome_is_a_failure(
+    cluster: Cluster, tmp_path: Path, state: int, persistent: bool, leaves_source: bool, problem: str
+) -> None:
+    def outcome() -> None:
+        if leaves_source:
+            cluster.leave_source()
+        cluster.arrive(state, persistent)
+
+    cluster.vm.on_migrate = outcome
+    with pytest.raises(MigrationError, match="complete, but ") as caught:
+        migrator(tmp_path).migrate(check_mode=False)
+    assert caught.value.msg.endswith(", but %s." % problem)
+
+
+def test_still_defined_on_the_source_is_a_failure(cluster: Cluster, tmp_path: Path) -> None:
+    def outcome() -> None:
+        cluster.vm._state = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED)
+        cluster.arrive()
+
+    cluster.vm.on_migrate = outcome
+    with pytest.raises(MigrationError) as caught:
+        migrator(tmp_path).migrate(check_mode=False)
+    assert caught.value.msg.endswith("complete, but it is still defined on the source (shut off).")
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ((libvirt.VIR_DOMAIN_PMSUSPENDED, 1), "VM 'web1' is pmsuspended"),
+        ((libvirt.VIR_DOMAIN_CRASHED, 1), "VM 'web1' has crashed and is kept for inspection"),
+    ],
+)
+def test_vms_in_states_a_migration_cannot_carry_are_refused(cluster: Cluster, tmp_path: Path, state: t.Tuple[int, int], message: str) -> None:
+    cluster.vm._state = state
+    with pytest.raises(PolicyError, match=message):
+        migrator(tmp_path).migrate(check_mode=False)
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"persistent": False}, "VM 'web1' is persistent: persistent=false would leave it defined nowhere"),
+        ({"undefine_source": False}, "VM 'web1' is persistent: undefine_source=false would leave a second, shut-off definition on hv1"),
+    ],
+)
+def test_a_persistent_vm_moves_only_as_a_persistent_vm(cluster: Cluster, tmp_path: Path, changes: t.Dict[str, t.Any], message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        migrator(tmp_path, **changes).migrate(check_mode=True)
+
+
+def test_a_vm_also_defined_on_the_destination_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.arrive(libvirt.VIR_DOMAIN_SHUTOFF)  # a stale, shut-off copy
+    with pytest.raises(DuplicateVmError, match="VM 'web1' \\(UUID %s\\) is defined on hv1 and also on hv2" % VM_UUID) as caught:
+        migrator(tmp_path).migrate(check_mode=False)
+    assert caught.value.details["hosts"] == ["hv1", "hv2"]
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+
+
+# -- a migration job already running (an earlier run died): adopted and followed to its end
+
+
+def job_ending_after(cluster: Cluster, polls: int, outcome: t.Callable[[], None]) -> None:
+    """The VM has an outgoing migration job that ends, doing ``outcome``, after ``polls`` reads of its statistics."""
+    running_job(cluster)
+    seen = {"polls": 0}
+    read = cluster.vm.jobStats
+
+    def job_stats(flags: int = 0) -> t.Dict[str, t.Any]:
+        if not flags:
+            seen["polls"] += 1
+            if seen["polls"] == polls:
+                cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+                outcome()
+        return read(flags)
+
+    cluster.vm.jobStats = job_stats  # type: ignore[method-assign]
+
+
+def test_a_running_job_is_adopted_and_its_move_verified(cluster: Cluster, tmp_path: Path) -> None:
+    job_ending_after(cluster, 3, cluster.move)
+    result = migrator(tmp_path).migrate(check_mode=False)
+    assert (result["changed"], result["adopted"], result["vm_state"]) == (True, True, "running")
+    assert result["destination"] == {"hostname": "hv2", "uri": DEST_URI}
+    assert result["observed"] == {"source": None, "destination": RUNNING_ON_DESTINATION}
+    assert event_names(result)[0] == "adopted" and event_names(result)[-1] == "verified"
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"], "no second job is started"
+
+
+def test_an_adopted_job_that_leaves_the_vm_on_the_source_is_a_failure(cluster: Cluster, tmp_path: Path) -> None:
+    job_ending_after(cluster, 3, lambda: None)
+    with pytest.raises(MigrationError, match="ended without moving it; it runs on the source") as caught:
+        migrator(tmp_path).migrate(check_mode=False)
+    assert caught.value.details["observed"] == {"source": RUNNING_ON_SOURCE}
+
+
+def test_check_mode_reports_the_job_it_would_adopt(cluster: Cluster, tmp_path: Path) -> None:
+    running_job(cluster)
+    cluster.vm.job.update(time_elapsed=42_000, data_remaining=512 * MIB, memory_iteration=4)
+    result = migrator(tmp_path).migrate(check_mode=True)
+    assert (result["changed"], result["adopted"]) == (True, True)
+    assert result["job"] == {"elapsed_s": 42.0, "data_remaining_mib": 512.0, "memory_iteration": 4}
+
+
+# -- refusing duplicates
+
+
+def candidate_host(name: str, uuid: str, vm_uuids: t.Iterable[str] = (), **kwargs: t.Any) -> placement.HostState:
+    return placement.HostState(name=name, uri="qemu+tls://%s/system" % name, uuid=uuid, vm_uuids=frozenset(vm_uuids), **kwargs)
+
+
+def test_refuse_duplicates_names_both_hosts() -> None:
+    hosts = [candidate_host("hv2", HV2_UUID), candidate_host("hv3", "uuid-hv3", [VM_UUID]), candidate_host("hv4", "uuid-hv4", [VM_UUID])]
+    with pytest.raises(DuplicateVmError) as caught:
+        migrate.refuse_duplicates("web1", VM_UUID, "hv1", HV1_UUID, hosts)
+    assert caught.value.msg.startswith("VM 'web1' (UUID %s) is defined on hv1 and also on hv3, hv4: refusing to move it" % VM_UUID)
+    assert caught.value.details == {"vm": "web1", "uuid": VM_UUID, "hosts": ["hv1", "hv3", "hv4"]}
+
+
+def test_refuse_duplicates_ignores_unreachable_hosts_and_the_source() -> None:
+    hosts = [
+        candidate_host("hv2", HV2_UUID),
+        candidate_host("hv3", "uuid-hv3", [VM_UUID], error="connection refused"),
+        candidate_host("hv1-alias", HV1_UUID, [VM_UUID]),  # the source itself, listed as a candidate
+    ]
+    migrate.refuse_duplicates("web1", VM_UUID, "hv1", HV1_UUID, hosts)
+
+
+# -- cancel
+
+
+def cancel_request(tmp_path: Path) -> migrate.Migrator:
+    return migrator(tmp_path, candidates=[])
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY),
+        (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY),
+    ],
+    ids=["paused-post-copy", "running-post-copy"],
+)
+def test_a_migration_in_post_copy_cannot_be_cancelled(cluster: Cluster, tmp_path: Path, state: t.Tuple[int, int]) -> None:
+    running_job(cluster)
+    cluster.vm._state = state
+    with pytest.raises(MigrationError, match="VM 'web1' is in the post-copy phase of its migration") as caught:
+        cancel_request(tmp_path).cancel(check_mode=False)
+    assert "cannot be cancelled any more" in caught.value.msg
+    assert ("abortJob",) not in cluster.vm.calls
+
+
+def test_a_job_that_completes_before_the_cancellation_is_reported(cluster: Cluster, tmp_path: Path) -> None:
+    running_job(cluster)
+
+    def too_late() -> None:
+        cluster.move()
+        raise libvirt_error(libvirt.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: no job is active on the domain")
+
+    cluster.vm.on_abort = too_late
+    with pytest.raises(MigrationError) as caught:
+        cancel_request(tmp_path).cancel(check_mode=False)
+    assert caught.value.msg == (
+        "The migration of VM 'web1' completed before the cancellation took effect: the VM is no longer active on %s." % SOURCE_URI
+    )
+    assert caught.value.details["observed"] == {"source": None}
+
+
+def test_a_cancelled_job_leaves_the_vm_running_on_the_source(cluster: Cluster, tmp_path: Path) -> None:
+    running_job(cluster)
+
+    def stop() -> None:
+        cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+
+    cluster.vm.on_abort = stop
+    result = cancel_request(tmp_path).cancel(check_mode=False)
+    assert (result["changed"], result["vm"], result["state"]) == (True, "web1", "running")
+    assert event_names(result) == ["cancel_requested", "cancelled"]
+
+
+def test_cancel_in_check_mode_aborts_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    running_job(cluster)
+    result = cancel_request(tmp_path).cancel(check_mode=True)
+    assert result["changed"] is True and ("abortJob",) not in cluster.vm.calls
+
+
+def test_cancel_without_a_job_changes_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    result = cancel_request(tmp_path).cancel(check_mode=False)
+    assert result["changed"] is False and result["msg"] == "VM 'web1' has no migration job running on %s." % SOURCE_URI
+
+
+def test_cancel_refuses_a_job_that_is_not_an_outgoing_migration(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "operation": libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE}
+    with pytest.raises(MigrationError, match="runs a job that is not an outgoing migration"):
+        cancel_request(tmp_path).cancel(check_mode=False)
+    assert ("abortJob",) not in cluster.vm.calls
