@@ -53,7 +53,7 @@ options:
     version_added: 0.1.0
   state_dir:
     description:
-      - Directory on the host the module runs on where the collection keeps its state: the
+      - Directory on the host the module runs on where the collection keeps its state, that is the
         maintenance mark of M(virtops.migration.host_maintenance), and a note for each VM a
         convergence schedule has paused, so that a later run resumes a VM an interrupted run left
         paused.

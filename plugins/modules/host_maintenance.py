@@ -32,14 +32,14 @@ description:
   - The host enforces its maintenance itself. Before the first move the host is marked V(preparing),
     and from then on the collection's libvirt hook (role C(virtops.migration.maintenance_hook))
     makes it refuse incoming migrations and VM starts. After the last move the module lists the
-    host's VMs again. Only when none runs is the mark set to V(maintenance): the next step is often
+    host's VMs again. Only when none runs is the mark set to V(maintenance), because the next step is often
     a reboot. The mark is written atomically and durably (temporary file, fsync, rename), mode 0600.
   - Two evacuations started at the same moment on two hosts of a cluster cannot send VMs into each
-    other: each host refuses the other's VMs while it is preparing, so both fail clearly and go back
+    other. Each host refuses the other's VMs while it is preparing, so both fail clearly and go back
     to active. A second run on the same host while one runs is refused.
   - Every move is verified through libvirt afterwards (see M(virtops.migration.vm_migrate)). If any
     VM fails to move, the others still move, and the host goes back to active (the mark is removed).
-    The module then fails with every VM's outcome. A rerun resumes: VMs already moved are no longer
+    The module then fails with every VM's outcome. A rerun resumes. VMs already moved are no longer
     on the host, and a migration left running by a run that died is adopted.
   - A VM whose UUID is also defined on a candidate (a stale copy), a pmsuspended or crashed VM, a VM
     whose own migration settings cannot be read, and a transient VM that may not move (shutting it

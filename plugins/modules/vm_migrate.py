@@ -22,7 +22,7 @@ description:
     (libvirt's hypervisor CPU comparison), offer every libvirt network the VM uses and see every
     disk path (as a storage volume), and have the VM's memory free after its reserve. Disks must use
     C(cache='none') or C(cache='directsync') unless O(allow_unsafe_cache=true). The VM's UUID must not
-    be defined on any destination checked already (a stale copy left by an interrupted move): a VM
+    be defined on any destination checked already (a stale copy left by an interrupted move). A VM
     defined on two hosts is refused with both hosts named. Each failed check is an error naming the
     VM, the host and the reason, and nothing is started.
   - The migration runs under a policy with a convergence schedule. It starts with an initial
@@ -142,7 +142,7 @@ options:
     description:
       - Remove the VM's persistent definition from the source once the migration has completed, so
         that it is defined on exactly one host.
-      - V(false) is refused for a persistent VM: it would leave a second, shut-off definition that a
+      - V(false) is refused for a persistent VM, because it would leave a second, shut-off definition that a
         later start would run twice.
     type: bool
     default: true
