@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".venv" / "collections"))
 os.environ["PATH"] = "%s:%s" % (REPO / ".venv" / "bin", os.environ.get("PATH", ""))
 
-from labkit import assert_no_vm_lost, load_hostvars, run_module, virsh_migrate, virtlab, vm_homes  # noqa: E402
+from labkit import REPO, assert_no_vm_lost, load_hostvars, run_module, run_playbook, virsh_migrate, virtlab, vm_homes  # noqa: E402
 
 GUESTS = [
     ("ev-web1", 256, "high"),
@@ -96,6 +96,10 @@ def main() -> int:
         spec += ["--vm", "%s:%d:%s@1" % (name, memory, priority)]
     virtlab("up", "--hosts", "3", "--inventory", str(inventory), *spec, timeout=900)
     try:
+        # The hosts enforce maintenance, as host_maintenance requires by default (untimed).
+        setup = run_playbook(inventory, REPO / "playbooks" / "setup_hosts.yml", {"cluster": "lab"})
+        if setup.returncode != 0:
+            raise SystemExit("playbooks/setup_hosts.yml failed:\n%s%s" % (setup.stdout, setup.stderr))
         uris = {name: hv["virtops_libvirt_uri"] for name, hv in load_hostvars(inventory).items()}
         single = virsh_migrate(uris["lab-h1"], uris["lab-h2"], GUESTS[0][0])
         gather_back(uris)

@@ -76,10 +76,18 @@ vms:
       type: str
       sample: 0e4c5a8e-1d35-4bde-9df6-2f3e3bd8f3a1
     own:
-      description: The VM's own settings, as stored in its metadata.
+      description: The VM's own settings, as stored in its metadata (V({}) when the metadata cannot be read at all).
       returned: success
       type: dict
       sample: {priority: high}
+    problems:
+      description:
+        - Per unreadable setting of the VM's own metadata (V(metadata) for the whole element), why it cannot be read.
+          Such settings are left out of the resolution. An unreadable C(migration_mode) or C(pinned_hosts)
+          makes the effective C(migration_mode) V(none).
+      returned: when some of the VM's own settings cannot be read
+      type: dict
+      sample: {priority: "metadata.priority must be one of low, medium, high or inherit, got 'urgent'"}
     settings:
       description: Each setting with its effective C(value) and the C(source) level it came from.
       returned: success

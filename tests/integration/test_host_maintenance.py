@@ -14,6 +14,7 @@ from labkit import (
     read_marker,
     run_module,
     uri,
+    virsh_migrate,
     virtlab,
     vm_homes,
     wait_async,
@@ -92,8 +93,9 @@ def test_evacuation_check_real_repeat_in_priority_order_then_activate(lab: Path,
     assert run_module(lab, "lab-h3", MAINTENANCE, {"state": "active"}, check_mode=True)["changed"] is True
     assert maintenance_state(lab, "lab-h3")["active"] is True
     assert activate(lab, "lab-h3")["changed"] is True
-    assert maintenance_state(lab, "lab-h3")["active"] is False
+    assert maintenance_state(lab, "lab-h3")["active"] is False and maintenance_mark("lab-h3") is None
     assert activate(lab, "lab-h3")["changed"] is False
+    assert run_module(lab, "lab-h3", MAINTENANCE, {"state": "active"}, check_mode=True)["changed"] is False
     assert_no_vm_lost()
 
 
@@ -103,17 +105,24 @@ def test_placement_spreads_and_follows_host_reserves(lab: Path, new_vm: t.Callab
     targets = [move["to"] for move in even["plan"]["moves"] if move["vm"] in made]
     assert abs(targets.count("lab-h1") - targets.count("lab-h3")) <= 1, targets
 
-    free_h3 = run_module(lab, "lab-h3", "virtops.migration.host_info", {"memory_reserved_mib": 0})["host"]["memory"]["free_mib"]
-    # Leave lab-h3 room for two of these VMs only (2 x 192 = 384 MiB < 450 MiB < 3 x 192).
-    tight = candidates(lab, lab_h3=max(free_h3 - 450, 0))
+    # Exact placements under reserves. lab-h2 holds only this test's four VMs (192 MiB, medium).
+    for stray in [vm for vm in vms_on("lab-h2") if vm not in made]:
+        virsh_migrate(uri(lab, "lab-h2"), uri(lab, "lab-h1"), stray)
+    # All lab hosts share this machine's memory, so they read the same free memory, the one
+    # host_info reports: the reserves leave lab-h1 1000 MiB and lab-h3 700 MiB for guests.
+    free = run_module(lab, "lab-h1", "virtops.migration.host_info", {"memory_reserved_mib": 0})["host"]["memory"]["free_mib"]
+    tight = candidates(lab, lab_h1=free - 1000, lab_h3=free - 700)
+    # Most room after the VM lands wins: 808 > 508, then 616 > 508, then 508 > 424, then 424 > 316.
+    names = sorted(made)
+    expected = {names[0]: "lab-h1", names[1]: "lab-h1", names[2]: "lab-h3", names[3]: "lab-h1"}
     planned = run_module(lab, "lab-h2", MAINTENANCE, {"candidates": tight}, check_mode=True)
-    to_h3 = [move["vm"] for move in planned["plan"]["moves"] if move["to"] == "lab-h3"]
-    assert len(to_h3) <= 2, planned["plan"]["moves"]
+    assert {move["vm"]: move["to"] for move in planned["plan"]["moves"]} == expected, planned["plan"]
+    before = planned["plan"]["load"]
+    assert abs(before["lab-h1"]["available_mib_before"] - 1000) < 64 and abs(before["lab-h3"]["available_mib_before"] - 700) < 64, before
     done = run_module(lab, "lab-h2", MAINTENANCE, {"candidates": tight})
     assert done["changed"] is True, done
-    actual = {record["vm"]: record["to"] for record in done["vms"]}
-    assert actual == {move["vm"]: move["to"] for move in planned["plan"]["moves"]}
-    assert all(vm_homes(vm) == {actual[vm]: "running"} for vm in made)
+    assert {record["vm"]: record["to"] for record in done["vms"]} == expected
+    assert all(vm_homes(vm) == {expected[vm]: "running"} for vm in made)
     assert activate(lab, "lab-h2")["changed"] is True
     assert_no_vm_lost()
 
@@ -137,16 +146,25 @@ def test_non_migratable_shutdown_then_restart_on_activate(lab: Path, new_vm: t.C
     args = {"candidates": candidates(lab), "non_migratable": "shutdown", "shutdown_timeout": 60}
     planned = run_module(lab, "lab-h3", MAINTENANCE, args, check_mode=True)
     assert [held["vm"] for held in planned["plan"]["shutdown"]] == [pinned], planned["plan"]
+    assert vm_homes(pinned) == {"lab-h3": "running"} and "lab-h3" in vm_homes(other), "check mode changed nothing"
     done = run_module(lab, "lab-h3", MAINTENANCE, args)
     assert done["changed"] is True and done["shutdown"] == [pinned], done
     assert vm_homes(pinned) == {"lab-h3": "shut off"}
     assert "lab-h3" not in vm_homes(other)
     assert maintenance_state(lab, "lab-h3")["shutdown_vms"] == [pinned]
+    assert run_module(lab, "lab-h3", MAINTENANCE, args)["changed"] is False
+    assert run_module(lab, "lab-h3", MAINTENANCE, args, check_mode=True)["changed"] is False
+    assert vm_homes(pinned) == {"lab-h3": "shut off"} and maintenance_mark("lab-h3")["state"] == "maintenance"
     assert_no_vm_lost(pinned)
 
+    checked = run_module(lab, "lab-h3", MAINTENANCE, {"state": "active"}, check_mode=True)
+    assert checked["changed"] is True and checked["started"] == [pinned], checked
+    assert vm_homes(pinned) == {"lab-h3": "shut off"} and maintenance_mark("lab-h3") is not None
     back = activate(lab, "lab-h3")
     assert back["changed"] is True and back["started"] == [pinned], back
-    assert vm_homes(pinned) == {"lab-h3": "running"}
+    assert vm_homes(pinned) == {"lab-h3": "running"} and maintenance_mark("lab-h3") is None
+    assert activate(lab, "lab-h3")["changed"] is False
+    assert run_module(lab, "lab-h3", MAINTENANCE, {"state": "active"}, check_mode=True)["changed"] is False
     assert_no_vm_lost()
 
 
@@ -172,9 +190,15 @@ def test_destination_killed_mid_evacuation_then_rerun(lab: Path, new_vm: t.Calla
     wait_until(lambda: all(len(vm_homes(vm)) == 1 for vm in made), 120, "every VM is defined on one host only")
     assert_no_vm_lost()
 
+    left = sorted(vms_on("lab-h1"))
+    planned = run_module(lab, "lab-h1", MAINTENANCE, {"candidates": candidates(lab)}, check_mode=True)
+    assert planned["changed"] is True and planned["plan"]["ok"] is True, planned
+    assert sorted(vms_on("lab-h1")) == left and maintenance_mark("lab-h1") is None, "check mode moved nothing"
     rerun = run_module(lab, "lab-h1", MAINTENANCE, {"candidates": candidates(lab)})
     assert rerun["changed"] is True, rerun
     assert vms_on("lab-h1") == [] and maintenance_state(lab, "lab-h1")["active"] is True
+    assert run_module(lab, "lab-h1", MAINTENANCE, {"candidates": candidates(lab)})["changed"] is False
+    assert run_module(lab, "lab-h1", MAINTENANCE, {"candidates": candidates(lab)}, check_mode=True)["changed"] is False
     assert activate(lab, "lab-h1")["changed"] is True
     assert_no_vm_lost()
 

@@ -69,9 +69,15 @@ def test_inheritance_reported_per_level(lab: Path, new_vm: t.Callable[..., str])
     assert info["settings"]["migration_mode"] == {"value": "auto", "source": "default"}
     assert info["policy"]["name"] == "suspend_workload" and info["policy"]["bandwidth_mib"] == 64
 
-    # inherit removes the VM-level value: the cluster's applies.
+    # inherit removes the VM-level value: the cluster's applies. Check mode first: libvirt's XML keeps it.
+    checked = run_module(lab, "lab-h1", POLICY, {"name": vm, "priority": "inherit"}, check_mode=True)
+    assert checked["changed"] is True and checked["settings"] == {}, checked
+    assert "<priority>low</priority>" in domain_xml("lab-h1", vm) and "<priority>low</priority>" in domain_xml("lab-h1", vm, True)
     inherited = run_module(lab, "lab-h1", POLICY, {"name": vm, "priority": "inherit"})
     assert inherited["changed"] is True and inherited["settings"] == {}
+    assert "<priority>" not in domain_xml("lab-h1", vm) and "<priority>" not in domain_xml("lab-h1", vm, True)
+    assert run_module(lab, "lab-h1", POLICY, {"name": vm, "priority": "inherit"})["changed"] is False
+    assert run_module(lab, "lab-h1", POLICY, {"name": vm, "priority": "inherit"}, check_mode=True)["changed"] is False
     info = own_settings(lab, "lab-h1", vm, cluster_policy={"priority": "high"})
     assert info["settings"]["priority"] == {"value": "high", "source": "cluster"}
     assert_no_vm_lost()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from labkit import (
     active_vms,
+    assert_no_lost_writes,
     assert_no_vm_lost,
     maintenance_mark,
     migration_job,
@@ -268,6 +269,9 @@ def test_unreadable_settings_never_make_a_vm_movable(lab: Path, new_vm: t.Callab
     info = run_module(lab, "lab-h1", "virtops.migration.host_info")
     facts = next(item for item in info["host"]["vms"] if item["name"] == vm)
     assert facts["migration_settings"]["migration_mode"] == "none" and "priority" in facts["migration_settings_problems"], facts
+    policy = run_module(lab, "lab-h1", "virtops.migration.migration_policy_info", {"name": vm})["vms"][0]
+    assert policy["effective"]["migration_mode"] == "none" and policy["effective"]["priority"] == "medium", policy
+    assert list(policy["problems"]) == ["priority"], policy
 
     refused = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": uri(lab, "lab-h2")})
     assert refused.get("failed") is True and "migration_mode 'none'" in refused["msg"], refused
@@ -312,4 +316,27 @@ def test_hostile_numbers_and_types_are_refused_before_anything(lab: Path, new_vm
         result = run_module(lab, "lab-h1", MAINTENANCE, dict(extra, candidates=candidates(lab)))
         assert result.get("failed") is True and word in result["msg"], (extra, result)
     assert vm_homes(vm) == {"lab-h1": "running"} and maintenance_mark("lab-h1") is None
+    assert_no_vm_lost()
+
+
+def test_a_vm_paused_by_a_lost_run_is_resumed_by_the_next(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    vm = new_vm(memory_mib=256)
+    marker = write_marker(vm)
+    virtlab("dirty", vm, "--mib", "24")
+    h1, h2 = uri(lab, "lab-h1"), uri(lab, "lab-h2")
+    # The timeout pauses the busy VM so the copy can finish; at 4 MiB/s the copy then still takes a while.
+    args = {"name": vm, "destination_uri": h2, "policy": "legacy", "bandwidth_mib": 4, "timeout": 5, "timeout_action": "suspend"}
+    run_module(lab, "lab-h1", MIGRATE, args, background=600)
+    wait_until(lambda: virsh(h1, "domstate", vm, check=False).stdout.strip() == "paused", 90, "the schedule paused %s" % vm)
+    virtlab("ssh", "lab-h1", "--", "pkill", "-KILL", "-f", "'AnsiballZ_vm_migrat[e]'")
+    assert migration_job(h1, vm), "the job outlives the module"
+
+    adopted = run_module(lab, "lab-h1", MIGRATE, args)
+    assert adopted["changed"] is True and adopted["adopted"] is True, adopted
+    events = [event["event"] for event in adopted["events"]]
+    assert "resumed_on_destination" in events, events
+    assert vm_homes(vm) == {"lab-h2": "running"}, "running again, on the destination only"
+    assert read_marker(vm) == marker
+    assert_no_lost_writes(vm)
+    assert run_module(lab, "lab-h1", MIGRATE, args)["changed"] is False
     assert_no_vm_lost()

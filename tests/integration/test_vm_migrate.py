@@ -138,6 +138,9 @@ def test_cancel_a_slow_migration_started_with_async(lab: Path, new_vm: t.Callabl
     job_id = started["ansible_job_id"]
     wait_until(lambda: job_running(lab, "lab-h1", vm), 60, "the migration job of %s runs" % vm)
 
+    checked = run_module(lab, "lab-h1", MODULE, {"name": vm, "state": "cancelled"}, check_mode=True)
+    assert checked["changed"] is True, checked
+    assert job_running(lab, "lab-h1", vm), "check mode left the job running"
     cancelled = run_module(lab, "lab-h1", MODULE, {"name": vm, "state": "cancelled"})
     assert cancelled["changed"] is True, cancelled
     assert cancelled["state"] == "running"

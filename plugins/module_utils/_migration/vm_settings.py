@@ -107,17 +107,24 @@ class VmSettingsManager:
                     raise translate_libvirt_error(exc, "list the VMs", uri=self.uri) from exc
             for dom in domains:
                 name = dom.name()
-                own = self._stored(dom, name)[0]
-                resolved = settings.resolve(own, cluster, global_)
+                try:
+                    own = self._stored(dom, name)[0]
+                    error = None
+                except settings.SettingsError as exc:
+                    own, error = {}, exc.msg
+                # Judged setting by setting: an unreadable mode or pinning counts as migration_mode none.
+                usable, problems = settings.readable(own, error)
+                resolved = settings.resolve(usable, cluster, global_)
                 values = {key: entry["value"] for key, entry in resolved.items()}
-                result.append(
-                    {
-                        "name": name,
-                        "uuid": dom.UUIDString(),
-                        "own": own,
-                        "settings": resolved,
-                        "effective": values,
-                        "policy": settings.effective_policy(values).as_dict(),
-                    }
-                )
+                entry = {
+                    "name": name,
+                    "uuid": dom.UUIDString(),
+                    "own": own,
+                    "settings": resolved,
+                    "effective": values,
+                    "policy": settings.effective_policy(values).as_dict(),
+                }
+                if problems:
+                    entry["problems"] = problems
+                result.append(entry)
         return sorted(result, key=lambda entry: entry["name"])
