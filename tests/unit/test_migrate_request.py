@@ -21,6 +21,8 @@ def test_named_destination_becomes_the_only_candidate() -> None:
     request = migrate.request_from_params(params(candidates=["qemu+tcp://hv3/system"]))
     assert [c.uri for c in request.candidates] == ["qemu+tcp://hv2/system"]
     assert request.policy.name == "minimal_downtime" and request.timeout is None
+    # The other candidates are still searched for a VM a repeat run or a lost run's job already moved.
+    assert [c.uri for c in request.elsewhere] == ["qemu+tcp://hv3/system"]
 
 
 def test_candidates_as_uris_and_dicts() -> None:

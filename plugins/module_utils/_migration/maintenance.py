@@ -273,12 +273,19 @@ class HostMaintenance:
     # -- maintenance --------------------------------------------------------------------------
     def maintenance(self, check_mode: bool) -> t.Dict[str, t.Any]:
         """Evacuate the host and mark it; one run at a time per host (a lock in the state directory)."""
-        req = self.request
         if check_mode:
             return self._maintenance(check_mode)
+        return self._locked(lambda: self._maintenance(check_mode))
+
+    def _locked(self, func: t.Callable[[], t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
+        """Run ``func`` holding the host's maintenance lock; refuse at once when another run holds it."""
+        req = self.request
         statefiles.ensure_directory(req.state_dir)
         lock_path = os.path.join(req.state_dir, LOCK_FILE)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise MigrationError("Cannot open the maintenance lock %s: %s" % (lock_path, exc), path=lock_path) from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -286,7 +293,7 @@ class HostMaintenance:
                 raise MigrationError(
                     "Another host_maintenance run is working on this host (it holds %s); nothing was changed." % lock_path, path=lock_path
                 ) from exc
-            return self._maintenance(check_mode)
+            return func()
         finally:
             os.close(fd)
 
@@ -413,7 +420,9 @@ class HostMaintenance:
                 migration = Request(
                     vm=move.uuid or move.vm,
                     source_uri=req.uri,
-                    candidates=[Candidate(uri=move.destination_uri, name=move.destination)],
+                        candidates=[Candidate(uri=move.destination_uri, name=move.destination)],
+                    # Where a migration left running by a lost run may have taken the VM.
+                    elsewhere=[candidate for candidate in req.candidates if candidate.uri != move.destination_uri],
                     policy=move.policy,
                     cluster_policy=req.cluster_policy,
                     global_policy=req.global_policy,
@@ -529,7 +538,15 @@ class HostMaintenance:
 
     # -- active -------------------------------------------------------------------------------
     def activate(self, check_mode: bool) -> t.Dict[str, t.Any]:
-        """Clear the mark (the host accepts VMs again), then start the VMs shut down for the maintenance."""
+        """Clear the mark (the host accepts VMs again), then start the VMs shut down for the maintenance.
+
+        Refused while an evacuation of the host runs (it holds the lock).
+        """
+        if check_mode:
+            return self._activate(check_mode)
+        return self._locked(lambda: self._activate(check_mode))
+
+    def _activate(self, check_mode: bool) -> t.Dict[str, t.Any]:
         req = self.request
         mark = read_mark(req.state_dir)
         with self.connect(req.uri) as conn:

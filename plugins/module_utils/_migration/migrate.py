@@ -82,6 +82,8 @@ class Request:
     candidates: t.List[Candidate]
     policy: Policy
     auto: bool = False
+    # Other hosts the VM may already be on (a repeat run, or a job a lost run left running).
+    elsewhere: t.List[Candidate] = dataclasses.field(default_factory=list)
     policy_option: t.Any = None
     overrides: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
     cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
@@ -172,16 +174,19 @@ def request_from_params(params: t.Mapping[str, t.Any]) -> "Request":
         check_number(params["timeout"], "timeout", 1, MAX_TIMEOUT_S, whole=True)
     check_run_numbers(params)
     candidates = parse_candidates(params.get("candidates") or [])
+    elsewhere: t.List[Candidate] = []
     auto = params.get("destination") == "auto"
     if params.get("state", "migrated") == "migrated":
         if auto and not candidates:
             raise PolicyError("destination=auto needs at least one host in candidates")
         if params.get("destination_uri"):
+            elsewhere = [candidate for candidate in candidates if candidate.uri != params["destination_uri"]]
             candidates = [Candidate(uri=params["destination_uri"])]
     return Request(
         vm=params.get("name") or params.get("uuid") or "",
         source_uri=params.get("uri") or "qemu:///system",
         candidates=candidates,
+        elsewhere=elsewhere,
         policy=policy,
         auto=auto,
         policy_option=params.get("policy"),
@@ -598,7 +603,7 @@ class Migrator:
     def _already_moved(self, src_host: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
         """The VM is not on the source: fine if it runs on a destination candidate (a repeat run)."""
         req = self.request
-        for candidate in req.candidates:
+        for candidate in req.candidates + req.elsewhere:
             try:
                 with self.connect(candidate.uri) as conn:
                     dom = domxml.find_domain(conn, req.vm)
@@ -939,7 +944,7 @@ class Migrator:
                 uri=req.source_uri,
                 observed={"source": here},
             )
-        for candidate in req.candidates:
+        for candidate in req.candidates + req.elsewhere:
             try:
                 with self.connect(candidate.uri) as conn:
                     there = _whereabouts(conn, uuid)
@@ -966,7 +971,7 @@ class Migrator:
                 return result
         raise MigrationError(
             "The migration job of VM '%s' (adopted) ended and the VM left %s, but it is not active on any destination given (%s)."
-            % (name, src_host["hostname"], ", ".join(c.uri for c in req.candidates) or "none"),
+            % (name, src_host["hostname"], ", ".join(c.uri for c in req.candidates + req.elsewhere) or "none"),
             vm=name,
             uri=req.source_uri,
             observed={"source": here},
