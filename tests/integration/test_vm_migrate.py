@@ -55,7 +55,8 @@ def test_migrate_to_a_named_host_check_real_repeat(lab: Path, new_vm: t.Callable
     assert moved["diff"] == {"before": {"vm": vm, "host": "lab-h1"}, "after": {"vm": vm, "host": "lab-h2"}}
     assert isinstance(moved["downtime_ms"], int) and moved["downtime_ms"] >= 0
     assert moved["data_total_mib"] and moved["memory_iterations"] >= 1
-    assert [e["event"] for e in moved["events"]][-1] == "completed"
+    assert [e["event"] for e in moved["events"]][-2:] == ["completed", "verified"], moved["events"]
+    assert moved["vm_state"] == "running" and moved["observed"]["source"] is None, moved["observed"]
     assert vm_homes(vm) == {"lab-h2": "running"}, "defined and running on the destination only"
     assert read_marker(vm) == marker
 
