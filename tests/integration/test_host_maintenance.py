@@ -170,7 +170,7 @@ def test_non_migratable_shutdown_then_restart_on_activate(lab: Path, new_vm: t.C
 
 def test_destination_killed_mid_evacuation_then_rerun(lab: Path, new_vm: t.Callable[..., str]) -> None:
     made = [new_vm(192, 1) for _index in range(4)]
-    slow = {"candidates": candidates(lab), "cluster_policy": {"bandwidth_mib": 4, "policy": "legacy"}, "max_outgoing": 2}
+    slow = {"candidates": candidates(lab), "cluster_policy": {"bandwidth_mib": 8, "policy": "legacy"}, "max_outgoing": 2}
     started = run_module(lab, "lab-h1", MAINTENANCE, slow, background=600)
     # Wait until a migration into lab-h3 is under way, then crash lab-h3's libvirtd.
     wait_until(lambda: bool(vm_homes_on("lab-h3", made)), 90, "a VM is being received by lab-h3")

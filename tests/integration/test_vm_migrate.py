@@ -146,8 +146,10 @@ def test_cancel_a_slow_migration_started_with_async(lab: Path, new_vm: t.Callabl
     assert cancelled["changed"] is True, cancelled
     assert cancelled["state"] == "running"
     final = wait_async(lab, "lab-h1", job_id)
-    assert final.get("failed") is True, final
-    assert "cancel" in final["msg"].lower() or "abort" in final["msg"].lower(), final["msg"]
+    # Which side's error libvirt reports for a cancelled job varies ("canceled by client", or the
+    # destination's "load of migration failed"): the run failed, changed nothing, and saw the VM stay.
+    assert final.get("failed") is True and final.get("changed") is not True, final
+    assert final["observed"]["source"]["active"] is True and final["observed"]["destination"] is None, final["observed"]
     assert vm_homes(vm) == {"lab-h1": "running"}
     assert read_marker(vm) == marker
     assert not job_running(lab, "lab-h1", vm)

@@ -708,6 +708,7 @@ class Migrator:
                 exc = unexpected_error(error, action, vm=facts["name"], uri=req.source_uri)
             if self._aborted_by is not None:
                 exc = OperationCancelledError("%s (%s)" % (exc.msg, self._aborted_by), **exc.details)
+
             self.event("failed", reason=exc.msg)
             exc.details["observed"] = self._observe(source, facts["uuid"], dest.uri)
             raise exc from error
