@@ -549,6 +549,8 @@ def main() -> None:
         module.fail_json(**exc.result())
     except Exception as exc:  # pylint: disable=broad-exception-caught
         module.fail_json(**unexpected_failure(exc))
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     module.exit_json(**result)
 
 
