@@ -420,7 +420,7 @@ class HostMaintenance:
                 migration = Request(
                     vm=move.uuid or move.vm,
                     source_uri=req.uri,
-                        candidates=[Candidate(uri=move.destination_uri, name=move.destination)],
+                    candidates=[Candidate(uri=move.destination_uri, name=move.destination)],
                     # Where a migration left running by a lost run may have taken the VM.
                     elsewhere=[candidate for candidate in req.candidates if candidate.uri != move.destination_uri],
                     policy=move.policy,
