@@ -695,7 +695,8 @@ host:
           sample: true
         state:
           description:
-            - V(preparing) while the host is being evacuated, V(maintenance) once it runs no VM, V(null) when active.
+            - V(preparing) while the host is being evacuated, V(maintenance) once it runs no VM,
+              V(activating) while the VMs shut down for it start again, V(null) when active.
           returned: success
           type: str
           sample: maintenance

@@ -38,8 +38,10 @@ description:
     other. Each host refuses the other's VMs while it is preparing, so both fail clearly and go back
     to active. A second run on the same host while one runs is refused.
   - Every move is verified through libvirt afterwards (see M(virtops.migration.vm_migrate)). If any
-    VM fails to move, the others still move, and the host goes back to active (the mark is removed).
-    The module then fails with every VM's outcome. A rerun resumes. VMs already moved are no longer
+    VM fails to move, the others still move, and the module fails with every VM's outcome. The host
+    then goes back to how it was before the run. A host that was already in maintenance and still
+    runs no VM keeps its mark. Any other host goes back to active (the mark is removed), and the VMs
+    this run shut down are started again (RV(restarted)). A rerun resumes. VMs already moved are no longer
     on the host, and a migration left running by a run that died is adopted.
   - A VM whose UUID is also defined on a candidate (a stale copy), a pmsuspended or crashed VM, a VM
     whose own migration settings cannot be read, and a transient VM that may not move (shutting it
@@ -47,8 +49,10 @@ description:
   - The mark is a small file in O(state_dir) on the host (state, since when, why, by whom). M(virtops.migration.host_info)
     reports it. Each migration is also logged as one JSON line in O(log_dir)C(/events.jsonl) on the
     host. The module must run on the host it evacuates, because the mark and the hook are local files.
-  - With O(state=active), clears the mark, so the host accepts VMs again, and then starts the VMs shut
-    down for the maintenance.
+  - With O(state=active), starts the VMs shut down for the maintenance, then clears the mark, so the
+    host accepts VMs again. While they start the mark says V(activating), so the hook lets them start but
+    still refuses incoming migrations. A VM that cannot start stays listed in the mark and the module
+    fails; the next O(state=active) run tries it again.
 author:
   - virtops.migration contributors (@virtops)
 extends_documentation_fragment:
@@ -234,6 +238,23 @@ enforcement:
   returned: state=maintenance and the host had VMs to plan
   type: dict
   sample: {path: /etc/libvirt/hooks/qemu.d/virtops-maintenance, installed: true, loaded: true}
+restarted:
+  description: After a failed evacuation, the VMs this run had shut down and started again.
+  returned: when an evacuation failed after shutting VMs down
+  type: list
+  elements: str
+  sample: [licence1]
+not_restarted:
+  description: After a failed evacuation, VMs this run had shut down that could not be started again, with libvirt's reason.
+  returned: when an evacuation failed after shutting VMs down
+  type: dict
+  sample: {licence1: "Cannot start ..."}
+not_started:
+  description: VMs O(state=active) could not start; they stay listed in the mark, whose state is V(activating).
+  returned: when O(state=active) failed to start VMs
+  type: list
+  elements: str
+  sample: [licence1]
 started:
   description: VMs started again by O(state=active).
   returned: state=active and the host was in maintenance

@@ -105,7 +105,10 @@ options:
         (a host in maintenance is never chosen), as the roles build them from
         M(virtops.migration.host_info) facts.
       - The source host itself may be listed; it is never chosen.
-      - Also searched, when the VM is not on the source, to recognise a VM that has already moved.
+      - Also searched, when the VM is not on the source, to recognise a VM that has already moved,
+        and, with O(destination_uri), for a stale copy of the VM (same UUID), which refuses the move.
+        What an entry says of the O(destination_uri) host (C(maintenance), C(name),
+        C(memory_reserved_mib)) applies to it.
     type: list
     elements: raw
     default: []

@@ -356,3 +356,34 @@ def test_a_vm_paused_by_a_lost_run_is_resumed_by_the_next(lab: Path, new_vm: t.C
     assert_no_lost_writes(vm)
     assert run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": h2})["changed"] is False
     assert_no_vm_lost()
+
+
+def test_an_activation_that_cannot_start_a_vm_keeps_it_listed(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    pinned, other = new_vm(160, 3), new_vm(160, 1)
+    h1, h3 = uri(lab, "lab-h1"), uri(lab, "lab-h3")
+    run_module(lab, "lab-h3", "virtops.migration.migration_policy", {"name": pinned, "pinned_hosts": ["lab-h3"]})
+    args = {"candidates": candidates(lab), "non_migratable": "shutdown", "shutdown_timeout": 60}
+    try:
+        done = run_module(lab, "lab-h3", MAINTENANCE, args)
+        assert done["changed"] is True and done["shutdown"] == [pinned], done
+        # Break the shut-off VM: it now asks for a network lab-h3 does not have, so it cannot start.
+        good = virsh(h3, "dumpxml", "--inactive", pinned).stdout
+        virsh_define(h3, good.replace("<source network='lab'", "<source network='missing'"))
+
+        failed = run_module(lab, "lab-h3", MAINTENANCE, {"state": "active"})
+        assert failed.get("failed") is True and failed["not_started"] == [pinned], failed
+        mark = maintenance_mark("lab-h3")
+        assert mark["state"] == "activating" and mark["shutdown_vms"] == [pinned], mark
+        # Still no incoming VM while activating.
+        refused = virsh(h1, "migrate", "--live", "--p2p", "--persistent", "--undefinesource", other, h3, check=False)
+        assert refused.returncode != 0 and "lab-h3 is in activating" in refused.stderr, refused.stderr
+        assert vm_homes(other) == {"lab-h1": "running"}
+
+        virsh_define(h3, good)
+        back = run_module(lab, "lab-h3", MAINTENANCE, {"state": "active"})
+        assert back["changed"] is True and back["started"] == [pinned], back
+        assert maintenance_mark("lab-h3") is None and vm_homes(pinned) == {"lab-h3": "running"}
+        assert run_module(lab, "lab-h3", MAINTENANCE, {"state": "active"})["changed"] is False
+    finally:
+        activate_all(lab)
+    assert_no_vm_lost()

@@ -103,6 +103,27 @@ def test_marked_host_refuses_incoming_and_starts(
     assert (result.returncode, result.stdout, result.stderr) == (1, "", refusal(state, operation))
 
 
+def test_an_activating_host_starts_its_vms_but_takes_no_incoming_one(hook: t.Tuple[Path, Path]) -> None:
+    script, state_dir = hook
+    mt.write_mark(str(state_dir), {"state": mt.ACTIVATING, "shutdown_vms": ["lic1"]})
+    assert run(script, "lic1", "prepare", "begin").returncode == 0
+    refused = run(script, "web1", "migrate", "begin")
+    assert (refused.returncode, refused.stderr) == (1, refusal("activating", "migrate"))
+
+
+def test_host_maintenance_recognises_the_rendered_hook_by_its_state_directory(hook: t.Tuple[Path, Path], tmp_path: Path) -> None:
+    # host_maintenance's hook_status(state_dir=...) and the role's template agree on the mark's path.
+    script, state_dir = hook
+    assert mt.hook_status(str(script), [], state_dir=str(state_dir)) == {"path": str(script), "installed": True, "loaded": None}
+    other = str(tmp_path / "other")
+    assert mt.hook_status(str(script), [], state_dir=other) == {
+        "path": str(script),
+        "installed": False,
+        "loaded": False,
+        "problem": "it watches another state directory than %s" % other,
+    }
+
+
 @pytest.mark.parametrize("state", [mt.PREPARING, mt.MAINTENANCE])
 def test_reads_the_mark_as_host_maintenance_writes_it(hook: t.Tuple[Path, Path], state: str) -> None:
     script, state_dir = hook

@@ -79,11 +79,11 @@ def test_reading_a_missing_file_gives_none(state_dir: Path) -> None:
     assert sf.read_json(str(state_dir), "mark.json") is None
 
 
-@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o757])
-def test_a_world_writable_directory_is_refused(state_dir: Path, mode: int) -> None:
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o757, 0o775, 0o770])
+def test_a_directory_others_can_write_is_refused(state_dir: Path, mode: int) -> None:
     state_dir.mkdir()
     state_dir.chmod(mode)
-    with pytest.raises(sf.StateFileError, match="is writable by every user; refusing to use it"):
+    with pytest.raises(sf.StateFileError, match="is writable by other users .mode %o.; refusing to use it" % mode):
         sf.ensure_directory(str(state_dir))
     with pytest.raises(sf.StateFileError):
         sf.write_json(str(state_dir), "mark.json", DATA)
@@ -133,3 +133,10 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(state_dir: Pat
         sf.write_json(str(state_dir), "mark.json", unserialisable)
     assert sf.read_json(str(state_dir), "mark.json") == DATA
     assert [path.name for path in state_dir.iterdir()] == ["mark.json"]
+
+
+def test_a_fifo_at_the_path_is_refused_without_blocking(state_dir: Path) -> None:
+    state_dir.mkdir()
+    os.mkfifo(state_dir / "mark.json")
+    with pytest.raises(sf.StateFileError, match="not a regular file"):
+        sf.read_json(str(state_dir), "mark.json")

@@ -145,6 +145,8 @@ class Move:
     destination_uri: str
     kind: str
     policy: Policy
+    # A transient VM stays transient on the destination.
+    persistent: bool = True
 
     def as_dict(self) -> t.Dict[str, t.Any]:
         return {
@@ -519,6 +521,7 @@ def plan_evacuation(
                 destination_uri=destination.uri,
                 kind=LIVE if vm.running else OFFLINE,
                 policy=t.cast(Policy, assessment.policy),
+                persistent=vm.persistent,
             )
         )
     return plan

@@ -60,10 +60,19 @@ EVENT_LOG = "events.jsonl"
 # The mark's states: the host is being evacuated (it already refuses incoming VMs), or it is empty.
 PREPARING = "preparing"
 MAINTENANCE = "maintenance"
+# Being brought back: it starts the VMs shut down for the maintenance, and still takes no incoming VM.
+ACTIVATING = "activating"
 # The collection's libvirt hook (role maintenance_hook), which makes the host refuse incoming
 # migrations and VM starts while a mark exists, and the pid files libvirtd may use.
 HOOK_PATH = "/etc/libvirt/hooks/qemu.d/virtops-maintenance"
-LIBVIRTD_PID_FILES = ("/run/libvirt/libvirtd.pid", "/run/libvirtd.pid", "/var/run/libvirtd.pid")
+# libvirtd, or the QEMU driver's own daemon where libvirt runs as split daemons (virtqemud).
+LIBVIRTD_PID_FILES = (
+    "/run/libvirt/libvirtd.pid",
+    "/run/libvirtd.pid",
+    "/var/run/libvirtd.pid",
+    "/run/libvirt/virtqemud.pid",
+    "/run/virtqemud.pid",
+)
 
 
 def now_iso() -> str:
@@ -100,6 +109,14 @@ def status(state_dir: str) -> t.Dict[str, t.Any]:
     }
 
 
+def read_mark_quietly(state_dir: str) -> t.Optional[t.Dict[str, t.Any]]:
+    """The mark for a failure report: what is there, or a note that it cannot be read."""
+    try:
+        return read_mark(state_dir)
+    except MigrationError as exc:
+        return {"state": "unreadable", "error": exc.msg}
+
+
 def write_mark(state_dir: str, mark: t.Mapping[str, t.Any]) -> None:
     """Write the mark atomically and durably (a reader sees the old file or the new one, never a part)."""
     statefiles.write_json(state_dir, MARK_FILE, dict(mark))
@@ -121,17 +138,24 @@ def _process_start(pid: int) -> t.Optional[float]:
         return None
 
 
-def hook_status(hook_path: str = HOOK_PATH, pid_files: t.Sequence[str] = LIBVIRTD_PID_FILES) -> t.Dict[str, t.Any]:
+def hook_status(
+    hook_path: str = HOOK_PATH, pid_files: t.Sequence[str] = LIBVIRTD_PID_FILES, state_dir: t.Optional[str] = None
+) -> t.Dict[str, t.Any]:
     """Whether this host enforces maintenance: the hook is installed, and libvirtd started after it was.
 
     libvirtd reads its hook scripts only when it starts, so a hook installed later is not used until
     the next restart (``loaded`` false). ``loaded`` is null when libvirtd's start time is unknown.
+    With ``state_dir``, a hook that watches the mark of another state directory is not installed.
     """
     try:
         info = os.stat(hook_path)
+        with open(hook_path, encoding="utf-8", errors="replace") as handle:
+            script = handle.read(65536)
     except OSError:
         return {"path": hook_path, "installed": False, "loaded": False}
     installed = bool(info.st_mode & 0o111)
+    if state_dir is not None and os.path.join(state_dir, MARK_FILE) not in script:
+        return {"path": hook_path, "installed": False, "loaded": False, "problem": "it watches another state directory than %s" % state_dir}
     started = None
     for pid_file in pid_files:
         try:
@@ -315,7 +339,7 @@ class HostMaintenance:
                 sorted(host.name for host in hosts if host.error is None and host.uuid != uuid and vm.uuid in host.vm_uuids)
             )
         plan = evacuation.plan_evacuation(to_move, hosts, source, req.include_manual, req.non_migratable)
-        enforcement = hook_status()
+        enforcement = hook_status(state_dir=req.state_dir)
         result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict(), "enforcement": enforcement}
         if not plan.ok:
             raise MigrationError(
@@ -380,24 +404,74 @@ class HostMaintenance:
             final = dict(base, state=MAINTENANCE)
             write_mark(req.state_dir, final)
         except BaseException as exc:
-            self._back_to_active(hostname)
-            if isinstance(exc, MigrationError):
-                exc.details.update(plan=plan.as_dict(), vms=records, load=self._final_load(), maintenance=None)
+            undo = self._undo(hostname, mark, plan)
+            error = exc if isinstance(exc, MigrationError) else unexpected_error(exc, "evacuate the host", uri=req.uri)
+            if not isinstance(exc, Exception):
                 raise
-            if isinstance(exc, Exception):
-                error = unexpected_error(exc, "evacuate the host", uri=req.uri)
-                error.details.update(plan=plan.as_dict(), vms=records, maintenance=None)
-                raise error from exc
-            raise
+            error.msg = "%s %s" % (error.msg, undo.pop("sentence"))
+            error.details.update(plan=plan.as_dict(), vms=records, load=self._final_load(), **undo)
+            if error is exc:
+                raise
+            raise error from exc
         result.update(vms=records, shutdown=shut, maintenance=final, load=self._final_load())
         return result
 
-    def _back_to_active(self, hostname: str) -> None:
-        """After a failed evacuation the host is active again (it runs VMs); a failure to say so is logged."""
+    def _undo(self, hostname: str, previous: t.Optional[t.Mapping[str, t.Any]], plan: evacuation.EvacuationPlan) -> t.Dict[str, t.Any]:
+        """After a failed evacuation: the host's state as before the run, as far as libvirt allows.
+
+        A host that was in maintenance and still runs no VM keeps its old mark. Any other host goes
+        back to active (its mark removed), and the VMs this run shut down start again. Returns the
+        result keys saying what was done, and a sentence for the message.
+        """
+        req = self.request
         try:
-            clear_mark(self.request.state_dir)
+            running = self._active_vms()
+        except MigrationError:
+            running = None
+        if previous is not None and previous.get("state") == MAINTENANCE and running == []:
+            try:
+                write_mark(req.state_dir, previous)
+                return {"maintenance": dict(previous), "sentence": "%s stays in maintenance, as before this run." % hostname}
+            except MigrationError as exc:
+                self.log("%s: cannot restore the maintenance mark: %s" % (hostname, exc.msg))
+        undo: t.Dict[str, t.Any] = {"maintenance": None}
+        try:
+            clear_mark(req.state_dir)
         except MigrationError as exc:
-            self.log("%s: cannot remove the maintenance mark after a failed evacuation: %s" % (hostname, exc.msg))
+            undo["maintenance"] = read_mark_quietly(req.state_dir)
+            undo["sentence"] = "The mark of %s could not be removed (%s); fix it by hand." % (hostname, exc.msg)
+            return undo
+        restarted, not_restarted = self._restart(hostname, [held.vm for held in plan.shutdown if held.running])
+        if restarted or not_restarted:
+            undo.update(restarted=restarted, not_restarted=not_restarted)
+        sentence = "%s is active again." % hostname
+        if restarted:
+            sentence += " Started again: %s." % ", ".join(restarted)
+        if not_restarted:
+            sentence += " Could not start again: %s." % "; ".join("%s (%s)" % pair for pair in sorted(not_restarted.items()))
+        undo["sentence"] = sentence
+        return undo
+
+    def _restart(self, hostname: str, names: t.Sequence[str]) -> t.Tuple[t.List[str], t.Dict[str, str]]:
+        """Start those of ``names`` that are shut off now (best effort): (started, {name: why not})."""
+        started: t.List[str] = []
+        failed: t.Dict[str, str] = {}
+        if not names:
+            return started, failed
+        try:
+            with self.connect(self.request.uri) as conn:
+                for name in names:
+                    try:
+                        dom = domxml.find_domain(conn, name)
+                        if dom is None or dom.isActive():
+                            continue
+                        dom.create()
+                        started.append(name)
+                    except (MigrationError, libvirt.libvirtError) as exc:
+                        failed[name] = str(exc)
+        except MigrationError as exc:
+            failed.update({name: exc.msg for name in names if name not in started})
+        return started, failed
 
     def _active_vms(self) -> t.List[str]:
         """Every VM active on the host now, read again from libvirt."""
@@ -424,6 +498,7 @@ class HostMaintenance:
                     # Where a migration left running by a lost run may have taken the VM.
                     elsewhere=[candidate for candidate in req.candidates if candidate.uri != move.destination_uri],
                     policy=move.policy,
+                    persistent=move.persistent,
                     cluster_policy=req.cluster_policy,
                     global_policy=req.global_policy,
                     poll_interval=req.poll_interval,
@@ -563,15 +638,31 @@ class HostMaintenance:
                     to_start.append((name, dom))
             if check_mode:
                 return {"changed": True, "host": hostname, "started": [name for name, _dom in to_start], "maintenance": None, "previous": mark}
-            # The hook refuses VM starts while the mark exists: clear it first.
-            clear_mark(req.state_dir)
-            started = []
+            # While VMs start the host is "activating": the hook lets them start and still refuses
+            # incoming migrations. A VM that fails to start stays listed, for the next run.
+            remaining = [name for name, _dom in to_start]
+            started: t.List[str] = []
+            failed: t.Dict[str, str] = {}
+            if to_start:
+                write_mark(req.state_dir, dict(mark, state=ACTIVATING, shutdown_vms=remaining))
             for name, dom in to_start:
                 try:
                     dom.create()
                 except libvirt.libvirtError as exc:
-                    error = translate_libvirt_error(exc, "start the VM shut down for maintenance", vm=name, uri=req.uri)
-                    error.details.update(changed=True, started=started, maintenance=None)
-                    raise error from exc
+                    failed[name] = translate_libvirt_error(exc, "start the VM shut down for maintenance", vm=name, uri=req.uri).msg
+                    continue
                 started.append(name)
+                remaining.remove(name)
+                write_mark(req.state_dir, dict(mark, state=ACTIVATING, shutdown_vms=remaining))
+        if failed:
+            raise MigrationError(
+                "%s stays in state activating (it takes no incoming VM): %d VM(s) shut down for its maintenance could not start: %s. "
+                "Fix them, then run state=active again." % (hostname, len(failed), "; ".join(failed[name] for name in sorted(failed))),
+                host_name=hostname,
+                changed=bool(started),
+                started=started,
+                not_started=sorted(failed),
+                maintenance=read_mark_quietly(req.state_dir),
+            )
+        clear_mark(req.state_dir)
         return {"changed": True, "host": hostname, "started": started, "maintenance": None, "previous": mark}

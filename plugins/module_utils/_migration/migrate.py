@@ -180,8 +180,10 @@ def request_from_params(params: t.Mapping[str, t.Any]) -> "Request":
         if auto and not candidates:
             raise PolicyError("destination=auto needs at least one host in candidates")
         if params.get("destination_uri"):
+            named = [candidate for candidate in candidates if candidate.uri == params["destination_uri"]]
             elsewhere = [candidate for candidate in candidates if candidate.uri != params["destination_uri"]]
-            candidates = [Candidate(uri=params["destination_uri"])]
+            # What the caller knows of the named host (maintenance, name, reserve) still applies.
+            candidates = named[:1] or [Candidate(uri=params["destination_uri"])]
     return Request(
         vm=params.get("name") or params.get("uuid") or "",
         source_uri=params.get("uri") or "qemu:///system",
@@ -490,7 +492,7 @@ class Migrator:
             src_host = {"hostname": source.getHostname(), "uri": req.source_uri}
             dom = domxml.find_domain(source, req.vm)
             if dom is None:
-                return self._already_moved(src_host)
+                return self._already_moved(src_host, check_mode)
             xml = self._call(dom.XMLDesc, "read the domain XML", req.source_uri, 0)
             facts = domxml.describe_domain(dom, req.source_uri)
             name, uuid = facts["name"], facts["uuid"]
@@ -513,7 +515,7 @@ class Migrator:
             job = self._job_stats(dom)
             if job is not None:
                 return self._adopt(source, dom, facts, src_host, job, check_mode)
-            self._resume_after_lost_run(dom, name, uuid, req.source_uri)
+            self._resume_after_lost_run(dom, name, uuid, req.source_uri, check_mode)
             self._check_state(dom, facts)
             persistent = bool(facts["persistent"])
             if persistent and not req.persistent:
@@ -542,7 +544,7 @@ class Migrator:
             if running and requirements.get("cpu_xml"):
                 cpu = CpuCheck(requirements["cpu_xml"], facts.get("arch"), facts.get("domain_type"), facts.get("machine"))
             dest, rejected, hosts = self._choose(needs, cpu, source_uuid)
-            refuse_duplicates(name, uuid, src_host["hostname"], source_uuid, hosts)
+            refuse_duplicates(name, uuid, src_host["hostname"], source_uuid, hosts + self._look_elsewhere(uuid))
             kind = ("live" if req.live else "paused") if running else "offline"
             plan = {
                 "vm": name,
@@ -574,7 +576,7 @@ class Migrator:
                 result.update(msg="Migration of VM '%s' to %s started; not waiting for it." % (name, dest.uri), events=self.events)
                 return result
             result.update(self._completed_stats(uuid, dest.uri, dom))
-            result.update(self._verify(source, name, uuid, dest.uri, running, persistent or req.persistent))
+            result.update(self._verify(source, name, uuid, dest.uri, running, persistent or req.persistent, facts["state"]))
         result.update(duration_s=self.clock.now(), schedule_applied=self.applied, events=self.events)
         return result
 
@@ -600,42 +602,80 @@ class Migrator:
         """The task's policy and options win; what they leave open comes from the VM > cluster > global settings."""
         return settings.effective_policy(effective, self.request.policy_option, self.request.overrides)
 
-    def _already_moved(self, src_host: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-        """The VM is not on the source: fine if it runs on a destination candidate (a repeat run)."""
+    def _already_moved(self, src_host: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
+        """The VM is not on the source: fine if exactly one other known host has it (a repeat run).
+
+        It must be active there, or persistently defined (after an offline move); a VM found on
+        several hosts is a duplicate and an error.
+        """
         req = self.request
+        found = []
         for candidate in req.candidates + req.elsewhere:
             try:
                 with self.connect(candidate.uri) as conn:
                     dom = domxml.find_domain(conn, req.vm)
-                    # Running there, or (after an offline move) defined there persistently.
-                    if dom is not None and (dom.isActive() or dom.isPersistent()):
-                        where = {"hostname": conn.getHostname(), "uri": candidate.uri}
-                        self._resume_after_lost_run(dom, req.vm, dom.UUIDString(), candidate.uri)
-                        return {
-                            "changed": bool(self.events),
-                            "vm": req.vm,
-                            "source": src_host,
-                            "destination": where,
-                            "vm_state": domxml.state_name(dom.state()[0]),
-                            "msg": "VM '%s' is already on %s (%s)." % (req.vm, where["hostname"], candidate.uri),
-                            "events": self.events,
-                            "schedule_applied": [],
-                        }
-            except MigrationError:
+                    if dom is None or not (dom.isActive() or dom.isPersistent()):
+                        continue
+                    found.append((candidate, conn.getHostname(), dom.UUIDString(), bool(dom.isActive())))
+            except (MigrationError, libvirt.libvirtError):
                 continue
-        raise VmNotFoundError(
-            "VM '%s' does not exist on the source %s, nor on any destination candidate." % (req.vm, req.source_uri),
-            vm=req.vm,
-            uri=req.source_uri,
-        )
+        if len(found) > 1:
+            hosts = sorted("%s (%s)" % (hostname, "active" if active else "defined") for _c, hostname, _u, active in found)
+            raise DuplicateVmError(
+                "VM '%s' is not on the source %s but is on several hosts: %s. Remove the stale copy first." % (req.vm, req.source_uri, ", ".join(hosts)),
+                vm=req.vm,
+                hosts=hosts,
+            )
+        if not found:
+            raise VmNotFoundError(
+                "VM '%s' does not exist on the source %s, nor on any destination candidate." % (req.vm, req.source_uri),
+                vm=req.vm,
+                uri=req.source_uri,
+            )
+        candidate, hostname, uuid, _active = found[0]
+        with self.connect(candidate.uri) as conn:
+            dom = conn.lookupByUUIDString(uuid)
+            self._resume_after_lost_run(dom, req.vm, uuid, candidate.uri, check_mode)
+            state = domxml.state_name(dom.state()[0])
+        where = {"hostname": hostname, "uri": candidate.uri}
+        return {
+            "changed": any(event["event"].startswith("resumed") for event in self.events),
+            "vm": req.vm,
+            "source": src_host,
+            "destination": where,
+            "vm_state": state,
+            "msg": "VM '%s' is already on %s (%s)." % (req.vm, hostname, candidate.uri),
+            "events": self.events,
+            "schedule_applied": [],
+        }
 
-    def _resume_after_lost_run(self, dom: t.Any, name: str, uuid: str, uri: str) -> None:
+    def _look_elsewhere(self, uuid: str) -> t.List[placement.HostState]:
+        """The other known hosts, as far as a duplicate check needs them: whether they define the UUID."""
+        found = []
+        for candidate in self.request.elsewhere:
+            try:
+                with self.connect(candidate.uri) as conn:
+                    there = _whereabouts(conn, uuid)
+                    ident = parse_capabilities(conn.getCapabilities())["uuid"]
+                    hostname = candidate.name or conn.getHostname()
+            except (MigrationError, libvirt.libvirtError):
+                continue  # an unreachable host cannot be checked; placement never chooses it either
+            if there is not None and "error" not in there:
+                found.append(placement.HostState(name=hostname, uri=candidate.uri, uuid=ident, vm_uuids=frozenset((uuid,))))
+        return found
+
+    def _resume_after_lost_run(self, dom: t.Any, name: str, uuid: str, uri: str, check_mode: bool = False) -> None:
         """A VM that a lost earlier run's schedule paused runs again, once no migration job holds it."""
         if not self.records.has(uuid):
             return
         if self._job_stats(dom) is not None:
             return
-        if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+        paused = self._call(dom.state, "read the VM state", uri)[0] == libvirt.VIR_DOMAIN_PAUSED
+        if check_mode:
+            if paused:
+                self.event("would_resume_after_lost_run", host=uri)
+            return
+        if paused:
             self._call(dom.resume, "resume the VM an earlier run paused", uri)
             self.event("resumed_after_lost_run", host=uri)
         self.records.remove(uuid)
@@ -719,8 +759,13 @@ class Migrator:
             self._resume_on(dest.uri, facts["uuid"])
         return True
 
-    def _verify(self, source: t.Any, name: str, uuid: str, dest_uri: str, live: bool, persistent: bool) -> t.Dict[str, t.Any]:
-        """Read the outcome back from both hosts; anything but the VM on the destination alone is a failure."""
+    def _verify(
+        self, source: t.Any, name: str, uuid: str, dest_uri: str, live: bool, persistent: bool, before: t.Optional[str] = None
+    ) -> t.Dict[str, t.Any]:
+        """Read the outcome back from both hosts; anything but the VM on the destination alone is a failure.
+
+        ``before`` is the VM's state before the move: a VM that was running must run on the destination.
+        """
         observed = self._observe(source, uuid, dest_uri)
         there, here = observed.get("destination"), observed["source"]
         problems = []
@@ -729,6 +774,8 @@ class Migrator:
         else:
             if live and not there["active"]:
                 problems.append("it is %s on the destination, not active" % there["state"])
+            elif before == "running" and there["state"] != "running":
+                problems.append("it was running and is %s (%s) on the destination" % (there["state"], there.get("reason")))
             if persistent and not there["persistent"]:
                 problems.append("it is not persistently defined on the destination")
         if here is not None:
@@ -761,27 +808,41 @@ class Migrator:
             wait(req.poll_interval)
             if not alive():
                 break
-            stats = self._job_stats(dom)
-            if stats is None:
-                continue
-            self._last_stats = stats
-            if downtime_pending:
-                downtime_pending = not self._set_downtime(dom, req.policy.initial_downtime_ms)
             now = self.clock.now()
-            if last_check is None or now - last_check >= req.monitor_interval:
-                # Convergence is judged at most once per monitor interval, as vdsm does: a fast
-                # guest's iterations are far shorter than the time auto-converge needs to bite.
-                last_check = now
-                step = tracker.observe(stats.get("memory_iteration"), stats.get("data_remaining"))
-                if step is not None:
-                    self._apply(dom, step, stats, tracker.stalled)
-            if now - last_progress >= PROGRESS_EVERY_S:
-                last_progress = now
-                self._progress(stats)
-            if req.timeout and now >= req.timeout and not timeout_hit:
+            stats = self._job_stats(dom)
+            if stats is not None:
+                self._last_stats = stats
+                if downtime_pending:
+                    downtime_pending = not self._set_downtime(dom, req.policy.initial_downtime_ms)
+                if last_check is None or now - last_check >= req.monitor_interval:
+                    # Convergence is judged at most once per monitor interval, as vdsm does: a fast
+                    # guest's iterations are far shorter than the time auto-converge needs to bite.
+                    last_check = now
+                    step = tracker.observe(stats.get("memory_iteration"), stats.get("data_remaining"))
+                    if step is not None:
+                        self._apply(dom, step, stats, tracker.stalled)
+                if now - last_progress >= PROGRESS_EVERY_S:
+                    last_progress = now
+                    self._progress(stats)
+            if not req.timeout or now < req.timeout:
+                continue
+            if not timeout_hit:
                 timeout_hit = True
                 self.event("timeout", after_s=req.timeout, action=req.timeout_action)
-                self._apply(dom, Step(tracker.stalled, req.timeout_action), stats, tracker.stalled, reason="timeout after %d s" % req.timeout)
+                why = "timeout after %d s" % req.timeout
+                self._apply(dom, Step(tracker.stalled, req.timeout_action), stats or {}, tracker.stalled, reason=why)
+                if req.timeout_action != "abort" and self.applied[-1].get("error"):
+                    # The timeout action itself failed: stop the migration instead.
+                    self._apply(dom, Step(tracker.stalled, "abort"), stats or {}, tracker.stalled, reason=why + ", and %s failed" % req.timeout_action)
+            elif now >= req.timeout + 2 * CANCEL_WAIT_S:
+                self.event("gave_up", after_s=now)
+                raise MigrationError(
+                    "The migration of VM '%s' still runs %d s after its %d s timeout, although it was told to %s; libvirt's job goes on "
+                    "without this run. Run the task again to follow it, or use state=cancelled."
+                    % (req.vm, 2 * CANCEL_WAIT_S, req.timeout, req.timeout_action),
+                    vm=req.vm,
+                    uri=req.source_uri,
+                )
 
     def _job_stats(self, dom: t.Any) -> t.Optional[t.Dict[str, t.Any]]:
         try:
@@ -825,10 +886,13 @@ class Migrator:
             elif step.action == "post_copy":
                 dom.migrateStartPostCopy(0)
             elif step.action == "suspend":
-                # Recorded first: a run that dies now leaves the next run a note to resume the VM.
-                self.records.add(t.cast(str, self._uuid), self.request.vm)
-                dom.suspend()
-                self._suspended = True
+                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    record["note"] = "already paused; left as it is"
+                else:
+                    # Recorded first: a run that dies now leaves the next run a note to resume the VM.
+                    self.records.add(t.cast(str, self._uuid), self.request.vm)
+                    dom.suspend()
+                    self._suspended = True
             elif step.action == "abort":
                 self._aborted_by = "aborted: %s" % why
                 dom.abortJob()
@@ -857,8 +921,15 @@ class Migrator:
                 if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                     dom.resume()
                     self.event("resumed_on_destination")
-        except libvirt.libvirtError as exc:
-            raise translate_libvirt_error(exc, "resume the VM the schedule paused, after its move", vm=self.request.vm, uri=uri) from exc
+        except (libvirt.libvirtError, MigrationError) as exc:
+            error = (
+                translate_libvirt_error(exc, "resume the VM the schedule paused, after its move", vm=self.request.vm, uri=uri)
+                if isinstance(exc, libvirt.libvirtError)
+                else exc
+            )
+            # The VM did move: it waits, paused, on the destination (the record stays for the next run).
+            error.details.update(changed=True, moved_to=uri)
+            raise error from exc
         self.records.remove(uuid)
         self._suspended = False
 
@@ -955,7 +1026,7 @@ class Migrator:
             if there is not None and there.get("active"):
                 if self._suspended:
                     self._resume_on(candidate.uri, uuid)
-                verified = self._verify(source, name, uuid, candidate.uri, True, bool(facts["persistent"]) or req.persistent)
+                verified = self._verify(source, name, uuid, candidate.uri, True, bool(facts["persistent"]) or req.persistent, facts["state"])
                 result = {
                     "changed": True,
                     "adopted": True,
@@ -991,7 +1062,7 @@ class Migrator:
             self._uuid = uuid
             stats = self._job_stats(dom)
             if stats is None:
-                self._resume_after_lost_run(dom, name, uuid, req.source_uri)
+                self._resume_after_lost_run(dom, name, uuid, req.source_uri, check_mode)
                 msg = "VM '%s' has no migration job running on %s." % (name, req.source_uri)
                 return {"changed": bool(self.events), "vm": name, "events": self.events, "msg": msg}
             operation = stats.get("operation")

@@ -8,7 +8,7 @@ A write goes to a new temporary file in the same directory (created exclusively,
 links, mode 0600), is flushed to disk, renamed over the old file, and the directory is flushed too:
 the next step after writing the maintenance mark is often a reboot. Reads do not follow a symbolic
 link either. The directory must belong to root (or to the user the module runs as) and must not be
-writable by others.
+writable by its group or by others.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def _check_directory(directory: str) -> None:
         raise StateFileError("%s is not a directory (a symbolic link or another file); refusing to use it" % directory, path=directory)
     if info.st_uid not in (0, os.geteuid()):
         raise StateFileError("%s belongs to uid %d, not to root; refusing to use it" % (directory, info.st_uid), path=directory)
-    if info.st_mode & stat.S_IWOTH:
-        raise StateFileError("%s is writable by every user; refusing to use it" % directory, path=directory)
+    if info.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
+        raise StateFileError("%s is writable by other users (mode %o); refusing to use it" % (directory, stat.S_IMODE(info.st_mode)), path=directory)
 
 
 def ensure_directory(directory: str, mode: int = 0o755) -> None:
@@ -54,11 +54,15 @@ def read_json(directory: str, name: str) -> t.Optional[t.Any]:
     """The JSON content of ``directory/name``, or None when the file does not exist."""
     path = os.path.join(directory, name)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # Non-blocking, so that a FIFO planted at the path cannot hang the module.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise StateFileError("Cannot read %s: %s" % (path, exc), path=path) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StateFileError("Cannot read %s: it is not a regular file" % path, path=path)
     try:
         with os.fdopen(fd, encoding="utf-8") as handle:
             return json.load(handle)
