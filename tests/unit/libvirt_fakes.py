@@ -51,6 +51,10 @@ class FakeDomain:
         # What jobStats answers: the current job (none by default), and the last completed one.
         self.job: t.Dict[str, t.Any] = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
         self.completed_job: t.Dict[str, t.Any] = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+        # The calls that change the VM (create, suspend, resume), in order, and per call name the
+        # libvirtError it raises instead of doing anything.
+        self.calls: t.List[t.Tuple[t.Any, ...]] = []
+        self.errors: t.Dict[str, libvirt.libvirtError] = {}
 
     def _check(self) -> None:
         if self.vanished:
@@ -96,6 +100,29 @@ class FakeDomain:
     def autostart(self) -> int:
         self._check()
         return int(self._autostart)
+
+    def _change(self, call: str, allowed: t.Sequence[int], refusal: str, state: t.Tuple[int, int]) -> int:
+        """Record ``call``; raise its error if one is set, or libvirt's refusal from another state."""
+        self._check()
+        self.calls.append((call,))
+        if call in self.errors:
+            raise self.errors[call]
+        if self._state[0] not in allowed:
+            raise libvirt_error(libvirt.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: %s" % refusal)
+        self._state = state
+        return 0
+
+    def create(self) -> int:
+        shut_off = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE)
+        return self._change("create", shut_off, "domain is already running", (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_BOOTED))
+
+    def suspend(self) -> int:
+        active = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED)
+        return self._change("suspend", active, "domain is not running", (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER))
+
+    def resume(self) -> int:
+        active = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED)
+        return self._change("resume", active, "domain is not running", (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_UNPAUSED))
 
 
 class FakeObject:
@@ -209,7 +236,12 @@ class FakeConnection:
         return self.domain_capabilities[virttype]
 
     def listAllDomains(self, flags: int = 0) -> t.List[FakeDomain]:
-        return list(self.domains)
+        """Every domain; with one of VIR_CONNECT_LIST_DOMAINS_ACTIVE and _INACTIVE, only those."""
+        active = bool(flags & libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        inactive = bool(flags & libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE)
+        if active == inactive:
+            return list(self.domains)
+        return [dom for dom in self.domains if bool(dom.isActive()) == active]
 
     def listAllNetworks(self, flags: int = 0) -> t.List[FakeObject]:
         if self.network_error is not None:

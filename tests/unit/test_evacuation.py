@@ -225,6 +225,13 @@ def test_a_running_transient_vm_that_may_migrate_moves_live() -> None:
     transient = dataclasses.replace(vm("scratch"), persistent=False)
     result = plan([transient], [host("h2")], non_migratable="shutdown")
     assert moves(result) == [("scratch", "h2")] and result.moves[0].kind == "live"
+    assert result.moves[0].persistent is False, "a transient VM stays transient on the destination"
+
+
+@pytest.mark.parametrize("running, kind", [(True, "live"), (False, "offline")])
+def test_a_persistent_vm_moves_as_a_persistent_vm(running: bool, kind: str) -> None:
+    result = plan([vm("db1", running=running)], [host("h2")])
+    assert [(move.vm, move.kind, move.persistent) for move in result.moves] == [("db1", kind, True)]
 
 
 @pytest.mark.parametrize("running", [True, False])

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import os
+import threading
 import time
 import typing as t
+import uuid
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from ansible_collections.virtops.migration.plugins.filter.maintenance_report import FilterModule, maintenance_report
+from ansible_collections.virtops.migration.plugins.module_utils._migration import evacuation as ev
 from ansible_collections.virtops.migration.plugins.module_utils._migration import maintenance as mt
+from ansible_collections.virtops.migration.plugins.module_utils._migration import migrate
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import StateFileError
+from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
 
 
 def test_mark_round_trip_and_status(tmp_path: Path) -> None:
@@ -51,6 +60,31 @@ def test_unreadable_mark_is_a_clear_error(tmp_path: Path, content: str, message:
     (tmp_path / mt.MARK_FILE).write_text(content)
     with pytest.raises(MigrationError, match=message):
         mt.read_mark(str(tmp_path))
+
+
+def test_a_fifo_at_the_mark_path_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    # Opening a FIFO for reading waits for a writer: the mark's reader must not.
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    fifo = state_dir / mt.MARK_FILE
+    os.mkfifo(fifo)
+    outcome: t.Dict[str, BaseException] = {}
+
+    def read() -> None:
+        try:
+            mt.read_mark(str(state_dir))
+        except BaseException as exc:  # pylint: disable=broad-exception-caught
+            outcome["error"] = exc
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(2)
+    if reader.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # let the reader go
+        pytest.fail("read_mark blocks on a FIFO at the mark's path")
+    error = outcome["error"]
+    assert isinstance(error, StateFileError) and error.msg == "Cannot read %s: it is not a regular file" % fifo
+    assert mt.read_mark_quietly(str(state_dir)) == {"state": "unreadable", "error": error.msg}
 
 
 # -- whether the host enforces maintenance (the libvirt hook, loaded by the running libvirtd)
@@ -115,6 +149,291 @@ def test_the_first_readable_pid_file_counts(hook_files: t.Tuple[Path, Path], tmp
     set_mtime(hook, time.time() - 365 * A_DAY)
     missing = tmp_path / "nowhere" / "libvirtd.pid"
     assert mt.hook_status(str(hook), [str(missing), str(pid_file)])["loaded"] is True
+
+
+def watch(hook: Path, state_dir: str) -> None:
+    """The hook's text names the mark it watches, as the role's template writes it."""
+    hook.write_text("#!/bin/sh\nmark='%s/maintenance.json'\n" % state_dir)
+    set_mtime(hook, time.time() - 365 * A_DAY)
+
+
+def test_a_hook_watching_another_state_directory_is_not_installed(hook_files: t.Tuple[Path, Path]) -> None:
+    hook, pid_file = hook_files
+    watch(hook, "/srv/virtops")
+    assert mt.hook_status(str(hook), [str(pid_file)], state_dir=mt.STATE_DIR) == {
+        "path": str(hook),
+        "installed": False,
+        "loaded": False,
+        "problem": "it watches /srv/virtops/maintenance.json, not %s/maintenance.json" % mt.STATE_DIR,
+    }
+    loaded = {"path": str(hook), "installed": True, "loaded": True}
+    assert mt.hook_status(str(hook), [str(pid_file)], state_dir="/srv/virtops") == loaded
+    # The same directory written another way is the same; a directory that merely ends alike is not.
+    assert mt.hook_status(str(hook), [str(pid_file)], state_dir="/srv/virtops/") == loaded
+    assert mt.hook_status(str(hook), [str(pid_file)], state_dir="/srv//virtops") == loaded
+    assert mt.hook_status(str(hook), [str(pid_file)], state_dir="/data/srv/virtops")["installed"] is False
+    watch(hook, "/data/srv/virtops")
+    assert mt.hook_status(str(hook), [str(pid_file)], state_dir="/srv/virtops")["installed"] is False
+    assert mt.hook_status(str(hook), [str(pid_file)]) == loaded, "without a state directory the text is not checked"
+
+
+def test_the_pid_file_of_virtqemud_counts_where_libvirt_runs_split_daemons(hook_files: t.Tuple[Path, Path], tmp_path: Path) -> None:
+    assert {"/run/libvirt/virtqemud.pid", "/run/virtqemud.pid"} <= set(inspect.signature(mt.hook_status).parameters["pid_files"].default)
+    hook, pid_file = hook_files
+    virtqemud = pid_file.rename(tmp_path / "virtqemud.pid")
+    pid_files = [str(tmp_path / "libvirtd.pid"), str(virtqemud)]  # no libvirtd on this host
+    set_mtime(hook, time.time() - 365 * A_DAY)
+    assert mt.hook_status(str(hook), pid_files)["loaded"] is True
+    set_mtime(hook, time.time() + A_DAY)
+    assert mt.hook_status(str(hook), pid_files)["loaded"] is False
+
+
+# -- running host_maintenance against fake hosts: hv1 (the host itself) and hv2
+
+HOST_URI = "qemu:///system"
+HV2_URI = "qemu+tls://hv2/system"
+HV1_UUID = "685adf38-a605-49f0-b38b-31df0e753953"  # capabilities-qemu.xml
+HV2_UUID = "0c9a4b52-7d3e-4f1a-9e55-2b8c6d1f0a77"
+RUNNING = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_BOOTED)
+SHUT_OFF = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+MAINTENANCE_MARK: t.Dict[str, t.Any] = {
+    "state": mt.MAINTENANCE,
+    "since": "2026-11-26T04:20:00.000+00:00",
+    "reason": "kernel",
+    "by": "awx",
+    "shutdown_vms": ["lic1"],
+}
+
+
+def domain(name: str, state: t.Tuple[int, int] = SHUT_OFF, persistent: bool = True, migration_mode: str = "auto") -> FakeDomain:
+    metadata = (
+        "<metadata><virtops:migration xmlns:virtops='https://virtops.github.io/xmlns/migration/1'>"
+        "<virtops:migration_mode>%s</virtops:migration_mode></virtops:migration></metadata>" % migration_mode
+    )
+    return FakeDomain(
+        "<domain type='kvm'><name>%s</name><uuid>%s</uuid>%s<memory unit='MiB'>1024</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os><devices/></domain>" % (name, uuid.uuid5(uuid.NAMESPACE_DNS, name), metadata),
+        state,
+        persistent,
+    )
+
+
+def starts(dom: FakeDomain) -> int:
+    return dom.calls.count(("create",))
+
+
+def start_failure(name: str) -> libvirt.libvirtError:
+    return libvirt_error(
+        libvirt.VIR_ERR_INTERNAL_ERROR,
+        "internal error: process exited while connecting to monitor: qemu-system-x86_64: -blockdev {...}: "
+        "Could not open '/var/lib/libvirt/images/%s.qcow2': Permission denied" % name,
+    )
+
+
+class Hosts:
+    """hv1 and hv2, handed out by URI instead of ``libvirt_connection``; migrations recorded, not run."""
+
+    def __init__(self, capabilities: str) -> None:
+        self.hv1 = FakeConnection(capabilities, uri=HOST_URI)
+        self.hv2 = FakeConnection(capabilities.replace(HV1_UUID, HV2_UUID), uri=HV2_URI)
+        self.hv2.hostname = "hv2"
+        self.by_uri = {HOST_URI: self.hv1, HV2_URI: self.hv2}
+        self.migrations: t.List[migrate.Request] = []
+        self.migration_error: t.Optional[MigrationError] = None
+
+    def domain(self, name: str) -> FakeDomain:
+        return next(dom for dom in self.hv1.domains if dom.name() == name)
+
+
+@pytest.fixture
+def hosts(sample: t.Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> Hosts:
+    cluster = Hosts(sample("capabilities-qemu.xml"))
+
+    @contextlib.contextmanager
+    def connect(_self: mt.HostMaintenance, uri: str) -> t.Iterator[FakeConnection]:
+        yield cluster.by_uri[uri]
+
+    class RecordingMigrator:
+        """Moves the VM from hv1 to hv2 as a completed migration would, or fails as told."""
+
+        def __init__(self, request: migrate.Request, log: t.Callable[[str], None]) -> None:
+            self.request = request
+
+        def migrate(self, check_mode: bool) -> t.Dict[str, t.Any]:
+            cluster.migrations.append(self.request)
+            if cluster.migration_error is not None:
+                raise cluster.migration_error
+            dom = next(dom for dom in cluster.hv1.domains if dom.UUIDString() == self.request.vm)
+            cluster.hv1.domains.remove(dom)
+            cluster.hv2.domains.append(dom)
+            return {"changed": True, "vm_state": "running" if dom.isActive() else "shut off"}
+
+    monkeypatch.setattr(mt.HostMaintenance, "connect", connect)
+    monkeypatch.setattr(mt, "Migrator", RecordingMigrator)
+    monkeypatch.setattr(mt, "hook_status", lambda **_kwargs: {"path": mt.HOOK_PATH, "installed": True, "loaded": True})
+    return cluster
+
+
+def host_maintenance(tmp_path: Path) -> mt.HostMaintenance:
+    return mt.HostMaintenance(
+        mt.MaintenanceRequest(
+            uri=HOST_URI,
+            state="maintenance",
+            candidates=[migrate.Candidate(uri=HV2_URI)],
+            state_dir=str(tmp_path / "state"),
+            log_dir=str(tmp_path / "log"),
+            poll_interval=0.01,
+        )
+    )
+
+
+def plan_shutting_down(*names: str) -> ev.EvacuationPlan:
+    """An evacuation plan that shuts the VMs ``names`` down (they may not migrate)."""
+    plan = ev.EvacuationPlan(source=ev.SourceHost(name="hv1", uuid=HV1_UUID, uri=HOST_URI), non_migratable="shutdown")
+    reason = "VM '%s' may not be migrated (migration_mode none); it is shut down"
+    plan.shutdown = [ev.HeldVm(name, None, "medium", 1024, True, reason % name) for name in names]
+    return plan
+
+
+def test_an_evacuation_moves_a_transient_vm_as_a_transient_vm(tmp_path: Path, hosts: Hosts) -> None:
+    hosts.hv1.domains += [domain("scratch", RUNNING, persistent=False), domain("old1", SHUT_OFF)]
+    result = host_maintenance(tmp_path).maintenance(check_mode=False)
+    assert [(move["vm"], move["kind"]) for move in result["plan"]["moves"]] == [("old1", "offline"), ("scratch", "live")]
+    names = {dom.UUIDString(): dom.name() for dom in hosts.hv2.domains}
+    assert sorted((names[request.vm], request.persistent) for request in hosts.migrations) == [("old1", True), ("scratch", False)]
+    assert result["maintenance"]["state"] == mt.MAINTENANCE
+
+
+def test_a_failed_run_on_a_host_in_maintenance_that_runs_no_vm_leaves_it_in_maintenance(tmp_path: Path, hosts: Hosts) -> None:
+    run = host_maintenance(tmp_path)
+    state_dir = run.request.state_dir
+    # lic1 was shut down for the maintenance; old1 was defined on the host since, and cannot move.
+    hosts.hv1.domains += [domain("lic1", migration_mode="none"), domain("old1")]
+    mt.write_mark(state_dir, MAINTENANCE_MARK)
+    hosts.migration_error = MigrationError("Cannot migrate to %s for VM 'old1': operation failed: the storage is not shared" % HV2_URI)
+    with pytest.raises(MigrationError) as caught:
+        run.maintenance(check_mode=False)
+    assert caught.value.msg.startswith("1 of 1 VMs could not leave hv1")
+    assert caught.value.msg.endswith(" hv1 stays in maintenance, as before this run.")
+    assert caught.value.details["maintenance"] == MAINTENANCE_MARK
+    assert [record["outcome"] for record in caught.value.details["vms"]] == ["failed"]
+    assert mt.read_mark(state_dir) == MAINTENANCE_MARK
+    assert starts(hosts.domain("lic1")) == 0
+
+
+def test_undo_keeps_the_previous_maintenance_mark_of_a_host_that_runs_no_vm(tmp_path: Path, hosts: Hosts) -> None:
+    run = host_maintenance(tmp_path)
+    state_dir = run.request.state_dir
+    hosts.hv1.domains.append(domain("lic1"))
+    mt.write_mark(state_dir, dict(MAINTENANCE_MARK, state=mt.PREPARING))  # what the failed run wrote
+    undo = run._undo("hv1", MAINTENANCE_MARK, plan_shutting_down())
+    assert undo == {"maintenance": MAINTENANCE_MARK, "sentence": "hv1 stays in maintenance, as before this run."}
+    assert mt.read_mark(state_dir) == MAINTENANCE_MARK
+    assert starts(hosts.domain("lic1")) == 0
+
+
+def test_undo_makes_a_host_that_was_active_active_again_and_starts_the_vms_it_shut_down(tmp_path: Path, hosts: Hosts) -> None:
+    run = host_maintenance(tmp_path)
+    state_dir = run.request.state_dir
+    hosts.hv1.domains += [domain("lic1"), domain("lic2", RUNNING), domain("lic3"), domain("kept1"), domain("web1", RUNNING)]
+    hosts.domain("lic3").errors["create"] = start_failure("lic3")
+    mt.write_mark(state_dir, {"state": mt.PREPARING, "since": "2026-11-26T04:20:00.000+00:00", "shutdown_vms": ["lic1", "lic3"]})
+    # lic2 was not shut down yet when the run failed; gone1 was undefined meanwhile.
+    undo = run._undo("hv1", None, plan_shutting_down("lic1", "lic2", "lic3", "gone1"))
+    why = str(hosts.domain("lic3").errors["create"])
+    assert undo == {
+        "maintenance": None,
+        "restarted": ["lic1"],
+        "not_restarted": {"lic3": why},
+        "sentence": "hv1 is active again. Started again: lic1. Could not start again: lic3 (%s)." % why,
+    }
+    assert mt.read_mark(state_dir) is None
+    assert {name: starts(hosts.domain(name)) for name in ("lic1", "lic2", "lic3", "kept1", "web1")} == {
+        "lic1": 1,
+        "lic2": 0,
+        "lic3": 1,
+        "kept1": 0,
+        "web1": 0,
+    }
+    assert hosts.domain("lic1").isActive()
+
+
+def test_undo_without_vms_to_start_only_clears_the_mark(tmp_path: Path, hosts: Hosts) -> None:
+    run = host_maintenance(tmp_path)
+    mt.write_mark(run.request.state_dir, {"state": mt.PREPARING, "shutdown_vms": []})
+    assert run._undo("hv1", None, plan_shutting_down()) == {"maintenance": None, "sentence": "hv1 is active again."}
+    assert mt.read_mark(run.request.state_dir) is None
+
+
+def read_only(path: str) -> t.Callable[[str], None]:
+    def clear_mark(_state_dir: str) -> None:
+        raise StateFileError("Cannot remove %s: [Errno 30] Read-only file system: %r" % (path, path), path=path)
+
+    return clear_mark
+
+
+@pytest.mark.parametrize("where", ["read-only", "directory-at-the-mark"])
+def test_undo_that_cannot_remove_the_mark_says_what_is_there(tmp_path: Path, hosts: Hosts, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    run = host_maintenance(tmp_path)
+    state_dir = run.request.state_dir
+    path = os.path.join(state_dir, mt.MARK_FILE)
+    hosts.hv1.domains.append(domain("lic1"))
+    preparing = {"state": mt.PREPARING, "since": "2026-11-26T04:20:00.000+00:00", "shutdown_vms": ["lic1"]}
+    if where == "read-only":
+        mt.write_mark(state_dir, preparing)
+        monkeypatch.setattr(mt, "clear_mark", read_only(path))
+        there: t.Dict[str, t.Any] = preparing
+    else:
+        os.makedirs(path)
+        there = {"state": "unreadable", "error": "Cannot read %s: it is not a regular file" % path}
+    undo = run._undo("hv1", None, plan_shutting_down("lic1"))
+    assert undo["maintenance"] == there
+    assert undo["sentence"].startswith("The mark of hv1 could not be removed (Cannot remove %s: " % path)
+    assert undo["sentence"].endswith("); fix it by hand.")
+    assert "restarted" not in undo and starts(hosts.domain("lic1")) == 0, "the hook would refuse the start: the mark is still there"
+
+
+# -- activating: the VMs shut down for the maintenance start again while the host is "activating"
+
+
+def test_a_vm_that_cannot_start_keeps_the_host_activating_until_a_rerun_starts_it(tmp_path: Path, hosts: Hosts) -> None:
+    run = host_maintenance(tmp_path)
+    state_dir = run.request.state_dir
+    hosts.hv1.domains += [domain(name) for name in ("a", "b", "c")]
+    hosts.domain("b").errors["create"] = start_failure("b")
+    mark = dict(MAINTENANCE_MARK, shutdown_vms=["a", "b", "c"])
+    mt.write_mark(state_dir, mark)
+    seen: t.List[t.Tuple[str, str, t.List[str]]] = []
+    for dom in hosts.hv1.domains:
+
+        def create(dom: FakeDomain = dom) -> int:
+            now = mt.read_mark(state_dir) or {}
+            seen.append((dom.name(), now.get("state"), now.get("shutdown_vms")))
+            return FakeDomain.create(dom)
+
+        dom.create = create  # type: ignore[method-assign]
+
+    with pytest.raises(MigrationError) as caught:
+        run.activate(check_mode=False)
+    activating = dict(mark, state=mt.ACTIVATING, shutdown_vms=["b"])
+    assert caught.value.msg.startswith("hv1 stays in state activating (it takes no incoming VM): 1 VM(s) shut down for its maintenance could not start: ")
+    assert "Could not open '/var/lib/libvirt/images/b.qcow2': Permission denied" in caught.value.msg
+    assert caught.value.msg.endswith("Fix them, then run state=active again.")
+    details = caught.value.details
+    assert (details["changed"], details["started"], details["not_started"]) == (True, ["a", "c"], ["b"])
+    assert details["maintenance"] == activating
+    assert mt.read_mark(state_dir) == activating
+    # Every start ran under an "activating" mark listing the VMs not started yet.
+    assert seen == [("a", mt.ACTIVATING, ["a", "b", "c"]), ("b", mt.ACTIVATING, ["b", "c"]), ("c", mt.ACTIVATING, ["b", "c"])]
+
+    assert run.activate(check_mode=True) == {"changed": True, "host": "hv1", "started": ["b"], "maintenance": None, "previous": activating}
+    assert mt.read_mark(state_dir) == activating
+
+    del hosts.domain("b").errors["create"]
+    assert run.activate(check_mode=False) == {"changed": True, "host": "hv1", "started": ["b"], "maintenance": None, "previous": activating}
+    assert mt.read_mark(state_dir) is None
+    assert {name: starts(hosts.domain(name)) for name in "abc"} == {"a": 1, "b": 2, "c": 1}
+    assert run.activate(check_mode=False) == {"changed": False, "host": "hv1", "maintenance": None, "msg": "hv1 is not in maintenance."}
 
 
 BASE: dict[str, t.Any] = {"state": "maintenance", "uri": "qemu:///system", "candidates": ["qemu+tcp://hv2/system"]}

@@ -120,7 +120,7 @@ def test_host_maintenance_recognises_the_rendered_hook_by_its_state_directory(ho
         "path": str(script),
         "installed": False,
         "loaded": False,
-        "problem": "it watches another state directory than %s" % other,
+        "problem": "it watches %s/maintenance.json, not %s/maintenance.json" % (state_dir, other),
     }
 
 

@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import queue
+import re
 import threading
 import time
 import typing as t
@@ -138,6 +139,15 @@ def _process_start(pid: int) -> t.Optional[float]:
         return None
 
 
+def _hook_trouble(enforcement: t.Mapping[str, t.Any]) -> str:
+    """Why the hook does not enforce maintenance, as words for a message."""
+    if enforcement.get("problem"):
+        return "not usable: %s" % enforcement["problem"]
+    if enforcement.get("installed"):
+        return "not loaded by the running libvirtd (installed after it started)"
+    return "not installed"
+
+
 def hook_status(
     hook_path: str = HOOK_PATH, pid_files: t.Sequence[str] = LIBVIRTD_PID_FILES, state_dir: t.Optional[str] = None
 ) -> t.Dict[str, t.Any]:
@@ -154,8 +164,12 @@ def hook_status(
     except OSError:
         return {"path": hook_path, "installed": False, "loaded": False}
     installed = bool(info.st_mode & 0o111)
-    if state_dir is not None and os.path.join(state_dir, MARK_FILE) not in script:
-        return {"path": hook_path, "installed": False, "loaded": False, "problem": "it watches another state directory than %s" % state_dir}
+    if state_dir is not None:
+        watched = re.search(r"^mark=(.*)$", script, re.MULTILINE)
+        path = watched.group(1).strip().strip("'\"") if watched else None
+        if path is None or os.path.normpath(path) != os.path.normpath(os.path.join(state_dir, MARK_FILE)):
+            problem = "it watches %s, not %s" % (path or "no mark", os.path.join(state_dir, MARK_FILE))
+            return {"path": hook_path, "installed": False, "loaded": False, "problem": problem}
     started = None
     for pid_file in pid_files:
         try:
@@ -360,14 +374,14 @@ class HostMaintenance:
         if req.require_hook and not enforcement["loaded"] and check_mode:
             result["warnings"] = [
                 "%s does not enforce maintenance yet: the collection's libvirt hook %s is %s; a real run refuses to start."
-                % (hostname, enforcement["path"], "not loaded" if enforcement["installed"] else "not installed")
+                % (hostname, enforcement["path"], _hook_trouble(enforcement))
             ]
         elif req.require_hook and not enforcement["loaded"]:
             raise MigrationError(
                 "%s cannot go into maintenance: it would not refuse incoming migrations and VM starts meanwhile, because the "
                 "collection's libvirt hook %s is %s. Install it with the role virtops.migration.maintenance_hook "
                 "(playbooks/setup_hosts.yml), which restarts libvirtd once; or set require_hook=false. Nothing was changed."
-                % (hostname, enforcement["path"], "not loaded by the running libvirtd (installed after it started)" if enforcement["installed"] else "absent"),
+                % (hostname, enforcement["path"], _hook_trouble(enforcement)),
                 host_name=hostname,
                 enforcement=enforcement,
             )
@@ -387,7 +401,7 @@ class HostMaintenance:
             failed = [record for record in records if record["outcome"] == "failed"]
             if failed:
                 raise MigrationError(
-                    "%d of %d VMs could not leave %s, so it stays active: %s"
+                    "%d of %d VMs could not leave %s: %s."
                     % (len(failed), len(records), hostname, "; ".join("%s: %s" % (r["vm"], r["error"]) for r in failed)),
                     host_name=hostname,
                 )
@@ -397,7 +411,7 @@ class HostMaintenance:
             left = self._active_vms()
             if left:
                 raise MigrationError(
-                    "%s still runs %s after its evacuation (started or arrived meanwhile), so it stays active." % (hostname, ", ".join(left)),
+                    "%s still runs %s after its evacuation (started or arrived meanwhile)." % (hostname, ", ".join(left)),
                     host_name=hostname,
                     running=left,
                 )
@@ -441,7 +455,10 @@ class HostMaintenance:
             undo["maintenance"] = read_mark_quietly(req.state_dir)
             undo["sentence"] = "The mark of %s could not be removed (%s); fix it by hand." % (hostname, exc.msg)
             return undo
-        restarted, not_restarted = self._restart(hostname, [held.vm for held in plan.shutdown if held.running])
+        # VMs shut down by this run, and by an earlier maintenance of the host that is now over.
+        names = [held.vm for held in plan.shutdown if held.running]
+        names += [name for name in (previous or {}).get("shutdown_vms") or [] if name not in names]
+        restarted, not_restarted = self._restart(hostname, names)
         if restarted or not_restarted:
             undo.update(restarted=restarted, not_restarted=not_restarted)
         sentence = "%s is active again." % hostname
@@ -604,7 +621,7 @@ class HostMaintenance:
                     break
                 if time.monotonic() > deadline:
                     raise MigrationError(
-                        "%s stays active: VM(s) %s did not shut down within %d s" % (hostname, ", ".join(still), req.shutdown_timeout),
+                        "VM(s) %s on %s did not shut down within %d s." % (", ".join(still), hostname, req.shutdown_timeout),
                         host_name=hostname,
                         vms=still,
                     )
@@ -659,7 +676,7 @@ class HostMaintenance:
                 "%s stays in state activating (it takes no incoming VM): %d VM(s) shut down for its maintenance could not start: %s. "
                 "Fix them, then run state=active again." % (hostname, len(failed), "; ".join(failed[name] for name in sorted(failed))),
                 host_name=hostname,
-                changed=bool(started),
+                changed=True,
                 started=started,
                 not_started=sorted(failed),
                 maintenance=read_mark_quietly(req.state_dir),

@@ -570,6 +570,8 @@ class Migrator:
             if warnings:
                 result["warnings"] = warnings
             if check_mode:
+                if self.events:
+                    result["events"] = self.events
                 return result
             self.event("started", kind=kind, destination=dest.uri, state=facts["state"])
             if not self._execute(source, dom, facts, dest, running, persistent):
@@ -616,11 +618,14 @@ class Migrator:
                     dom = domxml.find_domain(conn, req.vm)
                     if dom is None or not (dom.isActive() or dom.isPersistent()):
                         continue
-                    found.append((candidate, conn.getHostname(), dom.UUIDString(), bool(dom.isActive())))
+                    host_uuid = parse_capabilities(conn.getCapabilities())["uuid"]
+                    if any(seen == host_uuid for _c, _h, _u, _a, seen in found):
+                        continue  # the same host under another URI
+                    found.append((candidate, conn.getHostname(), dom.UUIDString(), bool(dom.isActive()), host_uuid))
             except (MigrationError, libvirt.libvirtError):
                 continue
         if len(found) > 1:
-            hosts = sorted("%s (%s)" % (hostname, "active" if active else "defined") for _c, hostname, _u, active in found)
+            hosts = sorted("%s (%s)" % (hostname, "active" if active else "defined") for _c, hostname, _u, active, _h in found)
             raise DuplicateVmError(
                 "VM '%s' is not on the source %s but is on several hosts: %s. Remove the stale copy first." % (req.vm, req.source_uri, ", ".join(hosts)),
                 vm=req.vm,
@@ -632,14 +637,14 @@ class Migrator:
                 vm=req.vm,
                 uri=req.source_uri,
             )
-        candidate, hostname, uuid, _active = found[0]
+        candidate, hostname, uuid, _active, _host = found[0]
         with self.connect(candidate.uri) as conn:
             dom = conn.lookupByUUIDString(uuid)
             self._resume_after_lost_run(dom, req.vm, uuid, candidate.uri, check_mode)
             state = domxml.state_name(dom.state()[0])
         where = {"hostname": hostname, "uri": candidate.uri}
         return {
-            "changed": any(event["event"].startswith("resumed") for event in self.events),
+            "changed": any(event["event"].startswith(("resumed", "would_resume")) for event in self.events),
             "vm": req.vm,
             "source": src_host,
             "destination": where,

@@ -10,6 +10,8 @@ or raises, anything else is a failure that reports what each host shows.
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 import typing as t
 from pathlib import Path
 
@@ -21,14 +23,20 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
     DuplicateVmError,
     HostUnreachableError,
     MigrationError,
+    OperationCancelledError,
+    VmNotFoundError,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, base_policy
+from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, Step, base_policy
 from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
 
 SOURCE_URI = "qemu+tls://hv1/system"
 DEST_URI = "qemu+tls://hv2/system"
+HV3_URI = "qemu+tls://hv3/system"
+# The source again, under another URI (as an inventory may list every host of the cluster).
+SOURCE_ALIAS_URI = "qemu+ssh://root@hv1.example.com/system"
 HV1_UUID = "685adf38-a605-49f0-b38b-31df0e753953"  # capabilities-qemu.xml
 HV2_UUID = "0c9a4b52-7d3e-4f1a-9e55-2b8c6d1f0a77"
+HV3_UUID = "b7d2e6f0-1c4a-4e8b-8f3d-5a9c0e2b7d41"
 VM_UUID = "4a0a3ad4-0d5b-4d47-9a6a-3b8a2f1c9e01"
 VM_XML = (
     "<domain type='kvm'><name>web1</name><uuid>%s</uuid><memory unit='MiB'>1024</memory><vcpu>1</vcpu>"
@@ -44,7 +52,7 @@ class MigratingDomain(FakeDomain):
         super().__init__(VM_XML, state)
         self.on_migrate = on_migrate
         self.on_abort: t.Callable[[], t.Any] = lambda: 0
-        self.calls: t.List[t.Tuple[t.Any, ...]] = []
+        self.on_post_copy: t.Callable[[], t.Any] = lambda: 0
 
     def migrateToURI3(self, uri: str, params: t.Dict[str, t.Any], flags: int) -> int:  # noqa: N802 (libvirt's name)
         self.calls.append(("migrateToURI3", uri, flags))
@@ -60,6 +68,11 @@ class MigratingDomain(FakeDomain):
         self.on_abort()
         return 0
 
+    def migrateStartPostCopy(self, flags: int = 0) -> int:  # noqa: N802 (libvirt's name)
+        self.calls.append(("migrateStartPostCopy",))
+        self.on_post_copy()
+        return 0
+
 
 class Cluster:
     """Two fake hosts, hv1 (the source) and hv2, handed out by URI instead of ``libvirt_connection``."""
@@ -71,6 +84,14 @@ class Cluster:
         self.hosts = {SOURCE_URI: self.source, DEST_URI: self.destination}
         self.vm = MigratingDomain(self.move)
         self.source.domains.append(self.vm)
+        self.capabilities = capabilities
+
+    def add_host(self, uri: str, name: str, uuid: str) -> FakeConnection:
+        """One more host the run can reach."""
+        conn = FakeConnection(self.capabilities.replace(HV1_UUID, uuid), uri=uri)
+        conn.hostname = name
+        self.hosts[uri] = conn
+        return conn
 
     @contextlib.contextmanager
     def connect(self, uri: str, username: t.Optional[str] = None, password: t.Optional[str] = None) -> t.Iterator[FakeConnection]:
@@ -437,3 +458,386 @@ def test_cancel_refuses_a_job_that_is_not_an_outgoing_migration(cluster: Cluster
     with pytest.raises(MigrationError, match="runs a job that is not an outgoing migration"):
         cancel_request(tmp_path).cancel(check_mode=False)
     assert ("abortJob",) not in cluster.vm.calls
+
+
+# -- a VM a lost run's schedule paused (its suspend record is under request.state_dir)
+
+RUNNING = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_BOOTED)
+PAUSED_BY_USER = (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER)
+SHUT_OFF = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+
+
+def changes_to(dom: FakeDomain) -> t.List[str]:
+    """The state-changing calls made on a fake domain, in order."""
+    return [call[0] for call in dom.calls if call[0] in ("create", "suspend", "resume")]
+
+
+@pytest.mark.parametrize("state, events", [(PAUSED_BY_USER, ["would_resume_after_lost_run"]), (RUNNING, [])], ids=["paused", "running"])
+def test_check_mode_migrate_leaves_a_vm_paused_by_a_lost_run_and_its_record(
+    cluster: Cluster, tmp_path: Path, state: t.Tuple[int, int], events: t.List[str]
+) -> None:
+    run = migrator(tmp_path)
+    run.records.add(VM_UUID, "web1")
+    cluster.vm._state = state
+    result = run.migrate(check_mode=True)
+    assert result["changed"] is True and result["plan"]["kind"] == "live"
+    # The check-mode plan carries no events: they are read from the run itself.
+    assert event_names({"events": run.events}) == events
+    assert changes_to(cluster.vm) == [] and cluster.vm.state() == list(state)
+    assert run.records.has(VM_UUID), "the record stays for the real run"
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+
+
+@pytest.mark.parametrize(
+    "check_mode, state, events, resumed, record_kept",
+    [
+        (True, PAUSED_BY_USER, ["would_resume_after_lost_run"], [], True),
+        (True, RUNNING, [], [], True),
+        (False, PAUSED_BY_USER, ["resumed_after_lost_run"], ["resume"], False),
+        (False, RUNNING, [], [], False),
+    ],
+    ids=["check-paused", "check-running", "real-paused", "real-running"],
+)
+def test_cancel_without_a_job_resumes_a_vm_paused_by_a_lost_run_only_for_real(
+    cluster: Cluster,
+    tmp_path: Path,
+    check_mode: bool,
+    state: t.Tuple[int, int],
+    events: t.List[str],
+    resumed: t.List[str],
+    record_kept: bool,
+) -> None:
+    run = cancel_request(tmp_path)
+    run.records.add(VM_UUID, "web1")
+    cluster.vm._state = state
+    result = run.cancel(check_mode=check_mode)
+    assert event_names(result) == events
+    assert result["changed"] is bool(events)
+    assert [event.get("host") for event in result["events"]] == [SOURCE_URI] * len(events)
+    assert changes_to(cluster.vm) == resumed
+    assert run.records.has(VM_UUID) is record_kept
+
+
+# -- the VM is no longer on the source (a repeat run): it must be on exactly one other known host
+
+UNREACHABLE_URI = "qemu+tls://hv9/system"
+
+
+def place_copy(conn: FakeConnection, state: t.Tuple[int, int] = RUNNING, persistent: bool = True) -> FakeDomain:
+    """The VM (same UUID) on another host."""
+    copy = FakeDomain(VM_XML, state, persistent=persistent)
+    conn.domains.append(copy)
+    return copy
+
+
+def moved_away_run(tmp_path: Path) -> migrate.Migrator:
+    """hv2 is the destination; hv3 and an unreachable host are the cluster's other hosts."""
+    return migrator(tmp_path, elsewhere=[migrate.Candidate(uri=HV3_URI), migrate.Candidate(uri=UNREACHABLE_URI)])
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+@pytest.mark.parametrize(
+    "on_hv2, on_hv3, hosts",
+    [
+        ((RUNNING, True), (SHUT_OFF, True), ["hv2 (active)", "hv3 (defined)"]),
+        ((RUNNING, False), (PAUSED_BY_USER, True), ["hv2 (active)", "hv3 (active)"]),
+        ((SHUT_OFF, True), (SHUT_OFF, True), ["hv2 (defined)", "hv3 (defined)"]),
+    ],
+    ids=["running-and-defined", "transient-and-paused", "defined-twice"],
+)
+def test_a_vm_gone_from_the_source_but_on_two_hosts_is_a_duplicate(
+    cluster: Cluster,
+    tmp_path: Path,
+    on_hv2: t.Tuple[t.Tuple[int, int], bool],
+    on_hv3: t.Tuple[t.Tuple[int, int], bool],
+    hosts: t.List[str],
+    check_mode: bool,
+) -> None:
+    cluster.leave_source()
+    place_copy(cluster.destination, *on_hv2)
+    place_copy(cluster.add_host(HV3_URI, "hv3", HV3_UUID), *on_hv3)
+    with pytest.raises(DuplicateVmError) as caught:
+        moved_away_run(tmp_path).migrate(check_mode=check_mode)
+    assert caught.value.msg == "VM 'web1' is not on the source %s but is on several hosts: %s. Remove the stale copy first." % (
+        SOURCE_URI,
+        ", ".join(hosts),
+    )
+    assert caught.value.details["hosts"] == hosts
+
+
+@pytest.mark.parametrize(
+    "where, uri, state, persistent, vm_state",
+    [
+        ("hv2", DEST_URI, RUNNING, True, "running"),
+        ("hv2", DEST_URI, SHUT_OFF, True, "shut off"),  # after an offline move
+        ("hv3", HV3_URI, RUNNING, True, "running"),  # where a lost run's job took it
+        ("hv3", HV3_URI, PAUSED_BY_USER, False, "paused"),
+    ],
+)
+def test_a_vm_gone_from_the_source_and_on_exactly_one_host_has_moved_already(
+    cluster: Cluster, tmp_path: Path, where: str, uri: str, state: t.Tuple[int, int], persistent: bool, vm_state: str
+) -> None:
+    cluster.leave_source()
+    hosts = {"hv2": cluster.destination, "hv3": cluster.add_host(HV3_URI, "hv3", HV3_UUID)}
+    copy = place_copy(hosts[where], state, persistent)
+    result = moved_away_run(tmp_path).migrate(check_mode=False)
+    assert (result["changed"], result["vm_state"]) == (False, vm_state)
+    assert result["destination"] == {"hostname": where, "uri": uri}
+    assert result["msg"] == "VM 'web1' is already on %s (%s)." % (where, uri)
+    assert changes_to(copy) == []
+
+
+def test_a_vm_on_no_known_host_is_not_found(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.leave_source()
+    cluster.add_host(HV3_URI, "hv3", HV3_UUID)
+    with pytest.raises(VmNotFoundError) as caught:
+        moved_away_run(tmp_path).migrate(check_mode=False)
+    assert caught.value.msg == "VM 'web1' does not exist on the source %s, nor on any destination candidate." % SOURCE_URI
+
+
+# -- a named destination that is also among the candidates
+
+
+def vm_migrate_params(tmp_path: Path, **changes: t.Any) -> t.Dict[str, t.Any]:
+    """vm_migrate's parameters naming hv2 as the destination."""
+    values: t.Dict[str, t.Any] = {
+        "name": "web1",
+        "uri": SOURCE_URI,
+        "state": "migrated",
+        "destination_uri": DEST_URI,
+        "wait_sleep": 0.01,
+        "state_dir": str(tmp_path / "state"),
+    }
+    values.update(changes)
+    return values
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_a_named_destination_keeps_what_the_candidates_say_of_it(cluster: Cluster, tmp_path: Path, check_mode: bool) -> None:
+    cluster.add_host(HV3_URI, "hv3", HV3_UUID)
+    hv2 = {"uri": DEST_URI, "name": "hv2-prod", "maintenance": True, "memory_reserved_mib": 2048}
+    req = migrate.request_from_params(vm_migrate_params(tmp_path, candidates=[HV3_URI, hv2]))
+    assert req.candidates == [migrate.Candidate(uri=DEST_URI, name="hv2-prod", maintenance=True, memory_reserved_mib=2048)]
+    assert req.elsewhere == [migrate.Candidate(uri=HV3_URI)]
+    with pytest.raises(MigrationError, match="in maintenance") as caught:
+        migrate.Migrator(req).migrate(check_mode=check_mode)
+    assert caught.value.msg == "no host can take VM 'web1': hv2-prod is in maintenance"
+    assert caught.value.details["rejected_hosts"] == {"hv2-prod": ["is in maintenance"]}
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+    assert cluster.vm in cluster.source.domains
+
+
+# -- a copy on another host the task knows of (request.elsewhere) blocks the move too
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_a_copy_on_another_candidate_blocks_a_move_to_the_named_destination(cluster: Cluster, tmp_path: Path, check_mode: bool) -> None:
+    place_copy(cluster.add_host(HV3_URI, "hv3", HV3_UUID), SHUT_OFF)
+    req = migrate.request_from_params(vm_migrate_params(tmp_path, candidates=[DEST_URI, HV3_URI]))
+    with pytest.raises(DuplicateVmError) as caught:
+        migrate.Migrator(req).migrate(check_mode=check_mode)
+    assert caught.value.msg.startswith("VM 'web1' (UUID %s) is defined on hv1 and also on hv3: refusing to move it" % VM_UUID)
+    assert caught.value.details["hosts"] == ["hv1", "hv3"]
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+
+
+def test_the_source_listed_among_the_candidates_is_no_duplicate(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.hosts[SOURCE_ALIAS_URI] = cluster.source  # hv1 under another URI: same host UUID, same VM
+    req = migrate.request_from_params(vm_migrate_params(tmp_path, candidates=[DEST_URI, SOURCE_ALIAS_URI, UNREACHABLE_URI]))
+    result = migrate.Migrator(req).migrate(check_mode=False)
+    assert (result["changed"], result["destination"], result["vm_state"]) == (True, {"hostname": "hv2", "uri": DEST_URI}, "running")
+    assert [call[1] for call in cluster.vm.calls if call[0] == "migrateToURI3"] == [DEST_URI]
+
+
+# -- verification: a VM that ran before the move must run after it
+
+
+@pytest.mark.parametrize(
+    "before, after, problem",
+    [
+        (RUNNING, (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION), "it was running and is paused (migration) on the destination"),
+        (PAUSED_BY_USER, PAUSED_BY_USER, None),
+    ],
+    ids=["was-running", "was-paused"],
+)
+def test_the_state_before_the_move_is_the_state_after_it(
+    cluster: Cluster, tmp_path: Path, before: t.Tuple[int, int], after: t.Tuple[int, int], problem: t.Optional[str]
+) -> None:
+    cluster.vm._state = before
+
+    def arrive_paused() -> None:
+        cluster.leave_source()
+        cluster.arrive()._state = after
+
+    cluster.vm.on_migrate = arrive_paused
+    paused_there = {"state": "paused", "reason": "migration" if problem else "user", "active": True, "persistent": True}
+    if problem is None:
+        result = migrator(tmp_path).migrate(check_mode=False)
+        assert (result["changed"], result["vm_state"]) == (True, "paused")
+        assert result["observed"] == {"source": None, "destination": paused_there}
+        return
+    with pytest.raises(MigrationError) as caught:
+        migrator(tmp_path).migrate(check_mode=False)
+    assert caught.value.msg == "libvirt reported the migration of VM 'web1' to %s complete, but %s." % (DEST_URI, problem)
+    assert caught.value.details["changed"] is True
+    assert caught.value.details["observed"] == {"source": None, "destination": paused_there}
+    assert event_names(caught.value.details)[-1] == "verification_failed"
+
+
+# -- the timeout: its action, an abort when the action fails, and giving up on a job that never ends
+
+
+class HangingJob:
+    """A migration job that runs until something ends it, then does ``outcome`` (by default: it was aborted)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.ended = threading.Event()
+        self.outcome: t.Callable[[], None] = self.aborted
+        cluster.vm.on_migrate = self.run
+
+    def run(self) -> None:
+        running_job(self.cluster)
+        self.ended.wait(10)
+        self.cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+        self.outcome()
+
+    def end(self, outcome: t.Callable[[], None]) -> None:
+        self.outcome = outcome
+        self.ended.set()
+
+    def aborted(self) -> None:
+        raise libvirt_error(libvirt.VIR_ERR_OPERATION_ABORTED, "operation aborted: migration out job: canceled by client")
+
+
+@pytest.fixture
+def hanging_job(cluster: Cluster) -> t.Iterator[HangingJob]:
+    job = HangingJob(cluster)
+    yield job
+    job.ended.set()  # a job the run gave up on ends with the test
+
+
+def timed_out(tmp_path: Path, **changes: t.Any) -> migrate.Migrator:
+    """A run with a 1 s timeout whose clock already reads 1 s: the timeout is due at the first poll."""
+    run = migrator(tmp_path, timeout=1, **changes)
+    run.clock = migrate.Clock(elapsed=1.0)
+    return run
+
+
+POST_COPY_REFUSED = libvirt_error(
+    libvirt.VIR_ERR_INTERNAL_ERROR,
+    "internal error: unable to execute QEMU command 'migrate-start-postcopy': Postcopy must be started after migration has been started",
+)
+
+
+def schedule_calls(dom: MigratingDomain) -> t.List[str]:
+    return [call[0] for call in dom.calls if call[0] in ("migrateStartPostCopy", "abortJob", "suspend")]
+
+
+def test_a_failed_post_copy_switch_at_the_timeout_aborts_the_job(cluster: Cluster, tmp_path: Path, hanging_job: HangingJob) -> None:
+    cluster.vm.on_abort = lambda: hanging_job.end(hanging_job.aborted)
+
+    def refuse() -> None:
+        raise POST_COPY_REFUSED
+
+    cluster.vm.on_post_copy = refuse
+    started = time.monotonic()
+    with pytest.raises(OperationCancelledError) as caught:
+        timed_out(tmp_path, timeout_action="post_copy").migrate(check_mode=False)
+    assert time.monotonic() - started < 2
+    applied = caught.value.details["schedule_applied"]
+    assert [(step["action"], step["reason"]) for step in applied] == [
+        ("post_copy", "timeout after 1 s"),
+        ("abort", "timeout after 1 s, and post_copy failed"),
+    ]
+    assert "Postcopy must be started after migration has been started" in applied[0]["error"] and "error" not in applied[1]
+    assert schedule_calls(cluster.vm) == ["migrateStartPostCopy", "abortJob"]
+    assert caught.value.msg.endswith("(aborted: timeout after 1 s, and post_copy failed)")
+    assert caught.value.details["observed"] == {"source": RUNNING_ON_SOURCE, "destination": None}
+
+
+def test_a_post_copy_switch_at_the_timeout_that_works_aborts_nothing(cluster: Cluster, tmp_path: Path, hanging_job: HangingJob) -> None:
+    cluster.vm.on_post_copy = lambda: hanging_job.end(cluster.move)
+    result = timed_out(tmp_path, timeout_action="post_copy").migrate(check_mode=False)
+    assert (result["changed"], result["vm_state"]) == (True, "running")
+    assert [(step["action"], step.get("error")) for step in result["schedule_applied"]] == [("post_copy", None)]
+    assert schedule_calls(cluster.vm) == ["migrateStartPostCopy"]
+
+
+@pytest.mark.parametrize("action", ["abort", "post_copy"])
+def test_a_job_still_running_long_after_its_timeout_is_given_up(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hanging_job: HangingJob, action: str
+) -> None:
+    # The job heeds neither abortJob nor migrateStartPostCopy: it just goes on.
+    monkeypatch.setattr(migrate, "CANCEL_WAIT_S", 0.05)
+    started = time.monotonic()
+    with pytest.raises(MigrationError) as caught:
+        timed_out(tmp_path, timeout_action=action).migrate(check_mode=False)
+    assert time.monotonic() - started < 2
+    assert type(caught.value) is MigrationError
+    assert caught.value.msg.startswith("The migration of VM 'web1' still runs ")
+    assert "after its 1 s timeout, although it was told to %s; libvirt's job goes on without this run." % action in caught.value.msg
+    assert [step["action"] for step in caught.value.details["schedule_applied"]] == [action]
+    names = event_names(caught.value.details)
+    assert names.count("timeout") == 1 and names[-1] == "gave_up"
+    assert caught.value.details["events"][-1]["after_s"] >= 1.0 + 2 * 0.05
+    assert hanging_job.cluster.vm.job["type"] != libvirt.VIR_DOMAIN_JOB_NONE, "the job still runs"
+
+
+# -- the schedule's suspend step
+
+
+@pytest.mark.parametrize(
+    "state, suspended, note",
+    [(RUNNING, True, None), (PAUSED_BY_USER, False, "already paused; left as it is")],
+    ids=["running", "paused-before"],
+)
+def test_a_suspend_step_pauses_only_a_running_vm(tmp_path: Path, state: t.Tuple[int, int], suspended: bool, note: t.Optional[str]) -> None:
+    # A VM its owner paused is no VM the schedule paused: no record, and nothing resumes it later.
+    run = migrator(tmp_path)
+    run._uuid = VM_UUID
+    dom = FakeDomain(VM_XML, state)
+    run._apply(dom, Step(3, "suspend"), {"memory_iteration": 7}, 3)
+    assert changes_to(dom) == (["suspend"] if suspended else [])
+    assert run.records.has(VM_UUID) is suspended
+    assert run._suspended is suspended
+    (record,) = run.applied
+    assert (record["action"], record["memory_iteration"], record.get("note")) == ("suspend", 7, note)
+    assert "error" not in record
+
+
+# -- resuming on the destination the VM the schedule paused
+
+
+def test_a_vm_that_moved_but_cannot_be_resumed_there_is_a_changed_failure(cluster: Cluster, tmp_path: Path) -> None:
+    run = migrator(tmp_path)
+    run.records.add(VM_UUID, "web1")  # an earlier, lost run paused it, and its job goes on
+    cluster.vm._state = PAUSED_BY_USER
+    arrived: t.List[FakeDomain] = []
+
+    def move_paused() -> None:
+        cluster.leave_source()
+        there = cluster.arrive(libvirt.VIR_DOMAIN_PAUSED)
+        there.errors["resume"] = libvirt_error(
+            libvirt.VIR_ERR_INTERNAL_ERROR, "internal error: unable to execute QEMU command 'cont': Failed to get \"write\" lock"
+        )
+        arrived.append(there)
+
+    job_ending_after(cluster, 3, move_paused)
+    with pytest.raises(MigrationError) as caught:
+        run.migrate(check_mode=False)
+    assert 'Failed to get "write" lock' in caught.value.msg
+    assert caught.value.details["libvirt_error_code"] == libvirt.VIR_ERR_INTERNAL_ERROR
+    assert (caught.value.details["changed"], caught.value.details["moved_to"]) == (True, DEST_URI)
+    assert changes_to(arrived[0]) == ["resume"]
+    assert run.records.has(VM_UUID), "the record stays: the next run resumes the VM"
+
+
+def test_a_destination_unreachable_for_the_resume_still_reports_the_move(cluster: Cluster, tmp_path: Path) -> None:
+    run = migrator(tmp_path)
+    run.records.add(VM_UUID, "web1")
+    run._suspended = True
+    with pytest.raises(HostUnreachableError) as caught:
+        run._resume_on(HV3_URI, VM_UUID)  # hv3 cannot be reached
+    assert (caught.value.details["changed"], caught.value.details["moved_to"]) == (True, HV3_URI)
+    assert run.records.has(VM_UUID) and run._suspended
