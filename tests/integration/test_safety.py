@@ -103,7 +103,8 @@ def test_source_libvirtd_killed_mid_migration(lab: Path, new_vm: t.Callable[...,
 def test_two_hosts_evacuated_into_each_other_at_once(lab: Path, new_vm: t.Callable[..., str]) -> None:
     on_h1 = [new_vm(160, 1), new_vm(160, 1)]
     on_h2 = [new_vm(160, 2), new_vm(160, 2)]
-    slow = {"cluster_policy": {"bandwidth_mib": 8, "policy": "legacy"}}
+    # Slow enough that the two evacuations overlap: 160 MiB at 16 MiB/s is about 10 s a move.
+    slow = {"cluster_policy": {"bandwidth_mib": 16, "policy": "legacy"}}
     jobs = {
         "lab-h1": run_module(lab, "lab-h1", MAINTENANCE, dict(slow, candidates=candidates(lab, "lab-h1", "lab-h2")), background=900),
         "lab-h2": run_module(lab, "lab-h2", MAINTENANCE, dict(slow, candidates=candidates(lab, "lab-h2", "lab-h1")), background=900),
@@ -301,19 +302,17 @@ def test_persistent_false_and_keeping_the_source_definition_are_refused(lab: Pat
 def test_hostile_numbers_and_types_are_refused_before_anything(lab: Path, new_vm: t.Callable[..., str]) -> None:
     vm = new_vm(160, 1)
     dest = uri(lab, "lab-h2")
+    # Over SSH as users run it; the full tables of bad values are unit tests.
     cases = [
         ({"bandwidth_mib": 2**70}, "bandwidth_mib"),
         ({"policy": {"based_on": "legacy", "compression": 5}}, "compression"),
-        ({"parallel_connections": 1000}, "parallel_connections"),
-        ({"max_downtime_ms": 10**12}, "max_downtime_ms"),
         ({"wait_sleep": -1}, "wait_sleep"),
-        ({"timeout": 10**9}, "timeout"),
     ]
     for extra, word in cases:
         result = run_module(lab, "lab-h1", MIGRATE, dict(extra, name=vm, destination_uri=dest))
         assert result.get("failed") is True and word in result["msg"], (extra, result)
         assert "Traceback" not in json.dumps(result)
-    for extra, word in (({"wait_sleep": 0}, "wait_sleep"), ({"max_outgoing": 0}, "max_outgoing"), ({"monitor_interval": -5}, "monitor_interval")):
+    for extra, word in (({"max_outgoing": 0}, "max_outgoing"), ({"monitor_interval": -5}, "monitor_interval")):
         result = run_module(lab, "lab-h1", MAINTENANCE, dict(extra, candidates=candidates(lab)))
         assert result.get("failed") is True and word in result["msg"], (extra, result)
     assert vm_homes(vm) == {"lab-h1": "running"} and maintenance_mark("lab-h1") is None

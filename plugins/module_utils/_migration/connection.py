@@ -83,8 +83,8 @@ def resolve_uri(uri: t.Optional[str], environ: t.Optional[t.Mapping[str, str]] =
     return env.get(URI_ENVIRONMENT_VARIABLE) or DEFAULT_URI
 
 
-def _open(target: str, username: t.Optional[str], password: t.Optional[str], readonly: bool) -> t.Any:
-    """``openAuth`` under :data:`CONNECT_TIMEOUT_S`; a connection that arrives too late is closed."""
+def _open(target: str, username: t.Optional[str], password: t.Optional[str], readonly: bool, timeout: float) -> t.Any:
+    """``openAuth`` under ``timeout`` seconds; a connection that arrives too late is closed."""
     auth = [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], _credential_callback(username, password), None]
     flags = libvirt.VIR_CONNECT_RO if readonly else 0
     outcome: t.Dict[str, t.Any] = {}
@@ -106,12 +106,12 @@ def _open(target: str, username: t.Optional[str], password: t.Optional[str], rea
 
     worker = threading.Thread(target=opener, name="libvirt-open", daemon=True)
     worker.start()
-    worker.join(CONNECT_TIMEOUT_S)
+    worker.join(timeout)
     with lock:
         if "conn" not in outcome and "error" not in outcome:
             outcome["abandoned"] = True
             raise HostUnreachableError(
-                "Cannot open a libvirt connection on %s: the host did not answer within %d s." % (target, CONNECT_TIMEOUT_S),
+                "Cannot open a libvirt connection on %s: the host did not answer within %d s." % (target, timeout),
                 uri=target,
             )
     if "error" in outcome:
@@ -154,6 +154,7 @@ def libvirt_connection(
     username: t.Optional[str] = None,
     password: t.Optional[str] = None,
     readonly: bool = False,
+    connect_timeout: t.Optional[float] = None,
 ) -> t.Iterator[t.Any]:
     """Open a libvirt connection for the ``with`` block, and always close it.
 
@@ -168,7 +169,7 @@ def libvirt_connection(
     target = resolve_uri(uri)
     libvirt.registerErrorHandler(_ignore_libvirt_error, None)
     ensure_event_loop()
-    conn = _open(target, username, password, readonly)
+    conn = _open(target, username, password, readonly, CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout)
     try:
         conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
     except libvirt.libvirtError:

@@ -57,6 +57,8 @@ except ImportError:  # reported by the module through missing_required_lib
 MIB = 1024 * 1024
 PROGRESS_EVERY_S = 5.0
 CANCEL_WAIT_S = 60.0
+# How long reading the destination back after a failure waits for it to answer.
+OBSERVE_CONNECT_TIMEOUT_S = 10.0
 
 # virDomainJobType / virDomainJobOperation values read from job statistics.
 JOB_NONE = 0
@@ -476,7 +478,8 @@ class Migrator:
         observed: t.Dict[str, t.Any] = {"source": _whereabouts(source, uuid)}
         if dest_uri:
             try:
-                with self.connect(dest_uri) as conn:
+                # A short wait: after a failure the destination is often the host that went away.
+                with libvirt_connection(dest_uri, self.request.username, self.request.password, connect_timeout=OBSERVE_CONNECT_TIMEOUT_S) as conn:
                     observed["destination"] = _whereabouts(conn, uuid)
             except MigrationError as exc:
                 observed["destination"] = {"error": exc.msg}

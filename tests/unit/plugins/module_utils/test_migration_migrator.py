@@ -94,7 +94,9 @@ class Cluster:
         return conn
 
     @contextlib.contextmanager
-    def connect(self, uri: str, username: t.Optional[str] = None, password: t.Optional[str] = None) -> t.Iterator[FakeConnection]:
+    def connect(
+        self, uri: str, username: t.Optional[str] = None, password: t.Optional[str] = None, connect_timeout: t.Optional[float] = None
+    ) -> t.Iterator[FakeConnection]:
         if uri not in self.hosts:
             raise HostUnreachableError("Cannot open a libvirt connection on %s" % uri, uri=uri)
         yield self.hosts[uri]
