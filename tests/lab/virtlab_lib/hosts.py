@@ -1,0 +1,1370 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Lab host lifecycle: each host's namespaces, libvirtd and sshd, the lab and migration networks, the
+lab's TLS certificates, the Ansible inventory, lab VMs (domain XML, define and start, waiting for their
+guest agents, removal), teardown, and the commands `up`, `down`, `status`, `check`, `add-vm`,
+`remove-vm` and `ssh`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing as t
+import uuid
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from . import common
+from .common import (
+    CAPABILITIES_CACHE,
+    CLEAN_ENV,
+    FAILED_LOGS,
+    HOST_CAPABILITIES,
+    HOST_TMPFS,
+    MODULE_UTILS,
+    PKI_DIR,
+    STATE_DIR,
+    TOOL_PACKAGES,
+    VIRTLAB,
+    Host,
+    Lab,
+    LabError,
+    Vm,
+    count,
+    lab_lock,
+    netns_inode,
+    pid_alive,
+    pid_netns_inode,
+    pids_in_netns,
+    prepare_state_dir,
+    remove_state_dir,
+    require,
+    require_lab,
+    require_qemu_driver,
+    require_root,
+    run,
+    say,
+    signals_held,
+    stop_pids,
+    tail,
+    tool,
+    warn,
+    write_atomic,
+)
+from .image import AGENT_CHANNEL, build_image, choose_accel
+
+SUBNET = ipaddress.IPv4Network("10.254.77.0/24")
+GATEWAY = SUBNET.network_address + 1
+FIRST_HOST_OFFSET = 10
+LAB_BRIDGE = "virtlab0"
+HOST_NIC = "eth0"
+# The second lab network, for migration streams only (a dedicated migration network).
+MIGRATION_SUBNET = ipaddress.IPv4Network("10.254.78.0/24")
+MIGRATION_GATEWAY = MIGRATION_SUBNET.network_address + 1
+MIGRATION_BRIDGE = "virtlab1"
+HOST_MIGRATION_NIC = "eth1"
+LAB_SUBNETS = (SUBNET, MIGRATION_SUBNET)
+# While the lab is down (or half up), its subnets are blackhole routes of the root namespace, so that
+# nothing meant for a lab address leaves the machine through the default route. The bridges' own
+# connected routes (metric 0) win over them while the lab is up.
+BLACKHOLE_METRIC = 4242
+GUEST_BRIDGE = "labnet"
+NETWORK_NAME = "lab"
+POOL_NAME = "lab"
+POOL_PATH = "/var/lib/libvirt/images"
+LIBVIRTD_PORT = 16509
+LIBVIRTD_TLS_PORT = 16514
+MAX_HOSTS = 32
+# Hook scripts libvirtd runs for QEMU domains (read only when libvirtd starts; see restart-libvirtd).
+HOOKS_DIR = "hooks/qemu.d"
+# The collection's maintenance mark inside a host (its "state": "preparing", "maintenance" or
+# "activating"; only "maintenance" forbids running VMs).
+MAINTENANCE_MARK = Path("lib-virtops", "maintenance.json")
+MAINTENANCE_STATES = ("preparing", "maintenance", "activating")
+
+# Per-host directories under the host's state directory and where they appear inside the host.
+HOST_DIR_MOUNTS: tuple[tuple[str, str], ...] = (
+    ("etc-libvirt", "/etc/libvirt"),
+    ("lib-libvirt", "/var/lib/libvirt"),
+    ("cache-libvirt", "/var/cache/libvirt"),
+    ("log-libvirt", "/var/log/libvirt"),
+    ("lib-virtops", "/var/lib/virtops-migration"),
+    ("log-virtops", "/var/log/virtops-migration"),
+    ("run-sshd", "/run/sshd"),
+)
+HOST_FILE_MOUNTS: tuple[tuple[str, str], ...] = (("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf"))
+
+UP_TOOLS = tuple(TOOL_PACKAGES)
+
+VM_SPEC = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,62}):(?P<memory>[0-9]+)"
+    r"(?::(?P<priority>[a-z]+))?(?:@(?P<host>[0-9]+))?$"
+)
+CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+
+DOMAIN_STATES = {
+    0: "no state",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutting down",
+    5: "shut off",
+    6: "crashed",
+    7: "pmsuspended",
+}
+RUNNING = 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# libvirt access
+# ---------------------------------------------------------------------------------------------------
+
+
+def open_connection(host: Host) -> t.Any:
+    """Open the host's libvirtd through its UNIX socket; raise LabError if it does not answer."""
+    if not pid_alive(host.holder_pid, "sleep"):
+        raise LabError("host %s is broken: its namespace holder (pid %d) is gone" % (host.name, host.holder_pid))
+    try:
+        return common.libvirt.open(host.local_uri)
+    except common.libvirt.libvirtError as exc:
+        raise LabError("libvirtd on %s does not answer: %s" % (host.name, exc.get_error_message())) from exc
+
+
+def close_connection(conn: t.Any) -> None:
+    """Close a libvirt connection, ignoring a daemon that has gone away."""
+    with contextlib.suppress(common.libvirt.libvirtError):
+        conn.close()
+
+
+@contextlib.contextmanager
+def connect(host: Host) -> t.Iterator[t.Any]:
+    """A libvirt connection to the host, closed afterwards."""
+    conn = open_connection(host)
+    try:
+        yield conn
+    finally:
+        close_connection(conn)
+
+
+def domain_state(dom: t.Any) -> str:
+    """The domain state as a word (running, paused, shut off, ...)."""
+    state = dom.state()[0]
+    return DOMAIN_STATES.get(state, "state %d" % state)
+
+
+def agent_command(dom: t.Any, command: str, arguments: dict[str, t.Any] | None = None, timeout: int = 10) -> t.Any:
+    """Send one QEMU guest agent command and return its ``return`` value."""
+    payload: dict[str, t.Any] = {"execute": command}
+    if arguments is not None:
+        payload["arguments"] = arguments
+    reply = common.libvirt_qemu.qemuAgentCommand(dom, json.dumps(payload), timeout, 0)
+    return json.loads(reply).get("return")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Host configuration files
+# ---------------------------------------------------------------------------------------------------
+
+
+def conf_value(value: t.Any) -> str:
+    """A value in libvirt's configuration syntax."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[ " + ", ".join(conf_value(item) for item in value) + " ]"
+    return json.dumps(str(value))
+
+
+def edit_conf(path: Path, settings: t.Mapping[str, t.Any]) -> None:
+    """Set keys in a libvirt config file: earlier assignments of them are commented out, ours appended."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    assignment = re.compile(r"^\s*(%s)\s*=" % "|".join(re.escape(key) for key in settings))
+    edited = ["#(virtlab) " + line if assignment.match(line) else line for line in lines]
+    edited.append("")
+    edited.append("# virtlab lab host settings")
+    edited.extend("%s = %s" % (key, conf_value(value)) for key, value in settings.items())
+    path.write_text("\n".join(edited) + "\n")
+
+
+def libvirtd_settings(host: Host) -> dict[str, t.Any]:
+    """libvirtd.conf settings of a lab host: plain TCP and TLS on its own address, its own host UUID."""
+    pki = host.path / "pki"
+    return {
+        "listen_tls": 1,
+        "listen_tcp": 1,
+        "listen_addr": host.address,
+        "tcp_port": str(LIBVIRTD_PORT),
+        "tls_port": str(LIBVIRTD_TLS_PORT),
+        "auth_tcp": "none",
+        "auth_tls": "none",
+        "ca_file": str(pki / "cacert.pem"),
+        "cert_file": str(pki / "servercert.pem"),
+        "key_file": str(pki / "serverkey.pem"),
+        "auth_unix_ro": "none",
+        "auth_unix_rw": "none",
+        "host_uuid": host.host_uuid,
+        "log_outputs": "3:file:/var/log/libvirt/libvirtd.log",
+    }
+
+
+def qemu_settings(host: Host) -> dict[str, t.Any]:
+    """qemu.conf settings of a lab host: no confinement, no virtlogd, migration on its own address."""
+    return {
+        "stdio_handler": "file",
+        "security_driver": "none",
+        "cgroup_controllers": [],
+        "namespaces": [],
+        "user": "root",
+        "group": "root",
+        "dynamic_ownership": 0,
+        "remember_owner": 0,
+        "migration_address": host.address,
+        "migration_host": host.address,
+        # Migrations with VIR_MIGRATE_TLS: QEMU's own TLS, with the host's certificates.
+        "migrate_tls_x509_cert_dir": str(host.path / "pki"),
+        "migrate_tls_x509_verify": 1,
+    }
+
+
+def sshd_config(host: Host) -> str:
+    """sshd_config of a lab host: root by the lab key only, on the host's own address."""
+    ssh = host.path / "ssh"
+    return "\n".join(
+        [
+            "# sshd of virtlab host %s" % host.name,
+            "ListenAddress %s" % host.address,
+            "Port 22",
+            "HostKey %s" % (ssh / "ssh_host_ed25519_key"),
+            "PidFile %s" % (host.path / "sshd.pid"),
+            "AuthorizedKeysFile %s" % (ssh / "authorized_keys"),
+            "PermitRootLogin prohibit-password",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",
+            "UseDNS no",
+            "PrintMotd no",
+            "MaxStartups 100",
+            "MaxSessions 100",
+            "Subsystem sftp internal-sftp",
+            "",
+        ]
+    )
+
+
+def hosts_file(lab: Lab) -> str:
+    """/etc/hosts inside every lab host: loopback, the controller end of the bridge, all lab hosts."""
+    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback", "%s virtlab-controller" % GATEWAY]
+    lines += ["%s %s" % (host.address, host.name) for host in lab.hosts]
+    return "\n".join(lines) + "\n"
+
+
+def ensure_accounts() -> None:
+    """Create the libvirt-qemu user and group, which libvirtd's QEMU driver resolves at start."""
+    if run(["getent", "group", "libvirt-qemu"], check=False).returncode != 0:
+        run([tool("groupadd"), "--system", "libvirt-qemu"])
+    if run(["getent", "passwd", "libvirt-qemu"], check=False).returncode != 0:
+        home = ["--home-dir", "/var/lib/libvirt", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+        run([tool("useradd"), "--system", "--gid", "libvirt-qemu", *home, "libvirt-qemu"])
+
+
+def check_python_for_ansible() -> None:
+    """Warn if the hosts' Python (the machine's /usr/bin/python3) cannot import libvirt."""
+    python = Path("/usr/bin/python3")
+    if not python.exists():
+        warn("/usr/bin/python3 is missing: Ansible cannot run modules on the lab hosts (apt-get install python3)")
+    elif run([str(python), "-c", "import libvirt"], check=False).returncode != 0:
+        warn(
+            "/usr/bin/python3 cannot import libvirt; collection modules will fail on the lab hosts "
+            "(apt-get install python3-libvirt)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Creating hosts
+# ---------------------------------------------------------------------------------------------------
+
+
+def new_lab(cluster: str, count: int, vms: list[Vm], inventory: Path, image: dict[str, t.Any], accel: str) -> Lab:
+    """The state of a lab about to be created (names and addresses fixed up front)."""
+    hosts = []
+    for index in range(1, count + 1):
+        name = "%s-h%d" % (cluster, index)
+        hosts.append(
+            Host(
+                name=name,
+                index=index,
+                address=str(SUBNET.network_address + FIRST_HOST_OFFSET + index),
+                netns="virtlab-" + name,
+                veth="virtlab-h%d" % index,
+                migration_address=str(MIGRATION_SUBNET.network_address + FIRST_HOST_OFFSET + index),
+                migration_veth="virtlab-m%d" % index,
+                dir=str(STATE_DIR / "hosts" / name),
+                host_uuid=str(uuid.uuid4()),
+            )
+        )
+    return Lab(
+        cluster=cluster,
+        phase="starting",
+        accel=accel,
+        key=str(STATE_DIR / "id_ed25519"),
+        kernel=image["kernel"],
+        initrd=image["initrd"],
+        inventory=str(inventory.resolve()),
+        created=time.time(),
+        hosts=hosts,
+        vms=vms,
+    )
+
+
+def blackhole_lab_subnets() -> None:
+    """Make every lab subnet a blackhole route of the root namespace (idempotent).
+
+    The route stays when the lab is down: anything reaching for a lab address then fails at once
+    instead of leaving the machine through the default route. While the lab is up, the bridges'
+    connected routes (metric 0) take precedence.
+    """
+    for subnet in LAB_SUBNETS:
+        # "unreachable": the kernel drops the packets and answers EHOSTUNREACH ("No route to host").
+        run([tool("ip"), "route", "replace", "unreachable", str(subnet), "metric", str(BLACKHOLE_METRIC)])
+
+
+def is_lab_blackhole(route: t.Mapping[str, t.Any]) -> bool:
+    """Whether a route (``ip -j route`` form) is one of the lab's own blackhole routes."""
+    return (
+        route.get("type") in ("blackhole", "unreachable")
+        and route.get("dst") in {str(subnet) for subnet in LAB_SUBNETS}
+        and route.get("metric") == BLACKHOLE_METRIC
+    )
+
+
+def check_network_free(lab: Lab) -> None:
+    """Refuse to start if the lab's bridges, namespaces or subnets are already in use on this machine."""
+    for bridge in (LAB_BRIDGE, MIGRATION_BRIDGE):
+        if Path("/sys/class/net", bridge).exists():
+            raise LabError(
+                "network interface %s exists but no lab is recorded in %s (another lab with a different "
+                "VIRTLAB_STATE?); remove it with `ip link del %s`" % (bridge, STATE_DIR, bridge)
+            )
+    for host in lab.hosts:
+        if netns_inode(host.netns) is not None:
+            raise LabError(
+                "network namespace %s already exists; remove it with `ip netns del %s`" % (host.netns, host.netns)
+            )
+    routes = json.loads(run([tool("ip"), "-j", "-4", "route", "show", "table", "all"]).stdout or "[]")
+    for route in routes:
+        destination = route.get("dst", "")
+        if destination in ("default", "") or route.get("type") in ("broadcast", "local") or is_lab_blackhole(route):
+            continue
+        for subnet in LAB_SUBNETS:
+            with contextlib.suppress(ValueError):
+                if ipaddress.IPv4Network(destination, strict=False).overlaps(subnet):
+                    raise LabError("the lab subnet %s overlaps a route of this machine (%s)" % (subnet, destination))
+
+
+def create_lab_bridges() -> None:
+    """The lab bridge and the migration bridge in the root namespace, each with the controller's address."""
+    ip = tool("ip")
+    bridges = ((LAB_BRIDGE, GATEWAY, SUBNET), (MIGRATION_BRIDGE, MIGRATION_GATEWAY, MIGRATION_SUBNET))
+    for bridge, gateway, subnet in bridges:
+        run([ip, "link", "add", bridge, "type", "bridge"])
+        run([ip, "addr", "add", "%s/%d" % (gateway, subnet.prefixlen), "dev", bridge])
+        run([ip, "link", "set", bridge, "up"])
+
+
+def create_host_network(host: Host) -> None:
+    """The host's network namespace, its veths on the lab and migration bridges, and its guests' bridge."""
+    ip = tool("ip")
+    run([ip, "netns", "add", host.netns])
+    nics = (
+        (host.veth, HOST_NIC, LAB_BRIDGE, host.address, SUBNET),
+        (host.migration_veth, HOST_MIGRATION_NIC, MIGRATION_BRIDGE, host.migration_address, MIGRATION_SUBNET),
+    )
+    for veth, nic, bridge, address, subnet in nics:
+        run([ip, "link", "add", veth, "type", "veth", "peer", "name", nic, "netns", host.netns])
+        run([ip, "link", "set", veth, "master", bridge, "up"])
+        run([ip, "-n", host.netns, "addr", "add", "%s/%d" % (address, subnet.prefixlen), "dev", nic])
+        run([ip, "-n", host.netns, "link", "set", nic, "up"])
+    run([ip, "-n", host.netns, "link", "set", "lo", "up"])
+    run([ip, "-n", host.netns, "link", "add", GUEST_BRIDGE, "type", "bridge"])
+    run([ip, "-n", host.netns, "link", "set", GUEST_BRIDGE, "up"])
+
+
+def openssl(*args: str) -> None:
+    run([tool("openssl"), *args], what="openssl " + args[0])
+
+
+def issue_certificate(directory: Path, name: str, subject: str, extensions: list[str]) -> tuple[Path, Path]:
+    """A key and a certificate signed by the lab CA, as DIRECTORY/NAME-key.pem and NAME-cert.pem."""
+    key, request, cert = directory / (name + "-key.pem"), directory / (name + ".csr"), directory / (name + "-cert.pem")
+    config = directory / (name + ".ext")
+    config.write_text("\n".join(extensions) + "\n")
+    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-subj", subject, "-out", str(request))
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(request),
+        "-CA",
+        str(PKI_DIR / "ca-cert.pem"),
+        "-CAkey",
+        str(PKI_DIR / "ca-key.pem"),
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-sha256",
+        "-extfile",
+        str(config),
+        "-out",
+        str(cert),
+    )
+    request.unlink()
+    config.unlink()
+    return key, cert
+
+
+def create_pki(lab: Lab) -> None:
+    """The lab CA, one client certificate for every libvirtd, and a server certificate per host.
+
+    libvirt's names (cacert.pem, servercert.pem, ...) and QEMU's (ca-cert.pem, server-cert.pem, ...)
+    name the same files: libvirtd serves TLS with them, and QEMU encrypts migration streams with them.
+    """
+    PKI_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-sha256",
+        "-subj",
+        "/CN=virtlab CA",
+        "-keyout",
+        str(PKI_DIR / "ca-key.pem"),
+        "-out",
+        str(PKI_DIR / "ca-cert.pem"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    usage = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment"]
+    key, cert = issue_certificate(PKI_DIR, "client", "/CN=virtlab client", usage + ["extendedKeyUsage=clientAuth"])
+    shutil.copyfile(PKI_DIR / "ca-cert.pem", PKI_DIR / "cacert.pem")
+    os.replace(key, PKI_DIR / "clientkey.pem")
+    os.replace(cert, PKI_DIR / "clientcert.pem")
+    for host in lab.hosts:
+        pki = host.path / "pki"
+        pki.mkdir(mode=0o700, parents=True, exist_ok=True)
+        names = "subjectAltName=IP:%s,DNS:%s" % (host.address, host.name)
+        key, cert = issue_certificate(
+            pki, "server", "/CN=%s" % host.name, usage + ["extendedKeyUsage=serverAuth,clientAuth", names]
+        )
+        for copy in ("ca-cert.pem", "cacert.pem"):
+            shutil.copyfile(PKI_DIR / "ca-cert.pem", pki / copy)
+        shutil.copyfile(key, pki / "serverkey.pem")
+        shutil.copyfile(cert, pki / "servercert.pem")
+        # QEMU's client side of a TLS migration presents the host's own certificate.
+        shutil.copyfile(key, pki / "client-key.pem")
+        shutil.copyfile(cert, pki / "client-cert.pem")
+
+
+def prepare_host_files(lab: Lab, host: Host) -> None:
+    """The host's private directories, libvirt and sshd configuration, and name resolution files."""
+    base = host.path
+    for directory, _target in HOST_DIR_MOUNTS:
+        (base / directory).mkdir(parents=True, exist_ok=True)
+    os.chmod(base / "run-sshd", 0o755)
+    (base / "lib-libvirt" / "images").mkdir(exist_ok=True)
+    (base / "log-libvirt" / "qemu").mkdir(exist_ok=True)
+    (base / "etc-libvirt" / HOOKS_DIR).mkdir(parents=True, exist_ok=True)
+    # Only the top-level configuration files: domains and networks defined on this machine stay out.
+    system = Path("/etc/libvirt")
+    if system.is_dir():
+        for entry in system.iterdir():
+            if entry.is_file():
+                shutil.copy2(entry, base / "etc-libvirt" / entry.name)
+    edit_conf(base / "etc-libvirt" / "libvirtd.conf", libvirtd_settings(host))
+    edit_conf(base / "etc-libvirt" / "qemu.conf", qemu_settings(host))
+    (base / "hosts").write_text(hosts_file(lab))
+    (base / "resolv.conf").write_text(
+        "# virtlab host %s: no DNS; names come from /etc/hosts\nnameserver 127.0.0.1\n" % host.name
+    )
+
+    ssh = base / "ssh"
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    host_key = ssh / "ssh_host_ed25519_key"
+    run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", "virtlab host " + host.name, "-f", str(host_key)])
+    shutil.copyfile(lab.key + ".pub", ssh / "authorized_keys")
+    (ssh / "sshd_config").write_text(sshd_config(host))
+
+
+def start_holder(host: Host) -> None:
+    """Start the process that holds the host's mount and UTS namespaces (inside its network namespace)."""
+    holder = [tool("unshare"), "--mount", "--uts", "--propagation", "private", "sleep", "infinity"]
+    with open(host.path / "holder.log", "ab") as log:
+        proc = subprocess.Popen(
+            [tool("ip"), "netns", "exec", host.netns, *holder],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=CLEAN_ENV,
+            start_new_session=True,
+        )
+    host.holder_pid = proc.pid
+    deadline = time.monotonic() + 10
+    own_uts = os.stat("/proc/self/ns/uts").st_ino
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError("the namespace holder of %s exited: %s" % (host.name, tail(host.path / "holder.log")))
+        with contextlib.suppress(OSError):
+            if pid_alive(proc.pid, "sleep") and os.stat("/proc/%d/ns/uts" % proc.pid).st_ino != own_uts:
+                return
+        time.sleep(0.01)
+    raise LabError("the namespace holder of %s did not start within 10 s" % host.name)
+
+
+def mount_host_dirs(host: Host) -> None:
+    """Set the hostname and mount the host's private directories inside its mount namespace."""
+    run(host.in_host([tool("hostname"), host.name]))
+    mount = tool("mount")
+    for directory, target in HOST_DIR_MOUNTS:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        run(host.in_host([mount, "--bind", str(host.path / directory), target]))
+    Path(HOST_TMPFS).mkdir(parents=True, exist_ok=True)
+    run(host.in_host([mount, "-t", "tmpfs", "-o", "mode=0755", "tmpfs", HOST_TMPFS]))
+    for name, target in HOST_FILE_MOUNTS:
+        if Path(target).is_file():
+            run(host.in_host([mount, "--bind", str(host.path / name), target]))
+
+
+def launch_libvirtd(host: Host) -> subprocess.Popen[bytes]:
+    """Start the host's libvirtd (it daemonises once initialised); return the launching process."""
+    with open(host.path / "libvirtd.out", "ab") as log:
+        return subprocess.Popen(
+            host.in_host([tool("libvirtd"), "--listen", "--daemon", "--pid-file", HOST_TMPFS + "/libvirtd.pid"]),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=CLEAN_ENV,
+            start_new_session=True,
+        )
+
+
+def seed_capabilities(host: Host) -> None:
+    """Give the host's libvirtd the shared QEMU capabilities cache (libvirt revalidates it)."""
+    target = host.path / HOST_CAPABILITIES
+    target.mkdir(parents=True, exist_ok=True)
+    for cached in CAPABILITIES_CACHE.glob("*.xml"):
+        shutil.copy2(cached, target / cached.name)
+
+
+def save_capabilities(host: Host) -> None:
+    """Keep the host's QEMU capabilities cache for the next hosts and labs."""
+    CAPABILITIES_CACHE.mkdir(parents=True, exist_ok=True)
+    for probed in (host.path / HOST_CAPABILITIES).glob("*.xml"):
+        write_atomic(CAPABILITIES_CACHE / probed.name, probed.read_text(), 0o600)
+
+
+def finish_libvirtd(host: Host, launcher: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Wait until the host's libvirtd answers; record its PID."""
+
+    def failure(reason: str) -> LabError:
+        log = tail(host.path / "log-libvirt" / "libvirtd.log") or tail(host.path / "libvirtd.out")
+        return LabError("libvirtd on %s %s%s" % (host.name, reason, ("; its log ends:\n" + log) if log else ""))
+
+    try:
+        code = launcher.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        launcher.kill()
+        raise failure("did not start within %.0f s" % timeout) from exc
+    if code != 0:
+        raise failure("failed to start (exit %d)" % code)
+    pidfile = host.host_root() / HOST_TMPFS.lstrip("/") / "libvirtd.pid"
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            host.libvirtd_pid = int(pidfile.read_text().strip())
+        if host.libvirtd_pid and not pid_alive(host.libvirtd_pid, "libvirtd"):
+            raise failure("exited")
+        if host.libvirtd_pid:
+            try:
+                with connect(host) as conn:
+                    conn.getVersion()
+                return
+            except LabError:
+                pass
+        if time.monotonic() > deadline:
+            raise failure("does not answer after %.0f s" % timeout)
+        time.sleep(0.05)
+
+
+def start_sshd(host: Host, timeout: float = 15.0) -> None:
+    """Start the host's sshd; wait until it accepts connections; record its PID."""
+    pidfile = host.path / "sshd.pid"
+    pidfile.unlink(missing_ok=True)
+    run(
+        host.in_host([tool("sshd"), "-f", str(host.path / "ssh" / "sshd_config"), "-E", str(host.path / "sshd.log")]),
+        what="sshd on %s" % host.name,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            host.sshd_pid = int(pidfile.read_text().strip())
+        if host.sshd_pid:
+            with contextlib.suppress(OSError), socket.create_connection((host.address, 22), timeout=1):
+                return
+        time.sleep(0.05)
+    raise LabError("sshd on %s does not accept connections: %s" % (host.name, tail(host.path / "sshd.log")))
+
+
+def define_host_resources(host: Host) -> None:
+    """Define, start and autostart the host's network `lab` and storage pool `lab`."""
+    network_xml = "<network><name>%s</name><forward mode='bridge'/><bridge name='%s'/></network>" % (
+        NETWORK_NAME,
+        GUEST_BRIDGE,
+    )
+    pool_xml = "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (POOL_NAME, POOL_PATH)
+    with connect(host) as conn:
+        try:
+            network = conn.networkDefineXML(network_xml)
+            network.create()
+            network.setAutostart(1)
+            pool = conn.storagePoolDefineXML(pool_xml, 0)
+            pool.build(0)
+            pool.create(0)
+            pool.setAutostart(1)
+        except common.libvirt.libvirtError as exc:
+            raise LabError(
+                "defining network/pool %s on %s: %s" % (NETWORK_NAME, host.name, exc.get_error_message())
+            ) from exc
+
+
+def write_inventory(lab: Lab) -> None:
+    """Write the Ansible inventory of the lab: one group named after the cluster."""
+    hosts = {
+        host.name: {
+            "ansible_host": host.address,
+            "virtops_libvirt_uri": host.uri,
+            "virtops_lab_tls_uri": host.tls_uri,
+            "virtops_lab_host_index": host.index,
+            "virtops_lab_migration_address": host.migration_address,
+            # Lab hosts have no systemd: the controller restarts a host's libvirtd with virtlab.
+            "virtops_libvirtd_restart_command": [str(VIRTLAB), "restart-libvirtd", host.name],
+        }
+        for host in lab.hosts
+    }
+    group = {
+        "hosts": hosts,
+        "vars": {
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": lab.key,
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "virtops_libvirtd_restart_delegate_to": "localhost",
+        },
+    }
+    text = "# virtlab inventory of lab %r (written by `virtlab up`; do not edit)\n" % lab.cluster
+    text += common.yaml.safe_dump(
+        {"all": {"children": {lab.cluster: group}}}, default_flow_style=False, sort_keys=False
+    )
+    write_atomic(Path(lab.inventory), text)
+
+
+# ---------------------------------------------------------------------------------------------------
+# VMs
+# ---------------------------------------------------------------------------------------------------
+
+
+def migration_metadata() -> t.Any:
+    """The collection's metadata format owner (plugins/module_utils/_migration/metadata.py)."""
+    sys.path.insert(0, str(MODULE_UTILS))
+    try:
+        from _migration import metadata  # pylint: disable=import-outside-toplevel
+    except ImportError as exc:
+        raise LabError("cannot import the collection's metadata format from %s: %s" % (MODULE_UTILS, exc)) from exc
+    finally:
+        sys.path.remove(str(MODULE_UTILS))
+    return metadata
+
+
+def parse_vm(spec: str, host_count: int) -> Vm:
+    """Parse NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX]."""
+    metadata = migration_metadata()
+    match = VM_SPEC.match(spec)
+    if not match:
+        raise LabError("bad --vm %r: expected NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX], e.g. web:256:high@2" % spec)
+    priority = match.group("priority") or metadata.DEFAULT_PRIORITY
+    if priority not in metadata.PRIORITIES:
+        raise LabError("bad --vm %r: priority must be one of %s" % (spec, ", ".join(metadata.PRIORITIES)))
+    memory = int(match.group("memory"))
+    if memory < 64:
+        raise LabError("bad --vm %r: the guest needs at least 64 MiB" % spec)
+    index = int(match.group("host") or 1)
+    if not 1 <= index <= host_count:
+        raise LabError("bad --vm %r: host index %d is not between 1 and %d" % (spec, index, host_count))
+    return Vm(name=match.group("name"), memory_mib=memory, priority=priority, host_index=index)
+
+
+def domain_xml(lab: Lab, vm: Vm) -> str:
+    """The lab guest's domain: direct kernel boot, no disk, agent channel, one NIC on network `lab`."""
+    metadata = migration_metadata()
+    console_log = "/var/log/libvirt/qemu/%s-console.log" % vm.name
+    return f"""<domain type='{lab.accel}'>
+  <name>{vm.name}</name>
+  <metadata>
+    {metadata.render({"priority": vm.priority})}
+  </metadata>
+  <memory unit='MiB'>{vm.memory_mib}</memory>
+  <currentMemory unit='MiB'>{vm.memory_mib}</currentMemory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{escape(lab.kernel)}</kernel>
+    <initrd>{escape(lab.initrd)}</initrd>
+    <cmdline>console=ttyS0 panic=-1 quiet virtlab.name={vm.name}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>{escape(tool("qemu-system-x86_64"))}</emulator>
+    <controller type='usb' model='none'/>
+    <channel type='unix'>
+      <target type='virtio' name='{AGENT_CHANNEL}'/>
+    </channel>
+    <interface type='network'>
+      <source network='{NETWORK_NAME}'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'>
+      <source path='{console_log}'/>
+      <target port='0'/>
+    </serial>
+    <console type='file'>
+      <source path='{console_log}'/>
+      <target type='serial' port='0'/>
+    </console>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def start_vm(lab: Lab, vm: Vm) -> None:
+    """Define the VM persistently on its host and start it."""
+    host = lab.host(str(vm.host_index))
+    with connect(host) as conn:
+        try:
+            dom = conn.defineXML(domain_xml(lab, vm))
+        except common.libvirt.libvirtError as exc:
+            raise LabError("defining VM %s on %s: %s" % (vm.name, host.name, exc.get_error_message())) from exc
+        try:
+            dom.create()
+        except common.libvirt.libvirtError as exc:
+            with contextlib.suppress(common.libvirt.libvirtError):
+                dom.undefine()
+            raise LabError("starting VM %s on %s: %s" % (vm.name, host.name, exc.get_error_message())) from exc
+
+
+def wait_for_agents(lab: Lab, vms: t.Sequence[Vm], timeout: float) -> None:
+    """Wait until every VM's guest agent (on the host it was started on) answers guest-ping."""
+    started = time.monotonic()
+    pending = {vm.name: lab.host(str(vm.host_index)) for vm in vms}
+    last_error: dict[str, str] = {}
+    connections: dict[str, t.Any] = {}
+    try:
+        while pending:
+            for name, host in list(pending.items()):
+                try:
+                    if host.name not in connections:
+                        connections[host.name] = open_connection(host)
+                    agent_command(connections[host.name].lookupByName(name), "guest-ping", timeout=1)
+                except LabError as exc:
+                    last_error[name] = str(exc)
+                except common.libvirt.libvirtError as exc:
+                    last_error[name] = exc.get_error_message()
+                else:
+                    del pending[name]
+                    say("VM %s: guest agent answers (%.1f s)" % (name, time.monotonic() - started))
+            if pending and time.monotonic() - started > timeout:
+                details = []
+                for name, host in pending.items():
+                    console = host.path / "log-libvirt" / "qemu" / ("%s-console.log" % name)
+                    details.append(
+                        "VM %s on %s: %s; console %s ends:\n%s"
+                        % (name, host.name, last_error.get(name, "no answer"), console, tail(console, 5))
+                    )
+                raise LabError(
+                    "guest agents did not answer guest-ping within %.0f s:\n%s" % (timeout, "\n".join(details))
+                )
+            if pending:
+                time.sleep(0.2)
+    finally:
+        for conn in connections.values():
+            close_connection(conn)
+
+
+def remove_vm_everywhere(lab: Lab, name: str) -> list[str]:
+    """Destroy and undefine a VM on every host; return where it was."""
+    where = []
+    for host in lab.hosts:
+        with connect(host) as conn:
+            try:
+                dom = conn.lookupByName(name)
+            except common.libvirt.libvirtError:
+                continue
+            where.append(host.name)
+            with contextlib.suppress(common.libvirt.libvirtError):
+                if dom.isActive():
+                    dom.destroy()
+            with contextlib.suppress(common.libvirt.libvirtError):
+                if dom.isPersistent():
+                    dom.undefineFlags(0)
+    return where
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tearing down
+# ---------------------------------------------------------------------------------------------------
+
+
+def qemu_pids(host: Host) -> list[int]:
+    """PIDs of the QEMU processes the host's libvirtd records in its /run/libvirt/qemu."""
+    pids = []
+    for pidfile in (host.host_root() / HOST_TMPFS.lstrip("/") / "qemu").glob("*.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(int(pidfile.read_text().strip()))
+    return pids
+
+
+def lab_pids(host: Host, inode: int | None) -> dict[str, list[int]]:
+    """The host's recorded processes that still run inside its network namespace, by role."""
+
+    def ours(pid: int, comm: str) -> bool:
+        return inode is not None and pid_alive(pid, comm) and pid_netns_inode(pid) == inode
+
+    holder = [host.holder_pid] if ours(host.holder_pid, "sleep") else []
+    return {
+        "daemons": [pid for pid, comm in ((host.libvirtd_pid, "libvirtd"), (host.sshd_pid, "sshd")) if ours(pid, comm)],
+        "qemu": [pid for pid in qemu_pids(host) if ours(pid, "qemu")] if holder else [],
+        "holder": holder,
+    }
+
+
+def teardown(lab: Lab) -> None:
+    """Stop everything the lab started and remove its namespaces, interfaces and state.
+
+    Phases run across all hosts at once: daemons (libvirtd, sshd) by recorded PID, then the guests'
+    QEMU processes (by the PIDs their libvirtd recorded), then the namespace holders, then anything
+    else still inside a lab network namespace. The lab subnets stay (or become) blackhole routes.
+    """
+    with signals_held():
+        problems = stop_everything(lab)
+    for problem in problems:
+        warn(problem)
+
+
+def stop_everything(lab: Lab) -> list[str]:
+    """The work of teardown(); returns what could not be cleaned up."""
+    problems = []
+    inodes = {host.name: netns_inode(host.netns) for host in lab.hosts}
+    recorded = {host.name: lab_pids(host, inodes[host.name]) for host in lab.hosts}
+    stop_pids([pid for pids in recorded.values() for pid in pids["daemons"]])
+    # The guests are thrown away: kill their QEMU processes outright (libvirt's destroy is slower).
+    stop_pids([pid for pids in recorded.values() for pid in pids["qemu"]], sig=signal.SIGKILL)
+    stop_pids([pid for pids in recorded.values() for pid in pids["holder"]], sig=signal.SIGKILL)
+    leftovers = [pid for inode in inodes.values() if inode is not None for pid in pids_in_netns(inode)]
+    stop_pids(leftovers, sig=signal.SIGKILL)
+    still = [pid for pid in leftovers if pid_alive(pid)]
+    if still:
+        problems.append("processes still inside lab namespaces: %s" % " ".join(map(str, still)))
+    ip = tool("ip")
+    for host in lab.hosts:
+        if inodes[host.name] is not None:
+            result = run([ip, "netns", "del", host.netns], check=False)
+            if result.returncode != 0:
+                problems.append("ip netns del %s: %s" % (host.netns, result.stderr.strip()))
+        for veth in (host.veth, host.migration_veth):
+            if veth and Path("/sys/class/net", veth).exists():
+                run([ip, "link", "del", veth], check=False)
+    for bridge in (LAB_BRIDGE, MIGRATION_BRIDGE):
+        if Path("/sys/class/net", bridge).exists():
+            result = run([ip, "link", "del", bridge], check=False)
+            if result.returncode != 0:
+                problems.append("ip link del %s: %s" % (bridge, result.stderr.strip()))
+    try:
+        blackhole_lab_subnets()
+    except LabError as exc:
+        problems.append(str(exc))
+    remove_state_dir()
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------------
+
+
+def keep_logs(lab: Lab) -> None:
+    """Copy the hosts' logs (libvirtd, QEMU, guest consoles, sshd) aside before a failed lab is removed."""
+    shutil.rmtree(FAILED_LOGS, ignore_errors=True)
+    for host in lab.hosts:
+        target = FAILED_LOGS / host.name
+        with contextlib.suppress(OSError):
+            if (host.path / "log-libvirt").is_dir():
+                shutil.copytree(host.path / "log-libvirt", target / "libvirt")
+            for log in ("libvirtd.out", "sshd.log", "holder.log"):
+                if (host.path / log).exists():
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(host.path / log, target / log)
+    if FAILED_LOGS.exists():
+        warn("logs of the failed lab kept in %s" % FAILED_LOGS)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """virtlab up: (re)create the lab."""
+    require_root()
+    require(UP_TOOLS)
+    require_qemu_driver()
+    if not CLUSTER_NAME.match(args.cluster):
+        raise LabError("bad --cluster %r: use 1-12 lowercase letters and digits, starting with a letter" % args.cluster)
+    if not 1 <= args.hosts <= MAX_HOSTS:
+        raise LabError("--hosts must be between 1 and %d" % MAX_HOSTS)
+    vms = [parse_vm(spec, args.hosts) for spec in args.vm]
+    names = [vm.name for vm in vms]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise LabError("VM names must be unique: %s" % ", ".join(duplicates))
+    started = time.monotonic()
+    with lab_lock():
+        # First of all, so that no lab address is ever reached through the default route.
+        blackhole_lab_subnets()
+        previous = Lab.load()
+        if previous is not None:
+            say("a lab is up (%s); tearing it down first" % previous.cluster)
+            teardown(previous)
+        image = build_image()
+        accel = choose_accel(image)
+        ensure_accounts()
+        check_python_for_ansible()
+        lab = new_lab(args.cluster, args.hosts, vms, Path(args.inventory), image, accel)
+        check_network_free(lab)
+        prepare_state_dir()
+        lab.save()
+        try:
+            create_lab(lab)
+            if not args.no_wait and lab.vms:
+                wait_for_agents(lab, lab.vms, args.wait_timeout)
+            write_inventory(lab)
+            lab.phase = "up"
+            lab.save()
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                reason = "interrupted"
+            else:
+                reason = (str(exc) if isinstance(exc, LabError) else repr(exc)).splitlines()[0]
+            warn("up failed, cleaning up: %s" % reason)
+            keep_logs(lab)
+            teardown(lab)
+            if isinstance(exc, (LabError, KeyboardInterrupt)):
+                raise
+            raise LabError("up failed: %r" % exc) from exc
+    say(
+        "lab %s is up: %s, %s (%s) in %.1f s; inventory %s"
+        % (
+            lab.cluster,
+            count(len(lab.hosts), "host"),
+            count(len(lab.vms), "VM"),
+            "KVM" if lab.accel == "kvm" else "TCG",
+            time.monotonic() - started,
+            lab.inventory,
+        )
+    )
+    return 0
+
+
+def create_lab(lab: Lab) -> None:
+    """Create bridge, hosts, daemons, networks, pools and VMs, recording each in the state as it goes."""
+    run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", "virtlab " + lab.cluster, "-f", lab.key])
+    create_lab_bridges()
+    create_pki(lab)
+    for host in lab.hosts:
+        create_host_network(host)
+        prepare_host_files(lab, host)
+        start_holder(host)
+        lab.save()
+        mount_host_dirs(host)
+    # Without a shared capabilities cache, let one host probe QEMU before the others start.
+    first = [] if any(CAPABILITIES_CACHE.glob("*.xml")) else lab.hosts[:1]
+    for group in (first, [host for host in lab.hosts if host not in first]):
+        for host in group:
+            seed_capabilities(host)
+        launchers = [(host, launch_libvirtd(host)) for host in group]
+        for host, launcher in launchers:
+            finish_libvirtd(host, launcher)
+            lab.save()
+        if group:
+            save_capabilities(group[0])
+    for host in lab.hosts:
+        start_sshd(host)
+        lab.save()
+        define_host_resources(host)
+    say("%s ready: %s" % (count(len(lab.hosts), "host"), ", ".join("%s %s" % (h.name, h.address) for h in lab.hosts)))
+    for vm in lab.vms:
+        start_vm(lab, vm)
+    if lab.vms:
+        say("started VMs: %s" % ", ".join("%s@%s" % (vm.name, lab.host(str(vm.host_index)).name) for vm in lab.vms))
+
+
+def cmd_down(_args: argparse.Namespace) -> int:
+    """virtlab down: stop and remove the lab."""
+    require_root()
+    with lab_lock():
+        lab = Lab.load()
+        if lab is None:
+            blackhole_lab_subnets()
+            say("nothing is up")
+            return 0
+        teardown(lab)
+    say("lab %s is down" % lab.cluster)
+    return 0
+
+
+def link_is_up(veth: str) -> bool:
+    """Whether a veth (bridge side) is administratively up."""
+    with contextlib.suppress(OSError, ValueError):
+        return bool(veth) and bool(int(Path("/sys/class/net", veth, "flags").read_text(), 16) & 1)
+    return False
+
+
+def maintenance_mark(host: Host) -> tuple[str | None, str | None]:
+    """The state of the collection's maintenance mark on the host, and why it cannot be read.
+
+    (None, None) when the host has no mark; ("preparing" or "maintenance", None) for a mark (one
+    without "state" counts as "maintenance"); (None, REASON) for a mark that cannot be read.
+    """
+    path = host.path / MAINTENANCE_MARK
+    try:
+        mark = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, "cannot read maintenance mark %s: %s" % (path, exc)
+    if not isinstance(mark, dict):
+        return None, "cannot read maintenance mark %s: not a JSON object" % path
+    state = mark.get("state")
+    if state is None:
+        return "maintenance", None
+    if state not in MAINTENANCE_STATES:
+        return None, "cannot read maintenance mark %s: unknown state %r (expected %s)" % (
+            path,
+            state,
+            " or ".join(MAINTENANCE_STATES),
+        )
+    return str(state), None
+
+
+def host_status(lab: Lab, host: Host) -> dict[str, t.Any]:
+    """One host's state: daemons, links, maintenance mark and the domains defined or running on it."""
+    known = {vm.name for vm in lab.vms}
+    maintenance, maintenance_error = maintenance_mark(host)
+    entry: dict[str, t.Any] = {
+        "name": host.name,
+        "index": host.index,
+        "address": host.address,
+        "migration_address": host.migration_address or None,
+        "uri": host.uri,
+        "libvirtd_alive": pid_alive(host.libvirtd_pid, "libvirtd"),
+        "libvirtd_pid": host.libvirtd_pid,
+        "sshd_alive": pid_alive(host.sshd_pid, "sshd"),
+        "sshd_pid": host.sshd_pid,
+        "link_up": link_is_up(host.veth),
+        "migration_link_up": link_is_up(host.migration_veth),
+        "maintenance": maintenance,
+        "maintenance_error": maintenance_error,
+        "error": None,
+        "vms": [],
+    }
+    try:
+        with connect(host) as conn:
+            for dom in sorted(conn.listAllDomains(0), key=lambda d: d.name()):
+                entry["vms"].append(
+                    {
+                        "name": dom.name(),
+                        "state": domain_state(dom),
+                        "persistent": bool(dom.isPersistent()),
+                        "lab_vm": dom.name() in known,
+                    }
+                )
+    except (LabError, common.libvirt.libvirtError) as exc:
+        entry["error"] = str(exc)
+    return entry
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """virtlab status: hosts, daemons and VMs."""
+    require_root()
+    lab = Lab.load()
+    if lab is None:
+        if args.json:
+            print(json.dumps({"up": False, "state_dir": str(STATE_DIR)}))
+        else:
+            print("no lab is up (state directory %s)" % STATE_DIR)
+        return 1
+    hosts = [host_status(lab, host) for host in lab.hosts]
+    report = {
+        "up": lab.phase == "up",
+        "phase": lab.phase,
+        "cluster": lab.cluster,
+        "subnet": str(SUBNET),
+        "bridge": LAB_BRIDGE,
+        "migration_subnet": str(MIGRATION_SUBNET),
+        "migration_bridge": MIGRATION_BRIDGE,
+        "accel": lab.accel,
+        "key": lab.key,
+        "inventory": lab.inventory,
+        "state_dir": str(STATE_DIR),
+        "hosts": hosts,
+        "lab_vms": [dataclasses.asdict(vm) for vm in lab.vms],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        "lab %s (%s): %s on %s, guests under %s, key %s, inventory %s"
+        % (
+            lab.cluster,
+            lab.phase,
+            count(len(hosts), "host"),
+            SUBNET,
+            "KVM" if lab.accel == "kvm" else "TCG",
+            lab.key,
+            lab.inventory,
+        )
+    )
+    for entry in hosts:
+        print(
+            "%-10s %-14s %-32s libvirtd %-16s sshd %-16s link %s, migration %s %s%s"
+            % (
+                entry["name"],
+                entry["address"],
+                entry["uri"],
+                "alive (%d)" % entry["libvirtd_pid"] if entry["libvirtd_alive"] else "DOWN",
+                "alive (%d)" % entry["sshd_pid"] if entry["sshd_alive"] else "DOWN",
+                "up" if entry["link_up"] else "DOWN",
+                entry["migration_address"],
+                "up" if entry["migration_link_up"] else "DOWN",
+                "  [%s]" % entry["maintenance"] if entry["maintenance"] else "",
+            )
+        )
+        if entry["maintenance_error"]:
+            print("    (%s)" % entry["maintenance_error"])
+        if entry["error"]:
+            print("    (cannot list VMs: %s)" % entry["error"])
+        for vm in entry["vms"]:
+            print(
+                "    %-20s %-10s %s%s"
+                % (
+                    vm["name"],
+                    vm["state"],
+                    "persistent" if vm["persistent"] else "transient",
+                    "" if vm["lab_vm"] else "  (not a lab VM)",
+                )
+            )
+        if not entry["vms"] and not entry["error"]:
+            print("    (no VMs)")
+    return 0
+
+
+def vm_invariant_problems(
+    homes: list[str], active: list[tuple[str, str]], may_be_stopped: bool, uninspected: list[str]
+) -> list[str]:
+    """What breaks the no-VM-lost invariant for one VM (empty when it holds).
+
+    ``homes`` are the hosts where the VM is persistently defined, ``active`` the (host, state) pairs where
+    it is active, ``uninspected`` the hosts whose libvirtd could not be read.
+    """
+
+    def listing(pairs: list[tuple[str, str]]) -> str:
+        return ", ".join("%s (%s)" % pair for pair in pairs)
+
+    if len(homes) == 1:
+        home = homes[0]
+        wrong = []
+        state = next((state for host, state in active if host == home), None)
+        if state is None and not may_be_stopped:
+            wrong.append("shut off on %s" % home)
+        elif state not in (None, "running"):
+            wrong.append("%s on %s, not running" % (state, home))
+        others = [(host, state) for host, state in active if host != home]
+        if others:
+            wrong.append("defined on %s but also active on %s" % (home, listing(others)))
+        return wrong
+    if len(homes) > 1:
+        return [
+            "persistently defined on %d hosts: %s%s"
+            % (len(homes), ", ".join(homes), "; active on " + listing(active) if active else "")
+        ]
+    if active:
+        return ["not persistently defined on any host (transient, active on %s)" % listing(active)]
+    if uninspected:
+        return ["not found on the hosts that could be inspected (not inspected: %s)" % ", ".join(uninspected)]
+    return ["defined on no host (lost)"]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """virtlab check: every lab VM defined on exactly one host and running only there; no VM in maintenance."""
+    require_root()
+    lab = require_lab()
+    allowed = set(args.allow_stopped)
+    for name in allowed:
+        lab.vm(name)
+    persistent: dict[str, list[str]] = {vm.name: [] for vm in lab.vms}
+    active: dict[str, list[tuple[str, str]]] = {vm.name: [] for vm in lab.vms}
+    problems: list[str] = []
+    uninspected: list[str] = []
+    running_here: dict[str, list[str]] = {host.name: [] for host in lab.hosts}
+    for host in lab.hosts:
+        try:
+            with connect(host) as conn:
+                for dom in conn.listAllDomains(0):
+                    name = dom.name()
+                    if dom.isActive():
+                        running_here[host.name].append(name)
+                    if name not in persistent:
+                        continue
+                    if dom.isPersistent():
+                        persistent[name].append(host.name)
+                    if dom.isActive():
+                        active[name].append((host.name, domain_state(dom)))
+        except (LabError, common.libvirt.libvirtError) as exc:
+            uninspected.append(host.name)
+            problems.append("cannot inspect %s, so its VMs cannot be verified: %s" % (host.name, exc))
+    # A host marked in maintenance runs no VM at all (lab VM or not); "preparing" and "activating" may.
+    in_maintenance = []
+    for host in lab.hosts:
+        state, error = maintenance_mark(host)
+        if error:
+            problems.append("%s: %s" % (host.name, error))
+        elif state == "maintenance":
+            in_maintenance.append(host.name)
+            if running_here[host.name]:
+                problems.append(
+                    "%s is marked in maintenance but runs %s: %s"
+                    % (host.name, count(len(running_here[host.name]), "VM"), ", ".join(sorted(running_here[host.name])))
+                )
+    placed = []
+    for vm in lab.vms:
+        wrong = vm_invariant_problems(persistent[vm.name], active[vm.name], vm.name in allowed, uninspected)
+        if wrong:
+            problems.append("%s: %s" % (vm.name, "; ".join(wrong)))
+        else:
+            placed.append(
+                "%s@%s%s" % (vm.name, persistent[vm.name][0], "" if active[vm.name] else " (shut off, allowed)")
+            )
+    if problems:
+        for problem in problems:
+            print("FAIL " + problem)
+        print(
+            "check failed: %s; %d of %s are fine"
+            % (count(len(problems), "problem"), len(placed), count(len(lab.vms), "lab VM"))
+        )
+        return 1
+    print(
+        "OK: %s, each defined on exactly one host and running only there: %s%s"
+        % (
+            count(len(lab.vms), "lab VM"),
+            " ".join(placed) or "-",
+            "; in maintenance, running no VM: %s" % ", ".join(in_maintenance) if in_maintenance else "",
+        )
+    )
+    return 0
+
+
+def cmd_add_vm(args: argparse.Namespace) -> int:
+    """virtlab add-vm: define and start more lab VMs on a running lab."""
+    require_root()
+    with lab_lock():
+        lab = require_lab()
+        vms = [parse_vm(spec, len(lab.hosts)) for spec in args.vm]
+        existing = {vm.name for vm in lab.vms}
+        for vm in vms:
+            if vm.name in existing:
+                raise LabError("%s is already a lab VM" % vm.name)
+            existing.add(vm.name)
+        for host in lab.hosts:
+            with connect(host) as conn:
+                taken = {dom.name() for dom in conn.listAllDomains(0)} & {vm.name for vm in vms}
+            if taken:
+                raise LabError("%s already has a domain named %s" % (host.name, ", ".join(sorted(taken))))
+        for vm in vms:
+            start_vm(lab, vm)
+            lab.vms.append(vm)
+            lab.save()
+        if not args.no_wait:
+            wait_for_agents(lab, vms, args.wait_timeout)
+    say("added %s" % ", ".join("%s@%s" % (vm.name, lab.host(str(vm.host_index)).name) for vm in vms))
+    return 0
+
+
+def cmd_remove_vm(args: argparse.Namespace) -> int:
+    """virtlab remove-vm: destroy and undefine lab VMs wherever they are."""
+    require_root()
+    with lab_lock():
+        lab = require_lab()
+        for name in args.name:
+            lab.vm(name)
+        for name in args.name:
+            where = remove_vm_everywhere(lab, name)
+            lab.vms = [vm for vm in lab.vms if vm.name != name]
+            lab.save()
+            say("removed %s%s" % (name, " (from %s)" % ", ".join(where) if where else " (it was defined nowhere)"))
+    return 0
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    """virtlab ssh: open an SSH session (or run a command) on a lab host with the lab key."""
+    require_root()
+    lab = require_lab()
+    host = lab.host(args.host)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    ssh = tool("ssh")
+    os.execv(
+        ssh,
+        [
+            ssh,
+            "-i",
+            lab.key,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "root@" + host.address,
+            *command,
+        ],
+    )
+    return 0

@@ -1,0 +1,523 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The guest image: Debian's cloud kernel booted directly with an initramfs of busybox-static,
+qemu-guest-agent and the lab's memory-dirtying workload (guest/virtlab-dirty.c, compiled here with
+gcc -static), cached in CACHE_DIR/guest; the KVM probe that decides whether guests run under KVM or
+TCG (cached per image and host kernel); and the `image` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import lzma
+import os
+import re
+import selectors
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+import typing as t
+from pathlib import Path
+
+from .common import (
+    CACHE_DIR,
+    CLEAN_ENV,
+    GUEST_DIR,
+    LAB_DIR,
+    LabError,
+    lab_lock,
+    require,
+    require_root,
+    run,
+    say,
+    sha256,
+    tool,
+    warn,
+    write_atomic,
+)
+
+IMAGE_TOOLS = ("apt-get", "dpkg", "dpkg-deb", "busybox", "ldd", "gcc")
+
+# Guest image: Debian's cloud kernel, plus an initramfs of busybox-static, qemu-guest-agent and the
+# lab's own memory-dirtying workload (compiled from guest/virtlab-dirty.c, linked statically).
+# IMAGE_FORMAT changes whenever what goes into the image changes, so that a cached image is rebuilt.
+IMAGE_FORMAT = 2
+DIRTIER_SOURCE = LAB_DIR / "guest" / "virtlab-dirty.c"
+DIRTIER_PATH = "/usr/bin/virtlab-dirty"
+STATIC_LIBC = Path("/usr/lib/x86_64-linux-gnu/libc.a")
+KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
+AGENT_PACKAGE = "qemu-guest-agent"
+# Kernel modules the guest needs (dependencies are added from each module's own modinfo).
+GUEST_MODULES_REQUIRED = ("virtio_pci", "virtio_console")
+GUEST_MODULES_OPTIONAL = ("virtio_net",)
+GUEST_TREE = (
+    "bin",
+    "sbin",
+    "usr/bin",
+    "usr/sbin",
+    "dev",
+    "etc",
+    "lib/modules",
+    "proc",
+    "sys",
+    "tmp",
+    "run",
+    "var",
+    "root",
+)
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+GUEST_READY_MARKER = "virtlab guest ready"
+
+
+GUEST_INIT = r"""#!/bin/sh
+# PID 1 of a virtlab guest: a diskless Linux with busybox and the QEMU guest agent.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=755 tmpfs /run
+probe=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        virtlab.name=*) hostname "${arg#virtlab.name=}" ;;
+        virtlab.probe=1) probe=1 ;;
+    esac
+done
+for module in @MODULES@; do
+    insmod "/lib/modules/$module.ko" || echo "virtlab guest: insmod $module failed"
+done
+# No udev here: make the /dev/virtio-ports/NAME links the agent looks for.
+mkdir -p /dev/virtio-ports
+tries=0
+while [ "$tries" -lt 100 ]; do
+    for port in /sys/class/virtio-ports/*; do
+        [ -r "$port/name" ] || continue
+        name=$(cat "$port/name")
+        [ -n "$name" ] && ln -sf "../${port##*/}" "/dev/virtio-ports/$name"
+    done
+    [ -e /dev/virtio-ports/@CHANNEL@ ] && break
+    tries=$((tries + 1))
+    sleep 0.1
+done
+ip link set lo up
+for nic in /sys/class/net/eth*; do
+    [ -e "$nic" ] && ip link set "${nic##*/}" up
+done
+echo "@READY@"
+if [ -n "$probe" ]; then
+    reboot -f
+fi
+mkdir -p /run/qemu-ga
+(
+    while :; do
+        qemu-ga -m virtio-serial -p /dev/virtio-ports/@CHANNEL@ -t /run/qemu-ga
+        echo "virtlab guest: qemu-ga exited, restarting it"
+        sleep 1
+    done
+) &
+while :; do
+    sleep 3600
+done
+"""
+
+# qemu-ga runs /sbin/shutdown for guest-shutdown (virsh shutdown/reboot); busybox has no such applet.
+GUEST_SHUTDOWN = r"""#!/bin/sh
+# virtlab guest: what the QEMU guest agent runs for guest-shutdown ("shutdown -h -P|-H|-r +0 MESSAGE").
+action=poweroff
+for arg in "$@"; do
+    case "$arg" in
+        -r) action=reboot ;;
+        -H) action=halt ;;
+    esac
+done
+( sleep 0.2; "$action" -f ) >/dev/null 2>&1 &
+exit 0
+"""
+
+
+def apt_download(package: str, directory: Path) -> Path:
+    """Download one Debian package with apt-get into ``directory``; return the .deb path."""
+    before = set(directory.glob("*.deb"))
+    result = run(
+        [tool("apt-get"), "-q", "-o", "APT::Sandbox::User=root", "download", package],
+        env=os.environ,
+        cwd=directory,
+        check=False,
+        timeout=600,
+    )
+    if result.returncode != 0:
+        raise LabError(
+            "apt-get download %s failed: %s\n(if apt does not know the package, run `apt-get update` first)"
+            % (package, (result.stderr or result.stdout).strip())
+        )
+    new = sorted(set(directory.glob("*.deb")) - before)
+    if not new:
+        raise LabError("apt-get download %s produced no .deb file" % package)
+    return new[0]
+
+
+def deb_field(deb: Path, field: str) -> str:
+    """A control field of a .deb file."""
+    return run([tool("dpkg-deb"), "-f", str(deb), field]).stdout.strip()
+
+
+def kernel_package(meta_deb: Path) -> str:
+    """The versioned kernel package the meta-package depends on, as NAME=VERSION when pinned."""
+    for alternative in deb_field(meta_deb, "Depends").split(","):
+        first = alternative.split("|")[0].strip()
+        match = re.match(r"^(linux-image-[^\s(]+)(?:\s*\(\s*=\s*([^)\s]+)\s*\))?", first)
+        if match:
+            return match.group(1) + ("=" + match.group(2) if match.group(2) else "")
+    raise LabError("%s does not depend on a linux-image package" % meta_deb.name)
+
+
+def read_modinfo(ko: Path) -> dict[str, str]:
+    """The name= and depends= fields of a kernel module (.ko or .ko.xz)."""
+    data = ko.read_bytes()
+    if ko.suffix == ".xz":
+        data = lzma.decompress(data)
+    info: dict[str, str] = {}
+    for chunk in data.split(b"\0"):
+        for key in (b"name=", b"depends="):
+            if chunk.startswith(key) and key.decode()[:-1] not in info:
+                info[key.decode()[:-1]] = chunk[len(key) :].decode(errors="replace")
+    return info
+
+
+def module_load_order(modules_dir: Path) -> tuple[list[str], dict[str, Path]]:
+    """The guest's modules with their dependencies, in an order insmod can load them.
+
+    Modules built into the kernel (listed in modules.builtin) are skipped; a required module that is
+    neither a file nor built in is an error, an optional one is left out.
+    """
+
+    def normal(name: str) -> str:
+        return name.replace("-", "_")
+
+    files: dict[str, Path] = {}
+    for ko in list(modules_dir.rglob("*.ko")) + list(modules_dir.rglob("*.ko.xz")):
+        files[normal(ko.name.split(".ko")[0])] = ko
+    builtin = set()
+    builtin_list = modules_dir / "modules.builtin"
+    if builtin_list.exists():
+        builtin = {normal(Path(line.strip()).name.split(".ko")[0]) for line in builtin_list.read_text().splitlines()}
+
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str, required: bool) -> None:
+        if name in order or name in builtin:
+            return
+        if name not in files:
+            if required:
+                raise LabError("the guest kernel has no module %s (neither a .ko file nor built in)" % name)
+            warn("the guest kernel has no module %s; leaving it out" % name)
+            return
+        if name in visiting:
+            raise LabError("kernel module dependency loop at %s" % name)
+        visiting.add(name)
+        for dependency in filter(None, read_modinfo(files[name]).get("depends", "").split(",")):
+            visit(normal(dependency), True)
+        visiting.discard(name)
+        order.append(name)
+
+    for name in GUEST_MODULES_REQUIRED:
+        visit(name, True)
+    for name in GUEST_MODULES_OPTIONAL:
+        visit(name, False)
+    return order, files
+
+
+def shared_libraries(binary: Path) -> list[str]:
+    """The shared libraries (and the loader) ``binary`` needs, resolved on this machine with ldd."""
+    result = run([tool("ldd"), str(binary)], check=False)
+    missing = re.findall(r"^\s*(\S+) => not found", result.stdout, re.MULTILINE)
+    if missing:
+        raise LabError(
+            "%s needs libraries this machine lacks: %s (`apt-get install %s` pulls them in)"
+            % (binary.name, ", ".join(missing), AGENT_PACKAGE)
+        )
+    if result.returncode != 0:
+        raise LabError("ldd %s failed: %s" % (binary, result.stderr.strip()))
+    return sorted(set(re.findall(r"(/\S+) \(0x", result.stdout)))
+
+
+def copy_into(root: Path, source: Path, target: str, mode: int | None = None) -> None:
+    """Copy ``source`` (following links) to the absolute path ``target`` inside ``root``."""
+    destination = root / target.lstrip("/")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if destination.is_symlink() or destination.exists():
+        destination.unlink()
+    shutil.copyfile(source, destination)
+    os.chmod(destination, mode if mode is not None else stat.S_IMODE(os.stat(source).st_mode))
+
+
+def build_initramfs(root: Path, output: Path) -> None:
+    """Pack ``root`` as a gzip-compressed newc cpio archive with busybox cpio."""
+    names = []
+    for directory, subdirs, filenames in os.walk(root):
+        subdirs.sort()
+        relative = os.path.relpath(directory, root)
+        if relative != ".":
+            names.append(relative)
+        names.extend(os.path.join(relative, name) if relative != "." else name for name in sorted(filenames))
+    proc = subprocess.run(
+        [tool("busybox"), "cpio", "-o", "-H", "newc"],
+        input="\n".join(names).encode() + b"\n",
+        capture_output=True,
+        cwd=root,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise LabError("busybox cpio failed: %s" % proc.stderr.decode(errors="replace").strip())
+    with gzip.open(output, "wb", compresslevel=6) as handle:
+        handle.write(proc.stdout)
+
+
+def image_paths() -> tuple[Path, Path, Path]:
+    """Kernel, initrd and description file of the cached guest image."""
+    return GUEST_DIR / "vmlinuz", GUEST_DIR / "initrd.img", GUEST_DIR / "image.json"
+
+
+def cached_image() -> dict[str, t.Any] | None:
+    """The description of the cached image, or None if it is not (completely) built."""
+    kernel, initrd, described = image_paths()
+    if not (kernel.exists() and initrd.exists() and described.exists()):
+        return None
+    try:
+        description: dict[str, t.Any] = json.loads(described.read_text())
+    except ValueError:
+        return None
+    if description.get("format") != IMAGE_FORMAT:
+        return None
+    return description
+
+
+def build_dirtier(output: Path) -> None:
+    """Compile the guest's memory-dirtying workload, statically linked (the guest has no libc)."""
+    if not STATIC_LIBC.exists():
+        raise LabError("linking the guest workload statically needs %s: `apt-get install libc6-dev`" % STATIC_LIBC)
+    proc = run([tool("gcc"), "-O2", "-static", "-Wall", "-o", str(output), str(DIRTIER_SOURCE)], check=False)
+    if proc.returncode != 0:
+        raise LabError("compiling %s failed:\n%s" % (DIRTIER_SOURCE, (proc.stdout + proc.stderr).strip()))
+
+
+def build_image(force: bool = False) -> dict[str, t.Any]:
+    """Build the guest kernel and initramfs into the cache (unless cached); return their description."""
+    existing = cached_image()
+    if existing is not None and not force:
+        return existing
+    require(IMAGE_TOOLS)
+    busybox = Path(tool("busybox"))
+    linkage = run([tool("ldd"), str(busybox)], check=False)
+    if "not a dynamic executable" not in linkage.stdout + linkage.stderr:
+        raise LabError("%s is not statically linked: install it with `apt-get install busybox-static`" % busybox)
+    started = time.monotonic()
+    say("building the guest image in %s" % GUEST_DIR)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=CACHE_DIR))
+    try:
+        debs = work / "debs"
+        debs.mkdir()
+        meta = apt_download(KERNEL_META_PACKAGE, debs)
+        kernel_deb = apt_download(kernel_package(meta), debs)
+        agent_deb = apt_download(AGENT_PACKAGE, debs)
+        extracted = work / "extracted"
+        for deb in (kernel_deb, agent_deb):
+            run([tool("dpkg"), "-x", str(deb), str(extracted)])
+
+        vmlinuz = sorted((extracted / "boot").glob("vmlinuz-*"))
+        module_trees = sorted((extracted / "lib" / "modules").glob("*")) + sorted(
+            (extracted / "usr" / "lib" / "modules").glob("*")
+        )
+        if not vmlinuz or not module_trees:
+            raise LabError("%s holds no kernel or no modules" % kernel_deb.name)
+        agent_binary = next(
+            (p for p in (extracted / "usr/sbin/qemu-ga", extracted / "usr/bin/qemu-ga") if p.exists()), None
+        )
+        if agent_binary is None:
+            raise LabError("%s holds no qemu-ga binary" % agent_deb.name)
+
+        root = work / "root"
+        for directory in GUEST_TREE:
+            (root / directory).mkdir(parents=True, exist_ok=True)
+        os.symlink("../run", root / "var" / "run")
+        copy_into(root, busybox, "/bin/busybox", 0o755)
+        for applet in run([str(busybox), "--list-full"]).stdout.split():
+            link = root / applet
+            if applet == "bin/busybox" or link.exists() or link.is_symlink():
+                continue
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink("/bin/busybox", link)
+        copy_into(root, agent_binary, "/usr/sbin/qemu-ga", 0o755)
+        dirtier = work / "virtlab-dirty"
+        build_dirtier(dirtier)
+        copy_into(root, dirtier, DIRTIER_PATH, 0o755)
+        libraries = shared_libraries(agent_binary)
+        for library in libraries:
+            copy_into(root, Path(library), library, 0o755)
+        order, files = module_load_order(module_trees[0])
+        for name in order:
+            ko = files[name]
+            data = ko.read_bytes()
+            if ko.suffix == ".xz":
+                data = lzma.decompress(data)
+            (root / "lib" / "modules" / (name + ".ko")).write_bytes(data)
+        init = GUEST_INIT.replace("@MODULES@", " ".join(order)).replace("@CHANNEL@", AGENT_CHANNEL)
+        (root / "init").write_text(init.replace("@READY@", GUEST_READY_MARKER))
+        os.chmod(root / "init", 0o755)
+        shutdown = root / "sbin" / "shutdown"
+        if shutdown.is_symlink():
+            shutdown.unlink()
+        shutdown.write_text(GUEST_SHUTDOWN)
+        os.chmod(shutdown, 0o755)
+        (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        (root / "etc" / "group").write_text("root:x:0:\n")
+        (root / "etc" / "hostname").write_text("virtlab-guest\n")
+        os.mknod(root / "dev" / "console", 0o600 | stat.S_IFCHR, os.makedev(5, 1))
+        os.mknod(root / "dev" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+
+        GUEST_DIR.mkdir(parents=True, exist_ok=True)
+        kernel_path, initrd_path, described = image_paths()
+        (GUEST_DIR / "accel.json").unlink(missing_ok=True)
+        new_initrd = work / "initrd.img"
+        build_initramfs(root, new_initrd)
+        shutil.copyfile(vmlinuz[0], work / "vmlinuz")
+        os.replace(work / "vmlinuz", kernel_path)
+        os.replace(new_initrd, initrd_path)
+        description: dict[str, t.Any] = {
+            "format": IMAGE_FORMAT,
+            "kernel": str(kernel_path),
+            "initrd": str(initrd_path),
+            "kernel_package": "%s=%s" % (deb_field(kernel_deb, "Package"), deb_field(kernel_deb, "Version")),
+            "kernel_release": module_trees[0].name,
+            "agent_package": "%s=%s" % (AGENT_PACKAGE, deb_field(agent_deb, "Version")),
+            "busybox": str(busybox),
+            "modules": order,
+            "libraries": libraries,
+            "kernel_sha256": sha256(kernel_path),
+            "initrd_sha256": sha256(initrd_path),
+            "initrd_bytes": initrd_path.stat().st_size,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_atomic(described, json.dumps(description, indent=2) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    say(
+        "guest image ready in %.1f s: %s, initrd %.1f MB (modules: %s)"
+        % (
+            time.monotonic() - started,
+            description["kernel_package"],
+            description["initrd_bytes"] / 1e6,
+            " ".join(order),
+        )
+    )
+    return description
+
+
+def probe_kvm(image: dict[str, t.Any], timeout: float = 30.0, silence: float = 10.0) -> tuple[bool, str]:
+    """Boot the guest once under KVM (plain QEMU, no network); True if it reaches its /init.
+
+    Where KVM cannot run the guest, QEMU either reports an internal error or the guest prints nothing
+    at all; ``silence`` seconds without a line on the serial console count as failure.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is not available"
+    options = "-accel kvm -machine pc -m 192 -smp 1 -nodefaults -no-user-config -display none -no-reboot"
+    argv = [tool("qemu-system-x86_64"), *options.split(), "-serial", "stdio"]
+    argv += [
+        "-kernel",
+        image["kernel"],
+        "-initrd",
+        image["initrd"],
+        "-append",
+        "console=ttyS0 panic=-1 virtlab.probe=1",
+    ]
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLEAN_ENV
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ, "serial")
+    selector.register(proc.stderr, selectors.EVENT_READ, "qemu")
+    output = {"serial": b"", "qemu": b""}
+    verdict: tuple[bool, str] | None = None
+    started = time.monotonic()
+    try:
+        while verdict is None:
+            elapsed = time.monotonic() - started
+            if elapsed > timeout:
+                verdict = (False, "the guest did not finish booting under KVM within %.0f s" % timeout)
+            elif elapsed > silence and not output["serial"]:
+                verdict = (False, "the guest printed nothing under KVM within %.0f s" % silence)
+            for key, _events in selector.select(timeout=0.5):
+                chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
+                output[key.data] += chunk
+                if GUEST_READY_MARKER.encode() in output["serial"]:
+                    verdict = (True, "the guest booted under KVM")
+                elif b"KVM internal error" in output["qemu"]:
+                    verdict = (False, "KVM cannot run the guest kernel (KVM internal error)")
+                elif not chunk:
+                    selector.unregister(key.fileobj)
+                    if proc.poll() is not None or not selector.get_map():
+                        verdict = verdict or (
+                            False,
+                            "QEMU with KVM exited: %s" % output["qemu"].decode(errors="replace").strip()[-300:],
+                        )
+                        break
+    finally:
+        selector.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return verdict
+
+
+def choose_accel(image: dict[str, t.Any]) -> str:
+    """Domain type for the guests: 'kvm' only if the guest boots under KVM, else 'qemu' (TCG).
+
+    The probe runs once per image and its verdict is cached; VIRTLAB_ACCEL=qemu|kvm overrides it.
+    """
+    forced = os.environ.get("VIRTLAB_ACCEL")
+    if forced:
+        if forced not in ("qemu", "kvm"):
+            raise LabError("VIRTLAB_ACCEL must be qemu or kvm, not %r" % forced)
+        return forced
+    verdict_file = GUEST_DIR / "accel.json"
+    key = {"initrd_sha256": image["initrd_sha256"], "host_kernel": os.uname().release}
+    with contextlib.suppress(OSError, ValueError):
+        cached = json.loads(verdict_file.read_text())
+        if cached.get("key") == key and cached.get("accel") in ("qemu", "kvm"):
+            return str(cached["accel"])
+    say("probing whether the guest boots under KVM (once per image)")
+    usable, reason = probe_kvm(image)
+    accel = "kvm" if usable else "qemu"
+    say("guests run under %s: %s" % ("KVM" if usable else "TCG", reason))
+    write_atomic(verdict_file, json.dumps({"key": key, "accel": accel, "reason": reason}, indent=2) + "\n")
+    return accel
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    """virtlab image: build the guest image into the cache."""
+    require_root()
+    with lab_lock():
+        cached = None if args.force else cached_image()
+        if cached is not None:
+            say(
+                "guest image is cached (use --force to rebuild): %s, %s (%s)"
+                % (cached["kernel"], cached["initrd"], cached["kernel_package"])
+            )
+            return 0
+        build_image(force=True)
+    return 0
