@@ -1,26 +1,48 @@
-"""Benchmark: evacuating a host with host_maintenance, side by side with a sequential virsh loop.
+"""Benchmark: evacuating a host with host_maintenance, side by side with three other ways of moving the same VMs.
 
-On one lab (three hosts) and the same six guests, measured in the same run, several rounds,
-alternating which method goes first:
+On one lab (three hosts) and the same VMs on lab-h1, measured in the same run, several rounds, each
+method once per round; the order of the methods rotates from round to round (with 4 rounds or more,
+each method goes first once):
 
-(a) ``virtops.migration.host_maintenance`` on lab-h1 (run over SSH, as users run it): the guests
-    move to lab-h2 and lab-h3, two at a time, highest priority first;
-(b) a plain sequential loop of ``virsh migrate --live --p2p --persistent --undefinesource``, one
-    guest after the other, alternately to lab-h2 and lab-h3.
+(a) host_maintenance: the module ``virtops.migration.host_maintenance`` on lab-h1, run over SSH as
+    users run it: the VMs move to lab-h2 and lab-h3, two at a time, highest priority first;
+(b) raw parallel virsh: ``virsh migrate --live --p2p --persistent --undefinesource`` from the
+    controller, two worker threads taking the VMs in the order the evacuation moves them (priority
+    high, then medium, then low; larger memory first, then by name), destinations alternately lab-h2
+    and lab-h3: the lab's practical limit at the evacuation's parallelism;
+(c) sequential loop: the same virsh command, one VM after the other, same order and destinations;
+(d) playbook: the operator's ``playbooks/maintenance.yml -e target=lab-h1`` (``max_outgoing=2``) through
+    ``ansible-playbook``, from start to finish (the cluster's facts, the hook check, the evacuation,
+    the report).
 
-Between rounds the guests go back to lab-h1 (not timed). Prints each round, the median ratio b/a
-(above 1 means the evacuation was faster), the evacuation's effective throughput (guest RAM moved
-per second of wall time) against the throughput of a single virsh migration measured alone, and
-the planner alone on 10,000 synthetic VMs over 1,000 synthetic hosts. Every round ends with the
-lab's no-VM-lost check. Usage (as root, after ``make setup``):
+After (a) and (d) the host is brought back to active (with the module, or ``playbooks/activate.yml``),
+and after every method the VMs go back to lab-h1, two at a time; none of that is timed. Every round
+ends with the lab's no-VM-lost check.
 
-    .venv/bin/python benchmarks/evacuate.py [--rounds 3]
+VMs: with ``--vms 6`` (the default) six real guests (a kernel and a guest agent, 192 to 320 MiB);
+with any other count (the goals are for 12 and 48), or with ``--tiny``, that many tiny VMs of the
+lab (diskless, 32 MiB, no kernel, no guest agent), priorities spread over high, medium and low, all
+on lab-h1.
+
+Prints each round, then the medians, these ratios of medians with their goals:
+
+    host_maintenance vs raw parallel virsh   parallel / host_maintenance   >= 0.9
+    host_maintenance vs sequential loop      loop / host_maintenance       >= 1.8
+    playbook vs sequential loop              loop / playbook               >= 1.5
+
+the cost per VM of each method (median seconds / VMs, to compare runs at 6, 12 and 48 VMs), the
+median of each phase host_maintenance reports in its ``timings`` (when it does), the evacuation's
+effective throughput against a single virsh migration measured alone, and last the planner alone on
+10,000 synthetic VMs over 1,000 synthetic hosts (``benchmarks/planner.py``). ``--json FILE`` also
+writes every raw number. Usage (as root, after ``make setup``):
+
+    .venv/bin/python benchmarks/evacuate.py [--vms 6|12|48] [--tiny] [--rounds 3] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import statistics
 import subprocess
 import sys
@@ -28,51 +50,167 @@ import time
 import typing as t
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".venv" / "collections"))
-os.environ["PATH"] = "%s:%s" % (REPO / ".venv" / "bin", os.environ.get("PATH", ""))
+from benchkit import INVENTORY, REPO, median, migrate_all, ratio, ratio_line, timed_playbook
+from labkit import assert_no_vm_lost, lab_status, load_hostvars, run_module, virsh_migrate, virtlab
 
-from labkit import REPO, assert_no_vm_lost, load_hostvars, run_module, run_playbook, virsh_migrate, virtlab, vm_homes  # noqa: E402
+SOURCE = "lab-h1"
+DESTINATIONS = ("lab-h2", "lab-h3")
+WORKERS = 2  # migrations at once: host_maintenance's max_outgoing (its default), given explicitly to both Ansible methods
+PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
+TINY_MIB = 32
+
+
+class Vm(t.NamedTuple):
+    name: str
+    memory_mib: int
+    priority: str
+
 
 GUESTS = [
-    ("ev-web1", 256, "high"),
-    ("ev-web2", 256, "high"),
-    ("ev-db1", 320, "medium"),
-    ("ev-app1", 256, "medium"),
-    ("ev-batch1", 192, "low"),
-    ("ev-batch2", 192, "low"),
+    Vm("ev-web1", 256, "high"),
+    Vm("ev-web2", 256, "high"),
+    Vm("ev-db1", 320, "medium"),
+    Vm("ev-app1", 256, "medium"),
+    Vm("ev-batch1", 192, "low"),
+    Vm("ev-batch2", 192, "low"),
 ]
 
+# Method key, label; the order of the first round.
+METHODS = (
+    ("module", "host_maintenance"),
+    ("parallel", "raw parallel virsh"),
+    ("loop", "sequential loop"),
+    ("playbook", "playbook"),
+)
+LABELS = dict(METHODS)
+# Label, numerator, denominator, goal: ratios of medians, above 1 when the denominator is faster.
+RATIOS = (
+    ("host_maintenance vs raw parallel virsh (parallel/ours)", "parallel", "module", 0.9),
+    ("host_maintenance vs sequential loop (loop/ours)", "loop", "module", 1.8),
+    ("playbook vs sequential loop (loop/playbook)", "loop", "playbook", 1.5),
+)
 
-def gather_back(uris: t.Mapping[str, str]) -> None:
-    """Move every guest back to lab-h1 (untimed)."""
-    for name, _memory, _priority in GUESTS:
-        for host, state in vm_homes(name).items():
-            if host != "lab-h1" and state == "running":
-                virsh_migrate(uris[host], uris["lab-h1"], name)
+
+def lab_vms(count: int, tiny: bool) -> t.Tuple[t.List[Vm], t.List[str]]:
+    """The VMs in the order the evacuation moves them, and the ``virtlab up`` arguments that create them on lab-h1."""
+    if count == len(GUESTS) and not tiny:
+        vms, option = list(GUESTS), "--vm"
+    else:
+        width = len(str(count))
+        priorities = tuple(PRIORITY_RANK)
+        vms = [Vm("ev-t%0*d" % (width, index + 1), TINY_MIB, priorities[index % len(priorities)]) for index in range(count)]
+        option = "--tiny-vm"
+    vms.sort(key=lambda vm: (PRIORITY_RANK[vm.priority], -vm.memory_mib, vm.name))
+    spec: t.List[str] = []
+    for vm in vms:
+        spec += [option, "%s:%d:%s@1" % vm]
+    return vms, spec
+
+
+def evacuation_moves(vms: t.Sequence[Vm], uris: t.Mapping[str, str]) -> t.List[t.Tuple[str, str, str]]:
+    """Each VM from lab-h1, in the evacuation's order, alternately to lab-h2 and lab-h3."""
+    return [(uris[SOURCE], uris[DESTINATIONS[index % len(DESTINATIONS)]], vm.name) for index, vm in enumerate(vms)]
+
+
+def gather_back(vms: t.Sequence[Vm], uris: t.Mapping[str, str]) -> None:
+    """Move every VM running elsewhere back to lab-h1, two at a time (untimed)."""
+    names = {vm.name for vm in vms}
+    moves = [
+        (uris[host["name"]], uris[SOURCE], vm["name"])
+        for host in lab_status()["hosts"]
+        if host["name"] != SOURCE
+        for vm in host["vms"]
+        if vm["name"] in names and vm["state"] == "running"
+    ]
+    migrate_all(moves, WORKERS)
     assert_no_vm_lost()
 
 
-def run_virsh_loop(uris: t.Mapping[str, str]) -> float:
+def run_virsh(vms: t.Sequence[Vm], uris: t.Mapping[str, str], workers: int) -> float:
+    moves = evacuation_moves(vms, uris)
     start = time.monotonic()
-    for index, (name, _memory, _priority) in enumerate(GUESTS):
-        virsh_migrate(uris["lab-h1"], uris["lab-h2" if index % 2 == 0 else "lab-h3"], name)
+    migrate_all(moves, workers)
     elapsed = time.monotonic() - start
     assert_no_vm_lost()
     return elapsed
 
 
-def run_maintenance(inventory: Path, uris: t.Mapping[str, str]) -> float:
+def run_maintenance(uris: t.Mapping[str, str]) -> t.Tuple[float, t.Dict[str, float]]:
+    """host_maintenance on lab-h1: its wall time and the phase timings it reports (empty if none)."""
     candidates = [{"name": host, "uri": uri} for host, uri in sorted(uris.items())]
     start = time.monotonic()
-    result = run_module(inventory, "lab-h1", "virtops.migration.host_maintenance", {"candidates": candidates})
+    result = run_module(INVENTORY, SOURCE, "virtops.migration.host_maintenance", {"candidates": candidates, "max_outgoing": WORKERS})
     elapsed = time.monotonic() - start
     assert result.get("changed") is True and not result.get("failed"), result
     assert_no_vm_lost()
-    activated = run_module(inventory, "lab-h1", "virtops.migration.host_maintenance", {"state": "active"})
+    activated = run_module(INVENTORY, SOURCE, "virtops.migration.host_maintenance", {"state": "active"})
     assert activated.get("changed") is True, activated
+    timings = result.get("timings")
+    return elapsed, {str(phase): float(seconds) for phase, seconds in timings.items()} if isinstance(timings, dict) else {}
+
+
+def run_maintenance_playbook() -> float:
+    elapsed = timed_playbook(REPO / "playbooks" / "maintenance.yml", {"target": SOURCE, "reason": "benchmarks/evacuate.py", "max_outgoing": WORKERS})
+    assert_no_vm_lost()
+    timed_playbook(REPO / "playbooks" / "activate.yml", {"target": SOURCE})
     return elapsed
+
+
+def rotated(index: int) -> t.List[str]:
+    """The order of the methods in round ``index`` (from 0): the first round's order, rotated by ``index``."""
+    keys = [key for key, _label in METHODS]
+    shift = index % len(keys)
+    return keys[shift:] + keys[:shift]
+
+
+def round_line(index: int, order: t.Sequence[str], seconds: t.Mapping[str, float]) -> str:
+    times = ", ".join("%s %.1f s" % (label, seconds[key]) for key, label in METHODS if key in seconds)
+    return "round %d (%s first): %s" % (index + 1, LABELS[order[0]], times)
+
+
+def phase_medians(rounds: t.Sequence[t.Mapping[str, float]]) -> t.Dict[str, float]:
+    """The median of each phase over the rounds that report it, in the order the module reports them."""
+    phases: t.Dict[str, t.List[float]] = {}
+    for timings in rounds:
+        for phase, seconds in timings.items():
+            phases.setdefault(phase, []).append(seconds)
+    return {phase: statistics.median(values) for phase, values in phases.items()}
+
+
+def summary(times: t.Mapping[str, t.Sequence[float]], vm_count: int, phases: t.Sequence[t.Mapping[str, float]]) -> t.List[str]:
+    """The lines after the rounds: medians, ratios against their goals, cost per VM, host_maintenance's phases."""
+    lines = ["median: " + ", ".join("%s %s s" % (label, median(times.get(key, ()), "%.1f")) for key, label in METHODS)]
+    lines += ["ratio " + ratio_line(label, times.get(top, ()), times.get(bottom, ()), goal) for label, top, bottom, goal in RATIOS]
+    lines.append(
+        "cost per VM (median s / %d VMs): " % vm_count
+        + ", ".join("%s %s s" % (label, median([value / vm_count for value in times.get(key, ())], "%.2f")) for key, label in METHODS)
+    )
+    by_phase = phase_medians(phases)
+    if by_phase:
+        lines.append("host_maintenance phases (median s): " + ", ".join("%s %.2f" % item for item in by_phase.items()))
+    return lines
+
+
+def raw_numbers(
+    vms: t.Sequence[Vm], rounds: t.Sequence[t.Mapping[str, t.Any]], times: t.Mapping[str, t.Sequence[float]], single: float
+) -> t.Dict[str, t.Any]:
+    """Everything measured, for ``--json``."""
+    count = len(vms)
+    return {
+        "vms": [vm._asdict() for vm in vms],
+        "vm_count": count,
+        "ram_mib": sum(vm.memory_mib for vm in vms),
+        "workers": WORKERS,
+        "rounds": list(rounds),
+        "single_virsh_migration_s": {"vm": vms[0].name, "memory_mib": vms[0].memory_mib, "seconds": single},
+        "median_s": {key: statistics.median(values) for key, values in times.items() if values},
+        "cost_per_vm_s": {key: statistics.median(values) / count for key, values in times.items() if values},
+        "ratios": [
+            {"label": label, "numerator": top, "denominator": bottom, "goal": goal, "value": ratio(times.get(top, ()), times.get(bottom, ()))}
+            for label, top, bottom, goal in RATIOS
+        ],
+        "module_phases_median_s": phase_medians([entry.get("module_timings") or {} for entry in rounds]),
+    }
 
 
 def planner_line() -> str:
@@ -85,47 +223,68 @@ def planner_line() -> str:
     return proc.stdout.strip()
 
 
+def parse_args(argv: t.Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each method (default 3; with 4 or more each method goes first once)")
+    parser.add_argument("--vms", type=int, default=len(GUESTS), help="VMs to evacuate (default 6: the six real guests; any other count: tiny VMs)")
+    parser.add_argument("--tiny", action="store_true", help="tiny VMs even at 6 (32 MiB, no kernel, no guest agent)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every raw number to FILE")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.vms < 1:
+        parser.error("--rounds and --vms must be at least 1")
+    return args
+
+
+def measure(vms: t.Sequence[Vm], rounds: int) -> t.Dict[str, t.Any]:
+    """Runs the rounds on the lab that is up; prints as it goes and returns the raw numbers."""
+    # The hosts enforce maintenance, as host_maintenance requires by default (untimed).
+    timed_playbook(REPO / "playbooks" / "setup_hosts.yml", {"cluster": "lab"})
+    uris = {name: hv["virtops_libvirt_uri"] for name, hv in load_hostvars(INVENTORY).items()}
+    single = virsh_migrate(uris[SOURCE], uris[DESTINATIONS[0]], vms[0].name)
+    gather_back(vms, uris)
+    ram_mib = sum(vm.memory_mib for vm in vms)
+    print("== Evacuating lab-h1: %d VMs, %d MiB of guest RAM, to lab-h2 and lab-h3, %d at a time" % (len(vms), ram_mib, WORKERS))
+    times: t.Dict[str, t.List[float]] = {key: [] for key, _label in METHODS}
+    done: t.List[t.Dict[str, t.Any]] = []
+    for index in range(rounds):
+        order = rotated(index)
+        entry: t.Dict[str, t.Any] = {"order": order, "seconds": {}, "module_timings": None}
+        for method in order:
+            if method == "module":
+                elapsed, entry["module_timings"] = run_maintenance(uris)
+            elif method == "playbook":
+                elapsed = run_maintenance_playbook()
+            else:
+                elapsed = run_virsh(vms, uris, WORKERS if method == "parallel" else 1)
+            entry["seconds"][method] = elapsed
+            times[method].append(elapsed)
+            gather_back(vms, uris)
+        done.append(entry)
+        print(round_line(index, order, entry["seconds"]))
+    for line in summary(times, len(vms), [entry["module_timings"] or {} for entry in done]):
+        print(line)
+    print(
+        "throughput: host_maintenance %.0f MiB/s of guest RAM; one virsh migration alone %.0f MiB/s (%d MiB in %.1f s)"
+        % (ram_mib / statistics.median(times["module"]), vms[0].memory_mib / single, vms[0].memory_mib, single)
+    )
+    return raw_numbers(vms, done, times, single)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each method (default 3)")
-    args = parser.parse_args()
-    inventory = REPO / "tests" / "output" / "bench" / "inventory.yml"
-    inventory.parent.mkdir(parents=True, exist_ok=True)
-    spec: t.List[str] = []
-    for name, memory, priority in GUESTS:
-        spec += ["--vm", "%s:%d:%s@1" % (name, memory, priority)]
-    virtlab("up", "--hosts", "3", "--inventory", str(inventory), *spec, timeout=900)
+    args = parse_args()
+    vms, spec = lab_vms(args.vms, args.tiny)
+    INVENTORY.parent.mkdir(parents=True, exist_ok=True)
+    virtlab("up", "--hosts", "3", "--inventory", str(INVENTORY), *spec, timeout=900 + 10 * len(vms))
     try:
-        # The hosts enforce maintenance, as host_maintenance requires by default (untimed).
-        setup = run_playbook(inventory, REPO / "playbooks" / "setup_hosts.yml", {"cluster": "lab"})
-        if setup.returncode != 0:
-            raise SystemExit("playbooks/setup_hosts.yml failed:\n%s%s" % (setup.stdout, setup.stderr))
-        uris = {name: hv["virtops_libvirt_uri"] for name, hv in load_hostvars(inventory).items()}
-        single = virsh_migrate(uris["lab-h1"], uris["lab-h2"], GUESTS[0][0])
-        gather_back(uris)
-        ram_mib = sum(memory for _name, memory, _priority in GUESTS)
-        ours: t.List[float] = []
-        loop: t.List[float] = []
-        print("== Evacuating lab-h1: %d guests, %d MiB of guest RAM, to lab-h2 and lab-h3" % (len(GUESTS), ram_mib))
-        for index in range(args.rounds):
-            order = ("maintenance", "virsh") if index % 2 == 0 else ("virsh", "maintenance")
-            for method in order:
-                if method == "maintenance":
-                    ours.append(run_maintenance(inventory, uris))
-                else:
-                    loop.append(run_virsh_loop(uris))
-                gather_back(uris)
-            print("round %d: host_maintenance %.1f s, sequential virsh loop %.1f s" % (index + 1, ours[-1], loop[-1]))
-        a, b = statistics.median(ours), statistics.median(loop)
-        print("median: host_maintenance %.1f s, virsh loop %.1f s, ratio b/a = %.2f" % (a, b, b / a))
-        print(
-            "throughput: evacuation %.0f MiB/s of guest RAM; one virsh migration alone %.0f MiB/s (%d MiB in %.1f s)"
-            % (ram_mib / a, GUESTS[0][1] / single, GUESTS[0][1], single)
-        )
+        numbers = measure(vms, args.rounds)
     finally:
         virtlab("down", check=False)
     print("\n== Planner alone")
-    print(planner_line())
+    numbers["planner"] = planner_line()
+    print(numbers["planner"])
+    if args.json:
+        args.json.write_text(json.dumps(numbers, indent=2) + "\n")
+        print("raw numbers: %s" % args.json)
     return 0
 
 

@@ -6,11 +6,20 @@ On one lab (two hosts) and fresh guests, measured in the same run:
    ``virtops.migration.vm_migrate`` (run on the source host over SSH, as users run it), alternating,
    several rounds. Prints the medians and the ratio of wall times (the price of the checks, the
    monitoring and Ansible's own start-up), and the downtime each reports.
-2. A busy guest (a workload rewriting 24 MiB of memory about 10 times a second) under a 50 MiB/s
+2. Both through ``ansible-playbook``: a generated playbook with one ``virtops.migration.vm_migrate``
+   task (``name``, ``destination_uri``) on the source host, against one with an
+   ``ansible.builtin.command`` task running the same ``virsh migrate --live --p2p --persistent
+   --undefinesource`` on the same host (both connect to the host's default libvirt URI). Ansible's
+   start-up, facts-free play and SSH are then the same on both sides, so the ratio command /
+   vm_migrate of the medians (goal >= 0.9) is the price of the module itself. The playbooks are
+   written under ``tests/output/bench/``.
+3. A busy guest (a workload rewriting 24 MiB of memory about 10 times a second) under a 50 MiB/s
    bandwidth cap, with each policy: outcome, wall time, downtime, data moved, memory iterations and
    the schedule steps taken.
 
-Every migration is followed by the lab's no-VM-lost check. Usage (as root, after ``make setup``):
+In 1 and 2 each round moves the guest from lab-h1 to lab-h2 with one method and back with the other;
+which goes first alternates. Every migration is followed by a check that the guest runs where it was
+sent and by the lab's no-VM-lost check. Usage (as root, after ``make setup``):
 
     .venv/bin/python benchmarks/migrate.py [--rounds N]
 """
@@ -18,7 +27,6 @@ Every migration is followed by the lab's no-VM-lost check. Usage (as root, after
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -26,12 +34,10 @@ import time
 import typing as t
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".venv" / "collections"))
-os.environ["PATH"] = "%s:%s" % (REPO / ".venv" / "bin", os.environ.get("PATH", ""))
+import yaml
 
-from labkit import assert_no_vm_lost, load_hostvars, run_module, running_on, virsh_migrate, virtlab  # noqa: E402
+from benchkit import BENCH_DIR, INVENTORY, median, ratio_line, timed_playbook
+from labkit import assert_no_vm_lost, load_hostvars, run_module, running_on, virsh_migrate, virtlab
 
 MODULE = "virtops.migration.vm_migrate"
 BUSY_CASES: t.List[t.Tuple[str, t.Dict[str, t.Any]]] = [
@@ -58,41 +64,105 @@ def module_migrate(inventory: Path, source: str, dest_uri: str, vm: str, **optio
     return time.monotonic() - start, result
 
 
+# A way of moving one guest: (its name, source host, destination host) -> wall seconds.
+Move = t.Callable[[str, str, str], float]
+
+
+def back_and_forth(vm: str, rounds: int, first: t.Tuple[str, Move], second: t.Tuple[str, Move]) -> t.Dict[str, t.List[float]]:
+    """Wall times of two ways of moving a guest between lab-h1 and lab-h2, by name.
+
+    Each round moves the guest from lab-h1 to lab-h2 with one method and back with the other; which
+    goes first alternates. After each move the guest must run on the destination, and no VM be lost.
+    """
+    times: t.Dict[str, t.List[float]] = {first[0]: [], second[0]: []}
+    for index in range(rounds):
+        methods = (first, second) if index % 2 == 0 else (second, first)
+        for (method, move), (src, dst) in zip(methods, (("lab-h1", "lab-h2"), ("lab-h2", "lab-h1"))):
+            times[method].append(move(vm, src, dst))
+            assert running_on(vm) == dst, "%s moved %s from %s but it does not run on %s" % (method, vm, src, dst)
+            assert_no_vm_lost()
+    return times
+
+
 def idle_rounds(inventory: Path, uris: t.Dict[str, str], rounds: int) -> None:
     """Alternate virsh and vm_migrate on the same idle guest, back and forth between the two hosts."""
-    vm = "bench-idle"
-    virtlab("add-vm", "%s:256@1" % vm)
-    virsh_times: t.List[float] = []
-    module_times: t.List[float] = []
     virsh_downtimes: t.List[int] = []
     module_downtimes: t.List[int] = []
-    for index in range(rounds):
-        # Each round moves the guest there and back, one move per method; which goes first alternates.
-        methods = ("virsh", "module") if index % 2 == 0 else ("module", "virsh")
-        for method, (src, dst) in zip(methods, (("lab-h1", "lab-h2"), ("lab-h2", "lab-h1"))):
-            if method == "virsh":
-                virsh_times.append(virsh_migrate(uris[src], uris[dst], vm))
-                downtime = virsh_downtime(uris[dst], vm)
-                if downtime is not None:
-                    virsh_downtimes.append(downtime)
-            else:
-                elapsed, result = module_migrate(inventory, src, uris[dst], vm)
-                assert result.get("changed") is True, result
-                module_times.append(elapsed)
-                if result.get("downtime_ms") is not None:
-                    module_downtimes.append(result["downtime_ms"])
-            assert_no_vm_lost()
+
+    def by_virsh(vm: str, src: str, dst: str) -> float:
+        elapsed = virsh_migrate(uris[src], uris[dst], vm)
+        downtime = virsh_downtime(uris[dst], vm)
+        if downtime is not None:
+            virsh_downtimes.append(downtime)
+        return elapsed
+
+    def by_module(vm: str, src: str, dst: str) -> float:
+        elapsed, result = module_migrate(inventory, src, uris[dst], vm)
+        assert result.get("changed") is True, result
+        if result.get("downtime_ms") is not None:
+            module_downtimes.append(result["downtime_ms"])
+        return elapsed
+
+    vm = "bench-idle"
+    virtlab("add-vm", "%s:256@1" % vm)
+    times = back_and_forth(vm, rounds, ("virsh", by_virsh), ("module", by_module))
     virtlab("remove-vm", vm)
-    v, m = statistics.median(virsh_times), statistics.median(module_times)
     print("\n== Idle 256 MiB guest, %d rounds each, alternating" % rounds)
     print("%-34s %8s %14s" % ("", "wall s", "downtime ms"))
-    print("%-34s %8.2f %14s" % ("virsh migrate --live --p2p", v, _median(virsh_downtimes)))
-    print("%-34s %8.2f %14s" % ("vm_migrate (ansible, over SSH)", m, _median(module_downtimes)))
-    print("ratio vm_migrate / virsh (median wall time): %.2f" % (m / v))
+    print("%-34s %8s %14s" % ("virsh migrate --live --p2p", median(times["virsh"], "%.2f"), median(virsh_downtimes)))
+    print("%-34s %8s %14s" % ("vm_migrate (ansible, over SSH)", median(times["module"], "%.2f"), median(module_downtimes)))
+    print("ratio vm_migrate / virsh (median wall time): %.2f" % (statistics.median(times["module"]) / statistics.median(times["virsh"])))
 
 
-def _median(values: t.Sequence[float]) -> str:
-    return "%.0f" % statistics.median(values) if values else "n/a"
+# The task of each generated playbook (one play on the source host, no facts). Both connect to the
+# host's default libvirt URI (LIBVIRT_DEFAULT_URI, else qemu:///system), as vm_migrate does without ``uri``.
+PLAYBOOK_TASKS: t.Dict[str, t.Dict[str, t.Any]] = {
+    "vm_migrate": {
+        "name": "Migrate {{ vm }} with vm_migrate",
+        MODULE: {"name": "{{ vm }}", "destination_uri": "{{ destination_uri }}"},
+    },
+    "command": {
+        "name": "Migrate {{ vm }} with virsh",
+        "ansible.builtin.command": {
+            "argv": ["virsh", "migrate", "--live", "--p2p", "--persistent", "--undefinesource", "{{ vm }}", "{{ destination_uri }}"],
+        },
+    },
+}
+
+
+def write_playbook(method: str) -> Path:
+    """The generated playbook of one method, under tests/output/bench/ (git-ignored)."""
+    play = {
+        "name": "Benchmark: live-migrate one VM (%s)" % method,
+        "hosts": "{{ source }}",
+        "gather_facts": False,
+        "tasks": [PLAYBOOK_TASKS[method]],
+    }
+    path = BENCH_DIR / ("migrate_%s.yml" % method)
+    path.write_text("---\n# Written by benchmarks/migrate.py; -e source=HOST -e vm=NAME -e destination_uri=URI\n" + yaml.safe_dump([play], sort_keys=False))
+    return path
+
+
+def playbook_rounds(uris: t.Dict[str, str], rounds: int) -> None:
+    """Alternate the vm_migrate playbook and the virsh command playbook on the same idle guest."""
+
+    def by_playbook(method: str) -> t.Tuple[str, Move]:
+        path = write_playbook(method)
+
+        def move(vm: str, src: str, dst: str) -> float:
+            return timed_playbook(path, {"source": src, "vm": vm, "destination_uri": uris[dst]})
+
+        return method, move
+
+    vm = "bench-play"
+    virtlab("add-vm", "%s:256@1" % vm)
+    times = back_and_forth(vm, rounds, by_playbook("vm_migrate"), by_playbook("command"))
+    virtlab("remove-vm", vm)
+    print("\n== Idle 256 MiB guest through ansible-playbook (one task on the source host), %d rounds each, alternating" % rounds)
+    print("%-52s %8s" % ("", "wall s"))
+    print("%-52s %8s" % ("virtops.migration.vm_migrate", median(times["vm_migrate"], "%.2f")))
+    print("%-52s %8s" % ("ansible.builtin.command: virsh migrate --live --p2p", median(times["command"], "%.2f")))
+    print("ratio " + ratio_line("command / vm_migrate (median wall time)", times["command"], times["vm_migrate"], 0.9))
 
 
 def lost_writes(vm: str) -> str:
@@ -152,15 +222,15 @@ def busy_cases(inventory: Path, uris: t.Dict[str, str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="idle migrations per method (default 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each idle comparison, virsh and playbooks (default 5)")
     args = parser.parse_args()
-    inventory = REPO / "tests" / "output" / "bench" / "inventory.yml"
-    inventory.parent.mkdir(parents=True, exist_ok=True)
-    virtlab("up", "--hosts", "2", "--inventory", str(inventory), timeout=900)
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    virtlab("up", "--hosts", "2", "--inventory", str(INVENTORY), timeout=900)
     try:
-        uris = {name: hv["virtops_libvirt_uri"] for name, hv in load_hostvars(inventory).items()}
-        idle_rounds(inventory, uris, args.rounds)
-        busy_cases(inventory, uris)
+        uris = {name: hv["virtops_libvirt_uri"] for name, hv in load_hostvars(INVENTORY).items()}
+        idle_rounds(INVENTORY, uris, args.rounds)
+        playbook_rounds(uris, args.rounds)
+        busy_cases(INVENTORY, uris)
     finally:
         virtlab("down", check=False)
     return 0
