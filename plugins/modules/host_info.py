@@ -45,6 +45,19 @@ options:
     type: path
     default: /var/lib/virtops-migration
     version_added: 0.1.0
+  gather:
+    description:
+      - Which of the facts that cost libvirt calls per object to gather. RV(host.vms) (and
+        RV(host.summary)), RV(host.networks), RV(host.storage_pools) and
+        RV(host.domain_capabilities) not listed here come back empty.
+      - The host's identity, CPU, memory, migration transports, guest types and maintenance state
+        are always gathered.
+      - V([]) is the cheapest reading, enough to place VMs and to find hosts in maintenance.
+    type: list
+    elements: str
+    choices: [vms, networks, storage_pools, domain_capabilities]
+    default: [vms, networks, storage_pools, domain_capabilities]
+    version_added: 0.2.0
 notes:
   - Free memory counts the kernel's free memory plus buffers and page cache, which the kernel gives
     back to guests on demand. When the libvirt driver has no node memory statistics, libvirt's free
@@ -84,6 +97,11 @@ EXAMPLES = r"""
     msg: >-
       {{ hv2.host.vms | selectattr('state', 'eq', 'running') | selectattr('priority', 'eq', 'high')
          | map(attribute='name') | list }}
+
+- name: Only what placement needs (identity, memory, CPU, maintenance), without reading every VM
+  virtops.migration.host_info:
+    gather: []
+  register: quick
 
 - name: Set the connection once for every module of the collection
   module_defaults:
@@ -723,46 +741,33 @@ host:
           sample: [licence1]
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import (
-    HAS_LIBVIRT,
-    LIBVIRT_IMPORT_ERROR,
-    connection_argument_spec,
-    libvirt_connection,
-)
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, unexpected_failure
-from ansible_collections.virtops.migration.plugins.module_utils._migration.maintenance import STATE_DIR
-from ansible_collections.virtops.migration.plugins.module_utils._migration.maintenance import status as maintenance_status
-from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import (
-    DEFAULT_MEMORY_RESERVED_MIB,
-    HostInfoCollector,
-)
+from ansible_collections.virtops.migration.plugins.module_utils._migration import mark, modulekit, options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import OPTIONAL_PARTS, HostInfoCollector
+from ansible_collections.virtops.migration.plugins.module_utils._migration.placement import DEFAULT_MEMORY_RESERVED_MIB
+from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import DEFAULT_STATE_DIR
 
 
 def main() -> None:
-    argument_spec = connection_argument_spec()
-    argument_spec.update(
+    spec = options.spec(
+        options.CONNECTION,
         memory_reserved_mib={"type": "int", "default": DEFAULT_MEMORY_RESERVED_MIB},
-        state_dir={"type": "path", "default": STATE_DIR},
+        state_dir={"type": "path", "default": DEFAULT_STATE_DIR},
+        gather={"type": "list", "elements": "str", "choices": list(OPTIONAL_PARTS), "default": list(OPTIONAL_PARTS)},
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
-
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     params = module.params
-    try:
+
+    def work() -> dict:
         with libvirt_connection(params["uri"], params["username"], params["password"]) as conn:
             collector = HostInfoCollector(conn, memory_reserved_mib=params["memory_reserved_mib"])
-            host = collector.collect()
-        host["maintenance"] = maintenance_status(params["state_dir"])
-    except MigrationError as exc:
-        module.fail_json(**exc.result())
-    except Exception as exc:  # pylint: disable=broad-exception-caught
-        module.fail_json(**unexpected_failure(exc))
-    for warning in collector.warnings:
-        module.warn(warning)
-    module.exit_json(changed=False, host=host)
+            host = collector.collect(params["gather"])
+        host["maintenance"] = mark.status(params["state_dir"])
+        return {"changed": False, "host": host, "warnings": collector.warnings}
+
+    modulekit.run(module, work)
 
 
 if __name__ == "__main__":

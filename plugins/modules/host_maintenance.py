@@ -263,22 +263,17 @@ started:
   sample: [licence1]
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import (
-    HAS_LIBVIRT,
-    LIBVIRT_IMPORT_ERROR,
-    connection_argument_spec,
-)
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, unexpected_failure
-from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import migration_run_argument_spec
+from ansible_collections.virtops.migration.plugins.module_utils._migration import modulekit, options
 from ansible_collections.virtops.migration.plugins.module_utils._migration.maintenance import HostMaintenance, request_from_params
+from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import DEFAULT_LOG_DIR
 
 
 def argument_spec() -> dict:
-    spec = connection_argument_spec()
-    spec.update(migration_run_argument_spec())
-    spec.update(
+    return options.spec(
+        options.CONNECTION,
+        options.RUN,
         state={"type": "str", "choices": ["maintenance", "active"], "default": "maintenance"},
         candidates={"type": "list", "elements": "raw", "default": []},
         include_manual={"type": "bool", "default": False},
@@ -288,30 +283,21 @@ def argument_spec() -> dict:
         max_incoming={"type": "int", "default": 2},
         reason={"type": "str"},
         requested_by={"type": "str"},
-        state_dir={"type": "path", "default": "/var/lib/virtops-migration"},
-        log_dir={"type": "path", "default": "/var/log/virtops-migration"},
+        log_dir={"type": "path", "default": DEFAULT_LOG_DIR},
         require_hook={"type": "bool", "default": True},
     )
-    return spec
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
-    try:
+
+    def work() -> dict:
         manager = HostMaintenance(request_from_params(module.params), log=module.log)
         if module.params["state"] == "active":
-            result = manager.activate(module.check_mode)
-        else:
-            result = manager.maintenance(module.check_mode)
-    except MigrationError as exc:
-        module.fail_json(**exc.result())
-    except Exception as exc:  # pylint: disable=broad-exception-caught
-        module.fail_json(**unexpected_failure(exc))
-    for warning in result.pop("warnings", []):
-        module.warn(warning)
-    module.exit_json(**result)
+            return manager.activate(module.check_mode)
+        return manager.maintenance(module.check_mode)
+
+    modulekit.run(module, work)
 
 
 if __name__ == "__main__":

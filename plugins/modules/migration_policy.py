@@ -143,23 +143,17 @@ settings:
   sample: {priority: high, migration_mode: manual, pinned_hosts: [hv2, hv3]}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import (
-    HAS_LIBVIRT,
-    LIBVIRT_IMPORT_ERROR,
-    connection_argument_spec,
-)
-from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import vm_argument_spec
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, unexpected_failure
+from ansible_collections.virtops.migration.plugins.module_utils._migration import modulekit, options
 from ansible_collections.virtops.migration.plugins.module_utils._migration.settings import SETTING_NAMES
-from ansible_collections.virtops.migration.plugins.module_utils._migration.vm_settings import VmSettingsManager
+from ansible_collections.virtops.migration.plugins.module_utils._migration.settings_store import SettingsStore
 
 
 def argument_spec() -> dict:
-    spec = connection_argument_spec()
-    spec.update(vm_argument_spec())
-    spec.update(
+    return options.spec(
+        options.CONNECTION,
+        options.VM,
         state={"type": "str", "choices": ["present", "absent"], "default": "present"},
         priority={"type": "str", "choices": ["low", "medium", "high", "inherit"]},
         migration_mode={"type": "str", "choices": ["auto", "manual", "none", "inherit"]},
@@ -170,7 +164,6 @@ def argument_spec() -> dict:
         bandwidth_mib={"type": "raw"},
         max_downtime_ms={"type": "raw"},
     )
-    return spec
 
 
 def main() -> None:
@@ -180,18 +173,14 @@ def main() -> None:
         required_one_of=[("name", "uuid")],
         mutually_exclusive=[("name", "uuid")],
     )
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
     params = module.params
-    wanted = {key: params[key] for key in SETTING_NAMES if params.get(key) is not None}
-    try:
-        manager = VmSettingsManager(params["uri"], params["username"], params["password"])
-        result = manager.apply(params["name"] or params["uuid"], params["state"], wanted, module.check_mode)
-    except MigrationError as exc:
-        module.fail_json(**exc.result())
-    except Exception as exc:  # pylint: disable=broad-exception-caught
-        module.fail_json(**unexpected_failure(exc))
-    module.exit_json(**result)
+
+    def work() -> dict:
+        wanted = {key: params[key] for key in SETTING_NAMES if params.get(key) is not None}
+        store = SettingsStore(params["uri"], params["username"], params["password"])
+        return store.apply(params["name"] or params["uuid"], params["state"], wanted, module.check_mode)
+
+    modulekit.run(module, work)
 
 
 if __name__ == "__main__":

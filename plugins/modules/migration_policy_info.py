@@ -105,36 +105,27 @@ vms:
       sample: {name: minimal_downtime, auto_converge: true, max_downtime_ms: 100}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import (
-    HAS_LIBVIRT,
-    LIBVIRT_IMPORT_ERROR,
-    connection_argument_spec,
-)
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, unexpected_failure
-from ansible_collections.virtops.migration.plugins.module_utils._migration.vm_settings import VmSettingsManager
+from ansible_collections.virtops.migration.plugins.module_utils._migration import modulekit, options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.settings_store import SettingsStore
 
 
 def main() -> None:
-    spec = connection_argument_spec()
-    spec.update(
+    spec = options.spec(
+        options.CONNECTION,
         name={"type": "str"},
         cluster_policy={"type": "dict", "default": {}},
         global_policy={"type": "dict", "default": {}},
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
     params = module.params
-    try:
-        manager = VmSettingsManager(params["uri"], params["username"], params["password"])
-        vms = manager.info(params["name"], params["cluster_policy"], params["global_policy"])
-    except MigrationError as exc:
-        module.fail_json(**exc.result())
-    except Exception as exc:  # pylint: disable=broad-exception-caught
-        module.fail_json(**unexpected_failure(exc))
-    module.exit_json(changed=False, vms=vms)
+
+    def work() -> dict:
+        store = SettingsStore(params["uri"], params["username"], params["password"])
+        return {"changed": False, "vms": store.info(params["name"], params["cluster_policy"], params["global_policy"])}
+
+    modulekit.run(module, work)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ extends_documentation_fragment:
   - virtops.migration.connection
   - virtops.migration.vm
   - virtops.migration.migration_run
+  - virtops.migration.policy_overrides
   - virtops.migration.attributes
   - virtops.migration.attributes.ACTIONGROUP_LIBVIRT
 attributes:
@@ -172,50 +173,6 @@ options:
         V(minimal_downtime), together with the single settings kept at those levels. A policy given
         here ignores the inherited single settings; the options below apply in any case.
     type: raw
-    version_added: 0.1.0
-  auto_converge:
-    description:
-      - Throttle the VM's vCPUs when the migration does not converge.
-    type: bool
-    version_added: 0.1.0
-  compression:
-    description:
-      - Compression methods for the migration stream, for example V([xbzrle]).
-      - V(xbzrle) and V(mt) work with a single connection. V(zlib) and V(zstd) compress
-        O(parallel_connections) streams; libvirt 9.0 (Debian 12) refuses them with "Unsupported
-        compression method", and the VM stays where it is.
-    type: list
-    elements: str
-    version_added: 0.1.0
-  bandwidth_mib:
-    description:
-      - Maximum bandwidth of the migration, in MiB/s. By default the hypervisor's own limit.
-    type: int
-    version_added: 0.1.0
-  max_downtime_ms:
-    description:
-      - The initial maximum downtime, in milliseconds.
-    type: int
-    version_added: 0.1.0
-  downtime_schedule:
-    description:
-      - The convergence schedule, replacing the policy's. A list of steps, each with C(stalled)
-        (the number of memory iterations without progress after which the step applies, increasing
-        from step to step), C(action) (V(downtime), V(post_copy), V(suspend) or V(abort)) and, for
-        V(downtime), C(downtime_ms).
-    type: list
-    elements: dict
-    version_added: 0.1.0
-  post_copy:
-    description:
-      - Allow switching to post-copy (by the schedule or by O(timeout_action=post_copy)).
-      - Cannot be combined with O(parallel_connections).
-    type: bool
-    version_added: 0.1.0
-  parallel_connections:
-    description:
-      - Send the memory over this many parallel connections (QEMU multifd).
-    type: int
     version_added: 0.1.0
   tls:
     description:
@@ -484,27 +441,18 @@ state:
   sample: running
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import (
-    HAS_LIBVIRT,
-    LIBVIRT_IMPORT_ERROR,
-    connection_argument_spec,
-)
-from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import vm_argument_spec
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, unexpected_failure
-from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import (
-    Migrator,
-    migration_run_argument_spec,
-    request_from_params,
-)
+from ansible_collections.virtops.migration.plugins.module_utils._migration import modulekit, options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.vm_migration import VmMigration
 
 
 def argument_spec() -> dict:
-    spec = connection_argument_spec()
-    spec.update(vm_argument_spec())
-    spec.update(migration_run_argument_spec())
-    spec.update(
+    return options.spec(
+        options.CONNECTION,
+        options.VM,
+        options.RUN,
+        options.POLICY_OVERRIDES,
         state={"type": "str", "choices": ["migrated", "cancelled"], "default": "migrated"},
         destination_uri={"type": "str"},
         destination={"type": "str", "choices": ["auto"]},
@@ -515,13 +463,6 @@ def argument_spec() -> dict:
         persistent={"type": "bool", "default": True},
         undefine_source={"type": "bool", "default": True},
         policy={"type": "raw"},
-        auto_converge={"type": "bool"},
-        compression={"type": "list", "elements": "str"},
-        bandwidth_mib={"type": "int"},
-        max_downtime_ms={"type": "int"},
-        downtime_schedule={"type": "list", "elements": "dict"},
-        post_copy={"type": "bool"},
-        parallel_connections={"type": "int"},
         tls={"type": "bool", "default": False},
         allow_unsafe_cache={"type": "bool", "default": False, "aliases": ["allow_unsafe"]},
         unsafe_storage={"type": "bool", "default": False},
@@ -529,7 +470,6 @@ def argument_spec() -> dict:
         timeout={"type": "int"},
         timeout_action={"type": "str", "choices": ["abort", "post_copy", "suspend"], "default": "abort"},
     )
-    return spec
 
 
 def main() -> None:
@@ -540,21 +480,14 @@ def main() -> None:
         mutually_exclusive=[("name", "uuid"), ("destination", "destination_uri")],
         required_if=[("state", "migrated", ("destination", "destination_uri"), True)],
     )
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
-    try:
-        migrator = Migrator(request_from_params(module.params), log=module.log)
+
+    def work() -> dict:
+        migration = VmMigration(options.migrate_request(module.params), log=module.log)
         if module.params["state"] == "cancelled":
-            result = migrator.cancel(module.check_mode)
-        else:
-            result = migrator.migrate(module.check_mode)
-    except MigrationError as exc:
-        module.fail_json(**exc.result())
-    except Exception as exc:  # pylint: disable=broad-exception-caught
-        module.fail_json(**unexpected_failure(exc))
-    for warning in result.pop("warnings", []):
-        module.warn(warning)
-    module.exit_json(**result)
+            return migration.cancel(module.check_mode)
+        return migration.migrate(module.check_mode)
+
+    modulekit.run(module, work)
 
 
 if __name__ == "__main__":

@@ -182,6 +182,9 @@ class FakeConnection:
         self.domain_capabilities_error: t.Optional[libvirt.libvirtError] = None
         self.calls: t.List[str] = []
 
+    def isAlive(self) -> int:  # noqa: N802 (libvirt's name)
+        return int(not self.closed)
+
     def setKeepAlive(self, interval: int, count: int) -> int:  # noqa: N802 (libvirt's name)
         self.keepalive = (interval, count)
         return 0

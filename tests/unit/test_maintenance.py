@@ -18,7 +18,9 @@ import pytest
 from ansible_collections.virtops.migration.plugins.filter.maintenance_report import FilterModule, maintenance_report
 from ansible_collections.virtops.migration.plugins.module_utils._migration import evacuation as ev
 from ansible_collections.virtops.migration.plugins.module_utils._migration import maintenance as mt
-from ansible_collections.virtops.migration.plugins.module_utils._migration import migrate
+from ansible_collections.virtops.migration.plugins.module_utils._migration import mark as mk
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, Move
+from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import DEFAULT_STATE_DIR
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import StateFileError
 from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
@@ -26,26 +28,26 @@ from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
 
 def test_mark_round_trip_and_status(tmp_path: Path) -> None:
     state_dir = str(tmp_path / "state")
-    assert mt.read_mark(state_dir) is None
-    assert mt.status(state_dir) == {"active": False, "state": None, "since": None, "reason": None, "by": None, "shutdown_vms": []}
+    assert mk.read_mark(state_dir) is None
+    assert mk.status(state_dir) == {"active": False, "state": None, "since": None, "reason": None, "by": None, "shutdown_vms": []}
     mark = {"state": "preparing", "since": "2026-11-26T04:20:00.000+00:00", "reason": "kernel", "by": "awx", "shutdown_vms": ["lic1"]}
-    mt.write_mark(state_dir, mark)
-    assert mt.read_mark(state_dir) == mark
-    assert mt.status(state_dir) == dict(mark, active=True)
-    mt.write_mark(state_dir, dict(mark, state=mt.MAINTENANCE))
-    assert mt.status(state_dir)["state"] == "maintenance"
-    assert sorted(path.name for path in (tmp_path / "state").iterdir()) == [mt.MARK_FILE], "written atomically, no temporary file left"
-    assert (tmp_path / "state" / mt.MARK_FILE).stat().st_mode & 0o777 == 0o600
-    mt.clear_mark(state_dir)
-    mt.clear_mark(state_dir)
-    assert mt.read_mark(state_dir) is None
+    mk.write_mark(state_dir, mark)
+    assert mk.read_mark(state_dir) == mark
+    assert mk.status(state_dir) == dict(mark, active=True)
+    mk.write_mark(state_dir, dict(mark, state=mk.MAINTENANCE))
+    assert mk.status(state_dir)["state"] == "maintenance"
+    assert sorted(path.name for path in (tmp_path / "state").iterdir()) == [mk.MARK_FILE], "written atomically, no temporary file left"
+    assert (tmp_path / "state" / mk.MARK_FILE).stat().st_mode & 0o777 == 0o600
+    mk.clear_mark(state_dir)
+    mk.clear_mark(state_dir)
+    assert mk.read_mark(state_dir) is None
 
 
 def test_a_mark_without_a_state_is_in_maintenance(tmp_path: Path) -> None:
     # Marks written before the mark had a state meant "in maintenance".
-    (tmp_path / mt.MARK_FILE).write_text(json.dumps({"since": "2026-11-26T04:20:00.000+00:00", "reason": "kernel"}))
-    assert mt.read_mark(str(tmp_path))["state"] == mt.MAINTENANCE
-    assert mt.status(str(tmp_path))["state"] == mt.MAINTENANCE
+    (tmp_path / mk.MARK_FILE).write_text(json.dumps({"since": "2026-11-26T04:20:00.000+00:00", "reason": "kernel"}))
+    assert mk.read_mark(str(tmp_path))["state"] == mk.MAINTENANCE
+    assert mk.status(str(tmp_path))["state"] == mk.MAINTENANCE
 
 
 @pytest.mark.parametrize(
@@ -57,22 +59,22 @@ def test_a_mark_without_a_state_is_in_maintenance(tmp_path: Path) -> None:
 )
 def test_unreadable_mark_is_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
     # Never "active": a host whose mark cannot be read may be about to reboot.
-    (tmp_path / mt.MARK_FILE).write_text(content)
+    (tmp_path / mk.MARK_FILE).write_text(content)
     with pytest.raises(MigrationError, match=message):
-        mt.read_mark(str(tmp_path))
+        mk.read_mark(str(tmp_path))
 
 
 def test_a_fifo_at_the_mark_path_is_an_error_not_a_hang(tmp_path: Path) -> None:
     # Opening a FIFO for reading waits for a writer: the mark's reader must not.
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    fifo = state_dir / mt.MARK_FILE
+    fifo = state_dir / mk.MARK_FILE
     os.mkfifo(fifo)
     outcome: t.Dict[str, BaseException] = {}
 
     def read() -> None:
         try:
-            mt.read_mark(str(state_dir))
+            mk.read_mark(str(state_dir))
         except BaseException as exc:  # pylint: disable=broad-exception-caught
             outcome["error"] = exc
 
@@ -84,7 +86,7 @@ def test_a_fifo_at_the_mark_path_is_an_error_not_a_hang(tmp_path: Path) -> None:
         pytest.fail("read_mark blocks on a FIFO at the mark's path")
     error = outcome["error"]
     assert isinstance(error, StateFileError) and error.msg == "Cannot read %s: it is not a regular file" % fifo
-    assert mt.read_mark_quietly(str(state_dir)) == {"state": "unreadable", "error": error.msg}
+    assert mk.read_mark_quietly(str(state_dir)) == {"state": "unreadable", "error": error.msg}
 
 
 # -- whether the host enforces maintenance (the libvirt hook, loaded by the running libvirtd)
@@ -110,20 +112,20 @@ def set_mtime(path: Path, when: float) -> None:
 def test_hook_installed_before_libvirtd_started_is_loaded(hook_files: t.Tuple[Path, Path]) -> None:
     hook, pid_file = hook_files
     set_mtime(hook, time.time() - 365 * A_DAY)  # long before this process started
-    assert mt.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": True, "loaded": True}
+    assert mk.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": True, "loaded": True}
 
 
 def test_hook_newer_than_libvirtd_is_not_loaded(hook_files: t.Tuple[Path, Path]) -> None:
     # libvirtd reads its hooks when it starts: one installed (or changed) later is not used yet.
     hook, pid_file = hook_files
     set_mtime(hook, time.time() + A_DAY)  # after this process started
-    assert mt.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": True, "loaded": False}
+    assert mk.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": True, "loaded": False}
 
 
 def test_missing_hook_is_not_installed(hook_files: t.Tuple[Path, Path]) -> None:
     hook, pid_file = hook_files
     hook.unlink()
-    assert mt.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": False, "loaded": False}
+    assert mk.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": False, "loaded": False}
 
 
 def test_non_executable_hook_is_not_installed(hook_files: t.Tuple[Path, Path]) -> None:
@@ -131,7 +133,7 @@ def test_non_executable_hook_is_not_installed(hook_files: t.Tuple[Path, Path]) -
     hook, pid_file = hook_files
     hook.chmod(0o644)
     set_mtime(hook, time.time() - 365 * A_DAY)
-    assert mt.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": False, "loaded": False}
+    assert mk.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": False, "loaded": False}
 
 
 @pytest.mark.parametrize("pid_text", [None, "", "not a pid\n", "999999999\n"])
@@ -141,14 +143,14 @@ def test_unknown_libvirtd_start_leaves_loaded_unknown(hook_files: t.Tuple[Path, 
         pid_file.unlink()
     else:
         pid_file.write_text(pid_text)
-    assert mt.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": True, "loaded": None}
+    assert mk.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": True, "loaded": None}
 
 
 def test_the_first_readable_pid_file_counts(hook_files: t.Tuple[Path, Path], tmp_path: Path) -> None:
     hook, pid_file = hook_files
     set_mtime(hook, time.time() - 365 * A_DAY)
     missing = tmp_path / "nowhere" / "libvirtd.pid"
-    assert mt.hook_status(str(hook), [str(missing), str(pid_file)])["loaded"] is True
+    assert mk.hook_status(str(hook), [str(missing), str(pid_file)])["loaded"] is True
 
 
 def watch(hook: Path, state_dir: str) -> None:
@@ -160,21 +162,21 @@ def watch(hook: Path, state_dir: str) -> None:
 def test_a_hook_watching_another_state_directory_is_not_installed(hook_files: t.Tuple[Path, Path]) -> None:
     hook, pid_file = hook_files
     watch(hook, "/srv/virtops")
-    assert mt.hook_status(str(hook), [str(pid_file)], state_dir=mt.STATE_DIR) == {
+    assert mk.hook_status(str(hook), [str(pid_file)], state_dir=DEFAULT_STATE_DIR) == {
         "path": str(hook),
         "installed": False,
         "loaded": False,
-        "problem": "it watches /srv/virtops/maintenance.json, not %s/maintenance.json" % mt.STATE_DIR,
+        "problem": "it watches /srv/virtops/maintenance.json, not %s/maintenance.json" % DEFAULT_STATE_DIR,
     }
     loaded = {"path": str(hook), "installed": True, "loaded": True}
-    assert mt.hook_status(str(hook), [str(pid_file)], state_dir="/srv/virtops") == loaded
+    assert mk.hook_status(str(hook), [str(pid_file)], state_dir="/srv/virtops") == loaded
     # The same directory written another way is the same; a directory that merely ends alike is not.
-    assert mt.hook_status(str(hook), [str(pid_file)], state_dir="/srv/virtops/") == loaded
-    assert mt.hook_status(str(hook), [str(pid_file)], state_dir="/srv//virtops") == loaded
-    assert mt.hook_status(str(hook), [str(pid_file)], state_dir="/data/srv/virtops")["installed"] is False
+    assert mk.hook_status(str(hook), [str(pid_file)], state_dir="/srv/virtops/") == loaded
+    assert mk.hook_status(str(hook), [str(pid_file)], state_dir="/srv//virtops") == loaded
+    assert mk.hook_status(str(hook), [str(pid_file)], state_dir="/data/srv/virtops")["installed"] is False
     watch(hook, "/data/srv/virtops")
-    assert mt.hook_status(str(hook), [str(pid_file)], state_dir="/srv/virtops")["installed"] is False
-    assert mt.hook_status(str(hook), [str(pid_file)]) == loaded, "without a state directory the text is not checked"
+    assert mk.hook_status(str(hook), [str(pid_file)], state_dir="/srv/virtops")["installed"] is False
+    assert mk.hook_status(str(hook), [str(pid_file)]) == loaded, "without a state directory the text is not checked"
 
 
 def test_the_pid_file_of_virtqemud_counts_where_libvirt_runs_split_daemons(hook_files: t.Tuple[Path, Path], tmp_path: Path) -> None:
@@ -183,9 +185,9 @@ def test_the_pid_file_of_virtqemud_counts_where_libvirt_runs_split_daemons(hook_
     virtqemud = pid_file.rename(tmp_path / "virtqemud.pid")
     pid_files = [str(tmp_path / "libvirtd.pid"), str(virtqemud)]  # no libvirtd on this host
     set_mtime(hook, time.time() - 365 * A_DAY)
-    assert mt.hook_status(str(hook), pid_files)["loaded"] is True
+    assert mk.hook_status(str(hook), pid_files)["loaded"] is True
     set_mtime(hook, time.time() + A_DAY)
-    assert mt.hook_status(str(hook), pid_files)["loaded"] is False
+    assert mk.hook_status(str(hook), pid_files)["loaded"] is False
 
 
 # -- running host_maintenance against fake hosts: hv1 (the host itself) and hv2
@@ -197,7 +199,7 @@ HV2_UUID = "0c9a4b52-7d3e-4f1a-9e55-2b8c6d1f0a77"
 RUNNING = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_BOOTED)
 SHUT_OFF = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
 MAINTENANCE_MARK: t.Dict[str, t.Any] = {
-    "state": mt.MAINTENANCE,
+    "state": mk.MAINTENANCE,
     "since": "2026-11-26T04:20:00.000+00:00",
     "reason": "kernel",
     "by": "awx",
@@ -238,7 +240,7 @@ class Hosts:
         self.hv2 = FakeConnection(capabilities.replace(HV1_UUID, HV2_UUID), uri=HV2_URI)
         self.hv2.hostname = "hv2"
         self.by_uri = {HOST_URI: self.hv1, HV2_URI: self.hv2}
-        self.migrations: t.List[migrate.Request] = []
+        self.migrations: t.List[Move] = []
         self.migration_error: t.Optional[MigrationError] = None
 
     def domain(self, name: str) -> FakeDomain:
@@ -250,27 +252,27 @@ def hosts(sample: t.Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> Ho
     cluster = Hosts(sample("capabilities-qemu.xml"))
 
     @contextlib.contextmanager
-    def connect(_self: mt.HostMaintenance, uri: str) -> t.Iterator[FakeConnection]:
+    def connect(_self: mt.HostMaintenance, uri: str, connect_timeout: t.Optional[float] = None) -> t.Iterator[FakeConnection]:
         yield cluster.by_uri[uri]
 
-    class RecordingMigrator:
+    class RecordingRunner:
         """Moves the VM from hv1 to hv2 as a completed migration would, or fails as told."""
 
-        def __init__(self, request: migrate.Request, log: t.Callable[[str], None]) -> None:
-            self.request = request
+        def __init__(self, _options: t.Any, _connect: t.Any, _vm: str, log: t.Callable[[str], None]) -> None:
+            self.timings: t.Dict[str, float] = {}
 
-        def migrate(self, check_mode: bool) -> t.Dict[str, t.Any]:
-            cluster.migrations.append(self.request)
+        def carry_out(self, move: Move, _others: t.Sequence[Candidate] = ()) -> t.Dict[str, t.Any]:
+            cluster.migrations.append(move)
             if cluster.migration_error is not None:
                 raise cluster.migration_error
-            dom = next(dom for dom in cluster.hv1.domains if dom.UUIDString() == self.request.vm)
+            dom = next(dom for dom in cluster.hv1.domains if dom.UUIDString() == move.uuid)
             cluster.hv1.domains.remove(dom)
             cluster.hv2.domains.append(dom)
-            return {"changed": True, "vm_state": "running" if dom.isActive() else "shut off"}
+            return {"outcome": "migrated", "changed": True, "vm_state": "running" if dom.isActive() else "shut off"}
 
     monkeypatch.setattr(mt.HostMaintenance, "connect", connect)
-    monkeypatch.setattr(mt, "Migrator", RecordingMigrator)
-    monkeypatch.setattr(mt, "hook_status", lambda **_kwargs: {"path": mt.HOOK_PATH, "installed": True, "loaded": True})
+    monkeypatch.setattr(mt, "JobRunner", RecordingRunner)
+    monkeypatch.setattr(mt, "hook_status", lambda **_kwargs: {"path": mk.HOOK_PATH, "installed": True, "loaded": True})
     return cluster
 
 
@@ -279,7 +281,7 @@ def host_maintenance(tmp_path: Path) -> mt.HostMaintenance:
         mt.MaintenanceRequest(
             uri=HOST_URI,
             state="maintenance",
-            candidates=[migrate.Candidate(uri=HV2_URI)],
+            candidates=[Candidate(uri=HV2_URI)],
             state_dir=str(tmp_path / "state"),
             log_dir=str(tmp_path / "log"),
             poll_interval=0.01,
@@ -300,8 +302,8 @@ def test_an_evacuation_moves_a_transient_vm_as_a_transient_vm(tmp_path: Path, ho
     result = host_maintenance(tmp_path).maintenance(check_mode=False)
     assert [(move["vm"], move["kind"]) for move in result["plan"]["moves"]] == [("old1", "offline"), ("scratch", "live")]
     names = {dom.UUIDString(): dom.name() for dom in hosts.hv2.domains}
-    assert sorted((names[request.vm], request.persistent) for request in hosts.migrations) == [("old1", True), ("scratch", False)]
-    assert result["maintenance"]["state"] == mt.MAINTENANCE
+    assert sorted((names[move.uuid], move.persistent) for move in hosts.migrations) == [("old1", True), ("scratch", False)]
+    assert result["maintenance"]["state"] == mk.MAINTENANCE
 
 
 def test_a_failed_run_on_a_host_in_maintenance_that_runs_no_vm_leaves_it_in_maintenance(tmp_path: Path, hosts: Hosts) -> None:
@@ -309,7 +311,7 @@ def test_a_failed_run_on_a_host_in_maintenance_that_runs_no_vm_leaves_it_in_main
     state_dir = run.request.state_dir
     # lic1 was shut down for the maintenance; old1 was defined on the host since, and cannot move.
     hosts.hv1.domains += [domain("lic1", migration_mode="none"), domain("old1")]
-    mt.write_mark(state_dir, MAINTENANCE_MARK)
+    mk.write_mark(state_dir, MAINTENANCE_MARK)
     hosts.migration_error = MigrationError("Cannot migrate to %s for VM 'old1': operation failed: the storage is not shared" % HV2_URI)
     with pytest.raises(MigrationError) as caught:
         run.maintenance(check_mode=False)
@@ -317,7 +319,7 @@ def test_a_failed_run_on_a_host_in_maintenance_that_runs_no_vm_leaves_it_in_main
     assert caught.value.msg.endswith(" hv1 stays in maintenance, as before this run.")
     assert caught.value.details["maintenance"] == MAINTENANCE_MARK
     assert [record["outcome"] for record in caught.value.details["vms"]] == ["failed"]
-    assert mt.read_mark(state_dir) == MAINTENANCE_MARK
+    assert mk.read_mark(state_dir) == MAINTENANCE_MARK
     assert starts(hosts.domain("lic1")) == 0
 
 
@@ -325,10 +327,10 @@ def test_undo_keeps_the_previous_maintenance_mark_of_a_host_that_runs_no_vm(tmp_
     run = host_maintenance(tmp_path)
     state_dir = run.request.state_dir
     hosts.hv1.domains.append(domain("lic1"))
-    mt.write_mark(state_dir, dict(MAINTENANCE_MARK, state=mt.PREPARING))  # what the failed run wrote
+    mk.write_mark(state_dir, dict(MAINTENANCE_MARK, state=mk.PREPARING))  # what the failed run wrote
     undo = run._undo("hv1", MAINTENANCE_MARK, plan_shutting_down())
     assert undo == {"maintenance": MAINTENANCE_MARK, "sentence": "hv1 stays in maintenance, as before this run."}
-    assert mt.read_mark(state_dir) == MAINTENANCE_MARK
+    assert mk.read_mark(state_dir) == MAINTENANCE_MARK
     assert starts(hosts.domain("lic1")) == 0
 
 
@@ -337,7 +339,7 @@ def test_undo_makes_a_host_that_was_active_active_again_and_starts_the_vms_it_sh
     state_dir = run.request.state_dir
     hosts.hv1.domains += [domain("lic1"), domain("lic2", RUNNING), domain("lic3"), domain("kept1"), domain("web1", RUNNING)]
     hosts.domain("lic3").errors["create"] = start_failure("lic3")
-    mt.write_mark(state_dir, {"state": mt.PREPARING, "since": "2026-11-26T04:20:00.000+00:00", "shutdown_vms": ["lic1", "lic3"]})
+    mk.write_mark(state_dir, {"state": mk.PREPARING, "since": "2026-11-26T04:20:00.000+00:00", "shutdown_vms": ["lic1", "lic3"]})
     # lic2 was not shut down yet when the run failed; gone1 was undefined meanwhile.
     undo = run._undo("hv1", None, plan_shutting_down("lic1", "lic2", "lic3", "gone1"))
     why = str(hosts.domain("lic3").errors["create"])
@@ -347,7 +349,7 @@ def test_undo_makes_a_host_that_was_active_active_again_and_starts_the_vms_it_sh
         "not_restarted": {"lic3": why},
         "sentence": "hv1 is active again. Started again: lic1. Could not start again: lic3 (%s)." % why,
     }
-    assert mt.read_mark(state_dir) is None
+    assert mk.read_mark(state_dir) is None
     assert {name: starts(hosts.domain(name)) for name in ("lic1", "lic2", "lic3", "kept1", "web1")} == {
         "lic1": 1,
         "lic2": 0,
@@ -360,9 +362,9 @@ def test_undo_makes_a_host_that_was_active_active_again_and_starts_the_vms_it_sh
 
 def test_undo_without_vms_to_start_only_clears_the_mark(tmp_path: Path, hosts: Hosts) -> None:
     run = host_maintenance(tmp_path)
-    mt.write_mark(run.request.state_dir, {"state": mt.PREPARING, "shutdown_vms": []})
+    mk.write_mark(run.request.state_dir, {"state": mk.PREPARING, "shutdown_vms": []})
     assert run._undo("hv1", None, plan_shutting_down()) == {"maintenance": None, "sentence": "hv1 is active again."}
-    assert mt.read_mark(run.request.state_dir) is None
+    assert mk.read_mark(run.request.state_dir) is None
 
 
 def read_only(path: str) -> t.Callable[[str], None]:
@@ -376,11 +378,11 @@ def read_only(path: str) -> t.Callable[[str], None]:
 def test_undo_that_cannot_remove_the_mark_says_what_is_there(tmp_path: Path, hosts: Hosts, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     run = host_maintenance(tmp_path)
     state_dir = run.request.state_dir
-    path = os.path.join(state_dir, mt.MARK_FILE)
+    path = os.path.join(state_dir, mk.MARK_FILE)
     hosts.hv1.domains.append(domain("lic1"))
-    preparing = {"state": mt.PREPARING, "since": "2026-11-26T04:20:00.000+00:00", "shutdown_vms": ["lic1"]}
+    preparing = {"state": mk.PREPARING, "since": "2026-11-26T04:20:00.000+00:00", "shutdown_vms": ["lic1"]}
     if where == "read-only":
-        mt.write_mark(state_dir, preparing)
+        mk.write_mark(state_dir, preparing)
         monkeypatch.setattr(mt, "clear_mark", read_only(path))
         there: t.Dict[str, t.Any] = preparing
     else:
@@ -402,12 +404,12 @@ def test_a_vm_that_cannot_start_keeps_the_host_activating_until_a_rerun_starts_i
     hosts.hv1.domains += [domain(name) for name in ("a", "b", "c")]
     hosts.domain("b").errors["create"] = start_failure("b")
     mark = dict(MAINTENANCE_MARK, shutdown_vms=["a", "b", "c"])
-    mt.write_mark(state_dir, mark)
+    mk.write_mark(state_dir, mark)
     seen: t.List[t.Tuple[str, str, t.List[str]]] = []
     for dom in hosts.hv1.domains:
 
         def create(dom: FakeDomain = dom) -> int:
-            now = mt.read_mark(state_dir) or {}
+            now = mk.read_mark(state_dir) or {}
             seen.append((dom.name(), now.get("state"), now.get("shutdown_vms")))
             return FakeDomain.create(dom)
 
@@ -415,23 +417,23 @@ def test_a_vm_that_cannot_start_keeps_the_host_activating_until_a_rerun_starts_i
 
     with pytest.raises(MigrationError) as caught:
         run.activate(check_mode=False)
-    activating = dict(mark, state=mt.ACTIVATING, shutdown_vms=["b"])
+    activating = dict(mark, state=mk.ACTIVATING, shutdown_vms=["b"])
     assert caught.value.msg.startswith("hv1 stays in state activating (it takes no incoming VM): 1 VM(s) shut down for its maintenance could not start: ")
     assert "Could not open '/var/lib/libvirt/images/b.qcow2': Permission denied" in caught.value.msg
     assert caught.value.msg.endswith("Fix them, then run state=active again.")
     details = caught.value.details
     assert (details["changed"], details["started"], details["not_started"]) == (True, ["a", "c"], ["b"])
     assert details["maintenance"] == activating
-    assert mt.read_mark(state_dir) == activating
+    assert mk.read_mark(state_dir) == activating
     # Every start ran under an "activating" mark listing the VMs not started yet.
-    assert seen == [("a", mt.ACTIVATING, ["a", "b", "c"]), ("b", mt.ACTIVATING, ["b", "c"]), ("c", mt.ACTIVATING, ["b", "c"])]
+    assert seen == [("a", mk.ACTIVATING, ["a", "b", "c"]), ("b", mk.ACTIVATING, ["b", "c"]), ("c", mk.ACTIVATING, ["b", "c"])]
 
     assert run.activate(check_mode=True) == {"changed": True, "host": "hv1", "started": ["b"], "maintenance": None, "previous": activating}
-    assert mt.read_mark(state_dir) == activating
+    assert mk.read_mark(state_dir) == activating
 
     del hosts.domain("b").errors["create"]
     assert run.activate(check_mode=False) == {"changed": True, "host": "hv1", "started": ["b"], "maintenance": None, "previous": activating}
-    assert mt.read_mark(state_dir) is None
+    assert mk.read_mark(state_dir) is None
     assert {name: starts(hosts.domain(name)) for name in "abc"} == {"a": 1, "b": 2, "c": 1}
     assert run.activate(check_mode=False) == {"changed": False, "host": "hv1", "maintenance": None, "msg": "hv1 is not in maintenance."}
 
@@ -490,7 +492,7 @@ def test_numbers_at_the_ends_of_their_ranges_are_accepted(name: str, value: t.An
 
 def test_active_needs_no_candidates() -> None:
     request = mt.request_from_params({"state": "active"})
-    assert request.candidates == [] and request.state_dir == mt.STATE_DIR and request.max_outgoing == 2
+    assert request.candidates == [] and request.state_dir == DEFAULT_STATE_DIR and request.max_outgoing == 2
 
 
 RESULT: dict[str, t.Any] = {

@@ -7,7 +7,8 @@ import typing as t
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import migrate
+from ansible_collections.virtops.migration.plugins.module_utils._migration import maintenance, options, policy, runner
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, PAUSED, Move
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError
 
 BASE: dict[str, t.Any] = {"name": "web1", "uri": "qemu:///system", "destination_uri": "qemu+tcp://hv2/system", "state": "migrated"}
@@ -17,8 +18,17 @@ def params(**changes: t.Any) -> dict[str, t.Any]:
     return dict(BASE, **changes)
 
 
+def flags_for(request: options.MigrateRequest, running: bool, persistent: bool = False) -> t.Tuple[int, t.Dict[str, t.Any]]:
+    """The libvirt flags of the move vm_migrate plans for a VM that is running or not, persistent or not."""
+    kind = (LIVE if request.live else PAUSED) if running else OFFLINE
+    move = Move(
+        "web1", None, "medium", 1024, 1, "hv1", "qemu:///system", "hv2", "qemu+tcp://hv2/system", kind, request.policy, persistent or request.persistent
+    )
+    return runner.migration_flags_and_params(move, request.options)
+
+
 def test_named_destination_becomes_the_only_candidate() -> None:
-    request = migrate.request_from_params(params(candidates=["qemu+tcp://hv3/system"]))
+    request = options.migrate_request(params(candidates=["qemu+tcp://hv3/system"]))
     assert [c.uri for c in request.candidates] == ["qemu+tcp://hv2/system"]
     assert request.policy.name == "minimal_downtime" and request.timeout is None
     # The other candidates are still searched for a VM a repeat run or a lost run's job already moved.
@@ -26,7 +36,7 @@ def test_named_destination_becomes_the_only_candidate() -> None:
 
 
 def test_candidates_as_uris_and_dicts() -> None:
-    request = migrate.request_from_params(
+    request = options.migrate_request(
         params(destination_uri=None, destination="auto", candidates=["qemu+tcp://a/system", {"uri": "qemu+tcp://b/system", "name": "b", "maintenance": True}])
     )
     assert request.auto
@@ -74,17 +84,17 @@ def test_candidates_as_uris_and_dicts() -> None:
 )
 def test_bad_parameters_are_refused(changes: dict[str, t.Any], message: str) -> None:
     with pytest.raises(PolicyError, match=message):
-        migrate.request_from_params(params(**changes))
+        options.migrate_request(params(**changes))
 
 
 def test_cancel_needs_no_destination() -> None:
-    request = migrate.request_from_params({"name": "web1", "state": "cancelled"})
+    request = options.migrate_request({"name": "web1", "state": "cancelled"})
     assert request.candidates == [] and request.source_uri == "qemu:///system"
 
 
 def test_live_flags_follow_the_policy() -> None:
-    request = migrate.request_from_params(params(policy="suspend_workload", bandwidth_mib=64, migrate_uri="tcp://10.0.0.2"))
-    flags, typed = migrate.migration_flags_and_params(request, running=True)
+    request = options.migrate_request(params(policy="suspend_workload", bandwidth_mib=64, migrate_uri="tcp://10.0.0.2"))
+    flags, typed = flags_for(request, running=True)
     for flag in (
         libvirt.VIR_MIGRATE_LIVE,
         libvirt.VIR_MIGRATE_PEER2PEER,
@@ -103,14 +113,14 @@ def test_live_flags_follow_the_policy() -> None:
 
 
 def test_post_copy_flag_for_policy_or_timeout_action() -> None:
-    flags = migrate.migration_flags_and_params(migrate.request_from_params(params(policy="post_copy")), running=True)[0]
+    flags = flags_for(options.migrate_request(params(policy="post_copy")), running=True)[0]
     assert flags & libvirt.VIR_MIGRATE_POSTCOPY
-    flags = migrate.migration_flags_and_params(migrate.request_from_params(params(policy="legacy", timeout_action="post_copy")), running=True)[0]
+    flags = flags_for(options.migrate_request(params(policy="legacy", timeout_action="post_copy")), running=True)[0]
     assert flags & libvirt.VIR_MIGRATE_POSTCOPY
 
 
 def test_shut_off_vm_migrates_offline_and_persistently() -> None:
-    flags, typed = migrate.migration_flags_and_params(migrate.request_from_params(params(persistent=False)), running=False)
+    flags, typed = flags_for(options.migrate_request(params(persistent=False)), running=False)
     assert flags & libvirt.VIR_MIGRATE_OFFLINE and flags & libvirt.VIR_MIGRATE_PERSIST_DEST
     assert not flags & libvirt.VIR_MIGRATE_LIVE and typed == {}
 
@@ -125,24 +135,24 @@ def test_shut_off_vm_migrates_offline_and_persistently() -> None:
     ],
 )
 def test_only_unsafe_storage_switches_off_libvirts_safety_check(changes: dict[str, t.Any], unsafe: bool) -> None:
-    request = migrate.request_from_params(params(**changes))
+    request = options.migrate_request(params(**changes))
     assert request.allow_unsafe_cache is changes.get("allow_unsafe_cache", False)
     for running in (True, False):
-        flags = migrate.migration_flags_and_params(request, running=running, persistent=True)[0]
+        flags = flags_for(request, running=running, persistent=True)[0]
         assert bool(flags & libvirt.VIR_MIGRATE_UNSAFE) is (unsafe and running)
 
 
 @pytest.mark.parametrize("running", [True, False])
 @pytest.mark.parametrize("requested", [True, False])
 def test_a_persistent_vm_always_stays_persistent(running: bool, requested: bool) -> None:
-    request = migrate.request_from_params(params(persistent=requested))
-    flags = migrate.migration_flags_and_params(request, running=running, persistent=True)[0]
+    request = options.migrate_request(params(persistent=requested))
+    flags = flags_for(request, running=running, persistent=True)[0]
     assert flags & libvirt.VIR_MIGRATE_PERSIST_DEST
 
 
 def test_a_transient_vm_may_move_as_a_transient_one() -> None:
-    request = migrate.request_from_params(params(persistent=False, undefine_source=False))
-    flags = migrate.migration_flags_and_params(request, running=True, persistent=False)[0]
+    request = options.migrate_request(params(persistent=False, undefine_source=False))
+    flags = flags_for(request, running=True, persistent=False)[0]
     assert not flags & libvirt.VIR_MIGRATE_PERSIST_DEST and not flags & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
 
 
@@ -167,4 +177,23 @@ def test_a_transient_vm_may_move_as_a_transient_one() -> None:
     ],
 )
 def test_compression_stats_only_when_xbzrle_reported(stats: dict[str, t.Any], expected: t.Any) -> None:
-    assert migrate.compression_stats(stats) == expected
+    assert runner.compression_stats(stats) == expected
+
+
+@pytest.mark.parametrize("uri", [None, ""])
+def test_an_empty_uri_means_libvirt_default_uri(monkeypatch: pytest.MonkeyPatch, uri: t.Optional[str]) -> None:
+    monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu+ssh://root@hv7/system")
+    assert options.migrate_request({"name": "web1", "state": "cancelled", "uri": uri}).source_uri == "qemu+ssh://root@hv7/system"
+    request = maintenance.request_from_params({"state": "active", "uri": uri})
+    assert request.uri == "qemu+ssh://root@hv7/system"
+
+
+def test_the_policy_overrides_are_one_list() -> None:
+    # The option spec, the policy's rules and the doc fragment name the same settings.
+    from ansible_collections.virtops.migration.plugins.doc_fragments.policy_overrides import ModuleDocFragment
+    import yaml
+
+    documented = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
+    assert tuple(options.POLICY_OVERRIDES) == policy.OVERRIDES == tuple(documented)
+    for name, spec in options.POLICY_OVERRIDES.items():
+        assert documented[name]["type"] == spec["type"]

@@ -1,0 +1,20 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""The collection's shared code, in three layers; each layer imports only the ones above it.
+
+Pure (no libvirt import; unit-tested without a hypervisor):
+  errors (exceptions, libvirt error codes), statefiles (state files on the host), policy (policies
+  and schedules), metadata (the settings' XML format), settings (what a setting may hold, and the
+  VM > cluster > global inheritance), domain (domain XML), hostinfo (host facts), placement (where
+  a VM may and should go), plan (moves and run options), options (the shared option groups and
+  their parsing), evacuation (the evacuation plan and its queue), mark (the maintenance mark and
+  its hook).
+libvirt I/O:
+  connection (opening and closing), probe (reading destinations, where a VM is), runner (the one
+  job runner: a move's libvirt job, its monitoring and verification), settings_store (settings
+  in domain metadata).
+Orchestration:
+  vm_migration (vm_migrate: plan one move, run it), maintenance (host_maintenance: plan an
+  evacuation, run its moves, mark the host), modulekit (a module's result or failure).
+"""

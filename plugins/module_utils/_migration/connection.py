@@ -10,12 +10,11 @@ argument spec is :data:`CONNECTION_ARGUMENT_SPEC`.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import traceback
 import typing as t
 
-from ansible.module_utils.basic import env_fallback
+from ansible_collections.virtops.migration.plugins.module_utils._migration.options import resolve_uri
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     HostUnreachableError,
     MigrationError,
@@ -33,8 +32,6 @@ else:
     HAS_LIBVIRT = True
     LIBVIRT_IMPORT_ERROR = None
 
-DEFAULT_URI = "qemu:///system"
-URI_ENVIRONMENT_VARIABLE = "LIBVIRT_DEFAULT_URI"
 
 # A host that does not answer the connection within this many seconds counts as unreachable.
 CONNECT_TIMEOUT_S = 30.0
@@ -61,26 +58,6 @@ def ensure_event_loop() -> None:
         libvirt.virEventRegisterDefaultImpl()
         threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
         _EVENT_LOOP_STARTED = True
-
-
-CONNECTION_ARGUMENT_SPEC: t.Dict[str, t.Dict[str, t.Any]] = {
-    "uri": {"type": "str", "default": DEFAULT_URI, "fallback": (env_fallback, [URI_ENVIRONMENT_VARIABLE])},
-    "username": {"type": "str"},
-    "password": {"type": "str", "no_log": True},
-}
-
-
-def connection_argument_spec() -> t.Dict[str, t.Dict[str, t.Any]]:
-    """A fresh copy of the connection options' argument spec, to merge into a module's own."""
-    return {name: dict(spec) for name, spec in CONNECTION_ARGUMENT_SPEC.items()}
-
-
-def resolve_uri(uri: t.Optional[str], environ: t.Optional[t.Mapping[str, str]] = None) -> str:
-    """The URI to open: ``uri`` if set, else ``$LIBVIRT_DEFAULT_URI``, else ``qemu:///system``."""
-    if uri:
-        return uri
-    env = os.environ if environ is None else environ
-    return env.get(URI_ENVIRONMENT_VARIABLE) or DEFAULT_URI
 
 
 def _open(target: str, username: t.Optional[str], password: t.Optional[str], readonly: bool, timeout: float) -> t.Any:

@@ -113,11 +113,6 @@ MIB = 1024**2
 SAFE_CACHE_MODES = ("none", "directsync")
 
 
-def vm_argument_spec() -> t.Dict[str, t.Dict[str, t.Any]]:
-    """The ``name`` / ``uuid`` options (doc fragment ``virtops.migration.vm``); modules require one of them."""
-    return {"name": {"type": "str"}, "uuid": {"type": "str"}}
-
-
 def state_name(state: int) -> str:
     """The ``virsh`` word for a ``virDomainState`` value ("unknown (N)" for values libvirt may add)."""
     return STATE_NAMES.get(state, "unknown (%d)" % state)
@@ -185,9 +180,9 @@ def parse_domain_xml(domain_xml: str) -> t.Dict[str, t.Any]:
     except metadata.MetadataFormatError as exc:
         stored, error = {}, str(exc)
     usable, problems = vm_settings.readable(stored, error)
-    facts.update(migration_settings=usable, priority=usable.get("priority") or metadata.DEFAULT_PRIORITY)
+    facts.update(migration_settings=usable, priority=usable.get("priority") or vm_settings.DEFAULTS["priority"])
     if usable.get("priority") == vm_settings.INHERIT:
-        facts["priority"] = metadata.DEFAULT_PRIORITY
+        facts["priority"] = vm_settings.DEFAULTS["priority"]
     if problems:
         facts["migration_settings_problems"] = problems
         facts["migration_settings_error"] = vm_settings.describe_problems(problems)
@@ -228,22 +223,23 @@ def lookup_domain(conn: t.Any, vm: str) -> t.Any:
     return domain
 
 
-def describe_domain(domain: t.Any, uri: t.Optional[str] = None) -> t.Dict[str, t.Any]:
+def describe_domain(domain: t.Any, uri: t.Optional[str] = None, xml: t.Optional[str] = None) -> t.Dict[str, t.Any]:
     """Facts about one domain: its XML facts plus state, persistence and autostart from libvirt.
 
-    Raises a translated :class:`~.errors.MigrationError` (a :class:`VmNotFoundError` when the
-    domain vanished meanwhile, for example because it was migrated away).
+    ``xml`` is the domain XML when the caller has already read it. Raises a translated
+    :class:`~.errors.MigrationError` (a :class:`VmNotFoundError` when the domain vanished meanwhile,
+    for example because it was migrated away).
     """
-    name = _domain_name(domain)
     try:
-        xml = domain.XMLDesc(0)
+        if xml is None:
+            xml = domain.XMLDesc(0)
         state, reason = domain.state()[:2]
         active = bool(domain.isActive())
         persistent = bool(domain.isPersistent())
         # A transient domain has no autostart flag; libvirt answers 0 for it.
         autostart = bool(domain.autostart()) if persistent else False
     except Exception as exc:  # pylint: disable=broad-exception-caught
-        raise translate_libvirt_error(exc, "read the domain", vm=name, uri=uri) from exc
+        raise translate_libvirt_error(exc, "read the domain", vm=_domain_name(domain), uri=uri) from exc
     facts = parse_domain_xml(xml)
     facts.update(
         {

@@ -43,7 +43,8 @@ import typing as t
 from ansible_collections.virtops.migration.plugins.module_utils._migration import placement
 from ansible_collections.virtops.migration.plugins.module_utils._migration import settings as vm_settings
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import Policy, PolicyError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, Move
+from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import Policy, PolicyError, default_timeout
 
 NON_MIGRATABLE_ACTIONS = ("fail", "shutdown")
 # Active VMs in these states cannot be migrated, and why.
@@ -51,8 +52,6 @@ UNMOVABLE_STATES = {
     "pmsuspended": "its guest suspended itself to RAM; wake it up first (virsh dompmwakeup)",
     "crashed": "it crashed and is kept for inspection; dump or destroy it first",
 }
-LIVE = "live"
-OFFLINE = "offline"
 
 
 class EvacuationError(MigrationError):
@@ -128,40 +127,6 @@ class SourceHost:
     name: str
     uuid: str
     uri: t.Optional[str] = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Move:
-    """One planned move: a live migration of a running VM, or an offline move of a shut-off one."""
-
-    vm: str
-    uuid: t.Optional[str]
-    priority: str
-    memory_mib: int
-    vcpus: int
-    source: str
-    source_uri: t.Optional[str]
-    destination: str
-    destination_uri: str
-    kind: str
-    policy: Policy
-    # A transient VM stays transient on the destination.
-    persistent: bool = True
-
-    def as_dict(self) -> t.Dict[str, t.Any]:
-        return {
-            "vm": self.vm,
-            "uuid": self.uuid,
-            "priority": self.priority,
-            "memory_mib": self.memory_mib,
-            "vcpus": self.vcpus,
-            "from": self.source,
-            "from_uri": self.source_uri,
-            "to": self.destination,
-            "to_uri": self.destination_uri,
-            "kind": self.kind,
-            "policy": self.policy.name,
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,6 +487,8 @@ def plan_evacuation(
                 kind=LIVE if vm.running else OFFLINE,
                 policy=t.cast(Policy, assessment.policy),
                 persistent=vm.persistent,
+                state=vm.state,
+                timeout_s=default_timeout(vm.memory_mib),
             )
         )
     return plan

@@ -15,6 +15,7 @@ from __future__ import annotations
 import typing as t
 import xml.etree.ElementTree as ET
 
+from ansible_collections.virtops.migration.plugins.module_utils._migration.placement import DEFAULT_MEMORY_RESERVED_MIB
 from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import (
     describe_domain,
     scaled_bytes,
@@ -34,8 +35,6 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
 VIR_NODE_MEMORY_STATS_ALL_CELLS = -1  # virNodeGetMemoryStats: the whole host, not one NUMA cell
 KIB = 1024
 VANISHED_CODES = frozenset((LIBVIRT_ERROR_CODES["VIR_ERR_NO_NETWORK"], LIBVIRT_ERROR_CODES["VIR_ERR_NO_STORAGE_POOL"]))
-
-DEFAULT_MEMORY_RESERVED_MIB = 256
 
 
 def version_string(version: t.Optional[int]) -> t.Optional[str]:
@@ -224,6 +223,10 @@ def summarize_vms(vms: t.Iterable[t.Mapping[str, t.Any]]) -> t.Dict[str, int]:
     }
 
 
+# What host_info gathers only when asked (option ``gather``): each costs libvirt calls per object.
+OPTIONAL_PARTS = ("vms", "networks", "storage_pools", "domain_capabilities")
+
+
 class HostInfoCollector:
     """Gathers the ``host`` facts from an open libvirt connection; changes nothing.
 
@@ -242,12 +245,17 @@ class HostInfoCollector:
         self.warnings: t.List[str] = []
         self.uri: t.Optional[str] = None
 
-    def collect(self) -> t.Dict[str, t.Any]:
-        """All facts about the host, as the module returns them under ``host``."""
+    def collect(self, parts: t.Iterable[str] = OPTIONAL_PARTS) -> t.Dict[str, t.Any]:
+        """The facts about the host, as the module returns them under ``host``.
+
+        Identity, CPU, memory, migration transports and guest types always; of
+        :data:`OPTIONAL_PARTS`, only those in ``parts`` (the others come back empty).
+        """
+        parts = frozenset(parts)
         self.uri = self._call("read the connection URI", self.conn.getURI)
         capabilities = parse_capabilities(self._call("read the host capabilities", self.conn.getCapabilities))
         info = self._call("read the node information", self.conn.getInfo)
-        vms = self._vms()
+        vms = self._vms() if "vms" in parts else []
         cpu = dict(capabilities["cpu"])
         cpu.update(count=info[2], mhz=info[3], numa_nodes=len(capabilities["numa_cells"]) or info[4])
         # Fall back to virNodeInfo (arch, memory, cpus, mhz, nodes, sockets, cores, threads).
@@ -268,9 +276,9 @@ class HostInfoCollector:
             "memory": self._memory(info),
             "migration": capabilities["migration"],
             "guests": capabilities["guests"],
-            "domain_capabilities": self._domain_capabilities(cpu["arch"], capabilities["guests"]),
-            "networks": self._networks(),
-            "storage_pools": self._storage_pools(),
+            "domain_capabilities": self._domain_capabilities(cpu["arch"], capabilities["guests"]) if "domain_capabilities" in parts else {},
+            "networks": self._networks() if "networks" in parts else [],
+            "storage_pools": self._storage_pools() if "storage_pools" in parts else [],
             "vms": vms,
             "summary": summarize_vms(vms),
         }

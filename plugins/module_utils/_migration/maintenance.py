@@ -15,13 +15,11 @@ rerun resumes, since VMs that have moved are no longer on the host.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import datetime
-import fcntl
 import json
 import os
 import queue
-import re
 import threading
 import time
 import typing as t
@@ -36,151 +34,34 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
     translate_libvirt_error,
     unexpected_error,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import parse_capabilities
-from ansible_collections.virtops.migration.plugins.module_utils._migration.migrate import (
-    Candidate,
-    CpuCheck,
-    Migrator,
-    Request,
-    check_run_numbers,
-    parse_candidates,
-    probe_host,
+from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import host_memory, parse_capabilities
+from ansible_collections.virtops.migration.plugins.module_utils._migration.mark import (
+    ACTIVATING,
+    MAINTENANCE,
+    PREPARING,
+    clear_mark,
+    hook_status,
+    hook_trouble,
+    locked,
+    now_iso,
+    read_mark,
+    read_mark_quietly,
+    write_mark,
 )
+from ansible_collections.virtops.migration.plugins.module_utils._migration.options import check_run_numbers, parse_candidates, resolve_uri, run_options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.placement import DEFAULT_MEMORY_RESERVED_MIB
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, Move
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, check_number
+from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import CpuCheck, probe_hosts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.runner import JobRunner
+from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR
 
 try:
     import libvirt
 except ImportError:  # reported by the module through missing_required_lib
     pass
 
-STATE_DIR = "/var/lib/virtops-migration"
-LOG_DIR = "/var/log/virtops-migration"
-MARK_FILE = "maintenance.json"
-LOCK_FILE = "maintenance.lock"
 EVENT_LOG = "events.jsonl"
-# The mark's states: the host is being evacuated (it already refuses incoming VMs), or it is empty.
-PREPARING = "preparing"
-MAINTENANCE = "maintenance"
-# Being brought back: it starts the VMs shut down for the maintenance, and still takes no incoming VM.
-ACTIVATING = "activating"
-# The collection's libvirt hook (role maintenance_hook), which makes the host refuse incoming
-# migrations and VM starts while a mark exists, and the pid files libvirtd may use.
-HOOK_PATH = "/etc/libvirt/hooks/qemu.d/virtops-maintenance"
-# libvirtd, or the QEMU driver's own daemon where libvirt runs as split daemons (virtqemud).
-LIBVIRTD_PID_FILES = (
-    "/run/libvirt/libvirtd.pid",
-    "/run/libvirtd.pid",
-    "/var/run/libvirtd.pid",
-    "/run/libvirt/virtqemud.pid",
-    "/run/virtqemud.pid",
-)
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def read_mark(state_dir: str) -> t.Optional[t.Dict[str, t.Any]]:
-    """The host's maintenance mark, or None when the host is active.
-
-    A mark without a ``state`` (older releases) counts as ``maintenance``; a mark that cannot be read
-    is an error, never "active": the host may be about to be rebooted.
-    """
-    if not statefiles.exists(state_dir, MARK_FILE):
-        return None
-    mark = statefiles.read_json(state_dir, MARK_FILE)
-    if not isinstance(mark, dict):
-        raise MigrationError("The maintenance mark %s is not a JSON object; fix or remove it." % os.path.join(state_dir, MARK_FILE))
-    mark.setdefault("state", MAINTENANCE)
-    return mark
-
-
-def status(state_dir: str) -> t.Dict[str, t.Any]:
-    """The host's maintenance state as host_info reports it."""
-    mark = read_mark(state_dir)
-    if mark is None:
-        return {"active": False, "state": None, "since": None, "reason": None, "by": None, "shutdown_vms": []}
-    return {
-        "active": True,
-        "state": mark.get("state"),
-        "since": mark.get("since"),
-        "reason": mark.get("reason"),
-        "by": mark.get("by"),
-        "shutdown_vms": list(mark.get("shutdown_vms") or []),
-    }
-
-
-def read_mark_quietly(state_dir: str) -> t.Optional[t.Dict[str, t.Any]]:
-    """The mark for a failure report: what is there, or a note that it cannot be read."""
-    try:
-        return read_mark(state_dir)
-    except MigrationError as exc:
-        return {"state": "unreadable", "error": exc.msg}
-
-
-def write_mark(state_dir: str, mark: t.Mapping[str, t.Any]) -> None:
-    """Write the mark atomically and durably (a reader sees the old file or the new one, never a part)."""
-    statefiles.write_json(state_dir, MARK_FILE, dict(mark))
-
-
-def clear_mark(state_dir: str) -> None:
-    statefiles.remove(state_dir, MARK_FILE)
-
-
-def _process_start(pid: int) -> t.Optional[float]:
-    """When a process started, in seconds since the epoch (None when it cannot be read)."""
-    try:
-        with open("/proc/%d/stat" % pid, encoding="ascii") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        with open("/proc/stat", encoding="ascii") as handle:
-            boot = next(float(line.split()[1]) for line in handle if line.startswith("btime "))
-        return boot + int(fields[19]) / float(os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
-def _hook_trouble(enforcement: t.Mapping[str, t.Any]) -> str:
-    """Why the hook does not enforce maintenance, as words for a message."""
-    if enforcement.get("problem"):
-        return "not usable: %s" % enforcement["problem"]
-    if enforcement.get("installed"):
-        return "not loaded by the running libvirtd (installed after it started)"
-    return "not installed"
-
-
-def hook_status(
-    hook_path: str = HOOK_PATH, pid_files: t.Sequence[str] = LIBVIRTD_PID_FILES, state_dir: t.Optional[str] = None
-) -> t.Dict[str, t.Any]:
-    """Whether this host enforces maintenance: the hook is installed, and libvirtd started after it was.
-
-    libvirtd reads its hook scripts only when it starts, so a hook installed later is not used until
-    the next restart (``loaded`` false). ``loaded`` is null when libvirtd's start time is unknown.
-    With ``state_dir``, a hook that watches the mark of another state directory is not installed.
-    """
-    try:
-        info = os.stat(hook_path)
-        with open(hook_path, encoding="utf-8", errors="replace") as handle:
-            script = handle.read(65536)
-    except OSError:
-        return {"path": hook_path, "installed": False, "loaded": False}
-    installed = bool(info.st_mode & 0o111)
-    if state_dir is not None:
-        watched = re.search(r"^mark=(.*)$", script, re.MULTILINE)
-        path = watched.group(1).strip().strip("'\"") if watched else None
-        if path is None or os.path.normpath(path) != os.path.normpath(os.path.join(state_dir, MARK_FILE)):
-            problem = "it watches %s, not %s" % (path or "no mark", os.path.join(state_dir, MARK_FILE))
-            return {"path": hook_path, "installed": False, "loaded": False, "problem": problem}
-    started = None
-    for pid_file in pid_files:
-        try:
-            with open(pid_file, encoding="ascii") as handle:
-                started = _process_start(int(handle.read().strip()))
-        except (OSError, ValueError):
-            continue
-        if started is not None:
-            break
-    loaded = None if started is None else installed and info.st_mtime <= started
-    return {"path": hook_path, "installed": installed, "loaded": loaded}
 
 
 @dataclasses.dataclass
@@ -195,15 +76,15 @@ class MaintenanceRequest:
     shutdown_timeout: int = 120
     max_outgoing: int = 2
     max_incoming: int = 2
-    memory_reserved_mib: int = 256
+    memory_reserved_mib: int = DEFAULT_MEMORY_RESERVED_MIB
     reason: t.Optional[str] = None
     requested_by: t.Optional[str] = None
     cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
     global_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
     monitor_interval: float = 10.0
     poll_interval: float = 0.5
-    state_dir: str = STATE_DIR
-    log_dir: str = LOG_DIR
+    state_dir: str = DEFAULT_STATE_DIR
+    log_dir: str = DEFAULT_LOG_DIR
     username: t.Optional[str] = None
     password: t.Optional[str] = None
     require_hook: bool = True
@@ -223,7 +104,7 @@ def request_from_params(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
     if params.get("state") == "maintenance" and not candidates:
         raise PolicyError("state=maintenance needs the other hosts of the cluster in candidates")
     return MaintenanceRequest(
-        uri=params.get("uri") or "qemu:///system",
+        uri=resolve_uri(params.get("uri")),
         state=params.get("state") or "maintenance",
         candidates=candidates,
         include_manual=bool(params.get("include_manual")),
@@ -238,8 +119,8 @@ def request_from_params(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
         global_policy=settings.validate(params.get("global_policy"), "global_policy"),
         monitor_interval=params.get("monitor_interval") or 10.0,
         poll_interval=params.get("wait_sleep") or 0.5,
-        state_dir=params.get("state_dir") or STATE_DIR,
-        log_dir=params.get("log_dir") or LOG_DIR,
+        state_dir=params.get("state_dir") or DEFAULT_STATE_DIR,
+        log_dir=params.get("log_dir") or DEFAULT_LOG_DIR,
         username=params.get("username"),
         password=params.get("password"),
         require_hook=params.get("require_hook", True) is not False,
@@ -254,15 +135,23 @@ class HostMaintenance:
         self.log = log
         self.start = time.monotonic()
         self._log_lock = threading.Lock()
+        self.timings: t.Dict[str, float] = {}
 
-    def connect(self, uri: str) -> t.ContextManager[t.Any]:
-        return libvirt_connection(uri, self.request.username, self.request.password)
+    def connect(self, uri: str, connect_timeout: t.Optional[float] = None) -> t.ContextManager[t.Any]:
+        return libvirt_connection(uri, self.request.username, self.request.password, connect_timeout=connect_timeout)
 
     def at(self) -> float:
         return round(time.monotonic() - self.start, 3)
 
+    def _phase(self, name: str, since: float) -> float:
+        """Record how long a phase took (``timings`` in the result); returns now."""
+        now = time.monotonic()
+        self.timings[name] = round(self.timings.get(name, 0.0) + now - since, 3)
+        return now
+
     # -- reading the source and the candidates ------------------------------------------------
     def _source_vms(self, conn: t.Any) -> t.Tuple[t.List[evacuation.VmToMove], t.Dict[str, CpuCheck]]:
+        """Every VM of the source, read once: its XML, state and effective settings."""
         req = self.request
         vms = []
         cpus: t.Dict[str, CpuCheck] = {}
@@ -272,8 +161,8 @@ class HostMaintenance:
             raise translate_libvirt_error(exc, "list the VMs", uri=req.uri) from exc
         for dom in domains:
             try:
-                facts = domxml.describe_domain(dom, req.uri)
                 xml = dom.XMLDesc(0)
+                facts = domxml.describe_domain(dom, req.uri, xml=xml)
             except VmNotFoundError:
                 continue  # gone since it was listed
             except libvirt.libvirtError as exc:
@@ -284,28 +173,34 @@ class HostMaintenance:
             effective = settings.effective(facts.get("migration_settings") or {}, req.cluster_policy, req.global_policy)
             vm = evacuation.VmToMove.from_facts(facts, requirements, effective)
             vms.append(vm)
-            if vm.running and requirements.get("cpu_xml"):
-                cpus[vm.name] = CpuCheck(requirements["cpu_xml"], facts.get("arch"), facts.get("domain_type"), facts.get("machine"))
+            cpu = CpuCheck.of(facts, requirements)
+            if cpu is not None:
+                cpus[vm.name] = cpu
         return vms, cpus
 
     def _hosts(self, vms: t.Sequence[evacuation.VmToMove], cpus: t.Mapping[str, CpuCheck]) -> t.List[placement.HostState]:
-        req = self.request
         needs = [t.cast(placement.VmNeeds, vm.needs) for vm in vms]
-        hosts = []
-        for candidate in req.candidates:
-            try:
-                with self.connect(candidate.uri) as conn:
-                    hosts.append(probe_host(conn, candidate, needs, cpus, req.memory_reserved_mib))
-            except MigrationError as exc:
-                hosts.append(placement.HostState(name=candidate.name or candidate.uri, uri=candidate.uri, error=exc.msg))
-        return hosts
+        return probe_hosts(self.connect, self.request.candidates, needs, cpus, self.request.memory_reserved_mib)
 
     def _final_load(self) -> t.Dict[str, t.Dict[str, t.Any]]:
-        """VMs, running vCPUs and memory left for guests on each reachable candidate, read afterwards."""
-        load = {}
-        for host in self._hosts([], {}):
-            if host.error is None:
-                load[host.name] = {"uri": host.uri, "available_mib": host.available_mib, "vcpus_running": host.vcpus_running}
+        """Running VMs' vCPUs and memory left for guests on each reachable candidate, read afterwards."""
+        req = self.request
+
+        def one(candidate: Candidate) -> t.Optional[t.Tuple[str, t.Dict[str, t.Any]]]:
+            try:
+                with self.connect(candidate.uri) as conn:
+                    name = candidate.name or conn.getHostname()
+                    reserve = candidate.memory_reserved_mib if candidate.memory_reserved_mib is not None else req.memory_reserved_mib
+                    memory = host_memory(conn, conn.getInfo(), reserve)
+                    vcpus = sum(int(dom.info()[3]) for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+            except (MigrationError, libvirt.libvirtError):
+                return None
+            return name, {"uri": candidate.uri, "available_mib": memory["available_mib"], "vcpus_running": vcpus}
+
+        began = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(req.candidates)))) as pool:
+            load = dict(entry for entry in pool.map(one, req.candidates) if entry is not None)
+        self._phase("report", began)
         return load
 
     # -- maintenance --------------------------------------------------------------------------
@@ -313,48 +208,33 @@ class HostMaintenance:
         """Evacuate the host and mark it; one run at a time per host (a lock in the state directory)."""
         if check_mode:
             return self._maintenance(check_mode)
-        return self._locked(lambda: self._maintenance(check_mode))
-
-    def _locked(self, func: t.Callable[[], t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
-        """Run ``func`` holding the host's maintenance lock; refuse at once when another run holds it."""
-        req = self.request
-        statefiles.ensure_directory(req.state_dir)
-        lock_path = os.path.join(req.state_dir, LOCK_FILE)
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise MigrationError("Cannot open the maintenance lock %s: %s" % (lock_path, exc), path=lock_path) from exc
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                raise MigrationError(
-                    "Another host_maintenance run is working on this host (it holds %s); nothing was changed." % lock_path, path=lock_path
-                ) from exc
-            return func()
-        finally:
-            os.close(fd)
+        return locked(self.request.state_dir, lambda: self._maintenance(check_mode))
 
     def _maintenance(self, check_mode: bool) -> t.Dict[str, t.Any]:
         req = self.request
+        began = time.monotonic()
         mark = read_mark(req.state_dir)
         with self.connect(req.uri) as conn:
+            began = self._phase("connect", began)
             try:
                 hostname = conn.getHostname()
                 uuid = parse_capabilities(conn.getCapabilities())["uuid"]
             except libvirt.libvirtError as exc:
                 raise translate_libvirt_error(exc, "read the host's identity", uri=req.uri) from exc
             vms, cpus = self._source_vms(conn)
+        began = self._phase("read_source", began)
         source = evacuation.SourceHost(name=hostname, uuid=uuid, uri=req.uri)
         to_move = [vm for vm in vms if vm.running or vm.persistent]
         hosts = self._hosts(to_move, cpus)
+        began = self._phase("probe", began)
         for vm in to_move:
             vm.duplicate_on = tuple(
                 sorted(host.name for host in hosts if host.error is None and host.uuid != uuid and vm.uuid in host.vm_uuids)
             )
         plan = evacuation.plan_evacuation(to_move, hosts, source, req.include_manual, req.non_migratable)
         enforcement = hook_status(state_dir=req.state_dir)
-        result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict(), "enforcement": enforcement}
+        self._phase("plan", began)
+        result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict(), "enforcement": enforcement, "timings": self.timings}
         if not plan.ok:
             raise MigrationError(
                 "%s cannot go into maintenance, nothing was moved: %s" % (hostname, " ".join(plan.problems())),
@@ -374,14 +254,14 @@ class HostMaintenance:
         if req.require_hook and not enforcement["loaded"] and check_mode:
             result["warnings"] = [
                 "%s does not enforce maintenance yet: the collection's libvirt hook %s is %s; a real run refuses to start."
-                % (hostname, enforcement["path"], _hook_trouble(enforcement))
+                % (hostname, enforcement["path"], hook_trouble(enforcement))
             ]
         elif req.require_hook and not enforcement["loaded"]:
             raise MigrationError(
                 "%s cannot go into maintenance: it would not refuse incoming migrations and VM starts meanwhile, because the "
                 "collection's libvirt hook %s is %s. Install it with the role virtops.migration.maintenance_hook "
                 "(playbooks/setup_hosts.yml), which restarts libvirtd once; or set require_hook=false. Nothing was changed."
-                % (hostname, enforcement["path"], _hook_trouble(enforcement)),
+                % (hostname, enforcement["path"], hook_trouble(enforcement)),
                 host_name=hostname,
                 enforcement=enforcement,
             )
@@ -397,7 +277,9 @@ class HostMaintenance:
         write_mark(req.state_dir, dict(base, state=PREPARING))
         records: t.List[t.Dict[str, t.Any]] = []
         try:
+            began = time.monotonic()
             records = self._run(plan, hostname)
+            began = self._phase("moves", began)
             failed = [record for record in records if record["outcome"] == "failed"]
             if failed:
                 raise MigrationError(
@@ -408,6 +290,7 @@ class HostMaintenance:
             shut = self._shutdown(plan, hostname)
             base["shutdown_vms"] = sorted(set(base["shutdown_vms"]) | set(shut))
             write_mark(req.state_dir, dict(base, state=PREPARING))
+            began = self._phase("shutdown", began)
             left = self._active_vms()
             if left:
                 raise MigrationError(
@@ -417,17 +300,19 @@ class HostMaintenance:
                 )
             final = dict(base, state=MAINTENANCE)
             write_mark(req.state_dir, final)
+            self._phase("recheck", began)
         except BaseException as exc:
             undo = self._undo(hostname, mark, plan)
             error = exc if isinstance(exc, MigrationError) else unexpected_error(exc, "evacuate the host", uri=req.uri)
             if not isinstance(exc, Exception):
                 raise
             error.msg = "%s %s" % (error.msg, undo.pop("sentence"))
-            error.details.update(plan=plan.as_dict(), vms=records, load=self._final_load(), **undo)
+            error.details.update(plan=plan.as_dict(), vms=records, load=self._final_load(), timings=self.timings, **undo)
             if error is exc:
                 raise
             raise error from exc
         result.update(vms=records, shutdown=shut, maintenance=final, load=self._final_load())
+        self.timings["total"] = self.at()
         return result
 
     def _undo(self, hostname: str, previous: t.Optional[t.Mapping[str, t.Any]], plan: evacuation.EvacuationPlan) -> t.Dict[str, t.Any]:
@@ -503,42 +388,32 @@ class HostMaintenance:
         """Run the plan's moves under the queue's limits; one record per VM, in start order."""
         req = self.request
         pending = evacuation.EvacuationQueue(plan.moves, req.max_outgoing, req.max_incoming)
-        done: "queue.Queue[t.Tuple[evacuation.Move, t.Dict[str, t.Any]]]" = queue.Queue()
+        done: "queue.Queue[t.Tuple[Move, t.Dict[str, t.Any]]]" = queue.Queue()
         records: t.List[t.Dict[str, t.Any]] = []
 
-        def worker(move: evacuation.Move, record: t.Dict[str, t.Any]) -> None:
+        options = run_options({}, poll_interval=req.poll_interval, monitor_interval=req.monitor_interval, state_dir=req.state_dir,
+                              username=req.username, password=req.password)
+
+        def worker(move: Move, record: t.Dict[str, t.Any]) -> None:
+            runner = JobRunner(options, self.connect, move.vm, log=self.log)
             try:
-                migration = Request(
-                    vm=move.uuid or move.vm,
-                    source_uri=req.uri,
-                    candidates=[Candidate(uri=move.destination_uri, name=move.destination)],
-                    # Where a migration left running by a lost run may have taken the VM.
-                    elsewhere=[candidate for candidate in req.candidates if candidate.uri != move.destination_uri],
-                    policy=move.policy,
-                    persistent=move.persistent,
-                    cluster_policy=req.cluster_policy,
-                    global_policy=req.global_policy,
-                    poll_interval=req.poll_interval,
-                    monitor_interval=req.monitor_interval,
-                    # The plan already counted every VM headed there, reserves included; this re-check
-                    # at start time must not count the ones arriving meanwhile a second time.
-                    memory_reserved_mib=0,
-                    username=req.username,
-                    password=req.password,
-                    state_dir=req.state_dir,
-                )
-                outcome = Migrator(migration, log=self.log).migrate(check_mode=False)
+                # Where a migration left running by a lost run may have taken the VM, besides the destination.
+                others = [candidate for candidate in req.candidates if candidate.uri != move.destination_uri]
+                outcome = runner.carry_out(move, others)
                 record.update(
-                    outcome="migrated" if outcome.get("changed") else "already there",
+                    outcome=outcome["outcome"],
                     downtime_ms=outcome.get("downtime_ms"),
                     data_total_mib=outcome.get("data_total_mib"),
                     vm_state=outcome.get("vm_state"),
                 )
+                if outcome.get("adopted"):
+                    record["adopted"] = True
             except MigrationError as exc:
                 record.update(outcome="failed", error=exc.msg, observed=exc.details.get("observed"))
             except BaseException as exc:  # pylint: disable=broad-exception-caught
                 record.update(outcome="failed", error="unexpected %s: %s" % (type(exc).__name__, exc))
             finally:
+                record["timings"] = dict(runner.timings)
                 done.put((move, record))
 
         threads = []
@@ -636,7 +511,7 @@ class HostMaintenance:
         """
         if check_mode:
             return self._activate(check_mode)
-        return self._locked(lambda: self._activate(check_mode))
+        return locked(self.request.state_dir, lambda: self._activate(check_mode))
 
     def _activate(self, check_mode: bool) -> t.Dict[str, t.Any]:
         req = self.request

@@ -3,7 +3,8 @@
 # This module_utils package is private to the virtops.migration collection; it is not a public API.
 """The per-VM migration settings stored in a domain's XML ``<metadata>``.
 
-This is the one owner of the format. The settings travel with the domain (live and persistent
+This is the one owner of the format; what each setting may hold, and how settings inherit, is
+``settings.py``'s, and reading and writing them through libvirt is ``settings_store.py``'s. The settings travel with the domain (live and persistent
 definitions alike), so nothing is kept in a side database. Pure logic: no libvirt import.
 
 Format, under the namespace :data:`NAMESPACE_URI` with prefix :data:`NAMESPACE_PREFIX`::
@@ -31,8 +32,6 @@ NAMESPACE_URI = "https://virtops.github.io/xmlns/migration/1"
 NAMESPACE_PREFIX = "virtops"
 ROOT_TAG = "migration"
 
-PRIORITIES = ("low", "medium", "high")
-DEFAULT_PRIORITY = "medium"
 
 # Scalar text read back as an integer; anything else that is not true/false stays a string.
 _INTEGER = re.compile(r"-?[0-9]+\Z")
@@ -140,16 +139,3 @@ def from_domain_element(root: ET.Element) -> t.Dict[str, t.Any]:
     if element is None:
         return {}
     return parse(ET.tostring(element, encoding="unicode"))
-
-
-def resolve_priority(settings: t.Mapping[str, t.Any]) -> str:
-    """The VM's migration priority: its ``priority`` setting, or :data:`DEFAULT_PRIORITY` when unset.
-
-    Raises :class:`MetadataFormatError` for a value outside :data:`PRIORITIES`.
-    """
-    value = settings.get("priority")
-    if value is None or value == "":
-        return DEFAULT_PRIORITY
-    if value not in PRIORITIES:
-        raise MetadataFormatError("migration priority %r is not one of %s" % (value, ", ".join(PRIORITIES)))
-    return str(value)

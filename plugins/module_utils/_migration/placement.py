@@ -16,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+# Memory, in MiB, a destination keeps back for itself unless told otherwise (suits small lab hosts).
+DEFAULT_MEMORY_RESERVED_MIB = 256
+
 
 @dataclasses.dataclass(frozen=True)
 class VmNeeds:

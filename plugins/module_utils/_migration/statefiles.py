@@ -21,6 +21,10 @@ import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
 
+# Where the collection keeps its state (maintenance mark, notes on paused VMs) and its audit log.
+DEFAULT_STATE_DIR = "/var/lib/virtops-migration"
+DEFAULT_LOG_DIR = "/var/log/virtops-migration"
+
 
 class StateFileError(MigrationError):
     """A state file or its directory cannot be used safely."""

@@ -12,7 +12,7 @@ import typing as t
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration import connection, options
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     HostUnreachableError,
     MigrationError,
@@ -64,18 +64,18 @@ class ClosingConnection:
 def test_resolve_uri_falls_back_to_the_environment_then_the_system_uri(
     uri: t.Optional[str], environ: t.Dict[str, str], expected: str
 ) -> None:
-    assert connection.resolve_uri(uri, environ) == expected
+    assert options.resolve_uri(uri, environ) == expected
 
 
 def test_resolve_uri_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu+tcp://from-env/system")
-    assert connection.resolve_uri(None) == "qemu+tcp://from-env/system"
+    assert options.resolve_uri(None) == "qemu+tcp://from-env/system"
 
 
 def test_argument_spec_copies_are_independent() -> None:
-    spec = connection.connection_argument_spec()
+    spec = options.spec(options.CONNECTION)
     spec["uri"]["default"] = "changed"
-    assert connection.connection_argument_spec()["uri"]["default"] == "qemu:///system"
+    assert options.spec(options.CONNECTION)["uri"]["default"] == "qemu:///system"
     assert spec["password"]["no_log"] is True
 
 

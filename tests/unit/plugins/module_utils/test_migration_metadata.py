@@ -181,24 +181,3 @@ def test_scalar_text_is_typed_only_when_it_is_a_plain_integer_or_boolean(text: s
 def test_render_refuses_settings_it_cannot_write(settings: t.Dict[t.Any, t.Any], message: str) -> None:
     with pytest.raises(metadata.MetadataFormatError, match=message):
         metadata.render(settings)
-
-
-@pytest.mark.parametrize(
-    ("settings", "priority"),
-    [
-        ({}, "medium"),
-        ({"priority": ""}, "medium"),
-        ({"priority": "low"}, "low"),
-        ({"priority": "medium"}, "medium"),
-        ({"priority": "high"}, "high"),
-        ({"migration_mode": "manual"}, "medium"),
-    ],
-)
-def test_priority_resolves_to_medium_when_unset(settings: t.Dict[str, t.Any], priority: str) -> None:
-    assert metadata.resolve_priority(settings) == priority
-
-
-@pytest.mark.parametrize("value", ["urgent", "HIGH", 1, True, ["high"]])
-def test_an_unknown_priority_is_a_format_error(value: t.Any) -> None:
-    with pytest.raises(metadata.MetadataFormatError, match="is not one of low, medium, high"):
-        metadata.resolve_priority({"priority": value})

@@ -1,7 +1,7 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Running and cancelling one migration (``_migration/migrate.py`` ``Migrator``) against fake hosts.
+"""Planning, running and cancelling one migration (``vm_migration.VmMigration`` over ``runner.JobRunner``) against fake hosts.
 
 A move counts only once libvirt shows it on both hosts afterwards; whatever ``migrateToURI3`` says
 or raises, anything else is a failure that reports what each host shows.
@@ -18,7 +18,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import migrate, placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration import options, placement, runner, vm_migration
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, Move, RunOptions
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     DuplicateVmError,
     HostUnreachableError,
@@ -127,25 +128,27 @@ class Cluster:
 @pytest.fixture
 def cluster(sample: t.Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> Cluster:
     hosts = Cluster(sample("capabilities-qemu.xml"))
-    monkeypatch.setattr(migrate, "libvirt_connection", hosts.connect)
+    monkeypatch.setattr(vm_migration, "libvirt_connection", hosts.connect)
     return hosts
 
 
-def request(tmp_path: Path, **changes: t.Any) -> migrate.Request:
+def request(tmp_path: Path, **changes: t.Any) -> options.MigrateRequest:
+    run_fields = set(RunOptions.__dataclass_fields__)  # pylint: disable=no-member
+    run_values: t.Dict[str, t.Any] = {"poll_interval": 0.01, "state_dir": str(tmp_path / "state")}
+    run_values.update({key: value for key, value in changes.items() if key in run_fields})
     values: t.Dict[str, t.Any] = {
         "vm": "web1",
         "source_uri": SOURCE_URI,
-        "candidates": [migrate.Candidate(uri=DEST_URI)],
+        "candidates": [Candidate(uri=DEST_URI)],
         "policy": base_policy(None),
-        "poll_interval": 0.01,
-        "state_dir": str(tmp_path / "state"),
+        "options": RunOptions(**run_values),
     }
-    values.update(changes)
-    return migrate.Request(**values)
+    values.update({key: value for key, value in changes.items() if key not in run_fields})
+    return options.MigrateRequest(**values)
 
 
-def migrator(tmp_path: Path, **changes: t.Any) -> migrate.Migrator:
-    return migrate.Migrator(request(tmp_path, **changes))
+def migrator(tmp_path: Path, **changes: t.Any) -> vm_migration.VmMigration:
+    return vm_migration.VmMigration(request(tmp_path, **changes))
 
 
 def event_names(details_or_result: t.Mapping[str, t.Any]) -> t.List[str]:
@@ -378,7 +381,7 @@ def candidate_host(name: str, uuid: str, vm_uuids: t.Iterable[str] = (), **kwarg
 def test_refuse_duplicates_names_both_hosts() -> None:
     hosts = [candidate_host("hv2", HV2_UUID), candidate_host("hv3", "uuid-hv3", [VM_UUID]), candidate_host("hv4", "uuid-hv4", [VM_UUID])]
     with pytest.raises(DuplicateVmError) as caught:
-        migrate.refuse_duplicates("web1", VM_UUID, "hv1", HV1_UUID, hosts)
+        vm_migration.refuse_duplicates("web1", VM_UUID, "hv1", HV1_UUID, hosts)
     assert caught.value.msg.startswith("VM 'web1' (UUID %s) is defined on hv1 and also on hv3, hv4: refusing to move it" % VM_UUID)
     assert caught.value.details == {"vm": "web1", "uuid": VM_UUID, "hosts": ["hv1", "hv3", "hv4"]}
 
@@ -389,13 +392,13 @@ def test_refuse_duplicates_ignores_unreachable_hosts_and_the_source() -> None:
         candidate_host("hv3", "uuid-hv3", [VM_UUID], error="connection refused"),
         candidate_host("hv1-alias", HV1_UUID, [VM_UUID]),  # the source itself, listed as a candidate
     ]
-    migrate.refuse_duplicates("web1", VM_UUID, "hv1", HV1_UUID, hosts)
+    vm_migration.refuse_duplicates("web1", VM_UUID, "hv1", HV1_UUID, hosts)
 
 
 # -- cancel
 
 
-def cancel_request(tmp_path: Path) -> migrate.Migrator:
+def cancel_request(tmp_path: Path) -> vm_migration.VmMigration:
     return migrator(tmp_path, candidates=[])
 
 
@@ -479,14 +482,14 @@ def test_check_mode_migrate_leaves_a_vm_paused_by_a_lost_run_and_its_record(
     cluster: Cluster, tmp_path: Path, state: t.Tuple[int, int], events: t.List[str]
 ) -> None:
     run = migrator(tmp_path)
-    run.records.add(VM_UUID, "web1")
+    run.runner.records.add(VM_UUID, "web1")
     cluster.vm._state = state
     result = run.migrate(check_mode=True)
     assert result["changed"] is True and result["plan"]["kind"] == "live"
     # The check-mode plan carries no events: they are read from the run itself.
     assert event_names({"events": run.events}) == events
     assert changes_to(cluster.vm) == [] and cluster.vm.state() == list(state)
-    assert run.records.has(VM_UUID), "the record stays for the real run"
+    assert run.runner.records.has(VM_UUID), "the record stays for the real run"
     assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
 
 
@@ -510,14 +513,14 @@ def test_cancel_without_a_job_resumes_a_vm_paused_by_a_lost_run_only_for_real(
     record_kept: bool,
 ) -> None:
     run = cancel_request(tmp_path)
-    run.records.add(VM_UUID, "web1")
+    run.runner.records.add(VM_UUID, "web1")
     cluster.vm._state = state
     result = run.cancel(check_mode=check_mode)
     assert event_names(result) == events
     assert result["changed"] is bool(events)
     assert [event.get("host") for event in result["events"]] == [SOURCE_URI] * len(events)
     assert changes_to(cluster.vm) == resumed
-    assert run.records.has(VM_UUID) is record_kept
+    assert run.runner.records.has(VM_UUID) is record_kept
 
 
 # -- the VM is no longer on the source (a repeat run): it must be on exactly one other known host
@@ -532,9 +535,9 @@ def place_copy(conn: FakeConnection, state: t.Tuple[int, int] = RUNNING, persist
     return copy
 
 
-def moved_away_run(tmp_path: Path) -> migrate.Migrator:
+def moved_away_run(tmp_path: Path) -> vm_migration.VmMigration:
     """hv2 is the destination; hv3 and an unreachable host are the cluster's other hosts."""
-    return migrator(tmp_path, elsewhere=[migrate.Candidate(uri=HV3_URI), migrate.Candidate(uri=UNREACHABLE_URI)])
+    return migrator(tmp_path, elsewhere=[Candidate(uri=HV3_URI), Candidate(uri=UNREACHABLE_URI)])
 
 
 @pytest.mark.parametrize("check_mode", [False, True])
@@ -618,11 +621,11 @@ def vm_migrate_params(tmp_path: Path, **changes: t.Any) -> t.Dict[str, t.Any]:
 def test_a_named_destination_keeps_what_the_candidates_say_of_it(cluster: Cluster, tmp_path: Path, check_mode: bool) -> None:
     cluster.add_host(HV3_URI, "hv3", HV3_UUID)
     hv2 = {"uri": DEST_URI, "name": "hv2-prod", "maintenance": True, "memory_reserved_mib": 2048}
-    req = migrate.request_from_params(vm_migrate_params(tmp_path, candidates=[HV3_URI, hv2]))
-    assert req.candidates == [migrate.Candidate(uri=DEST_URI, name="hv2-prod", maintenance=True, memory_reserved_mib=2048)]
-    assert req.elsewhere == [migrate.Candidate(uri=HV3_URI)]
+    req = options.migrate_request(vm_migrate_params(tmp_path, candidates=[HV3_URI, hv2]))
+    assert req.candidates == [Candidate(uri=DEST_URI, name="hv2-prod", maintenance=True, memory_reserved_mib=2048)]
+    assert req.elsewhere == [Candidate(uri=HV3_URI)]
     with pytest.raises(MigrationError, match="in maintenance") as caught:
-        migrate.Migrator(req).migrate(check_mode=check_mode)
+        vm_migration.VmMigration(req).migrate(check_mode=check_mode)
     assert caught.value.msg == "no host can take VM 'web1': hv2-prod is in maintenance"
     assert caught.value.details["rejected_hosts"] == {"hv2-prod": ["is in maintenance"]}
     assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
@@ -635,9 +638,9 @@ def test_a_named_destination_keeps_what_the_candidates_say_of_it(cluster: Cluste
 @pytest.mark.parametrize("check_mode", [False, True])
 def test_a_copy_on_another_candidate_blocks_a_move_to_the_named_destination(cluster: Cluster, tmp_path: Path, check_mode: bool) -> None:
     place_copy(cluster.add_host(HV3_URI, "hv3", HV3_UUID), SHUT_OFF)
-    req = migrate.request_from_params(vm_migrate_params(tmp_path, candidates=[DEST_URI, HV3_URI]))
+    req = options.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI, HV3_URI]))
     with pytest.raises(DuplicateVmError) as caught:
-        migrate.Migrator(req).migrate(check_mode=check_mode)
+        vm_migration.VmMigration(req).migrate(check_mode=check_mode)
     assert caught.value.msg.startswith("VM 'web1' (UUID %s) is defined on hv1 and also on hv3: refusing to move it" % VM_UUID)
     assert caught.value.details["hosts"] == ["hv1", "hv3"]
     assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
@@ -645,8 +648,8 @@ def test_a_copy_on_another_candidate_blocks_a_move_to_the_named_destination(clus
 
 def test_the_source_listed_among_the_candidates_is_no_duplicate(cluster: Cluster, tmp_path: Path) -> None:
     cluster.hosts[SOURCE_ALIAS_URI] = cluster.source  # hv1 under another URI: same host UUID, same VM
-    req = migrate.request_from_params(vm_migrate_params(tmp_path, candidates=[DEST_URI, SOURCE_ALIAS_URI, UNREACHABLE_URI]))
-    result = migrate.Migrator(req).migrate(check_mode=False)
+    req = options.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI, SOURCE_ALIAS_URI, UNREACHABLE_URI]))
+    result = vm_migration.VmMigration(req).migrate(check_mode=False)
     assert (result["changed"], result["destination"], result["vm_state"]) == (True, {"hostname": "hv2", "uri": DEST_URI}, "running")
     assert [call[1] for call in cluster.vm.calls if call[0] == "migrateToURI3"] == [DEST_URI]
 
@@ -719,10 +722,10 @@ def hanging_job(cluster: Cluster) -> t.Iterator[HangingJob]:
     job.ended.set()  # a job the run gave up on ends with the test
 
 
-def timed_out(tmp_path: Path, **changes: t.Any) -> migrate.Migrator:
+def timed_out(tmp_path: Path, **changes: t.Any) -> vm_migration.VmMigration:
     """A run with a 1 s timeout whose clock already reads 1 s: the timeout is due at the first poll."""
     run = migrator(tmp_path, timeout=1, **changes)
-    run.clock = migrate.Clock(elapsed=1.0)
+    run.runner.clock = runner.Clock(elapsed=1.0)
     return run
 
 
@@ -771,7 +774,7 @@ def test_a_job_still_running_long_after_its_timeout_is_given_up(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hanging_job: HangingJob, action: str
 ) -> None:
     # The job heeds neither abortJob nor migrateStartPostCopy: it just goes on.
-    monkeypatch.setattr(migrate, "CANCEL_WAIT_S", 0.05)
+    monkeypatch.setattr(runner, "CANCEL_WAIT_S", 0.05)
     started = time.monotonic()
     with pytest.raises(MigrationError) as caught:
         timed_out(tmp_path, timeout_action=action).migrate(check_mode=False)
@@ -797,13 +800,13 @@ def test_a_job_still_running_long_after_its_timeout_is_given_up(
 def test_a_suspend_step_pauses_only_a_running_vm(tmp_path: Path, state: t.Tuple[int, int], suspended: bool, note: t.Optional[str]) -> None:
     # A VM its owner paused is no VM the schedule paused: no record, and nothing resumes it later.
     run = migrator(tmp_path)
-    run._uuid = VM_UUID
+    run.runner._uuid = VM_UUID
     dom = FakeDomain(VM_XML, state)
-    run._apply(dom, Step(3, "suspend"), {"memory_iteration": 7}, 3)
+    run.runner._apply(dom, Step(3, "suspend"), {"memory_iteration": 7}, 3)
     assert changes_to(dom) == (["suspend"] if suspended else [])
-    assert run.records.has(VM_UUID) is suspended
-    assert run._suspended is suspended
-    (record,) = run.applied
+    assert run.runner.records.has(VM_UUID) is suspended
+    assert run.runner._suspended is suspended
+    (record,) = run.runner.applied
     assert (record["action"], record["memory_iteration"], record.get("note")) == ("suspend", 7, note)
     assert "error" not in record
 
@@ -813,7 +816,7 @@ def test_a_suspend_step_pauses_only_a_running_vm(tmp_path: Path, state: t.Tuple[
 
 def test_a_vm_that_moved_but_cannot_be_resumed_there_is_a_changed_failure(cluster: Cluster, tmp_path: Path) -> None:
     run = migrator(tmp_path)
-    run.records.add(VM_UUID, "web1")  # an earlier, lost run paused it, and its job goes on
+    run.runner.records.add(VM_UUID, "web1")  # an earlier, lost run paused it, and its job goes on
     cluster.vm._state = PAUSED_BY_USER
     arrived: t.List[FakeDomain] = []
 
@@ -832,14 +835,105 @@ def test_a_vm_that_moved_but_cannot_be_resumed_there_is_a_changed_failure(cluste
     assert caught.value.details["libvirt_error_code"] == libvirt.VIR_ERR_INTERNAL_ERROR
     assert (caught.value.details["changed"], caught.value.details["moved_to"]) == (True, DEST_URI)
     assert changes_to(arrived[0]) == ["resume"]
-    assert run.records.has(VM_UUID), "the record stays: the next run resumes the VM"
+    assert run.runner.records.has(VM_UUID), "the record stays: the next run resumes the VM"
 
 
 def test_a_destination_unreachable_for_the_resume_still_reports_the_move(cluster: Cluster, tmp_path: Path) -> None:
     run = migrator(tmp_path)
-    run.records.add(VM_UUID, "web1")
-    run._suspended = True
+    run.runner.records.add(VM_UUID, "web1")
+    run.runner._suspended = True
     with pytest.raises(HostUnreachableError) as caught:
-        run._resume_on(HV3_URI, VM_UUID)  # hv3 cannot be reached
+        run.runner._resume_on(HV3_URI, VM_UUID)  # hv3 cannot be reached
     assert (caught.value.details["changed"], caught.value.details["moved_to"]) == (True, HV3_URI)
-    assert run.records.has(VM_UUID) and run._suspended
+    assert run.runner.records.has(VM_UUID) and run.runner._suspended
+
+
+# -- a planned move, as an evacuation hands it to the job runner
+
+
+def planned_move(**changes: t.Any) -> Move:
+    values: t.Dict[str, t.Any] = {
+        "vm": "web1",
+        "uuid": VM_UUID,
+        "priority": "medium",
+        "memory_mib": 1024,
+        "vcpus": 1,
+        "source": "hv1",
+        "source_uri": SOURCE_URI,
+        "destination": "hv2",
+        "destination_uri": DEST_URI,
+        "kind": "live",
+        "policy": base_policy(None),
+        "state": "running",
+        "timeout_s": 120,
+    }
+    values.update(changes)
+    return Move(**values)
+
+
+def job_runner(tmp_path: Path, cluster: Cluster) -> runner.JobRunner:
+    return runner.JobRunner(RunOptions(poll_interval=0.01, state_dir=str(tmp_path / "state")), cluster.connect, "web1")
+
+
+def test_a_planned_move_is_carried_out_and_verified(cluster: Cluster, tmp_path: Path) -> None:
+    run = job_runner(tmp_path, cluster)
+    outcome = run.carry_out(planned_move())
+    assert outcome["outcome"] == "migrated" and outcome["vm_state"] == "running"
+    assert outcome["observed"] == {"source": None, "destination": RUNNING_ON_DESTINATION}
+    assert [event["event"] for event in run.events] == ["started", "max_downtime", "completed", "verified"]
+    assert set(run.timings) == {"start", "migrate", "verify"}
+
+
+def test_a_planned_move_rechecks_the_destinations_memory(cluster: Cluster, tmp_path: Path) -> None:
+    # Since the plan, the destination's free memory went down to 512 MiB: the 1 GiB VM stays where it is.
+    cluster.destination.memory_stats = {"total": 4 << 20, "free": 512 << 10, "buffers": 0, "cached": 0}
+    with pytest.raises(MigrationError, match="hv2 has only 512 MiB free now, and VM 'web1' needs 1024 MiB"):
+        job_runner(tmp_path, cluster).carry_out(planned_move())
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+    assert cluster.vm in cluster.source.domains and not cluster.destination.domains
+
+
+def test_an_offline_move_needs_no_free_memory(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.vm._state = (libvirt.VIR_DOMAIN_SHUTOFF, 1)  # pylint: disable=protected-access
+    cluster.destination.memory_stats = {"total": 4 << 20, "free": 0, "buffers": 0, "cached": 0}
+
+    def offline_move() -> None:
+        cluster.leave_source()
+        cluster.arrive(state=libvirt.VIR_DOMAIN_SHUTOFF)
+
+    cluster.vm.on_migrate = offline_move
+    outcome = job_runner(tmp_path, cluster).carry_out(planned_move(kind="offline", state="shut off"))
+    assert outcome["outcome"] == "migrated" and outcome["vm_state"] == "shut off"
+
+
+def test_a_planned_move_finds_the_vm_arrived_meanwhile(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.move()  # a lost earlier run's job completed after this run read the source
+    outcome = job_runner(tmp_path, cluster).carry_out(planned_move())
+    assert outcome == {"outcome": "already there", "vm_state": "running", "changed": False}
+
+
+def test_a_planned_move_refuses_a_stale_copy_on_the_destination(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.arrive(state=libvirt.VIR_DOMAIN_SHUTOFF)  # a shut-off definition of the same UUID appeared on hv2
+    with pytest.raises(MigrationError, match="has a definition of the same UUID"):
+        job_runner(tmp_path, cluster).carry_out(planned_move())
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+
+
+def test_a_planned_move_that_left_for_nowhere_is_a_failure(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.leave_source()
+    with pytest.raises(MigrationError, match="left hv1 after the evacuation was planned, and hv2 does not have it"):
+        job_runner(tmp_path, cluster).carry_out(planned_move())
+
+
+def test_a_planned_move_adopts_a_job_a_lost_run_left(cluster: Cluster, tmp_path: Path) -> None:
+    running_job(cluster)
+
+    def finish() -> None:
+        cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+        cluster.move()
+
+    threading.Timer(0.05, finish).start()
+    outcome = job_runner(tmp_path, cluster).carry_out(planned_move())
+    assert outcome["adopted"] is True and outcome["outcome"] == "migrated"
+    assert outcome["observed"]["destination"] == RUNNING_ON_DESTINATION
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]

@@ -14,6 +14,7 @@ from ansible.module_utils import _internal as module_utils_internal
 from ansible.module_utils.common import warnings as module_warnings
 from ansible.module_utils.testing import patch_module_args
 
+from ansible_collections.virtops.migration.plugins.module_utils._migration import modulekit
 from ansible_collections.virtops.migration.plugins.modules import host_info
 from libvirt_fakes import FakeConnection, FakeDomain, FakeObject, libvirt_error
 
@@ -190,8 +191,8 @@ def test_unknown_options_are_refused(fake: FakeConnection, capsys: pytest.Captur
 def test_missing_libvirt_python_is_reported(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(host_info, "HAS_LIBVIRT", False)
-    monkeypatch.setattr(host_info, "LIBVIRT_IMPORT_ERROR", "Traceback: No module named 'libvirt'")
+    monkeypatch.setattr(modulekit, "HAS_LIBVIRT", False)
+    monkeypatch.setattr(modulekit, "LIBVIRT_IMPORT_ERROR", "Traceback: No module named 'libvirt'")
     result = run_module({}, capsys)
     assert result["failed"] is True
     assert result["msg"].startswith("Failed to import the required Python library (libvirt-python)")
@@ -206,3 +207,18 @@ def test_against_libvirts_test_driver(capsys: pytest.CaptureFixture[str]) -> Non
     assert [vm["name"] for vm in host["vms"]] == ["test"]
     assert host["vms"][0]["migration_settings"] == {}
     assert host["vms"][0]["priority"] == "medium"
+
+
+def test_gather_nothing_reads_no_vm(capsys: pytest.CaptureFixture[str]) -> None:
+    # libvirt's test driver has one running VM and a network and a pool; gather: [] reads none of them.
+    everything = run_module({"uri": "test:///default", "memory_reserved_mib": 0}, capsys)["host"]
+    assert everything["vms"] and everything["networks"] and everything["storage_pools"]
+    quick = run_module({"uri": "test:///default", "memory_reserved_mib": 0, "gather": []}, capsys)["host"]
+    assert (quick["vms"], quick["networks"], quick["storage_pools"], quick["domain_capabilities"]) == ([], [], [], {})
+    assert quick["uuid"] == everything["uuid"] and quick["memory"]["total_mib"] == everything["memory"]["total_mib"]
+    assert quick["maintenance"]["active"] is False
+
+
+def test_gather_refuses_an_unknown_part(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_module({"uri": "test:///default", "gather": ["vms", "secrets"]}, capsys)
+    assert result["failed"] is True and "secrets" in result["msg"]

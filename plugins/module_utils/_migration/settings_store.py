@@ -1,7 +1,10 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils package is private to the virtops.migration collection; it is not a public API.
-"""Reading and writing a VM's own migration settings in its domain metadata.
+"""The libvirt store of a VM's own migration settings: reading and writing them in its domain metadata.
+
+The metadata format is ``metadata.py``'s, the value rules and the inheritance are ``settings.py``'s;
+this file only moves settings between libvirt and those two.
 
 The settings are written to the live definition (if the VM runs) and to the persistent one (if it
 has one), so they travel with the VM on migration and survive restarts. Only the collection's own
@@ -23,7 +26,7 @@ except ImportError:  # reported by the module through missing_required_lib
     pass
 
 
-class VmSettingsManager:
+class SettingsStore:
     """``present`` / ``absent`` / ``info`` for the migration settings of the VMs on one host."""
 
     def __init__(self, uri: str, username: t.Optional[str] = None, password: t.Optional[str] = None) -> None:

@@ -1,0 +1,97 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""What a migration run is handed: planned moves and the options every move runs under.
+
+``vm_migrate`` plans one :class:`Move`, an evacuation plans many; both hand them to the one job
+runner (``runner.py``), which carries each out as planned: it never probes or resolves again what a
+move already holds. Pure data: no libvirt import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import Policy
+from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import DEFAULT_STATE_DIR
+
+# How a VM moves: live (running VM, keeps running), paused (running VM, paused while it moves) or
+# offline (a shut-off persistent VM: only its definition moves).
+LIVE = "live"
+PAUSED = "paused"
+OFFLINE = "offline"
+KINDS = (LIVE, PAUSED, OFFLINE)
+
+
+@dataclasses.dataclass
+class Candidate:
+    """A possible destination: its libvirt URI as the source reaches it, and what the caller knows of it."""
+
+    uri: str
+    name: t.Optional[str] = None
+    maintenance: bool = False
+    memory_reserved_mib: t.Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Move:
+    """One planned move of one VM, with everything the job runner needs to carry it out.
+
+    ``persistent`` is whether the VM is to be persistently defined on the destination; ``state`` is
+    libvirt's word for the VM's state when it was planned (a VM that was running must run on the
+    destination); ``timeout_s`` bounds the libvirt job.
+    """
+
+    vm: str
+    uuid: t.Optional[str]
+    priority: str
+    memory_mib: int
+    vcpus: int
+    source: str
+    source_uri: t.Optional[str]
+    destination: str
+    destination_uri: str
+    kind: str
+    policy: Policy
+    persistent: bool = True
+    state: t.Optional[str] = None
+    timeout_s: t.Optional[int] = None
+
+    @property
+    def running(self) -> bool:
+        """The VM is active (running or paused) and holds memory on the source."""
+        return self.kind != OFFLINE
+
+    def as_dict(self) -> t.Dict[str, t.Any]:
+        return {
+            "vm": self.vm,
+            "uuid": self.uuid,
+            "priority": self.priority,
+            "memory_mib": self.memory_mib,
+            "vcpus": self.vcpus,
+            "from": self.source,
+            "from_uri": self.source_uri,
+            "to": self.destination,
+            "to_uri": self.destination_uri,
+            "kind": self.kind,
+            "policy": self.policy.name,
+        }
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """How the job runner carries out moves: libvirt flags, monitoring, timeout action, credentials."""
+
+    undefine_source: bool = True
+    tls: bool = False
+    unsafe_storage: bool = False
+    migrate_uri: t.Optional[str] = None
+    listen_address: t.Optional[str] = None
+    wait: bool = True
+    timeout_action: str = "abort"
+    poll_interval: float = 0.5
+    monitor_interval: float = 10.0
+    state_dir: str = DEFAULT_STATE_DIR
+    username: t.Optional[str] = None
+    password: t.Optional[str] = None

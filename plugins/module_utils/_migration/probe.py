@@ -1,0 +1,193 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""Reading destination hosts through libvirt: what placement needs of each, and where a VM is.
+
+:func:`probe_hosts` reads every candidate once, all of them at the same time; :func:`live_capacity`
+is the quick re-check of one destination when a planned move starts; :func:`whereabouts` is a VM's
+state on one host as libvirt shows it, which every verification is judged by.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration import placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+    MigrationError,
+    is_not_found,
+    is_unsupported,
+    libvirt_error_code,
+    translate_libvirt_error,
+    unexpected_error,
+)
+from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import host_memory, parse_capabilities
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate
+
+try:
+    import libvirt
+except ImportError:  # reported by the module through missing_required_lib
+    pass
+
+Connect = t.Callable[[str], t.ContextManager[t.Any]]
+
+# Candidates read at the same time; each reading is a few libvirt calls over the network.
+MAX_PARALLEL_PROBES = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuCheck:
+    """The VM's ``<cpu>`` and the emulation it runs under, to compare with a destination's hypervisor CPU."""
+
+    xml: str
+    arch: t.Optional[str]
+    virttype: t.Optional[str]
+    machine: t.Optional[str]
+
+    @classmethod
+    def of(cls, facts: t.Mapping[str, t.Any], requirements: t.Mapping[str, t.Any]) -> t.Optional["CpuCheck"]:
+        """The check for a running VM with a ``<cpu>`` definition; None when there is nothing to compare."""
+        if not facts.get("active") or not requirements.get("cpu_xml"):
+            return None
+        return cls(requirements["cpu_xml"], facts.get("arch"), facts.get("domain_type"), facts.get("machine"))
+
+
+def probe_host(
+    conn: t.Any,
+    candidate: Candidate,
+    needs: t.Sequence[placement.VmNeeds],
+    cpus: t.Mapping[str, CpuCheck],
+    reserve_mib: int,
+) -> placement.HostState:
+    """Read what placement needs from a candidate's libvirtd for the given VMs.
+
+    Identity, free memory after the reserve (the candidate's own, else ``reserve_mib``), running
+    vCPUs, active networks, the bridges and disk paths the VMs use, every VM UUID defined there
+    (duplicates), and for each VM in ``cpus`` whether the host's hypervisor can run its CPU.
+    """
+    uri = candidate.uri
+    try:
+        capabilities = parse_capabilities(conn.getCapabilities())
+        hostname = conn.getHostname()
+        node = conn.getInfo()
+        vcpus = 0
+        uuids = set()
+        for dom in conn.listAllDomains(0):
+            uuids.add(dom.UUIDString())
+            if dom.isActive():
+                vcpus += int(dom.info()[3])
+        networks = frozenset(net.name() for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE))
+        bridges = _bridges(conn, frozenset().union(*(vm.bridges for vm in needs)) if needs else frozenset())
+        disk_paths = set()
+        for path in sorted(frozenset().union(*(vm.disk_paths for vm in needs)) if needs else ()):
+            try:
+                conn.storageVolLookupByPath(path)
+                disk_paths.add(path)
+            except libvirt.libvirtError:
+                pass
+        incompatible = {}
+        verdicts: t.Dict[CpuCheck, t.Optional[str]] = {}
+        for vm, cpu in cpus.items():
+            if cpu not in verdicts:
+                verdicts[cpu] = _cpu_verdict(conn, cpu)
+            if verdicts[cpu] is not None:
+                incompatible[vm] = t.cast(str, verdicts[cpu])
+        reserve = candidate.memory_reserved_mib if candidate.memory_reserved_mib is not None else reserve_mib
+        memory = host_memory(conn, node, reserve)
+    except libvirt.libvirtError as exc:
+        raise translate_libvirt_error(exc, "read the destination's facts", uri=uri) from exc
+    return placement.HostState(
+        name=candidate.name or hostname,
+        uri=uri,
+        uuid=capabilities["uuid"],
+        available_mib=memory["available_mib"],
+        vcpus_running=vcpus,
+        networks=networks,
+        bridges=bridges,
+        disk_paths=frozenset(disk_paths),
+        maintenance=candidate.maintenance,
+        cpu_incompatible=incompatible,
+        vm_uuids=frozenset(uuids),
+    )
+
+
+def probe_hosts(
+    connect: Connect,
+    candidates: t.Sequence[Candidate],
+    needs: t.Sequence[placement.VmNeeds],
+    cpus: t.Mapping[str, CpuCheck],
+    reserve_mib: int,
+) -> t.List[placement.HostState]:
+    """Every candidate read once, at the same time, in the candidates' order.
+
+    A candidate that cannot be read comes back with its ``error`` set (placement never chooses it).
+    """
+
+    def one(candidate: Candidate) -> placement.HostState:
+        try:
+            with connect(candidate.uri) as conn:
+                return probe_host(conn, candidate, needs, cpus, reserve_mib)
+        except MigrationError as exc:
+            return placement.HostState(name=candidate.name or candidate.uri, uri=candidate.uri, error=exc.msg)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            error = unexpected_error(exc, "read the destination's facts", uri=candidate.uri)
+            return placement.HostState(name=candidate.name or candidate.uri, uri=candidate.uri, error=error.msg)
+
+    if len(candidates) <= 1:
+        return [one(candidate) for candidate in candidates]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_PROBES, len(candidates))) as pool:
+        return list(pool.map(one, candidates))
+
+
+def live_capacity(conn: t.Any, uri: str) -> t.Dict[str, int]:
+    """A destination's memory now (no reserve deducted): the quick re-check when a planned move starts."""
+    try:
+        return host_memory(conn, conn.getInfo(), 0)
+    except libvirt.libvirtError as exc:
+        raise translate_libvirt_error(exc, "read the destination's memory", uri=uri) from exc
+
+
+def _cpu_verdict(conn: t.Any, cpu: CpuCheck) -> t.Optional[str]:
+    """Why the host's hypervisor cannot run this CPU definition, or None when it can."""
+    try:
+        verdict = conn.compareHypervisorCPU(None, cpu.arch, cpu.machine, cpu.virttype, cpu.xml, 0)
+    except libvirt.libvirtError as exc:
+        if libvirt_error_code(exc) == libvirt.VIR_ERR_CPU_INCOMPATIBLE:
+            return str(exc)
+        raise
+    if verdict == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
+        return "the VM's CPU model is not compatible with this host's hypervisor CPU"
+    return None
+
+
+def _bridges(conn: t.Any, wanted: t.AbstractSet[str]) -> t.Optional[t.FrozenSet[str]]:
+    """Which of the wanted host bridges exist on the host; None when libvirt cannot tell."""
+    found = set()
+    for name in wanted:
+        try:
+            conn.interfaceLookupByName(name)
+            found.add(name)
+        except libvirt.libvirtError as exc:
+            if is_unsupported(exc):
+                return None
+    return frozenset(found)
+
+
+def whereabouts(conn: t.Any, uuid: str) -> t.Optional[t.Dict[str, t.Any]]:
+    """The VM's state on one host as libvirt shows it: None when the host does not have it."""
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        state, reason = dom.state()[:2]
+        return {
+            "state": domxml.state_name(state),
+            "reason": domxml.state_reason(state, reason),
+            "active": bool(dom.isActive()),
+            "persistent": bool(dom.isPersistent()),
+        }
+    except libvirt.libvirtError as exc:
+        if is_not_found(exc):
+            return None
+        return {"error": str(exc)}

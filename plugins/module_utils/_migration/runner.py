@@ -1,0 +1,719 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""The one job runner: carries out a planned :class:`~plan.Move` and judges it by what libvirt shows.
+
+``vm_migrate`` and ``host_maintenance`` both plan moves and hand them here. For each move the
+runner sets the libvirt flags and parameters, starts the peer-to-peer job on the source libvirtd
+(which drives it to the destination URI as the source host reaches it), follows it (progress, the
+policy's convergence schedule, the timeout and its action), and then reads the VM back from both
+hosts: the move counts as done only when the destination has the VM (same UUID), active after a
+live move and persistent when it is to be, and the source no longer has it. Anything else, and any
+exception of any kind, is a failure that reports what libvirt shows on both hosts (``observed``).
+
+It also adopts a migration job a lost earlier run left behind, resumes a VM such a run's schedule
+left paused, and cancels a job. It never probes hosts or resolves settings: the plan holds those.
+
+Safety: whatever happens, the VM ends up running on exactly one host. A failed or aborted job leaves
+it running on the source (resumed if the schedule had suspended it); nothing is undefined unless
+libvirt reports the migration complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+import time
+import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration import statefiles
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+    MigrationError,
+    OperationCancelledError,
+    VIR_ERR_OPERATION_INVALID,
+    is_not_found,
+    libvirt_error_code,
+    translate_libvirt_error,
+    unexpected_error,
+)
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, Candidate, Move, RunOptions
+from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import ScheduleTracker, Step
+from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import live_capacity, whereabouts
+
+try:
+    import libvirt
+except ImportError:  # reported by the module through missing_required_lib
+    pass
+
+MIB = 1024 * 1024
+PROGRESS_EVERY_S = 5.0
+CANCEL_WAIT_S = 60.0
+# How long reading the destination back after a failure waits for it to answer.
+OBSERVE_CONNECT_TIMEOUT_S = 10.0
+
+# virDomainJobType / virDomainJobOperation values read from job statistics.
+JOB_NONE = 0
+JOB_OPERATION_MIGRATION_OUT = 5
+
+Connect = t.Callable[..., t.ContextManager[t.Any]]
+
+
+class Clock:
+    """Seconds since the run started, on a monotonic clock."""
+
+    def __init__(self, elapsed: float = 0.0) -> None:
+        self.start = time.monotonic() - elapsed
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.start, 3)
+
+
+def migration_flags_and_params(move: Move, options: RunOptions) -> t.Tuple[int, t.Dict[str, t.Any]]:
+    """libvirt flags and typed parameters for ``virDomainMigrateToURI3``.
+
+    A persistent VM stays persistent (``move.persistent``); libvirt's storage-safety check is
+    switched off only when ``unsafe_storage`` asks for it, never by the cache-mode override.
+    """
+    policy = move.policy
+    flags = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+    params: t.Dict[str, t.Any] = {}
+    if move.persistent:
+        flags |= libvirt.VIR_MIGRATE_PERSIST_DEST
+    if options.undefine_source:
+        flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    if not move.running:
+        return flags | libvirt.VIR_MIGRATE_OFFLINE | libvirt.VIR_MIGRATE_PERSIST_DEST, params
+    if move.kind == LIVE:
+        flags |= libvirt.VIR_MIGRATE_LIVE
+    if policy.auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if policy.compression:
+        flags |= libvirt.VIR_MIGRATE_COMPRESSED
+        params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = list(policy.compression)
+    if policy.post_copy or options.timeout_action == "post_copy":
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    if policy.parallel_connections:
+        flags |= libvirt.VIR_MIGRATE_PARALLEL
+        params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = policy.parallel_connections
+    if policy.bandwidth_mib:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = policy.bandwidth_mib
+    if options.tls:
+        flags |= libvirt.VIR_MIGRATE_TLS
+    if options.unsafe_storage:
+        flags |= libvirt.VIR_MIGRATE_UNSAFE
+    if options.migrate_uri:
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = options.migrate_uri
+    if options.listen_address:
+        params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = options.listen_address
+    return flags, params
+
+
+def compression_stats(stats: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
+    """XBZRLE's cache and what it saved, from libvirt job statistics (None when it was not used)."""
+    if "compression_bytes" not in stats and "compression_cache" not in stats:
+        return None
+    return {
+        "cache_mib": round((stats.get("compression_cache") or 0) / MIB, 1),
+        "compressed_mib": round((stats.get("compression_bytes") or 0) / MIB, 1),
+        "compressed_pages": stats.get("compression_pages"),
+        "cache_misses": stats.get("compression_cache_misses"),
+        "overflows": stats.get("compression_overflow"),
+    }
+
+
+class SuspendRecords:
+    """VMs a convergence schedule has paused, one small file each under ``STATE_DIR/suspended``.
+
+    Written before the schedule pauses a VM and removed once it runs again, so that a run that died
+    in between (task timeout, lost SSH) leaves a trace: the next run resumes the VM on whichever host
+    it ended up on, instead of leaving it paused for ever.
+    """
+
+    def __init__(self, state_dir: str) -> None:
+        self.directory = os.path.join(state_dir, "suspended")
+
+    def _name(self, uuid: str) -> str:
+        if not domxml.looks_like_uuid(uuid):
+            raise MigrationError("%r is not a VM UUID" % uuid)
+        return uuid.lower() + ".json"
+
+    def add(self, uuid: str, vm: str) -> None:
+        statefiles.write_json(self.directory, self._name(uuid), {"vm": vm, "uuid": uuid, "since": time.time()})
+
+    def has(self, uuid: str) -> bool:
+        try:
+            return statefiles.read_json(self.directory, self._name(uuid)) is not None
+        except MigrationError:
+            return False
+
+    def remove(self, uuid: str) -> None:
+        with contextlib.suppress(MigrationError):
+            statefiles.remove(self.directory, self._name(uuid))
+
+
+def job_stats(dom: t.Any) -> t.Optional[t.Dict[str, t.Any]]:
+    """The VM's current libvirt job statistics; None when no job runs (or they cannot be read)."""
+    try:
+        stats = dom.jobStats(0)
+    except libvirt.libvirtError:
+        return None
+    if not stats or stats.get("type", JOB_NONE) == JOB_NONE:
+        return None
+    return stats
+
+
+class JobRunner:
+    """Carries out moves of one VM under :class:`~plan.RunOptions`; collects its events and timings.
+
+    ``connect(uri, connect_timeout=None)`` opens a libvirt connection (a context manager); ``vm``
+    names the VM in events and messages.
+    """
+
+    def __init__(
+        self, options: RunOptions, connect: Connect, vm: str, log: t.Callable[[str], None] = lambda _msg: None, clock: t.Optional[Clock] = None
+    ) -> None:
+        self.options = options
+        self.connect = connect
+        self.vm = vm
+        self.log = log
+        self.clock = clock or Clock()
+        self.events: t.List[t.Dict[str, t.Any]] = []
+        self.applied: t.List[t.Dict[str, t.Any]] = []
+        self.timings: t.Dict[str, float] = {}
+        self.records = SuspendRecords(options.state_dir)
+        self._aborted_by: t.Optional[str] = None
+        self._suspended = False
+        self._uuid: t.Optional[str] = None
+        self._last_stats: t.Optional[t.Dict[str, t.Any]] = None
+        self._timeout: t.Optional[int] = None
+
+    # -- shared -------------------------------------------------------------------------------
+    def event(self, name: str, **details: t.Any) -> None:
+        entry = {"at_s": self.clock.now(), "event": name}
+        entry.update({key: value for key, value in details.items() if value is not None})
+        self.events.append(entry)
+        self.log("%s: %s %s" % (self.vm, name, details))
+
+    def fail(self, exc: MigrationError) -> MigrationError:
+        """``exc`` with this run's events and schedule steps attached (kept if already there)."""
+        exc.details.setdefault("events", self.events)
+        exc.details.setdefault("schedule_applied", self.applied)
+        return exc
+
+    def guarded(self, action: str, uri: str, func: t.Callable[[], t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
+        """Run ``func``; every failure, of any kind, leaves as a MigrationError with the events so far."""
+        try:
+            return func()
+        except MigrationError as exc:
+            raise self.fail(exc)  # pylint: disable=raise-missing-from
+        except libvirt.libvirtError as exc:
+            raise self.fail(translate_libvirt_error(exc, action, vm=self.vm, uri=uri)) from exc
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            raise self.fail(unexpected_error(exc, action, vm=self.vm, uri=uri)) from exc
+
+    def call(self, func: t.Callable[..., t.Any], action: str, uri: t.Optional[str], *args: t.Any) -> t.Any:
+        try:
+            return func(*args)
+        except libvirt.libvirtError as exc:
+            raise translate_libvirt_error(exc, action, vm=self.vm, uri=uri) from exc
+
+    def _timed(self, phase: str, since: float) -> None:
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + time.monotonic() - since, 3)
+
+    def observe(self, source: t.Any, uuid: str, dest_uri: t.Optional[str]) -> t.Dict[str, t.Any]:
+        """Where the VM is now, as libvirt shows it on the source and the destination."""
+        observed: t.Dict[str, t.Any] = {"source": whereabouts(source, uuid)}
+        if dest_uri:
+            try:
+                # A short wait: after a failure the destination is often the host that went away.
+                with self.connect(dest_uri, connect_timeout=OBSERVE_CONNECT_TIMEOUT_S) as conn:
+                    observed["destination"] = whereabouts(conn, uuid)
+            except MigrationError as exc:
+                observed["destination"] = {"error": exc.msg}
+        return observed
+
+    # -- a planned move -----------------------------------------------------------------------
+    def carry_out(self, move: Move, others: t.Sequence[Candidate] = ()) -> t.Dict[str, t.Any]:
+        """Carry out one move of an evacuation plan, as planned: ``outcome`` is ``migrated`` or ``already there``.
+
+        Opens the source and the destination once each. Before the job starts it re-checks what may
+        have changed since the plan: the VM is still on the source (else it is looked for on the
+        destination), no job holds it (a job a lost run left is adopted), and the destination still
+        has the memory a live move needs. ``others`` are the other hosts an adopted job may be taking
+        the VM to.
+        """
+        source_uri = t.cast(str, move.source_uri)
+        return self.guarded("migrate", source_uri, lambda: self._carry_out(move, source_uri, others))
+
+    def _carry_out(self, move: Move, source_uri: str, others: t.Sequence[Candidate]) -> t.Dict[str, t.Any]:
+        began = time.monotonic()
+        uuid = t.cast(str, move.uuid)
+        self._uuid = uuid
+        with self.connect(source_uri) as source, self.connect(move.destination_uri) as dest:
+            try:
+                dom = source.lookupByUUIDString(uuid)
+            except libvirt.libvirtError as exc:
+                if not is_not_found(exc):
+                    raise
+                return self._arrived_meanwhile(dest, move)
+            job = job_stats(dom)
+            if job is not None:
+                self._timed("start", began)
+                return self.adopt(source, dom, move, job, [Candidate(uri=move.destination_uri, name=move.destination)] + list(others))
+            self.resume_after_lost_run(dom, uuid, source_uri)
+            there = whereabouts(dest, uuid)
+            if there is not None and "error" not in there:
+                raise MigrationError(
+                    "VM '%s' (UUID %s) is still on %s, and %s has a definition of the same UUID (%s): not moving it, since two "
+                    "definitions could both be started. Remove the stale copy first." % (move.vm, uuid, move.source, move.destination, there["state"]),
+                    vm=move.vm,
+                    uuid=uuid,
+                    hosts=[move.source, move.destination],
+                )
+            if move.running:
+                memory = live_capacity(dest, move.destination_uri)
+                if memory["available_mib"] < move.memory_mib:
+                    raise MigrationError(
+                        "%s has only %d MiB free now, and VM '%s' needs %d MiB: not moving it there (the plan saw more room)."
+                        % (move.destination, memory["available_mib"], move.vm, move.memory_mib),
+                        vm=move.vm,
+                        uri=move.destination_uri,
+                        available_mib=memory["available_mib"],
+                    )
+            self._timed("start", began)
+            result = self.run(source, dom, move, dest)
+        result["outcome"] = "migrated"
+        return result
+
+    def _arrived_meanwhile(self, dest: t.Any, move: Move) -> t.Dict[str, t.Any]:
+        """The VM left the source after it was planned: fine only if the planned destination has it now."""
+        there = whereabouts(dest, t.cast(str, move.uuid))
+        if there is not None and "error" not in there and (there["active"] or there["persistent"]):
+            self.event("already_there", host=move.destination_uri, state=there["state"])
+            return {"outcome": "already there", "vm_state": there["state"], "changed": False}
+        raise MigrationError(
+            "VM '%s' left %s after the evacuation was planned, and %s does not have it." % (move.vm, move.source, move.destination),
+            vm=move.vm,
+            uri=move.source_uri,
+            observed={"source": None, "destination": there},
+        )
+
+    def run(self, source: t.Any, dom: t.Any, move: Move, dest: t.Any = None) -> t.Dict[str, t.Any]:
+        """Start the libvirt job for ``move``, follow it, and verify the outcome.
+
+        ``dest`` is an open connection to the destination, if the caller has one. Returns the
+        completed job's statistics and what libvirt shows afterwards, or ``{"started": True}``
+        when the options say not to wait.
+        """
+        began = time.monotonic()
+        self._uuid = move.uuid
+        self._timeout = move.timeout_s
+        self.event("started", kind=move.kind, destination=move.destination_uri, state=move.state)
+        if not self._execute(source, dom, move):
+            self._timed("migrate", began)
+            return {"started": True}
+        self._timed("migrate", began)
+        began = time.monotonic()
+        uuid = t.cast(str, move.uuid)
+        with contextlib.ExitStack() as stack:
+            if dest is None or not _alive(dest):
+                dest = stack.enter_context(self.connect(move.destination_uri))
+            result = self._completed_stats(dest, dom, uuid)
+            result.update(self.verify(source, dest, move))
+        self._timed("verify", began)
+        return result
+
+    def _execute(self, source: t.Any, dom: t.Any, move: Move) -> bool:
+        """Run the libvirt job; True once libvirt says it completed, False when started and not waited for."""
+        opts = self.options
+        flags, params = migration_flags_and_params(move, opts)
+        live = move.kind == LIVE
+        downtime_set = live and self._set_downtime(dom, move.policy.initial_downtime_ms)
+        outcome: t.Dict[str, t.Any] = {}
+
+        def run() -> None:
+            try:
+                dom.migrateToURI3(move.destination_uri, params, flags)
+            except BaseException as exc:  # pylint: disable=broad-exception-caught
+                outcome["error"] = exc  # any failure, libvirt's or not, is a failed move
+
+        worker = threading.Thread(target=run, name="migrate-%s" % move.vm, daemon=True)
+        worker.start()
+        if not opts.wait and move.running:
+            # The source libvirtd drives a peer-to-peer migration to its end on its own.
+            while worker.is_alive() and job_stats(dom) is None:
+                worker.join(opts.poll_interval)
+        else:
+            self._monitor(dom, move, worker.is_alive, worker.join, live, downtime_pending=live and not downtime_set)
+        if "error" in outcome:
+            self._recover_source(dom)
+            error = outcome["error"]
+            action = "migrate to %s" % move.destination_uri
+            if isinstance(error, libvirt.libvirtError):
+                exc = translate_libvirt_error(error, action, vm=move.vm, uri=move.source_uri)
+            else:
+                exc = unexpected_error(error, action, vm=move.vm, uri=move.source_uri)
+            if self._aborted_by is not None:
+                exc = OperationCancelledError("%s (%s)" % (exc.msg, self._aborted_by), **exc.details)
+            self.event("failed", reason=exc.msg)
+            exc.details["observed"] = self.observe(source, t.cast(str, move.uuid), move.destination_uri)
+            raise exc from error
+        if worker.is_alive():
+            return False
+        self.event("completed")
+        if self._suspended:
+            self._resume_on(move.destination_uri, t.cast(str, move.uuid))
+        return True
+
+    def verify(self, source: t.Any, dest: t.Any, move: Move) -> t.Dict[str, t.Any]:
+        """Read the outcome back from both hosts; anything but the VM on the destination alone is a failure."""
+        uuid = t.cast(str, move.uuid)
+        observed = {"source": whereabouts(source, uuid), "destination": whereabouts(dest, uuid)}
+        there, here = observed["destination"], observed["source"]
+        problems = []
+        if there is None or "error" in there:
+            problems.append("the destination does not have it" + (" (%s)" % there["error"] if there else ""))
+        else:
+            if move.kind == LIVE and not there["active"]:
+                problems.append("it is %s on the destination, not active" % there["state"])
+            elif move.state == "running" and there["state"] != "running":
+                problems.append("it was running and is %s (%s) on the destination" % (there["state"], there.get("reason")))
+            if move.persistent and not there["persistent"]:
+                problems.append("it is not persistently defined on the destination")
+        if here is not None:
+            if "error" in here:
+                problems.append("its state on the source cannot be read (%s)" % here["error"])
+            elif here["active"]:
+                problems.append("it is still %s on the source" % here["state"])
+            else:
+                problems.append("it is still defined on the source (%s)" % here["state"])
+        if problems:
+            self.event("verification_failed", problems=problems)
+            raise MigrationError(
+                "libvirt reported the migration of VM '%s' to %s complete, but %s." % (move.vm, move.destination_uri, "; ".join(problems)),
+                vm=move.vm,
+                uri=move.source_uri,
+                observed=observed,
+                changed=there is not None and "error" not in there,
+            )
+        self.event("verified", state=there["state"] if there else None)
+        return {"vm_state": there["state"] if there else None, "observed": observed}
+
+    # -- following the job --------------------------------------------------------------------
+    def _monitor(self, dom: t.Any, move: Move, alive: t.Callable[[], bool], wait: t.Callable[[float], t.Any], live: bool, downtime_pending: bool) -> None:
+        """Poll the job until it ends: apply schedule steps, log progress, act on the timeout."""
+        opts = self.options
+        timeout = self._timeout
+        tracker = ScheduleTracker(move.policy.schedule if live else ())
+        timeout_hit = False
+        last_progress = 0.0
+        last_check: t.Optional[float] = None
+        while alive():
+            wait(opts.poll_interval)
+            if not alive():
+                break
+            now = self.clock.now()
+            stats = job_stats(dom)
+            if stats is not None:
+                self._last_stats = stats
+                if downtime_pending:
+                    downtime_pending = not self._set_downtime(dom, move.policy.initial_downtime_ms)
+                if last_check is None or now - last_check >= opts.monitor_interval:
+                    # Convergence is judged at most once per monitor interval, as vdsm does: a fast
+                    # guest's iterations are far shorter than the time auto-converge needs to bite.
+                    last_check = now
+                    step = tracker.observe(stats.get("memory_iteration"), stats.get("data_remaining"))
+                    if step is not None:
+                        self._apply(dom, step, stats, tracker.stalled)
+                if now - last_progress >= PROGRESS_EVERY_S:
+                    last_progress = now
+                    self._progress(stats)
+            if not timeout or now < timeout:
+                continue
+            if not timeout_hit:
+                timeout_hit = True
+                self.event("timeout", after_s=timeout, action=opts.timeout_action)
+                why = "timeout after %d s" % timeout
+                self._apply(dom, Step(tracker.stalled, opts.timeout_action), stats or {}, tracker.stalled, reason=why)
+                if opts.timeout_action != "abort" and self.applied[-1].get("error"):
+                    # The timeout action itself failed: stop the migration instead.
+                    self._apply(dom, Step(tracker.stalled, "abort"), stats or {}, tracker.stalled, reason=why + ", and %s failed" % opts.timeout_action)
+            elif now >= timeout + 2 * CANCEL_WAIT_S:
+                self.event("gave_up", after_s=now)
+                raise MigrationError(
+                    "The migration of VM '%s' still runs %d s after its %d s timeout, although it was told to %s; libvirt's job goes on "
+                    "without this run. Run the task again to follow it, or use state=cancelled."
+                    % (move.vm, 2 * CANCEL_WAIT_S, timeout, opts.timeout_action),
+                    vm=move.vm,
+                    uri=move.source_uri,
+                )
+
+    def _progress(self, stats: t.Mapping[str, t.Any]) -> None:
+        total = stats.get("data_total") or 0
+        processed = stats.get("data_processed") or 0
+        percent = round(100.0 * processed / total, 1) if total else None
+        self.event(
+            "progress",
+            percent=min(percent, 100.0) if percent is not None else None,
+            data_processed_mib=round(processed / MIB, 1),
+            data_remaining_mib=round((stats.get("data_remaining") or 0) / MIB, 1),
+            memory_iteration=stats.get("memory_iteration"),
+            dirty_rate_pages_s=stats.get("memory_dirty_rate"),
+        )
+
+    def _set_downtime(self, dom: t.Any, ms: int) -> bool:
+        """Set the initial maximum downtime; False when QEMU takes it only once the job runs."""
+        try:
+            dom.migrateSetMaxDowntime(ms, 0)
+        except libvirt.libvirtError:
+            return False
+        self.event("max_downtime", downtime_ms=ms)
+        return True
+
+    def _apply(self, dom: t.Any, step: Step, stats: t.Mapping[str, t.Any], stalled: int, reason: t.Optional[str] = None) -> None:
+        why = reason or "%d stalled memory iteration(s)" % stalled
+        record = {"at_s": self.clock.now(), "action": step.action, "stalled": stalled, "memory_iteration": stats.get("memory_iteration"), "reason": why}
+        if step.downtime_ms is not None:
+            record["downtime_ms"] = step.downtime_ms
+        try:
+            if step.action == "downtime":
+                dom.migrateSetMaxDowntime(step.downtime_ms, 0)
+            elif step.action == "post_copy":
+                dom.migrateStartPostCopy(0)
+            elif step.action == "suspend":
+                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    record["note"] = "already paused; left as it is"
+                else:
+                    # Recorded first: a run that dies now leaves the next run a note to resume the VM.
+                    self.records.add(t.cast(str, self._uuid), self.vm)
+                    dom.suspend()
+                    self._suspended = True
+            elif step.action == "abort":
+                self._aborted_by = "aborted: %s" % why
+                dom.abortJob()
+        except (libvirt.libvirtError, MigrationError) as exc:
+            record["error"] = str(exc)
+        self.applied.append(record)
+        self.event("schedule_step", **{key: value for key, value in record.items() if key != "at_s"})
+
+    def _recover_source(self, dom: t.Any) -> None:
+        """After a failed job: the VM must run on the source; resume it if a schedule step paused it."""
+        try:
+            state = dom.state()[0]
+            if self._suspended and state == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+                self.event("resumed_on_source")
+            if self._suspended and self._uuid:
+                self.records.remove(self._uuid)
+        except libvirt.libvirtError as exc:
+            self.event("source_state_unknown", reason=str(exc))
+
+    def _resume_on(self, uri: str, uuid: str) -> None:
+        """The schedule paused the VM to let the migration finish: it runs again on the destination."""
+        try:
+            with self.connect(uri) as conn:
+                dom = conn.lookupByUUIDString(uuid)
+                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    dom.resume()
+                    self.event("resumed_on_destination")
+        except (libvirt.libvirtError, MigrationError) as exc:
+            error = (
+                translate_libvirt_error(exc, "resume the VM the schedule paused, after its move", vm=self.vm, uri=uri)
+                if isinstance(exc, libvirt.libvirtError)
+                else exc
+            )
+            # The VM did move: it waits, paused, on the destination (the record stays for the next run).
+            error.details.update(changed=True, moved_to=uri)
+            raise error from exc
+        self.records.remove(uuid)
+        self._suspended = False
+
+    def _completed_stats(self, dest: t.Any, source_dom: t.Any, uuid: str) -> t.Dict[str, t.Any]:
+        """Downtime, data moved and iterations, from the destination's completed-job statistics.
+
+        After a switch to post-copy libvirt keeps no completed-job statistics; data and iterations
+        then come from the last progress poll, and the downtime stays unknown.
+        """
+        flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+        try:
+            stats = dest.lookupByUUIDString(uuid).jobStats(flags) or {}
+        except libvirt.libvirtError:
+            stats = {}
+        if stats.get("type", JOB_NONE) == JOB_NONE:
+            try:
+                stats = source_dom.jobStats(flags) or {}
+            except libvirt.libvirtError:
+                stats = {}
+        if stats.get("type", JOB_NONE) == JOB_NONE and self._last_stats:
+            # libvirt reports no completed job ({"type": 0}): keep what the last poll saw.
+            stats = {key: value for key, value in self._last_stats.items() if key != "downtime"}
+        total = stats.get("data_total") or stats.get("memory_total")
+        return {
+            "downtime_ms": stats.get("downtime"),
+            "data_total_mib": round(total / MIB, 1) if total else None,
+            "memory_iterations": stats.get("memory_iteration"),
+            "job_time_ms": stats.get("time_elapsed"),
+            "compression": compression_stats(stats),
+        }
+
+    # -- a job or a pause left by a lost run --------------------------------------------------
+    def resume_after_lost_run(self, dom: t.Any, uuid: str, uri: str, check_mode: bool = False) -> None:
+        """A VM that a lost earlier run's schedule paused runs again, once no migration job holds it."""
+        if not self.records.has(uuid):
+            return
+        if job_stats(dom) is not None:
+            return
+        paused = self.call(dom.state, "read the VM state", uri)[0] == libvirt.VIR_DOMAIN_PAUSED
+        if check_mode:
+            if paused:
+                self.event("would_resume_after_lost_run", host=uri)
+            return
+        if paused:
+            self.call(dom.resume, "resume the VM an earlier run paused", uri)
+            self.event("resumed_after_lost_run", host=uri)
+        self.records.remove(uuid)
+
+    def adopt(self, source: t.Any, dom: t.Any, move: Move, job: t.Mapping[str, t.Any], where: t.Sequence[Candidate]) -> t.Dict[str, t.Any]:
+        """The VM already has a migration job on the source (an earlier run died, or someone else started
+        it): follow it to its end under this run's schedule and timeout, then report where the VM is.
+
+        ``where`` are the hosts the job may be taking the VM to.
+        """
+        check_adoptable(job, move.vm, t.cast(str, move.source_uri))
+        uuid = t.cast(str, move.uuid)
+        self._uuid = uuid
+        self._timeout = move.timeout_s
+        elapsed = (job.get("time_elapsed") or 0) / 1000.0
+        self.clock = Clock(elapsed)
+        self._suspended = self.records.has(uuid)
+        self.event("adopted", job=job_summary(job))
+        self._monitor(dom, move, lambda: job_stats(dom) is not None, time.sleep, live=True, downtime_pending=False)
+        here = whereabouts(source, uuid)
+        if here is not None and here.get("active"):
+            self._recover_source(dom)
+            self.event("failed", reason="the adopted job ended with the VM still on the source")
+            raise MigrationError(
+                "The migration job of VM '%s' that was already running on %s (adopted) ended without moving it; it %s on the source."
+                % (move.vm, move.source, "runs" if here.get("state") == "running" else "is %s" % here.get("state")),
+                vm=move.vm,
+                uri=move.source_uri,
+                observed={"source": here},
+            )
+        for candidate in where:
+            with contextlib.ExitStack() as stack:
+                try:
+                    conn = stack.enter_context(self.connect(candidate.uri))
+                    there = whereabouts(conn, uuid)
+                    hostname = conn.getHostname()
+                except (MigrationError, libvirt.libvirtError):
+                    continue  # an unreachable candidate cannot have received it
+                if there is None or not there.get("active"):
+                    continue
+                if self._suspended:
+                    self._resume_on(candidate.uri, uuid)
+                arrived = dataclasses.replace(move, destination=hostname, destination_uri=candidate.uri)
+                result = {
+                    "changed": True,
+                    "adopted": True,
+                    "outcome": "migrated",
+                    "destination": {"hostname": hostname, "uri": candidate.uri},
+                    "policy": move.policy.as_dict(),
+                    "duration_s": self.clock.now(),
+                    "schedule_applied": self.applied,
+                    "events": self.events,
+                }
+                result.update(self._completed_stats(conn, dom, uuid))
+                result.update(self.verify(source, conn, arrived))
+                return result
+        raise MigrationError(
+            "The migration job of VM '%s' (adopted) ended and the VM left %s, but it is not active on any destination given (%s)."
+            % (move.vm, move.source, ", ".join(c.uri for c in where) or "none"),
+            vm=move.vm,
+            uri=move.source_uri,
+            observed={"source": here},
+        )
+
+    # -- cancel -------------------------------------------------------------------------------
+    def cancel(self, source: t.Any, dom: t.Any, name: str, uuid: str, uri: str, check_mode: bool) -> t.Dict[str, t.Any]:
+        """Abort the VM's outgoing migration job; the VM keeps running on the source."""
+        self._uuid = uuid
+        stats = job_stats(dom)
+        if stats is None:
+            self.resume_after_lost_run(dom, uuid, uri, check_mode)
+            msg = "VM '%s' has no migration job running on %s." % (name, uri)
+            return {"changed": bool(self.events), "vm": name, "events": self.events, "msg": msg}
+        if foreign_job(stats):
+            msg = "VM '%s' on %s runs a job that is not an outgoing migration (operation %s); not cancelling it." % (name, uri, stats["operation"])
+            raise MigrationError(msg, vm=name, uri=uri)
+        state, reason = self.call(dom.state, "read the VM state", uri)[:2]
+        post_copy = ((libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY), (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY))
+        if (state, reason) in post_copy:
+            raise MigrationError(
+                "VM '%s' is in the post-copy phase of its migration: it already runs on the destination and the migration "
+                "cannot be cancelled any more; it completes on its own." % name,
+                vm=name,
+                uri=uri,
+            )
+        if check_mode:
+            return {"changed": True, "vm": name, "msg": "Would cancel the migration of VM '%s'." % name}
+        try:
+            dom.abortJob()
+        except libvirt.libvirtError as exc:
+            if libvirt_error_code(exc) != VIR_ERR_OPERATION_INVALID or job_stats(dom) is not None:
+                raise translate_libvirt_error(exc, "cancel the migration", vm=name, uri=uri) from exc
+        self.event("cancel_requested")
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while job_stats(dom) is not None and time.monotonic() < deadline:
+            time.sleep(self.options.poll_interval)
+        here = whereabouts(source, uuid)
+        if job_stats(dom) is not None:
+            raise MigrationError(
+                "The migration of VM '%s' was asked to stop but still runs after %d s." % (name, CANCEL_WAIT_S),
+                vm=name,
+                uri=uri,
+                observed={"source": here},
+            )
+        if here is None or not here.get("active"):
+            raise MigrationError(
+                "The migration of VM '%s' completed before the cancellation took effect: the VM is no longer active on %s." % (name, uri),
+                vm=name,
+                uri=uri,
+                observed={"source": here},
+            )
+        if self.records.has(uuid) and here.get("state") == "paused":
+            self._suspended = True
+            self._recover_source(dom)
+            here = whereabouts(source, uuid) or here
+        self.event("cancelled", state=here.get("state"))
+        return {"changed": True, "vm": name, "state": here.get("state"), "events": self.events}
+
+
+def job_summary(job: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """How far a running job has come, for messages and events."""
+    return {
+        "elapsed_s": round((job.get("time_elapsed") or 0) / 1000.0, 1),
+        "data_remaining_mib": round((job.get("data_remaining") or 0) / MIB, 1),
+        "memory_iteration": job.get("memory_iteration"),
+    }
+
+
+def foreign_job(job: t.Mapping[str, t.Any]) -> bool:
+    """The job is known not to be an outgoing migration (libvirt says which operation it is)."""
+    return job.get("operation") not in (None, JOB_OPERATION_MIGRATION_OUT)
+
+
+def check_adoptable(job: t.Mapping[str, t.Any], vm: str, uri: str) -> None:
+    """Only an outgoing migration job may be adopted; any other job keeps the VM busy."""
+    if foreign_job(job):
+        msg = "VM '%s' on %s is busy with another libvirt job (operation %s, not an outgoing migration); not migrating it now." % (vm, uri, job["operation"])
+        raise MigrationError(msg, vm=vm, uri=uri)
+
+
+def _alive(conn: t.Any) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
