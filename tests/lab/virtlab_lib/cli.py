@@ -42,6 +42,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX]",
         help="a VM to define and start (priority low|medium|high, default medium; host default 1)",
     )
+    sub.add_argument(
+        "--tiny-vm",
+        action="append",
+        default=[],
+        metavar="NAME[:MEMORY_MIB][:PRIORITY][@HOSTINDEX]",
+        help="a tiny VM to define and start: firmware only, no kernel, disk or guest agent (memory default 32 MiB)",
+    )
     sub.add_argument("--inventory", required=True, metavar="FILE", help="where to write the Ansible inventory")
     sub.add_argument("--no-wait", action="store_true", help="do not wait for the guest agents to answer")
     sub.add_argument(
@@ -108,6 +115,12 @@ def parser() -> argparse.ArgumentParser:
 
     sub = add("add-vm", cmd_add_vm, "define and start more lab VMs")
     sub.add_argument("vm", nargs="+", metavar="NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX]")
+    sub.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny VMs: firmware only, no kernel, disk or guest agent (MEMORY_MIB may be left out: 32 MiB); "
+        "nothing waits for them",
+    )
     sub.add_argument("--no-wait", action="store_true", help="do not wait for the guest agents to answer")
     sub.add_argument("--wait-timeout", type=float, default=180.0, metavar="SECONDS")
 

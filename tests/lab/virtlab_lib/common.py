@@ -419,6 +419,8 @@ class Vm:
     memory_mib: int
     priority: str
     host_index: int
+    # A tiny VM boots only its firmware: no kernel, no disk, no guest agent (see hosts.domain_xml).
+    tiny: bool = False
 
 
 @dataclasses.dataclass

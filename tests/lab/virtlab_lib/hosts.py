@@ -24,6 +24,7 @@ import time
 import typing as t
 import uuid
 from pathlib import Path
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from . import common
@@ -108,10 +109,14 @@ HOST_FILE_MOUNTS: tuple[tuple[str, str], ...] = (("hosts", "/etc/hosts"), ("reso
 
 UP_TOOLS = tuple(TOOL_PACKAGES)
 
+# NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX]; a tiny VM's memory may be left out (TINY_MEMORY_MIB).
 VM_SPEC = re.compile(
-    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,62}):(?P<memory>[0-9]+)"
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,62})(?::(?P<memory>[0-9]+))?"
     r"(?::(?P<priority>[a-z]+))?(?:@(?P<host>[0-9]+))?$"
 )
+GUEST_MIN_MEMORY_MIB = 64
+TINY_MEMORY_MIB = 32
+TINY_MIN_MEMORY_MIB = 16
 CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 
 DOMAIN_STATES = {
@@ -705,29 +710,67 @@ def migration_metadata() -> t.Any:
     return metadata
 
 
-def parse_vm(spec: str, host_count: int) -> Vm:
-    """Parse NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX]."""
+def parse_vm(spec: str, host_count: int, tiny: bool = False) -> Vm:
+    """Parse NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX] (for a tiny VM, NAME[:MEMORY_MIB][:PRIORITY][@HOSTINDEX])."""
     metadata = migration_metadata()
+    what = "tiny VM" if tiny else "--vm"
     match = VM_SPEC.match(spec)
-    if not match:
-        raise LabError("bad --vm %r: expected NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX], e.g. web:256:high@2" % spec)
+    if not match or not (tiny or match.group("memory")):
+        syntax = (
+            "NAME[:MEMORY_MIB][:PRIORITY][@HOSTINDEX], e.g. t1:32:high@2"
+            if tiny
+            else "NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX], e.g. web:256:high@2"
+        )
+        raise LabError("bad %s %r: expected %s" % (what, spec, syntax))
     priority = match.group("priority") or metadata.DEFAULT_PRIORITY
     if priority not in metadata.PRIORITIES:
-        raise LabError("bad --vm %r: priority must be one of %s" % (spec, ", ".join(metadata.PRIORITIES)))
-    memory = int(match.group("memory"))
-    if memory < 64:
-        raise LabError("bad --vm %r: the guest needs at least 64 MiB" % spec)
+        raise LabError("bad %s %r: priority must be one of %s" % (what, spec, ", ".join(metadata.PRIORITIES)))
+    memory = int(match.group("memory") or TINY_MEMORY_MIB)
+    minimum = TINY_MIN_MEMORY_MIB if tiny else GUEST_MIN_MEMORY_MIB
+    if memory < minimum:
+        raise LabError("bad %s %r: the guest needs at least %d MiB" % (what, spec, minimum))
     index = int(match.group("host") or 1)
     if not 1 <= index <= host_count:
-        raise LabError("bad --vm %r: host index %d is not between 1 and %d" % (spec, index, host_count))
-    return Vm(name=match.group("name"), memory_mib=memory, priority=priority, host_index=index)
+        raise LabError("bad %s %r: host index %d is not between 1 and %d" % (what, spec, index, host_count))
+    return Vm(name=match.group("name"), memory_mib=memory, priority=priority, host_index=index, tiny=tiny)
 
 
-def domain_xml(lab: Lab, vm: Vm) -> str:
-    """The lab guest's domain: direct kernel boot, no disk, agent channel, one NIC on network `lab`."""
+def tiny_domain_type(conn: t.Any) -> str:
+    """'kvm' when the host's libvirt offers KVM for x86_64 guests, else 'qemu' (TCG): a tiny VM's domain type.
+
+    A tiny VM runs only its firmware, so it does not depend on the guest kernel booting under KVM (the
+    probe behind the lab's own accel, see image.choose_accel).
+    """
+    capabilities = ElementTree.fromstring(conn.getCapabilities())
+    for guest in capabilities.findall("guest"):
+        if guest.findtext("os_type") == "hvm" and guest.find("arch[@name='x86_64']/domain[@type='kvm']") is not None:
+            return "kvm"
+    return "qemu"
+
+
+def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
+    """The lab guest's domain: no disk, one NIC on network `lab`, the priority in the collection's metadata.
+
+    A lab guest boots the lab's kernel and initrd directly and has the guest agent's channel. A tiny VM
+    boots only its firmware, which finds nothing to boot and idles without rebooting; it has no agent
+    channel, and its NIC no boot ROM (no network boot attempt).
+    """
     metadata = migration_metadata()
     console_log = "/var/log/libvirt/qemu/%s-console.log" % vm.name
-    return f"""<domain type='{lab.accel}'>
+    if vm.tiny:
+        boot = "<bios rebootTimeout='-1'/>"
+        agent = ""
+        nic_rom = "\n      <rom enabled='no'/>"
+    else:
+        boot = f"""<kernel>{escape(lab.kernel)}</kernel>
+    <initrd>{escape(lab.initrd)}</initrd>
+    <cmdline>console=ttyS0 panic=-1 quiet virtlab.name={vm.name}</cmdline>"""
+        agent = f"""
+    <channel type='unix'>
+      <target type='virtio' name='{AGENT_CHANNEL}'/>
+    </channel>"""
+        nic_rom = ""
+    return f"""<domain type='{domain_type}'>
   <name>{vm.name}</name>
   <metadata>
     {metadata.render({"priority": vm.priority})}
@@ -737,9 +780,7 @@ def domain_xml(lab: Lab, vm: Vm) -> str:
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{escape(lab.kernel)}</kernel>
-    <initrd>{escape(lab.initrd)}</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet virtlab.name={vm.name}</cmdline>
+    {boot}
   </os>
   <features><acpi/></features>
   <clock offset='utc'/>
@@ -748,13 +789,10 @@ def domain_xml(lab: Lab, vm: Vm) -> str:
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>{escape(tool("qemu-system-x86_64"))}</emulator>
-    <controller type='usb' model='none'/>
-    <channel type='unix'>
-      <target type='virtio' name='{AGENT_CHANNEL}'/>
-    </channel>
+    <controller type='usb' model='none'/>{agent}
     <interface type='network'>
       <source network='{NETWORK_NAME}'/>
-      <model type='virtio'/>
+      <model type='virtio'/>{nic_rom}
     </interface>
     <serial type='file'>
       <source path='{console_log}'/>
@@ -775,7 +813,7 @@ def start_vm(lab: Lab, vm: Vm) -> None:
     host = lab.host(str(vm.host_index))
     with connect(host) as conn:
         try:
-            dom = conn.defineXML(domain_xml(lab, vm))
+            dom = conn.defineXML(domain_xml(lab, vm, tiny_domain_type(conn) if vm.tiny else lab.accel))
         except common.libvirt.libvirtError as exc:
             raise LabError("defining VM %s on %s: %s" % (vm.name, host.name, exc.get_error_message())) from exc
         try:
@@ -787,9 +825,9 @@ def start_vm(lab: Lab, vm: Vm) -> None:
 
 
 def wait_for_agents(lab: Lab, vms: t.Sequence[Vm], timeout: float) -> None:
-    """Wait until every VM's guest agent (on the host it was started on) answers guest-ping."""
+    """Wait until every VM's guest agent (on the host it was started on) answers guest-ping (tiny VMs have none)."""
     started = time.monotonic()
-    pending = {vm.name: lab.host(str(vm.host_index)) for vm in vms}
+    pending = {vm.name: lab.host(str(vm.host_index)) for vm in vms if not vm.tiny}
     last_error: dict[str, str] = {}
     connections: dict[str, t.Any] = {}
     try:
@@ -951,6 +989,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not 1 <= args.hosts <= MAX_HOSTS:
         raise LabError("--hosts must be between 1 and %d" % MAX_HOSTS)
     vms = [parse_vm(spec, args.hosts) for spec in args.vm]
+    vms += [parse_vm(spec, args.hosts, tiny=True) for spec in args.tiny_vm]
     names = [vm.name for vm in vms]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -1306,7 +1345,7 @@ def cmd_add_vm(args: argparse.Namespace) -> int:
     require_root()
     with lab_lock():
         lab = require_lab()
-        vms = [parse_vm(spec, len(lab.hosts)) for spec in args.vm]
+        vms = [parse_vm(spec, len(lab.hosts), tiny=args.tiny) for spec in args.vm]
         existing = {vm.name for vm in lab.vms}
         for vm in vms:
             if vm.name in existing:
