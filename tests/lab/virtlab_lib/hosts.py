@@ -683,6 +683,8 @@ def write_inventory(lab: Lab) -> None:
             "ansible_ssh_private_key_file": lab.key,
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
             "ansible_python_interpreter": "/usr/bin/python3",
+            # As production inventories should: one SSH round trip per task instead of several.
+            "ansible_pipelining": True,
             "virtops_libvirtd_restart_delegate_to": "localhost",
         },
     }
@@ -696,6 +698,11 @@ def write_inventory(lab: Lab) -> None:
 # ---------------------------------------------------------------------------------------------------
 # VMs
 # ---------------------------------------------------------------------------------------------------
+
+
+# The migration priorities the collection's settings accept (settings.PRIORITIES), and its default.
+PRIORITIES = ("low", "medium", "high")
+DEFAULT_PRIORITY = "medium"
 
 
 def migration_metadata() -> t.Any:
@@ -712,7 +719,6 @@ def migration_metadata() -> t.Any:
 
 def parse_vm(spec: str, host_count: int, tiny: bool = False) -> Vm:
     """Parse NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX] (for a tiny VM, NAME[:MEMORY_MIB][:PRIORITY][@HOSTINDEX])."""
-    metadata = migration_metadata()
     what = "tiny VM" if tiny else "--vm"
     match = VM_SPEC.match(spec)
     if not match or not (tiny or match.group("memory")):
@@ -722,9 +728,9 @@ def parse_vm(spec: str, host_count: int, tiny: bool = False) -> Vm:
             else "NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX], e.g. web:256:high@2"
         )
         raise LabError("bad %s %r: expected %s" % (what, spec, syntax))
-    priority = match.group("priority") or metadata.DEFAULT_PRIORITY
-    if priority not in metadata.PRIORITIES:
-        raise LabError("bad %s %r: priority must be one of %s" % (what, spec, ", ".join(metadata.PRIORITIES)))
+    priority = match.group("priority") or DEFAULT_PRIORITY
+    if priority not in PRIORITIES:
+        raise LabError("bad %s %r: priority must be one of %s" % (what, spec, ", ".join(PRIORITIES)))
     memory = int(match.group("memory") or TINY_MEMORY_MIB)
     minimum = TINY_MIN_MEMORY_MIB if tiny else GUEST_MIN_MEMORY_MIB
     if memory < minimum:
