@@ -287,7 +287,7 @@ class _RankedChooser:
             anyone = ""
             while anyone in host.cpu_incompatible:
                 anyone += "-"
-            if not placement.rejections(placement.VmNeeds(name=anyone, memory_mib=0, vcpus=0), host, source_uuid, self._empty):
+            if placement.fits(placement.VmNeeds(name=anyone, memory_mib=0, vcpus=0), host, source_uuid, self._empty):
                 self._usable.setdefault(host.name, []).append(index)
         self._ranked: t.List[_Key] = sorted(self._key(index) for indices in self._usable.values() for index in indices)
 
@@ -302,7 +302,7 @@ class _RankedChooser:
             if -key[0] < needs.memory_mib:
                 return None
             host = self.hosts[key[3]]
-            if not placement.rejections(probe, host, self.source_uuid, self._empty):
+            if placement.fits(probe, host, self.source_uuid, self._empty):
                 return host
         return None
 

@@ -14,6 +14,7 @@ Pure logic: the facts come from ``host_info``-style readings; no libvirt import.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing as t
 
 # Memory, in MiB, a destination keeps back for itself unless told otherwise (suits small lab hosts).
@@ -96,11 +97,29 @@ class PendingLoad:
         self.vcpus[host] = self.vcpus.get(host, 0) + vm.vcpus
 
 
+def fits(vm: VmNeeds, host: HostState, source_uuid: t.Optional[str], pending: t.Optional[PendingLoad] = None) -> bool:
+    """``host`` can take ``vm`` now: :func:`rejections` would be empty (checked without building the reasons)."""
+    if host.error or host.maintenance or (source_uuid is not None and host.uuid == source_uuid):
+        return False
+    if vm.pinned_hosts and host.name not in vm.pinned_hosts:
+        return False
+    if vm.name in host.cpu_incompatible or not vm.networks <= host.networks or not vm.disk_paths <= host.disk_paths:
+        return False
+    if host.bridges is not None and not vm.bridges <= host.bridges:
+        return False
+    planned = pending.memory_mib.get(host.name, 0) if pending is not None else 0
+    return host.available_mib - planned >= vm.memory_mib
+
+
+@functools.lru_cache(maxsize=1024)
+def _listed(names: t.FrozenSet[str]) -> str:
+    return ", ".join(sorted(names))
+
+
 def rejections(
     vm: VmNeeds, host: HostState, source_uuid: t.Optional[str], pending: t.Optional[PendingLoad] = None
 ) -> t.List[str]:
     """Every reason ``host`` cannot take ``vm`` now (empty when it can)."""
-    pending = pending or PendingLoad()
     if host.error:
         return ["cannot be reached: %s" % host.error]
     reasons: t.List[str] = []
@@ -109,19 +128,16 @@ def rejections(
     if host.maintenance:
         reasons.append("is in maintenance")
     if vm.pinned_hosts and host.name not in vm.pinned_hosts:
-        reasons.append("is not among the VM's pinned hosts (%s)" % ", ".join(sorted(vm.pinned_hosts)))
+        reasons.append("is not among the VM's pinned hosts (%s)" % _listed(vm.pinned_hosts))
     if vm.name in host.cpu_incompatible:
         reasons.append("cannot run the VM's CPU: %s" % host.cpu_incompatible[vm.name])
-    missing_networks = sorted(vm.networks - host.networks)
-    if missing_networks:
-        reasons.append("lacks the active network(s) %s" % ", ".join(missing_networks))
-    missing_bridges = sorted(vm.bridges - host.bridges) if host.bridges is not None else []
-    if missing_bridges:
-        reasons.append("lacks the bridge(s) %s" % ", ".join(missing_bridges))
-    missing_disks = sorted(vm.disk_paths - host.disk_paths)
-    if missing_disks:
-        reasons.append("cannot see the disk(s) %s" % ", ".join(missing_disks))
-    free = host.available_mib - pending.memory_mib.get(host.name, 0)
+    if not vm.networks <= host.networks:
+        reasons.append("lacks the active network(s) %s" % _listed(vm.networks - host.networks))
+    if host.bridges is not None and not vm.bridges <= host.bridges:
+        reasons.append("lacks the bridge(s) %s" % _listed(vm.bridges - host.bridges))
+    if not vm.disk_paths <= host.disk_paths:
+        reasons.append("cannot see the disk(s) %s" % _listed(vm.disk_paths - host.disk_paths))
+    free = host.available_mib - (pending.memory_mib.get(host.name, 0) if pending is not None else 0)
     if free < vm.memory_mib:
         reasons.append(
             "has %d MiB free after its reserve and planned migrations, the VM needs %d MiB" % (free, vm.memory_mib)
@@ -144,11 +160,10 @@ def choose(
     rejected: t.Dict[str, t.List[str]] = {}
     fitting: t.List[HostState] = []
     for host in hosts:
-        reasons = rejections(vm, host, source_uuid, pending)
-        if reasons:
-            rejected[host.name] = reasons
-        else:
+        if fits(vm, host, source_uuid, pending):
             fitting.append(host)
+        else:
+            rejected[host.name] = rejections(vm, host, source_uuid, pending)
     if not fitting:
         return None, rejected
     return min(fitting, key=lambda host: rank(vm, host, pending)), rejected
