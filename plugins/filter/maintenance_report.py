@@ -108,6 +108,9 @@ def maintenance_report(result: t.Mapping[str, t.Any]) -> t.List[str]:
     if result.get("maintenance"):
         mark = result["maintenance"]
         lines.append("In maintenance since %s (reason: %s, by: %s)" % (mark.get("since"), mark.get("reason") or "-", mark.get("by") or "-"))
+    if result.get("timings"):
+        phases = ", ".join("%s %.1f s" % (name, seconds) for name, seconds in result["timings"].items())
+        lines.append("Time per phase: %s" % phases)
     return lines
 
 

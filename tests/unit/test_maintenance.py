@@ -539,3 +539,8 @@ def test_report_of_a_failure_before_anything_moved() -> None:
 
 def test_filter_is_registered() -> None:
     assert FilterModule().filters()["maintenance_report"] is maintenance_report
+
+
+def test_report_ends_with_the_time_per_phase() -> None:
+    lines = maintenance_report(dict(RESULT, timings={"connect": 0.01, "probe": 0.21, "moves": 6.43, "total": 7.0}))
+    assert lines[-1] == "Time per phase: connect 0.0 s, probe 0.2 s, moves 6.4 s, total 7.0 s"
