@@ -73,6 +73,9 @@ def test_evacuation_check_real_repeat_in_priority_order_then_activate(lab: Path,
     assert done["changed"] is True, done
     records = done["vms"]
     assert all(record["outcome"] == "migrated" for record in records), records
+    # Where the time went: every phase of the run, and each move's own start, job and verification.
+    assert {"connect", "read_source", "probe", "plan", "moves", "recheck", "report", "total"} <= set(done["timings"]), done["timings"]
+    assert all(set(record["timings"]) == {"start", "migrate", "verify"} for record in records), records
     for earlier in records:
         for later in records:
             if RANK[earlier["priority"]] < RANK[later["priority"]]:
