@@ -430,7 +430,7 @@ def test_outgoing_limit(max_outgoing: int, expected: t.List[str]) -> None:
     assert len(queue.running) == len(expected)
 
 
-@pytest.mark.parametrize("max_incoming, expected", [(1, ["a", "d"]), (2, ["a", "b", "d"]), (3, ["a", "b", "c", "d"])])
+@pytest.mark.parametrize("max_incoming, expected", [(1, ["a", "d"]), (2, ["a", "d", "b"]), (3, ["a", "d", "b", "c"])])
 def test_incoming_limit(max_incoming: int, expected: t.List[str]) -> None:
     queue = ev.EvacuationQueue([move("a", "h2"), move("b", "h2"), move("c", "h2"), move("d", "h3")], max_outgoing=4, max_incoming=max_incoming)
     assert start_all(queue) == expected
@@ -623,3 +623,14 @@ def test_fast_path_gives_the_same_plan_on_a_larger_cluster() -> None:
     reference = ev.plan_evacuation(vms, hosts, SOURCE, include_manual=True, fast=False)
     assert len(fast.moves) > 100
     assert fast.as_dict() == reference.as_dict()
+
+
+def test_moves_running_at_once_spread_over_the_destinations() -> None:
+    # Two slots out of h1: the second goes to the idle h3, not behind the first into h2; priority still rules.
+    queue = ev.EvacuationQueue([move("a", "h2"), move("b", "h2"), move("c", "h3"), move("z", "h4", "low")], max_outgoing=2)
+    assert start_all(queue) == ["a", "c"]
+    queue.finish(queue.running[0])
+    assert start_all(queue) == ["b"], "h2 and h3 have one move each running: plan order"
+    queue.finish(queue.running[0])
+    queue.finish(queue.running[0])
+    assert start_all(queue) == ["z"]

@@ -505,8 +505,10 @@ class EvacuationQueue:
       overtaken, the running moves drain first.
     * Priority: while a move of some priority waits, no move of a lower priority starts, even if its
       own destination has room; a higher-priority VM always starts before a lower-priority one.
-    * Within one priority the plan order holds, except that a move whose destination has no free
-      incoming slot is overtaken by a later move of the same priority whose destination has one.
+    * Within one priority, the move into the destination with the fewest moves running into it
+      starts first, plan order among equals: moves running at the same time spread over the
+      destinations instead of queueing on one. A move whose destination has no free incoming slot
+      is overtaken by a later move of the same priority whose destination has one.
 
     Offline moves take slots like live ones. Moves are given in plan order (``EvacuationPlan.moves``);
     they are re-sorted by priority, stably, so plan order is kept within a priority. Driving it::
@@ -581,14 +583,18 @@ class EvacuationQueue:
         if not self._waiting or len(self._running) >= self.max_outgoing:
             return None
         top = vm_settings.PRIORITY_RANK[self._waiting[0].priority]
+        best: t.Optional[Move] = None
         for move in self._waiting:
             if vm_settings.PRIORITY_RANK[move.priority] != top:
                 break
             if len(self._running) >= self.outgoing_limit(move):
-                return None
-            if self.incoming(move.destination) < self.max_incoming:
-                return move
-        return None
+                return best
+            load = self.incoming(move.destination)
+            if load < self.max_incoming and (best is None or load < self.incoming(best.destination)):
+                best = move
+                if load == 0:
+                    break
+        return best
 
     def start(self, move: Move) -> None:
         """Record that ``move`` has started; refused when the rules say it must wait."""
