@@ -216,7 +216,20 @@ vms:
   elements: dict
   sample:
     - {vm: db1, priority: high, from: hv1, to: hv3, started: "2026-11-26T04:20:01.120+00:00", finished: "2026-11-26T04:20:04.310+00:00",
-       started_at_s: 0.41, finished_at_s: 3.6, duration_s: 3.19, downtime_ms: 52, outcome: migrated}
+       started_at_s: 0.41, finished_at_s: 3.6, duration_s: 3.19, downtime_ms: 52, outcome: migrated,
+       timings: {start: 0.04, migrate: 3.08, verify: 0.02}}
+timings:
+  description:
+    - Seconds each phase of the run took, measured on the host, to see where the time goes.
+    - C(connect), C(read_source) (every VM of the host, read once), C(probe) (every candidate, read
+      at the same time), C(plan), C(moves) (all migrations, a few at a time), C(shutdown),
+      C(recheck) (the host listed again), C(report) (the final load) and C(total).
+    - Each record of RV(vms) has its own C(timings) too - C(start) (from the queue to the libvirt job,
+      the re-checks included), C(migrate) (the job) and C(verify) (reading the VM back from both hosts).
+  returned: state=maintenance, when the host was read
+  type: dict
+  version_added: 0.2.0
+  sample: {connect: 0.004, read_source: 0.021, probe: 0.032, plan: 0.001, moves: 8.6, shutdown: 0.0, recheck: 0.006, report: 0.02, total: 8.68}
 shutdown:
   description: VMs shut down for the maintenance.
   returned: state=maintenance and not in check mode

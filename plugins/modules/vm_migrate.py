@@ -345,6 +345,14 @@ policy:
     post_copy: false
     parallel_connections: null
     max_concurrent: 2
+timings:
+  description:
+    - Seconds each phase took - C(connect), C(read_vm), C(probe) (the candidates, read at the same
+      time), C(migrate) (the libvirt job), C(verify) and C(total).
+  returned: when a migration ran and was waited for
+  type: dict
+  version_added: 0.2.0
+  sample: {connect: 0.003, read_vm: 0.012, probe: 0.03, migrate: 2.1, verify: 0.02, total: 2.17}
 duration_s:
   description: Seconds the module spent, checks included.
   returned: when a migration ran
