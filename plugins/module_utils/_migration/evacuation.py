@@ -297,12 +297,11 @@ class _RankedChooser:
         return (planned - host.available_mib, host.vcpus_running + self.pending.vcpus.get(host.name, 0), host.name, index)
 
     def _best(self, needs: placement.VmNeeds, ranked: t.Iterable[_Key]) -> t.Optional[placement.HostState]:
-        probe = dataclasses.replace(needs, memory_mib=0, vcpus=0)
         for key in ranked:
             if -key[0] < needs.memory_mib:
                 return None
             host = self.hosts[key[3]]
-            if placement.fits(probe, host, self.source_uuid, self._empty):
+            if placement.fits(needs, host, self.source_uuid, self._empty, memory_mib=0):
                 return host
         return None
 

@@ -97,8 +97,13 @@ class PendingLoad:
         self.vcpus[host] = self.vcpus.get(host, 0) + vm.vcpus
 
 
-def fits(vm: VmNeeds, host: HostState, source_uuid: t.Optional[str], pending: t.Optional[PendingLoad] = None) -> bool:
-    """``host`` can take ``vm`` now: :func:`rejections` would be empty (checked without building the reasons)."""
+def fits(
+    vm: VmNeeds, host: HostState, source_uuid: t.Optional[str], pending: t.Optional[PendingLoad] = None, memory_mib: t.Optional[int] = None
+) -> bool:
+    """``host`` can take ``vm`` now: :func:`rejections` would be empty (checked without building the reasons).
+
+    ``memory_mib``, when given, is the memory to check instead of the VM's own (0: every filter but memory).
+    """
     if host.error or host.maintenance or (source_uuid is not None and host.uuid == source_uuid):
         return False
     if vm.pinned_hosts and host.name not in vm.pinned_hosts:
@@ -108,7 +113,7 @@ def fits(vm: VmNeeds, host: HostState, source_uuid: t.Optional[str], pending: t.
     if host.bridges is not None and not vm.bridges <= host.bridges:
         return False
     planned = pending.memory_mib.get(host.name, 0) if pending is not None else 0
-    return host.available_mib - planned >= vm.memory_mib
+    return host.available_mib - planned >= (vm.memory_mib if memory_mib is None else memory_mib)
 
 
 @functools.lru_cache(maxsize=1024)
