@@ -50,7 +50,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.mark 
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.options import check_run_numbers, parse_candidates, resolve_uri, run_options
 from ansible_collections.virtops.migration.plugins.module_utils._migration.placement import DEFAULT_MEMORY_RESERVED_MIB
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, Move
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, Move, record_phase
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, check_number
 from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import CpuCheck, probe_hosts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.runner import JobRunner
@@ -143,12 +143,6 @@ class HostMaintenance:
     def at(self) -> float:
         return round(time.monotonic() - self.start, 3)
 
-    def _phase(self, name: str, since: float) -> float:
-        """Record how long a phase took (``timings`` in the result); returns now."""
-        now = time.monotonic()
-        self.timings[name] = round(self.timings.get(name, 0.0) + now - since, 3)
-        return now
-
     # -- reading the source and the candidates ------------------------------------------------
     def _source_vms(self, conn: t.Any) -> t.Tuple[t.List[evacuation.VmToMove], t.Dict[str, CpuCheck]]:
         """Every VM of the source, read once: its XML, state and effective settings."""
@@ -200,7 +194,7 @@ class HostMaintenance:
         began = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(req.candidates)))) as pool:
             load = dict(entry for entry in pool.map(one, req.candidates) if entry is not None)
-        self._phase("report", began)
+        record_phase(self.timings, "report", began)
         return load
 
     # -- maintenance --------------------------------------------------------------------------
@@ -215,25 +209,25 @@ class HostMaintenance:
         began = time.monotonic()
         mark = read_mark(req.state_dir)
         with self.connect(req.uri) as conn:
-            began = self._phase("connect", began)
+            began = record_phase(self.timings, "connect", began)
             try:
                 hostname = conn.getHostname()
                 uuid = parse_capabilities(conn.getCapabilities())["uuid"]
             except libvirt.libvirtError as exc:
                 raise translate_libvirt_error(exc, "read the host's identity", uri=req.uri) from exc
             vms, cpus = self._source_vms(conn)
-        began = self._phase("read_source", began)
+        began = record_phase(self.timings, "read_source", began)
         source = evacuation.SourceHost(name=hostname, uuid=uuid, uri=req.uri)
         to_move = [vm for vm in vms if vm.running or vm.persistent]
         hosts = self._hosts(to_move, cpus)
-        began = self._phase("probe", began)
+        began = record_phase(self.timings, "probe", began)
         for vm in to_move:
             vm.duplicate_on = tuple(
                 sorted(host.name for host in hosts if host.error is None and host.uuid != uuid and vm.uuid in host.vm_uuids)
             )
         plan = evacuation.plan_evacuation(to_move, hosts, source, req.include_manual, req.non_migratable)
         enforcement = hook_status(state_dir=req.state_dir)
-        self._phase("plan", began)
+        record_phase(self.timings, "plan", began)
         result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict(), "enforcement": enforcement, "timings": self.timings}
         if not plan.ok:
             raise MigrationError(
@@ -279,7 +273,7 @@ class HostMaintenance:
         try:
             began = time.monotonic()
             records = self._run(plan, hostname)
-            began = self._phase("moves", began)
+            began = record_phase(self.timings, "moves", began)
             failed = [record for record in records if record["outcome"] == "failed"]
             if failed:
                 raise MigrationError(
@@ -290,7 +284,7 @@ class HostMaintenance:
             shut = self._shutdown(plan, hostname)
             base["shutdown_vms"] = sorted(set(base["shutdown_vms"]) | set(shut))
             write_mark(req.state_dir, dict(base, state=PREPARING))
-            began = self._phase("shutdown", began)
+            began = record_phase(self.timings, "shutdown", began)
             left = self._active_vms()
             if left:
                 raise MigrationError(
@@ -300,7 +294,7 @@ class HostMaintenance:
                 )
             final = dict(base, state=MAINTENANCE)
             write_mark(req.state_dir, final)
-            self._phase("recheck", began)
+            record_phase(self.timings, "recheck", began)
         except BaseException as exc:
             undo = self._undo(hostname, mark, plan)
             error = exc if isinstance(exc, MigrationError) else unexpected_error(exc, "evacuate the host", uri=req.uri)

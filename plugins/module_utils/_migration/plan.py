@@ -11,6 +11,7 @@ move already holds. Pure data: no libvirt import.
 from __future__ import annotations
 
 import dataclasses
+import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import Policy
@@ -95,3 +96,10 @@ class RunOptions:
     state_dir: str = DEFAULT_STATE_DIR
     username: t.Optional[str] = None
     password: t.Optional[str] = None
+
+
+def record_phase(timings: t.Dict[str, float], phase: str, since: float) -> float:
+    """Add the seconds since ``since`` (a ``time.monotonic()`` reading) to ``timings[phase]``; returns now."""
+    now = time.monotonic()
+    timings[phase] = round(timings.get(phase, 0.0) + now - since, 3)
+    return now

@@ -32,7 +32,8 @@ try:
 except ImportError:  # reported by the module through missing_required_lib
     pass
 
-Connect = t.Callable[[str], t.ContextManager[t.Any]]
+# connect(uri, connect_timeout=None): an open libvirt connection for a ``with`` block.
+Connect = t.Callable[..., t.ContextManager[t.Any]]
 
 # Candidates read at the same time; each reading is a few libvirt calls over the network.
 MAX_PARALLEL_PROBES = 16

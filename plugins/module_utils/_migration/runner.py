@@ -39,9 +39,9 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
     translate_libvirt_error,
     unexpected_error,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, Candidate, Move, RunOptions
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, Candidate, Move, RunOptions, record_phase
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import ScheduleTracker, Step
-from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import live_capacity, whereabouts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import Connect, live_capacity, whereabouts
 
 try:
     import libvirt
@@ -57,8 +57,6 @@ OBSERVE_CONNECT_TIMEOUT_S = 10.0
 # virDomainJobType / virDomainJobOperation values read from job statistics.
 JOB_NONE = 0
 JOB_OPERATION_MIGRATION_OUT = 5
-
-Connect = t.Callable[..., t.ContextManager[t.Any]]
 
 
 class Clock:
@@ -220,9 +218,6 @@ class JobRunner:
         except libvirt.libvirtError as exc:
             raise translate_libvirt_error(exc, action, vm=self.vm, uri=uri) from exc
 
-    def _timed(self, phase: str, since: float) -> None:
-        self.timings[phase] = round(self.timings.get(phase, 0.0) + time.monotonic() - since, 3)
-
     def observe(self, source: t.Any, uuid: str, dest_uri: t.Optional[str]) -> t.Dict[str, t.Any]:
         """Where the VM is now, as libvirt shows it on the source and the destination."""
         observed: t.Dict[str, t.Any] = {"source": whereabouts(source, uuid)}
@@ -261,7 +256,7 @@ class JobRunner:
                 return self._arrived_meanwhile(dest, move)
             job = job_stats(dom)
             if job is not None:
-                self._timed("start", began)
+                record_phase(self.timings, "start", began)
                 return self.adopt(source, dom, move, job, [Candidate(uri=move.destination_uri, name=move.destination)] + list(others))
             self.resume_after_lost_run(dom, uuid, source_uri)
             there = whereabouts(dest, uuid)
@@ -283,7 +278,7 @@ class JobRunner:
                         uri=move.destination_uri,
                         available_mib=memory["available_mib"],
                     )
-            self._timed("start", began)
+            record_phase(self.timings, "start", began)
             result = self.run(source, dom, move, dest)
         result["outcome"] = "migrated"
         return result
@@ -313,9 +308,9 @@ class JobRunner:
         self._timeout = move.timeout_s
         self.event("started", kind=move.kind, destination=move.destination_uri, state=move.state)
         if not self._execute(source, dom, move):
-            self._timed("migrate", began)
+            record_phase(self.timings, "migrate", began)
             return {"started": True}
-        self._timed("migrate", began)
+        record_phase(self.timings, "migrate", began)
         began = time.monotonic()
         uuid = t.cast(str, move.uuid)
         with contextlib.ExitStack() as stack:
@@ -323,7 +318,7 @@ class JobRunner:
                 dest = stack.enter_context(self.connect(move.destination_uri))
             result = self._completed_stats(dest, dom, uuid)
             result.update(self.verify(source, dest, move))
-        self._timed("verify", began)
+        record_phase(self.timings, "verify", began)
         return result
 
     def _execute(self, source: t.Any, dom: t.Any, move: Move) -> bool:

@@ -25,7 +25,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import DuplicateVmError, MigrationError, VmNotFoundError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import parse_capabilities
 from ansible_collections.virtops.migration.plugins.module_utils._migration.options import MigrateRequest
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, PAUSED, Candidate, Move
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, PAUSED, Candidate, Move, record_phase
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, default_timeout
 from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import CpuCheck, probe_hosts, whereabouts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.runner import JobRunner, check_adoptable, job_stats, job_summary
@@ -52,11 +52,6 @@ class VmMigration:
     def events(self) -> t.List[t.Dict[str, t.Any]]:
         return self.runner.events
 
-    def _timed(self, phase: str, since: float) -> float:
-        now = time.monotonic()
-        self.timings[phase] = round(now - since, 3)
-        return now
-
     # -- migrate ------------------------------------------------------------------------------
     def migrate(self, check_mode: bool) -> t.Dict[str, t.Any]:
         return self.runner.guarded("migrate", self.request.source_uri, lambda: self._migrate(check_mode))
@@ -66,7 +61,7 @@ class VmMigration:
         began = mark = time.monotonic()
         with self.connect(req.source_uri) as source:
             src_host = {"hostname": self.runner.call(source.getHostname, "read the host name", req.source_uri), "uri": req.source_uri}
-            mark = self._timed("connect", mark)
+            mark = record_phase(self.timings, "connect", mark)
             dom = domxml.find_domain(source, req.vm)
             if dom is None:
                 return self._already_moved(src_host, check_mode)
@@ -108,10 +103,10 @@ class VmMigration:
             else:
                 self._check_disks(name, requirements)
             source_uuid = parse_capabilities(self.runner.call(source.getCapabilities, "read the host capabilities", req.source_uri))["uuid"]
-            mark = self._timed("read_vm", mark)
+            mark = record_phase(self.timings, "read_vm", mark)
             dest, rejected, hosts = self._choose(needs, CpuCheck.of(facts, requirements), source_uuid)
             refuse_duplicates(name, uuid, src_host["hostname"], source_uuid, hosts + self._look_elsewhere(uuid))
-            mark = self._timed("probe", mark)
+            mark = record_phase(self.timings, "probe", mark)
             move = dataclasses.replace(move, destination=dest.name, destination_uri=dest.uri)
             plan = {
                 "vm": name,
