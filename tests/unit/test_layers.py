@@ -25,6 +25,7 @@ PURE = (
     "options",
     "evacuation",
     "mark",
+    "failover",
 )
 LIBVIRT_IO = ("connection", "probe", "runner", "settings_store")
 ORCHESTRATION = ("vm_migration", "maintenance", "modulekit")

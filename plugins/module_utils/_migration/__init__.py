@@ -9,7 +9,7 @@ Pure (no libvirt import; unit-tested without a hypervisor):
   VM > cluster > global inheritance), domain (domain XML), hostinfo (host facts), placement (where
   a VM may and should go), plan (moves and run options), options (the shared option groups and
   their parsing), evacuation (the evacuation plan and its queue), mark (the maintenance mark and
-  its hook).
+  its hook), failover (SR-IOV failover pairs and unmovable host devices in domain XML).
 libvirt I/O:
   connection (opening and closing), probe (reading destinations, where a VM is), runner (the one
   job runner: a move's libvirt job, its monitoring and verification), settings_store (settings
