@@ -27,7 +27,7 @@ PURE = (
     "mark",
     "failover",
 )
-LIBVIRT_IO = ("connection", "probe", "runner", "settings_store")
+LIBVIRT_IO = ("connection", "probe", "runner", "settings_store", "guest_agent")
 ORCHESTRATION = ("vm_migration", "maintenance", "modulekit")
 
 

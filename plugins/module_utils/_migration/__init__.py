@@ -13,7 +13,8 @@ Pure (no libvirt import; unit-tested without a hypervisor):
 libvirt I/O:
   connection (opening and closing), probe (reading destinations, where a VM is), runner (the one
   job runner: a move's libvirt job, its monitoring and verification), settings_store (settings
-  in domain metadata).
+  in domain metadata), guest_agent (programs run in a guest through its QEMU guest agent, and the
+  guest hooks).
 Orchestration:
   vm_migration (vm_migrate: plan one move, run it), maintenance (host_maintenance: plan an
   evacuation, run its moves, mark the host), modulekit (a module's result or failure).
