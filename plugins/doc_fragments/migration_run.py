@@ -29,6 +29,18 @@ options:
     type: dict
     default: {}
     version_added: 0.1.0
+  unplug_timeout:
+    description:
+      - Seconds the guest of a VM with an SR-IOV failover pair (see M(virtops.migration.sriov_failover_nic))
+        may take to release its VF when a move starts.
+      - In O(virtops.migration.sriov_failover_nic#module:mode=teaming) QEMU unplugs the VF itself and waits for the
+        guest without a deadline (the job's C(wait-unplug) phase), and libvirt adds none; when this time
+        passes, the job is aborted and the VM keeps running on its source with its VF.
+      - In O(virtops.migration.sriov_failover_nic#module:mode=bond) the VF is hot-unplugged before the move;
+        a guest that does not release it in time keeps it, and the VM is not moved.
+    type: float
+    default: 30.0
+    version_added: 0.2.0
   monitor_interval:
     description:
       - Seconds between two convergence checks of a migration. At each check, a new memory

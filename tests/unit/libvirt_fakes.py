@@ -10,6 +10,7 @@ codes, so the code under test meets the same exceptions it meets on a host.
 from __future__ import annotations
 
 import typing as t
+import xml.etree.ElementTree as ET
 
 import libvirt
 
@@ -123,6 +124,37 @@ class FakeDomain:
     def resume(self) -> int:
         active = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED)
         return self._change("resume", active, "domain is not running", (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_UNPAUSED))
+
+    def detachDeviceFlags(self, xml: str, flags: int = 0) -> int:  # noqa: N802 (libvirt's name)
+        """Remove the device with the same alias from the XML, unless ``keep_devices`` (a guest that does not release it)."""
+        self._check()
+        self.calls.append(("detachDeviceFlags", xml, flags))
+        if "detachDeviceFlags" in self.errors:
+            raise self.errors["detachDeviceFlags"]
+        if not getattr(self, "keep_devices", False):
+            alias = ET.fromstring(xml).find("alias")
+            root = ET.fromstring(self.xml)
+            devices = root.find("devices")
+            for device in list(devices if devices is not None else []):
+                found = device.find("alias")
+                if alias is not None and found is not None and found.get("name") == alias.get("name"):
+                    devices.remove(device)  # type: ignore[union-attr]
+            self.xml = ET.tostring(root, encoding="unicode")
+        return 0
+
+    def attachDeviceFlags(self, xml: str, flags: int = 0) -> int:  # noqa: N802 (libvirt's name)
+        """Add the device to the XML."""
+        self._check()
+        self.calls.append(("attachDeviceFlags", xml, flags))
+        if "attachDeviceFlags" in self.errors:
+            raise self.errors["attachDeviceFlags"]
+        root = ET.fromstring(self.xml)
+        devices = root.find("devices")
+        if devices is None:
+            devices = ET.SubElement(root, "devices")
+        devices.append(ET.fromstring(xml))
+        self.xml = ET.tostring(root, encoding="unicode")
+        return 0
 
 
 class FakeObject:

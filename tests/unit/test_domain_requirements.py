@@ -45,7 +45,48 @@ def test_disks_shared_storage_and_unsafe_cache() -> None:
 
 def test_host_passthrough_and_diskless_guest() -> None:
     needs = parse_requirements("<domain><cpu mode='host-passthrough'/><devices/></domain>")
-    assert needs == {"networks": [], "bridges": [], "disks": [], "cpu_xml": None}
+    assert needs == {
+        "networks": [],
+        "bridges": [],
+        "disks": [],
+        "cpu_xml": None,
+        "unmovable_devices": [],
+        "failover_primaries": [],
+        "bond_vfs": [],
+        "vf_networks": {},
+    }
+
+
+FAILOVER_DOMAIN = """<domain xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <devices>
+    <interface type='network'>
+      <mac address='52:54:00:aa:00:01'/><source network='lab'/><model type='virtio'/>
+      <teaming type='persistent'/><alias name='ua-fo-backup'/>
+    </interface>
+    <interface type='network'>
+      <mac address='52:54:00:aa:00:01'/><source network='vfnet'/>
+      <teaming type='transient' persistent='ua-fo-backup'/><alias name='ua-fo-vf'/>
+      <actual type='hostdev'/>
+    </interface>
+    <interface type='network'>
+      <mac address='52:54:00:aa:00:02'/><source network='lab'/><model type='virtio'/><alias name='ua-bd-backup'/>
+    </interface>
+    <interface type='network'>
+      <mac address='52:54:00:aa:00:02'/><source network='vfnet'/><alias name='ua-bd-vf'/><actual type='hostdev'/>
+    </interface>
+    <hostdev mode='subsystem' type='usb' managed='yes'>
+      <source><vendor id='0x0781'/><product id='0x5567'/></source>
+    </hostdev>
+  </devices>
+</domain>"""
+
+
+def test_failover_pairs_and_host_devices() -> None:
+    needs = parse_requirements(FAILOVER_DOMAIN)
+    assert needs["bond_vfs"] == ["bd"]
+    assert needs["vf_networks"] == {"vfnet": 2}
+    assert len(needs["unmovable_devices"]) == 1 and "USB" in needs["unmovable_devices"][0]
+    assert needs["failover_primaries"] == ["ua-fo-vf"]
 
 
 @pytest.mark.parametrize(

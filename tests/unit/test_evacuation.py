@@ -634,3 +634,25 @@ def test_moves_running_at_once_spread_over_the_destinations() -> None:
     queue.finish(queue.running[0])
     queue.finish(queue.running[0])
     assert start_all(queue) == ["z"]
+
+
+@pytest.mark.parametrize("non_migratable, outcome", [("fail", "blocked"), ("shutdown", "shutdown")])
+def test_a_running_vm_with_a_host_device_is_not_migratable(non_migratable: str, outcome: str) -> None:
+    gpu = dataclasses.replace(vm("gpu", 1024), unmovable_devices=("mediated device (vGPU) 4b20d080 (vfio-pci)",))
+    result = plan([gpu, vm("web", 512)], [host("hv2")], non_migratable=non_migratable)
+    held = getattr(result, outcome)
+    assert [entry.vm for entry in held] == ["gpu"] and "vGPU" in held[0].reason
+    assert moves(result) == [("web", "hv2")]
+
+
+def test_failover_pairs_travel_with_the_move_and_vfs_spread_over_the_destinations() -> None:
+    def sriov(name: str) -> ev.VmToMove:
+        needs = pl.VmNeeds(name=name, memory_mib=256, vfs=(("vfnet", 1),))
+        return dataclasses.replace(vm(name, 256), needs=needs, bond_vfs=("fo",), failover_primaries=())
+
+    hosts = [host("hv2", 8192, free_vfs={"vfnet": 1}), host("hv3", 4096, free_vfs={"vfnet": 1})]
+    for fast in (True, False):
+        result = plan([sriov("a"), sriov("b"), sriov("c")], hosts, fast=fast)
+        assert sorted(moves(result)) == [("a", "hv2"), ("b", "hv3")], "one free VF per host"
+        assert [entry.vm for entry in result.unplaceable] == ["c"] and "free VF" in result.unplaceable[0].reason
+        assert all(move.bond_vfs == ("fo",) for move in result.moves)

@@ -81,3 +81,22 @@ def test_pending_load_counts_against_free_memory() -> None:
     pending.add("h2", pl.VmNeeds(name="x", memory_mib=3500))
     best, rejected = pl.choose(VM, [host("h2", 4096)], source_uuid="uuid-h1", pending=pending)
     assert best is None and "596 MiB free" in rejected["h2"][0]
+
+
+def test_vf_networks_need_free_vfs_counting_planned_placements() -> None:
+    vm = pl.VmNeeds(name="sriov", memory_mib=256, vfs=(("vfnet", 1),))
+    lacking = host("hv2")
+    full = host("hv3", free_vfs={"vfnet": 0})
+    one_left = host("hv4", free_vfs={"vfnet": 1})
+    assert pl.rejections(vm, lacking, None) == ["lacks the active SR-IOV VF network vfnet (forward mode hostdev)"]
+    assert pl.rejections(vm, full, None) == ["has 0 free VF(s) in network vfnet after planned migrations, the VM needs 1"]
+    assert not pl.fits(vm, lacking, None) and not pl.fits(vm, full, None) and pl.fits(vm, one_left, None)
+    pending = pl.PendingLoad()
+    pending.add("hv4", vm)
+    assert not pl.fits(vm, one_left, None, pending), "the one free VF is already planned for another VM"
+    assert pl.choose(vm, [lacking, full, one_left], None)[0] is one_left
+
+
+def test_needs_count_the_vfs_a_running_vm_draws() -> None:
+    needs = pl.needs_from_facts({"name": "sriov", "memory_mib": 256}, {"vf_networks": {"vfnet": 2, "other": 1}}, {})
+    assert needs.vfs == (("other", 1), ("vfnet", 2))

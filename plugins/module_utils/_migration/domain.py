@@ -9,11 +9,12 @@ The XML readers are pure (no libvirt import); :func:`lookup_domain`, :func:`find
 
 from __future__ import annotations
 
+import collections
 import re
 import typing as t
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import metadata
+from ansible_collections.virtops.migration.plugins.module_utils._migration import failover, metadata
 from ansible_collections.virtops.migration.plugins.module_utils._migration import settings as vm_settings
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     VmNotFoundError,
@@ -276,11 +277,17 @@ def parse_requirements(domain_xml: str) -> t.Dict[str, t.Any]:
     migration unsafe (``unsafe_cache``: a writable disk whose cache is neither ``none`` nor ``directsync``); ``cpu_xml``: the
     ``<cpu>`` element to compare with a destination's hypervisor CPU (``None`` when the domain has
     none, or passes the host CPU through, which only an identical host can check).
+
+    Assigned host devices (``failover.py``): ``unmovable_devices`` describes each one that blocks a
+    live move; ``failover_primaries`` the devices QEMU unplugs itself when a live migration starts
+    (teaming); ``bond_vfs`` the bond-mode failover pairs whose VF is plugged in; ``vf_networks`` how
+    many VFs a running VM draws from each libvirt hostdev network (its live XML shows them).
     """
     root = ET.fromstring(domain_xml)
     devices = root.find("devices")
     networks: t.List[str] = []
     bridges: t.List[str] = []
+    vf_networks: t.List[str] = []
     disks: t.List[t.Dict[str, t.Any]] = []
     for interface in devices.findall("interface") if devices is not None else []:
         source = interface.find("source")
@@ -288,6 +295,10 @@ def parse_requirements(domain_xml: str) -> t.Dict[str, t.Any]:
             continue
         if interface.get("type") == "network" and source.get("network"):
             networks.append(source.get("network", ""))
+            actual = interface.find("actual")
+            if actual is not None and actual.get("type") == "hostdev":
+                # A running VM's VF from a hostdev network: the destination must have a free one.
+                vf_networks.append(source.get("network", ""))
         elif interface.get("type") == "bridge" and source.get("bridge"):
             bridges.append(source.get("bridge", ""))
     for disk in devices.findall("disk") if devices is not None else []:
@@ -315,4 +326,14 @@ def parse_requirements(domain_xml: str) -> t.Dict[str, t.Any]:
     cpu_xml = None
     if cpu is not None and cpu.get("mode", "custom") != "host-passthrough" and cpu.find("model") is not None:
         cpu_xml = ET.tostring(cpu, encoding="unicode")
-    return {"networks": sorted(set(networks)), "bridges": sorted(set(bridges)), "disks": disks, "cpu_xml": cpu_xml}
+    pairs = failover.read_pairs(domain_xml)
+    return {
+        "networks": sorted(set(networks)),
+        "bridges": sorted(set(bridges)),
+        "disks": disks,
+        "cpu_xml": cpu_xml,
+        "unmovable_devices": failover.unmovable_devices(domain_xml),
+        "failover_primaries": failover.failover_primaries(domain_xml),
+        "bond_vfs": sorted(pair.name for pair in pairs if pair.mode == "bond" and pair.vf_present),
+        "vf_networks": dict(collections.Counter(vf_networks)),
+    }

@@ -82,6 +82,11 @@ class VmToMove:
     settings_problems: t.Dict[str, str] = dataclasses.field(default_factory=dict)
     # Other hosts on which the same UUID is defined too (a stale copy).
     duplicate_on: t.Tuple[str, ...] = ()
+    # Assigned host devices that cannot migrate (vGPUs, PCI/USB/SCSI host devices, a VF without a failover pair).
+    unmovable_devices: t.Tuple[str, ...] = ()
+    # SR-IOV failover pairs (see plan.Move): bond pairs whose VF the runner replugs, primaries QEMU unplugs.
+    bond_vfs: t.Tuple[str, ...] = ()
+    failover_primaries: t.Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.needs is None:
@@ -109,6 +114,9 @@ class VmToMove:
             needs=needs,
             state=facts.get("state"),
             settings_problems=dict(facts.get("migration_settings_problems") or {}),
+            unmovable_devices=tuple(requirements.get("unmovable_devices") or ()),
+            bond_vfs=tuple(requirements.get("bond_vfs") or ()),
+            failover_primaries=tuple(requirements.get("failover_primaries") or ()),
         )
 
     @property
@@ -270,7 +278,8 @@ class _RankedChooser:
     The hosts are kept sorted that way; a placement moves only the hosts of the chosen name.
 
     For a VM the hosts are checked best first with ``placement.rejections`` for the same VM needing
-    no memory and no vCPUs (the other filters do not change while a plan is made). The first host
+    no memory and no vCPUs (the other filters do not change while a plan is made, except free SR-IOV
+    VFs, which count the pending load). The first host
     that passes is the one ``placement.choose`` picks if the VM's memory fits there; once a host has
     less free memory than the VM needs, so has every later one, and the VM fits nowhere. A pinned
     VM's hosts are ranked on their own. Hosts that no VM can use (unreachable, in maintenance, the
@@ -301,7 +310,8 @@ class _RankedChooser:
             if -key[0] < needs.memory_mib:
                 return None
             host = self.hosts[key[3]]
-            if placement.fits(needs, host, self.source_uuid, self._empty, memory_mib=0):
+            # Free VFs change as VMs are placed, unlike the other filters: they count the pending load.
+            if placement.fits(needs, host, self.source_uuid, self.pending if needs.vfs else self._empty, memory_mib=0):
                 return host
         return None
 
@@ -401,6 +411,8 @@ class _Assessor:
             held = "VM '%s' migrates only when confirmed (migration_mode manual) and include_manual is not set" % vm.name
         elif pinned and not pinned & self.candidates:
             held = _pinned_reason(vm, pinned, self.source)
+        elif vm.running and vm.unmovable_devices:
+            held = "VM '%s' uses host device(s) that cannot migrate: %s" % (vm.name, "; ".join(vm.unmovable_devices))
         return _Assessment(priority, policy=policy, held=held)
 
 
@@ -488,6 +500,8 @@ def plan_evacuation(
                 persistent=vm.persistent,
                 state=vm.state,
                 timeout_s=default_timeout(vm.memory_mib),
+                bond_vfs=vm.bond_vfs if vm.running else (),
+                failover_primaries=vm.failover_primaries if vm.running else (),
             )
         )
     return plan

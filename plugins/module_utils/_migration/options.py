@@ -59,6 +59,7 @@ RUN: Spec = {
     "wait_sleep": {"type": "float", "default": 0.5},
     "memory_reserved_mib": {"type": "int", "default": DEFAULT_MEMORY_RESERVED_MIB},
     "state_dir": {"type": "path", "default": DEFAULT_STATE_DIR},
+    "unplug_timeout": {"type": "float", "default": 30.0},
 }
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -68,6 +69,7 @@ RUN_RANGES: t.Dict[str, t.Tuple[float, float, bool, bool]] = {
     "wait_sleep": (0, 60.0, False, True),
     "monitor_interval": (0, 3600.0, False, True),
     "memory_reserved_mib": (0, MAX_MEMORY_RESERVED_MIB, True, False),
+    "unplug_timeout": (0, 3600.0, False, True),
 }
 
 POLICY_OVERRIDES: Spec = {
@@ -111,6 +113,7 @@ def run_options(params: t.Mapping[str, t.Any], **changes: t.Any) -> RunOptions:
         "poll_interval": params.get("wait_sleep") or RUN["wait_sleep"]["default"],
         "monitor_interval": params.get("monitor_interval") or RUN["monitor_interval"]["default"],
         "state_dir": params.get("state_dir") or DEFAULT_STATE_DIR,
+        "unplug_timeout": params.get("unplug_timeout") or RUN["unplug_timeout"]["default"],
         "username": params.get("username"),
         "password": params.get("password"),
     }

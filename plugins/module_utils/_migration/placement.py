@@ -32,6 +32,8 @@ class VmNeeds:
     bridges: t.FrozenSet[str] = frozenset()
     disk_paths: t.FrozenSet[str] = frozenset()
     pinned_hosts: t.FrozenSet[str] = frozenset()
+    # (network, count): the SR-IOV VFs the VM draws from libvirt hostdev networks, sorted by network.
+    vfs: t.Tuple[t.Tuple[str, int], ...] = ()
 
 
 def host_names(value: t.Any) -> t.FrozenSet[str]:
@@ -62,6 +64,7 @@ def needs_from_facts(
         bridges=frozenset(requirements.get("bridges") or ()),
         disk_paths=frozenset(disk["path"] for disk in disks if disk.get("path") and disk.get("shared_storage")),
         pinned_hosts=host_names(effective_settings.get("pinned_hosts")),
+        vfs=tuple(sorted((str(net), int(count)) for net, count in (requirements.get("vf_networks") or {}).items())),
     )
 
 
@@ -83,18 +86,30 @@ class HostState:
     cpu_incompatible: t.Dict[str, str] = dataclasses.field(default_factory=dict)
     # UUIDs of every domain defined or running there, to refuse a VM that would be copied twice.
     vm_uuids: t.FrozenSet[str] = frozenset()
+    # Free VFs of each active libvirt hostdev network the VMs being placed use (absent: no such network).
+    free_vfs: t.Dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
 class PendingLoad:
-    """Memory and vCPUs already planned onto each host by earlier choices."""
+    """Memory, vCPUs and VFs already planned onto each host by earlier choices."""
 
     memory_mib: t.Dict[str, int] = dataclasses.field(default_factory=dict)
     vcpus: t.Dict[str, int] = dataclasses.field(default_factory=dict)
+    vfs: t.Dict[t.Tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
     def add(self, host: str, vm: VmNeeds) -> None:
         self.memory_mib[host] = self.memory_mib.get(host, 0) + vm.memory_mib
         self.vcpus[host] = self.vcpus.get(host, 0) + vm.vcpus
+        for network, count in vm.vfs:
+            self.vfs[(host, network)] = self.vfs.get((host, network), 0) + count
+
+
+def _free_vfs(host: HostState, network: str, pending: t.Optional[PendingLoad]) -> t.Optional[int]:
+    """Free VFs of ``network`` on ``host`` after planned placements; None when the host has no such network."""
+    if network not in host.free_vfs:
+        return None
+    return host.free_vfs[network] - (pending.vfs.get((host.name, network), 0) if pending is not None else 0)
 
 
 def fits(
@@ -112,6 +127,9 @@ def fits(
         return False
     if host.bridges is not None and not vm.bridges <= host.bridges:
         return False
+    for network, count in vm.vfs:
+        if (_free_vfs(host, network, pending) or 0) < count:
+            return False
     planned = pending.memory_mib.get(host.name, 0) if pending is not None else 0
     return host.available_mib - planned >= (vm.memory_mib if memory_mib is None else memory_mib)
 
@@ -142,6 +160,12 @@ def rejections(
         reasons.append("lacks the bridge(s) %s" % _listed(vm.bridges - host.bridges))
     if not vm.disk_paths <= host.disk_paths:
         reasons.append("cannot see the disk(s) %s" % _listed(vm.disk_paths - host.disk_paths))
+    for network, count in vm.vfs:
+        vfs_free = _free_vfs(host, network, pending)
+        if vfs_free is None:
+            reasons.append("lacks the active SR-IOV VF network %s (forward mode hostdev)" % network)
+        elif vfs_free < count:
+            reasons.append("has %d free VF(s) in network %s after planned migrations, the VM needs %d" % (max(vfs_free, 0), network, count))
     free = host.available_mib - (pending.memory_mib.get(host.name, 0) if pending is not None else 0)
     if free < vm.memory_mib:
         reasons.append(

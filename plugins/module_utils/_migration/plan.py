@@ -42,6 +42,11 @@ class Move:
     ``persistent`` is whether the VM is to be persistently defined on the destination; ``state`` is
     libvirt's word for the VM's state when it was planned (a VM that was running must run on the
     destination); ``timeout_s`` bounds the libvirt job.
+
+    SR-IOV failover pairs (``failover.py``): ``bond_vfs`` names the bond-mode pairs whose VF the
+    runner unplugs before the job and plugs in again afterwards (on the destination, or on the source
+    when the move fails); ``failover_primaries`` lists the devices QEMU itself unplugs when a live
+    migration starts (teaming mode), whose release the runner waits for under its own deadline.
     """
 
     vm: str
@@ -58,6 +63,8 @@ class Move:
     persistent: bool = True
     state: t.Optional[str] = None
     timeout_s: t.Optional[int] = None
+    bond_vfs: t.Tuple[str, ...] = ()
+    failover_primaries: t.Tuple[str, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -82,7 +89,12 @@ class Move:
 
 @dataclasses.dataclass
 class RunOptions:
-    """How the job runner carries out moves: libvirt flags, monitoring, timeout action, credentials."""
+    """How the job runner carries out moves: libvirt flags, monitoring, timeout action, credentials.
+
+    ``unplug_timeout`` bounds how long the guest may take to release an SR-IOV failover device: the
+    primary QEMU unplugs when a live migration starts (QEMU and libvirt wait forever), and a bond's
+    VF the runner unplugs before the move.
+    """
 
     undefine_source: bool = True
     tls: bool = False
@@ -94,6 +106,7 @@ class RunOptions:
     poll_interval: float = 0.5
     monitor_interval: float = 10.0
     state_dir: str = DEFAULT_STATE_DIR
+    unplug_timeout: float = 30.0
     username: t.Optional[str] = None
     password: t.Optional[str] = None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import typing as t
+import xml.etree.ElementTree as ET
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
 from ansible_collections.virtops.migration.plugins.module_utils._migration import placement
@@ -82,6 +83,7 @@ def probe_host(
                 vcpus += int(dom.info()[3])
         networks = frozenset(net.name() for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE))
         bridges = _bridges(conn, frozenset().union(*(vm.bridges for vm in needs)) if needs else frozenset())
+        free_vfs = _free_vfs(conn, frozenset(network for vm in needs for network, _count in vm.vfs))
         disk_paths = set()
         for path in sorted(frozenset().union(*(vm.disk_paths for vm in needs)) if needs else ()):
             try:
@@ -112,6 +114,7 @@ def probe_host(
         maintenance=candidate.maintenance,
         cpu_incompatible=incompatible,
         vm_uuids=frozenset(uuids),
+        free_vfs=free_vfs,
     )
 
 
@@ -175,6 +178,30 @@ def _bridges(conn: t.Any, wanted: t.AbstractSet[str]) -> t.Optional[t.FrozenSet[
             if is_unsupported(exc):
                 return None
     return frozenset(found)
+
+
+def _free_vfs(conn: t.Any, wanted: t.AbstractSet[str]) -> t.Dict[str, int]:
+    """Free VFs of each wanted libvirt network that is active and in hostdev mode (others are left out).
+
+    An active hostdev network lists its VFs as ``<address>`` elements under ``<forward>``, whose
+    ``connections`` attribute counts the VFs in use.
+    """
+    free = {}
+    for name in sorted(wanted):
+        try:
+            network = conn.networkLookupByName(name)
+            if not network.isActive():
+                continue
+            forward = ET.fromstring(network.XMLDesc(0)).find("forward")
+        except libvirt.libvirtError as exc:
+            if is_not_found(exc):
+                continue
+            raise
+        if forward is None or forward.get("mode") != "hostdev":
+            continue
+        in_use = int(forward.get("connections") or 0)
+        free[name] = max(0, len(forward.findall("address")) - in_use)
+    return free
 
 
 def whereabouts(conn: t.Any, uuid: str) -> t.Optional[t.Dict[str, t.Any]]:

@@ -29,6 +29,7 @@ import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration import failover
 from ansible_collections.virtops.migration.plugins.module_utils._migration import statefiles
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     MigrationError,
@@ -39,7 +40,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
     translate_libvirt_error,
     unexpected_error,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, Candidate, Move, RunOptions, record_phase
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, Candidate, Move, RunOptions, record_phase
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import ScheduleTracker, Step
 from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import Connect, live_capacity, whereabouts
 
@@ -306,8 +307,14 @@ class JobRunner:
         began = time.monotonic()
         self._uuid = move.uuid
         self._timeout = move.timeout_s
+        unplugged = self._unplug_bond_vfs(dom, move)
         self.event("started", kind=move.kind, destination=move.destination_uri, state=move.state)
-        if not self._execute(source, dom, move):
+        try:
+            executed = self._execute(source, dom, move)
+        except BaseException:
+            self._replug_bond_vfs(dom, move, unplugged, move.source_uri, "source")
+            raise
+        if not executed:
             record_phase(self.timings, "migrate", began)
             return {"started": True}
         record_phase(self.timings, "migrate", began)
@@ -318,8 +325,83 @@ class JobRunner:
                 dest = stack.enter_context(self.connect(move.destination_uri))
             result = self._completed_stats(dest, dom, uuid)
             result.update(self.verify(source, dest, move))
+            if unplugged:
+                warning = self._replug_bond_vfs(dest.lookupByUUIDString(uuid), move, unplugged, move.destination_uri, "destination")
+                if warning:
+                    result["warnings"] = [warning]
         record_phase(self.timings, "verify", began)
         return result
+
+    # -- SR-IOV failover pairs in bond mode -----------------------------------------------------
+    def _unplug_bond_vfs(self, dom: t.Any, move: Move) -> t.List[t.Tuple[str, str]]:
+        """Hot-unplug each bond pair's VF before the move (the guest's bond fails over to its virtio
+        backup); returns ``(pair, interface XML)`` of each VF unplugged, to plug in again afterwards.
+
+        A VF the guest does not release within ``unplug_timeout`` stops the move: the VM stays on its
+        source with every VF it had (the ones already unplugged are plugged in again).
+        """
+        if not move.bond_vfs or move.kind == OFFLINE:
+            return []
+        unplugged: t.List[t.Tuple[str, str]] = []
+        for pair in move.bond_vfs:
+            xml = self.call(dom.XMLDesc, "read the domain XML", move.source_uri, 0)
+            device = failover.vf_device_xml(xml, pair)
+            if device is None:
+                self.event("vf_absent", pair=pair, note="the VF of this bond pair is not plugged in on the source; nothing to unplug")
+                continue
+            began = time.monotonic()
+            try:
+                dom.detachDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                gone = self._wait_for(lambda: failover.vf_device_xml(dom.XMLDesc(0), pair) is None, self.options.unplug_timeout)
+            except libvirt.libvirtError as exc:
+                self._replug_bond_vfs(dom, move, unplugged, move.source_uri, "source")
+                raise translate_libvirt_error(exc, "hot-unplug the VF of failover pair '%s' before the move" % pair, vm=move.vm, uri=move.source_uri) from exc
+            if not gone:
+                self.event("vf_unplug_timeout", pair=pair, after_s=self.options.unplug_timeout)
+                self._replug_bond_vfs(dom, move, unplugged, move.source_uri, "source")
+                raise MigrationError(
+                    "The guest of VM '%s' did not release the VF of failover pair '%s' within %g s (unplug_timeout): the VM was not "
+                    "moved and keeps its VF on %s." % (move.vm, pair, self.options.unplug_timeout, move.source),
+                    vm=move.vm,
+                    uri=move.source_uri,
+                    changed=bool(unplugged),
+                )
+            unplugged.append((pair, device))
+            self.event("vf_unplugged", pair=pair, host=move.source_uri, duration_s=round(time.monotonic() - began, 3))
+        return unplugged
+
+    def _replug_bond_vfs(self, dom: t.Any, move: Move, unplugged: t.Sequence[t.Tuple[str, str]], uri: t.Optional[str], where: str) -> t.Optional[str]:
+        """Plug the unplugged VFs in again on ``dom``'s host; returns a warning when one could not be.
+
+        A VF from a libvirt network (``vf_network``) is taken from the same network on that host. The
+        guest keeps its network through the virtio backup when no VF can be plugged in.
+        """
+        failed = []
+        for pair, device in unplugged:
+            began = time.monotonic()
+            try:
+                dom.attachDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except libvirt.libvirtError as exc:
+                failed.append("%s (%s)" % (pair, exc.get_error_message()))
+                self.event("vf_plug_failed", pair=pair, host=uri, reason=exc.get_error_message())
+                continue
+            self.event("vf_plugged", pair=pair, host=uri, on=where, duration_s=round(time.monotonic() - began, 3))
+        if not failed:
+            return None
+        return "VM '%s' runs on its %s without the VF of failover pair(s) %s; its network goes through the virtio backup until a VF is plugged in." % (
+            move.vm,
+            where,
+            ", ".join(failed),
+        )
+
+    def _wait_for(self, predicate: t.Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if predicate():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.1, self.options.poll_interval))
 
     def _execute(self, source: t.Any, dom: t.Any, move: Move) -> bool:
         """Run the libvirt job; True once libvirt says it completed, False when started and not waited for."""
@@ -337,8 +419,9 @@ class JobRunner:
 
         worker = threading.Thread(target=run, name="migrate-%s" % move.vm, daemon=True)
         worker.start()
-        if not opts.wait and move.running:
-            # The source libvirtd drives a peer-to-peer migration to its end on its own.
+        if not opts.wait and move.running and not move.bond_vfs:
+            # The source libvirtd drives a peer-to-peer migration to its end on its own (a VM whose bond
+            # VF must be plugged in again afterwards is always waited for).
             while worker.is_alive() and job_stats(dom) is None:
                 worker.join(opts.poll_interval)
         else:
@@ -406,12 +489,24 @@ class JobRunner:
         timeout_hit = False
         last_progress = 0.0
         last_check: t.Optional[float] = None
+        # A live move of a VM with a failover primary starts with QEMU's wait for the guest to release it.
+        unplug_since: t.Optional[float] = self.clock.now() if live and move.failover_primaries else None
         while alive():
             wait(opts.poll_interval)
             if not alive():
                 break
             now = self.clock.now()
             stats = job_stats(dom)
+            if unplug_since is not None and stats is not None:
+                if _copying(stats):
+                    self.event("primary_released", devices=list(move.failover_primaries), wait_unplug_s=round(now - unplug_since, 3))
+                    unplug_since = None
+                elif now - unplug_since >= opts.unplug_timeout:
+                    self._abandon_unplug(dom, move, now - unplug_since)
+                    unplug_since = None
+                    timeout_hit = True  # the job is being aborted: no other timeout action on top of it
+                    timeout = int(now)  # and the gave-up deadline counts from the abort
+                    continue
             if stats is not None:
                 self._last_stats = stats
                 if downtime_pending:
@@ -445,6 +540,22 @@ class JobRunner:
                     vm=move.vm,
                     uri=move.source_uri,
                 )
+
+    def _abandon_unplug(self, dom: t.Any, move: Move, waited: float) -> None:
+        """The guest has not released its failover primary: abort the job, so the VM runs on with it on the source.
+
+        No pause or suspend here: a paused guest cannot release the device, and would eject it for good
+        when resumed later.
+        """
+        devices = ", ".join(move.failover_primaries)
+        self.event("unplug_timeout", devices=list(move.failover_primaries), after_s=round(waited, 3), action="abort")
+        self._aborted_by = "aborted: the guest did not release its failover primary (%s) within %g s (unplug_timeout)" % (devices, self.options.unplug_timeout)
+        record = {"at_s": self.clock.now(), "action": "abort", "stalled": 0, "memory_iteration": None, "reason": "unplug_timeout"}
+        try:
+            dom.abortJob()
+        except libvirt.libvirtError as exc:
+            record["error"] = str(exc)
+        self.applied.append(record)
 
     def _progress(self, stats: t.Mapping[str, t.Any]) -> None:
         total = stats.get("data_total") or 0
@@ -705,6 +816,11 @@ def check_adoptable(job: t.Mapping[str, t.Any], vm: str, uri: str) -> None:
     if foreign_job(job):
         msg = "VM '%s' on %s is busy with another libvirt job (operation %s, not an outgoing migration); not migrating it now." % (vm, uri, job["operation"])
         raise MigrationError(msg, vm=vm, uri=uri)
+
+
+def _copying(stats: t.Mapping[str, t.Any]) -> bool:
+    """The job has started copying memory (past QEMU's ``wait-unplug`` phase, which reports no data counters)."""
+    return bool(stats.get("data_total") or stats.get("memory_total") or stats.get("data_processed"))
 
 
 def _alive(conn: t.Any) -> bool:

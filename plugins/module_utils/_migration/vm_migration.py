@@ -90,12 +90,15 @@ class VmMigration:
                 persistent=persistent or req.persistent,
                 state=facts["state"],
                 timeout_s=timeout,
+                bond_vfs=tuple(requirements["bond_vfs"]) if facts["active"] else (),
+                failover_primaries=tuple(requirements["failover_primaries"]) if facts["active"] else (),
             )
             job = job_stats(dom)
             if job is not None:
                 return self._adopt(source, dom, move, src_host, job, check_mode)
             self.runner.resume_after_lost_run(dom, uuid, req.source_uri, check_mode)
             self._check_state(dom, facts)
+            self._check_devices(move, requirements)
             self._check_persistence(name, persistent, src_host["hostname"])
             needs = placement.needs_from_facts(facts, requirements, effective)
             if not facts["active"]:
@@ -120,6 +123,8 @@ class VmMigration:
                 "timeout_action": req.options.timeout_action,
                 "rejected_hosts": rejected,
             }
+            if move.bond_vfs or move.failover_primaries:
+                plan["failover"] = {"bond_vfs": list(move.bond_vfs), "primaries": list(move.failover_primaries)}
             result: t.Dict[str, t.Any] = {
                 "changed": True,
                 "vm": name,
@@ -195,6 +200,28 @@ class VmMigration:
                 "VM '%s' has crashed and is kept for inspection (on_crash preserve): it is not migrated; dump or destroy it first." % name,
                 vm=name,
                 uri=self.request.source_uri,
+            )
+
+    def _check_devices(self, move: Move, requirements: t.Mapping[str, t.Any]) -> None:
+        """Refuse a running VM with host devices that cannot migrate, and a non-live move with a failover primary."""
+        if not move.running:
+            return  # an offline move carries only the definition
+        unmovable = requirements["unmovable_devices"]
+        if unmovable:
+            raise PolicyError(
+                "VM '%s' uses assigned host device(s) that cannot migrate: %s. Detach them first, or shut the VM down and move it "
+                "offline (only its definition moves)." % (move.vm, "; ".join(unmovable)),
+                vm=move.vm,
+                uri=move.source_uri,
+                devices=unmovable,
+            )
+        if move.kind != LIVE and move.failover_primaries:
+            raise PolicyError(
+                "VM '%s' has SR-IOV failover primary device(s) (%s): a non-live move pauses the vCPUs before QEMU asks the guest to "
+                "release them, and waits forever. Migrate it live (live=true), or detach the primary first." % (move.vm, ", ".join(move.failover_primaries)),
+                vm=move.vm,
+                uri=move.source_uri,
+                devices=list(move.failover_primaries),
             )
 
     def _check_disks(self, vm: str, requirements: t.Mapping[str, t.Any]) -> None:

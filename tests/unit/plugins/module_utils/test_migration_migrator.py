@@ -28,7 +28,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
     VmNotFoundError,
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, Step, base_policy
-from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
+from libvirt_fakes import FakeConnection, FakeDomain, FakeObject, libvirt_error
 
 SOURCE_URI = "qemu+tls://hv1/system"
 DEST_URI = "qemu+tls://hv2/system"
@@ -937,3 +937,156 @@ def test_a_planned_move_adopts_a_job_a_lost_run_left(cluster: Cluster, tmp_path:
     assert outcome["adopted"] is True and outcome["outcome"] == "migrated"
     assert outcome["observed"]["destination"] == RUNNING_ON_DESTINATION
     assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+
+
+# -- SR-IOV failover pairs: a bond's VF is unplugged around the move; QEMU's wait for a teaming primary is bounded
+
+BOND_PAIR = (
+    "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='lab'/><model type='virtio'/>"
+    "<alias name='ua-fo-backup'/></interface>"
+    "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='vfnet'/><actual type='hostdev'/>"
+    "<alias name='ua-fo-vf'/></interface>"
+)
+TEAMING_PAIR = (
+    "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='lab'/><model type='virtio'/>"
+    "<teaming type='persistent'/><alias name='ua-fo-backup'/></interface>"
+    "<interface type='hostdev' managed='yes'><mac address='52:54:00:aa:00:01'/>"
+    "<source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source>"
+    "<teaming type='transient' persistent='ua-fo-backup'/><alias name='ua-fo-vf'/></interface>"
+)
+
+
+def with_devices(cluster: Cluster, devices: str) -> None:
+    cluster.vm.xml = VM_XML.replace("<devices/>", "<devices>%s</devices>" % devices)
+
+
+def device_calls(dom: FakeDomain) -> t.List[t.Tuple[str, int]]:
+    return [(call[0], call[2]) for call in dom.calls if call[0] in ("detachDeviceFlags", "attachDeviceFlags")]
+
+
+def test_a_bond_vf_is_unplugged_before_the_move_and_plugged_in_on_the_destination(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, BOND_PAIR)
+    run = job_runner(tmp_path, cluster)
+    outcome = run.carry_out(planned_move(bond_vfs=("fo",)))
+    assert outcome["outcome"] == "migrated"
+    assert device_calls(cluster.vm) == [("detachDeviceFlags", libvirt.VIR_DOMAIN_AFFECT_LIVE)]
+    assert "ua-fo-vf" not in cluster.vm.xml
+    there = cluster.destination.domains[0]
+    assert device_calls(there) == [("attachDeviceFlags", libvirt.VIR_DOMAIN_AFFECT_LIVE)]
+    plugged = [call[1] for call in there.calls if call[0] == "attachDeviceFlags"][0]
+    assert "ua-fo-vf" in plugged and "vfnet" in plugged and "<actual" not in plugged
+    names = [event["event"] for event in run.events]
+    assert names.index("vf_unplugged") < names.index("started") < names.index("verified") < names.index("vf_plugged")
+
+
+def test_a_failed_move_plugs_the_bond_vf_in_again_on_the_source(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, BOND_PAIR)
+
+    def refused() -> None:
+        raise libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED, "operation failed: migration failed")
+
+    cluster.vm.on_migrate = refused
+    run = job_runner(tmp_path, cluster)
+    with pytest.raises(MigrationError, match="migration failed"):
+        run.carry_out(planned_move(bond_vfs=("fo",)))
+    assert [name for name, _flags in device_calls(cluster.vm)] == ["detachDeviceFlags", "attachDeviceFlags"]
+    assert "ua-fo-vf" in cluster.vm.xml
+    plugged = [event for event in run.events if event["event"] == "vf_plugged"]
+    assert plugged and plugged[0]["on"] == "source"
+
+
+def test_a_guest_that_keeps_its_bond_vf_is_not_moved(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, BOND_PAIR)
+    cluster.vm.keep_devices = True  # type: ignore[attr-defined]
+    run = runner.JobRunner(RunOptions(poll_interval=0.01, state_dir=str(tmp_path / "state"), unplug_timeout=0.2), cluster.connect, "web1")
+    with pytest.raises(MigrationError, match="did not release the VF of failover pair 'fo' within 0.2 s"):
+        run.carry_out(planned_move(bond_vfs=("fo",)))
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+    assert cluster.vm in cluster.source.domains and not cluster.destination.domains
+
+
+def test_a_vf_that_cannot_be_plugged_in_on_the_destination_is_a_warning(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, BOND_PAIR)
+
+    def move() -> None:
+        cluster.move()
+        cluster.destination.domains[0].errors["attachDeviceFlags"] = libvirt_error(
+            libvirt.VIR_ERR_INTERNAL_ERROR, "internal error: network 'vfnet' requires exclusive access to interfaces, but none are available"
+        )
+
+    cluster.vm.on_migrate = move
+    outcome = job_runner(tmp_path, cluster).carry_out(planned_move(bond_vfs=("fo",)))
+    assert outcome["outcome"] == "migrated"
+    assert "without the VF of failover pair(s) fo" in outcome["warnings"][0]
+
+
+class UnplugWait(HangingJob):
+    """A live migration of a VM with a teaming primary: QEMU's wait-unplug phase shows a job without data counters."""
+
+    def __init__(self, cluster: Cluster, released_after: t.Optional[int] = None) -> None:
+        super().__init__(cluster)
+        self.released_after = released_after
+
+    def run(self) -> None:
+        self.cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "operation": libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT, "time_elapsed": 10}
+        if self.released_after is not None:
+            time.sleep(self.released_after * 0.01)
+            self.cluster.vm.job = dict(self.cluster.vm.job, data_total=64 * MIB, data_processed=MIB, memory_iteration=1)
+            time.sleep(0.1)
+            self.cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+            self.cluster.move()
+            return
+        self.ended.wait(10)
+        self.cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+        self.outcome()
+
+
+def test_a_guest_that_never_releases_its_teaming_primary_is_aborted_and_stays(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, TEAMING_PAIR)
+    job = UnplugWait(cluster)
+    cluster.vm.on_abort = lambda: job.end(job.aborted)
+    run = runner.JobRunner(RunOptions(poll_interval=0.01, state_dir=str(tmp_path / "state"), unplug_timeout=0.2), cluster.connect, "web1")
+    try:
+        with pytest.raises(OperationCancelledError, match=r"did not release its failover primary \(ua-fo-vf\) within 0.2 s") as failure:
+            run.carry_out(planned_move(failover_primaries=("ua-fo-vf",)))
+    finally:
+        job.ended.set()
+    assert schedule_calls(cluster.vm) == ["abortJob"], "an abort only: a paused guest could not release the device"
+    assert "unplug_timeout" in event_names(failure.value.details)
+    assert failure.value.details["observed"]["source"]["active"]
+
+
+def test_a_released_teaming_primary_lets_the_move_go_on(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, TEAMING_PAIR)
+    UnplugWait(cluster, released_after=5)
+    run = runner.JobRunner(RunOptions(poll_interval=0.01, state_dir=str(tmp_path / "state"), unplug_timeout=5), cluster.connect, "web1")
+    outcome = run.carry_out(planned_move(failover_primaries=("ua-fo-vf",)))
+    assert outcome["outcome"] == "migrated"
+    released = [event for event in run.events if event["event"] == "primary_released"]
+    assert released and released[0]["devices"] == ["ua-fo-vf"] and released[0]["wait_unplug_s"] >= 0
+    assert "abortJob" not in schedule_calls(cluster.vm)
+
+
+USB_HOSTDEV = "<hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x0781'/><product id='0x5567'/></source></hostdev>"
+
+
+def test_a_running_vm_with_a_host_device_is_refused_up_front(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, USB_HOSTDEV)
+    with pytest.raises(PolicyError, match="uses assigned host device\\(s\\) that cannot migrate: USB") as failure:
+        migrator(tmp_path).migrate(check_mode=True)
+    assert failure.value.details["devices"]
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+
+
+def test_a_non_live_move_with_a_teaming_primary_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, TEAMING_PAIR)
+    with pytest.raises(PolicyError, match="non-live move pauses the vCPUs"):
+        migrator(tmp_path, live=False).migrate(check_mode=False)
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+
+
+def test_a_teaming_pair_migrates_live_and_the_plan_names_it(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, TEAMING_PAIR)
+    cluster.destination.networks.append(FakeObject("<network><name>lab</name></network>"))
+    result = migrator(tmp_path).migrate(check_mode=True)
+    assert result["plan"]["failover"] == {"bond_vfs": [], "primaries": ["ua-fo-vf"]}
