@@ -28,7 +28,7 @@ PURE = (
     "failover",
 )
 LIBVIRT_IO = ("connection", "probe", "runner", "settings_store", "guest_agent")
-ORCHESTRATION = ("vm_migration", "maintenance", "modulekit")
+ORCHESTRATION = ("vm_migration", "maintenance", "modulekit", "hibernation")
 
 
 def test_every_file_of_the_package_has_a_layer_and_is_named_in_the_map() -> None:

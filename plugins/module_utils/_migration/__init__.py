@@ -17,5 +17,6 @@ libvirt I/O:
   guest hooks).
 Orchestration:
   vm_migration (vm_migrate: plan one move, run it), maintenance (host_maintenance: plan an
-  evacuation, run its moves, mark the host), modulekit (a module's result or failure).
+  evacuation, run its moves, mark the host), hibernation (vm_hibernate: guest hooks and libvirt's
+  managed save, restore), modulekit (a module's result or failure).
 """

@@ -14,7 +14,8 @@ as an unprivileged user, each under its own timeout, and exits 0 (every hook suc
 were none), 1 (a hook failed or timed out) or 2 (it refused: unknown event, a hook writable by
 someone other than root). The last line of its standard output is a JSON summary
 ``{"event", "hooks": [{"name", "status", "signal", "timed_out", "duration_s", "output"}], "failed",
-"refused"}``.
+"refused"}``, where ``failed`` counts the hooks that failed (an exit status other than 0, or timed
+out) and ``refused`` is null or the reason.
 
 :func:`run_guest_hooks` never raises for what happens in the guest: it returns one result for the
 ``events`` of a move or a hibernation, whose ``outcome`` is one of :data:`OUTCOMES`. Only a
@@ -234,6 +235,18 @@ def parse_summary(out: str) -> t.Optional[t.Dict[str, t.Any]]:
     return summary if isinstance(summary, dict) else None
 
 
+def failed_hooks(summary: t.Optional[t.Mapping[str, t.Any]]) -> t.List[str]:
+    """Names of the hooks the runner's summary shows as failed: an exit status other than 0, or timed out."""
+    hooks = summary.get("hooks") if summary else None
+    if not isinstance(hooks, list):
+        return []
+    return [
+        str(hook.get("name"))
+        for hook in hooks
+        if isinstance(hook, t.Mapping) and (hook.get("timed_out") or hook.get("status") != 0)
+    ]
+
+
 def _exec_outcome(result: ExecResult, summary: t.Optional[t.Mapping[str, t.Any]]) -> t.Tuple[str, str]:
     """Outcome and message for a runner that was started."""
     if result.timed_out:
@@ -244,9 +257,8 @@ def _exec_outcome(result: ExecResult, summary: t.Optional[t.Mapping[str, t.Any]]
     if result.exit_code == 0:
         return OK, "every hook succeeded" if summary is None or summary.get("hooks") else "no hooks for this event"
     if result.exit_code == RUNNER_EXIT_FAILED:
-        failed = summary.get("failed") if summary else None
-        names = ", ".join(str(name) for name in failed) if isinstance(failed, list) and failed else "see hooks"
-        return FAILED, "hook(s) failed or timed out in the guest: %s" % names
+        names = failed_hooks(summary)
+        return FAILED, "hook(s) failed or timed out in the guest: %s" % (", ".join(names) if names else "see the runner's output")
     if result.exit_code == RUNNER_EXIT_REFUSED:
         refused = summary.get("refused") if summary else None
         return REFUSED, "the hook runner refused to run: %s" % (refused or result.err.strip() or "no reason given")
@@ -264,8 +276,9 @@ def run_guest_hooks(dom: t.Any, event: str, deadline_s: float, agent_wait_s: flo
 
     The result has ``event`` (the guest event, such as ``before_hibernation``), ``outcome`` (one of
     :data:`OUTCOMES`), ``message``, ``duration_s``, and, once the runner ran, ``exit_code``,
-    ``hooks`` (each hook's name, status, signal, timed_out, duration_s and output), ``failed`` and
-    ``refused`` from its summary, and its standard error (``stderr``, the end of it) when not empty.
+    ``hooks`` (each hook's name, status, signal, timed_out, duration_s and output), ``failed`` (how
+    many failed) and ``refused`` from its summary, ``failed_hooks`` (the names of those that failed),
+    and its standard error (``stderr``, the end of it) when not empty.
     """
     if event not in EVENTS:
         raise ValueError("unknown guest hook event %r (known: %s)" % (event, ", ".join(EVENTS)))
@@ -297,6 +310,7 @@ def run_guest_hooks(dom: t.Any, event: str, deadline_s: float, agent_wait_s: flo
     if summary is not None:
         entry["hooks"] = summary.get("hooks") if isinstance(summary.get("hooks"), list) else []
         entry["failed"] = summary.get("failed")
+        entry["failed_hooks"] = failed_hooks(summary)
         entry["refused"] = summary.get("refused")
     elif not result.timed_out:
         entry["hooks"] = []

@@ -128,8 +128,9 @@ def dom(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> FakeAgentDomain:
     return domain
 
 
-def summary(event: str, hooks: t.List[t.Dict[str, t.Any]], failed: t.Sequence[str] = (), refused: t.Optional[str] = None) -> bytes:
-    return ("hook 10-flush: ok\n" + json.dumps({"event": event, "hooks": hooks, "failed": list(failed), "refused": refused}) + "\n").encode()
+def summary(event: str, hooks: t.List[t.Dict[str, t.Any]], failed: int = 0, refused: t.Optional[str] = None) -> bytes:
+    """The runner's output: a log line, then its JSON summary as the last line."""
+    return ("hook 10-flush: ok\n" + json.dumps({"event": event, "hooks": hooks, "failed": failed, "refused": refused}) + "\n").encode()
 
 
 def test_guest_exec_sends_an_argument_list_and_decodes_the_output(dom: FakeAgentDomain, clock: Clock) -> None:
@@ -221,7 +222,7 @@ def test_hooks_ok_with_the_runners_summary(dom: FakeAgentDomain) -> None:
     assert dom.commands[1]["arguments"] == {"path": guest_agent.RUNNER_PATH, "arg": ["before_hibernation"], "capture-output": True}
     assert result["event"] == "before_hibernation"
     assert result["outcome"] == "ok" and result["exit_code"] == 0
-    assert result["hooks"] == hooks and result["failed"] == [] and result["refused"] is None
+    assert result["hooks"] == hooks and result["failed"] == 0 and result["failed_hooks"] == [] and result["refused"] is None
     assert "stderr" not in result and result["duration_s"] >= 0
 
 
@@ -237,10 +238,10 @@ def test_hooks_failed_names_the_failed_hooks(dom: FakeAgentDomain) -> None:
         {"name": "20-stop-app", "status": None, "signal": 15, "timed_out": True, "duration_s": 30.0, "output": ""},
     ]
     dom.exit = {"exitcode": 1}
-    dom.out = summary("before_migration", hooks, failed=["20-stop-app"])
+    dom.out = summary("before_migration", hooks, failed=1)
     dom.err = b"20-stop-app: timed out after 30 s\n"
     result = guest_agent.run_guest_hooks(dom, "before_migration", 60)
-    assert result["outcome"] == "failed" and result["failed"] == ["20-stop-app"]
+    assert result["outcome"] == "failed" and result["failed"] == 1 and result["failed_hooks"] == ["20-stop-app"]
     assert "20-stop-app" in result["message"]
     assert result["stderr"] == "20-stop-app: timed out after 30 s"
 
