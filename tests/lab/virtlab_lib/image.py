@@ -46,15 +46,19 @@ IMAGE_TOOLS = ("apt-get", "dpkg", "dpkg-deb", "busybox", "ldd", "gcc")
 # Guest image: Debian's cloud kernel, plus an initramfs of busybox-static, qemu-guest-agent and the
 # lab's own memory-dirtying workload (compiled from guest/virtlab-dirty.c, linked statically).
 # IMAGE_FORMAT changes whenever what goes into the image changes, so that a cached image is rebuilt.
-IMAGE_FORMAT = 2
+IMAGE_FORMAT = 3
 DIRTIER_SOURCE = LAB_DIR / "guest" / "virtlab-dirty.c"
 DIRTIER_PATH = "/usr/bin/virtlab-dirty"
 STATIC_LIBC = Path("/usr/lib/x86_64-linux-gnu/libc.a")
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 AGENT_PACKAGE = "qemu-guest-agent"
-# Kernel modules the guest needs (dependencies are added from each module's own modinfo).
+# Kernel modules the guest needs (dependencies are added from each module's own modinfo): virtio, the
+# failover driver pair virtio_net pulls in, vmxnet3 (the emulated NIC that stands in for an SR-IOV VF
+# in the lab's failover guests: Debian's cloud kernel has no e1000e) and bonding (which needs tls).
 GUEST_MODULES_REQUIRED = ("virtio_pci", "virtio_console")
-GUEST_MODULES_OPTIONAL = ("virtio_net",)
+GUEST_MODULES_OPTIONAL = ("virtio_net", "net_failover", "failover", "vmxnet3", "bonding")
+# insmod parameters: bonding makes no bond0 of its own (a bond guest creates it through sysfs).
+GUEST_MODULE_PARAMETERS = {"bonding": "max_bonds=0"}
 GUEST_TREE = (
     "bin",
     "sbin",
@@ -83,15 +87,23 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=755 tmpfs /run
 probe=
+net=plain
+address=
+gateway=
+vfmac=
+rescan=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         virtlab.name=*) hostname "${arg#virtlab.name=}" ;;
         virtlab.probe=1) probe=1 ;;
+        virtlab.ip=*) address="${arg#virtlab.ip=}" ;;
+        virtlab.gw=*) gateway="${arg#virtlab.gw=}" ;;
+        virtlab.net=*) net="${arg#virtlab.net=}" ;;
+        virtlab.vfmac=*) vfmac="${arg#virtlab.vfmac=}" ;;
+        virtlab.rescan=1) rescan=1 ;;
     esac
 done
-for module in @MODULES@; do
-    insmod "/lib/modules/$module.ko" || echo "virtlab guest: insmod $module failed"
-done
+@INSMOD@
 # No udev here: make the /dev/virtio-ports/NAME links the agent looks for.
 mkdir -p /dev/virtio-ports
 tries=0
@@ -105,10 +117,110 @@ while [ "$tries" -lt 100 ]; do
     tries=$((tries + 1))
     sleep 0.1
 done
+
+# The guest's network log: wall clock, seconds since boot, what happened.
+log() {
+    read -r uptime _ < /proc/uptime
+    echo "$(date +%H:%M:%S) $uptime $*" >> /run/virtlab/net.log
+}
+
+# The failover master (net_failover): the interface that has lower_* links to its standby and primary.
+failover_master() {
+    for nic in /sys/class/net/*; do
+        for lower in "$nic"/lower_*; do
+            [ -e "$lower" ] && { echo "${nic##*/}"; return 0; }
+        done
+    done
+    return 1
+}
+
+is_virtio() {
+    read -r alias 2>/dev/null < "$1/device/modalias" || return 1
+    case "$alias" in virtio:*) return 0 ;; esac
+    return 1
+}
+
+# Enslave NIC to bond0; "primary" as second argument makes it the bond's primary.
+bond_enslave() {
+    ip link set "$1" down
+    if echo "+$1" > /sys/class/net/bond0/bonding/slaves; then
+        [ "$2" = primary ] && echo "$1" > /sys/class/net/bond0/bonding/primary
+        log "bond0: enslaved $1${2:+ as $2}"
+    else
+        log "bond0: cannot enslave $1"
+    fi
+}
+
+# An active-backup bond: the NIC that is not virtio (the VF, here its stand-in) is the primary and
+# enslaved first, so the bond takes its MAC; the virtio NIC is the backup.
+bond_setup() {
+    echo +bond0 > /sys/class/net/bonding_masters || { log "bond0: cannot create"; return 1; }
+    echo active-backup > /sys/class/net/bond0/bonding/mode
+    echo 100 > /sys/class/net/bond0/bonding/miimon
+    for pass in primary backup; do
+        for nic in /sys/class/net/eth*; do
+            [ -e "$nic/device" ] || continue
+            if is_virtio "$nic"; then kind=backup; else kind=primary; fi
+            [ "$kind" = "$pass" ] && bond_enslave "${nic##*/}" "$kind"
+        done
+    done
+    ip link set bond0 up
+}
+
+# The bond's hotplug hook: a NIC with the VF's MAC that appears (is plugged again) joins the bond,
+# as its primary unless it is virtio.
+bond_watch() {
+    while :; do
+        for nic in /sys/class/net/eth*; do
+            [ -e "$nic/device" ] && [ ! -e "$nic/master" ] || continue
+            read -r mac < "$nic/address" || continue
+            [ "$mac" = "$vfmac" ] || continue
+            if is_virtio "$nic"; then bond_enslave "${nic##*/}" backup; else bond_enslave "${nic##*/}" primary; fi
+        done
+        sleep 0.2
+    done
+}
+
 ip link set lo up
+mkdir -p /run/virtlab
+echo "$net" > /run/virtlab/net
+echo "$address" > /run/virtlab/address
+echo "$gateway" > /run/virtlab/gateway
+device=
+case "$net" in
+    failover)
+        tries=0
+        until device=$(failover_master) || [ "$tries" -ge 50 ]; do
+            tries=$((tries + 1))
+            sleep 0.1
+        done
+        [ -n "$device" ] || log "no failover master (virtio_net with a standby NIC) found"
+        # A guest without ACPI PCI hotplug does not see the primary QEMU plugs once the standby is
+        # negotiated: find it by rescanning the PCI bus (it will never release it).
+        tries=0
+        while [ -n "$rescan" ] && [ -n "$device" ] && [ "$tries" -lt 50 ]; do
+            lowers=0
+            for lower in /sys/class/net/"$device"/lower_*; do [ -e "$lower" ] && lowers=$((lowers + 1)); done
+            [ "$lowers" -ge 2 ] && { log "$device: primary found by a PCI rescan"; break; }
+            echo 1 > /sys/bus/pci/rescan
+            tries=$((tries + 1))
+            sleep 0.1
+        done
+        ;;
+    bond)
+        bond_setup && device=bond0
+        [ -n "$vfmac" ] && bond_watch &
+        ;;
+esac
 for nic in /sys/class/net/eth*; do
-    [ -e "$nic" ] && ip link set "${nic##*/}" up
+    [ -e "$nic" ] && [ ! -e "$nic/master" ] && ip link set "${nic##*/}" up
 done
+[ -n "$device" ] || [ "$net" != plain ] || [ ! -e /sys/class/net/eth0 ] || device=eth0
+if [ -n "$device" ] && [ -n "$address" ]; then
+    ip link set "$device" up
+    ip addr add "$address" dev "$device" && log "$device: $address"
+fi
+echo "$device" > /run/virtlab/device
 echo "@READY@"
 if [ -n "$probe" ]; then
     reboot -f
@@ -232,6 +344,15 @@ def module_load_order(modules_dir: Path) -> tuple[list[str], dict[str, Path]]:
     for name in GUEST_MODULES_OPTIONAL:
         visit(name, False)
     return order, files
+
+
+def insmod_lines(order: t.Sequence[str]) -> str:
+    """The guest's /init lines that load its modules, in ``order``, with their parameters."""
+    lines = []
+    for name in order:
+        command = " ".join(filter(None, ("insmod /lib/modules/%s.ko" % name, GUEST_MODULE_PARAMETERS.get(name))))
+        lines.append('%s || echo "virtlab guest: insmod %s failed"' % (command, name))
+    return "\n".join(lines)
 
 
 def shared_libraries(binary: Path) -> list[str]:
@@ -369,7 +490,7 @@ def build_image(force: bool = False) -> dict[str, t.Any]:
             if ko.suffix == ".xz":
                 data = lzma.decompress(data)
             (root / "lib" / "modules" / (name + ".ko")).write_bytes(data)
-        init = GUEST_INIT.replace("@MODULES@", " ".join(order)).replace("@CHANNEL@", AGENT_CHANNEL)
+        init = GUEST_INIT.replace("@INSMOD@", insmod_lines(order)).replace("@CHANNEL@", AGENT_CHANNEL)
         (root / "init").write_text(init.replace("@READY@", GUEST_READY_MARKER))
         os.chmod(root / "init", 0o755)
         shutdown = root / "sbin" / "shutdown"
