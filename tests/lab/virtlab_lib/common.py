@@ -421,6 +421,9 @@ class Vm:
     host_index: int
     # A tiny VM boots only its firmware: no kernel, no disk, no guest agent (see hosts.domain_xml).
     tiny: bool = False
+    # The guest's address on the guest network (ADDRESS/PREFIX; empty for a tiny VM, and for VMs
+    # recorded before guests had addresses).
+    guest_ip: str = ""
 
 
 @dataclasses.dataclass

@@ -76,7 +76,14 @@ MIGRATION_SUBNET = ipaddress.IPv4Network("10.254.78.0/24")
 MIGRATION_GATEWAY = MIGRATION_SUBNET.network_address + 1
 MIGRATION_BRIDGE = "virtlab1"
 HOST_MIGRATION_NIC = "eth1"
-LAB_SUBNETS = (SUBNET, MIGRATION_SUBNET)
+# The guests' network: every host's guest bridge `labnet` (inside the host) has the same gateway address
+# and the same MAC, so a guest's gateway answers at once on whichever host it lands; the guests' own
+# addresses are unique in the lab. Never reachable from the root namespace (only its blackhole route).
+GUEST_SUBNET = ipaddress.IPv4Network("10.254.79.0/24")
+GUEST_GATEWAY = GUEST_SUBNET.network_address + 1
+GUEST_GATEWAY_MAC = "02:76:6c:61:62:01"
+FIRST_GUEST_OFFSET = 10
+LAB_SUBNETS = (SUBNET, MIGRATION_SUBNET, GUEST_SUBNET)
 # While the lab is down (or half up), its subnets are blackhole routes of the root namespace, so that
 # nothing meant for a lab address leaves the machine through the default route. The bridges' own
 # connected routes (metric 0) win over them while the lab is up.
@@ -406,7 +413,8 @@ def create_host_network(host: Host) -> None:
         run([ip, "-n", host.netns, "addr", "add", "%s/%d" % (address, subnet.prefixlen), "dev", nic])
         run([ip, "-n", host.netns, "link", "set", nic, "up"])
     run([ip, "-n", host.netns, "link", "set", "lo", "up"])
-    run([ip, "-n", host.netns, "link", "add", GUEST_BRIDGE, "type", "bridge"])
+    run([ip, "-n", host.netns, "link", "add", GUEST_BRIDGE, "address", GUEST_GATEWAY_MAC, "type", "bridge"])
+    run([ip, "-n", host.netns, "addr", "add", "%s/%d" % (GUEST_GATEWAY, GUEST_SUBNET.prefixlen), "dev", GUEST_BRIDGE])
     run([ip, "-n", host.netns, "link", "set", GUEST_BRIDGE, "up"])
 
 
@@ -741,6 +749,31 @@ def parse_vm(spec: str, host_count: int, tiny: bool = False) -> Vm:
     return Vm(name=match.group("name"), memory_mib=memory, priority=priority, host_index=index, tiny=tiny)
 
 
+def assign_guest_addresses(existing: t.Sequence[Vm], new: t.Sequence[Vm]) -> None:
+    """Give each new guest (not tiny VMs) the lowest address on the guest network no lab VM has."""
+    taken = {vm.guest_ip.split("/")[0] for vm in existing if vm.guest_ip}
+    candidates = (
+        GUEST_SUBNET.network_address + offset for offset in range(FIRST_GUEST_OFFSET, GUEST_SUBNET.num_addresses - 1)
+    )
+    free = (address for address in candidates if str(address) not in taken)
+    for vm in new:
+        if vm.tiny or vm.guest_ip:
+            continue
+        address = next(free, None)
+        if address is None:
+            raise LabError("no free address left for %s on the guest network %s" % (vm.name, GUEST_SUBNET))
+        vm.guest_ip = "%s/%d" % (address, GUEST_SUBNET.prefixlen)
+        taken.add(str(address))
+
+
+def guest_cmdline(vm: Vm) -> str:
+    """The guest kernel's command line: its name and its address on the guest network."""
+    words = ["console=ttyS0", "panic=-1", "quiet", "virtlab.name=" + vm.name]
+    if vm.guest_ip:
+        words += ["virtlab.ip=" + vm.guest_ip, "virtlab.gw=%s" % GUEST_GATEWAY]
+    return " ".join(words)
+
+
 def tiny_domain_type(conn: t.Any) -> str:
     """'kvm' when the host's libvirt offers KVM for x86_64 guests, else 'qemu' (TCG): a tiny VM's domain type.
 
@@ -770,7 +803,7 @@ def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
     else:
         boot = f"""<kernel>{escape(lab.kernel)}</kernel>
     <initrd>{escape(lab.initrd)}</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet virtlab.name={vm.name}</cmdline>"""
+    <cmdline>{guest_cmdline(vm)}</cmdline>"""
         agent = f"""
     <channel type='unix'>
       <target type='virtio' name='{AGENT_CHANNEL}'/>
@@ -1000,6 +1033,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise LabError("VM names must be unique: %s" % ", ".join(duplicates))
+    assign_guest_addresses([], vms)
     started = time.monotonic()
     with lab_lock():
         # First of all, so that no lab address is ever reached through the default route.
@@ -1185,6 +1219,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "bridge": LAB_BRIDGE,
         "migration_subnet": str(MIGRATION_SUBNET),
         "migration_bridge": MIGRATION_BRIDGE,
+        "guest_subnet": str(GUEST_SUBNET),
+        "guest_gateway": str(GUEST_GATEWAY),
         "accel": lab.accel,
         "key": lab.key,
         "inventory": lab.inventory,
@@ -1357,6 +1393,7 @@ def cmd_add_vm(args: argparse.Namespace) -> int:
             if vm.name in existing:
                 raise LabError("%s is already a lab VM" % vm.name)
             existing.add(vm.name)
+        assign_guest_addresses(lab.vms, vms)
         for host in lab.hosts:
             with connect(host) as conn:
                 taken = {dom.name() for dom in conn.listAllDomains(0)} & {vm.name for vm in vms}
