@@ -11,7 +11,20 @@ import sys
 import typing as t
 
 from .common import CACHE_DIR, STATE_DIR, LabError, import_dependencies, raise_on_sigterm
-from .hosts import cmd_add_vm, cmd_check, cmd_down, cmd_remove_vm, cmd_ssh, cmd_status, cmd_up
+from .hosts import (
+    FAILOVER_MEMORY_MIB,
+    FAILOVER_MODES,
+    STANDBY_ALIAS,
+    VF_STANDIN_ALIAS,
+    VF_STANDIN_MODEL,
+    cmd_add_vm,
+    cmd_check,
+    cmd_down,
+    cmd_remove_vm,
+    cmd_ssh,
+    cmd_status,
+    cmd_up,
+)
 from .image import cmd_image
 from .perturbations import cmd_dirty, cmd_exec, cmd_kill_libvirtd, cmd_link, cmd_restart_libvirtd, cmd_start_libvirtd
 
@@ -120,6 +133,19 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tiny VMs: firmware only, no kernel, disk or guest agent (MEMORY_MIB may be left out: 32 MiB); "
         "nothing waits for them",
+    )
+    sub.add_argument(
+        "--failover",
+        choices=FAILOVER_MODES,
+        metavar="MODE",
+        help='lab stand-ins for SR-IOV failover VMs (q35, MEMORY_MIB may be left out: %d MiB). Their "VF" is the '
+        "lab stand-in for an SR-IOV VF: an emulated %s, not a VF (alias %s); the virtio backup is %s. "
+        "MODE: teaming (QEMU's failover pair: "
+        "the backup has <teaming type='persistent'/>, the %s is its primary through failover_pair_id), "
+        "teaming-stuck (the same, but the guest never releases the primary: a live migration waits in "
+        "wait-unplug), bond (an active-backup bond0 in the guest, the %s primary; unplug it before a "
+        "migration, plug the same interface back after it)"
+        % (FAILOVER_MEMORY_MIB, VF_STANDIN_MODEL, VF_STANDIN_ALIAS, STANDBY_ALIAS, VF_STANDIN_MODEL, VF_STANDIN_MODEL),
     )
     sub.add_argument("--no-wait", action="store_true", help="do not wait for the guest agents to answer")
     sub.add_argument("--wait-timeout", type=float, default=180.0, metavar="SECONDS")

@@ -424,6 +424,9 @@ class Vm:
     # The guest's address on the guest network (ADDRESS/PREFIX; empty for a tiny VM, and for VMs
     # recorded before guests had addresses).
     guest_ip: str = ""
+    # A stand-in for an SR-IOV failover VM ("teaming", "teaming-stuck" or "bond"; empty: a plain
+    # guest). Its "VF" is an emulated vmxnet3, not a VF (see hosts.failover_devices).
+    failover: str = ""
 
 
 @dataclasses.dataclass

@@ -122,6 +122,7 @@ VM_SPEC = re.compile(
     r"(?::(?P<priority>[a-z]+))?(?:@(?P<host>[0-9]+))?$"
 )
 GUEST_MIN_MEMORY_MIB = 64
+FAILOVER_MEMORY_MIB = 256
 TINY_MEMORY_MIB = 32
 TINY_MIN_MEMORY_MIB = 16
 CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
@@ -708,6 +709,98 @@ def write_inventory(lab: Lab) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+# Stand-ins for SR-IOV failover VMs. No SR-IOV NIC exists in the lab, so the "VF" is an emulated
+# vmxnet3 NIC (a PCI Express device the guest can eject), not a VF: QEMU's failover path (teaming) and
+# an in-guest bond (bond) run for real, vfio and VF pools do not.
+#   teaming        q35; a virtio standby with <teaming type='persistent'/> listed first, and the vmxnet3
+#                  with the same MAC alone on its own pcie-root-port, made the failover primary by
+#                  failover_pair_id through <qemu:override> (libvirt allows a transient teaming
+#                  element only on hostdev interfaces). QEMU unplugs it for a live migration and plugs
+#                  it back on the destination; the guest's net_failover master keeps the address.
+#   teaming-stuck  the same, but the guest kernel ignores ACPI hotplug (acpiphp.disable=1), so it never
+#                  releases the primary: a migration waits in QEMU's wait-unplug state until aborted.
+#   bond           q35; a virtio backup and the hot-pluggable vmxnet3, same MAC, in an active-backup
+#                  bond0 in the guest (the vmxnet3 primary); whoever migrates it unplugs the vmxnet3
+#                  first and plugs the same interface back afterwards, and the guest re-enslaves it.
+FAILOVER_MODES = ("teaming", "teaming-stuck", "bond")
+FAILOVER_PAIR = "fo"
+STANDBY_ALIAS = "ua-%s-backup" % FAILOVER_PAIR
+VF_STANDIN_ALIAS = "ua-%s-vf" % FAILOVER_PAIR
+VF_STANDIN_MODEL = "vmxnet3"
+# The pcie-root-port (controller index, which is its bus number) the stand-in sits alone on, and how
+# many more root ports a failover guest gets (libvirt places its other PCI devices on two of them).
+VF_STANDIN_PORT = 1
+EXTRA_ROOT_PORTS = 10
+QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+
+def guest_mac(vm: Vm) -> str:
+    """The MAC a failover stand-in's NICs share: unique in the lab, derived from the guest's address."""
+    address = ipaddress.IPv4Address(vm.guest_ip.split("/")[0])
+    return "52:54:00:76:6c:%02x" % (int(address) & 0xFF)
+
+
+def vf_standin_interface_xml(vm: Vm) -> str:
+    """The <interface> of a failover stand-in's "VF": an emulated vmxnet3, not a VF.
+
+    It is alone in slot 0 of its own pcie-root-port (an explicit address: libvirt would otherwise look
+    for a conventional PCI slot), without option ROM (a destination QEMU refuses the ROM's RAM block).
+    The same XML hot-plugs it again (bond mode).
+    """
+    return f"""<interface type='network'>
+      <mac address='{guest_mac(vm)}'/>
+      <source network='{NETWORK_NAME}'/>
+      <model type='{VF_STANDIN_MODEL}'/>
+      <rom enabled='no'/>
+      <alias name='{VF_STANDIN_ALIAS}'/>
+      <address type='pci' domain='0x0000' bus='{VF_STANDIN_PORT:#04x}' slot='0x00' function='0x0'/>
+    </interface>"""
+
+
+def failover_devices(vm: Vm) -> tuple[str, str]:
+    """A failover stand-in's root ports and NICs (standby first), and its <qemu:override> (teaming)."""
+    ports = "".join(
+        "\n    <controller type='pci' index='%d' model='pcie-root-port'/>" % index
+        for index in range(VF_STANDIN_PORT, VF_STANDIN_PORT + 1 + EXTRA_ROOT_PORTS)
+    )
+    teaming = vm.failover.startswith("teaming")
+    teaming_element = "\n      <teaming type='persistent'/>" if teaming else ""
+    standby = f"""
+    <interface type='network'>
+      <mac address='{guest_mac(vm)}'/>
+      <source network='{NETWORK_NAME}'/>
+      <model type='virtio'/>{teaming_element}
+      <alias name='{STANDBY_ALIAS}'/>
+    </interface>"""
+    override = ""
+    if teaming:
+        override = f"""
+  <qemu:override>
+    <qemu:device alias='{VF_STANDIN_ALIAS}'>
+      <qemu:frontend>
+        <qemu:property name='failover_pair_id' type='string' value='{STANDBY_ALIAS}'/>
+      </qemu:frontend>
+    </qemu:device>
+  </qemu:override>"""
+    return ports + standby + "\n    " + vf_standin_interface_xml(vm), override
+
+
+def guest_cmdline(vm: Vm) -> str:
+    """The guest kernel's command line: its name, its address on the guest network, its network mode."""
+    words = ["console=ttyS0", "panic=-1", "quiet", "virtlab.name=" + vm.name]
+    if vm.guest_ip:
+        words += ["virtlab.ip=" + vm.guest_ip, "virtlab.gw=%s" % GUEST_GATEWAY]
+    if vm.failover.startswith("teaming"):
+        words.append("virtlab.net=failover")
+    elif vm.failover == "bond":
+        words += ["virtlab.net=bond", "virtlab.vfmac=" + guest_mac(vm)]
+    if vm.failover == "teaming-stuck":
+        # No ACPI PCI hotplug in the guest: it never ejects the failover primary QEMU asks it to release
+        # (and finds the primary QEMU plugged at boot only by rescanning the PCI bus).
+        words += ["acpiphp.disable=1", "virtlab.rescan=1"]
+    return " ".join(words)
+
+
 # The migration priorities the collection's settings accept (settings.PRIORITIES), and its default.
 PRIORITIES = ("low", "medium", "high")
 DEFAULT_PRIORITY = "medium"
@@ -725,28 +818,36 @@ def migration_metadata() -> t.Any:
     return metadata
 
 
-def parse_vm(spec: str, host_count: int, tiny: bool = False) -> Vm:
-    """Parse NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX] (for a tiny VM, NAME[:MEMORY_MIB][:PRIORITY][@HOSTINDEX])."""
-    what = "tiny VM" if tiny else "--vm"
+def parse_vm(spec: str, host_count: int, tiny: bool = False, failover: str = "") -> Vm:
+    """Parse NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX] (for a tiny VM or a failover stand-in, MEMORY_MIB may be
+    left out).
+    """
+    if failover and failover not in FAILOVER_MODES:
+        raise LabError("bad failover mode %r: expected one of %s" % (failover, ", ".join(FAILOVER_MODES)))
+    if tiny and failover:
+        raise LabError("a tiny VM has no kernel, so it cannot be a failover stand-in")
+    what = "tiny VM" if tiny else "failover VM" if failover else "--vm"
     match = VM_SPEC.match(spec)
-    if not match or not (tiny or match.group("memory")):
+    if not match or not (tiny or failover or match.group("memory")):
         syntax = (
             "NAME[:MEMORY_MIB][:PRIORITY][@HOSTINDEX], e.g. t1:32:high@2"
-            if tiny
+            if tiny or failover
             else "NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX], e.g. web:256:high@2"
         )
         raise LabError("bad %s %r: expected %s" % (what, spec, syntax))
     priority = match.group("priority") or DEFAULT_PRIORITY
     if priority not in PRIORITIES:
         raise LabError("bad %s %r: priority must be one of %s" % (what, spec, ", ".join(PRIORITIES)))
-    memory = int(match.group("memory") or TINY_MEMORY_MIB)
+    memory = int(match.group("memory") or (TINY_MEMORY_MIB if tiny else FAILOVER_MEMORY_MIB))
     minimum = TINY_MIN_MEMORY_MIB if tiny else GUEST_MIN_MEMORY_MIB
     if memory < minimum:
         raise LabError("bad %s %r: the guest needs at least %d MiB" % (what, spec, minimum))
     index = int(match.group("host") or 1)
     if not 1 <= index <= host_count:
         raise LabError("bad %s %r: host index %d is not between 1 and %d" % (what, spec, index, host_count))
-    return Vm(name=match.group("name"), memory_mib=memory, priority=priority, host_index=index, tiny=tiny)
+    return Vm(
+        name=match.group("name"), memory_mib=memory, priority=priority, host_index=index, tiny=tiny, failover=failover
+    )
 
 
 def assign_guest_addresses(existing: t.Sequence[Vm], new: t.Sequence[Vm]) -> None:
@@ -764,14 +865,6 @@ def assign_guest_addresses(existing: t.Sequence[Vm], new: t.Sequence[Vm]) -> Non
             raise LabError("no free address left for %s on the guest network %s" % (vm.name, GUEST_SUBNET))
         vm.guest_ip = "%s/%d" % (address, GUEST_SUBNET.prefixlen)
         taken.add(str(address))
-
-
-def guest_cmdline(vm: Vm) -> str:
-    """The guest kernel's command line: its name and its address on the guest network."""
-    words = ["console=ttyS0", "panic=-1", "quiet", "virtlab.name=" + vm.name]
-    if vm.guest_ip:
-        words += ["virtlab.ip=" + vm.guest_ip, "virtlab.gw=%s" % GUEST_GATEWAY]
-    return " ".join(words)
 
 
 def tiny_domain_type(conn: t.Any) -> str:
@@ -809,7 +902,16 @@ def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
       <target type='virtio' name='{AGENT_CHANNEL}'/>
     </channel>"""
         nic_rom = ""
-    return f"""<domain type='{domain_type}'>
+    machine, namespace, override = "pc", "", ""
+    nics = f"""
+    <interface type='network'>
+      <source network='{NETWORK_NAME}'/>
+      <model type='virtio'/>{nic_rom}
+    </interface>"""
+    if vm.failover:
+        machine, namespace = "q35", " xmlns:qemu='%s'" % QEMU_NAMESPACE
+        nics, override = failover_devices(vm)
+    return f"""<domain type='{domain_type}'{namespace}>
   <name>{vm.name}</name>
   <metadata>
     {metadata.render({"priority": vm.priority})}
@@ -818,7 +920,7 @@ def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
   <currentMemory unit='MiB'>{vm.memory_mib}</currentMemory>
   <vcpu>1</vcpu>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='{machine}'>hvm</type>
     {boot}
   </os>
   <features><acpi/></features>
@@ -828,11 +930,7 @@ def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>{escape(tool("qemu-system-x86_64"))}</emulator>
-    <controller type='usb' model='none'/>{agent}
-    <interface type='network'>
-      <source network='{NETWORK_NAME}'/>
-      <model type='virtio'/>{nic_rom}
-    </interface>
+    <controller type='usb' model='none'/>{agent}{nics}
     <serial type='file'>
       <source path='{console_log}'/>
       <target port='0'/>
@@ -842,7 +940,7 @@ def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
       <target type='serial' port='0'/>
     </console>
     <memballoon model='none'/>
-  </devices>
+  </devices>{override}
 </domain>
 """
 
@@ -1387,7 +1485,9 @@ def cmd_add_vm(args: argparse.Namespace) -> int:
     require_root()
     with lab_lock():
         lab = require_lab()
-        vms = [parse_vm(spec, len(lab.hosts), tiny=args.tiny) for spec in args.vm]
+        if args.tiny and args.failover:
+            raise LabError("--tiny and --failover exclude each other (a tiny VM has no kernel)")
+        vms = [parse_vm(spec, len(lab.hosts), tiny=args.tiny, failover=args.failover or "") for spec in args.vm]
         existing = {vm.name for vm in lab.vms}
         for vm in vms:
             if vm.name in existing:
@@ -1406,6 +1506,12 @@ def cmd_add_vm(args: argparse.Namespace) -> int:
         if not args.no_wait:
             wait_for_agents(lab, vms, args.wait_timeout)
     say("added %s" % ", ".join("%s@%s" % (vm.name, lab.host(str(vm.host_index)).name) for vm in vms))
+    for vm in vms:
+        if vm.failover:
+            say(
+                "%s: failover stand-in (%s), guest address %s, standby %s, VF stand-in %s (an emulated %s, not a VF)"
+                % (vm.name, vm.failover, vm.guest_ip, STANDBY_ALIAS, VF_STANDIN_ALIAS, VF_STANDIN_MODEL)
+            )
     return 0
 
 
