@@ -234,3 +234,111 @@ def assert_no_lost_writes(vm: str) -> None:
     """The busy guest's workload ran on across the move and found every one of its writes."""
     passes, lost = stop_dirty(vm)
     assert passes > 0 and lost == 0, "workload in %s: %d passes, %d lost writes" % (vm, passes, lost)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The guest network and the lab's SR-IOV failover stand-ins (`virtlab add-vm --failover MODE`)
+# ---------------------------------------------------------------------------------------------------
+
+# Where start_ping() keeps the guest's ping (its output, and its PID for ping_stats()).
+PING_OUTPUT = "/tmp/virtlab-ping.out"
+PING_PID = "/tmp/virtlab-ping.pid"
+# The aliases of a failover stand-in's NICs: the virtio standby / bond backup, and the "VF" (an
+# emulated vmxnet3 NIC, not a VF).
+STANDBY_ALIAS = "ua-fo-backup"
+VF_STANDIN_ALIAS = "ua-fo-vf"
+
+
+def start_ping(vm: str, interval: float = 0.1, target: str | None = None) -> None:
+    """Start a busybox ping in the guest, in the background, every ``interval`` seconds (10 Hz by default).
+
+    It pings the guest's gateway on the lab's guest network (the same address and MAC on every lab
+    host, so it answers at once after a migration) unless ``target`` names another address. Read
+    and stop it with :func:`ping_stats`; a ping already running in the guest is replaced.
+    """
+    where = target or "$(cat /run/virtlab/gateway)"
+    script = (
+        "[ -f {pid} ] && kill -INT $(cat {pid}) 2>/dev/null; rm -f {pid} {out}; "
+        'to={where}; [ -n "$to" ] || {{ echo "the guest has no gateway (no address on the guest network)" >&2; exit 3; }}; '
+        'ping -i {interval:g} "$to" > {out} 2>&1 < /dev/null & echo $! > {pid}'
+    ).format(pid=PING_PID, out=PING_OUTPUT, where=where, interval=interval)
+    virtlab("exec", vm, "--", "sh", "-c", script)
+
+
+def ping_stats(vm: str) -> tuple[int, int]:
+    """Stop the guest's ping started by :func:`start_ping`; return (sent, received) as ping counted them.
+
+    Fails the test when no ping runs in the guest (a restarted guest lost it) or its summary is missing.
+    """
+    script = (
+        "[ -f {pid} ] || {{ echo 'no ping runs in this guest (restarted?)' >&2; exit 3; }}; "
+        "pid=$(cat {pid}); kill -INT $pid; n=0; "
+        "while kill -0 $pid 2>/dev/null && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done; "
+        "rm -f {pid}; cat {out}"
+    ).format(pid=PING_PID, out=PING_OUTPUT)
+    out = virtlab("exec", vm, "--", "sh", "-c", script).stdout
+    found = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
+    assert found, "no ping summary from %s:\n%s" % (vm, out[-2000:])
+    return int(found.group(1)), int(found.group(2))
+
+
+def guest_nics(vm: str) -> list[dict[str, t.Any]]:
+    """The guest's network interfaces as the guest sees them (sysfs), loopback left out.
+
+    Each: ``name``, ``mac``, ``state`` (operstate), ``driver`` (virtio_net, vmxnet3, or "" for a bond),
+    ``master`` (the failover master or bond it is enslaved to, or ""), ``lower`` (the interfaces a
+    net_failover master or a bond holds), ``active_slave`` (a bond's active slave, else ""), and
+    ``addresses`` (its IPv4 addresses). A teaming guest shows the failover trio: a master whose
+    ``lower`` are the virtio standby and, while it is plugged, the vmxnet3 primary.
+    """
+    script = r"""
+for nic in /sys/class/net/*; do
+    name=${nic##*/}
+    [ -d "$nic" ] && [ "$name" != lo ] || continue
+    read -r mac < $nic/address; read -r state < $nic/operstate
+    driver=; [ -e $nic/device/driver ] && driver=$(basename $(readlink $nic/device/driver))
+    master=; [ -e $nic/master ] && master=$(basename $(readlink $nic/master))
+    lower=; for l in $nic/lower_*; do [ -e "$l" ] && lower="$lower ${l##*/lower_}"; done
+    active=; [ -r $nic/bonding/active_slave ] && read -r active < $nic/bonding/active_slave
+    addresses=$(ip -o -4 addr show dev $name | awk '{print $4}' | tr '\n' ' ')
+    printf 'nic\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$mac" "$state" "$driver" "$master" "$lower" "$active" "$addresses"
+done
+"""
+    out = virtlab("exec", vm, "--", "sh", "-c", script).stdout
+    nics = []
+    for line in out.splitlines():
+        fields = line.split("\t")
+        if len(fields) != 9 or fields[0] != "nic":
+            continue
+        _tag, name, mac, state, driver, master, lower, active, addresses = fields
+        nics.append(
+            {
+                "name": name,
+                "mac": mac,
+                "state": state,
+                "driver": driver,
+                "master": master,
+                "lower": lower.split(),
+                "active_slave": active,
+                "addresses": addresses.split(),
+            }
+        )
+    return nics
+
+
+def nic_xml(host_uri: str, vm: str, alias: str = VF_STANDIN_ALIAS, inactive: bool = True) -> str:
+    """The <interface> element with that alias in the VM's domain XML on that host (``virsh dumpxml``).
+
+    By default the failover stand-in's "VF" as the persistent definition has it: the XML to
+    hot-unplug and to plug back on another host (``virsh detach-device --live`` / ``attach-device
+    --live``); the live XML (``inactive=False``) names this host's tap device and network port.
+    Fails the test when there is no such interface.
+    """
+    from xml.etree import ElementTree  # pylint: disable=import-outside-toplevel
+
+    domain = ElementTree.fromstring(virsh(host_uri, "dumpxml", *(["--inactive"] if inactive else []), vm).stdout)
+    for interface in domain.findall("devices/interface"):
+        found = interface.find("alias")
+        if found is not None and found.get("name") == alias:
+            return ElementTree.tostring(interface, encoding="unicode")
+    raise AssertionError("%s on %s has no interface with alias %s" % (vm, host_uri, alias))
