@@ -45,7 +45,7 @@ attributes:
   check_mode:
     support: full
     details:
-      - Reads the VM, runs every check (refusals included) and reports what would be done (RV(action)),
+      - Reads the VM, runs every check (refusals included) and reports what would be done (RV(operation)),
         without running hooks or changing the VM.
   diff_mode:
     support: full
@@ -151,7 +151,7 @@ uuid:
   returned: success
   type: str
   sample: 6d3a57c2-1c41-4a4c-9a1b-2f1c3d8e9f00
-action:
+operation:
   description:
     - What the run did, or in check mode would do. V(save) (hooks, then managed save), V(restore) (start from
       the saved image, then hooks), V(start) (a plain boot), V(resume), or V(none).

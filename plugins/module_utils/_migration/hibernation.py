@@ -228,7 +228,7 @@ class Hibernation:
             "changed": action != NONE,
             "vm": self.name,
             "uuid": uuid,
-            "action": action,
+            "operation": action,
             "state": after["state"],
             "saved_image": after["has_saved_image"],
             "restored": action == RESTORE,

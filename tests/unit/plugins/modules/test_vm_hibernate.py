@@ -206,7 +206,7 @@ def test_hibernate_runs_the_hooks_then_saves_and_verifies(host: t.Callable[..., 
     result = run_module({"name": "probe-vm"}, capsys)
     assert result["changed"] is True and "failed" not in result
     assert dom.calls == [("hooks", "before_hibernation"), ("managedSave",)]
-    assert (result["action"], result["state"], result["saved_image"], result["restored"]) == ("save", "shut off", True, False)
+    assert (result["operation"], result["state"], result["saved_image"], result["restored"]) == ("save", "shut off", True, False)
     assert result["uuid"] == "c37d14c9-efdf-4661-a34f-1a93303f980d"
     assert [event["event"] for event in result["events"]] == ["before_hibernation", "saved", "verified"]
     assert result["events"][0]["outcome"] == "ok" and result["events"][0]["exit_code"] == 0
@@ -218,7 +218,7 @@ def test_hibernate_runs_the_hooks_then_saves_and_verifies(host: t.Callable[..., 
 def test_hibernate_check_mode_touches_nothing(host: t.Callable[..., HibernateDomain], capsys: pytest.CaptureFixture[str]) -> None:
     dom = host()
     result = run_module({"name": "probe-vm", "_ansible_check_mode": True, "_ansible_diff": True}, capsys)
-    assert result["changed"] is True and result["action"] == "save"
+    assert result["changed"] is True and result["operation"] == "save"
     assert dom.calls == [], "no hook run and no save in check mode"
     assert result["state"] == "running" and result["saved_image"] is False and result["events"] == []
     assert result["diff"]["after"] == {"state": "shut off", "has_saved_image": True}
@@ -228,7 +228,7 @@ def test_hibernated_vm_is_left_alone(host: t.Callable[..., HibernateDomain], cap
     dom = host(state=SAVED, image=True)
     for check_mode in (False, True):
         result = run_module({"name": "probe-vm", "_ansible_check_mode": check_mode}, capsys)
-        assert result["changed"] is False and result["action"] == "none"
+        assert result["changed"] is False and result["operation"] == "none"
         assert result["state"] == "shut off" and result["saved_image"] is True
     assert dom.calls == []
 
@@ -360,7 +360,7 @@ def test_restore_runs_the_after_hooks_and_is_idempotent(host: t.Callable[..., Hi
     assert dom.calls == [("restore",), ("hooks", "after_hibernation")]
     assert [event["event"] for event in result["events"]] == ["restored", "after_hibernation", "verified"]
     again = run_module({"name": "probe-vm", "state": "running"}, capsys)
-    assert again["changed"] is False and again["action"] == "none" and again["restored"] is False
+    assert again["changed"] is False and again["operation"] == "none" and again["restored"] is False
     assert len(dom.calls) == 2
 
 
@@ -376,14 +376,14 @@ def test_after_hook_failure_is_only_a_warning(host: t.Callable[..., HibernateDom
 def test_shut_off_vm_without_image_is_started_not_restored(host: t.Callable[..., HibernateDomain], capsys: pytest.CaptureFixture[str]) -> None:
     dom = host(state=SHUT_OFF)
     result = run_module({"name": "probe-vm", "state": "running"}, capsys)
-    assert result["changed"] is True and result["action"] == "start" and result["restored"] is False
+    assert result["changed"] is True and result["operation"] == "start" and result["restored"] is False
     assert dom.calls == [("create",)], "a plain boot runs no hibernation hooks"
 
 
 def test_paused_vm_is_resumed(host: t.Callable[..., HibernateDomain], capsys: pytest.CaptureFixture[str]) -> None:
     dom = host(state=PAUSED)
     result = run_module({"name": "probe-vm", "state": "running"}, capsys)
-    assert result["changed"] is True and result["action"] == "resume" and result["state"] == "running"
+    assert result["changed"] is True and result["operation"] == "resume" and result["state"] == "running"
     assert dom.calls == [("resume",)]
 
 
