@@ -240,11 +240,7 @@ def failed_hooks(summary: t.Optional[t.Mapping[str, t.Any]]) -> t.List[str]:
     hooks = summary.get("hooks") if summary else None
     if not isinstance(hooks, list):
         return []
-    return [
-        str(hook.get("name"))
-        for hook in hooks
-        if isinstance(hook, t.Mapping) and (hook.get("timed_out") or hook.get("status") != 0)
-    ]
+    return [str(hook.get("name")) for hook in hooks if isinstance(hook, t.Mapping) and (hook.get("timed_out") or hook.get("status") != 0)]
 
 
 def _exec_outcome(result: ExecResult, summary: t.Optional[t.Mapping[str, t.Any]]) -> t.Tuple[str, str]:

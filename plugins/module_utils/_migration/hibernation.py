@@ -167,16 +167,17 @@ class Hibernation:
 
     def _fail(self, msg: str, dom: t.Any, cls: t.Type[MigrationError] = MigrationError, **details: t.Any) -> MigrationError:
         """An error that also says what libvirt shows of the VM now, and carries the events so far."""
+        observed: t.Optional[t.Dict[str, t.Any]] = None
         try:
-            observed: t.Optional[t.Dict[str, t.Any]] = self._observe(dom)
+            now = self._observe(dom)
         except MigrationError as exc:
-            observed = None
             msg += " Its state could not be read afterwards: %s" % exc.msg
         else:
+            observed = now
             msg += " libvirt now shows VM '%s' %s%s." % (
                 self.name,
-                observed["state"],
-                " with a saved image" if observed["has_saved_image"] else " without a saved image",
+                now["state"],
+                " with a saved image" if now["has_saved_image"] else " without a saved image",
             )
         return cls(msg, vm=self.name, uri=self.request.uri, observed=observed, events=self.events, **details)
 

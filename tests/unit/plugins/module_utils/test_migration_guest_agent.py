@@ -54,7 +54,8 @@ class FakeAgentDomain:
         self.ping_error_forever: t.Optional[libvirt.libvirtError] = None
         self.exec_error: t.Optional[libvirt.libvirtError] = None
         self.status_errors: t.List[libvirt.libvirtError] = []
-        self.polls_before_exit = 2
+        # Polls answered "not exited yet" before the exit; None: it never exits.
+        self.polls_before_exit: t.Optional[int] = 2
         self.exit: t.Dict[str, t.Any] = {"exitcode": 0}
         self.out = b""
         self.err = b""
@@ -190,7 +191,7 @@ def test_host_problems_are_translated_not_swallowed(dom: FakeAgentDomain, error:
     dom.exec_error = error
     with pytest.raises(expected) as raised:
         guest_agent.run_guest_hooks(dom, "before_hibernation", 30)
-    assert "vm1" in raised.value.msg and "qemu+tcp://hv1/system" in raised.value.msg
+    assert "vm1" in str(raised.value) and "qemu+tcp://hv1/system" in str(raised.value)
 
 
 def test_agent_ready_waits_for_an_agent_that_connects_late(dom: FakeAgentDomain, clock: Clock) -> None:
@@ -233,7 +234,7 @@ def test_hooks_ok_without_hooks(dom: FakeAgentDomain) -> None:
 
 
 def test_hooks_failed_names_the_failed_hooks(dom: FakeAgentDomain) -> None:
-    hooks = [
+    hooks: t.List[t.Dict[str, t.Any]] = [
         {"name": "10-flush", "status": 0, "signal": None, "timed_out": False, "duration_s": 0.1, "output": ""},
         {"name": "20-stop-app", "status": None, "signal": 15, "timed_out": True, "duration_s": 30.0, "output": ""},
     ]
