@@ -11,7 +11,7 @@ import secrets
 import typing as t
 from pathlib import Path
 
-from labkit import assert_no_vm_lost, read_marker, run_module, uri, virsh, virtlab, write_marker
+from labkit import VF_STANDIN_ALIAS, assert_no_vm_lost, nic_xml, read_marker, run_module, uri, virsh, virtlab, wait_until, write_marker
 
 HIBERNATE = "virtops.migration.vm_hibernate"
 HOST = "lab-h1"
@@ -186,4 +186,34 @@ def test_transient_and_shut_off_vms_are_refused_and_left_as_they_were(lab: Path,
     started = hibernate(lab, {"name": vm, "state": "running"})
     assert (started["operation"], started["restored"], started["state"]) == ("start", False, "running")
     assert domstate(h1, vm) == "running (booted)"
+    assert_no_vm_lost()
+
+
+def test_failover_primary_is_refused_until_it_is_detached(lab: Path, tmp_path: Path) -> None:
+    """The lab's teaming stand-in: a vmxnet3 NIC that QEMU treats as a failover primary (failover_pair_id)."""
+    vm = "fo%s" % secrets.token_hex(3)
+    h1 = uri(lab, HOST)
+    virtlab("add-vm", "--failover", "teaming", "%s@1" % vm)
+    try:
+        marker = write_marker(vm)
+        for check_mode in (True, False):
+            refused = run_module(lab, HOST, HIBERNATE, {"name": vm}, check_mode=check_mode)
+            assert refused.get("failed") is True, refused
+            assert "failover primary device(s) %s" % VF_STANDIN_ALIAS in refused["msg"] and "pauses the vCPUs" in refused["msg"]
+            assert refused.get("events", []) == [], "no hook ran before the refusal"
+            assert domstate(h1, vm).startswith("running") and not managed_save(h1, vm)
+
+        # Detached (as the operator would before hibernating), it no longer stands in the way.
+        device = tmp_path / "vf.xml"
+        device.write_text(nic_xml(h1, vm))
+        virsh(h1, "detach-device", vm, str(device), "--live")
+        alias = "<alias name='%s'/>" % VF_STANDIN_ALIAS
+        wait_until(lambda: alias not in virsh(h1, "dumpxml", vm).stdout, 30, "the guest released %s" % VF_STANDIN_ALIAS)
+        saved = hibernate(lab, {"name": vm, "guest_hooks": False})
+        assert saved["changed"] is True and domstate(h1, vm) == "shut off (saved)"
+        restored = hibernate(lab, {"name": vm, "state": "running", "guest_hooks": False})
+        assert restored["restored"] is True and domstate(h1, vm) == "running (restored)"
+        assert read_marker(vm) == marker
+    finally:
+        virtlab("remove-vm", vm, check=False)
     assert_no_vm_lost()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import typing as t
+import xml.etree.ElementTree as ET
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
 from ansible_collections.virtops.migration.plugins.module_utils._migration import failover, guest_agent
@@ -121,6 +122,19 @@ def decide(wanted: str, state: str, has_image: bool, persistent: bool, primaries
     raise HibernationRefused("VM '%s' is %s: it cannot be started or resumed from that state." % (vm, state))
 
 
+def plugged_primaries(domain_xml: str) -> t.List[str]:
+    """The failover primaries of a live domain XML that are plugged in now.
+
+    A ``<qemu:override>`` keeps naming a primary's alias after the device has been detached; such
+    a primary is gone, and no longer stands in the way of a save.
+    """
+    root = ET.fromstring(domain_xml)
+    devices = root.find("devices")
+    present = {alias.get("name") for alias in devices.iter("alias")} if devices is not None else set()
+    overridden = {device.get("alias") for device in root.iter("{%s}device" % failover.QEMU_NS)}
+    return [primary for primary in failover.failover_primaries(domain_xml) if primary in present or primary not in overridden]
+
+
 def _seconds(value: float) -> str:
     return ("%.1f" % value).rstrip("0").rstrip(".")
 
@@ -216,7 +230,7 @@ class Hibernation:
             before = self._observe(dom)
             primaries: t.List[str] = []
             if req.state == HIBERNATED and before["state"] in (_RUNNING, _PAUSED):
-                primaries = failover.failover_primaries(self._call("read the domain XML", dom.XMLDesc, 0))
+                primaries = plugged_primaries(self._call("read the domain XML", dom.XMLDesc, 0))
             action = decide(req.state, before["state"], before["has_saved_image"], before["persistent"], primaries, self.name)
             after = before
             if action != NONE and not check_mode:

@@ -48,6 +48,27 @@ PRIMARY = """
   </devices>"""
 
 
+# A teaming pair of emulated NICs whose second one is the primary by a <qemu:override> (the lab's stand-in).
+STANDIN = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>fo1</name>
+  <devices>
+    <interface type='network'>
+      <mac address='52:54:00:76:6c:0a'/><source network='lab'/><model type='virtio'/>
+      <teaming type='persistent'/><alias name='ua-fo-backup'/>
+    </interface>
+%s  </devices>
+  <qemu:override>
+    <qemu:device alias='ua-fo-vf'>
+      <qemu:frontend><qemu:property name='failover_pair_id' type='string' value='ua-fo-backup'/></qemu:frontend>
+    </qemu:device>
+  </qemu:override>
+</domain>"""
+STANDIN_VF = """    <interface type='network'>
+      <mac address='52:54:00:76:6c:0a'/><source network='lab'/><model type='vmxnet3'/><alias name='ua-fo-vf'/>
+    </interface>
+"""
+
+
 class HibernateDomain(FakeDomain):
     """A domain with libvirt's managed save and a guest agent that runs the hook runner from a script."""
 
@@ -195,6 +216,21 @@ def test_decide(wanted: str, state: str, image: bool, expected: str) -> None:
 def test_decide_refuses(wanted: str, state: str, image: bool, persistent: bool, primaries: t.List[str], message: str) -> None:
     with pytest.raises(HibernationRefused, match=re.escape(message)):
         decide(wanted, state, image, persistent, primaries, "vm1")
+
+
+@pytest.mark.parametrize(
+    ("xml", "expected"),
+    [
+        (STANDIN % STANDIN_VF, ["ua-fo-vf"]),
+        # Detached: the override still names it, but no device has that alias any more.
+        (STANDIN % "", []),
+        ("<domain><name>v</name><devices>%s</devices></domain>" % PRIMARY.replace("</devices>", ""), ["ua-net1-vf"]),
+        ("<domain><name>v</name><devices/></domain>", []),
+    ],
+    ids=["override, plugged in", "override, detached", "transient teaming hostdev", "none"],
+)
+def test_plugged_primaries(xml: str, expected: t.List[str]) -> None:
+    assert hibernation.plugged_primaries(xml) == expected
 
 
 # -- state: hibernated ----------------------------------------------------------------------------
