@@ -389,6 +389,8 @@ def test_build_teaming_pair_backup_first_one_mac() -> None:
     assert backup.find("alias").get("name") == "ua-net1-backup"
     assert backup.find("filterref") is None
     assert vf.get("type") == "network" and vf.find("source").get("network") == "sriov-pf0"
+    # Placed by libvirt as a PCI Express device, in a root port of its own.
+    assert vf.find("model").get("type") == "virtio"
     assert vf.find("teaming").attrib == {"type": "transient", "persistent": "ua-net1-backup"}
     assert vf.find("alias").get("name") == "ua-net1-vf"
     assert backup.find("mac").get("address") == vf.find("mac").get("address") == "52:54:00:5d:11:22"
@@ -403,7 +405,7 @@ def test_build_bond_pair(fail_over_mac: bool, backup_mac: t.Optional[str], expec
     backup, vf = failover.build_pair(spec)
     assert backup.find("teaming") is None and vf.find("teaming") is None
     assert backup.get("type") == "bridge" and backup.find("source").get("bridge") == "br0"
-    assert vf.get("type") == "hostdev" and vf.get("managed") == "yes"
+    assert vf.get("type") == "hostdev" and vf.get("managed") == "yes" and vf.find("model") is None
     assert failover.format_pci_address(vf.find("source/address")) == "0000:3b:10.1"
     assert vf.find("mac").get("address") == "52:54:00:5d:11:22"
     assert backup.find("mac").get("address") == expected_backup_mac
@@ -438,7 +440,7 @@ def test_add_pair_puts_both_after_the_last_interface_and_is_read_back() -> None:
     aliases = [alias for tag, alias in tags if tag == "interface"]
     assert aliases == ["net0", "ua-net1-backup", "ua-net1-vf"]
     # Inserted right after the existing interface, before the hostdev.
-    assert [tag for tag, _ in tags][-3:] == ["interface", "interface", "hostdev"]
+    assert [tag for tag, _alias in tags][-3:] == ["interface", "interface", "hostdev"]
     assert failover.pair_differences(after, _spec()) == []
     info = failover.find_pair(after, "net1")
     assert info == PairInfo("net1", "teaming", "ua-net1-vf", "ua-net1-backup", "52:54:00:5d:11:22", "sriov-pf0", None, "prod", None, True)

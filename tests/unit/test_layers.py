@@ -27,7 +27,7 @@ PURE = (
     "mark",
     "failover",
 )
-LIBVIRT_IO = ("connection", "probe", "runner", "settings_store", "guest_agent")
+LIBVIRT_IO = ("connection", "probe", "runner", "settings_store", "guest_agent", "failover_nic", "sriov_network")
 ORCHESTRATION = ("vm_migration", "maintenance", "modulekit", "hibernation")
 
 

@@ -14,7 +14,8 @@ libvirt I/O:
   connection (opening and closing), probe (reading destinations, where a VM is), runner (the one
   job runner: a move's libvirt job, its monitoring and verification), settings_store (settings
   in domain metadata), guest_agent (programs run in a guest through its QEMU guest agent, and the
-  guest hooks).
+  guest hooks), failover_nic (sriov_failover_nic: check the host, define a failover pair, plug it
+  into the running VM), sriov_network (sriov_network: a hostdev network over a PF).
 Orchestration:
   vm_migration (vm_migrate: plan one move, run it), maintenance (host_maintenance: plan an
   evacuation, run its moves, mark the host), hibernation (vm_hibernate: guest hooks and libvirt's

@@ -478,10 +478,20 @@ def vf_device_xml(domain_xml: str, pair: str) -> t.Optional[str]:
     again); ``<actual>``, ``<target>`` and the host-specific attributes of a network source are
     dropped.
     """
-    _, vf = _halves(ET.fromstring(domain_xml), pair)
-    if vf is None:
+    return interface_device_xml(domain_xml, vf_alias(pair))
+
+
+def interface_aliases(domain_xml: str) -> t.Set[str]:
+    """The aliases of the domain's interfaces."""
+    return {alias for alias in (_alias(interface) for interface in _interfaces(ET.fromstring(domain_xml))) if alias}
+
+
+def interface_device_xml(domain_xml: str, alias: str) -> t.Optional[str]:
+    """The interface with ``alias`` as device XML to plug in again (runtime bits dropped; ``None`` if absent)."""
+    found = [interface for interface in _interfaces(ET.fromstring(domain_xml)) if _alias(interface) == alias]
+    if not found:
         return None
-    element = copy.deepcopy(vf)
+    element = copy.deepcopy(found[0])
     for tag in _RUNTIME_CHILDREN:
         for child in element.findall(tag):
             element.remove(child)
@@ -499,7 +509,7 @@ def generate_mac(used: t.Iterable[str], rng: t.Optional[random.Random] = None) -
     """A MAC in libvirt's 52:54:00 range that is not in ``used``."""
     taken = {mac.lower() for mac in used}
     chooser = rng or random.SystemRandom()
-    for _ in range(10000):
+    for _attempt in range(10000):
         mac = "%s:%02x:%02x:%02x" % (MAC_PREFIX, chooser.randrange(256), chooser.randrange(256), chooser.randrange(256))
         if mac not in taken:
             return mac
@@ -532,11 +542,17 @@ def build_backup(spec: PairSpec) -> ET.Element:
 
 
 def build_vf(spec: PairSpec) -> ET.Element:
-    """The VF interface of ``spec``: from a hostdev network, or the VF at an explicit PCI address."""
+    """The VF interface of ``spec``: from a hostdev network, or the VF at an explicit PCI address.
+
+    A VF drawn from a network carries ``<model type='virtio'/>``: libvirt ignores the model once the
+    network hands out a VF, but places the device by it, and without it (rtl8139 by default) the
+    VF would land behind a conventional PCI bridge instead of in a hot-pluggable PCI Express root port.
+    """
     if spec.vf_network:
         interface = ET.Element("interface", {"type": "network"})
         _sub(interface, "mac", address=normalize_mac(spec.mac))
         _sub(interface, "source", network=spec.vf_network)
+        _sub(interface, "model", type="virtio")
     else:
         interface = ET.Element("interface", {"type": "hostdev", "managed": "yes"})
         _sub(interface, "mac", address=normalize_mac(spec.mac))
@@ -671,9 +687,144 @@ def pair_facts(info: PairInfo, backup_mac: t.Optional[str] = None) -> t.Dict[str
 
 def backup_mac_of(domain_xml: str, pair: str) -> t.Optional[str]:
     """The MAC of the pair's backup interface (``None`` when it is absent)."""
-    backup, _ = _halves(ET.fromstring(domain_xml), pair)
+    backup = _halves(ET.fromstring(domain_xml), pair)[0]
     return _mac(backup) if backup is not None else None
 
 
 def _to_text(element: ET.Element) -> str:
     return ET.tostring(element, encoding="unicode").strip()
+
+
+# --- planning a change (what the sriov_failover_nic module does, decided without libvirt) ----------
+
+
+def existing_macs(domain_xmls: t.Iterable[t.Optional[str]], pair: str) -> t.Tuple[t.Optional[str], t.Optional[str]]:
+    """(VF MAC, backup MAC) of ``pair`` in the first of the XMLs that has it (``None`` for absent halves)."""
+    for xml in domain_xmls:
+        if not xml:
+            continue
+        backup, vf = _halves(ET.fromstring(xml), pair)
+        if backup is not None or vf is not None:
+            return (_mac(vf) if vf is not None else None, _mac(backup) if backup is not None else None)
+    return None, None
+
+
+def choose_macs(
+    domain_xmls: t.Sequence[t.Optional[str]],
+    pair: str,
+    mode: str,
+    fail_over_mac: bool,
+    wanted_mac: t.Optional[str],
+    used_elsewhere: t.Iterable[str] = (),
+    rng: t.Optional[random.Random] = None,
+) -> t.Tuple[str, t.Optional[str]]:
+    """The pair's MAC and, for a bond with ``fail_over_mac``, the backup's own MAC.
+
+    A MAC given is used; otherwise an existing pair keeps its MAC (generated once, then kept), and
+    a new one gets a free MAC in 52:54:00 (free in this VM's XMLs and in ``used_elsewhere``).
+    """
+    vf_mac, backup_mac = existing_macs(domain_xmls, pair)
+    used: t.Set[str] = {mac.lower() for mac in used_elsewhere}
+    for xml in domain_xmls:
+        if xml:
+            used |= macs_in_use(xml)
+    mac = normalize_mac(wanted_mac) if wanted_mac else (vf_mac or backup_mac)
+    if not mac:
+        mac = generate_mac(used, rng)
+    own = None
+    if mode == "bond" and fail_over_mac:
+        own = backup_mac if backup_mac and backup_mac != mac else None
+        if not own:
+            own = generate_mac(used | {mac}, rng)
+    return mac, own
+
+
+def mac_clashes(
+    macs: t.Iterable[str],
+    domain_xmls: t.Sequence[t.Optional[str]],
+    pair: str,
+    other_domains: t.Mapping[str, t.Iterable[str]],
+    vm: str = "this VM",
+) -> t.List[str]:
+    """Sentences naming each use of ``macs`` outside the pair: by another interface of this VM, or by another domain."""
+    wanted = [mac.lower() for mac in macs]
+    problems: t.List[str] = []
+    for mac in dict.fromkeys(wanted):
+        for xml in domain_xmls:
+            if not xml:
+                continue
+            users = [
+                _describe_interface(interface)
+                for interface in _interfaces(ET.fromstring(xml))
+                if _mac(interface) == mac and _alias(interface) not in (backup_alias(pair), vf_alias(pair))
+            ]
+            if users:
+                problems.append("MAC %s is already used by %s of VM '%s'" % (mac, ", ".join(users), vm))
+                break
+        for name in sorted(other_domains):
+            if mac in {used.lower() for used in other_domains[name]}:
+                problems.append("MAC %s is already used by VM '%s' on this host" % (mac, name))
+    return problems
+
+
+def _describe_interface(interface: ET.Element) -> str:
+    alias = _alias(interface)
+    if alias:
+        return "interface %s" % alias
+    source = _describe_source(_source(interface))
+    return "the %s interface (%s)" % (interface.get("type") or "", source)
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """What one run changes: the new persistent XML and the live steps, in order."""
+
+    differences: t.Tuple[str, ...]
+    persistent_xml: t.Optional[str]  # the edited inactive XML to define (None: the definition stays)
+    live_detach: t.Tuple[str, ...]  # aliases to unplug from the running VM, in order
+    live_attach: t.Tuple[str, ...]  # device XML to plug into the running VM, in order
+    live_differences: t.Tuple[str, ...] = ()
+    replaced_mode: t.Optional[str] = None  # the mode of a pair of the same name that is replaced
+
+    @property
+    def changed(self) -> bool:
+        """True when anything is written or plugged."""
+        return bool(self.persistent_xml or self.live_detach or self.live_attach)
+
+
+def _present_halves(domain_xml: str, pair: str) -> t.Tuple[str, ...]:
+    backup, vf = _halves(ET.fromstring(domain_xml), pair)
+    # Unplugged in reverse order of plugging: the VF first, then its backup.
+    return tuple(alias for alias, element in ((vf_alias(pair), vf), (backup_alias(pair), backup)) if element is not None)
+
+
+def plan_present(inactive_xml: str, live_xml: t.Optional[str], spec: PairSpec) -> PairPlan:
+    """Plan ``state=present``: define the pair if the definition differs; re-plug it live if the running VM's differs.
+
+    ``live_xml`` is the running VM's XML when the live side is to be handled (``None`` otherwise).
+    A pair of the same name that differs is replaced as a whole (both halves), live too.
+    """
+    spec.validate()
+    differences = pair_differences(inactive_xml, spec)
+    existing = find_pair(inactive_xml, spec.name)
+    replaced = existing.mode if existing is not None and existing.mode != spec.mode else None
+    persistent_xml = add_pair(inactive_xml, spec) if differences else None
+    live_differences: t.List[str] = []
+    detach: t.Tuple[str, ...] = ()
+    attach: t.Tuple[str, ...] = ()
+    if live_xml is not None:
+        live_differences = pair_differences(live_xml, spec)
+        if live_differences:
+            detach = _present_halves(live_xml, spec.name)
+            attach = tuple(build_pair_xml(spec))
+    return PairPlan(tuple(differences), persistent_xml, detach, attach, tuple(live_differences), replaced)
+
+
+def plan_absent(inactive_xml: str, live_xml: t.Optional[str], pair: str) -> PairPlan:
+    """Plan ``state=absent``: both halves out of the definition, and unplugged from the running VM (VF first)."""
+    check_pair_name(pair)
+    present = _present_halves(inactive_xml, pair)
+    persistent_xml = remove_pair(inactive_xml, pair) if present else None
+    detach = _present_halves(live_xml, pair) if live_xml is not None else ()
+    differences = ["pair %s is present%s" % (pair, "" if present else " in the running VM only")] if present or detach else []
+    return PairPlan(tuple(differences), persistent_xml, detach, (), tuple("%s is plugged in" % alias for alias in detach))
