@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import typing as t
 import xml.etree.ElementTree as ET
 
 import libvirt
 import pytest
+from ansible.module_utils import _internal as module_utils_internal
+from ansible.module_utils.common import warnings as module_warnings
+from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import failover, failover_nic, sriov_network
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import FeatureUnsupportedError, MigrationError
+from ansible_collections.virtops.migration.plugins.modules import sriov_failover_nic
+from ansible_collections.virtops.migration.plugins.modules import sriov_network as sriov_network_module
 
 from libvirt_fakes import libvirt_error
 
@@ -183,6 +189,14 @@ class Conn:
 
     def nodeDeviceLookupByName(self, name: str) -> t.Any:  # noqa: N802
         raise libvirt_error(libvirt.VIR_ERR_NO_NODE_DEVICE, "Node device not found: no node device with matching name '%s'" % name)
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Module warnings are kept per process (see tests/unit/plugins/modules/test_host_info.py): each test gets its own."""
+    if hasattr(module_warnings, "_global_warnings"):
+        monkeypatch.setattr(module_warnings, "_global_warnings", {})
+    monkeypatch.setattr(module_utils_internal, "is_controller", False)
 
 
 @pytest.fixture()
@@ -428,3 +442,47 @@ def test_describe_network_lists_vfs() -> None:
     )
     facts = sriov_network.describe_network(live)
     assert facts == {"forward_mode": "hostdev", "pf": "enp59s0f0", "managed": True, "vfs": ["0000:3b:10.0", "0000:3b:10.2"], "connections": 1}
+
+
+# --- the modules' main() ----------------------------------------------------------------------------
+
+
+def run_main(module: t.Any, args: t.Dict[str, t.Any], capsys: pytest.CaptureFixture[str]) -> t.Dict[str, t.Any]:
+    with patch_module_args(args), pytest.raises(SystemExit) as exited:
+        module.main()
+    result = t.cast(t.Dict[str, t.Any], json.loads(capsys.readouterr().out))
+    assert (exited.value.code == 0) is not result.get("failed", False)
+    return result
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"name": "web1", "pair": "p", "backup_network": "prod"}, "state is present but any of the following are missing: vf_network, vf_address"),
+        ({"name": "web1", "pair": "p", "vf_network": "sriov-pf0"}, "state is present but any of the following are missing: backup_network, backup_bridge"),
+        ({"name": "web1", "pair": "p", "vf_network": "a", "vf_address": "0000:3b:10.1", "backup_network": "prod"}, "mutually exclusive"),
+        ({"pair": "p", "state": "absent"}, "one of the following is required: name, uuid"),
+    ],
+)
+def test_failover_nic_main_refuses_bad_options(
+    host: t.Callable[..., Conn], capsys: pytest.CaptureFixture[str], args: t.Dict[str, t.Any], message: str
+) -> None:
+    conn = host(Dom(vm_xml()))
+    result = run_main(sriov_failover_nic, args, capsys)
+    assert result["failed"] is True and message in result["msg"], result
+    assert conn.defined == []
+
+
+def test_failover_nic_main_writes_and_returns_the_pair(host: t.Callable[..., Conn], capsys: pytest.CaptureFixture[str]) -> None:
+    conn = host(Dom(vm_xml()))
+    result = run_main(sriov_failover_nic, dict(TEAMING, name="web1", _ansible_diff=True), capsys)
+    assert result["changed"] is True and result["pair"]["vf_alias"] == "ua-net1-vf" and result["pair"]["mode"] == "teaming"
+    assert len(conn.defined) == 1 and result["vm"] == "web1"
+    assert run_main(sriov_failover_nic, dict(TEAMING, name="web1"), capsys)["changed"] is False
+
+
+def test_sriov_network_main(host: t.Callable[..., Conn], capsys: pytest.CaptureFixture[str]) -> None:
+    host(networks=())
+    assert "state is present but all of the following are missing: pf" in run_main(sriov_network_module, {"name": "n"}, capsys)["msg"]
+    result = run_main(sriov_network_module, {"name": "n", "pf": "enp59s0f0"}, capsys)
+    assert result["changed"] is True and result["network"]["pf"] == "enp59s0f0" and result["network"]["active"] is True
