@@ -29,6 +29,36 @@ options:
     type: dict
     default: {}
     version_added: 0.1.0
+  guest_hooks:
+    description:
+      - Run the guest's own hooks around each move, C(before_migration) in the guest before the
+        migration starts, C(after_migration) in the guest on its destination once the move is
+        verified (and its agent answers). They run through the QEMU guest agent (C(guest-exec) of the
+        runner the role C(virtops.migration.guest_hooks)
+        installs, with an argument list, never a shell string), each bounded by O(guest_hook_timeout).
+      - When not set, the VM's own C(guest_hooks) setting decides (see M(virtops.migration.migration_policy);
+        the built-in default is V(false)).
+      - Each run is an event of the move (C(guest_hooks), with the hooks' names, exit statuses and
+        durations). A guest whose agent does not answer, or without the runner, is a warning; the move
+        goes on. Offline moves of shut-off VMs run no hooks.
+    type: bool
+    version_added: 0.2.0
+  guest_hook_failure:
+    description:
+      - What a failed C(before_migration) hook (or a runner that refused, or ran out of time) does.
+      - V(warn) (as RHV) reports a warning and moves the VM; V(abort) leaves the VM where it is and
+        fails the move. A failed C(after_migration) hook is always a warning (the VM has moved).
+    type: str
+    choices: [warn, abort]
+    default: warn
+    version_added: 0.2.0
+  guest_hook_timeout:
+    description:
+      - Seconds one run of a guest's hooks may take, counted on the host (the agent has no deadline
+        of its own). The runner in the guest also stops each hook at its own per-hook timeout.
+    type: float
+    default: 60.0
+    version_added: 0.2.0
   unplug_timeout:
     description:
       - Seconds the guest of a VM with an SR-IOV failover pair (see M(virtops.migration.sriov_failover_nic))

@@ -92,6 +92,16 @@ options:
       - Initial maximum downtime in milliseconds, or V(inherit).
     type: raw
     version_added: 0.1.0
+  guest_hooks:
+    description:
+      - Run the guest's own hooks around a migration (C(before_migration) in the guest on its source
+        host, C(after_migration) on its destination), through the QEMU guest agent and the runner the
+        role C(virtops.migration.guest_hooks) installs.
+        RHV's equivalent is the migration policy's guest-events switch. V(true), V(false) or V(inherit).
+      - The built-in default is V(false). The O(virtops.migration.vm_migrate#module:guest_hooks) and
+        O(virtops.migration.host_maintenance#module:guest_hooks) options override it for one run.
+    type: raw
+    version_added: 0.2.0
 notes:
   - The settings are stored under the namespace C(https://virtops.github.io/xmlns/migration/1).
 seealso:
@@ -163,6 +173,7 @@ def argument_spec() -> dict:
         compression={"type": "raw"},
         bandwidth_mib={"type": "raw"},
         max_downtime_ms={"type": "raw"},
+        guest_hooks={"type": "raw"},
     )
 
 

@@ -125,6 +125,10 @@ class FakeDomain:
         active = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED)
         return self._change("resume", active, "domain is not running", (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_UNPAUSED))
 
+    def hasManagedSaveImage(self, flags: int = 0) -> int:  # noqa: N802 (libvirt's name)
+        self._check()
+        return int(getattr(self, "saved_image", False))
+
     def detachDeviceFlags(self, xml: str, flags: int = 0) -> int:  # noqa: N802 (libvirt's name)
         """Remove the device with the same alias from the XML, unless ``keep_devices`` (a guest that does not release it)."""
         self._check()

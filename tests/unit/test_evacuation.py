@@ -656,3 +656,10 @@ def test_failover_pairs_travel_with_the_move_and_vfs_spread_over_the_destination
         assert sorted(moves(result)) == [("a", "hv2"), ("b", "hv3")], "one free VF per host"
         assert [entry.vm for entry in result.unplaceable] == ["c"] and "free VF" in result.unplaceable[0].reason
         assert all(move.bond_vfs == ("fo",) for move in result.moves)
+
+
+def test_a_hibernated_vm_stays_with_its_saved_image() -> None:
+    hibernated = dataclasses.replace(vm("sleeper", 1024, running=False), saved_image=True)
+    result = plan([hibernated, vm("off", 512, running=False)], [host("hv2")], non_migratable="shutdown")
+    assert [entry.vm for entry in result.kept] == ["sleeper"] and "managed save image" in result.kept[0].reason
+    assert moves(result) == [("off", "hv2")]

@@ -260,6 +260,7 @@ def hosts(sample: t.Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> Ho
 
         def __init__(self, _options: t.Any, _connect: t.Any, _vm: str, log: t.Callable[[str], None]) -> None:
             self.timings: t.Dict[str, float] = {}
+            self.events: t.List[t.Dict[str, t.Any]] = []
 
         def carry_out(self, move: Move, _others: t.Sequence[Candidate] = ()) -> t.Dict[str, t.Any]:
             cluster.migrations.append(move)

@@ -87,6 +87,8 @@ class VmToMove:
     # SR-IOV failover pairs (see plan.Move): bond pairs whose VF the runner replugs, primaries QEMU unplugs.
     bond_vfs: t.Tuple[str, ...] = ()
     failover_primaries: t.Tuple[str, ...] = ()
+    # A shut-off VM with a managed save image (hibernated, see vm_hibernate): the image is local to the source.
+    saved_image: bool = False
 
     def __post_init__(self) -> None:
         if self.needs is None:
@@ -411,6 +413,11 @@ class _Assessor:
             held = "VM '%s' migrates only when confirmed (migration_mode manual) and include_manual is not set" % vm.name
         elif pinned and not pinned & self.candidates:
             held = _pinned_reason(vm, pinned, self.source)
+        elif not vm.running and vm.saved_image:
+            held = (
+                "VM '%s' is hibernated (its memory is saved in a managed save image on %s, which an offline move would leave "
+                "behind); restore it first (virtops.migration.vm_hibernate state=running)" % (vm.name, self.source.name)
+            )
         elif vm.running and vm.unmovable_devices:
             held = "VM '%s' uses host device(s) that cannot migrate: %s" % (vm.name, "; ".join(vm.unmovable_devices))
         return _Assessment(priority, policy=policy, held=held)
@@ -502,6 +509,7 @@ def plan_evacuation(
                 timeout_s=default_timeout(vm.memory_mib),
                 bond_vfs=vm.bond_vfs if vm.running else (),
                 failover_primaries=vm.failover_primaries if vm.running else (),
+                guest_hooks=vm.settings.get("guest_hooks") is True,
             )
         )
     return plan

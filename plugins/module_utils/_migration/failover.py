@@ -431,8 +431,10 @@ def failover_primaries(domain_xml: str) -> t.List[str]:
             else:
                 mac = _mac(interface)
                 found.append("transient teaming interface%s" % (" with MAC %s" % mac if mac else ""))
+    # An override outlives its device (a detached primary leaves it behind): only devices present count.
+    present = {_alias(device) for device in _devices(root)}
     for alias in _override_primaries(root):
-        if alias not in found:
+        if alias not in found and alias in present:
             found.append(alias)
     return found
 

@@ -62,6 +62,10 @@ except ImportError:  # reported by the module through missing_required_lib
     pass
 
 EVENT_LOG = "events.jsonl"
+# The runner's events an evacuation keeps in each VM's record: the steps around a move (not its progress).
+STEP_EVENTS = frozenset(
+    ("guest_hooks", "vf_unplugged", "vf_unplug_timeout", "vf_absent", "vf_plugged", "vf_plug_failed", "primary_released", "unplug_timeout")
+)
 
 
 @dataclasses.dataclass
@@ -88,6 +92,11 @@ class MaintenanceRequest:
     username: t.Optional[str] = None
     password: t.Optional[str] = None
     require_hook: bool = True
+    unplug_timeout: float = 30.0
+    # Run the guests' hooks around their moves; None: each VM's own setting decides.
+    guest_hooks: t.Optional[bool] = None
+    guest_hook_failure: str = "warn"
+    guest_hook_timeout: float = 60.0
 
 
 # Ranges of host_maintenance's own numeric options.
@@ -124,7 +133,19 @@ def request_from_params(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
         username=params.get("username"),
         password=params.get("password"),
         require_hook=params.get("require_hook", True) is not False,
+        unplug_timeout=params.get("unplug_timeout") or 30.0,
+        guest_hooks=params.get("guest_hooks"),
+        guest_hook_failure=params.get("guest_hook_failure") or "warn",
+        guest_hook_timeout=params.get("guest_hook_timeout") or 60.0,
     )
+
+
+def _has_saved_image(dom: t.Any) -> bool:
+    """The shut-off VM has a managed save image on this host (False when libvirt cannot tell)."""
+    try:
+        return bool(dom.hasManagedSaveImage(0))
+    except libvirt.libvirtError:
+        return False
 
 
 class HostMaintenance:
@@ -166,6 +187,8 @@ class HostMaintenance:
             requirements = domxml.parse_requirements(xml)
             effective = settings.effective(facts.get("migration_settings") or {}, req.cluster_policy, req.global_policy)
             vm = evacuation.VmToMove.from_facts(facts, requirements, effective)
+            if not vm.running:
+                vm.saved_image = _has_saved_image(dom)
             vms.append(vm)
             cpu = CpuCheck.of(facts, requirements)
             if cpu is not None:
@@ -226,6 +249,8 @@ class HostMaintenance:
                 sorted(host.name for host in hosts if host.error is None and host.uuid != uuid and vm.uuid in host.vm_uuids)
             )
         plan = evacuation.plan_evacuation(to_move, hosts, source, req.include_manual, req.non_migratable)
+        if req.guest_hooks is not None:
+            plan.moves = [dataclasses.replace(move, guest_hooks=req.guest_hooks) for move in plan.moves]
         enforcement = hook_status(state_dir=req.state_dir)
         record_phase(self.timings, "plan", began)
         result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict(), "enforcement": enforcement, "timings": self.timings}
@@ -306,6 +331,9 @@ class HostMaintenance:
                 raise
             raise error from exc
         result.update(vms=records, shutdown=shut, maintenance=final, load=self._final_load())
+        moved_warnings = [warning for record in records for warning in record.get("warnings") or []]
+        if moved_warnings:
+            result["warnings"] = list(result.get("warnings") or []) + moved_warnings
         self.timings["total"] = self.at()
         return result
 
@@ -386,7 +414,8 @@ class HostMaintenance:
         records: t.List[t.Dict[str, t.Any]] = []
 
         options = run_options({}, poll_interval=req.poll_interval, monitor_interval=req.monitor_interval, state_dir=req.state_dir,
-                              username=req.username, password=req.password)
+                              username=req.username, password=req.password, unplug_timeout=req.unplug_timeout,
+                              guest_hook_failure=req.guest_hook_failure, guest_hook_timeout=req.guest_hook_timeout)
 
         def worker(move: Move, record: t.Dict[str, t.Any]) -> None:
             runner = JobRunner(options, self.connect, move.vm, log=self.log)
@@ -402,13 +431,20 @@ class HostMaintenance:
                 )
                 if outcome.get("adopted"):
                     record["adopted"] = True
+                if outcome.get("warnings"):
+                    record["warnings"] = outcome["warnings"]
             except MigrationError as exc:
                 record.update(outcome="failed", error=exc.msg, observed=exc.details.get("observed"))
             except BaseException as exc:  # pylint: disable=broad-exception-caught
                 record.update(outcome="failed", error="unexpected %s: %s" % (type(exc).__name__, exc))
             finally:
-                record["timings"] = dict(runner.timings)
-                done.put((move, record))
+                try:
+                    record["timings"] = dict(runner.timings)
+                    steps = [event for event in runner.events if event.get("event") in STEP_EVENTS]
+                    if steps:
+                        record["events"] = steps
+                finally:
+                    done.put((move, record))  # whatever happened, the queue hears that this move ended
 
         threads = []
         while not pending.done():

@@ -60,6 +60,9 @@ RUN: Spec = {
     "memory_reserved_mib": {"type": "int", "default": DEFAULT_MEMORY_RESERVED_MIB},
     "state_dir": {"type": "path", "default": DEFAULT_STATE_DIR},
     "unplug_timeout": {"type": "float", "default": 30.0},
+    "guest_hooks": {"type": "bool"},
+    "guest_hook_failure": {"type": "str", "choices": ["warn", "abort"], "default": "warn"},
+    "guest_hook_timeout": {"type": "float", "default": 60.0},
 }
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -70,6 +73,7 @@ RUN_RANGES: t.Dict[str, t.Tuple[float, float, bool, bool]] = {
     "monitor_interval": (0, 3600.0, False, True),
     "memory_reserved_mib": (0, MAX_MEMORY_RESERVED_MIB, True, False),
     "unplug_timeout": (0, 3600.0, False, True),
+    "guest_hook_timeout": (0, 3600.0, False, True),
 }
 
 POLICY_OVERRIDES: Spec = {
@@ -114,6 +118,8 @@ def run_options(params: t.Mapping[str, t.Any], **changes: t.Any) -> RunOptions:
         "monitor_interval": params.get("monitor_interval") or RUN["monitor_interval"]["default"],
         "state_dir": params.get("state_dir") or DEFAULT_STATE_DIR,
         "unplug_timeout": params.get("unplug_timeout") or RUN["unplug_timeout"]["default"],
+        "guest_hook_failure": params.get("guest_hook_failure") or RUN["guest_hook_failure"]["default"],
+        "guest_hook_timeout": params.get("guest_hook_timeout") or RUN["guest_hook_timeout"]["default"],
         "username": params.get("username"),
         "password": params.get("password"),
     }
@@ -175,6 +181,8 @@ class MigrateRequest:
     allow_unsafe_cache: bool = False
     timeout: t.Optional[int] = None
     memory_reserved_mib: int = 0
+    # Run the guest's hooks around the move; None: the VM's own setting decides.
+    guest_hooks: t.Optional[bool] = None
 
 
 def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
@@ -222,6 +230,7 @@ def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
         global_policy=global_policy,
         live=params.get("live", True),
         persistent=params.get("persistent", True),
+        guest_hooks=params.get("guest_hooks"),
         allow_unsafe_cache=params.get("allow_unsafe_cache", False),
         timeout=params.get("timeout"),
         memory_reserved_mib=params.get("memory_reserved_mib") or 0,

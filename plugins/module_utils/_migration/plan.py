@@ -65,6 +65,8 @@ class Move:
     timeout_s: t.Optional[int] = None
     bond_vfs: t.Tuple[str, ...] = ()
     failover_primaries: t.Tuple[str, ...] = ()
+    # Run the guest's before_migration / after_migration hooks around the move (guest_agent.py).
+    guest_hooks: bool = False
 
     @property
     def running(self) -> bool:
@@ -93,7 +95,9 @@ class RunOptions:
 
     ``unplug_timeout`` bounds how long the guest may take to release an SR-IOV failover device: the
     primary QEMU unplugs when a live migration starts (QEMU and libvirt wait forever), and a bond's
-    VF the runner unplugs before the move.
+    VF the runner unplugs before the move. ``guest_hook_failure`` says what a failed
+    ``before_migration`` hook does (``warn``: the move goes on; ``abort``: the VM stays), and
+    ``guest_hook_timeout`` bounds each run of a guest's hooks.
     """
 
     undefine_source: bool = True
@@ -107,6 +111,8 @@ class RunOptions:
     monitor_interval: float = 10.0
     state_dir: str = DEFAULT_STATE_DIR
     unplug_timeout: float = 30.0
+    guest_hook_failure: str = "warn"
+    guest_hook_timeout: float = 60.0
     username: t.Optional[str] = None
     password: t.Optional[str] = None
 

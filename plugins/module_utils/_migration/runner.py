@@ -29,7 +29,7 @@ import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration import failover
+from ansible_collections.virtops.migration.plugins.module_utils._migration import failover, guest_agent
 from ansible_collections.virtops.migration.plugins.module_utils._migration import statefiles
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     MigrationError,
@@ -188,6 +188,7 @@ class JobRunner:
         self._uuid: t.Optional[str] = None
         self._last_stats: t.Optional[t.Dict[str, t.Any]] = None
         self._timeout: t.Optional[int] = None
+        self.warnings: t.List[str] = []
 
     # -- shared -------------------------------------------------------------------------------
     def event(self, name: str, **details: t.Any) -> None:
@@ -307,6 +308,7 @@ class JobRunner:
         began = time.monotonic()
         self._uuid = move.uuid
         self._timeout = move.timeout_s
+        self._guest_hooks_before(dom, move)
         unplugged = self._unplug_bond_vfs(dom, move)
         self.event("started", kind=move.kind, destination=move.destination_uri, state=move.state)
         try:
@@ -325,12 +327,58 @@ class JobRunner:
                 dest = stack.enter_context(self.connect(move.destination_uri))
             result = self._completed_stats(dest, dom, uuid)
             result.update(self.verify(source, dest, move))
-            if unplugged:
-                warning = self._replug_bond_vfs(dest.lookupByUUIDString(uuid), move, unplugged, move.destination_uri, "destination")
-                if warning:
-                    result["warnings"] = [warning]
+            if unplugged or (move.guest_hooks and move.kind != OFFLINE):
+                arrived = dest.lookupByUUIDString(uuid)
+                if unplugged:
+                    self._warn(self._replug_bond_vfs(arrived, move, unplugged, move.destination_uri, "destination"))
+                self._guest_hooks_after(arrived, move)
         record_phase(self.timings, "verify", began)
+        if self.warnings:
+            result["warnings"] = list(self.warnings)
         return result
+
+    def _warn(self, warning: t.Optional[str]) -> None:
+        if warning:
+            self.warnings.append(warning)
+
+    # -- the guest's own hooks ------------------------------------------------------------------
+    def _guest_hooks(self, dom: t.Any, move: Move, event: str, uri: t.Optional[str]) -> t.Dict[str, t.Any]:
+        result = guest_agent.run_guest_hooks(dom, event, self.options.guest_hook_timeout)
+        details = {key: value for key, value in result.items() if key != "event"}
+        self.event("guest_hooks", hook_event=event, host=uri, **details)
+        return result
+
+    def _guest_hooks_before(self, dom: t.Any, move: Move) -> None:
+        """Run ``before_migration`` in the guest; with ``guest_hook_failure=abort`` a failure keeps the VM where it is."""
+        if not move.guest_hooks or move.kind == OFFLINE:
+            return
+        if move.state not in (None, "running"):
+            self.event("guest_hooks", hook_event="before_migration", outcome="skipped", message="the VM is %s: its guest cannot run hooks" % move.state)
+            return
+        result = self._guest_hooks(dom, move, "before_migration", move.source_uri)
+        outcome = result["outcome"]
+        if outcome == guest_agent.OK:
+            return
+        what = "The guest's before_migration hooks of VM '%s' did not succeed (%s: %s)" % (move.vm, outcome, result.get("message"))
+        if outcome in guest_agent.HOOK_FAILURES and self.options.guest_hook_failure == "abort":
+            raise MigrationError(
+                "%s; guest_hook_failure=abort: the VM was not moved and runs on %s." % (what, move.source),
+                vm=move.vm,
+                uri=move.source_uri,
+                guest_hooks=result,
+            )
+        self._warn("%s; the move went on." % what)
+
+    def _guest_hooks_after(self, dom: t.Any, move: Move) -> None:
+        """Run ``after_migration`` in the guest on the destination; the VM has moved, so a failure is a warning."""
+        if not move.guest_hooks or move.kind == OFFLINE or move.state not in (None, "running"):
+            return
+        result = self._guest_hooks(dom, move, "after_migration", move.destination_uri)
+        if result["outcome"] != guest_agent.OK:
+            self._warn(
+                "The guest's after_migration hooks of VM '%s' on %s did not succeed (%s: %s)."
+                % (move.vm, move.destination, result["outcome"], result.get("message"))
+            )
 
     # -- SR-IOV failover pairs in bond mode -----------------------------------------------------
     def _unplug_bond_vfs(self, dom: t.Any, move: Move) -> t.List[t.Tuple[str, str]]:

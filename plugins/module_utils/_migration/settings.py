@@ -42,6 +42,7 @@ DEFAULTS: t.Dict[str, t.Any] = {
     "compression": None,
     "bandwidth_mib": None,
     "max_downtime_ms": None,
+    "guest_hooks": False,
 }
 SETTING_NAMES = tuple(DEFAULTS)
 # The settings that make up a VM's effective migration policy.
@@ -85,7 +86,7 @@ def validate_value(name: str, value: t.Any, where: str = "settings") -> t.Any:
         value = sorted(set(value))
     elif name == "policy":
         value = _check_policy(value, where)
-    elif name == "auto_converge":
+    elif name in ("auto_converge", "guest_hooks"):
         if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
             value = _BOOLEAN_WORDS[value.lower()]
         if not isinstance(value, bool):

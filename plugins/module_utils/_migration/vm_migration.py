@@ -92,13 +92,14 @@ class VmMigration:
                 timeout_s=timeout,
                 bond_vfs=tuple(requirements["bond_vfs"]) if facts["active"] else (),
                 failover_primaries=tuple(requirements["failover_primaries"]) if facts["active"] else (),
+                guest_hooks=bool(effective.get("guest_hooks")) if req.guest_hooks is None else req.guest_hooks,
             )
             job = job_stats(dom)
             if job is not None:
                 return self._adopt(source, dom, move, src_host, job, check_mode)
             self.runner.resume_after_lost_run(dom, uuid, req.source_uri, check_mode)
             self._check_state(dom, facts)
-            self._check_devices(move, requirements)
+            self._check_devices(dom, move, requirements)
             self._check_persistence(name, persistent, src_host["hostname"])
             needs = placement.needs_from_facts(facts, requirements, effective)
             if not facts["active"]:
@@ -144,7 +145,10 @@ class VmMigration:
             if outcome.get("started"):
                 result.update(msg="Migration of VM '%s' to %s started; not waiting for it." % (name, dest.uri), events=self.events)
                 return result
+            warnings.extend(outcome.pop("warnings", None) or [])
             result.update(outcome)
+            if warnings:
+                result["warnings"] = warnings
         self.timings.update(self.runner.timings)
         self.timings["total"] = round(time.monotonic() - began, 3)
         result.update(duration_s=self.runner.clock.now(), schedule_applied=self.runner.applied, events=self.events, timings=self.timings)
@@ -202,9 +206,17 @@ class VmMigration:
                 uri=self.request.source_uri,
             )
 
-    def _check_devices(self, move: Move, requirements: t.Mapping[str, t.Any]) -> None:
-        """Refuse a running VM with host devices that cannot migrate, and a non-live move with a failover primary."""
+    def _check_devices(self, dom: t.Any, move: Move, requirements: t.Mapping[str, t.Any]) -> None:
+        """Refuse a hibernated VM, a running VM with host devices that cannot migrate, and a non-live move with a failover primary."""
         if not move.running:
+            if move.persistent and self.runner.call(dom.hasManagedSaveImage, "read the managed save state", move.source_uri, 0):
+                raise PolicyError(
+                    "VM '%s' is hibernated: its memory is saved in a managed save image on %s, which an offline move would leave "
+                    "behind (and the VM would boot afresh on the destination). Restore it first (virtops.migration.vm_hibernate "
+                    "state=running), then migrate it live." % (move.vm, move.source),
+                    vm=move.vm,
+                    uri=move.source_uri,
+                )
             return  # an offline move carries only the definition
         unmovable = requirements["unmovable_devices"]
         if unmovable:

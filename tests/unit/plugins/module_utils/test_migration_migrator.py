@@ -1090,3 +1090,57 @@ def test_a_teaming_pair_migrates_live_and_the_plan_names_it(cluster: Cluster, tm
     cluster.destination.networks.append(FakeObject("<network><name>lab</name></network>"))
     result = migrator(tmp_path).migrate(check_mode=True)
     assert result["plan"]["failover"] == {"bond_vfs": [], "primaries": ["ua-fo-vf"]}
+
+
+# -- the guest's own hooks around a move
+
+
+def hooks_answer(monkeypatch: pytest.MonkeyPatch, outcomes: t.Mapping[str, str]) -> t.List[str]:
+    """guest_agent.run_guest_hooks answers ``outcomes[event]``; returns the events run, in order."""
+    ran: t.List[str] = []
+
+    def fake(dom: t.Any, event: str, deadline_s: float) -> t.Dict[str, t.Any]:
+        ran.append(event)
+        return {"event": event, "outcome": outcomes[event], "message": "hook said %s" % outcomes[event], "duration_s": 0.1}
+
+    monkeypatch.setattr(runner.guest_agent, "run_guest_hooks", fake)
+    return ran
+
+
+def test_guest_hooks_run_before_on_the_source_and_after_on_the_destination(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran = hooks_answer(monkeypatch, {"before_migration": "ok", "after_migration": "ok"})
+    run = job_runner(tmp_path, cluster)
+    outcome = run.carry_out(planned_move(guest_hooks=True))
+    assert outcome["outcome"] == "migrated" and "warnings" not in outcome
+    assert ran == ["before_migration", "after_migration"]
+    hooks = [event for event in run.events if event["event"] == "guest_hooks"]
+    assert [(event["hook_event"], event["host"]) for event in hooks] == [("before_migration", SOURCE_URI), ("after_migration", DEST_URI)]
+
+
+def test_a_failed_before_hook_with_abort_keeps_the_vm_on_its_source(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hooks_answer(monkeypatch, {"before_migration": "failed", "after_migration": "ok"})
+    options = RunOptions(poll_interval=0.01, state_dir=str(tmp_path / "state"), guest_hook_failure="abort")
+    with pytest.raises(MigrationError, match="guest_hook_failure=abort: the VM was not moved and runs on hv1"):
+        runner.JobRunner(options, cluster.connect, "web1").carry_out(planned_move(guest_hooks=True))
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+
+
+@pytest.mark.parametrize("before", ["failed", "no_agent", "no_runner", "timed_out"])
+def test_a_before_hook_problem_with_warn_moves_the_vm_and_says_so(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: str) -> None:
+    hooks_answer(monkeypatch, {"before_migration": before, "after_migration": "failed"})
+    outcome = job_runner(tmp_path, cluster).carry_out(planned_move(guest_hooks=True))
+    assert outcome["outcome"] == "migrated"
+    assert len(outcome["warnings"]) == 2 and before in outcome["warnings"][0] and "after_migration" in outcome["warnings"][1]
+
+
+def test_no_hooks_for_a_paused_vm_or_when_not_asked(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran = hooks_answer(monkeypatch, {"before_migration": "ok", "after_migration": "ok"})
+    job_runner(tmp_path, cluster).carry_out(planned_move())
+    assert ran == []
+
+
+def test_a_hibernated_vm_is_not_moved_offline(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.vm._state = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SAVED)  # pylint: disable=protected-access
+    cluster.vm.saved_image = True  # type: ignore[attr-defined]
+    with pytest.raises(PolicyError, match="is hibernated: its memory is saved in a managed save image on hv1"):
+        migrator(tmp_path).migrate(check_mode=True)
