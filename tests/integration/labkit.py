@@ -342,3 +342,28 @@ def nic_xml(host_uri: str, vm: str, alias: str = VF_STANDIN_ALIAS, inactive: boo
         if found is not None and found.get("name") == alias:
             return ElementTree.tostring(interface, encoding="unicode")
     raise AssertionError("%s on %s has no interface with alias %s" % (vm, host_uri, alias))
+
+
+def failing_python(directory: Path, method: str = "migrateToURI3") -> str:
+    """A Python for lab host modules in which every ``libvirt.virDomain.<method>`` call fails.
+
+    It raises ``libvirt.libvirtError`` with a message naming this lab helper, as libvirt does when the
+    call fails, before anything reaches libvirtd. Pass the returned path as the task's
+    ``ansible_python_interpreter``: the lab hosts see this machine's file system outside their private
+    directories, so the wrapper written under ``directory`` is what runs on the host.
+    """
+    home = directory / ("failing-%s-%s" % (method, secrets.token_hex(3)))
+    home.mkdir(parents=True)
+    (home / "sitecustomize.py").write_text(
+        "import libvirt\n\n\n"
+        "def _fail(self, *args, **kwargs):\n"
+        "    raise libvirt.libvirtError('injected by the lab test: virDomain.%s failed')\n\n\n"
+        "libvirt.virDomain.%s = _fail\n" % (method, method)
+    )
+    wrapper = home / "python3"
+    wrapper.write_text('#!/bin/sh\nPYTHONPATH=%s exec /usr/bin/python3 "$@"\n' % home)
+    wrapper.chmod(0o755)
+    home.chmod(0o755)
+    directory.chmod(0o755)
+    return str(wrapper)
+
