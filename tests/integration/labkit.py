@@ -367,3 +367,64 @@ def failing_python(directory: Path, method: str = "migrateToURI3") -> str:
     directory.chmod(0o755)
     return str(wrapper)
 
+
+# ---------------------------------------------------------------------------------------------------
+# Guests with Python (`virtlab add-vm --python`): Ansible inside the guest, through its agent
+# ---------------------------------------------------------------------------------------------------
+
+# The Python of the lab's Python guests (Debian's python3 in their initramfs).
+GUEST_PYTHON = "/usr/bin/python3"
+GUEST_CONNECTION = "community.libvirt.libvirt_qemu"
+
+
+def guest_inventory(lab: Path, path: Path, *vms: str, group: str = "guests") -> Path:
+    """Write an inventory of lab guests that Ansible reaches through their QEMU guest agent.
+
+    Each guest is a host of ``group`` with the ``community.libvirt.libvirt_qemu`` connection: its
+    ``ansible_host`` is the domain name and its ``ansible_libvirt_uri`` the URI of the lab host it
+    runs on now (write the inventory again after a move). Returns ``path``.
+    """
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    hostvars = load_hostvars(lab)
+    hosts = {vm: {"ansible_host": vm, "ansible_libvirt_uri": hostvars[running_on(vm)]["virtops_libvirt_uri"]} for vm in vms}
+    data = {
+        "all": {
+            "children": {
+                group: {
+                    "hosts": hosts,
+                    "vars": {"ansible_connection": GUEST_CONNECTION, "ansible_python_interpreter": GUEST_PYTHON},
+                }
+            }
+        }
+    }
+    path.write_text(yaml.safe_dump(data, default_flow_style=False, sort_keys=False))
+    return path
+
+
+def run_playbook_report(
+    inventory: Path, playbook: Path, extra_vars: t.Mapping[str, t.Any] | None = None, check_mode: bool = False, timeout: float = 1800
+) -> tuple[subprocess.CompletedProcess[str], dict[str, t.Any]]:
+    """Run a playbook with Ansible's JSON callback; the process and the parsed report (``stats`` per host, ``plays``)."""
+    cmd = ["ansible-playbook", "-i", str(inventory), str(playbook)]
+    if extra_vars:
+        cmd += ["-e", json.dumps(dict(extra_vars))]
+    if check_mode:
+        cmd.append("--check")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_ansible_env(), timeout=timeout, check=False)
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError as exc:
+        raise AssertionError("no JSON report from %s (exit %d)\nstdout:\n%s\nstderr:\n%s" % (playbook, proc.returncode, proc.stdout, proc.stderr)) from exc
+    return proc, report
+
+
+def guest_uptime(vm: str) -> float:
+    """The guest's own monotonic clock: seconds since it booted (``/proc/uptime``), read through its agent."""
+    return float(virtlab("exec", vm, "--", "cat", "/proc/uptime").stdout.split()[0])
+
+
+def console_log(host: str, vm: str) -> str:
+    """The guest's serial console as that lab host's QEMU wrote it (each host keeps its own; "" if none)."""
+    path = "/var/log/libvirt/qemu/%s-console.log" % vm
+    return virtlab("ssh", host, "--", "cat", path, check=False).stdout

@@ -62,6 +62,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME[:MEMORY_MIB][:PRIORITY][@HOSTINDEX]",
         help="a tiny VM to define and start: firmware only, no kernel, disk or guest agent (memory default 32 MiB)",
     )
+    sub.add_argument(
+        "--python-vm",
+        action="append",
+        default=[],
+        metavar="NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX]",
+        help="a VM to define and start whose guest has Python 3 (see add-vm --python)",
+    )
     sub.add_argument("--inventory", required=True, metavar="FILE", help="where to write the Ansible inventory")
     sub.add_argument("--no-wait", action="store_true", help="do not wait for the guest agents to answer")
     sub.add_argument(
@@ -76,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
 
     sub = add("image", cmd_image, "build the guest kernel and initramfs into the cache")
     sub.add_argument("--force", action="store_true", help="rebuild even if cached")
+    sub.add_argument(
+        "--python", action="store_true", help="also build the Python variant of the initramfs (see add-vm --python)"
+    )
 
     sub = add("status", cmd_status, "show hosts, daemons and VMs (exit 1 when no lab is up)")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
@@ -146,6 +156,13 @@ def parser() -> argparse.ArgumentParser:
         "wait-unplug), bond (an active-backup bond0 in the guest, the %s primary; unplug it before a "
         "migration, plug the same interface back after it)"
         % (FAILOVER_MEMORY_MIB, VF_STANDIN_MODEL, VF_STANDIN_ALIAS, STANDBY_ALIAS, VF_STANDIN_MODEL, VF_STANDIN_MODEL),
+    )
+    sub.add_argument(
+        "--python",
+        action="store_true",
+        help="guests with Python 3 (Debian's python3, a trimmed standard library), so that Ansible modules run in "
+        "them through the community.libvirt.libvirt_qemu connection; also the users nobody/nogroup and a system "
+        "log written to the serial console. Boots slower than the normal guest; may be combined with --failover",
     )
     sub.add_argument("--no-wait", action="store_true", help="do not wait for the guest agents to answer")
     sub.add_argument("--wait-timeout", type=float, default=180.0, metavar="SECONDS")

@@ -427,6 +427,8 @@ class Vm:
     # A stand-in for an SR-IOV failover VM ("teaming", "teaming-stuck" or "bond"; empty: a plain
     # guest). Its "VF" is an emulated vmxnet3, not a VF (see hosts.failover_devices).
     failover: str = ""
+    # The guest boots the Python variant of the initrd (image.build_python_image; `add-vm --python`).
+    python: bool = False
 
 
 @dataclasses.dataclass
@@ -443,6 +445,8 @@ class Lab:
     created: float
     hosts: list[Host]
     vms: list[Vm]
+    # The Python variant of the initrd (built when the first Python guest is added; empty before).
+    python_initrd: str = ""
 
     def save(self) -> None:
         """Write the state file."""

@@ -64,7 +64,7 @@ from .common import (
     warn,
     write_atomic,
 )
-from .image import AGENT_CHANNEL, build_image, choose_accel
+from .image import AGENT_CHANNEL, PYTHON_RDINIT, PYTHON_READY, build_image, build_python_image, choose_accel
 
 SUBNET = ipaddress.IPv4Network("10.254.77.0/24")
 GATEWAY = SUBNET.network_address + 1
@@ -798,6 +798,9 @@ def guest_cmdline(vm: Vm) -> str:
         # No ACPI PCI hotplug in the guest: it never ejects the failover primary QEMU asks it to release
         # (and finds the primary QEMU plugged at boot only by rescanning the PCI bus).
         words += ["acpiphp.disable=1", "virtlab.rescan=1"]
+    if vm.python:
+        # The Python variant starts its system log first, then runs the normal /init.
+        words.append("rdinit=" + PYTHON_RDINIT)
     return " ".join(words)
 
 
@@ -818,14 +821,16 @@ def migration_metadata() -> t.Any:
     return metadata
 
 
-def parse_vm(spec: str, host_count: int, tiny: bool = False, failover: str = "") -> Vm:
+def parse_vm(spec: str, host_count: int, tiny: bool = False, failover: str = "", python: bool = False) -> Vm:
     """Parse NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX] (for a tiny VM or a failover stand-in, MEMORY_MIB may be
-    left out).
+    left out). ``python``: the guest boots the Python variant of the initrd.
     """
     if failover and failover not in FAILOVER_MODES:
         raise LabError("bad failover mode %r: expected one of %s" % (failover, ", ".join(FAILOVER_MODES)))
     if tiny and failover:
         raise LabError("a tiny VM has no kernel, so it cannot be a failover stand-in")
+    if tiny and python:
+        raise LabError("a tiny VM has no kernel, so it cannot have Python")
     what = "tiny VM" if tiny else "failover VM" if failover else "--vm"
     match = VM_SPEC.match(spec)
     if not match or not (tiny or failover or match.group("memory")):
@@ -846,7 +851,13 @@ def parse_vm(spec: str, host_count: int, tiny: bool = False, failover: str = "")
     if not 1 <= index <= host_count:
         raise LabError("bad %s %r: host index %d is not between 1 and %d" % (what, spec, index, host_count))
     return Vm(
-        name=match.group("name"), memory_mib=memory, priority=priority, host_index=index, tiny=tiny, failover=failover
+        name=match.group("name"),
+        memory_mib=memory,
+        priority=priority,
+        host_index=index,
+        tiny=tiny,
+        failover=failover,
+        python=python,
     )
 
 
@@ -894,8 +905,11 @@ def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
         agent = ""
         nic_rom = "\n      <rom enabled='no'/>"
     else:
+        if vm.python and not lab.python_initrd:
+            raise LabError("VM %s needs the Python guest image, which this lab has not built" % vm.name)
+        initrd = lab.python_initrd if vm.python else lab.initrd
         boot = f"""<kernel>{escape(lab.kernel)}</kernel>
-    <initrd>{escape(lab.initrd)}</initrd>
+    <initrd>{escape(initrd)}</initrd>
     <cmdline>{guest_cmdline(vm)}</cmdline>"""
         agent = f"""
     <channel type='unix'>
@@ -961,10 +975,22 @@ def start_vm(lab: Lab, vm: Vm) -> None:
             raise LabError("starting VM %s on %s: %s" % (vm.name, host.name, exc.get_error_message())) from exc
 
 
+def python_ready(dom: t.Any) -> None:
+    """Raise LabError until the Python guest's system log listens (it writes image.PYTHON_READY then)."""
+    try:
+        handle = agent_command(dom, "guest-file-open", {"path": PYTHON_READY, "mode": "r"}, timeout=2)
+    except common.libvirt.libvirtError as exc:
+        raise LabError("the guest's system log is not ready: %s" % exc.get_error_message()) from exc
+    agent_command(dom, "guest-file-close", {"handle": handle}, timeout=2)
+
+
 def wait_for_agents(lab: Lab, vms: t.Sequence[Vm], timeout: float) -> None:
-    """Wait until every VM's guest agent (on the host it was started on) answers guest-ping (tiny VMs have none)."""
+    """Wait until every VM's guest agent (on the host it was started on) answers guest-ping (tiny VMs have none);
+    for a Python guest, also until its system log listens.
+    """
     started = time.monotonic()
     pending = {vm.name: lab.host(str(vm.host_index)) for vm in vms if not vm.tiny}
+    python = {vm.name for vm in vms if vm.python}
     last_error: dict[str, str] = {}
     connections: dict[str, t.Any] = {}
     try:
@@ -973,14 +999,18 @@ def wait_for_agents(lab: Lab, vms: t.Sequence[Vm], timeout: float) -> None:
                 try:
                     if host.name not in connections:
                         connections[host.name] = open_connection(host)
-                    agent_command(connections[host.name].lookupByName(name), "guest-ping", timeout=1)
+                    dom = connections[host.name].lookupByName(name)
+                    agent_command(dom, "guest-ping", timeout=1)
+                    if name in python:
+                        python_ready(dom)
                 except LabError as exc:
                     last_error[name] = str(exc)
                 except common.libvirt.libvirtError as exc:
                     last_error[name] = exc.get_error_message()
                 else:
                     del pending[name]
-                    say("VM %s: guest agent answers (%.1f s)" % (name, time.monotonic() - started))
+                    ready = "guest agent answers" + (" and Python guest ready" if name in python else "")
+                    say("VM %s: %s (%.1f s)" % (name, ready, time.monotonic() - started))
             if pending and time.monotonic() - started > timeout:
                 details = []
                 for name, host in pending.items():
@@ -1127,6 +1157,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise LabError("--hosts must be between 1 and %d" % MAX_HOSTS)
     vms = [parse_vm(spec, args.hosts) for spec in args.vm]
     vms += [parse_vm(spec, args.hosts, tiny=True) for spec in args.tiny_vm]
+    vms += [parse_vm(spec, args.hosts, python=True) for spec in args.python_vm]
     names = [vm.name for vm in vms]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -1145,6 +1176,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         ensure_accounts()
         check_python_for_ansible()
         lab = new_lab(args.cluster, args.hosts, vms, Path(args.inventory), image, accel)
+        if any(vm.python for vm in vms):
+            lab.python_initrd = build_python_image(image)["initrd"]
         check_network_free(lab)
         prepare_state_dir()
         lab.save()
@@ -1487,13 +1520,22 @@ def cmd_add_vm(args: argparse.Namespace) -> int:
         lab = require_lab()
         if args.tiny and args.failover:
             raise LabError("--tiny and --failover exclude each other (a tiny VM has no kernel)")
-        vms = [parse_vm(spec, len(lab.hosts), tiny=args.tiny, failover=args.failover or "") for spec in args.vm]
+        if args.tiny and args.python:
+            raise LabError("--tiny and --python exclude each other (a tiny VM has no kernel)")
+        vms = [
+            parse_vm(spec, len(lab.hosts), tiny=args.tiny, failover=args.failover or "", python=args.python)
+            for spec in args.vm
+        ]
         existing = {vm.name for vm in lab.vms}
         for vm in vms:
             if vm.name in existing:
                 raise LabError("%s is already a lab VM" % vm.name)
             existing.add(vm.name)
         assign_guest_addresses(lab.vms, vms)
+        if args.python:
+            # The variant of the image this lab boots (built over it the first time, then cached).
+            lab.python_initrd = build_python_image(build_image())["initrd"]
+            lab.save()
         for host in lab.hosts:
             with connect(host) as conn:
                 taken = {dom.name() for dom in conn.listAllDomains(0)} & {vm.name for vm in vms}

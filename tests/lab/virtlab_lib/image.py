@@ -77,6 +77,75 @@ GUEST_TREE = (
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 GUEST_READY_MARKER = "virtlab guest ready"
 
+# The Python variant of the guest image (`add-vm --python`): the normal initrd followed by a second
+# gzip-compressed cpio archive (the kernel unpacks both, the second over the first) that adds Debian's
+# python3 with a trimmed standard library, compiled ahead of time, so that Ansible modules run in the
+# guest (the community.libvirt.libvirt_qemu connection). The normal image stays as it is. PYTHON_FORMAT
+# changes whenever what goes into the variant changes; it is also rebuilt when the normal initrd changes.
+PYTHON_FORMAT = 3
+PYTHON_META_PACKAGE = "python3-minimal"
+# The variant's first program (kernel parameter rdinit=): it starts the guest's system log once /init
+# has mounted /dev, then becomes /init.
+PYTHON_RDINIT = "/sbin/virtlab-python-init"
+# Parts of the standard library the guest leaves out (top-level names under /usr/lib/python3.X): tests,
+# tools and GUIs, and what Ansible's file, command and fact modules and the hooks runner never import.
+PYTHON_STDLIB_LEFT_OUT = frozenset(
+    {
+        "__phello__",
+        "_pydecimal.py",
+        "_pyio.py",
+        "asyncio",
+        "ctypes",
+        "curses",
+        "dbm",
+        "distutils",
+        "doctest.py",
+        "email",
+        "ensurepip",
+        "html",
+        "http",
+        "idlelib",
+        "imaplib.py",
+        "lib2to3",
+        "mailbox.py",
+        "nntplib.py",
+        "pdb.py",
+        "pickletools.py",
+        "pydoc.py",
+        "pydoc_data",
+        "smtpd.py",
+        "smtplib.py",
+        "sqlite3",
+        "test",
+        "tkinter",
+        "turtle.py",
+        "turtledemo",
+        "unittest",
+        "venv",
+        "wsgiref",
+        "xmlrpc",
+    }
+)
+# Codecs of East Asian encodings (they need the _codecs_* extensions, which are left out).
+PYTHON_ENCODINGS_LEFT_OUT = re.compile(
+    r"^(big5|big5hkscs|cp932|cp949|cp950|euc_.*|gb18030|gb2312|gbk|hz|iso2022_.*|johab|shift_jis.*)\.py$"
+)
+# Extension modules kept from lib-dynload: those that need no library beyond libc and libm (most of
+# what a Python module needs is built into Debian's interpreter: zlib, pyexpat, _socket, select,
+# fcntl, pwd, grp, _posixsubprocess, binascii, _struct, the hash functions).
+PYTHON_EXTENSIONS = (
+    "_contextvars",
+    "_decimal",
+    "_json",
+    "_multiprocessing",
+    "_posixshmem",
+    "_queue",
+    "_typing",
+    "mmap",
+    "resource",
+    "termios",
+)
+
 
 GUEST_INIT = r"""#!/bin/sh
 # PID 1 of a virtlab guest: a diskless Linux with busybox and the QEMU guest agent.
@@ -253,6 +322,62 @@ exit 0
 """
 
 
+# The Python variant's first program: it starts the guest's system log once /init has mounted /dev,
+# then becomes /init.
+PYTHON_RDINIT_SCRIPT = r"""#!/bin/sh
+# rdinit of a virtlab Python guest: the system log once /init has mounted /dev, then /init itself.
+(
+    tries=0
+    until [ -d /dev/virtio-ports ] || [ "$tries" -ge 600 ]; do
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    exec @PYTHON@ -I @SYSLOG@
+) </dev/null >/dev/null 2>&1 &
+exec /init
+"""
+
+# The Python variant's system log: /dev/log, every message appended to /var/log/messages and, except the
+# guest agent's own (one per guest-exec and per status poll), written to the serial console. Each host
+# keeps the console of the guest while it runs there in its own console log, so a program in the guest
+# leaves its log lines in the log of the host it runs on (the hooks runner logs every hook it runs).
+PYTHON_SYSLOG = "/usr/lib/virtlab/syslog-console"
+# Written by the system log once it listens: a Python guest is ready when its agent answers and this exists.
+PYTHON_READY = "/run/virtlab/python-ready"
+PYTHON_SYSLOG_SCRIPT = r'''"""virtlab Python guest: the system log (/dev/log) to /var/log/messages and the serial console."""
+import os
+import re
+import socket
+
+SOCKET = "/dev/log"
+READY = "@READY@"
+QUIET_TAGS = (b"qemu-ga",)
+# "<PRIORITY>Mmm dd hh:mm:ss TAG[PID]: MESSAGE" (RFC 3164), or without the time stamp.
+TAG = re.compile(rb"^<\d+>(?:\w{3} [ \d]\d \d\d:\d\d:\d\d )?([^:\[\s]+)")
+
+if os.path.lexists(SOCKET):
+    os.unlink(SOCKET)
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(SOCKET)
+os.chmod(SOCKET, 0o666)
+console = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)
+messages = os.open("/var/log/messages", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+os.makedirs(os.path.dirname(READY), exist_ok=True)
+open(READY, "w").close()
+while True:
+    data = sock.recv(65536).rstrip(b"\0\n")
+    line = b"syslog: " + data.replace(b"\n", b" ") + b"\n"
+    os.write(messages, line)
+    tag = TAG.match(data)
+    if tag is None or tag.group(1) not in QUIET_TAGS:
+        os.write(console, line)
+'''
+
+# Accounts of the Python variant: root, and nobody/nogroup for unprivileged programs (guest hooks).
+PYTHON_PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n"
+PYTHON_GROUP = "root:x:0:\nnogroup:x:65534:\n"
+
+
 def apt_download(package: str, directory: Path) -> Path:
     """Download one Debian package with apt-get into ``directory``; return the .deb path."""
     before = set(directory.glob("*.deb"))
@@ -379,6 +504,14 @@ def copy_into(root: Path, source: Path, target: str, mode: int | None = None) ->
     os.chmod(destination, mode if mode is not None else stat.S_IMODE(os.stat(source).st_mode))
 
 
+def copy_text(root: Path, target: str, text: str, mode: int) -> None:
+    """Write ``text`` to the absolute path ``target`` inside ``root``."""
+    destination = root / target.lstrip("/")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_text(text)
+    os.chmod(destination, mode)
+
+
 def build_initramfs(root: Path, output: Path) -> None:
     """Pack ``root`` as a gzip-compressed newc cpio archive with busybox cpio."""
     names = []
@@ -399,6 +532,14 @@ def build_initramfs(root: Path, output: Path) -> None:
         raise LabError("busybox cpio failed: %s" % proc.stderr.decode(errors="replace").strip())
     with gzip.open(output, "wb", compresslevel=6) as handle:
         handle.write(proc.stdout)
+
+
+def write_description(described: Path, initrd: Path, description: dict[str, t.Any]) -> None:
+    """Complete an image's description with its initrd's checksum, size and build time, and write it."""
+    description["initrd_sha256"] = sha256(initrd)
+    description["initrd_bytes"] = initrd.stat().st_size
+    description["built"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_atomic(described, json.dumps(description, indent=2) + "\n")
 
 
 def image_paths() -> tuple[Path, Path, Path]:
@@ -523,11 +664,8 @@ def build_image(force: bool = False) -> dict[str, t.Any]:
             "modules": order,
             "libraries": libraries,
             "kernel_sha256": sha256(kernel_path),
-            "initrd_sha256": sha256(initrd_path),
-            "initrd_bytes": initrd_path.stat().st_size,
-            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        write_atomic(described, json.dumps(description, indent=2) + "\n")
+        write_description(described, initrd_path, description)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     say(
@@ -537,6 +675,180 @@ def build_image(force: bool = False) -> dict[str, t.Any]:
             description["kernel_package"],
             description["initrd_bytes"] / 1e6,
             " ".join(order),
+        )
+    )
+    return description
+
+
+def python_image_paths() -> tuple[Path, Path]:
+    """Initrd and description file of the cached Python variant (the kernel is the normal image's)."""
+    return GUEST_DIR / "initrd-python.img", GUEST_DIR / "python.json"
+
+
+def cached_python_image(base: dict[str, t.Any]) -> dict[str, t.Any] | None:
+    """The description of the cached Python variant, or None if it is missing or built on another base."""
+    initrd, described = python_image_paths()
+    if not (initrd.exists() and described.exists()):
+        return None
+    try:
+        description: dict[str, t.Any] = json.loads(described.read_text())
+    except ValueError:
+        return None
+    if description.get("format") != PYTHON_FORMAT or description.get("base_initrd_sha256") != base["initrd_sha256"]:
+        return None
+    return description
+
+
+def python_packages(debs: Path) -> tuple[str, list[Path]]:
+    """Download Debian's python3 (the interpreter and its standard library); its X.Y and the .deb files."""
+    meta = apt_download(PYTHON_META_PACKAGE, debs)
+    relation = deb_field(meta, "Pre-Depends") + "," + deb_field(meta, "Depends")
+    match = re.search(r"\bpython(3\.[0-9]+)-minimal\b", relation)
+    if not match:
+        raise LabError("%s names no python3.X-minimal package (%s)" % (meta.name, relation))
+    version = match.group(1)
+    names = ("python%s-minimal" % version, "libpython%s-minimal" % version, "libpython%s-stdlib" % version)
+    return version, [apt_download(name, debs) for name in names]
+
+
+def copy_stdlib(source: Path, target: Path) -> int:
+    """Copy the standard library without the parts the guest leaves out; the number of files copied."""
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        left_out = {name for name in names if name == "__pycache__"}
+        if Path(directory) == source:
+            left_out |= {name for name in names if name in PYTHON_STDLIB_LEFT_OUT or name.startswith("config-")}
+            left_out |= {name for name in names if name in ("lib-dynload", "site-packages", "dist-packages")}
+        elif Path(directory) == source / "encodings":
+            left_out |= {name for name in names if PYTHON_ENCODINGS_LEFT_OUT.match(name)}
+        return left_out
+
+    shutil.copytree(source, target, ignore=ignore, symlinks=True)
+    dynload = target / "lib-dynload"
+    dynload.mkdir()
+    for name in PYTHON_EXTENSIONS:
+        found = sorted((source / "lib-dynload").glob(name + ".cpython-*.so"))
+        if not found:
+            raise LabError("the Python package has no extension module %s in %s" % (name, source / "lib-dynload"))
+        shutil.copy2(found[0], dynload / found[0].name)
+    return sum(1 for path in target.rglob("*") if path.is_file())
+
+
+def compile_stdlib(root: Path, version: str) -> None:
+    """Compile the guest's standard library with its own interpreter, then drop the sources.
+
+    Compiling in the guest would cost seconds at every first import under TCG (and be lost at every
+    boot: the guest has no disk). The .pyc files replace the .py files (sourceless, which Python
+    loads without checking any source); tracebacks show file and line, not the line's text.
+    """
+    stdlib = root / "usr" / "lib" / ("python" + version)
+    python = root / "usr" / "bin" / ("python" + version)
+    env = dict(CLEAN_ENV, PYTHONHOME=str(root / "usr"), PYTHONDONTWRITEBYTECODE="1")
+    run(
+        [
+            str(python),
+            "-m",
+            "compileall",
+            "-q",
+            "-b",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-s",
+            str(root),
+            "-p",
+            "/",
+            str(stdlib),
+        ],
+        env=env,
+        timeout=600,
+        what="compiling the guest's Python standard library",
+    )
+    for source in stdlib.rglob("*.py"):
+        compiled = source.with_suffix(".pyc")
+        if not compiled.exists():
+            raise LabError("compiling %s left no %s" % (source, compiled.name))
+        source.unlink()
+
+
+def build_python_image(base: dict[str, t.Any], force: bool = False) -> dict[str, t.Any]:
+    """Build the Python variant over the normal image ``base`` (unless cached); return its description."""
+    existing = cached_python_image(base)
+    if existing is not None and not force:
+        return existing
+    require(IMAGE_TOOLS)
+    started = time.monotonic()
+    say("building the Python guest image in %s" % GUEST_DIR)
+    work = Path(tempfile.mkdtemp(prefix="build-python-", dir=CACHE_DIR))
+    try:
+        debs = work / "debs"
+        debs.mkdir()
+        version, packages = python_packages(debs)
+        extracted = work / "extracted"
+        for deb in packages:
+            run([tool("dpkg"), "-x", str(deb), str(extracted)])
+        interpreter = extracted / "usr" / "bin" / ("python" + version)
+        stdlib = extracted / "usr" / "lib" / ("python" + version)
+        if not interpreter.exists() or not (stdlib / "os.py").exists():
+            raise LabError("the python%s packages hold no interpreter or no standard library" % version)
+
+        root = work / "root"
+        for directory in ("usr/bin", "usr/lib", "usr/local/bin", "usr/local/sbin", "var/log", "etc", "sbin"):
+            (root / directory).mkdir(parents=True, exist_ok=True)
+        copy_into(root, interpreter, "/usr/bin/python" + version, 0o755)
+        os.symlink("python" + version, root / "usr" / "bin" / "python3")
+        files = copy_stdlib(stdlib, root / "usr" / "lib" / ("python" + version))
+        # Libraries the interpreter and its extension modules need that the normal image does not have.
+        needed: set[str] = set(shared_libraries(interpreter))
+        for extension in (root / "usr" / "lib" / ("python" + version) / "lib-dynload").glob("*.so"):
+            needed.update(shared_libraries(extension))
+        libraries = sorted(needed - set(base["libraries"]))
+        for library in libraries:
+            copy_into(root, Path(library), library, 0o755)
+        compile_stdlib(root, version)
+        (root / "etc" / "passwd").write_text(PYTHON_PASSWD)
+        (root / "etc" / "group").write_text(PYTHON_GROUP)
+        rdinit = root / PYTHON_RDINIT.lstrip("/")
+        python = "/usr/bin/python" + version
+        rdinit.write_text(PYTHON_RDINIT_SCRIPT.replace("@PYTHON@", python).replace("@SYSLOG@", PYTHON_SYSLOG))
+        os.chmod(rdinit, 0o755)
+        copy_text(root, PYTHON_SYSLOG, PYTHON_SYSLOG_SCRIPT.replace("@READY@", PYTHON_READY), 0o644)
+
+        overlay = work / "python.cpio.gz"
+        build_initramfs(root, overlay)
+        initrd_path, described = python_image_paths()
+        new_initrd = work / "initrd-python.img"
+        with new_initrd.open("wb") as output:
+            for part in (Path(base["initrd"]), overlay):
+                with part.open("rb") as handle:
+                    shutil.copyfileobj(handle, output)
+        os.replace(new_initrd, initrd_path)
+        description: dict[str, t.Any] = {
+            "format": PYTHON_FORMAT,
+            "initrd": str(initrd_path),
+            "base_initrd": base["initrd"],
+            "base_initrd_sha256": base["initrd_sha256"],
+            "python_packages": ["%s=%s" % (deb_field(deb, "Package"), deb_field(deb, "Version")) for deb in packages],
+            "python": "/usr/bin/python" + version,
+            "rdinit": PYTHON_RDINIT,
+            "syslog": PYTHON_SYSLOG,
+            "stdlib_files": files,
+            "extensions": list(PYTHON_EXTENSIONS),
+            "libraries": libraries,
+            "overlay_bytes": overlay.stat().st_size,
+        }
+        write_description(described, initrd_path, description)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    say(
+        "Python guest image ready in %.1f s: initrd %.1f MB (the normal %.1f MB and Python %.1f MB; %s)"
+        % (
+            time.monotonic() - started,
+            description["initrd_bytes"] / 1e6,
+            base["initrd_bytes"] / 1e6,
+            description["overlay_bytes"] / 1e6,
+            ", ".join(description["python_packages"]),
         )
     )
     return description
@@ -630,7 +942,7 @@ def choose_accel(image: dict[str, t.Any]) -> str:
 
 
 def cmd_image(args: argparse.Namespace) -> int:
-    """virtlab image: build the guest image into the cache."""
+    """virtlab image: build the guest image (and with --python its Python variant) into the cache."""
     require_root()
     with lab_lock():
         cached = None if args.force else cached_image()
@@ -639,6 +951,15 @@ def cmd_image(args: argparse.Namespace) -> int:
                 "guest image is cached (use --force to rebuild): %s, %s (%s)"
                 % (cached["kernel"], cached["initrd"], cached["kernel_package"])
             )
-            return 0
-        build_image(force=True)
+        else:
+            cached = build_image(force=True)
+        if args.python:
+            variant = None if args.force else cached_python_image(cached)
+            if variant is not None:
+                say(
+                    "Python guest image is cached (use --force to rebuild): %s (%s)"
+                    % (variant["initrd"], ", ".join(variant["python_packages"]))
+                )
+            else:
+                build_python_image(cached, force=True)
     return 0
