@@ -490,6 +490,9 @@ class JobRunner:
         if worker.is_alive():
             return False
         self.event("completed")
+        if move.kind == LIVE and move.failover_primaries and not any(event["event"] == "primary_released" for event in self.events):
+            # The job ended between two polls: a completed live move means the guest released its primary.
+            self.event("primary_released", devices=list(move.failover_primaries), wait_unplug_s=None)
         if self._suspended:
             self._resume_on(move.destination_uri, t.cast(str, move.uuid))
         return True
