@@ -210,7 +210,12 @@ plan:
   type: dict
   sample: {ok: true, moves: [{vm: db1, priority: high, memory_mib: 4096, from: hv1, to: hv3, kind: live}], blocked: []}
 vms:
-  description: One record per VM moved, in start order, also returned on failure.
+  description:
+    - One record per VM moved, in start order, also returned on failure.
+    - A record also has C(events), the steps around that VM's move when there were any (guest hooks, the
+      unplug and plug of an SR-IOV failover VF, a released or kept failover primary; named as in the
+      RV(virtops.migration.vm_migrate#module:events) of M(virtops.migration.vm_migrate)), C(warnings) (also
+      added to the task's warnings), C(error) and C(observed) for a move that failed.
   returned: state=maintenance and migrations ran
   type: list
   elements: dict

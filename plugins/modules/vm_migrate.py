@@ -418,6 +418,12 @@ events:
       (V(started), V(max_downtime), V(progress), V(schedule_step), V(timeout), V(completed),
       V(failed), V(verified), V(verification_failed), V(resumed_on_source), V(resumed_on_destination),
       V(adopted), V(resumed_after_lost_run), V(cancel_requested), V(cancelled)). V(progress) carries the percentage of data processed and the data remaining.
+    - Steps around a move of a VM with an SR-IOV failover vNIC or guest hooks. V(guest_hooks) (C(hook_event),
+      C(host), C(outcome), and the runner's summary), V(vf_unplugged), V(vf_unplug_timeout), V(vf_absent),
+      V(vf_plugged), V(vf_plug_failed) (bond mode, each with C(pair), and C(duration_s) where measured),
+      V(primary_released) (teaming mode, with C(devices) and either C(wait_unplug_s), the time QEMU waited
+      for the guest, or, when the job ended between two polls, C(within_s), an upper bound), and
+      V(unplug_timeout) (the guest did not release its primary in time and the job was aborted).
     - Also returned on failure.
   returned: when a migration ran or was cancelled
   type: list

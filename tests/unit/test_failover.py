@@ -276,42 +276,24 @@ def test_a_vf_of_a_teaming_pair_without_transient_teaming_blocks() -> None:
 
 
 @pytest.mark.parametrize(
-    "devices, tail, primaries, standbys",
+    "devices, tail, primaries",
     [
-        ("", "", [], []),
-        (TEAMING_LIVE, "", ["ua-net1-vf"], ["ua-net1-backup"]),
-        (BOND_FULL, "", [], []),
-        (STANDIN, OVERRIDE, ["ua-lab-vf"], ["ua-lab-backup"]),
-        (STANDIN, "", [], ["ua-lab-backup"]),
+        ("", "", []),
+        (TEAMING_LIVE, "", ["ua-net1-vf"]),
+        (BOND_FULL, "", []),
+        (STANDIN, OVERRIDE, ["ua-lab-vf"]),
+        # The stand-in without failover_pair_id: an emulated NIC, nothing QEMU unplugs.
+        (STANDIN, "", []),
         (
             "<interface type='hostdev'><mac address='52:54:00:01:02:03'/><source><address type='pci' domain='0' bus='3' slot='0' function='1'/></source>"
             "<teaming type='transient' persistent='ua-x'/></interface>",
             "",
             ["transient teaming interface with MAC 52:54:00:01:02:03"],
-            [],
         ),
     ],
 )
-def test_failover_primaries_and_standbys(devices: str, tail: str, primaries: t.List[str], standbys: t.List[str]) -> None:
-    xml = domain(devices, tail=tail)
-    assert failover.failover_primaries(xml) == primaries
-    assert failover.failover_standbys(xml) == standbys
-
-
-@pytest.mark.parametrize(
-    "devices, expected",
-    [
-        ("", []),
-        (TEAMING_LIVE, ["sriov-pf0"]),
-        (BOND_FULL, []),
-        (POOL_VF_LIVE, ["sriov-pf1"]),
-        (TEAMING_LIVE + POOL_VF_LIVE, ["sriov-pf0", "sriov-pf1"]),
-        # The inactive XML of a teaming pair: type='network' without <actual>.
-        (TEAMING_LIVE.replace("<actual type='hostdev' managed='yes'>", "<!--").replace("</actual>", "-->"), ["sriov-pf0"]),
-    ],
-)
-def test_vf_networks(devices: str, expected: t.List[str]) -> None:
-    assert failover.vf_networks(domain(devices)) == expected
+def test_failover_primaries(devices: str, tail: str, primaries: t.List[str]) -> None:
+    assert failover.failover_primaries(domain(devices, tail=tail)) == primaries
 
 
 def test_vf_device_xml_drops_host_bits_and_keeps_guest_ones() -> None:

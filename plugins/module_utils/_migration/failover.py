@@ -439,33 +439,6 @@ def failover_primaries(domain_xml: str) -> t.List[str]:
     return found
 
 
-def failover_standbys(domain_xml: str) -> t.List[str]:
-    """Aliases of the interfaces with ``<teaming type='persistent'/>`` (failover standbys)."""
-    return [_alias(i) or "" for i in _interfaces(ET.fromstring(domain_xml)) if _teaming_type(i) == "persistent" and _alias(i)]
-
-
-def vf_networks(domain_xml: str) -> t.List[str]:
-    """libvirt networks the VM draws VFs from, sorted.
-
-    The network of every pair's VF half of ``type='network'``, and of any other NIC that the live XML
-    shows as a hostdev network (``<actual type='hostdev'>``).
-    """
-    root = ET.fromstring(domain_xml)
-    networks: t.Set[str] = set()
-    for pair in read_pairs(domain_xml):
-        if pair.vf_network:
-            networks.add(pair.vf_network)
-    for interface in _interfaces(root):
-        match = _ALIAS.match(_alias(interface) or "")
-        is_vf_half = bool(match and match.group("half") == "vf")
-        source = interface.find("source")
-        if interface.get("type") != "network" or source is None or not source.get("network"):
-            continue
-        if is_vf_half or _is_hostdev_nic(interface):
-            networks.add(source.get("network", ""))
-    return sorted(networks)
-
-
 # --- the VF's XML for re-plugging on another host ------------------------------------------------
 
 # Attributes of <source> that libvirt fills in for a running interface on one host.

@@ -491,8 +491,11 @@ class JobRunner:
             return False
         self.event("completed")
         if move.kind == LIVE and move.failover_primaries and not any(event["event"] == "primary_released" for event in self.events):
-            # The job ended between two polls: a completed live move means the guest released its primary.
-            self.event("primary_released", devices=list(move.failover_primaries), wait_unplug_s=None)
+            # The job ended between two polls: a completed live move means the guest released its primary,
+            # at some point within the job's run (an upper bound, since the wait itself was not seen).
+            started = [event["at_s"] for event in self.events if event["event"] == "started"]
+            within = round(self.clock.now() - started[-1], 3) if started else None
+            self.event("primary_released", devices=list(move.failover_primaries), within_s=within)
         if self._suspended:
             self._resume_on(move.destination_uri, t.cast(str, move.uuid))
         return True
@@ -540,6 +543,7 @@ class JobRunner:
         timeout_hit = False
         last_progress = 0.0
         last_check: t.Optional[float] = None
+        overdue = "its %d s timeout, although it was told to %s" % (timeout, opts.timeout_action)
         # A live move of a VM with a failover primary starts with QEMU's wait for the guest to release it.
         unplug_since: t.Optional[float] = self.clock.now() if live and move.failover_primaries else None
         while alive():
@@ -556,7 +560,8 @@ class JobRunner:
                     self._abandon_unplug(dom, move, now - unplug_since)
                     unplug_since = None
                     timeout_hit = True  # the job is being aborted: no other timeout action on top of it
-                    timeout = int(now)  # and the gave-up deadline counts from the abort
+                    timeout = now  # and the gave-up deadline counts from the abort
+                    overdue = "its abort at %.1f s (the guest kept its failover primary past unplug_timeout)" % now
                     continue
             if stats is not None:
                 self._last_stats = stats
@@ -585,9 +590,8 @@ class JobRunner:
             elif now >= timeout + 2 * CANCEL_WAIT_S:
                 self.event("gave_up", after_s=now)
                 raise MigrationError(
-                    "The migration of VM '%s' still runs %d s after its %d s timeout, although it was told to %s; libvirt's job goes on "
-                    "without this run. Run the task again to follow it, or use state=cancelled."
-                    % (move.vm, 2 * CANCEL_WAIT_S, timeout, opts.timeout_action),
+                    "The migration of VM '%s' still runs %d s after %s; libvirt's job goes on "
+                    "without this run. Run the task again to follow it, or use state=cancelled." % (move.vm, 2 * CANCEL_WAIT_S, overdue),
                     vm=move.vm,
                     uri=move.source_uri,
                 )

@@ -1056,6 +1056,22 @@ def test_a_guest_that_never_releases_its_teaming_primary_is_aborted_and_stays(cl
     assert failure.value.details["observed"]["source"]["active"]
 
 
+def test_a_teaming_job_that_ignores_its_abort_is_given_up_naming_the_unplug(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "CANCEL_WAIT_S", 0.05)
+    with_devices(cluster, TEAMING_PAIR)
+    job = UnplugWait(cluster)
+    run = runner.JobRunner(RunOptions(poll_interval=0.01, state_dir=str(tmp_path / "state"), unplug_timeout=0.2), cluster.connect, "web1")
+    try:
+        with pytest.raises(MigrationError) as failure:
+            run.carry_out(planned_move(failover_primaries=("ua-fo-vf",)))
+    finally:
+        job.ended.set()
+    assert failure.value.msg.startswith("The migration of VM 'web1' still runs 0 s after its abort at "), failure.value.msg
+    assert "the guest kept its failover primary past unplug_timeout" in failure.value.msg and "timeout_action" not in failure.value.msg
+    names = event_names(failure.value.details)
+    assert names.count("unplug_timeout") == 1 and "timeout" not in names and names[-1] == "gave_up"
+
+
 def test_a_released_teaming_primary_lets_the_move_go_on(cluster: Cluster, tmp_path: Path) -> None:
     with_devices(cluster, TEAMING_PAIR)
     UnplugWait(cluster, released_after=5)
@@ -1065,6 +1081,17 @@ def test_a_released_teaming_primary_lets_the_move_go_on(cluster: Cluster, tmp_pa
     released = [event for event in run.events if event["event"] == "primary_released"]
     assert released and released[0]["devices"] == ["ua-fo-vf"] and released[0]["wait_unplug_s"] >= 0
     assert "abortJob" not in schedule_calls(cluster.vm)
+
+
+def test_a_teaming_move_that_ends_between_two_polls_reports_an_upper_bound(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, TEAMING_PAIR)
+    UnplugWait(cluster, released_after=1)
+    run = runner.JobRunner(RunOptions(poll_interval=5, state_dir=str(tmp_path / "state"), unplug_timeout=30), cluster.connect, "web1")
+    outcome = run.carry_out(planned_move(failover_primaries=("ua-fo-vf",)))
+    assert outcome["outcome"] == "migrated"
+    released = [event for event in run.events if event["event"] == "primary_released"]
+    assert len(released) == 1 and "wait_unplug_s" not in released[0], released
+    assert 0 <= released[0]["within_s"] <= released[0]["at_s"], released
 
 
 USB_HOSTDEV = "<hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x0781'/><product id='0x5567'/></source></hostdev>"
