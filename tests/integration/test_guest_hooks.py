@@ -2,10 +2,12 @@
 
 The guests are the lab's Python guests (`virtlab add-vm --python`): Debian's python3 in the initramfs, so
 that Ansible reaches them through the ``community.libvirt.libvirt_qemu`` connection and the role's runner
-(``/usr/local/sbin/virtops-run-hooks``, Python 3) runs in them. Each test boots fresh guests and removes
-them afterwards. The verdicts come from inside the guest (files the hooks wrote, the runner's log, its
-processes, read through ``virtlab exec``), from each host's own copy of the guest's serial console, and
-from libvirt (virsh, the lab's no-VM-lost check), not from the module's words alone.
+(``/usr/local/sbin/virtops-run-hooks``, Python 3) runs in them. Every guest is fresh and serves one test;
+the guests of the migration and hibernation tests get their hooks from one run of the role over all of
+them (each guest's own hooks in the inventory), and are removed after the module. The verdicts come from
+inside the guest (files the hooks wrote, the runner's log, its processes, read through ``virtlab
+exec``), from each host's own copy of the guest's serial console, and from libvirt (virsh, the lab's
+no-VM-lost check), not from the module's words alone.
 
 The hooks run as ``nobody`` (the role's ``guest_hooks_user``), which the Python guests have, so the role
 creates no user.
@@ -20,6 +22,7 @@ import typing as t
 from pathlib import Path
 
 import pytest
+import yaml
 
 from labkit import (
     assert_no_vm_lost,
@@ -102,16 +105,60 @@ def python_vm(lab: Path) -> t.Iterator[t.Callable[..., str]]:
         virtlab("remove-vm", *created, check=False)
 
 
-def install(lab: Path, tmp_path: Path, vms: t.Sequence[str], hooks: list[dict[str, str]], check_mode: bool = False, **role_vars: t.Any) -> dict[str, t.Any]:
-    """Run the guest_hooks role in the guests over libvirt_qemu; the play's stats per guest."""
+def install(lab: Path, tmp_path: Path, guests: t.Mapping[str, t.Mapping[str, t.Any]], check_mode: bool = False) -> dict[str, t.Any]:
+    """Run the guest_hooks role in the guests over libvirt_qemu; the play's stats per guest.
+
+    ``guests`` maps each guest to its own role variables (its ``guest_hooks_hooks`` at least), written to
+    the inventory as host variables, as a site keeps them.
+    """
     playbook = tmp_path / "guest_hooks.yml"
     playbook.write_text(PLAYBOOK)
-    inventory = guest_inventory(lab, tmp_path / "guests.yml", *vms)
-    extra = {"guest_hooks_user": HOOK_USER, "guest_hooks_hooks": hooks, **role_vars}
-    proc, report = run_playbook_report(inventory, playbook, extra, check_mode=check_mode)
+    inventory = guest_inventory(lab, tmp_path / "guests.yml", *guests)
+    data = yaml.safe_load(inventory.read_text())
+    for vm, role_vars in guests.items():
+        data["all"]["children"]["guests"]["hosts"][vm].update(role_vars)
+    inventory.write_text(yaml.safe_dump(data, default_flow_style=False, sort_keys=False))
+    proc, report = run_playbook_report(inventory, playbook, {"guest_hooks_user": HOOK_USER}, check_mode=check_mode)
     failed = [task for play in report["plays"] for task in play["tasks"] for result in task["hosts"].values() if result.get("failed")]
     assert proc.returncode == 0 and not failed, "the role failed (exit %d): %s\n%s" % (proc.returncode, json.dumps(failed)[:4000], proc.stderr[-2000:])
     return report["stats"]
+
+
+# The guests of the tests below the role's own: the lab host each starts on, and its role variables.
+SHARED_GUESTS: dict[str, tuple[int, dict[str, t.Any]]] = {
+    "migration": (1, {"guest_hooks_hooks": recording("before_migration", "after_migration")}),
+    "failing": (
+        1,
+        {
+            "guest_hooks_hooks": [
+                hook("before_migration", "10-record", RECORD_HOOK),
+                hook("before_migration", "20-fail", FAILING_HOOK),
+            ]
+            + recording("after_migration")
+        },
+    ),
+    "hanging": (1, {"guest_hooks_hooks": [hook("before_migration", "10-hang", HANGING_HOOK)], "guest_hooks_timeout": 3}),
+    "tampered": (1, {"guest_hooks_hooks": recording("before_migration", "after_migration")}),
+    "hibernation": (3, {"guest_hooks_hooks": recording("before_hibernation", "after_hibernation")}),
+}
+
+
+@pytest.fixture(scope="module")
+def shared_guests(lab: Path, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[dict[str, str]]:
+    """A fresh Python guest for each test of migration and hibernation, its hooks installed by one run of the
+    role over all of them (the role's per-guest variables in the inventory); removed after the module."""
+    vms: dict[str, str] = {}
+    try:
+        for purpose, (host_index, _) in SHARED_GUESTS.items():
+            vms[purpose] = "py%s" % secrets.token_hex(3)
+            virtlab("add-vm", "--python", "%s:%d@%d" % (vms[purpose], PYTHON_GUEST_MIB, host_index))
+        guests = {vms[purpose]: {**role_vars, "guest_hooks_python_interpreter": "/usr/bin/python3"} for purpose, (_, role_vars) in SHARED_GUESTS.items()}
+        stats = install(lab, tmp_path_factory.mktemp("guest-hooks"), guests)
+        assert all(stats[vm]["changed"] > 0 for vm in guests), stats
+        yield vms
+    finally:
+        if vms:
+            virtlab("remove-vm", *vms.values(), check=False)
 
 
 def guest(vm: str, *argv: str, check: bool = True) -> str:
@@ -150,14 +197,14 @@ def test_role_installs_hooks_over_the_guest_agent_four_runs(lab: Path, python_vm
     vm = python_vm()
     hooks = recording("before_migration", "after_migration")
 
-    checked = install(lab, tmp_path, [vm], hooks, check_mode=True)[vm]
+    checked = install(lab, tmp_path, {vm: {"guest_hooks_hooks": hooks}}, check_mode=True)[vm]
     assert checked["changed"] > 0 and checked["failures"] == 0, checked
     assert guest(vm, "sh", "-c", "ls -d /etc/virtops %s 2>&1 || true" % RUNNER).count("No such file") == 2, "check mode wrote nothing"
 
-    done = install(lab, tmp_path, [vm], hooks)[vm]
+    done = install(lab, tmp_path, {vm: {"guest_hooks_hooks": hooks}})[vm]
     assert done["changed"] > 0, done
     for check_mode in (False, True):
-        again = install(lab, tmp_path, [vm], hooks, check_mode=check_mode)[vm]
+        again = install(lab, tmp_path, {vm: {"guest_hooks_hooks": hooks}}, check_mode=check_mode)[vm]
         assert again["changed"] == 0 and again["failures"] == 0, (check_mode, again)
 
     # What the guest has: root's directories and hooks, not writable by the hook user, and the runner.
@@ -187,7 +234,7 @@ def test_role_installs_hooks_over_the_guest_agent_four_runs(lab: Path, python_vm
     assert_no_vm_lost()
 
 
-def test_migration_runs_before_hooks_on_the_source_and_after_hooks_on_the_destination(lab: Path, python_vm: t.Callable[..., str], tmp_path: Path) -> None:
+def test_migration_runs_before_hooks_on_the_source_and_after_hooks_on_the_destination(lab: Path, shared_guests: dict[str, str]) -> None:
     """What proves where each hook ran: the guest cannot tell (its hostname is its own, its virtual
     hardware the same on every host), so the proof is the hosts' own record. The guest's system log
     writes the runner's lines, with each hook's output (the guest uptime at which it ran), to the serial
@@ -198,8 +245,7 @@ def test_migration_runs_before_hooks_on_the_source_and_after_hooks_on_the_destin
     lab-h1, as virsh shows), then the before hook, then the after hook, then read just after it (on
     lab-h2); each hook ran once.
     """
-    vm = python_vm(1)
-    install(lab, tmp_path, [vm], recording("before_migration", "after_migration"), guest_hooks_python_interpreter="/usr/bin/python3")
+    vm = shared_guests["migration"]
     marker = write_marker(vm)
     assert vm_homes(vm) == {"lab-h1": "running"}
     started = guest_uptime(vm)
@@ -234,10 +280,8 @@ def test_migration_runs_before_hooks_on_the_source_and_after_hooks_on_the_destin
     assert_no_vm_lost()
 
 
-def test_a_failing_before_hook_aborts_the_move_or_warns(lab: Path, python_vm: t.Callable[..., str], tmp_path: Path) -> None:
-    vm = python_vm(1)
-    hooks = [hook("before_migration", "10-record", RECORD_HOOK), hook("before_migration", "20-fail", FAILING_HOOK)] + recording("after_migration")
-    install(lab, tmp_path, [vm], hooks, guest_hooks_python_interpreter="/usr/bin/python3")
+def test_a_failing_before_hook_aborts_the_move_or_warns(lab: Path, shared_guests: dict[str, str]) -> None:
+    vm = shared_guests["failing"]
     marker = write_marker(vm)
     h1, h2 = uri(lab, "lab-h1"), uri(lab, "lab-h2")
 
@@ -265,9 +309,8 @@ def test_a_failing_before_hook_aborts_the_move_or_warns(lab: Path, python_vm: t.
     assert_no_vm_lost()
 
 
-def test_a_hanging_hook_is_stopped_by_the_runners_timeout_and_the_move_goes_on(lab: Path, python_vm: t.Callable[..., str], tmp_path: Path) -> None:
-    vm = python_vm(1)
-    install(lab, tmp_path, [vm], [hook("before_migration", "10-hang", HANGING_HOOK)], guest_hooks_timeout=3, guest_hooks_python_interpreter="/usr/bin/python3")
+def test_a_hanging_hook_is_stopped_by_the_runners_timeout_and_the_move_goes_on(lab: Path, shared_guests: dict[str, str]) -> None:
+    vm = shared_guests["hanging"]
     marker = write_marker(vm)
 
     moved = migrate(lab, vm, "lab-h1", "lab-h2")
@@ -289,9 +332,8 @@ def test_a_hanging_hook_is_stopped_by_the_runners_timeout_and_the_move_goes_on(l
     assert_no_vm_lost()
 
 
-def test_a_world_writable_hook_is_refused_and_not_run(lab: Path, python_vm: t.Callable[..., str], tmp_path: Path) -> None:
-    vm = python_vm(1)
-    install(lab, tmp_path, [vm], recording("before_migration", "after_migration"), guest_hooks_python_interpreter="/usr/bin/python3")
+def test_a_world_writable_hook_is_refused_and_not_run(lab: Path, shared_guests: dict[str, str]) -> None:
+    vm = shared_guests["tampered"]
     tampered = "%s/before_migration/10-record" % BASE_DIR
     guest(vm, "chmod", "o+w", tampered)
     assert guest(vm, "stat", "-c", "%a", tampered).strip() == "757"
@@ -309,16 +351,15 @@ def test_a_world_writable_hook_is_refused_and_not_run(lab: Path, python_vm: t.Ca
 
 
 def test_hibernation_runs_its_hooks_and_an_evacuation_keeps_the_hibernated_vm(
-    lab: Path, python_vm: t.Callable[..., str], new_vm: t.Callable[..., str], tmp_path: Path
+    lab: Path, shared_guests: dict[str, str], new_vm: t.Callable[..., str]
 ) -> None:
     """vm_hibernate runs before_hibernation before the save and after_hibernation after the restore, and the
     guest continues where it was (a file in its tmpfs survives). While it is hibernated, an evacuation of its
     host keeps it there (its memory is in a managed save image only that host has) and moves the others.
     """
-    vm = python_vm(3)
+    vm = shared_guests["hibernation"]
     other = new_vm(160, 3)
     h3 = uri(lab, "lab-h3")
-    install(lab, tmp_path, [vm], recording("before_hibernation", "after_hibernation"), guest_hooks_python_interpreter="/usr/bin/python3")
     marker = write_marker(vm)
     awake = guest_uptime(vm)
 
