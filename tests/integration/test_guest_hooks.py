@@ -149,10 +149,13 @@ def shared_guests(lab: Path, tmp_path_factory: pytest.TempPathFactory) -> t.Iter
     role over all of them (the role's per-guest variables in the inventory); removed after the module."""
     vms: dict[str, str] = {}
     try:
-        for purpose, (host_index, _) in SHARED_GUESTS.items():
+        for purpose, (host_index, _role_vars) in SHARED_GUESTS.items():
             vms[purpose] = "py%s" % secrets.token_hex(3)
             virtlab("add-vm", "--python", "%s:%d@%d" % (vms[purpose], PYTHON_GUEST_MIB, host_index))
-        guests = {vms[purpose]: {**role_vars, "guest_hooks_python_interpreter": "/usr/bin/python3"} for purpose, (_, role_vars) in SHARED_GUESTS.items()}
+        guests = {
+            vms[purpose]: {**role_vars, "guest_hooks_python_interpreter": "/usr/bin/python3"}
+            for purpose, (_host_index, role_vars) in SHARED_GUESTS.items()
+        }
         stats = install(lab, tmp_path_factory.mktemp("guest-hooks"), guests)
         assert all(stats[vm]["changed"] > 0 for vm in guests), stats
         yield vms

@@ -23,41 +23,17 @@ import typing as t
 from pathlib import Path
 
 import pytest
+from roleplay import REPO, Recap, link_collection, require_root, run_play, write_role_play
 
-REPO = Path(__file__).resolve().parents[2]
 RUNNER_SOURCE = REPO / "roles" / "guest_hooks" / "files" / "virtops_run_hooks.py"
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 EVENTS = ("before_migration", "after_migration", "before_hibernation", "after_hibernation")
-RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
-
-PLAY = """\
-- name: Apply the guest_hooks role to this machine
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  roles:
-    - virtops.migration.guest_hooks
-"""
-
-
-@pytest.fixture(autouse=True)
-def _needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("the guest_hooks role tests must run as root: the role makes root the owner of what it installs")
-
-
-class Recap(t.NamedTuple):
-    rc: int
-    ok: int
-    changed: int
-    failed: int
-    output: str
 
 
 class Guest:
     """A directory standing in for a guest's file system, and ansible-playbook runs of the role against it."""
 
     def __init__(self) -> None:
+        require_root("guest_hooks")
         self.root = Path(tempfile.mkdtemp(prefix="virtops-guest-hooks-role-", dir="/tmp"))
         self.root.chmod(0o755)  # the hook user runs the hooks below it
         self.base = self.root / "etc" / "virtops" / "hooks.d"
@@ -69,11 +45,8 @@ class Guest:
         self.files = self.root / "controller"
         self.files.mkdir()
         (self.files / "notify.sh").write_text("#!/bin/sh\necho notified\n", encoding="utf-8")
-        self.collections = self.root / "collections"
-        (self.collections / "ansible_collections" / "virtops").mkdir(parents=True)
-        (self.collections / "ansible_collections" / "virtops" / "migration").symlink_to(REPO, target_is_directory=True)
-        self.playbook = self.root / "play.yml"
-        self.playbook.write_text(PLAY, encoding="utf-8")
+        self.collections = link_collection(self.root)
+        self.playbook = write_role_play(self.root / "play.yml", "guest_hooks")
         self.variables = {
             "ansible_python_interpreter": sys.executable,
             "guest_hooks_base_dir": str(self.base),
@@ -86,19 +59,7 @@ class Guest:
         }  # type: t.Dict[str, t.Any]
 
     def play(self, *args: str, playbook: t.Optional[Path] = None) -> Recap:
-        extra = self.root / "vars.json"
-        extra.write_text(json.dumps(self.variables), encoding="utf-8")
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(self.collections), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
-                   ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-        proc = subprocess.run(
-            [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(playbook or self.playbook), "-e", "@%s" % extra, *args],
-            capture_output=True, text=True, timeout=300, check=False, env=env, cwd=str(self.root),
-        )
-        output = proc.stdout + proc.stderr
-        match = RECAP.search(proc.stdout)
-        assert match, output
-        ok, changed, _unreachable, failed = map(int, match.groups())
-        return Recap(proc.returncode, ok, changed, failed, output)
+        return run_play(self.root, self.collections, playbook or self.playbook, self.variables, *args)
 
     def tree(self) -> t.Dict[str, t.Tuple[str, int, int, str]]:
         """Every path below the guest's etc/ and usr/: its kind, mode, owner and content (or link target)."""
