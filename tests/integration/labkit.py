@@ -50,6 +50,8 @@ def _ansible_env() -> dict[str, str]:
         ANSIBLE_HOST_KEY_CHECKING="False",
         ANSIBLE_RETRY_FILES_ENABLED="False",
         ANSIBLE_NOCOLOR="1",
+        # The json callback then reports set_stats data (global_custom_stats), as AWX shows artifacts.
+        ANSIBLE_SHOW_CUSTOM_STATS="1",
     )
     return env
 

@@ -682,6 +682,8 @@ def write_inventory(lab: Lab) -> None:
             "virtops_lab_migration_address": host.migration_address,
             # Lab hosts have no systemd: the controller restarts a host's libvirtd with virtlab.
             "virtops_libvirtd_restart_command": [str(VIRTLAB), "restart-libvirtd", host.name],
+            # The lab's stand-in for a reboot (rolling_maintenance): a restart of the host's libvirtd.
+            "virtops_reboot_command": [str(VIRTLAB), "restart-libvirtd", host.name],
         }
         for host in lab.hosts
     }
@@ -695,6 +697,7 @@ def write_inventory(lab: Lab) -> None:
             # As production inventories should: one SSH round trip per task instead of several.
             "ansible_pipelining": True,
             "virtops_libvirtd_restart_delegate_to": "localhost",
+            "virtops_reboot_delegate_to": "localhost",
         },
     }
     text = "# virtlab inventory of lab %r (written by `virtlab up`; do not edit)\n" % lab.cluster
