@@ -35,7 +35,6 @@ OUT_DIR = REPO / "extensions" / "awx" / "surveys"
 Source = t.Union[t.Tuple[str, str, str], t.Dict[str, t.Any]]
 
 
-
 def asked(description: str, required: bool = True) -> dict[str, t.Any]:
     """A text question of a playbook's own, for an input no role or module documents."""
     return {"type": "text", "required": required, "question_description": description}
