@@ -51,7 +51,7 @@ SURVEYS: dict[str, dict[str, t.Any]] = {
         "description": "Put a host into maintenance: its VMs are live-migrated to the other hosts of its cluster.",
         "inputs": {
             "target": asked("Inventory name of the host to put into maintenance."),
-            **from_role("host_maintenance", "reason", "include_manual", "non_migratable", "max_outgoing", "max_incoming"),
+            **from_role("host_maintenance", "reason", "include_manual", "non_migratable", "max_outgoing", "max_incoming", "progress_interval"),
         },
     },
     "activate": {
@@ -79,7 +79,7 @@ SURVEYS: dict[str, dict[str, t.Any]] = {
             "host_order": asked(
                 "The hosts to patch, comma-separated, in that order (default: every host of the cluster, in inventory order).", required=False
             ),
-            **from_role("rolling_maintenance", "patch_tasks", "reboot", "move_back", "force", "run_id"),
+            **from_role("rolling_maintenance", "patch_tasks", "reboot", "move_back", "progress_interval", "force", "run_id"),
         },
         # Without a cluster there is nothing to patch.
         "required": ["cluster"],

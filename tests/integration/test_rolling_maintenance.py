@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -31,6 +32,7 @@ HOSTS = ("lab-h1", "lab-h2", "lab-h3")
 STATE_DIR = "/var/lib/virtops-migration"
 RUN_MARK = STATE_DIR + "/rolling-maintenance.json"
 PATCHED = STATE_DIR + "/patched-by-test"
+HOOK_FILE = STATE_DIR + "/hook-by-test"
 
 PATCH_TASKS = """\
 - name: Record the patch on the host
@@ -104,12 +106,12 @@ def libvirtd_pid(host: str) -> int:
 def clean_marks(lab: Path) -> t.Iterator[None]:
     """Every host without the run's mark or the patch file before and after the test, and active."""
     for host in HOSTS:
-        on_host(host, "rm -f %s %s" % (RUN_MARK, PATCHED))
+        on_host(host, "rm -f %s %s %s" % (RUN_MARK, PATCHED, HOOK_FILE))
     yield
     for host in HOSTS:
         if maintenance_mark(host):
             run_playbook_report(lab, ACTIVATE, {"target": host})
-        on_host(host, "rm -f %s %s" % (RUN_MARK, PATCHED))
+        on_host(host, "rm -f %s %s %s" % (RUN_MARK, PATCHED, HOOK_FILE))
 
 
 def test_check_then_patch_then_rerun_changes_nothing(lab: Path, tmp_path: Path, clean_marks: None) -> None:
@@ -125,8 +127,14 @@ def test_check_then_patch_then_rerun_changes_nothing(lab: Path, tmp_path: Path, 
     assert all(read_json(host, RUN_MARK) is None and maintenance_mark(host) is None for host in HOSTS)
 
     pids = {host: libvirtd_pid(host) for host in HOSTS}
-    rc, report, failures = patch(lab, tmp_path, run_id=run_id)
+    rc, report, failures = patch(lab, tmp_path, run_id=run_id, progress_interval="1")
     assert rc == 0, failures
+    # Progress lines while the VMs moved (a look every second; each evacuation takes a few seconds).
+    progress = [result["msg"] for play in report["plays"] for task in play["tasks"] if task["task"]["name"].endswith("Show the evacuation's progress")
+                for result in task["hosts"].values() if "msg" in result]
+    assert progress, "no progress line while the hosts were evacuated"
+    for line in progress:
+        assert re.fullmatch(r"lab-h\d: (planning|\d+ of \d+ moves ended \(\d+ failed\)(; moving now: \S+ -> lab-h\d(, \S+ -> lab-h\d)*)?)", line), line
     for host in HOSTS:
         mark = read_json(host, RUN_MARK)
         assert mark is not None and mark["run"] == run_id and mark["rebooted"] is True, (host, mark)
@@ -216,7 +224,11 @@ def test_patch_cluster_through_ansible_runner_as_awx_runs_it(lab: Path, tmp_path
     hosts = private / "inventory" / "hosts"
     hosts.write_text(INVENTORY_SCRIPT % (sys.executable, str(lab)))
     hosts.chmod(0o755)
-    extravars = {"cluster": "lab", "patch_tasks": str(tasks), "reboot": "never", "move_back": "false", "force": "true", "run_id": run_id, "host_order": ""}
+    hook = tmp_path / "before_patch.yml"
+    hook.write_text("- name: Note the stage\n  ansible.builtin.copy:\n    content: before patch\n    dest: %s\n    mode: '0644'\n" % HOOK_FILE)
+    before = placement()
+    extravars = {"cluster": "lab", "patch_tasks": str(tasks), "reboot": "never", "move_back": "true", "force": "true", "run_id": run_id,
+                 "host_order": "", "progress_interval": "", "rolling_maintenance_before_patch_tasks": str(hook)}
     (private / "env" / "extravars").write_text(yaml.safe_dump(extravars))
     (private / "env" / "cmdline").write_text("--forks 5")
     (private / "env" / "envvars").write_text(yaml.safe_dump({
@@ -235,6 +247,10 @@ def test_patch_cluster_through_ansible_runner_as_awx_runs_it(lab: Path, tmp_path
     assert len(stats) == 1, [event.get("event") for event in events][-10:]
     data = stats[0]["event_data"]["artifact_data"]["rolling_maintenance"]
     assert data["run"] == run_id and {host: entry["status"] for host, entry in data["hosts"].items()} == {host: "patched" for host in HOSTS}, data
-    assert all(entry["rebooted"] is False and entry["moved_back"] == 0 for entry in data["hosts"].values()), data
+    assert all(entry["rebooted"] is False and entry["moved_back"] == entry["moved"] for entry in data["hosts"].values()), data
+    assert sum(entry["moved"] for entry in data["hosts"].values()) >= len(before), data
+    # Every VM went back to the host it ran on before its host's turn, and each host ran the stage hook.
+    assert placement() == before
+    assert all(on_host(host, "cat %s" % HOOK_FILE).strip() == "before patch" for host in HOSTS)
     assert all(read_json(host, RUN_MARK)["run"] == run_id for host in HOSTS)  # type: ignore[index]
     assert_no_vm_lost()

@@ -307,6 +307,33 @@ def test_an_evacuation_moves_a_transient_vm_as_a_transient_vm(tmp_path: Path, ho
     assert result["maintenance"]["state"] == mk.MAINTENANCE
 
 
+def test_the_progress_file_shows_the_moves_running_and_ended(tmp_path: Path, hosts: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts.hv1.domains += [domain("a1", RUNNING), domain("b2", RUNNING), domain("c3", RUNNING)]
+    progress = tmp_path / "state" / mt.PROGRESS_FILE
+    seen: t.List[t.Dict[str, t.Any]] = []
+    carry_out = mt.JobRunner.carry_out
+
+    def watched(self: t.Any, move: Move, others: t.Sequence[Candidate] = ()) -> t.Dict[str, t.Any]:
+        # What a watcher reads while this move runs (the file is rewritten before each move starts).
+        seen.append(json.loads(progress.read_text(encoding="utf-8")))
+        return carry_out(self, move, others)
+
+    monkeypatch.setattr(mt.JobRunner, "carry_out", watched)
+    request = host_maintenance(tmp_path).request
+    request.max_outgoing = 1
+    result = mt.HostMaintenance(request).maintenance(check_mode=False)
+    assert [record["outcome"] for record in result["vms"]] == ["migrated"] * 3
+    # One move at a time: each move sees itself running and the moves before it ended.
+    assert [(entry["ended"], [running["vm"] for running in entry["running"]], entry["done"]) for entry in seen] == [
+        (0, [result["vms"][0]["vm"]], False),
+        (1, [result["vms"][1]["vm"]], False),
+        (2, [result["vms"][2]["vm"]], False),
+    ]
+    final = json.loads(progress.read_text(encoding="utf-8"))
+    assert (final["host"], final["total"], final["ended"], final["failed"], final["running"], final["done"]) == ("hv1", 3, 3, 0, [], True)
+    assert progress.stat().st_mode & 0o777 == 0o644
+
+
 def test_a_failed_run_on_a_host_in_maintenance_that_runs_no_vm_leaves_it_in_maintenance(tmp_path: Path, hosts: Hosts) -> None:
     run = host_maintenance(tmp_path)
     state_dir = run.request.state_dir

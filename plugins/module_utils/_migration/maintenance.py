@@ -62,6 +62,9 @@ except ImportError:  # reported by the module through missing_required_lib
     pass
 
 EVENT_LOG = "events.jsonl"
+# The evacuation's progress, rewritten as moves start and end, for whoever watches a long one (the
+# roles poll it while the module runs in the background): in the state directory, readable by all.
+PROGRESS_FILE = "evacuation.json"
 # The runner's events an evacuation keeps in each VM's record: the steps around a move (not its progress).
 STEP_EVENTS = frozenset(
     ("guest_hooks", "vf_unplugged", "vf_unplug_timeout", "vf_absent", "vf_plugged", "vf_plug_failed", "primary_released", "unplug_timeout")
@@ -464,6 +467,7 @@ class HostMaintenance:
                 }
                 records.append(record)
                 thread = threading.Thread(target=worker, args=(move, record), name="evacuate-%s" % move.vm, daemon=True)
+                self._progress(hostname, len(plan.moves), records, finished=False)
                 thread.start()
                 threads.append(thread)
                 move = pending.next_ready()
@@ -472,9 +476,28 @@ class HostMaintenance:
             record["duration_s"] = round(record["finished_at_s"] - record["started_at_s"], 3)
             pending.finish(finished)
             self._audit(record)
+            self._progress(hostname, len(plan.moves), records, finished=False)
         for thread in threads:
             thread.join()
+        self._progress(hostname, len(plan.moves), records, finished=True)
         return records
+
+    def _progress(self, hostname: str, total: int, records: t.Sequence[t.Mapping[str, t.Any]], finished: bool) -> None:
+        """Rewrite the progress file: moves ended (migrated or not) out of ``total``, and those running now."""
+        ended = [record for record in records if "finished" in record]
+        data = {
+            "host": hostname,
+            "total": total,
+            "ended": len(ended),
+            "failed": sum(1 for record in ended if record.get("outcome") == "failed"),
+            "running": [{"vm": record["vm"], "to": record["to"], "started": record["started"]} for record in records if "finished" not in record],
+            "done": finished,
+            "updated": now_iso(),
+        }
+        try:
+            statefiles.write_json(self.request.state_dir, PROGRESS_FILE, data, mode=0o644)
+        except (OSError, MigrationError) as exc:
+            self.log("cannot write the progress file: %s" % exc)
 
     def _audit(self, record: t.Mapping[str, t.Any]) -> None:
         """Append one JSON line per migration to the host's event log (best effort, never fatal)."""
