@@ -9,7 +9,7 @@ export ANSIBLE_FORCE_COLOR := 0
 export PYTHONDONTWRITEBYTECODE := 1
 PYTEST := $(VENV)/bin/python -m pytest -p no:cacheprovider
 
-.PHONY: setup demo test unit sanity lint build integration molecule lab-down clean
+.PHONY: setup demo test unit sanity versions lint build integration molecule lab-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -19,9 +19,16 @@ demo: setup
 	bash scripts/demo.sh
 
 ## test: everything CI runs
+# The other ansible-core releases (versions) run beside the stages that need no lab, one CPU each,
+# their output kept in tests/output/versions.log and shown when they end; the lab stages run alone.
 test: setup
-	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory unit sanity lint build integration molecule; \
+	@start=$$(date +%s); mkdir -p tests/output; \
+	$(MAKE) --no-print-directory versions > tests/output/versions.log 2>&1 & versions=$$!; \
+	if ! $(MAKE) --no-print-directory unit sanity lint build; then kill $$versions 2>/dev/null; wait; exit 1; fi; \
+	echo "== waiting for the sanity and unit tests under ansible-core 2.20 and 2.21 (started with the unit tests)"; \
+	if wait $$versions; then grep '^versions:' tests/output/versions.log; \
+	else cat tests/output/versions.log; echo "make test: the versions stage failed"; exit 1; fi; \
+	$(MAKE) --no-print-directory integration molecule; \
 	echo "make test: all stages passed in $$(( $$(date +%s) - start )) s"
 
 unit:
@@ -31,6 +38,11 @@ unit:
 sanity:
 	@echo "== ansible-test sanity"
 	bash tests/sanity.sh
+
+## versions: sanity and unit tests again under the other maintained ansible-core releases, each in a .venv-core-X.Y
+versions:
+	@echo "== sanity and unit tests under ansible-core 2.20 and 2.21"
+	bash tests/versions.sh
 
 lint:
 	@echo "== ansible-lint (production profile) and changelog"

@@ -53,4 +53,4 @@ fi
 # The collection is used in place: .venv/collections/ansible_collections/virtops/migration points here.
 mkdir -p .venv/collections/ansible_collections/virtops
 ln -sfn "$PWD" .venv/collections/ansible_collections/virtops/migration
-echo "setup: ready ($(.venv/bin/ansible --version | head -n1))"
+echo "setup: ready ($(.venv/bin/ansible --version | sed -n 1p))"

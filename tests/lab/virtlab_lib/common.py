@@ -104,8 +104,9 @@ def import_dependencies() -> None:
     global libvirt, libvirt_qemu, yaml
     try:
         import libvirt
-        import libvirt_qemu
-        import yaml
+        # Module globals that hosts.py uses (common.libvirt_qemu, common.yaml).
+        import libvirt_qemu  # pylint: disable=unused-import
+        import yaml  # pylint: disable=unused-import
     except ImportError as exc:
         missing = exc.name or str(exc)
         if not os.environ.get("VIRTLAB_REEXEC"):
