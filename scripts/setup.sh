@@ -9,6 +9,8 @@ DEBIAN_PACKAGES=(
   # the lab's hypervisor hosts
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
   openssh-server openssh-client iproute2 util-linux procps openssl
+  # SASL (SCRAM-SHA-256) authentication of the lab hosts' libvirtd
+  sasl2-bin libsasl2-modules
   # the lab's guest image (kernel and agent are fetched by `virtlab image` with apt-get download;
   # the guest's workload is compiled with gcc, below, and linked statically)
   busybox-static libc6-dev

@@ -26,7 +26,7 @@ from .hosts import (
     cmd_up,
 )
 from .image import cmd_image
-from .perturbations import cmd_dirty, cmd_exec, cmd_kill_libvirtd, cmd_link, cmd_restart_libvirtd, cmd_start_libvirtd
+from .perturbations import cmd_auth, cmd_dirty, cmd_exec, cmd_kill_libvirtd, cmd_link, cmd_restart_libvirtd, cmd_start_libvirtd
 
 
 def parser() -> argparse.ArgumentParser:
@@ -132,6 +132,21 @@ def parser() -> argparse.ArgumentParser:
     sub = add("restart-libvirtd", cmd_restart_libvirtd, "stop a host's libvirtd (SIGTERM) and start it again")
     sub.add_argument("host", help="host name, hN or index")
 
+    sub = add(
+        "auth",
+        cmd_auth,
+        "set how the hosts' libvirtd authenticates TCP and TLS clients, then restart it (guests keep running)",
+    )
+    sub.add_argument("host", nargs="+", help="host names, hN or indexes")
+    which = sub.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--sasl",
+        metavar="USER",
+        help="SASL (SCRAM-SHA-256) for both listeners, with USER in the host's user database; libvirtd accepts "
+        "SCRAM only on TLS connections, so qemu+tcp:// clients are refused",
+    )
+    which.add_argument("--none", action="store_true", help="no authentication (how a lab starts)")
+    sub.add_argument("--password-file", metavar="FILE", help="the SASL user's password (one line)")
     sub = add("link", cmd_link, "set a host's network links (lab and migration network) down or up")
     sub.add_argument("host", help="host name, hN or index")
     sub.add_argument("state", choices=("down", "up"))

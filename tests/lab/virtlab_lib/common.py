@@ -72,6 +72,7 @@ TOOL_PACKAGES = {
     "ldd": "libc-bin",
     "gcc": "gcc",
     "openssl": "openssl",
+    "saslpasswd2": "sasl2-bin",
     "useradd": "passwd",
     "groupadd": "passwd",
 }
@@ -163,12 +164,16 @@ def run(
     cwd: Path | None = None,
     timeout: float = 120.0,
     what: str | None = None,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command and capture its output; with ``check`` a failure raises LabError with its stderr."""
+    """Run a command and capture its output; with ``check`` a failure raises LabError with its stderr.
+
+    ``input_text`` is written to the command's standard input (which is otherwise /dev/null).
+    """
     try:
         result = subprocess.run(
             list(argv),
-            stdin=subprocess.DEVNULL,
+            input=input_text if input_text is not None else "",
             capture_output=True,
             text=True,
             env=dict(env if env is not None else CLEAN_ENV),

@@ -111,7 +111,15 @@ HOST_DIR_MOUNTS: tuple[tuple[str, str], ...] = (
     ("lib-virtops", "/var/lib/virtops-migration"),
     ("log-virtops", "/var/log/virtops-migration"),
     ("run-sshd", "/run/sshd"),
+    # Cyrus SASL's configuration (libvirt.conf: mechanisms and user database) for `virtlab auth`.
+    ("etc-sasl2", "/etc/sasl2"),
+    # root's SSH client files: the lab key and the lab hosts' keys, so that qemu+ssh:// between hosts
+    # needs no password and no host key prompt.
+    ("root-ssh", "/root/.ssh"),
 )
+# SASL as `virtlab auth --sasl` enables it: SCRAM-SHA-256 users in a per-host database.
+SASL_MECHANISM = "scram-sha-256"
+SASL_DB = "/etc/libvirt/passwd.db"
 HOST_FILE_MOUNTS: tuple[tuple[str, str], ...] = (("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf"))
 
 UP_TOOLS = tuple(TOOL_PACKAGES)
@@ -506,6 +514,11 @@ def prepare_host_files(lab: Lab, host: Host) -> None:
     for directory, _target in HOST_DIR_MOUNTS:
         (base / directory).mkdir(parents=True, exist_ok=True)
     os.chmod(base / "run-sshd", 0o755)
+    os.chmod(base / "root-ssh", 0o700)
+    (base / "etc-sasl2" / "libvirt.conf").write_text(
+        "# virtlab host %s: libvirtd's SASL mechanisms and users (used once `virtlab auth --sasl` enables SASL)\n"
+        "mech_list: %s\nsasldb_path: %s\n" % (host.name, SASL_MECHANISM, SASL_DB)
+    )
     (base / "lib-libvirt" / "images").mkdir(exist_ok=True)
     (base / "log-libvirt" / "qemu").mkdir(exist_ok=True)
     (base / "etc-libvirt" / HOOKS_DIR).mkdir(parents=True, exist_ok=True)
@@ -528,6 +541,20 @@ def prepare_host_files(lab: Lab, host: Host) -> None:
     run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", "virtlab host " + host.name, "-f", str(host_key)])
     shutil.copyfile(lab.key + ".pub", ssh / "authorized_keys")
     (ssh / "sshd_config").write_text(sshd_config(host))
+    client = base / "root-ssh"
+    shutil.copyfile(lab.key, client / "id_ed25519")
+    os.chmod(client / "id_ed25519", 0o600)
+    shutil.copyfile(lab.key + ".pub", client / "id_ed25519.pub")
+
+
+def write_known_hosts(lab: Lab) -> None:
+    """Every host's root knows every lab host's key, by name and by address (for qemu+ssh:// URIs)."""
+    lines = []
+    for host in lab.hosts:
+        key = (host.path / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
+        lines.append("%s,%s %s %s" % (host.name, host.address, key[0], key[1]))
+    for host in lab.hosts:
+        write_atomic(host.path / "root-ssh" / "known_hosts", "\n".join(lines) + "\n", 0o644)
 
 
 def start_holder(host: Host) -> None:
@@ -1227,6 +1254,7 @@ def create_lab(lab: Lab) -> None:
         start_holder(host)
         lab.save()
         mount_host_dirs(host)
+    write_known_hosts(lab)
     # Without a shared capabilities cache, let one host probe QEMU before the others start.
     first = [] if any(CAPABILITIES_CACHE.glob("*.xml")) else lab.hosts[:1]
     for group in (first, [host for host in lab.hosts if host not in first]):

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import typing as t
+from pathlib import Path
 
 from . import common
 from .common import (
@@ -36,6 +37,8 @@ from .common import (
 )
 from .hosts import (
     RUNNING,
+    SASL_DB,
+    edit_conf,
     agent_command,
     close_connection,
     domain_state,
@@ -232,6 +235,24 @@ def cmd_start_libvirtd(args: argparse.Namespace) -> int:
     return 0
 
 
+def restart_host_libvirtd(lab: Lab, host: Host) -> str:
+    """Stop the host's libvirtd with SIGTERM (if it runs) and start it again; say what was stopped."""
+    old = host.libvirtd_pid
+    if pid_alive(old, "libvirtd") and pid_netns_inode(old) == netns_inode(host.netns):
+        os.kill(old, signal.SIGTERM)
+        if wait_gone([old], LIBVIRTD_STOP_TIMEOUT):
+            raise LabError(
+                "libvirtd on %s (pid %d) did not exit within %.0f s of SIGTERM" % (host.name, old, LIBVIRTD_STOP_TIMEOUT)
+            )
+        stopped = "stopped pid %d" % old
+    else:
+        stopped = "it was not running"
+    host.libvirtd_pid = 0
+    lab.save()
+    start_host_libvirtd(lab, host)
+    return stopped
+
+
 def cmd_restart_libvirtd(args: argparse.Namespace) -> int:
     """virtlab restart-libvirtd: stop a host's libvirtd with SIGTERM and start it again (guests keep running).
 
@@ -242,21 +263,38 @@ def cmd_restart_libvirtd(args: argparse.Namespace) -> int:
     with lab_lock():
         lab = require_lab()
         host = lab.host(args.host)
-        old = host.libvirtd_pid
-        if pid_alive(old, "libvirtd") and pid_netns_inode(old) == netns_inode(host.netns):
-            os.kill(old, signal.SIGTERM)
-            if wait_gone([old], LIBVIRTD_STOP_TIMEOUT):
-                raise LabError(
-                    "libvirtd on %s (pid %d) did not exit within %.0f s of SIGTERM"
-                    % (host.name, old, LIBVIRTD_STOP_TIMEOUT)
-                )
-            stopped = "stopped pid %d" % old
-        else:
-            stopped = "it was not running"
-        host.libvirtd_pid = 0
-        lab.save()
-        start_host_libvirtd(lab, host)
+        stopped = restart_host_libvirtd(lab, host)
         say("restarted libvirtd on %s (%s; now pid %d)" % (host.name, stopped, host.libvirtd_pid))
+    return 0
+
+
+def cmd_auth(args: argparse.Namespace) -> int:
+    """virtlab auth: how the hosts' libvirtd authenticates TCP and TLS clients (restarts libvirtd).
+
+    --sasl USER: SASL with SCRAM-SHA-256 on both listeners, USER (password read from --password-file)
+    added to the host's user database. libvirtd accepts a mechanism without a security layer, such as
+    SCRAM, only on TLS connections: qemu+tcp:// clients are then refused. --none: no authentication.
+    """
+    require_root()
+    if args.sasl and not args.password_file:
+        raise LabError("--sasl needs --password-file")
+    password = ""
+    if args.sasl:
+        password = Path(args.password_file).read_text().rstrip("\n")
+        if not password or "\n" in password:
+            raise LabError("the password file %s must hold one line" % args.password_file)
+    mode = "sasl" if args.sasl else "none"
+    with lab_lock():
+        lab = require_lab()
+        for name in args.host:
+            host = lab.host(name)
+            if args.sasl:
+                saslpasswd = [tool("saslpasswd2"), "-p", "-c", "-a", "libvirt", "-f", SASL_DB, args.sasl]
+                run(host.in_host(saslpasswd), what="saslpasswd2 on %s" % host.name, input_text=password)
+                os.chmod(host.path / "etc-libvirt" / Path(SASL_DB).name, 0o600)
+            edit_conf(host.path / "etc-libvirt" / "libvirtd.conf", {"auth_tcp": mode, "auth_tls": mode})
+            restart_host_libvirtd(lab, host)
+            say("libvirtd on %s: auth_tcp and auth_tls %s%s" % (host.name, mode, " (user %s)" % args.sasl if args.sasl else ""))
     return 0
 
 
