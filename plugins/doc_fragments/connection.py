@@ -26,6 +26,13 @@ options:
     description:
       - User name given when libvirt asks for one while connecting (SASL or SSH authentication).
       - If not set, libvirt's own default is used (for example the user in O(uri)).
+      - libvirt first reads its client authentication file on the managed node the module runs on, the file
+        named by the URI parameter C(authfile=) or the E(LIBVIRT_AUTH_FILE) environment variable, else
+        C($XDG_CONFIG_HOME/libvirt/auth.conf), else C(/etc/libvirt/auth.conf). O(username) and O(password)
+        are given only for what that file does not provide.
+      - libvirtd accepts SCRAM-SHA-256 and other SASL mechanisms without a security layer only on TLS
+        connections (V(qemu+tls://...)). On a plain V(qemu+tcp://...) connection it requires a SASL
+        mechanism that encrypts, such as GSSAPI (Kerberos).
     type: str
     version_added: 0.1.0
   password:
@@ -33,6 +40,9 @@ options:
       - Password or passphrase given when libvirt asks for one while connecting (SASL or SSH
         authentication).
       - Never logged. Prefer key-based SSH or TLS authentication where possible.
+      - Asked for only when libvirt's client authentication file does not provide it, and for SASL
+        mechanisms without encryption (SCRAM-SHA-256) only on V(qemu+tls://...) connections; see
+        O(username).
     type: str
     version_added: 0.1.0
 requirements:

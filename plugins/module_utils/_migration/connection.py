@@ -17,6 +17,7 @@ import typing as t
 from ansible_collections.virtops.migration.plugins.module_utils._migration.options import resolve_uri
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     HostUnreachableError,
+    authentication_failure,
     MigrationError,
     translate_libvirt_error,
     unexpected_error,
@@ -62,7 +63,8 @@ def ensure_event_loop() -> None:
 
 def _open(target: str, username: t.Optional[str], password: t.Optional[str], readonly: bool, timeout: float) -> t.Any:
     """``openAuth`` under ``timeout`` seconds; a connection that arrives too late is closed."""
-    auth = [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], _credential_callback(username, password), None]
+    asked: t.List[t.Tuple[str, bool]] = []
+    auth = [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], _credential_callback(username, password, asked), None]
     flags = libvirt.VIR_CONNECT_RO if readonly else 0
     outcome: t.Dict[str, t.Any] = {}
     lock = threading.Lock()
@@ -94,6 +96,9 @@ def _open(target: str, username: t.Optional[str], password: t.Optional[str], rea
     if "error" in outcome:
         exc = outcome["error"]
         if isinstance(exc, libvirt.libvirtError):
+            refused = authentication_failure(exc, target, username, asked)
+            if refused is not None:
+                raise refused from exc
             raise translate_libvirt_error(exc, "open a libvirt connection", uri=target, connecting=True) from exc
         raise unexpected_error(exc, "open a libvirt connection", uri=target) from exc
     return outcome["conn"]
@@ -104,19 +109,28 @@ def _ignore_libvirt_error(_userdata: t.Any, _error: t.Any) -> None:
 
 
 def _credential_callback(
-    username: t.Optional[str], password: t.Optional[str]
+    username: t.Optional[str], password: t.Optional[str], asked: t.Optional[t.List[t.Tuple[str, bool]]] = None
 ) -> t.Callable[[t.List[t.List[t.Any]], t.Any], int]:
-    """An ``openAuth`` callback answering SASL / SSH prompts with the module's credentials."""
+    """An ``openAuth`` callback answering SASL / SSH prompts with the module's credentials.
+
+    What libvirt asked for is appended to ``asked`` as (what, whether a value was given), so that a
+    refusal can say which credential was missing or rejected; the values themselves are never kept.
+    """
+    record = asked if asked is not None else []
 
     def callback(credentials: t.List[t.List[t.Any]], _userdata: t.Any) -> int:
         for credential in credentials:
             # Each entry is [type, prompt, challenge, default result, result (filled in here)].
             if credential[0] == libvirt.VIR_CRED_AUTHNAME:
                 value = username or credential[3]
+                what = "user name"
             elif credential[0] == libvirt.VIR_CRED_PASSPHRASE:
                 value = password
+                what = "password"
             else:
+                record.append(("credential of type %d" % credential[0], False))
                 return -1
+            record.append((what, value is not None))
             if value is None:
                 return -1
             credential[4] = value

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import traceback
 import typing as t
+from urllib.parse import parse_qsl, urlsplit
 
 T = t.TypeVar("T")
 
@@ -157,6 +158,12 @@ class HostUnreachableError(MigrationError):
     meaning = "the host cannot be reached or refused the connection"
 
 
+class AuthenticationError(HostUnreachableError):
+    """The host's libvirtd refused to authenticate the connection (SASL credentials, TLS certificates)."""
+
+    meaning = "the host refused to authenticate the connection"
+
+
 class HostInMaintenanceError(MigrationError):
     """The destination host is in maintenance (or preparing for it) and refused the VM."""
 
@@ -285,6 +292,89 @@ def translate_libvirt_error(
         libvirt_error_name=code_name,
         libvirt_error_domain=domain,
         libvirt_message=libvirt_text,
+    )
+
+
+# "Authentication failed" from libvirt's side of opening a connection.
+AUTH_CODES = frozenset(
+    LIBVIRT_ERROR_CODES[name] for name in ("VIR_ERR_AUTH_FAILED", "VIR_ERR_AUTH_CANCELLED", "VIR_ERR_AUTH_UNAVAILABLE")
+)
+# What the client side of libvirt says when the host closed a TLS session after checking the
+# client's certificate (it has none, or one the host does not trust).
+TLS_REFUSED = re.compile(r"TLS confirmation|certificate", re.IGNORECASE)
+
+
+def auth_mechanism(uri: str) -> str:
+    """The authentication a libvirt URI asks for, as words: "SASL SCRAM-SHA-256", "SASL", "TLS", "SSH"."""
+    parts = urlsplit(uri)
+    transport = parts.scheme.partition("+")[2].lower()
+    requested = dict(parse_qsl(parts.query)).get("auth", "")
+    if requested.lower().startswith("sasl."):
+        mechanism = "SASL " + requested[len("sasl."):].upper()
+    elif requested:
+        mechanism = requested.upper()
+    elif transport in ("ssh", "libssh", "libssh2"):
+        return "SSH"
+    else:
+        mechanism = "SASL"
+    return mechanism + (" over TLS" if transport == "tls" else "")
+
+
+def authentication_failure(
+    exc: BaseException, uri: str, username: t.Optional[str], asked: t.Sequence[t.Tuple[str, bool]]
+) -> t.Optional[AuthenticationError]:
+    """The :class:`AuthenticationError` for a libvirt error raised while opening ``uri``, or None.
+
+    ``asked`` lists what libvirt asked the module's credential callback for while connecting, as
+    (``"user name"`` or ``"password"`` ..., whether the module had a value). The message names the
+    host and the mechanism and never contains a credential.
+    """
+    code = libvirt_error_code(exc)
+    text = str(exc).strip() or exc.__class__.__name__
+    parts = urlsplit(uri)
+    host = parts.hostname or uri
+    transport = parts.scheme.partition("+")[2].lower()
+    name = LIBVIRT_ERROR_NAMES.get(code) if code is not None else None
+    if transport == "tls" and TLS_REFUSED.search(text) and (code in AUTH_CODES or code == VIR_ERR_SYSTEM_ERROR):
+        if "verify peer" in text:
+            why = (
+                "the TLS handshake failed on a certificate: the host's certificate is not signed by a CA this node "
+                "trusts (cacert.pem in the URI's pkipath, else /etc/pki/CA/cacert.pem), or names another host"
+            )
+        else:
+            why = (
+                "the host closed the TLS session after checking this node's client certificate: it has none "
+                "(clientcert.pem and clientkey.pem in the URI's pkipath, else /etc/pki/libvirt/), or one signed "
+                "by a CA the host does not trust, while the host demands one (tls_no_verify_certificate = 0)"
+            )
+        mechanism = "TLS"
+    elif code in AUTH_CODES:
+        mechanism = auth_mechanism(uri)
+        missing = [what for what, given in asked if not given]
+        if missing:
+            why = "libvirtd asked for a %s and none was given (set the modules' username and password)" % " and a ".join(missing)
+        elif asked:
+            why = "libvirtd rejected the credentials of user '%s': wrong user name or password, or the user is not in the host's SASL database" % (
+                username or "(libvirt's default)"
+            )
+        else:
+            why = (
+                "libvirtd refused before asking this module for credentials: they came from libvirt's auth.conf on this "
+                "node and are wrong, or the host offers no mechanism this connection may use (libvirtd accepts SCRAM "
+                "and other SASL mechanisms without a security layer only on TLS connections, qemu+tls://), or not the "
+                "mechanism the URI's auth= asks for"
+            )
+    else:
+        return None
+    return AuthenticationError(
+        "Authentication failed on host %s with %s: %s. URI: %s. libvirt: %s%s"
+        % (host, mechanism, why, uri, text, " [%s]" % name if name else ""),
+        uri=uri,
+        host=host,
+        mechanism=mechanism,
+        libvirt_error_code=code,
+        libvirt_error_name=name,
+        libvirt_message=text,
     )
 
 

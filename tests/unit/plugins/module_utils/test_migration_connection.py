@@ -14,6 +14,7 @@ import pytest
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import connection, options
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+    AuthenticationError,
     HostUnreachableError,
     MigrationError,
 )
@@ -210,6 +211,41 @@ def test_credential_callback_takes_libvirts_default_user_name() -> None:
 def test_credential_callback_fails_for_what_it_cannot_answer(credential: t.List[t.Any]) -> None:
     callback = _callback("alice", None)
     assert callback([credential], None) == -1
+
+
+class AskingOpen:
+    """Stands in for libvirt.openAuth on a SASL host: asks the callback, then refuses."""
+
+    def __init__(self, credentials: t.List[t.List[t.Any]]) -> None:
+        self.credentials = credentials
+
+    def __call__(self, uri: str, auth: t.List[t.Any], flags: int) -> t.Any:
+        auth[1](self.credentials, auth[2])
+        raise libvirt_error(libvirt.VIR_ERR_AUTH_FAILED, "authentication failed: authentication failed", libvirt.VIR_FROM_RPC)
+
+
+def _sasl_prompts() -> t.List[t.List[t.Any]]:
+    return [
+        [libvirt.VIR_CRED_AUTHNAME, "Username:", "hv2", "root", None],
+        [libvirt.VIR_CRED_PASSPHRASE, "Password:", "hv2", None, None],
+    ]
+
+
+def test_a_rejected_password_is_an_authentication_error_without_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(libvirt, "openAuth", AskingOpen(_sasl_prompts()))
+    uri = "qemu+tls://hv2/system?auth=sasl.SCRAM-SHA-256"
+    with pytest.raises(AuthenticationError) as caught, connection.libvirt_connection(uri, "migrator", "Wr0ng-pass"):
+        pass  # pragma: no cover
+    assert caught.value.msg.startswith("Authentication failed on host hv2 with SASL SCRAM-SHA-256 over TLS: ")
+    assert "rejected the credentials of user 'migrator'" in caught.value.msg
+    assert "Wr0ng-pass" not in repr(caught.value.result())
+
+
+def test_a_password_libvirt_asked_for_but_was_not_given_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(libvirt, "openAuth", AskingOpen(_sasl_prompts()))
+    with pytest.raises(AuthenticationError) as caught, connection.libvirt_connection("qemu+tls://hv2/system", "migrator", None):
+        pass  # pragma: no cover
+    assert "asked for a password and none was given" in caught.value.msg
 
 
 # -- keepalive and the connect timeout

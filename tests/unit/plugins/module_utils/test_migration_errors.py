@@ -395,3 +395,80 @@ def test_unexpected_failure_gives_fail_json_keywords() -> None:
     assert result["exception_type"] == "KeyError"
     assert result["exception"].startswith("Traceback (most recent call last):")
     assert "in raised" in result["exception"] and result["exception"].rstrip().endswith("KeyError: 'state'")
+
+
+# -- authentication refusals (messages as libvirt 9.0 gives them)
+
+SASL_URI = "qemu+tls://10.0.0.12/system?auth=sasl.SCRAM-SHA-256"
+
+
+@pytest.mark.parametrize(
+    ("uri", "mechanism"),
+    [
+        (SASL_URI, "SASL SCRAM-SHA-256 over TLS"),
+        ("qemu+tls://hv2/system?auth=sasl.scram-sha-256", "SASL SCRAM-SHA-256 over TLS"),
+        ("qemu+tcp://hv2/system", "SASL"),
+        ("qemu+tcp://hv2/system?auth=sasl", "SASL"),
+        ("qemu+ssh://root@hv2/system", "SSH"),
+        ("qemu+libssh2://root@hv2/system", "SSH"),
+        ("qemu+tls://hv2/system", "SASL over TLS"),
+    ],
+)
+def test_the_mechanism_is_read_from_the_uri(uri: str, mechanism: str) -> None:
+    assert errors.auth_mechanism(uri) == mechanism
+
+
+def test_a_rejected_password_names_the_host_the_mechanism_and_the_user() -> None:
+    exc = libvirt_error(libvirt.VIR_ERR_AUTH_FAILED, "authentication failed: authentication failed", libvirt.VIR_FROM_RPC)
+    refused = errors.authentication_failure(exc, SASL_URI, "migrator", [("user name", True), ("password", True)])
+    assert isinstance(refused, errors.AuthenticationError)
+    assert isinstance(refused, HostUnreachableError)
+    assert refused.msg.startswith("Authentication failed on host 10.0.0.12 with SASL SCRAM-SHA-256 over TLS: ")
+    assert "rejected the credentials of user 'migrator'" in refused.msg
+    assert refused.msg.endswith("libvirt: authentication failed: authentication failed [VIR_ERR_AUTH_FAILED]")
+    assert refused.details["host"] == "10.0.0.12"
+    assert refused.details["mechanism"] == "SASL SCRAM-SHA-256 over TLS"
+    assert refused.details["libvirt_error_code"] == libvirt.VIR_ERR_AUTH_FAILED
+
+
+def test_a_missing_password_says_what_was_missing() -> None:
+    exc = libvirt_error(libvirt.VIR_ERR_AUTH_FAILED, "authentication failed: Failed to collect auth credentials", libvirt.VIR_FROM_RPC)
+    refused = errors.authentication_failure(exc, SASL_URI, "migrator", [("user name", True), ("password", False)])
+    assert refused is not None
+    assert "asked for a password and none was given" in refused.msg
+
+
+def test_a_refusal_before_any_question_points_at_auth_conf_and_the_transport() -> None:
+    exc = libvirt_error(libvirt.VIR_ERR_AUTH_FAILED, "authentication failed: authentication failed", libvirt.VIR_FROM_RPC)
+    refused = errors.authentication_failure(exc, "qemu+tcp://hv2/system", None, [])
+    assert refused is not None
+    assert refused.msg.startswith("Authentication failed on host hv2 with SASL: ")
+    assert "auth.conf" in refused.msg and "qemu+tls://" in refused.msg
+
+
+def test_an_untrusted_host_certificate_is_a_tls_refusal() -> None:
+    exc = libvirt_error(libvirt.VIR_ERR_AUTH_FAILED, "authentication failed: Failed to verify peer's certificate", libvirt.VIR_FROM_RPC)
+    refused = errors.authentication_failure(exc, "qemu+tls://hv2/system?pkipath=/etc/pki/other", None, [])
+    assert refused is not None
+    assert refused.msg.startswith("Authentication failed on host hv2 with TLS: ")
+    assert "not signed by a CA this node trusts" in refused.msg
+
+
+def test_a_missing_client_certificate_is_a_tls_refusal() -> None:
+    exc = libvirt_error(libvirt.VIR_ERR_SYSTEM_ERROR, "Unable to read TLS confirmation: Input/output error", libvirt.VIR_FROM_RPC)
+    refused = errors.authentication_failure(exc, "qemu+tls://hv2/system", None, [])
+    assert refused is not None
+    assert "client certificate" in refused.msg and "tls_no_verify_certificate = 0" in refused.msg
+    assert refused.details["libvirt_error_name"] == "VIR_ERR_SYSTEM_ERROR"
+
+
+@pytest.mark.parametrize(
+    ("uri", "code", "message"),
+    [
+        ("qemu+tcp://hv2/system", libvirt.VIR_ERR_SYSTEM_ERROR, "unable to connect to server at 'hv2:16509': Connection refused"),
+        ("qemu+tls://hv2/system", libvirt.VIR_ERR_SYSTEM_ERROR, "unable to connect to server at 'hv2:16514': Connection refused"),
+        ("qemu+tcp://hv2/system", libvirt.VIR_ERR_NO_DOMAIN, "Domain not found"),
+    ],
+)
+def test_other_failures_are_not_authentication_refusals(uri: str, code: int, message: str) -> None:
+    assert errors.authentication_failure(libvirt_error(code, message, libvirt.VIR_FROM_RPC), uri, "u", [("password", True)]) is None
