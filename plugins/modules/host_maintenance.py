@@ -158,6 +158,20 @@ options:
     type: path
     default: /var/log/virtops-migration
     version_added: 0.1.0
+  tunnelled:
+    description:
+      - Send the memory of each running VM through the libvirt connection to its destination (libvirt's
+        tunnelled migration), encrypted and authenticated by whatever that connection uses (C(qemu+ssh://),
+        C(qemu+tls://), SASL), instead of a direct QEMU-to-QEMU stream. See O(virtops.migration.vm_migrate#module:tunnelled).
+      - Slower than a direct stream. The data passes through both hosts' libvirtd and, with C(qemu+ssh://),
+        through SSH's encryption.
+      - libvirt refuses it with post-copy and parallel connections. When a VM to move has an effective policy
+        with C(post_copy) or C(parallel_connections) (its own, O(cluster_policy) or O(global_policy)), the
+        module fails before anything moves, also in check mode, naming each such VM, its policy and the setting.
+      - Shut-off VMs move only their definitions, never tunnelled.
+    type: bool
+    default: false
+    version_added: 0.2.0
 notes:
   - Run the task on the host to evacuate (the default O(uri)); the mark and the event log are
     written on the managed node the module runs on.
@@ -206,9 +220,10 @@ plan:
     - The evacuation plan, in check mode too. C(moves) in start order (C(vm), C(priority),
       C(memory_mib), C(from), C(to), C(to_uri), C(kind), C(policy)), C(blocked), C(shutdown), C(kept)
       and C(unplaceable) VMs with reasons, and C(load), the expected pending load per destination.
+    - C(tunnelled) (added in 0.2.0) is O(tunnelled); live moves then go through the libvirt connections.
   returned: state=maintenance and the host had VMs
   type: dict
-  sample: {ok: true, moves: [{vm: db1, priority: high, memory_mib: 4096, from: hv1, to: hv3, kind: live}], blocked: []}
+  sample: {ok: true, tunnelled: false, moves: [{vm: db1, priority: high, memory_mib: 4096, from: hv1, to: hv3, kind: live}], blocked: []}
 vms:
   description:
     - One record per VM moved, in start order, also returned on failure.
@@ -303,6 +318,7 @@ def argument_spec() -> dict:
         requested_by={"type": "str"},
         log_dir={"type": "path", "default": DEFAULT_LOG_DIR},
         require_hook={"type": "bool", "default": True},
+        tunnelled={"type": "bool", "default": False},
     )
 
 

@@ -183,6 +183,24 @@ options:
     type: bool
     default: false
     version_added: 0.1.0
+  tunnelled:
+    description:
+      - Send the memory of a running VM through the libvirt connection to the destination (libvirt's tunnelled
+        migration, C(VIR_MIGRATE_TUNNELLED)), instead of a direct QEMU-to-QEMU TCP stream. The stream is then
+        encrypted and authenticated by whatever that connection uses (C(qemu+ssh://), C(qemu+tls://), SASL),
+        and needs no port opened for QEMU between the hosts.
+      - Slower than a direct stream. The data passes through both hosts' libvirtd (an extra copy on each side)
+        and, with C(qemu+ssh://), through SSH's encryption, so a busy VM converges less easily; the
+        collection's README gives measured numbers.
+      - libvirt refuses it with O(tls), O(migrate_uri), O(listen_address) and O(timeout_action=post_copy),
+        which are refused before anything changes, and with post-copy or parallel connections. A policy
+        with C(post_copy) or C(parallel_connections), the task's own or the one the VM inherits, is
+        refused before anything moves, with the VM and the setting named. XBZRLE compression,
+        auto-converge, bandwidth limits and the downtime schedule work as usual.
+      - A shut-off VM moves only its definition, never tunnelled.
+    type: bool
+    default: false
+    version_added: 0.2.0
   allow_unsafe_cache:
     description:
       - Migrate live even when writable disks use a cache mode other than C(none) or C(directsync).
@@ -231,7 +249,7 @@ options:
 notes:
   - The task runs on the source host (or reaches it through O(uri)). Migration is peer-to-peer; the
     source host's libvirtd connects to the destination URI itself, with the source host's
-    credentials.
+    credentials. With O(tunnelled=true) that connection also carries the VM's memory.
   - Statistics of the completed job (downtime, data moved) are read on the destination.
 seealso:
   - module: virtops.migration.host_info
@@ -263,6 +281,12 @@ EXAMPLES = r"""
       - {name: hv3, uri: qemu+tls://hv3.example.com/system, maintenance: true}
   check_mode: true
   register: plan
+
+- name: Move web2 through libvirt's SSH connection to hv2 (no migration port open between the hosts)
+  virtops.migration.vm_migrate:
+    name: web2
+    destination_uri: qemu+ssh://root@hv2.example.com/system
+    tunnelled: true
 
 - name: A custom schedule that gives up after three stalled iterations
   virtops.migration.vm_migrate:
@@ -320,6 +344,8 @@ plan:
   description:
     - What the module does or, in check mode, would do. Also the effective policy and, for
       O(destination=auto), why each other candidate was rejected.
+    - C(tunnelled) (added in 0.2.0) is true when the VM's memory goes through the libvirt connection
+      (O(tunnelled=true) and a running VM).
   returned: state=migrated and the VM was not already on the destination
   type: dict
   sample:
@@ -330,6 +356,7 @@ plan:
     memory_mib: 4096
     timeout_s: 600
     timeout_action: abort
+    tunnelled: false
     rejected_hosts: {hv3: [is in maintenance]}
 policy:
   description: The effective migration policy.
@@ -478,6 +505,7 @@ def argument_spec() -> dict:
         undefine_source={"type": "bool", "default": True},
         policy={"type": "raw"},
         tls={"type": "bool", "default": False},
+        tunnelled={"type": "bool", "default": False},
         allow_unsafe_cache={"type": "bool", "default": False, "aliases": ["allow_unsafe"]},
         unsafe_storage={"type": "bool", "default": False},
         wait={"type": "bool", "default": True},

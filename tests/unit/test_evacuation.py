@@ -356,9 +356,11 @@ def test_plan_as_dict_shape() -> None:
     vms = [vm("a", 2048, "high"), vm("b", running=False), vm("c", mode="none"), vm("d", mode="manual", running=False), vm("e", 99999)]
     result = plan(vms, [host("h2", 8192), host("h3", 4096, maintenance=True)], non_migratable="shutdown")
     data = result.as_dict()
-    assert set(data) == {"source", "ok", "include_manual", "non_migratable", "moves", "blocked", "shutdown", "kept", "unplaceable", "load", "summary"}
+    assert set(data) == {
+        "source", "ok", "include_manual", "non_migratable", "tunnelled", "moves", "blocked", "shutdown", "kept", "unplaceable", "load", "summary"
+    }
     assert data["source"] == {"name": "h1", "uuid": "uuid-h1", "uri": "qemu:///system"}
-    assert data["ok"] is False and data["non_migratable"] == "shutdown" and data["include_manual"] is False
+    assert data["ok"] is False and data["non_migratable"] == "shutdown" and data["include_manual"] is False and data["tunnelled"] is False
     assert data["moves"][0] == {
         "vm": "a",
         "uuid": "uuid-a",

@@ -307,6 +307,50 @@ def test_an_evacuation_moves_a_transient_vm_as_a_transient_vm(tmp_path: Path, ho
     assert result["maintenance"]["state"] == mk.MAINTENANCE
 
 
+def test_a_tunnelled_evacuation_plans_and_runs_its_moves_through_the_tunnel(tmp_path: Path, hosts: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts.hv1.domains += [domain("a1", RUNNING), domain("old1", SHUT_OFF)]
+    seen: t.List[t.Any] = []
+    recording = mt.JobRunner
+
+    def runner(run_options: t.Any, connect: t.Any, vm: str, log: t.Callable[[str], None]) -> t.Any:
+        seen.append(run_options)
+        return recording(run_options, connect, vm, log)
+
+    monkeypatch.setattr(mt, "JobRunner", runner)
+    request = host_maintenance(tmp_path).request
+    request.tunnelled = True
+    planned = mt.HostMaintenance(request).maintenance(check_mode=True)
+    assert planned["plan"]["tunnelled"] is True and not hosts.migrations and not seen
+    result = mt.HostMaintenance(request).maintenance(check_mode=False)
+    assert result["plan"]["tunnelled"] is True and len(hosts.migrations) == 2
+    assert [run_options.tunnelled for run_options in seen] == [True, True]
+    assert host_maintenance(tmp_path).request.tunnelled is False
+
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_a_tunnelled_evacuation_refuses_inherited_policies_libvirt_cannot_tunnel_before_anything_moves(
+    tmp_path: Path, hosts: Hosts, check_mode: bool
+) -> None:
+    hosts.hv1.domains += [domain("a1", RUNNING), domain("b2", RUNNING), domain("old1", SHUT_OFF)]
+    request = host_maintenance(tmp_path).request
+    request.tunnelled = True
+    request.cluster_policy = {"policy": "post_copy"}
+    with pytest.raises(MigrationError) as caught:
+        mt.HostMaintenance(request).maintenance(check_mode=check_mode)
+    message = caught.value.msg
+    assert message.startswith("hv1 cannot go into maintenance with tunnelled=true, nothing was moved: ")
+    # Each running VM is named with its policy and the setting; the shut-off one moves its definition only.
+    assert "VM 'a1' (policy 'post_copy') has post_copy: true (libvirt does not support post-copy" in message
+    assert "VM 'b2' (policy 'post_copy') has post_copy: true" in message and "old1" not in message
+    assert caught.value.details["plan"]["tunnelled"] is True
+    assert not hosts.migrations and mk.read_mark(request.state_dir) is None
+
+
+def test_host_maintenance_takes_tunnelled() -> None:
+    assert mt.request_from_params(dict(BASE, tunnelled=True)).tunnelled is True
+    assert mt.request_from_params(dict(BASE)).tunnelled is False
+
+
 def test_the_progress_file_shows_the_moves_running_and_ended(tmp_path: Path, hosts: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
     hosts.hv1.domains += [domain("a1", RUNNING), domain("b2", RUNNING), domain("c3", RUNNING)]
     progress = tmp_path / "state" / mt.PROGRESS_FILE
@@ -331,7 +375,7 @@ def test_the_progress_file_shows_the_moves_running_and_ended(tmp_path: Path, hos
     ]
     final = json.loads(progress.read_text(encoding="utf-8"))
     assert (final["host"], final["total"], final["ended"], final["failed"], final["running"], final["done"]) == ("hv1", 3, 3, 0, [], True)
-    assert progress.stat().st_mode & 0o777 == 0o644
+    assert progress.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_failed_run_on_a_host_in_maintenance_that_runs_no_vm_leaves_it_in_maintenance(tmp_path: Path, hosts: Hosts) -> None:
@@ -572,3 +616,27 @@ def test_filter_is_registered() -> None:
 def test_report_ends_with_the_time_per_phase() -> None:
     lines = maintenance_report(dict(RESULT, timings={"connect": 0.01, "probe": 0.21, "moves": 6.43, "total": 7.0}))
     assert lines[-1] == "Time per phase: connect 0.0 s, probe 0.2 s, moves 6.4 s, total 7.0 s"
+
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_an_audit_log_that_is_a_symlink_is_refused_before_anything_moves(tmp_path: Path, hosts: Hosts, check_mode: bool) -> None:
+    hosts.hv1.domains += [domain("a1", RUNNING)]
+    request = host_maintenance(tmp_path).request
+    log_dir = Path(request.log_dir)
+    log_dir.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (log_dir / mt.EVENT_LOG).symlink_to(victim)
+    with pytest.raises(MigrationError, match="events.jsonl: it is a symbolic link; refusing to follow it"):
+        mt.HostMaintenance(request).maintenance(check_mode=check_mode)
+    assert not hosts.migrations and mk.read_mark(request.state_dir) is None
+    assert victim.read_text() == "precious\n"
+
+
+def test_the_audit_log_is_private(tmp_path: Path, hosts: Hosts) -> None:
+    hosts.hv1.domains += [domain("a1", RUNNING)]
+    request = host_maintenance(tmp_path).request
+    mt.HostMaintenance(request).maintenance(check_mode=False)
+    log = Path(request.log_dir) / mt.EVENT_LOG
+    assert [json.loads(line)["vm"] for line in log.read_text().splitlines()] == ["a1"]
+    assert log.stat().st_mode & 0o777 == 0o600

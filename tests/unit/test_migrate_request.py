@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import typing as t
 
 import libvirt
@@ -197,3 +198,97 @@ def test_the_policy_overrides_are_one_list() -> None:
     assert tuple(options.POLICY_OVERRIDES) == policy.OVERRIDES == tuple(documented)
     for name, spec in options.POLICY_OVERRIDES.items():
         assert documented[name]["type"] == spec["type"]
+
+
+# -- tunnelled migration
+
+
+@pytest.mark.parametrize("kind_running, live", [(True, True), (True, False)])
+def test_tunnelled_adds_the_tunnel_to_peer_to_peer(kind_running: bool, live: bool) -> None:
+    request = options.migrate_request(params(tunnelled=True, live=live))
+    assert request.options.tunnelled is True
+    flags = flags_for(request, running=kind_running)[0]
+    assert flags & libvirt.VIR_MIGRATE_TUNNELLED and flags & libvirt.VIR_MIGRATE_PEER2PEER
+    assert not flags & (libvirt.VIR_MIGRATE_TLS | libvirt.VIR_MIGRATE_POSTCOPY | libvirt.VIR_MIGRATE_PARALLEL)
+
+
+def test_tunnelled_keeps_compression_auto_converge_and_bandwidth() -> None:
+    request = options.migrate_request(params(tunnelled=True, policy="suspend_workload", bandwidth_mib=64))
+    flags, typed = flags_for(request, running=True)
+    for flag in (libvirt.VIR_MIGRATE_TUNNELLED, libvirt.VIR_MIGRATE_AUTO_CONVERGE, libvirt.VIR_MIGRATE_COMPRESSED):
+        assert flags & flag, flag
+    assert typed == {libvirt.VIR_MIGRATE_PARAM_COMPRESSION: ["xbzrle"], libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 64}
+
+
+@pytest.mark.parametrize("changes", [{}, {"tunnelled": False}, {"tunnelled": None}])
+def test_not_tunnelled_by_default(changes: dict[str, t.Any]) -> None:
+    request = options.migrate_request(params(**changes))
+    assert request.options.tunnelled is False
+    assert not flags_for(request, running=True)[0] & libvirt.VIR_MIGRATE_TUNNELLED
+
+
+def test_a_shut_off_vm_never_moves_tunnelled() -> None:
+    # libvirt refuses VIR_MIGRATE_TUNNELLED with VIR_MIGRATE_OFFLINE ("tunnelled offline migration does not make sense").
+    flags = flags_for(options.migrate_request(params(tunnelled=True)), running=False)[0]
+    assert flags & libvirt.VIR_MIGRATE_OFFLINE and not flags & libvirt.VIR_MIGRATE_TUNNELLED
+
+
+def test_tls_is_set_only_when_asked() -> None:
+    assert flags_for(options.migrate_request(params(tls=True)), running=True)[0] & libvirt.VIR_MIGRATE_TLS
+    assert not flags_for(options.migrate_request(params()), running=True)[0] & libvirt.VIR_MIGRATE_TLS
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"tls": True}, r"tunnelled=true cannot be combined with tls \(QEMU's own TLS needs its direct stream"),
+        ({"migrate_uri": "tcp://10.0.10.2"}, r"tunnelled=true cannot be combined with migrate_uri \("),
+        ({"listen_address": "10.0.10.2"}, r"tunnelled=true cannot be combined with listen_address \("),
+        ({"timeout_action": "post_copy"}, r"tunnelled=true cannot be combined with timeout_action=post_copy \(libvirt does not support post-copy"),
+        ({"tls": True, "migrate_uri": "tcp://10.0.10.2"}, r"with tls \(.*\); migrate_uri \("),
+        ({"policy": "post_copy"}, r"with the task's policy 'post_copy': post_copy: true \(libvirt does not support post-copy"),
+        ({"post_copy": True}, r"with the task's settings: post_copy: true"),
+        ({"parallel_connections": 4}, r"with the task's settings: parallel_connections: 4 \(parallel connections are QEMU's own streams"),
+        ({"policy": {"based_on": "legacy", "parallel_connections": 2}}, r"with the task's policy 'custom': parallel_connections: 2"),
+    ],
+)
+def test_tunnelled_refuses_what_libvirt_refuses_with_it(changes: dict[str, t.Any], message: str) -> None:
+    with pytest.raises(PolicyError, match=message) as caught:
+        options.migrate_request(params(tunnelled=True, **changes))
+    assert caught.value.msg.endswith("Nothing was changed.")
+    # Each of them alone is fine without the tunnel.
+    options.migrate_request(params(**changes))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"tls": False},
+        {"migrate_uri": ""},
+        {"listen_address": None},
+        {"timeout_action": "suspend"},
+        {"post_copy": False, "parallel_connections": None},
+    ],
+)
+def test_tunnelled_accepts_the_same_options_off(changes: dict[str, t.Any]) -> None:
+    assert options.migrate_request(params(tunnelled=True, **changes)).options.tunnelled is True
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_vm_migrate_refuses_tunnelled_with_tls_before_any_connection(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], check_mode: bool
+) -> None:
+    from ansible.module_utils.testing import patch_module_args
+
+    from ansible_collections.virtops.migration.plugins.module_utils._migration import vm_migration
+    from ansible_collections.virtops.migration.plugins.modules import vm_migrate
+
+    def no_connection(*_args: t.Any, **_kwargs: t.Any) -> t.NoReturn:
+        raise AssertionError("connected although the options conflict")
+
+    monkeypatch.setattr(vm_migration, "libvirt_connection", no_connection)
+    with patch_module_args(dict(params(tunnelled=True, tls=True), _ansible_check_mode=check_mode)), pytest.raises(SystemExit) as exited:
+        vm_migrate.main()
+    result = json.loads(capsys.readouterr().out)
+    assert exited.value.code == 1 and result["failed"] is True
+    assert result["msg"].startswith("tunnelled=true cannot be combined with tls (") and "changed" not in result

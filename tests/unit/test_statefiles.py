@@ -35,7 +35,7 @@ def test_the_directory_is_created_with_its_parents(tmp_path: Path) -> None:
     directory = tmp_path / "a" / "b" / "suspended"
     sf.write_json(str(directory), "x.json", [1, 2])
     assert sf.read_json(str(directory), "x.json") == [1, 2]
-    assert not stat.S_IMODE(directory.stat().st_mode) & stat.S_IWOTH
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
 def test_an_existing_file_is_replaced_private_whatever_its_mode(state_dir: Path) -> None:
@@ -139,4 +139,62 @@ def test_a_fifo_at_the_path_is_refused_without_blocking(state_dir: Path) -> None
     state_dir.mkdir()
     os.mkfifo(state_dir / "mark.json")
     with pytest.raises(sf.StateFileError, match="not a regular file"):
+        sf.read_json(str(state_dir), "mark.json")
+
+
+# -- append-only logs (the host's audit log)
+
+
+def test_a_log_is_created_private_and_appended_to(tmp_path: Path) -> None:
+    log_dir = tmp_path / "log"
+    sf.append_line(str(log_dir), "events.jsonl", '{"n": 1}')
+    sf.append_line(str(log_dir), "events.jsonl", '{"n": 2}')
+    assert (log_dir / "events.jsonl").read_text() == '{"n": 1}\n{"n": 2}\n'
+    assert stat.S_IMODE((log_dir / "events.jsonl").stat().st_mode) == 0o600
+    assert stat.S_IMODE(log_dir.stat().st_mode) == 0o700
+    sf.check_append(str(log_dir), "events.jsonl")
+
+
+def test_a_symlink_at_the_log_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    log_dir = tmp_path / "log"
+    log_dir.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (log_dir / "events.jsonl").symlink_to(victim)
+    for attempt in (lambda: sf.check_append(str(log_dir), "events.jsonl"), lambda: sf.append_line(str(log_dir), "events.jsonl", "x")):
+        with pytest.raises(MigrationError, match="events.jsonl: it is a symbolic link; refusing to follow it"):
+            attempt()
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_fifo_at_the_log_is_refused_without_blocking(tmp_path: Path) -> None:
+    log_dir = tmp_path / "log"
+    log_dir.mkdir(mode=0o700)
+    os.mkfifo(str(log_dir / "events.jsonl"))
+    with pytest.raises(MigrationError, match="not a regular file"):
+        sf.check_append(str(log_dir), "events.jsonl")
+    with pytest.raises(MigrationError):
+        sf.append_line(str(log_dir), "events.jsonl", "x")
+
+
+def test_a_log_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    log_dir.chmod(0o777)
+    with pytest.raises(MigrationError, match="writable by other users"):
+        sf.check_append(str(log_dir), "events.jsonl")
+    with pytest.raises(MigrationError, match="writable by other users"):
+        sf.append_line(str(log_dir), "events.jsonl", "x")
+    assert not (log_dir / "events.jsonl").exists()
+
+
+def test_a_missing_log_directory_passes_the_check_and_is_not_created(tmp_path: Path) -> None:
+    sf.check_append(str(tmp_path / "log"), "events.jsonl")
+    assert not (tmp_path / "log").exists()
+
+
+def test_a_symlink_at_a_state_file_is_named_when_reading(state_dir: Path, tmp_path: Path) -> None:
+    state_dir.mkdir()
+    (state_dir / "mark.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(MigrationError, match="mark.json: it is a symbolic link; refusing to follow it"):
         sf.read_json(str(state_dir), "mark.json")

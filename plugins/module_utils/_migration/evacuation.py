@@ -198,6 +198,7 @@ class EvacuationPlan:
     ``kept`` VMs are shut off and stay defined on the source; ``unplaceable`` VMs fit on no host.
     ``load`` is, per usable destination (reachable, not in maintenance, not the source), what the
     plan puts there: live VMs' memory and vCPUs, and the count of all VMs moved there.
+    ``tunnelled`` says whether live moves go through the libvirt connections (the run's option).
     """
 
     source: SourceHost
@@ -209,6 +210,7 @@ class EvacuationPlan:
     kept: t.List[HeldVm] = dataclasses.field(default_factory=list)
     unplaceable: t.List[HeldVm] = dataclasses.field(default_factory=list)
     load: t.Dict[str, HostLoad] = dataclasses.field(default_factory=dict)
+    tunnelled: bool = False
 
     @property
     def ok(self) -> bool:
@@ -227,6 +229,7 @@ class EvacuationPlan:
             "ok": self.ok,
             "include_manual": self.include_manual,
             "non_migratable": self.non_migratable,
+            "tunnelled": self.tunnelled,
             "moves": [move.as_dict() for move in self.moves],
             "blocked": [held.as_dict() for held in self.blocked],
             "shutdown": [held.as_dict() for held in self.shutdown],

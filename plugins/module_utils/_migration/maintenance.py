@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import os
 import queue
 import threading
 import time
@@ -50,7 +49,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.mark 
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.options import check_run_numbers, parse_candidates, resolve_uri, run_options
 from ansible_collections.virtops.migration.plugins.module_utils._migration.placement import DEFAULT_MEMORY_RESERVED_MIB
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, Move, record_phase
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, Move, record_phase, tunnel_conflicts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, check_number
 from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import CpuCheck, probe_hosts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.runner import JobRunner
@@ -100,6 +99,8 @@ class MaintenanceRequest:
     guest_hooks: t.Optional[bool] = None
     guest_hook_failure: str = "warn"
     guest_hook_timeout: float = 60.0
+    # Live moves go through the libvirt connections (VIR_MIGRATE_TUNNELLED).
+    tunnelled: bool = False
 
 
 # Ranges of host_maintenance's own numeric options.
@@ -140,7 +141,17 @@ def request_from_params(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
         guest_hooks=params.get("guest_hooks"),
         guest_hook_failure=params.get("guest_hook_failure") or "warn",
         guest_hook_timeout=params.get("guest_hook_timeout") or 60.0,
+        tunnelled=bool(params.get("tunnelled")),
     )
+
+
+def tunnel_refusals(plan: evacuation.EvacuationPlan) -> t.List[str]:
+    """For each live move whose effective policy libvirt cannot tunnel: the VM, its policy and the settings."""
+    return [
+        "VM '%s' (policy '%s') has %s" % (move.vm, move.policy.name, " and ".join(tunnel_conflicts(move.policy)))
+        for move in plan.moves
+        if move.running and tunnel_conflicts(move.policy)
+    ]
 
 
 def _has_saved_image(dom: t.Any) -> bool:
@@ -234,6 +245,9 @@ class HostMaintenance:
         req = self.request
         began = time.monotonic()
         mark = read_mark(req.state_dir)
+        # The audit log is written after each move; a log that cannot be written safely is refused
+        # before anything moves.
+        statefiles.check_append(req.log_dir, EVENT_LOG)
         with self.connect(req.uri) as conn:
             began = record_phase(self.timings, "connect", began)
             try:
@@ -254,12 +268,21 @@ class HostMaintenance:
         plan = evacuation.plan_evacuation(to_move, hosts, source, req.include_manual, req.non_migratable)
         if req.guest_hooks is not None:
             plan.moves = [dataclasses.replace(move, guest_hooks=req.guest_hooks) for move in plan.moves]
+        plan.tunnelled = req.tunnelled
         enforcement = hook_status(state_dir=req.state_dir)
         record_phase(self.timings, "plan", began)
         result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict(), "enforcement": enforcement, "timings": self.timings}
         if not plan.ok:
             raise MigrationError(
                 "%s cannot go into maintenance, nothing was moved: %s" % (hostname, " ".join(plan.problems())),
+                host_name=hostname,
+                plan=plan.as_dict(),
+            )
+        refused = tunnel_refusals(plan) if req.tunnelled else []
+        if refused:
+            raise MigrationError(
+                "%s cannot go into maintenance with tunnelled=true, nothing was moved: %s. Give these VMs a policy without "
+                "post-copy or parallel connections, or evacuate without tunnelled." % (hostname, "; ".join(refused)),
                 host_name=hostname,
                 plan=plan.as_dict(),
             )
@@ -418,7 +441,8 @@ class HostMaintenance:
 
         options = run_options({}, poll_interval=req.poll_interval, monitor_interval=req.monitor_interval, state_dir=req.state_dir,
                               username=req.username, password=req.password, unplug_timeout=req.unplug_timeout,
-                              guest_hook_failure=req.guest_hook_failure, guest_hook_timeout=req.guest_hook_timeout)
+                              guest_hook_failure=req.guest_hook_failure, guest_hook_timeout=req.guest_hook_timeout,
+                              tunnelled=req.tunnelled)
 
         def worker(move: Move, record: t.Dict[str, t.Any]) -> None:
             runner = JobRunner(options, self.connect, move.vm, log=self.log)
@@ -495,7 +519,7 @@ class HostMaintenance:
             "updated": now_iso(),
         }
         try:
-            statefiles.write_json(self.request.state_dir, PROGRESS_FILE, data, mode=0o644)
+            statefiles.write_json(self.request.state_dir, PROGRESS_FILE, data)
         except (OSError, MigrationError) as exc:
             self.log("cannot write the progress file: %s" % exc)
 
@@ -510,11 +534,7 @@ class HostMaintenance:
         entry.update({key: record.get(key) for key in ("vm", "from", "to", "priority", "kind", "outcome", "duration_s", "downtime_ms", "error")})
         try:
             with self._log_lock:
-                statefiles.ensure_directory(self.request.log_dir)
-                path = os.path.join(self.request.log_dir, EVENT_LOG)
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-                with os.fdopen(fd, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(entry, sort_keys=True) + "\n")
+                statefiles.append_line(self.request.log_dir, EVENT_LOG, json.dumps(entry, sort_keys=True))
         except (OSError, MigrationError) as exc:
             self.log("cannot write the event log: %s" % exc)
 

@@ -28,7 +28,7 @@ import typing as t
 from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import settings
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, RunOptions
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, RunOptions, tunnel_conflicts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.placement import DEFAULT_MEMORY_RESERVED_MIB
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import (
     Policy,
@@ -122,9 +122,30 @@ def run_options(params: t.Mapping[str, t.Any], **changes: t.Any) -> RunOptions:
         "guest_hook_timeout": params.get("guest_hook_timeout") or RUN["guest_hook_timeout"]["default"],
         "username": params.get("username"),
         "password": params.get("password"),
+        "tunnelled": bool(params.get("tunnelled")),
     }
     values.update(changes)
     return RunOptions(**values)
+
+
+# The options libvirt refuses together with a tunnelled migration, and why.
+TUNNEL_EXCLUDES = {
+    "tls": "QEMU's own TLS needs its direct stream; a tunnelled stream is protected by the libvirt connection "
+    "to the destination (qemu+ssh, qemu+tls, SASL) instead",
+    "migrate_uri": "a tunnelled stream goes through the destination's libvirtd, not to an address of QEMU's",
+    "listen_address": "the destination's QEMU does not listen for a tunnelled stream",
+}
+
+
+def check_tunnelled(params: t.Mapping[str, t.Any]) -> None:
+    """Refuse, before any connection, the options libvirt refuses with ``tunnelled=true``."""
+    if not params.get("tunnelled"):
+        return
+    refused = ["%s (%s)" % (name, why) for name, why in TUNNEL_EXCLUDES.items() if params.get(name)]
+    if params.get("timeout_action") == "post_copy":
+        refused.append("timeout_action=post_copy (libvirt does not support post-copy with tunnelled migration)")
+    if refused:
+        raise PolicyError("tunnelled=true cannot be combined with %s. Nothing was changed." % "; ".join(refused))
 
 
 def policy_overrides(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
@@ -190,6 +211,12 @@ def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
     overrides = policy_overrides(params)
     # Validated now, so that bad input fails before any connection; the VM's own settings join in later.
     policy = apply_overrides(base_policy(params.get("policy")), overrides)
+    check_tunnelled(params)
+    # The task's own policy and settings; what the VM inherits is checked once it has been read.
+    conflicts = tunnel_conflicts(policy) if params.get("tunnelled") else []
+    if conflicts:
+        origin = "the task's settings" if params.get("policy") is None else "the task's policy '%s'" % policy.name
+        raise PolicyError("tunnelled=true cannot be combined with %s: %s. Nothing was changed." % (origin, "; ".join(conflicts)))
     cluster_policy = settings.validate(params.get("cluster_policy"), "cluster_policy")
     global_policy = settings.validate(params.get("global_policy"), "global_policy")
     if params.get("timeout") is not None:

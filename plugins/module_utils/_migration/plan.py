@@ -97,11 +97,14 @@ class RunOptions:
     primary QEMU unplugs when a live migration starts (QEMU and libvirt wait forever), and a bond's
     VF the runner unplugs before the move. ``guest_hook_failure`` says what a failed
     ``before_migration`` hook does (``warn``: the move goes on; ``abort``: the VM stays), and
-    ``guest_hook_timeout`` bounds each run of a guest's hooks.
+    ``guest_hook_timeout`` bounds each run of a guest's hooks. ``tunnelled`` sends a live move's
+    memory through the libvirtd connection to the destination instead of a direct QEMU-to-QEMU
+    stream (see :func:`tunnel_conflicts` for what libvirt refuses with it; offline moves ignore it).
     """
 
     undefine_source: bool = True
     tls: bool = False
+    tunnelled: bool = False
     unsafe_storage: bool = False
     migrate_uri: t.Optional[str] = None
     listen_address: t.Optional[str] = None
@@ -115,6 +118,23 @@ class RunOptions:
     guest_hook_timeout: float = 60.0
     username: t.Optional[str] = None
     password: t.Optional[str] = None
+
+
+# Why libvirt refuses a policy setting with a tunnelled migration (VIR_MIGRATE_TUNNELLED).
+TUNNEL_REFUSES = {
+    "post_copy": "libvirt does not support post-copy with tunnelled migration",
+    "parallel_connections": "parallel connections are QEMU's own streams, which a tunnelled migration does not use",
+}
+
+
+def tunnel_conflicts(policy: Policy) -> t.List[str]:
+    """The settings of ``policy`` that libvirt refuses with a tunnelled migration, each with its value and why."""
+    found = []
+    if policy.post_copy:
+        found.append("post_copy: true (%s)" % TUNNEL_REFUSES["post_copy"])
+    if policy.parallel_connections:
+        found.append("parallel_connections: %d (%s)" % (policy.parallel_connections, TUNNEL_REFUSES["parallel_connections"]))
+    return found
 
 
 def record_phase(timings: t.Dict[str, float], phase: str, since: float) -> float:

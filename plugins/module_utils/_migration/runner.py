@@ -75,6 +75,8 @@ def migration_flags_and_params(move: Move, options: RunOptions) -> t.Tuple[int, 
 
     A persistent VM stays persistent (``move.persistent``); libvirt's storage-safety check is
     switched off only when ``unsafe_storage`` asks for it, never by the cache-mode override.
+    ``tunnelled`` applies to moves of a running VM only (libvirt refuses a tunnelled offline move);
+    the options and the plan have already refused what libvirt refuses with it.
     """
     policy = move.policy
     flags = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
@@ -87,6 +89,8 @@ def migration_flags_and_params(move: Move, options: RunOptions) -> t.Tuple[int, 
         return flags | libvirt.VIR_MIGRATE_OFFLINE | libvirt.VIR_MIGRATE_PERSIST_DEST, params
     if move.kind == LIVE:
         flags |= libvirt.VIR_MIGRATE_LIVE
+    if options.tunnelled:
+        flags |= libvirt.VIR_MIGRATE_TUNNELLED
     if policy.auto_converge:
         flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
     if policy.compression:

@@ -8,11 +8,13 @@ A write goes to a new temporary file in the same directory (created exclusively,
 links, mode 0600), is flushed to disk, renamed over the old file, and the directory is flushed too:
 the next step after writing the maintenance mark is often a reboot. Reads do not follow a symbolic
 link either. The directory must belong to root (or to the user the module runs as) and must not be
-writable by its group or by others.
+writable by its group or by others; directories the collection creates get mode 0700, files 0600.
+Append-only logs are opened without following a link and must be regular files owned by root.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -40,7 +42,7 @@ def _check_directory(directory: str) -> None:
         raise StateFileError("%s is writable by other users (mode %o); refusing to use it" % (directory, stat.S_IMODE(info.st_mode)), path=directory)
 
 
-def ensure_directory(directory: str, mode: int = 0o755) -> None:
+def ensure_directory(directory: str, mode: int = 0o700) -> None:
     """Create ``directory`` (and its parents) if missing, then check it is safe to write in."""
     try:
         os.makedirs(directory, mode=mode, exist_ok=True)
@@ -63,7 +65,7 @@ def read_json(directory: str, name: str) -> t.Optional[t.Any]:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StateFileError("Cannot read %s: %s" % (path, exc), path=path) from exc
+        raise StateFileError("Cannot read %s: %s" % (path, _why(exc)), path=path) from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise StateFileError("Cannot read %s: it is not a regular file" % path, path=path)
@@ -97,6 +99,58 @@ def write_json(directory: str, name: str, data: t.Any, mode: int = 0o600) -> Non
         _sync_directory(directory)
     except OSError as exc:
         raise StateFileError("Cannot write %s: %s" % (path, exc), path=path) from exc
+
+
+def _why(exc: OSError) -> str:
+    """Why opening a path failed; a symbolic link (refused by O_NOFOLLOW) is named as such."""
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link; refusing to follow it"
+    return str(exc)
+
+
+def _check_file(path: str, fd: int) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise StateFileError("Cannot use %s: it is not a regular file; refusing to write to it" % path, path=path)
+    if info.st_uid not in (0, os.geteuid()):
+        raise StateFileError("Cannot use %s: it belongs to uid %d, not to root; refusing to write to it" % (path, info.st_uid), path=path)
+
+
+def check_append(directory: str, name: str) -> None:
+    """Refuse now what :func:`append_line` would refuse later: an unsafe directory or a file that is not
+    a root-owned regular file (a symbolic link, a FIFO ...). A missing directory or file is fine."""
+    path = os.path.join(directory, name)
+    if not os.path.lexists(directory):
+        return
+    _check_directory(directory)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateFileError("Cannot use %s: %s" % (path, _why(exc)), path=path) from exc
+    try:
+        _check_file(path, fd)
+    finally:
+        os.close(fd)
+
+
+def append_line(directory: str, name: str, line: str, mode: int = 0o600) -> None:
+    """Append ``line`` and a newline to ``directory/name``, creating it with ``mode``; never through a link."""
+    ensure_directory(directory)
+    path = os.path.join(directory, name)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        raise StateFileError("Cannot write %s: %s" % (path, _why(exc)), path=path) from exc
+    try:
+        _check_file(path, fd)
+        with os.fdopen(fd, "a", encoding="utf-8", closefd=False) as handle:
+            handle.write(line + "\n")
+    except OSError as exc:
+        raise StateFileError("Cannot write %s: %s" % (path, exc), path=path) from exc
+    finally:
+        os.close(fd)
 
 
 def remove(directory: str, name: str) -> bool:

@@ -25,8 +25,8 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.conne
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import DuplicateVmError, MigrationError, VmNotFoundError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import parse_capabilities
 from ansible_collections.virtops.migration.plugins.module_utils._migration.options import MigrateRequest
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, PAUSED, Candidate, Move, record_phase
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, default_timeout
+from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, PAUSED, Candidate, Move, record_phase, tunnel_conflicts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import Policy, PolicyError, default_timeout
 from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import CpuCheck, probe_hosts, whereabouts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.runner import JobRunner, check_adoptable, job_stats, job_summary
 
@@ -97,6 +97,9 @@ class VmMigration:
             job = job_stats(dom)
             if job is not None:
                 return self._adopt(source, dom, move, src_host, job, check_mode)
+            tunnelled = req.options.tunnelled and kind != OFFLINE
+            if tunnelled:
+                self._check_tunnel(name, facts, policy)
             self.runner.resume_after_lost_run(dom, uuid, req.source_uri, check_mode)
             self._check_state(dom, facts)
             self._check_devices(dom, move, requirements)
@@ -122,6 +125,7 @@ class VmMigration:
                 "memory_mib": facts["memory_mib"],
                 "timeout_s": timeout,
                 "timeout_action": req.options.timeout_action,
+                "tunnelled": tunnelled,
                 "rejected_hosts": rejected,
             }
             if move.bond_vfs or move.failover_primaries:
@@ -170,6 +174,26 @@ class VmMigration:
                 why = "set at the %s level" % resolved["migration_mode"]["source"]
             raise PolicyError("VM '%s' has migration_mode 'none' (%s): it is never migrated." % (name, why), vm=name, uri=req.source_uri)
         return effective, warnings
+
+    def _check_tunnel(self, name: str, facts: t.Mapping[str, t.Any], policy: Policy) -> None:
+        """Refuse, before anything moves, a tunnelled move under a policy with settings libvirt refuses in a tunnel."""
+        conflicts = tunnel_conflicts(policy)
+        if not conflicts:
+            return
+        req = self.request
+        if req.policy_option is not None:
+            origin = "the task's policy"
+        else:
+            resolved = settings.resolve(facts.get("migration_settings") or {}, req.cluster_policy, req.global_policy)
+            origin = "its policy setting (from the %s level)" % resolved["policy"]["source"]
+        raise PolicyError(
+            "VM '%s' cannot migrate with tunnelled=true: %s, policy '%s', has %s. Give the task a policy without "
+            "post-copy or parallel connections, or migrate without tunnelled. Nothing was moved."
+            % (name, origin, policy.name, "; ".join(conflicts)),
+            vm=name,
+            uri=req.source_uri,
+            conflicts=conflicts,
+        )
 
     def _check_persistence(self, name: str, persistent: bool, source_name: str) -> None:
         req = self.request

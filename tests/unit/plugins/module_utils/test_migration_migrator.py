@@ -189,6 +189,40 @@ def test_check_mode_plans_without_migrating(cluster: Cluster, tmp_path: Path) ->
     assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
 
 
+def test_a_tunnelled_move_is_planned_and_run_through_the_tunnel(cluster: Cluster, tmp_path: Path) -> None:
+    planned = migrator(tmp_path, tunnelled=True).migrate(check_mode=True)
+    assert planned["plan"]["tunnelled"] is True and planned["plan"]["kind"] == "live"
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+    assert migrator(tmp_path).migrate(check_mode=True)["plan"]["tunnelled"] is False
+    result = migrator(tmp_path, tunnelled=True).migrate(check_mode=False)
+    assert result["changed"] is True and result["plan"]["tunnelled"] is True
+    (call,) = [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+    assert call[2] & libvirt.VIR_MIGRATE_TUNNELLED and call[2] & libvirt.VIR_MIGRATE_PEER2PEER
+
+
+@pytest.mark.parametrize("check_mode", [True, False])
+@pytest.mark.parametrize(
+    "level, setting, message",
+    [
+        ("cluster_policy", {"policy": "post_copy"}, r"its policy setting \(from the cluster level\), policy 'post_copy', has post_copy: true"),
+        (
+            "global_policy",
+            {"policy": {"based_on": "legacy", "parallel_connections": 4}},
+            r"its policy setting \(from the global level\), policy 'custom', has parallel_connections: 4",
+        ),
+    ],
+)
+def test_a_tunnelled_move_under_an_inherited_policy_libvirt_cannot_tunnel_is_refused_before_anything_moves(
+    cluster: Cluster, tmp_path: Path, check_mode: bool, level: str, setting: t.Dict[str, t.Any], message: str
+) -> None:
+    with pytest.raises(PolicyError, match="VM 'web1' cannot migrate with tunnelled=true: " + message) as caught:
+        migrator(tmp_path, tunnelled=True, **{level: setting}).migrate(check_mode=check_mode)
+    assert caught.value.msg.endswith("Nothing was moved.") and caught.value.details["vm"] == "web1"
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+    # Without the tunnel the same policy migrates.
+    assert migrator(tmp_path, **{level: setting}).migrate(check_mode=True)["plan"]["tunnelled"] is False
+
+
 def test_a_repeat_run_finds_the_vm_moved(cluster: Cluster, tmp_path: Path) -> None:
     cluster.move()
     result = migrator(tmp_path).migrate(check_mode=False)
