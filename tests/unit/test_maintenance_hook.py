@@ -1,10 +1,14 @@
-"""The libvirt qemu hook of the maintenance_hook role, rendered from its template and run by a POSIX shell."""
+"""The libvirt qemu hook of the maintenance_hook role, rendered from its template and run by a POSIX shell,
+and the role itself, run by ansible-playbook against this machine with its hook directory in a temporary
+directory (those tests need root, as the role makes root the owner, and fail when not root)."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
+import sys
 import typing as t
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import pytest
 
 from ansible.plugins.filter.core import FilterModule
 from ansible_collections.virtops.migration.plugins.module_utils._migration import maintenance as mt
+from roleplay import Recap, link_collection, require_root, run_play, write_role_play
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "roles" / "maintenance_hook" / "templates" / "virtops-maintenance.j2"
 HOSTNAME = os.uname().nodename
@@ -271,3 +276,235 @@ def test_shellcheck(hook: t.Tuple[Path, Path]) -> None:
     script, _state_dir = hook
     result = subprocess.run(["shellcheck", "--shell=sh", str(script)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+class HookHost:
+    """A directory standing in for /etc/libvirt (hooks/qemu.d below it), and ansible-playbook runs of the role.
+
+    libvirtd's restart is a command that appends a line to ``restarts``, so that the tests count restarts."""
+
+    def __init__(self, root: Path) -> None:
+        require_root("maintenance_hook")
+        self.root = root
+        root.chmod(0o755)
+        self.etc = root / "etc-libvirt"
+        self.etc.mkdir(mode=0o755)
+        self.hooks = self.etc / "hooks"
+        self.hooks_dir = self.hooks / "qemu.d"
+        self.script = self.hooks_dir / "virtops-maintenance"
+        self.restarts = root / "restarts"
+        self.collections = link_collection(root)
+        self.playbook = write_role_play(root / "play.yml", "maintenance_hook")
+        self.variables: t.Dict[str, t.Any] = {
+            "ansible_python_interpreter": sys.executable,
+            "maintenance_hook_hooks_dir": str(self.hooks_dir),
+            "maintenance_hook_state_dir": str(root / "state"),
+            "maintenance_hook_libvirtd_restart_command": ["/bin/sh", "-c", 'echo restarted >> "$0"', str(self.restarts)],
+            "maintenance_hook_libvirtd_restart_delegate_to": "localhost",
+        }
+
+    def play(self, *args: str) -> Recap:
+        return run_play(self.root, self.collections, self.playbook, self.variables, *args)
+
+    def restarted(self) -> int:
+        return len(self.restarts.read_text(encoding="utf-8").splitlines()) if self.restarts.exists() else 0
+
+    def snapshot(self) -> t.Dict[str, t.Tuple[int, int, str]]:
+        """Every entry below etc-libvirt: its type and mode, owner, and content or link target."""
+        found = {}
+        for dirpath, dirnames, filenames in os.walk(str(self.etc)):
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                st = os.lstat(path)
+                content = ""
+                if stat.S_ISLNK(st.st_mode):
+                    content = "-> " + os.readlink(path)
+                elif stat.S_ISREG(st.st_mode):
+                    content = Path(path).read_text(encoding="utf-8")
+                found[os.path.relpath(path, str(self.root))] = (st.st_mode, st.st_uid, content)
+        return found
+
+
+@pytest.fixture
+def hook_host(tmp_path: Path) -> HookHost:
+    return HookHost(tmp_path)
+
+
+def _mode(path: Path) -> t.Tuple[int, int, int, int]:
+    st = path.lstat()
+    return stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+
+
+def test_role_creates_the_directories_and_installs_the_hook_for_root_only(hook_host: HookHost) -> None:
+    planned = hook_host.play("--check")
+    assert planned.rc == 0 and planned.changed > 0, planned.output
+    assert hook_host.snapshot() == {}, "check mode changed something"
+    assert hook_host.restarted() == 0
+
+    first = hook_host.play()
+    assert first.rc == 0 and first.changed > 0, first.output
+    assert _mode(hook_host.hooks) == (stat.S_IFDIR, 0o755, 0, 0)
+    assert _mode(hook_host.hooks_dir) == (stat.S_IFDIR, 0o755, 0, 0)
+    assert _mode(hook_host.script) == (stat.S_IFREG, 0o700, 0, 0)
+    assert hook_host.script.read_text(encoding="utf-8") == render(hook_host.root / "state")
+    assert hook_host.restarted() == 1
+    assert mt.hook_status(str(hook_host.script), [], state_dir=str(hook_host.root / "state"))["installed"] is True
+
+    for args in ((), ("--check",)):
+        again = hook_host.play(*args)
+        assert again.rc == 0 and again.changed == 0, again.output
+    assert hook_host.restarted() == 1
+
+
+def test_role_narrows_a_hook_installed_with_mode_0755(hook_host: HookHost) -> None:
+    hook_host.hooks_dir.mkdir(parents=True)
+    hook_host.script.write_text(render(hook_host.root / "state"), encoding="utf-8")
+    hook_host.script.chmod(0o755)
+    planned = hook_host.play("--check")
+    assert planned.rc == 0 and planned.changed > 0 and _mode(hook_host.script)[1] == 0o755, planned.output
+    narrowed = hook_host.play()
+    assert narrowed.rc == 0 and narrowed.changed > 0, narrowed.output
+    assert _mode(hook_host.script) == (stat.S_IFREG, 0o700, 0, 0)
+    assert hook_host.play().changed == 0
+
+
+def test_role_leaves_existing_directories_as_they_are_and_removes_the_hook(hook_host: HookHost) -> None:
+    hook_host.hooks_dir.mkdir(parents=True)
+    hook_host.hooks.chmod(0o700)
+    hook_host.hooks_dir.chmod(0o711)
+    own = hook_host.hooks_dir / "admin-hook"
+    own.write_text("#!/bin/sh\n", encoding="utf-8")
+    installed = hook_host.play()
+    assert installed.rc == 0 and installed.changed > 0 and hook_host.restarted() == 1, installed.output
+    assert (_mode(hook_host.hooks)[1], _mode(hook_host.hooks_dir)[1]) == (0o700, 0o711)
+
+    hook_host.variables["maintenance_hook_state"] = "absent"
+    planned = hook_host.play("--check")
+    assert planned.rc == 0 and planned.changed > 0 and hook_host.script.exists(), planned.output
+    removed = hook_host.play()
+    assert removed.rc == 0 and removed.changed > 0, removed.output
+    assert sorted(p.name for p in hook_host.hooks_dir.iterdir()) == ["admin-hook"]
+    assert hook_host.restarted() == 2
+    assert hook_host.play().changed == 0 and hook_host.restarted() == 2
+
+
+def _hooks_dir_is_a_symlink(host: HookHost) -> str:
+    elsewhere = host.root / "elsewhere"
+    elsewhere.mkdir()
+    host.hooks.mkdir()
+    host.hooks_dir.symlink_to(elsewhere, target_is_directory=True)
+    return "%s is a symbolic link, not a directory" % host.hooks_dir
+
+
+def _parent_is_a_symlink(host: HookHost) -> str:
+    elsewhere = host.root / "elsewhere"
+    (elsewhere / "qemu.d").mkdir(parents=True)
+    host.hooks.symlink_to(elsewhere, target_is_directory=True)
+    return "%s is a symbolic link, not a directory" % host.hooks
+
+
+def _parent_is_a_dangling_symlink(host: HookHost) -> str:
+    host.hooks.symlink_to(host.root / "nowhere", target_is_directory=True)
+    return "%s is a symbolic link, not a directory" % host.hooks
+
+
+def _hooks_dir_is_a_file(host: HookHost) -> str:
+    host.hooks.mkdir()
+    host.hooks_dir.write_text("", encoding="utf-8")
+    return "%s is not a directory" % host.hooks_dir
+
+
+def _parent_is_a_file(host: HookHost) -> str:
+    host.hooks.write_text("", encoding="utf-8")
+    return "%s is not a directory" % host.hooks
+
+
+def _hooks_dir_owned_by_another_user(host: HookHost) -> str:
+    host.hooks_dir.mkdir(parents=True)
+    os.chown(host.hooks_dir, 4321, 0)
+    return "%s is owned by uid 4321, not by root" % host.hooks_dir
+
+
+def _parent_owned_by_another_user(host: HookHost) -> str:
+    host.hooks_dir.mkdir(parents=True)
+    os.chown(host.hooks, 4321, 4321)
+    return "%s is owned by uid 4321, not by root" % host.hooks
+
+
+def _hooks_dir_world_writable(host: HookHost) -> str:
+    host.hooks_dir.mkdir(parents=True)
+    host.hooks_dir.chmod(0o777)
+    return "%s is writable by group or others (mode 0777)" % host.hooks_dir
+
+
+def _hooks_dir_group_writable(host: HookHost) -> str:
+    host.hooks_dir.mkdir(parents=True)
+    host.hooks_dir.chmod(0o775)
+    return "%s is writable by group or others (mode 0775)" % host.hooks_dir
+
+
+def _parent_group_writable_missing_hooks_dir(host: HookHost) -> str:
+    host.hooks.mkdir()
+    host.hooks.chmod(0o770)
+    return "%s is writable by group or others (mode 0770)" % host.hooks
+
+
+def _hook_is_a_symlink(host: HookHost) -> str:
+    host.hooks_dir.mkdir(parents=True)
+    target = host.root / "elsewhere.sh"
+    target.write_text("#!/bin/sh\n", encoding="utf-8")
+    host.script.symlink_to(target)
+    return "%s is a symbolic link" % host.script
+
+
+def _hook_is_a_dangling_symlink(host: HookHost) -> str:
+    host.hooks_dir.mkdir(parents=True)
+    host.script.symlink_to(host.root / "nowhere.sh")
+    return "%s is a symbolic link" % host.script
+
+
+def _hook_is_a_directory(host: HookHost) -> str:
+    (host.script / "inside").mkdir(parents=True)
+    return "%s is not a regular file" % host.script
+
+
+def _hook_is_a_fifo(host: HookHost) -> str:
+    host.hooks_dir.mkdir(parents=True)
+    os.mkfifo(host.script)
+    return "%s is not a regular file" % host.script
+
+
+@pytest.mark.parametrize(
+    "arrange",
+    [
+        _hooks_dir_is_a_symlink,
+        _parent_is_a_symlink,
+        _parent_is_a_dangling_symlink,
+        _hooks_dir_is_a_file,
+        _parent_is_a_file,
+        _hooks_dir_owned_by_another_user,
+        _parent_owned_by_another_user,
+        _hooks_dir_world_writable,
+        _hooks_dir_group_writable,
+        _parent_group_writable_missing_hooks_dir,
+        _hook_is_a_symlink,
+        _hook_is_a_dangling_symlink,
+        _hook_is_a_directory,
+        _hook_is_a_fifo,
+    ],
+    ids=lambda arrange: arrange.__name__.strip("_"),
+)
+@pytest.mark.parametrize("state", ["present", "absent"])
+def test_role_refuses_unsafe_paths_and_changes_nothing(hook_host: HookHost, arrange: t.Callable[[HookHost], str], state: str) -> None:
+    problem = arrange(hook_host)
+    before = hook_host.snapshot()
+    outside = sorted([p.name for p in hook_host.root.iterdir()] + ["vars.json"])
+    hook_host.variables["maintenance_hook_state"] = state
+    for args in (("--check",), ()):
+        refused = hook_host.play(*args)
+        assert refused.rc != 0 and refused.failed == 1 and refused.changed == 0, refused.output
+        verb = "install" if state == "present" else "remove"
+        assert "refusing to %s %s: %s. Nothing was changed." % (verb, hook_host.script, problem) in refused.output
+        assert hook_host.snapshot() == before
+        assert sorted(p.name for p in hook_host.root.iterdir()) == outside
+    assert hook_host.restarted() == 0
