@@ -213,6 +213,16 @@ def migration_job(host_uri: str, vm: str) -> bool:
     return proc.returncode == 0 and job not in ("", "None", "Completed", "Failed", "Cancelled") and operation == "Outgoing migration"
 
 
+def migration_connections(host: str, peer_address: str) -> int:
+    """Established TCP connections from ``peer_address`` into the QEMU migration ports (49152-49215) of ``host``."""
+    count = 0
+    for line in virtlab("ssh", host, "--", "ss", "-tnH", "state", "established").stdout.splitlines():
+        local, remote = line.split()[-2:]
+        if 49152 <= int(local.rsplit(":", 1)[1]) <= 49215 and remote.rsplit(":", 1)[0] == peer_address:
+            count += 1
+    return count
+
+
 def maintenance_mark(host: str) -> dict[str, t.Any] | None:
     """The host's maintenance mark as the file on the host says (None when there is none)."""
     proc = virtlab("ssh", host, "--", "cat", "/var/lib/virtops-migration/maintenance.json", check=False)

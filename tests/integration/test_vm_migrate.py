@@ -15,6 +15,7 @@ import pytest
 from labkit import (
     assert_no_lost_writes,
     assert_no_vm_lost,
+    migration_connections,
     migration_job,
     load_hostvars,
     read_marker,
@@ -225,16 +226,6 @@ def test_convergence_of_a_busy_guest_under_a_bandwidth_cap(
     assert read_marker(vm) == marker
     assert_no_lost_writes(vm)
     assert_no_vm_lost()
-
-
-def migration_connections(host: str, peer_address: str) -> int:
-    """Established TCP connections from ``peer_address`` into the QEMU migration ports (49152-49215) of ``host``."""
-    count = 0
-    for line in virtlab("ssh", host, "--", "ss", "-tnH", "state", "established").stdout.splitlines():
-        local, remote = line.split()[-2:]
-        if 49152 <= int(local.rsplit(":", 1)[1]) <= 49215 and remote.rsplit(":", 1)[0] == peer_address:
-            count += 1
-    return count
 
 
 def test_parallel_connections_and_xbzrle_compression(lab: Path, new_vm: t.Callable[..., str]) -> None:

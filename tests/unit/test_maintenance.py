@@ -640,3 +640,15 @@ def test_the_audit_log_is_private(tmp_path: Path, hosts: Hosts) -> None:
     log = Path(request.log_dir) / mt.EVENT_LOG
     assert [json.loads(line)["vm"] for line in log.read_text().splitlines()] == ["a1"]
     assert log.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_a_state_directory_others_can_write_is_refused_even_without_a_mark(tmp_path: Path, hosts: Hosts, check_mode: bool) -> None:
+    hosts.hv1.domains += [domain("a1", RUNNING)]
+    request = host_maintenance(tmp_path).request
+    state_dir = Path(request.state_dir)
+    state_dir.mkdir()
+    state_dir.chmod(0o777)
+    with pytest.raises(MigrationError, match="is writable by other users .mode 777.; refusing to use it"):
+        mt.HostMaintenance(request).maintenance(check_mode=check_mode)
+    assert not hosts.migrations and list(state_dir.iterdir()) == []

@@ -88,6 +88,9 @@ def test_a_directory_others_can_write_is_refused(state_dir: Path, mode: int) -> 
     with pytest.raises(sf.StateFileError):
         sf.write_json(str(state_dir), "mark.json", DATA)
     assert list(state_dir.iterdir()) == []
+    # Reading from it is refused too (anyone could have swapped the file).
+    with pytest.raises(sf.StateFileError, match="is writable by other users"):
+        sf.read_json(str(state_dir), "mark.json")
 
 
 def test_a_symlinked_directory_is_refused(tmp_path: Path) -> None:

@@ -336,7 +336,12 @@ def authentication_failure(
     transport = parts.scheme.partition("+")[2].lower()
     name = LIBVIRT_ERROR_NAMES.get(code) if code is not None else None
     if transport == "tls" and TLS_REFUSED.search(text) and (code in AUTH_CODES or code == VIR_ERR_SYSTEM_ERROR):
-        if "verify peer" in text:
+        if "Our own certificate" in text:
+            why = (
+                "this node's own client certificate is not signed by the CA it trusts (clientcert.pem against "
+                "cacert.pem in the URI's pkipath, else in /etc/pki/libvirt/ and /etc/pki/CA/): fix the files on this node"
+            )
+        elif "verify peer" in text:
             why = (
                 "the TLS handshake failed on a certificate: the host's certificate is not signed by a CA this node "
                 "trusts (cacert.pem in the URI's pkipath, else /etc/pki/CA/cacert.pem), or names another host"
@@ -371,6 +376,39 @@ def authentication_failure(
         % (host, mechanism, why, uri, text, " [%s]" % name if name else ""),
         uri=uri,
         host=host,
+        mechanism=mechanism,
+        libvirt_error_code=code,
+        libvirt_error_name=name,
+        libvirt_message=text,
+    )
+
+
+def peer_authentication_failure(exc: BaseException, destination_uri: str, vm: str, source_uri: str) -> t.Optional[AuthenticationError]:
+    """The :class:`AuthenticationError` for a peer-to-peer migration the destination refused to authenticate, or None.
+
+    In a peer-to-peer migration the source host's libvirtd opens the connection to the destination itself:
+    the module's credentials do not reach it, libvirt's client authentication file on the source host does.
+    """
+    code = libvirt_error_code(exc)
+    text = str(exc).strip() or exc.__class__.__name__
+    transport = urlsplit(destination_uri).scheme.partition("+")[2].lower()
+    tls_refused = transport == "tls" and TLS_REFUSED.search(text) is not None and code == VIR_ERR_SYSTEM_ERROR
+    if code not in AUTH_CODES and not tls_refused:
+        return None
+    host = urlsplit(destination_uri).hostname or destination_uri
+    mechanism = "TLS" if "certificate" in text.lower() or tls_refused else auth_mechanism(destination_uri)
+    name = LIBVIRT_ERROR_NAMES.get(code) if code is not None else None
+    return AuthenticationError(
+        "Cannot migrate VM '%s': the source host's libvirtd (%s) could not log in to the destination host %s with %s. "
+        "In a peer-to-peer migration the source libvirtd connects to the destination itself and takes its credentials "
+        "from libvirt's client authentication file on the source host (/etc/libvirt/auth.conf, an [auth-libvirt-%s] "
+        "group; the role virtops.migration.libvirt_auth writes it) and its certificates from /etc/pki or the URI's "
+        "pkipath, not from the task's username and password. The VM was not moved. libvirt: %s%s"
+        % (vm, source_uri, host, mechanism, host, text, " [%s]" % name if name else ""),
+        vm=vm,
+        uri=source_uri,
+        host=host,
+        destination_uri=destination_uri,
         mechanism=mechanism,
         libvirt_error_code=code,
         libvirt_error_name=name,

@@ -51,6 +51,9 @@ def read_mark(state_dir: str) -> t.Optional[t.Dict[str, t.Any]]:
     A mark without a ``state`` (older releases) counts as ``maintenance``; a mark that cannot be read
     is an error, never "active": the host may be about to be rebooted.
     """
+    # A state directory others could write is refused even when it holds no mark: a mark planted
+    # there, or one the next write would put there, could not be trusted.
+    statefiles.check_directory(state_dir)
     if not statefiles.exists(state_dir, MARK_FILE):
         return None
     mark = statefiles.read_json(state_dir, MARK_FILE)

@@ -83,6 +83,8 @@ class HostState:
     disk_paths: t.FrozenSet[str] = frozenset()
     maintenance: bool = False
     error: t.Optional[str] = None
+    # The refusal behind ``error`` (for example the host and mechanism of a failed authentication).
+    error_details: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
     cpu_incompatible: t.Dict[str, str] = dataclasses.field(default_factory=dict)
     # UUIDs of every domain defined or running there, to refuse a VM that would be copied twice.
     vm_uuids: t.FrozenSet[str] = frozenset()

@@ -135,7 +135,7 @@ def probe_hosts(
             with connect(candidate.uri) as conn:
                 return probe_host(conn, candidate, needs, cpus, reserve_mib)
         except MigrationError as exc:
-            return placement.HostState(name=candidate.name or candidate.uri, uri=candidate.uri, error=exc.msg)
+            return placement.HostState(name=candidate.name or candidate.uri, uri=candidate.uri, error=exc.msg, error_details=dict(exc.details))
         except Exception as exc:  # pylint: disable=broad-exception-caught
             error = unexpected_error(exc, "read the destination's facts", uri=candidate.uri)
             return placement.HostState(name=candidate.name or candidate.uri, uri=candidate.uri, error=error.msg)

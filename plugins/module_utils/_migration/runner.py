@@ -37,6 +37,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
     VIR_ERR_OPERATION_INVALID,
     is_not_found,
     libvirt_error_code,
+    peer_authentication_failure,
     translate_libvirt_error,
     unexpected_error,
 )
@@ -483,7 +484,9 @@ class JobRunner:
             error = outcome["error"]
             action = "migrate to %s" % move.destination_uri
             if isinstance(error, libvirt.libvirtError):
-                exc = translate_libvirt_error(error, action, vm=move.vm, uri=move.source_uri)
+                exc = peer_authentication_failure(error, move.destination_uri, move.vm, move.source_uri) or translate_libvirt_error(
+                    error, action, vm=move.vm, uri=move.source_uri
+                )
             else:
                 exc = unexpected_error(error, action, vm=move.vm, uri=move.source_uri)
             if self._aborted_by is not None:

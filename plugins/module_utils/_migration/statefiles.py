@@ -42,6 +42,12 @@ def _check_directory(directory: str) -> None:
         raise StateFileError("%s is writable by other users (mode %o); refusing to use it" % (directory, stat.S_IMODE(info.st_mode)), path=directory)
 
 
+def check_directory(directory: str) -> None:
+    """Refuse an unsafe state or log directory (see the module docstring); a missing one is fine."""
+    if os.path.lexists(directory):
+        _check_directory(directory)
+
+
 def ensure_directory(directory: str, mode: int = 0o700) -> None:
     """Create ``directory`` (and its parents) if missing, then check it is safe to write in."""
     try:
@@ -59,6 +65,7 @@ def exists(directory: str, name: str) -> bool:
 def read_json(directory: str, name: str) -> t.Optional[t.Any]:
     """The JSON content of ``directory/name``, or None when the file does not exist."""
     path = os.path.join(directory, name)
+    check_directory(directory)
     try:
         # Non-blocking, so that a FIFO planted at the path cannot hang the module.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -122,7 +129,7 @@ def check_append(directory: str, name: str) -> None:
     path = os.path.join(directory, name)
     if not os.path.lexists(directory):
         return
-    _check_directory(directory)
+    check_directory(directory)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:

@@ -280,7 +280,7 @@ class VmMigration:
         if not req.auto:
             for host in hosts:
                 if host.error is not None:
-                    raise MigrationError(host.error, vm=needs.name, uri=host.uri)
+                    raise MigrationError(host.error, **dict(host.error_details, vm=needs.name, uri=host.uri))
         best, rejected = placement.choose(needs, hosts, source_uuid)
         if best is None:
             raise MigrationError(placement.explain(needs.name, rejected), vm=needs.name, uri=req.source_uri, rejected_hosts=rejected)

@@ -235,6 +235,8 @@ def libvirtd_settings(host: Host) -> dict[str, t.Any]:
         "ca_file": str(pki / "cacert.pem"),
         "cert_file": str(pki / "servercert.pem"),
         "key_file": str(pki / "serverkey.pem"),
+        # TLS clients must present a certificate signed by the lab CA (libvirt's default, said outright).
+        "tls_no_verify_certificate": 0,
         "auth_unix_ro": "none",
         "auth_unix_rw": "none",
         "host_uuid": host.host_uuid,

@@ -472,3 +472,14 @@ def test_a_missing_client_certificate_is_a_tls_refusal() -> None:
 )
 def test_other_failures_are_not_authentication_refusals(uri: str, code: int, message: str) -> None:
     assert errors.authentication_failure(libvirt_error(code, message, libvirt.VIR_FROM_RPC), uri, "u", [("password", True)]) is None
+
+
+def test_an_own_certificate_the_trusted_ca_did_not_sign_is_a_tls_refusal() -> None:
+    exc = libvirt_error(
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        "Our own certificate /pki/clientcert.pem failed validation against /pki/cacert.pem: The certificate hasn't got a known issuer",
+        libvirt.VIR_FROM_RPC,
+    )
+    refused = errors.authentication_failure(exc, "qemu+tls://hv2/system?pkipath=/pki", None, [])
+    assert refused is not None
+    assert refused.msg.startswith("Authentication failed on host hv2 with TLS: this node's own client certificate is not signed")
