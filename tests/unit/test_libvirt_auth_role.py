@@ -311,23 +311,28 @@ def _missing_directory(host: Host) -> str:
     return "libvirt's configuration directory %s is missing" % (host.root / "missing")
 
 
+UNSAFE_PATHS = [
+    _symlink_to_file,
+    _dangling_symlink,
+    _directory_at_the_file,
+    _fifo_at_the_file,
+    _directory_is_a_symlink,
+    _directory_is_a_file,
+    _world_writable_directory,
+    _group_writable_directory,
+    _directory_owned_by_another_user,
+    _missing_directory,
+]
+
+
+# Both states go through the same checks before either changes anything: every arrangement with
+# state=present, a few with state=absent.
 @pytest.mark.parametrize(
-    "arrange",
-    [
-        _symlink_to_file,
-        _dangling_symlink,
-        _directory_at_the_file,
-        _fifo_at_the_file,
-        _directory_is_a_symlink,
-        _directory_is_a_file,
-        _world_writable_directory,
-        _group_writable_directory,
-        _directory_owned_by_another_user,
-        _missing_directory,
-    ],
-    ids=lambda arrange: arrange.__name__.strip("_"),
+    ("arrange", "state"),
+    [(arrange, "present") for arrange in UNSAFE_PATHS]
+    + [(arrange, "absent") for arrange in (_symlink_to_file, _fifo_at_the_file, _world_writable_directory, _missing_directory)],
+    ids=lambda value: value if isinstance(value, str) else value.__name__.strip("_"),
 )
-@pytest.mark.parametrize("state", ["present", "absent"])
 def test_unsafe_paths_are_refused_and_left_alone(host: Host, arrange: t.Callable[[Host], str], state: str) -> None:
     problem = arrange(host)
     before = host.snapshot()
