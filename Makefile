@@ -19,7 +19,7 @@ demo: setup
 	bash scripts/demo.sh
 
 ## test: everything CI runs
-# The other ansible-core releases (versions) run beside the stages that need no lab, one CPU each,
+# The other ansible-core releases (versions) run beside the stages that need no lab, side by side,
 # their output kept in tests/output/versions.log and shown when they end; the lab stages run alone.
 test: setup
 	@start=$$(date +%s); mkdir -p tests/output; \

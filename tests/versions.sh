@@ -68,10 +68,10 @@ prepare_venv() {
   ln -sfn "$repo" "$venv/collections/ansible_collections/virtops/migration"
 }
 
-summary=()
-failed=0
-for release in "${releases[@]}"; do
-  prepare_venv "$release" "${python_bin[$release]}"
+# One release: its sanity and unit tests, then one summary line (the last line of its output).
+run_release() {
+  local release=$1 venv core python_version start sanity unit sanity_s unit_s
+  local -a run
   venv=$repo/.venv-core-$release
   core=$("$venv/bin/python" -c 'from ansible import release; print(release.__version__)')
   python_version=$("$venv/bin/python" -c 'import platform; print(platform.python_version())')
@@ -90,8 +90,29 @@ for release in "${releases[@]}"; do
   "${run[@]}" PYTHONPATH="$venv/collections" "$venv/bin/python" -m pytest -p no:cacheprovider tests/unit -q || unit=FAILED
   unit_s=$(($(date +%s) - start))
 
-  [ "$sanity" = passed ] && [ "$unit" = passed ] || failed=1
-  summary+=("versions: ansible-core $core (Python $python_version): sanity $sanity in $sanity_s s, unit $unit in $unit_s s")
+  echo "versions: ansible-core $core (Python $python_version): sanity $sanity in $sanity_s s, unit $unit in $unit_s s"
+  [ "$sanity" = passed ] && [ "$unit" = passed ]
+}
+
+# The environments are made one after the other (pip), then the releases run side by side, each
+# into a log of its own that is shown once it has ended: the machine's CPUs are then busy to the end
+# instead of one release waiting for the other.
+for release in "${releases[@]}"; do
+  prepare_venv "$release" "${python_bin[$release]}"
+done
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+declare -A pid_of
+for release in "${releases[@]}"; do
+  run_release "$release" > "$logs/$release.log" 2>&1 &
+  pid_of[$release]=$!
+done
+failed=0
+summary=()
+for release in "${releases[@]}"; do
+  wait "${pid_of[$release]}" || failed=1
+  cat "$logs/$release.log"
+  summary+=("$(tail -n1 "$logs/$release.log")")
 done
 
 printf '%s\n' "${summary[@]}"
