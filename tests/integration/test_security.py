@@ -256,15 +256,19 @@ def outgoing_job(host: str, vm: str) -> bool:
 
 
 def ssh_move(lab: Path, vm: str, source: str, destination: str, tunnelled: bool) -> int:
-    """Move the VM over qemu+ssh:// (slowly, so the job can be looked at); the QEMU migration-port
-    connections seen on the destination while the job ran."""
+    """Move the VM over qemu+ssh:// (slowly, so the job can be looked at); the most QEMU migration-port
+    connections from the source seen on the destination at once while the job ran."""
     target = "qemu+ssh://root@%s/system" % destination
     args = {"name": vm, "destination_uri": target, "tunnelled": tunnelled, "bandwidth_mib": 8}
     planned = run_module(lab, source, MIGRATE, args, check_mode=True)
     assert planned["changed"] is True and planned["plan"]["destination"]["hostname"] == destination, planned
     started = run_module(lab, source, MIGRATE, args, background=600)
     wait_until(lambda: outgoing_job(source, vm), 60, "an outgoing migration job of %s on %s" % (vm, source))
-    connections = migration_connections(destination, address(lab, source))
+    # The source reaches the destination on the lab network or on the migration network: both count.
+    peers = (address(lab, source), str(load_hostvars(lab)[source]["virtops_lab_migration_address"]))
+    connections = 0
+    while outgoing_job(source, vm):
+        connections = max(connections, sum(migration_connections(destination, peer) for peer in peers))
     moved = wait_async(lab, source, started["ansible_job_id"])
     assert moved.get("failed") is not True and moved["changed"] is True, moved
     assert moved["plan"]["tunnelled"] is tunnelled, moved["plan"]
@@ -306,13 +310,14 @@ def maintenance_refused(lab: Path, host: str, why: str) -> None:
 HOSTILE_STATE = [
     # (what is planted on the host, how to put it back, what the refusal says)
     pytest.param(
-        "ln -s %s /var/log/virtops-migration/events.jsonl" % VICTIM,
-        "rm -f /var/log/virtops-migration/events.jsonl",
+        # (earlier evacuations on the lab may have left a real log: it is put back afterwards)
+        "if [ -e {0} ]; then mv {0} {0}.keep; fi; ln -s {1} {0}".format("/var/log/virtops-migration/events.jsonl", VICTIM),
+        "rm -f {0}; if [ -e {0}.keep ]; then mv {0}.keep {0}; fi".format("/var/log/virtops-migration/events.jsonl"),
         "events.jsonl: it is a symbolic link; refusing to follow it",
         id="audit-log-symlink",
     ),
     pytest.param(
-        "ln -s %s /var/lib/virtops-migration/maintenance.json" % VICTIM,
+        "test ! -e /var/lib/virtops-migration/maintenance.json && ln -s %s /var/lib/virtops-migration/maintenance.json" % VICTIM,
         "rm -f /var/lib/virtops-migration/maintenance.json",
         "maintenance.json: it is a symbolic link; refusing to follow it",
         id="mark-symlink",
