@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import typing as t
@@ -239,13 +240,9 @@ def test_peer_to_peer_migration_between_sasl_hosts(sasl: Path, new_vm: t.Callabl
         assert SASL_PASSWORD not in text, "the password shows in output %d of the run" % index
     assert any('"changed": true' in text or "changed=1" in text for text in outputs)
     for host in ("lab-h1", "lab-h2", "lab-h3"):
-        found = host_sh(host, "grep -rlF -- %s %s" % (shell_quote(SASL_PASSWORD), " ".join(HOST_DIRS)), check=False)
+        found = host_sh(host, "grep -rlF -- %s %s" % (shlex.quote(SASL_PASSWORD), " ".join(HOST_DIRS)), check=False)
         assert found.returncode == 1 and not found.stdout.strip(), "the password is in %s on %s" % (found.stdout.split(), host)
     assert_no_vm_lost()
-
-
-def shell_quote(text: str) -> str:
-    return "'%s'" % text.replace("'", "'\"'\"'")
 
 
 def outgoing_job(host: str, vm: str) -> bool:

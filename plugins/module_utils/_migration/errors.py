@@ -320,6 +320,58 @@ def auth_mechanism(uri: str) -> str:
     return mechanism + (" over TLS" if transport == "tls" else "")
 
 
+class _Refusal(t.NamedTuple):
+    """What a libvirt error says about a refused login to the host of ``uri``."""
+
+    code: t.Optional[int]
+    name: t.Optional[str]
+    text: str
+    host: str
+    # Why the TLS session was refused, or None when TLS was not the cause.
+    tls_why: t.Optional[str]
+
+
+def _refusal(exc: BaseException, uri: str) -> t.Optional[_Refusal]:
+    """The facts of an authentication or TLS refusal by the host of ``uri``; None for any other error."""
+    code = libvirt_error_code(exc)
+    text = str(exc).strip() or exc.__class__.__name__
+    parts = urlsplit(uri)
+    tls_why = None
+    if parts.scheme.partition("+")[2].lower() == "tls" and TLS_REFUSED.search(text) and (code in AUTH_CODES or code == VIR_ERR_SYSTEM_ERROR):
+        if "Our own certificate" in text:
+            tls_why = (
+                "this node's own client certificate is not signed by the CA it trusts (clientcert.pem against "
+                "cacert.pem in the URI's pkipath, else in /etc/pki/libvirt/ and /etc/pki/CA/): fix the files on this node"
+            )
+        elif "verify peer" in text:
+            tls_why = (
+                "the TLS handshake failed on a certificate: the host's certificate is not signed by a CA this node "
+                "trusts (cacert.pem in the URI's pkipath, else /etc/pki/CA/cacert.pem), or names another host"
+            )
+        else:
+            tls_why = (
+                "the host closed the TLS session after checking this node's client certificate: it has none "
+                "(clientcert.pem and clientkey.pem in the URI's pkipath, else /etc/pki/libvirt/), or one signed "
+                "by a CA the host does not trust, while the host demands one (tls_no_verify_certificate = 0)"
+            )
+    elif code not in AUTH_CODES:
+        return None
+    name = LIBVIRT_ERROR_NAMES.get(code) if code is not None else None
+    return _Refusal(code, name, text, parts.hostname or uri, tls_why)
+
+
+def _authentication_error(msg: str, refusal: _Refusal, mechanism: str, **details: t.Any) -> AuthenticationError:
+    return AuthenticationError(
+        "%s. libvirt: %s%s" % (msg, refusal.text, " [%s]" % refusal.name if refusal.name else ""),
+        host=refusal.host,
+        mechanism=mechanism,
+        libvirt_error_code=refusal.code,
+        libvirt_error_name=refusal.name,
+        libvirt_message=refusal.text,
+        **details,
+    )
+
+
 def authentication_failure(
     exc: BaseException, uri: str, username: t.Optional[str], asked: t.Sequence[t.Tuple[str, bool]]
 ) -> t.Optional[AuthenticationError]:
@@ -329,57 +381,30 @@ def authentication_failure(
     (``"user name"`` or ``"password"`` ..., whether the module had a value). The message names the
     host and the mechanism and never contains a credential.
     """
-    code = libvirt_error_code(exc)
-    text = str(exc).strip() or exc.__class__.__name__
-    parts = urlsplit(uri)
-    host = parts.hostname or uri
-    transport = parts.scheme.partition("+")[2].lower()
-    name = LIBVIRT_ERROR_NAMES.get(code) if code is not None else None
-    if transport == "tls" and TLS_REFUSED.search(text) and (code in AUTH_CODES or code == VIR_ERR_SYSTEM_ERROR):
-        if "Our own certificate" in text:
-            why = (
-                "this node's own client certificate is not signed by the CA it trusts (clientcert.pem against "
-                "cacert.pem in the URI's pkipath, else in /etc/pki/libvirt/ and /etc/pki/CA/): fix the files on this node"
-            )
-        elif "verify peer" in text:
-            why = (
-                "the TLS handshake failed on a certificate: the host's certificate is not signed by a CA this node "
-                "trusts (cacert.pem in the URI's pkipath, else /etc/pki/CA/cacert.pem), or names another host"
-            )
-        else:
-            why = (
-                "the host closed the TLS session after checking this node's client certificate: it has none "
-                "(clientcert.pem and clientkey.pem in the URI's pkipath, else /etc/pki/libvirt/), or one signed "
-                "by a CA the host does not trust, while the host demands one (tls_no_verify_certificate = 0)"
-            )
-        mechanism = "TLS"
-    elif code in AUTH_CODES:
-        mechanism = auth_mechanism(uri)
-        missing = [what for what, given in asked if not given]
-        if missing:
-            why = "libvirtd asked for a %s and none was given (set the modules' username and password)" % " and a ".join(missing)
-        elif asked:
-            why = "libvirtd rejected the credentials of user '%s': wrong user name or password, or the user is not in the host's SASL database" % (
-                username or "(libvirt's default)"
-            )
-        else:
-            why = (
-                "libvirtd refused before asking this module for credentials: they came from libvirt's auth.conf on this "
-                "node and are wrong, or the host offers no mechanism this connection may use (libvirtd accepts SCRAM "
-                "and other SASL mechanisms without a security layer only on TLS connections, qemu+tls://), or not the "
-                "mechanism the URI's auth= asks for"
-            )
-    else:
+    refusal = _refusal(exc, uri)
+    if refusal is None:
         return None
-    return AuthenticationError(
-        "Authentication failed on host %s with %s: %s. URI: %s. libvirt: %s%s"
-        % (host, mechanism, why, uri, text, " [%s]" % name if name else ""),
-        uri=uri,
-        host=host,
-        mechanism=mechanism,
-        libvirt_error_code=code,
-        libvirt_error_name=name,
-        libvirt_message=text,
+    missing = [what for what, given in asked if not given]
+    if refusal.tls_why is not None:
+        mechanism, why = "TLS", refusal.tls_why
+    elif missing:
+        mechanism = auth_mechanism(uri)
+        why = "libvirtd asked for a %s and none was given (set the modules' username and password)" % " and a ".join(missing)
+    elif asked:
+        mechanism = auth_mechanism(uri)
+        why = "libvirtd rejected the credentials of user '%s': wrong user name or password, or the user is not in the host's SASL database" % (
+            username or "(libvirt's default)"
+        )
+    else:
+        mechanism = auth_mechanism(uri)
+        why = (
+            "libvirtd refused before asking this module for credentials: they came from libvirt's auth.conf on this "
+            "node and are wrong, or the host offers no mechanism this connection may use (libvirtd accepts SCRAM "
+            "and other SASL mechanisms without a security layer only on TLS connections, qemu+tls://), or not the "
+            "mechanism the URI's auth= asks for"
+        )
+    return _authentication_error(
+        "Authentication failed on host %s with %s: %s. URI: %s" % (refusal.host, mechanism, why, uri), refusal, mechanism, uri=uri
     )
 
 
@@ -389,30 +414,22 @@ def peer_authentication_failure(exc: BaseException, destination_uri: str, vm: st
     In a peer-to-peer migration the source host's libvirtd opens the connection to the destination itself:
     the module's credentials do not reach it, libvirt's client authentication file on the source host does.
     """
-    code = libvirt_error_code(exc)
-    text = str(exc).strip() or exc.__class__.__name__
-    transport = urlsplit(destination_uri).scheme.partition("+")[2].lower()
-    tls_refused = transport == "tls" and TLS_REFUSED.search(text) is not None and code == VIR_ERR_SYSTEM_ERROR
-    if code not in AUTH_CODES and not tls_refused:
+    refusal = _refusal(exc, destination_uri)
+    if refusal is None:
         return None
-    host = urlsplit(destination_uri).hostname or destination_uri
-    mechanism = "TLS" if "certificate" in text.lower() or tls_refused else auth_mechanism(destination_uri)
-    name = LIBVIRT_ERROR_NAMES.get(code) if code is not None else None
-    return AuthenticationError(
+    mechanism = "TLS" if refusal.tls_why is not None else auth_mechanism(destination_uri)
+    return _authentication_error(
         "Cannot migrate VM '%s': the source host's libvirtd (%s) could not log in to the destination host %s with %s. "
         "In a peer-to-peer migration the source libvirtd connects to the destination itself and takes its credentials "
         "from libvirt's client authentication file on the source host (/etc/libvirt/auth.conf, an [auth-libvirt-%s] "
         "group; the role virtops.migration.libvirt_auth writes it) and its certificates from /etc/pki or the URI's "
-        "pkipath, not from the task's username and password. The VM was not moved. libvirt: %s%s"
-        % (vm, source_uri, host, mechanism, host, text, " [%s]" % name if name else ""),
+        "pkipath, not from the task's username and password. The VM was not moved"
+        % (vm, source_uri, refusal.host, mechanism, refusal.host),
+        refusal,
+        mechanism,
         vm=vm,
         uri=source_uri,
-        host=host,
         destination_uri=destination_uri,
-        mechanism=mechanism,
-        libvirt_error_code=code,
-        libvirt_error_name=name,
-        libvirt_message=text,
     )
 
 

@@ -127,8 +127,6 @@ def check_append(directory: str, name: str) -> None:
     """Refuse now what :func:`append_line` would refuse later: an unsafe directory or a file that is not
     a root-owned regular file (a symbolic link, a FIFO ...). A missing directory or file is fine."""
     path = os.path.join(directory, name)
-    if not os.path.lexists(directory):
-        return
     check_directory(directory)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)

@@ -483,3 +483,24 @@ def test_an_own_certificate_the_trusted_ca_did_not_sign_is_a_tls_refusal() -> No
     refused = errors.authentication_failure(exc, "qemu+tls://hv2/system?pkipath=/pki", None, [])
     assert refused is not None
     assert refused.msg.startswith("Authentication failed on host hv2 with TLS: this node's own client certificate is not signed")
+
+
+def test_a_peer_to_peer_login_the_destination_refused_points_at_auth_conf() -> None:
+    exc = libvirt_error(libvirt.VIR_ERR_AUTH_FAILED, "authentication failed: No authentication callback available", libvirt.VIR_FROM_RPC)
+    refused = errors.peer_authentication_failure(exc, SASL_URI, "web1", "qemu:///system")
+    assert refused is not None
+    assert refused.msg.startswith(
+        "Cannot migrate VM 'web1': the source host's libvirtd (qemu:///system) could not log in to the destination host "
+        "10.0.0.12 with SASL SCRAM-SHA-256 over TLS. "
+    )
+    assert "/etc/libvirt/auth.conf, an [auth-libvirt-10.0.0.12] group" in refused.msg
+    assert refused.msg.endswith("The VM was not moved. libvirt: authentication failed: No authentication callback available [VIR_ERR_AUTH_FAILED]")
+    assert (refused.details["vm"], refused.details["host"], refused.details["destination_uri"]) == ("web1", "10.0.0.12", SASL_URI)
+
+
+def test_a_peer_to_peer_tls_refusal_is_named_tls_and_other_failures_are_not_refusals() -> None:
+    tls = libvirt_error(libvirt.VIR_ERR_AUTH_FAILED, "authentication failed: Failed to verify peer's certificate", libvirt.VIR_FROM_RPC)
+    refused = errors.peer_authentication_failure(tls, "qemu+tls://hv2/system", "web1", "qemu:///system")
+    assert refused is not None and refused.details["mechanism"] == "TLS"
+    other = libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED, "migration job: unexpectedly failed", libvirt.VIR_FROM_QEMU)
+    assert errors.peer_authentication_failure(other, "qemu+tls://hv2/system", "web1", "qemu:///system") is None
