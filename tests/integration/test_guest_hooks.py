@@ -196,7 +196,9 @@ def warnings_of(result: t.Mapping[str, t.Any]) -> str:
     return " | ".join(str(item) for item in result.get("warnings", []))
 
 
-def test_role_installs_hooks_over_the_guest_agent_four_runs(lab: Path, python_vm: t.Callable[..., str], tmp_path: Path) -> None:
+def test_role_installs_hooks_over_the_guest_agent_check_run_rerun(lab: Path, python_vm: t.Callable[..., str], tmp_path: Path) -> None:
+    """Check mode on a fresh guest writes nothing, a run installs, a second run changes nothing. (A rerun in
+    check mode is the unit tests' part: each role run over the guest agent costs about 45 s under TCG.)"""
     vm = python_vm()
     hooks = recording("before_migration", "after_migration")
 
@@ -206,9 +208,8 @@ def test_role_installs_hooks_over_the_guest_agent_four_runs(lab: Path, python_vm
 
     done = install(lab, tmp_path, {vm: {"guest_hooks_hooks": hooks}})[vm]
     assert done["changed"] > 0, done
-    for check_mode in (False, True):
-        again = install(lab, tmp_path, {vm: {"guest_hooks_hooks": hooks}}, check_mode=check_mode)[vm]
-        assert again["changed"] == 0 and again["failures"] == 0, (check_mode, again)
+    again = install(lab, tmp_path, {vm: {"guest_hooks_hooks": hooks}})[vm]
+    assert again["changed"] == 0 and again["failures"] == 0, again
 
     # What the guest has: root's directories and hooks, not writable by the hook user, and the runner.
     listing = guest(
