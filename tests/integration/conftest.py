@@ -13,6 +13,21 @@ import pytest
 
 from labkit import REPO, run_playbook, virtlab
 
+# Modules whose tests run Ansible inside lab guests (the Python guests, under TCG): while they run, the
+# lab keeps both cores busy. They run last, so that what `make test` runs beside the lab stages (the
+# checks that need no lab, at the lowest CPU priority) has the idle time of the other modules first.
+PYTHON_GUEST_MARK = "python_guests"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "%s: the module runs Ansible in lab guests; it runs after the others" % PYTHON_GUEST_MARK)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the tests marked python_guests after the others, each group in its own order."""
+    items.sort(key=lambda item: item.get_closest_marker(PYTHON_GUEST_MARK) is not None)
+
+
 LAB_VMS = ("web1:192:high", "db1:256:medium", "batch1:160:low", "web2:192:high@2", "cache1:160@3")
 
 

@@ -39,6 +39,8 @@ from labkit import (
     write_marker,
 )
 
+pytestmark = pytest.mark.python_guests
+
 MIGRATE = "virtops.migration.vm_migrate"
 HIBERNATE = "virtops.migration.vm_hibernate"
 MAINTENANCE = "virtops.migration.host_maintenance"

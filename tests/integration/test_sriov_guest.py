@@ -28,6 +28,8 @@ import yaml
 
 from labkit import assert_no_vm_lost, guest_inventory, guest_nics, nic_xml, run_playbook_report, uri, virtlab
 
+pytestmark = pytest.mark.python_guests
+
 # The playbook users run for guests; here only its sriov_guest part (hooks=false).
 PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "guest_setup.yml"
 UDEV_RULE = "/etc/udev/rules.d/81-virtops-net-failover.rules"

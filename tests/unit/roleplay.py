@@ -67,7 +67,7 @@ def run_play(root: Path, collections: Path, playbook: Path, variables: t.Mapping
                ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
     proc = subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(playbook), "-e", "@%s" % extra, *args],
-        capture_output=True, text=True, timeout=300, check=False, env=env, cwd=str(root),
+        capture_output=True, text=True, timeout=1200, check=False, env=env, cwd=str(root),
     )
     output = proc.stdout + proc.stderr
     match = RECAP.search(proc.stdout)

@@ -180,7 +180,7 @@ def test_hooks_run_one_after_another_in_byte_order_of_their_names(tree: Tree) ->
     assert lines == [line for name in ran for line in ("%s start" % name, "%s end" % name)]
     for hook in run.summary["hooks"]:
         assert hook["status"] == 0 and hook["signal"] is None and hook["timed_out"] is False
-        assert 0.04 <= hook["duration_s"] < 5
+        assert 0.04 <= hook["duration_s"] < 60
 
 
 def test_only_executable_files_and_links_to_them_run(tree: Tree) -> None:
@@ -276,7 +276,7 @@ def test_a_hanging_hook_and_its_children_are_stopped_at_the_timeout(tree: Tree) 
     assert run.rc == 1
     hang = run.summary["hooks"][0]
     assert hang["timed_out"] is True and hang["status"] is None and hang["signal"] == signal.SIGTERM
-    assert 1.0 <= hang["duration_s"] < 3, hang
+    assert 1.0 <= hang["duration_s"] < 60, hang  # the hook sleeps 300 s
     assert hang["output"] == "waiting\n"
     child = int((tree.out / "child").read_text(encoding="utf-8"))
     assert not _alive(child), "the hook's background child survived its timeout"
@@ -291,7 +291,7 @@ def test_a_hook_that_ignores_sigterm_is_killed_after_the_grace(tree: Tree) -> No
     run = tree.run()
     hook = run.summary["hooks"][0]
     assert run.rc == 1 and hook["timed_out"] and hook["signal"] == signal.SIGKILL
-    assert 2.0 <= hook["duration_s"] < 4, hook
+    assert 2.0 <= hook["duration_s"] < 60, hook  # timeout, grace, then SIGKILL; the hook sleeps 300 s
     assert not _alive(int((tree.out / "child").read_text(encoding="utf-8")))
 
 
@@ -303,12 +303,13 @@ def test_a_hook_that_closes_its_output_and_goes_on_still_times_out(tree: Tree) -
 
 
 def test_a_hook_that_leaves_a_child_holding_its_output_does_not_block_the_run(tree: Tree) -> None:
-    tree.hook("10-daemonizes", 'sleep 30 & echo $! > "$OUT/child"; echo started')
+    tree.hook("10-daemonizes", 'sleep 300 & echo $! > "$OUT/child"; echo started')
     tree.marker_hook("20-next")
     run = tree.run()
     assert run.rc == 0, run.stderr
-    assert run.summary["hooks"][0]["output"] == "started\n" and run.summary["hooks"][0]["duration_s"] < 3
-    assert tree.ran() == ["20-next"] and run.seconds < 5
+    # The child holds the hook's output for 300 s: a run that waited for it would take that long.
+    assert run.summary["hooks"][0]["output"] == "started\n" and run.summary["hooks"][0]["duration_s"] < 60
+    assert tree.ran() == ["20-next"] and run.seconds < 60
     os.kill(int((tree.out / "child").read_text(encoding="utf-8")), signal.SIGKILL)
 
 
@@ -316,7 +317,7 @@ def test_the_timeout_option_overrides_the_configuration(tree: Tree) -> None:
     tree.settings["timeout"] = "60"
     tree.hook("10-hangs", "sleep 300")
     run = tree.run("--timeout", "0.5")
-    assert run.rc == 1 and run.summary["hooks"][0]["timed_out"] and run.summary["hooks"][0]["duration_s"] < 2
+    assert run.rc == 1 and run.summary["hooks"][0]["timed_out"] and run.summary["hooks"][0]["duration_s"] < 30
 
 
 def test_a_hook_the_user_cannot_execute_fails_with_126(tree: Tree) -> None:
