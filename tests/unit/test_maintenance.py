@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import json
 import os
+import subprocess
 import threading
 import time
 import typing as t
@@ -120,6 +121,32 @@ def test_hook_newer_than_libvirtd_is_not_loaded(hook_files: t.Tuple[Path, Path])
     hook, pid_file = hook_files
     set_mtime(hook, time.time() + A_DAY)  # after this process started
     assert mk.hook_status(str(hook), [str(pid_file)]) == {"path": str(hook), "installed": True, "loaded": False}
+
+
+def _start_after(hook: Path, pid_file: Path, hook_first: bool) -> "subprocess.Popen[bytes]":
+    """Write the hook and start a stand-in libvirtd 0.2 s apart, in the given order; the process."""
+    if hook_first:
+        set_mtime(hook, time.time())
+        time.sleep(0.2)
+    process = subprocess.Popen(["sleep", "30"])  # pylint: disable=consider-using-with
+    if not hook_first:
+        time.sleep(0.2)
+        set_mtime(hook, time.time())
+    pid_file.write_text("%d\n" % process.pid)
+    return process
+
+
+@pytest.mark.parametrize("hook_first", [True, False])
+def test_libvirtd_restarted_right_after_the_hook_was_written_has_loaded_it(hook_files: t.Tuple[Path, Path], hook_first: bool) -> None:
+    # A role writes the hook and restarts libvirtd at once: tenths of a second apart. The start time is
+    # read to the clock tick, not to the whole second of the boot time in /proc/stat.
+    hook, pid_file = hook_files
+    libvirtd = _start_after(hook, pid_file, hook_first)
+    try:
+        assert mk.hook_status(str(hook), [str(pid_file)])["loaded"] is hook_first
+    finally:
+        libvirtd.kill()
+        libvirtd.wait()
 
 
 def test_missing_hook_is_not_installed(hook_files: t.Tuple[Path, Path]) -> None:

@@ -16,6 +16,7 @@ import datetime
 import fcntl
 import os
 import re
+import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import statefiles
@@ -96,14 +97,21 @@ def clear_mark(state_dir: str) -> None:
 
 
 def _process_start(pid: int) -> t.Optional[float]:
-    """When a process started, in seconds since the epoch (None when it cannot be read)."""
+    """When a process started, in seconds since the epoch (None when it cannot be read).
+
+    The start is counted in clock ticks since boot (/proc/PID/stat), and the boot is placed on the
+    wall clock from the uptime (/proc/uptime, hundredths of a second). The boot time /proc/stat gives
+    (``btime``) is in whole seconds, cut down: a libvirtd restarted less than a second after the hook
+    was written would seem to have started before it.
+    """
     try:
         with open("/proc/%d/stat" % pid, encoding="ascii") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
-        with open("/proc/stat", encoding="ascii") as handle:
-            boot = next(float(line.split()[1]) for line in handle if line.startswith("btime "))
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = float(handle.read().split()[0])
+        boot = time.time() - uptime
         return boot + int(fields[19]) / float(os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError, StopIteration):
+    except (OSError, ValueError, IndexError):
         return None
 
 
