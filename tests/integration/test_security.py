@@ -227,15 +227,21 @@ def test_peer_to_peer_migration_between_sasl_hosts(sasl: Path, new_vm: t.Callabl
     assert vm_homes(vm) == {"lab-h2": "running"} and read_marker(vm) == marker
     assert_no_vm_lost()
 
-    # Again: already there. The same run again changes nothing on the hosts either.
-    again = run_module(lab, "lab-h1", MIGRATE, args)
-    outputs.append(json.dumps(again))
-    assert again.get("failed") is not True and again["changed"] is False, again
+    # Again, in check mode and for real: already there. The same run again changes nothing on the hosts either.
+    for check_mode in (True, False):
+        again = run_module(lab, "lab-h1", MIGRATE, args, check_mode=check_mode)
+        outputs.append(json.dumps(again))
+        assert again.get("failed") is not True and again["changed"] is False, (check_mode, again)
     rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     outputs += [rerun.stdout, rerun.stderr]
     assert rerun.returncode == 0 and "changed=0" in rerun.stdout, rerun.stdout[-3000:]
 
-    # The password is in no output of any of these runs, and in no file the collection or libvirt wrote.
+    # The same auth.conf serves an evacuation: lab-h3 (SASL itself) into lab-h2, named by its SASL URI.
+    # The module's connection to the candidate and lab-h3's libvirtd (peer to peer) both log in with it.
+    outputs += evacuate_into_sasl_host(lab, new_vm(memory_mib=160, host_index=3))
+
+    # The password is in no output of any of these runs, and in no file the collection or libvirt wrote
+    # (the evacuation's audit log and progress file among them).
     for index, text in enumerate(outputs):
         assert SASL_PASSWORD not in text, "the password shows in output %d of the run" % index
     assert any('"changed": true' in text or "changed=1" in text for text in outputs)
@@ -243,6 +249,41 @@ def test_peer_to_peer_migration_between_sasl_hosts(sasl: Path, new_vm: t.Callabl
         found = host_sh(host, "grep -rlF -- %s %s" % (shlex.quote(SASL_PASSWORD), " ".join(HOST_DIRS)), check=False)
         assert found.returncode == 1 and not found.stdout.strip(), "the password is in %s on %s" % (found.stdout.split(), host)
     assert_no_vm_lost()
+
+
+def evacuate_into_sasl_host(lab: Path, vm: str) -> t.List[str]:
+    """Put lab-h3 into maintenance with lab-h2 (SASL over TLS) as its only candidate, check mode, for real
+    and again, then back to active; the results as text."""
+    marker = write_marker(vm)
+    args = {"candidates": [{"name": "lab-h2", "uri": sasl_uri(lab, "lab-h2")}], "reason": "SASL evacuation"}
+    on_h3 = set(virtlab("ssh", "lab-h3", "--", "virsh", "list", "--name").stdout.split())
+    assert vm in on_h3
+    outputs: t.List[str] = []
+    try:
+        planned = run_module(lab, "lab-h3", MAINTENANCE, args, check_mode=True)
+        outputs.append(json.dumps(planned))
+        assert planned["changed"] is True and {move["vm"] for move in planned["plan"]["moves"]} == on_h3, planned
+        assert {move["to"] for move in planned["plan"]["moves"]} == {"lab-h2"}, planned["plan"]
+        done = run_module(lab, "lab-h3", MAINTENANCE, args)
+        outputs.append(json.dumps(done))
+        assert done["changed"] is True and done.get("failed") is not True, done
+        assert {record["vm"]: record["outcome"] for record in done["vms"]} == dict.fromkeys(on_h3, "migrated"), done["vms"]
+        assert virtlab("ssh", "lab-h3", "--", "virsh", "list", "--name").stdout.split() == [], "lab-h3 runs nothing"
+        assert (maintenance_mark("lab-h3") or {}).get("state") == "maintenance"
+        for moved in on_h3:
+            assert vm_homes(moved) == {"lab-h2": "running"}, moved
+        assert read_marker(vm) == marker
+        assert_no_vm_lost()
+        for check_mode in (True, False):
+            again = run_module(lab, "lab-h3", MAINTENANCE, args, check_mode=check_mode)
+            outputs.append(json.dumps(again))
+            assert again.get("failed") is not True and again["changed"] is False, (check_mode, again)
+    finally:
+        activated = run_module(lab, "lab-h3", MAINTENANCE, {"state": "active"})
+        outputs.append(json.dumps(activated))
+        assert activated.get("failed") is not True, activated
+    assert_no_vm_lost()
+    return outputs
 
 
 def outgoing_job(host: str, vm: str) -> bool:
@@ -283,6 +324,10 @@ def test_ssh_uris_for_direct_and_tunnelled_migration(sasl: Path, new_vm: t.Calla
     # Tunnelled: the memory goes through the SSH connection, no QEMU stream between the hosts.
     assert ssh_move(lab, vm, "lab-h1", "lab-h3", tunnelled=True) == 0
     assert read_marker(vm) == marker
+    for check_mode in (True, False):
+        again = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": "qemu+ssh://root@lab-h3/system", "tunnelled": True}, check_mode=check_mode)
+        assert again.get("failed") is not True and again["changed"] is False, (check_mode, again)
+    assert vm_homes(vm) == {"lab-h3": "running"}
     # Direct: libvirt's connection over SSH, QEMU's stream straight to the destination's migration port.
     assert ssh_move(lab, vm, "lab-h3", "lab-h1", tunnelled=False) >= 1
     assert read_marker(vm) == marker
