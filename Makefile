@@ -46,7 +46,7 @@ test: setup
 
 ## checks: the stages that need no lab; the other ansible-core releases (versions) side by side with them
 checks:
-	@start=$$(date +%s); \
+	@start=$$(date +%s); mkdir -p tests/output; \
 	$(MAKE) --no-print-directory versions > tests/output/versions.log 2>&1 & versions=$$!; \
 	status=0; \
 	for stage in unit sanity lint build; do \
