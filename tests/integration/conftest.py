@@ -5,6 +5,7 @@ If the lab cannot start, the tests fail: they never skip.
 
 from __future__ import annotations
 
+import os
 import secrets
 import typing as t
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from labkit import REPO, run_playbook, virtlab
+from tally import TALLY, pytest_runtest_protocol, pytest_terminal_summary, session_phase  # noqa: F401 (hooks)
 
 # Modules whose tests run Ansible inside lab guests (the Python guests, under TCG): while they run, the
 # lab keeps both cores busy. They run last, so that what `make test` runs beside the lab stages (the
@@ -21,6 +23,7 @@ PYTHON_GUEST_MARK = "python_guests"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "%s: the module runs Ansible in lab guests; it runs after the others" % PYTHON_GUEST_MARK)
+    TALLY.install_shims()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,38 +31,72 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker(PYTHON_GUEST_MARK) is not None)
 
 
+# The session's VMs: tiny (firmware only, under KVM where the host offers it): the tests that use them
+# need domains to place, move and report, never a guest kernel.
 LAB_VMS = ("web1:192:high", "db1:256:medium", "batch1:160:low", "web2:192:high@2", "cache1:160@3")
 
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Path]:
-    """Bring up hosts lab-h1..lab-h3 with a few VMs; yield the inventory path."""
+    """Bring up hosts lab-h1..lab-h3 with a few VMs; yield the inventory path.
+
+    With ``VIRTLAB_KEEP_UP=1`` (``make test``) the lab stays up at the end, with the session's VMs
+    removed, for the molecule stage that follows; that stage tears it down.
+    """
     inventory = tmp_path_factory.mktemp("lab") / "inventory.yml"
     args = ["up", "--hosts", "3", "--inventory", str(inventory)]
     for spec in LAB_VMS:
-        args += ["--vm", spec]
-    virtlab(*args, timeout=900)
+        args += ["--tiny-vm", spec]
+    with session_phase():
+        virtlab(*args, timeout=900)
+    keep_up = os.environ.get("VIRTLAB_KEEP_UP") == "1"
     try:
         # Every host enforces maintenance: the collection's libvirt hook, installed by its own playbook
         # (libvirtd restarted once per host through the inventory's restart command).
-        setup = run_playbook(inventory, REPO / "playbooks" / "setup_hosts.yml", {"cluster": "lab"})
+        with session_phase():
+            setup = run_playbook(inventory, REPO / "playbooks" / "setup_hosts.yml", {"cluster": "lab"})
         assert setup.returncode == 0, "playbooks/setup_hosts.yml failed:\n%s%s" % (setup.stdout, setup.stderr)
         yield inventory
     finally:
-        virtlab("down", check=False)
+        if keep_up:
+            virtlab("remove-vm", *(spec.split(":")[0] for spec in LAB_VMS), check=False)
+        else:
+            virtlab("down", check=False)
+
+
+class VmFactory:
+    """Fresh lab VMs with random names, removed again after the test.
+
+    Tiny VMs by default (firmware only: a domain to place, move, pause, define and refuse, at almost no
+    CPU); ``guest=True`` boots the lab's real guest (TCG), for tests that read guest memory or a
+    marker, run a workload or a ping, or shut down through ACPI. :meth:`many` boots several in one
+    ``virtlab add-vm`` call.
+    """
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def __call__(self, memory_mib: int = 192, host_index: int = 1, priority: str = "medium", guest: bool = False) -> str:
+        return self.many([(memory_mib, host_index, priority)], guest=guest)[0]
+
+    def many(self, specs: t.Sequence[tuple[int, int, str] | tuple[int, int]], guest: bool = False) -> list[str]:
+        """One VM per (memory_mib, host_index[, priority]), all added by one ``virtlab add-vm``; their names in order."""
+        names, args = [], []
+        for spec in specs:
+            memory_mib, host_index = spec[0], spec[1]
+            priority = spec[2] if len(spec) > 2 else "medium"  # type: ignore[misc]
+            name = "t%s" % secrets.token_hex(3)
+            names.append(name)
+            args.append("%s:%d:%s@%d" % (name, memory_mib, priority, host_index))
+        self.created.extend(names)
+        virtlab("add-vm", *([] if guest else ["--tiny"]), *args)
+        return names
 
 
 @pytest.fixture()
-def new_vm(lab: Path) -> t.Iterator[t.Callable[..., str]]:
-    """Factory for fresh lab VMs (random names), removed again after the test."""
-    created: list[str] = []
-
-    def make(memory_mib: int = 192, host_index: int = 1, priority: str = "medium") -> str:
-        name = "t%s" % secrets.token_hex(3)
-        virtlab("add-vm", "%s:%d:%s@%d" % (name, memory_mib, priority, host_index))
-        created.append(name)
-        return name
-
-    yield make
-    if created:
-        virtlab("remove-vm", *created, check=False)
+def new_vm(lab: Path) -> t.Iterator[VmFactory]:  # pylint: disable=unused-argument
+    """Factory for fresh lab VMs (see :class:`VmFactory`), removed again after the test."""
+    factory = VmFactory()
+    yield factory
+    if factory.created:
+        virtlab("remove-vm", *factory.created, check=False)

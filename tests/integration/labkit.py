@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import subprocess
+import tempfile
 import time
 import typing as t
 from pathlib import Path
@@ -115,14 +116,60 @@ def run_playbook(
 
 
 def wait_async(inventory: Path, host: str, job_id: str, timeout: float = 300) -> dict[str, t.Any]:
-    """Poll an async task until it finishes and return its final result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = run_module(inventory, host, "ansible.builtin.async_status", {"jid": job_id})
-        if result.get("finished"):
-            return result
-        assert time.monotonic() < deadline, "async job %s on %s did not finish in %d s: %s" % (job_id, host, timeout, result)
-        time.sleep(1)
+    """Wait for an async task to finish and return its final result.
+
+    One ``ansible-playbook`` process polls the job once a second with ``async_status`` in an ``until``
+    loop (one process start instead of one per poll). Fails the test when the job has not finished
+    within ``timeout`` seconds.
+    """
+    retries = max(1, int(timeout))
+    task = {
+        "name": "wait for %s" % job_id,
+        "ansible.builtin.async_status": {"jid": job_id},
+        "register": "job",
+        "until": "job.finished | bool",
+        "retries": retries,
+        "delay": 1,
+    }
+    [result] = run_tasks(inventory, host, [task], timeout=timeout + 120)
+    assert result.get("finished"), "async job %s on %s did not finish in %d s: %s" % (job_id, host, timeout, result)
+    return result
+
+
+def run_tasks(inventory: Path, host: str, tasks: t.Sequence[t.Mapping[str, t.Any]], timeout: float = 1800) -> list[dict[str, t.Any]]:
+    """Run several tasks on one lab host in one ``ansible-playbook`` process; each task's result, in order.
+
+    For tables of cases (bad inputs, refusals, check/real/repeat sequences): one process start instead
+    of one per case. Every task runs whatever the ones before it did (``ignore_errors``), so the caller
+    gets a result for each and must assert on each one: a failed task is a result here, not a pass.
+    Tasks are plain task mappings (module name as key, ``check_mode``/``diff`` keywords allowed).
+    """
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    play = [{"name": "lab tasks", "hosts": host, "gather_facts": False, "tasks": [dict(task, ignore_errors=True) for task in tasks]}]
+    with tempfile.TemporaryDirectory(prefix="virtops-lab-tasks-") as work:
+        playbook = Path(work) / "tasks.yml"
+        playbook.write_text(yaml.safe_dump(play, sort_keys=False))
+        proc, report = run_playbook_report(inventory, playbook, timeout=timeout)
+    try:
+        results = [task["hosts"][host] for task in report["plays"][0]["tasks"]]
+    except (KeyError, IndexError) as exc:
+        raise AssertionError("no task results on %s (exit %d): %s\nstderr:\n%s" % (host, proc.returncode, exc, proc.stderr)) from exc
+    assert len(results) == len(tasks), "%d of %d tasks reported on %s:\n%s" % (len(results), len(tasks), host, proc.stderr[-3000:])
+    return results
+
+
+def module_task(
+    module: str, args: t.Mapping[str, t.Any] | None = None, check_mode: bool = False, diff: bool = False, **keywords: t.Any
+) -> dict[str, t.Any]:
+    """One task for :func:`run_tasks`: ``module`` with ``args``, in check mode and/or with diff when asked."""
+    task: dict[str, t.Any] = {"name": "%s%s" % (module, " (check mode)" if check_mode else ""), module: dict(args or {})}
+    if check_mode:
+        task["check_mode"] = True
+    if diff:
+        task["diff"] = True
+    task.update(keywords)
+    return task
 
 
 def wait_until(predicate: t.Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:

@@ -7,6 +7,10 @@ required; the lab's reboot is a restart of the host's libvirtd (the inventory's
 the role left there, read over SSH; libvirtd's process), from libvirt (the lab's no-VM-lost check, where
 each VM runs), and from the run's set_stats data, as AWX would show it; one run goes through
 ansible-runner with the private data directory laid out as AWX lays it out.
+
+The VMs are tiny VMs (the session's, and the one the N-1 test adds): the pipeline plans, moves and
+reports domains and never looks into a guest, and every verdict here is read from the hosts and from
+libvirt, not from inside a VM.
 """
 
 from __future__ import annotations
@@ -188,7 +192,7 @@ def test_a_failing_patch_stops_the_pipeline_with_that_host_in_maintenance(lab: P
 
 def test_a_cluster_that_cannot_lose_a_host_is_refused_before_anything_moves(lab: Path, tmp_path: Path, clean_marks: None) -> None:
     vm = "rm%s" % secrets.token_hex(3)
-    virtlab("add-vm", "%s:160@3" % vm)
+    virtlab("add-vm", "--tiny", "%s:160@3" % vm)  # a domain that must not move: no guest needed
     try:
         result = run_module(lab, "lab-h3", "virtops.migration.migration_policy", {"name": vm, "migration_mode": "none"})
         assert result.get("changed") is True, result

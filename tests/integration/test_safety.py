@@ -3,6 +3,15 @@
 Each test judges through libvirt's own view (virsh, job info, the lab's check, which also fails a host
 marked in maintenance that runs a VM), never through the module's own words alone, and ends with the
 lab's no-VM-lost check.
+
+Most tests use tiny VMs (firmware only, under KVM: a domain to place, move, pause, define and refuse
+at almost no CPU), with their refusal tables run in one Ansible process each. Real guests (TCG) stay
+where the proof needs one: a marker written into guest memory before a move and read back after it
+(the killed module, the killed source libvirtd, the paused VM, the lost run); a move slow enough to be
+interrupted or to overlap another (the killed module, the killed source libvirtd, the two evacuations
+into each other: a tiny VM's memory is almost all zero pages, which a bandwidth cap hardly slows); the
+dirtying workload (the lost run); and an ACPI shutdown, which a tiny VM does not answer (the transient
+VM that must never be shut down, the VM shut down for maintenance that then cannot start).
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ from labkit import (
     assert_no_vm_lost,
     maintenance_mark,
     migration_job,
+    module_task,
     read_marker,
     run_module,
+    run_tasks,
     uri,
     virsh,
     virtlab,
@@ -30,6 +41,9 @@ from labkit import (
     wait_until,
     write_marker,
 )
+
+if t.TYPE_CHECKING:
+    from conftest import VmFactory
 
 MIGRATE = "virtops.migration.vm_migrate"
 MAINTENANCE = "virtops.migration.host_maintenance"
@@ -47,8 +61,10 @@ def activate_all(lab: Path) -> None:
         assert not result.get("failed"), result
 
 
-def test_module_killed_mid_migration_then_rerun_adopts_the_job(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    vm = new_vm()
+def test_module_killed_mid_migration_then_rerun_adopts_the_job(lab: Path, new_vm: VmFactory) -> None:
+    # A real guest: its marker proves the adopted move kept its memory, and its memory makes the
+    # 6 MiB/s move last long enough to kill the module mid-way.
+    vm = new_vm(guest=True)
     marker = write_marker(vm)
     h1, h2 = uri(lab, "lab-h1"), uri(lab, "lab-h2")
     args = {"name": vm, "destination_uri": h2, "bandwidth_mib": 6, "policy": "legacy"}
@@ -70,14 +86,15 @@ def test_module_killed_mid_migration_then_rerun_adopts_the_job(lab: Path, new_vm
     assert read_marker(vm) == marker
     assert vm in active_vms(h2) and vm not in active_vms(h1)
 
-    again = run_module(lab, "lab-h1", MIGRATE, args)
+    again, again_checked = run_tasks(lab, "lab-h1", [module_task(MIGRATE, args), module_task(MIGRATE, args, check_mode=True)])
     assert again["changed"] is False, again
-    assert run_module(lab, "lab-h1", MIGRATE, args, check_mode=True)["changed"] is False
+    assert again_checked["changed"] is False, again_checked
     assert_no_vm_lost()
 
 
-def test_source_libvirtd_killed_mid_migration(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    vm = new_vm()
+def test_source_libvirtd_killed_mid_migration(lab: Path, new_vm: VmFactory) -> None:
+    # A real guest: a 4 MiB/s move long enough to kill libvirtd under it, and a marker read after it.
+    vm = new_vm(guest=True)
     marker = write_marker(vm)
     h1, h3 = uri(lab, "lab-h1"), uri(lab, "lab-h3")
     started = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": h3, "bandwidth_mib": 4, "policy": "legacy"}, background=600)
@@ -100,9 +117,10 @@ def test_source_libvirtd_killed_mid_migration(lab: Path, new_vm: t.Callable[...,
     assert_no_vm_lost()
 
 
-def test_two_hosts_evacuated_into_each_other_at_once(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    on_h1 = [new_vm(160, 1), new_vm(160, 1)]
-    on_h2 = [new_vm(160, 2), new_vm(160, 2)]
+def test_two_hosts_evacuated_into_each_other_at_once(lab: Path, new_vm: VmFactory) -> None:
+    # Real guests: a tiny VM's memory is almost all zero pages, which a bandwidth cap hardly slows.
+    made = new_vm.many([(160, 1), (160, 1), (160, 2), (160, 2)], guest=True)
+    on_h1, on_h2 = made[:2], made[2:]
     # Slow enough that the two evacuations overlap: 160 MiB at 16 MiB/s is about 10 s a move.
     slow = {"cluster_policy": {"bandwidth_mib": 16, "policy": "legacy"}}
     jobs = {
@@ -129,7 +147,7 @@ def test_two_hosts_evacuated_into_each_other_at_once(lab: Path, new_vm: t.Callab
     assert_no_vm_lost()
 
 
-def test_a_host_in_maintenance_refuses_incoming_migrations(lab: Path, new_vm: t.Callable[..., str]) -> None:
+def test_a_host_in_maintenance_refuses_incoming_migrations(lab: Path, new_vm: VmFactory) -> None:
     vm = new_vm(160, 1)
     h1, h3 = uri(lab, "lab-h1"), uri(lab, "lab-h3")
     try:
@@ -176,8 +194,8 @@ def _fault_interpreter(tmp_path: Path) -> str:
     return str(wrapper)
 
 
-def test_a_worker_failure_that_is_not_a_libvirt_error_is_a_failure(lab: Path, new_vm: t.Callable[..., str], tmp_path: Path) -> None:
-    vm, other = new_vm(160, 3), new_vm(160, 3)
+def test_a_worker_failure_that_is_not_a_libvirt_error_is_a_failure(lab: Path, new_vm: VmFactory, tmp_path: Path) -> None:
+    vm, other = new_vm.many([(160, 3), (160, 3)])
     faulty = {"ansible_python_interpreter": _fault_interpreter(tmp_path)}
     h3 = uri(lab, "lab-h3")
 
@@ -195,7 +213,7 @@ def test_a_worker_failure_that_is_not_a_libvirt_error_is_a_failure(lab: Path, ne
     assert_no_vm_lost()
 
 
-def test_a_stale_duplicate_definition_is_never_moved(lab: Path, new_vm: t.Callable[..., str]) -> None:
+def test_a_stale_duplicate_definition_is_never_moved(lab: Path, new_vm: VmFactory) -> None:
     vm = new_vm(160, 1)
     h1, h2 = uri(lab, "lab-h1"), uri(lab, "lab-h2")
     xml = virsh(h1, "dumpxml", "--inactive", vm).stdout
@@ -222,17 +240,18 @@ def virsh_define(host_uri: str, xml: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_a_transient_vm_is_never_shut_down(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    vm = new_vm(160, 3)
+def test_a_transient_vm_is_never_shut_down(lab: Path, new_vm: VmFactory) -> None:
+    # A real guest: it would power off if the module asked it to shut down (a tiny VM ignores ACPI,
+    # so "it still runs" would prove nothing).
+    vm = new_vm(160, 3, guest=True)
     h3 = uri(lab, "lab-h3")
     persistent_xml = virsh(h3, "dumpxml", "--inactive", vm).stdout
     virsh(h3, "undefine", vm)  # it runs on, transient
     try:
         run_module(lab, "lab-h3", "virtops.migration.migration_policy", {"name": vm, "migration_mode": "none"})
         args = {"candidates": candidates(lab), "non_migratable": "shutdown", "shutdown_timeout": 30}
-        planned = run_module(lab, "lab-h3", MAINTENANCE, args, check_mode=True)
+        planned, done = run_tasks(lab, "lab-h3", [module_task(MAINTENANCE, args, check_mode=True), module_task(MAINTENANCE, args)])
         assert planned.get("failed") is True and "transient" in planned["msg"], planned
-        done = run_module(lab, "lab-h3", MAINTENANCE, args)
         assert done.get("failed") is True and "transient" in done["msg"] and vm in done["msg"], done
         assert vm in active_vms(h3), "the transient VM still runs"
         assert maintenance_mark("lab-h3") is None
@@ -242,8 +261,9 @@ def test_a_transient_vm_is_never_shut_down(lab: Path, new_vm: t.Callable[..., st
     assert_no_vm_lost()
 
 
-def test_a_paused_vm_is_evacuated_and_stays_paused(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    vm = new_vm(160, 2)
+def test_a_paused_vm_is_evacuated_and_stays_paused(lab: Path, new_vm: VmFactory) -> None:
+    # A real guest: its marker proves the paused move kept its memory.
+    vm = new_vm(160, 2, guest=True)
     marker = write_marker(vm)
     h2 = uri(lab, "lab-h2")
     virsh(h2, "suspend", vm)
@@ -262,22 +282,31 @@ def test_a_paused_vm_is_evacuated_and_stays_paused(lab: Path, new_vm: t.Callable
     assert_no_vm_lost()
 
 
-def test_unreadable_settings_never_make_a_vm_movable(lab: Path, new_vm: t.Callable[..., str]) -> None:
+def test_unreadable_settings_never_make_a_vm_movable(lab: Path, new_vm: VmFactory) -> None:
     vm = new_vm(160, 1)
     h1 = uri(lab, "lab-h1")
     # Written by hand: a priority the collection does not know, next to migration_mode none.
     virsh(h1, "metadata", vm, "--uri", NAMESPACE, "--key", "virtops", "--live", "--config",
           "--set", "<migration><priority>urgent</priority><migration_mode>none</migration_mode></migration>")
-    info = run_module(lab, "lab-h1", "virtops.migration.host_info")
+    # Both reports, then both refusals, in one Ansible process.
+    info, policy_info, refused, blocked = run_tasks(
+        lab,
+        "lab-h1",
+        [
+            module_task("virtops.migration.host_info"),
+            module_task("virtops.migration.migration_policy_info", {"name": vm}),
+            module_task(MIGRATE, {"name": vm, "destination_uri": uri(lab, "lab-h2")}),
+            module_task(MAINTENANCE, {"candidates": candidates(lab)}, check_mode=True),
+        ],
+    )
+    assert info.get("failed") is not True and policy_info.get("failed") is not True, (info, policy_info)
     facts = next(item for item in info["host"]["vms"] if item["name"] == vm)
     assert facts["migration_settings"]["migration_mode"] == "none" and "priority" in facts["migration_settings_problems"], facts
-    policy = run_module(lab, "lab-h1", "virtops.migration.migration_policy_info", {"name": vm})["vms"][0]
+    policy = policy_info["vms"][0]
     assert policy["effective"]["migration_mode"] == "none" and policy["effective"]["priority"] == "medium", policy
     assert list(policy["problems"]) == ["priority"], policy
 
-    refused = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": uri(lab, "lab-h2")})
     assert refused.get("failed") is True and "migration_mode 'none'" in refused["msg"], refused
-    blocked = run_module(lab, "lab-h1", MAINTENANCE, {"candidates": candidates(lab)}, check_mode=True)
     assert blocked.get("failed") is True and vm in blocked["msg"], blocked
 
     # A mode that cannot be read counts as none, whatever the other settings say.
@@ -290,16 +319,18 @@ def test_unreadable_settings_never_make_a_vm_movable(lab: Path, new_vm: t.Callab
     assert_no_vm_lost()
 
 
-def test_persistent_false_and_keeping_the_source_definition_are_refused(lab: Path, new_vm: t.Callable[..., str]) -> None:
+def test_persistent_false_and_keeping_the_source_definition_are_refused(lab: Path, new_vm: VmFactory) -> None:
     vm = new_vm(160, 1)
-    for bad in ({"persistent": False}, {"undefine_source": False}, {"persistent": False, "undefine_source": False}):
-        result = run_module(lab, "lab-h1", MIGRATE, dict(bad, name=vm, destination_uri=uri(lab, "lab-h2")))
+    table = ({"persistent": False}, {"undefine_source": False}, {"persistent": False, "undefine_source": False})
+    # The whole table in one Ansible process: every case is refused; afterwards nothing has moved.
+    results = run_tasks(lab, "lab-h1", [module_task(MIGRATE, dict(bad, name=vm, destination_uri=uri(lab, "lab-h2"))) for bad in table])
+    for bad, result in zip(table, results):
         assert result.get("failed") is True and "persistent" in result["msg"], (bad, result)
-        assert vm_homes(vm) == {"lab-h1": "running"}
+    assert vm_homes(vm) == {"lab-h1": "running"}
     assert_no_vm_lost()
 
 
-def test_hostile_numbers_and_types_are_refused_before_anything(lab: Path, new_vm: t.Callable[..., str]) -> None:
+def test_hostile_numbers_and_types_are_refused_before_anything(lab: Path, new_vm: VmFactory) -> None:
     vm = new_vm(160, 1)
     dest = uri(lab, "lab-h2")
     # Over SSH as users run it; the full tables of bad values are unit tests.
@@ -308,19 +339,27 @@ def test_hostile_numbers_and_types_are_refused_before_anything(lab: Path, new_vm
         ({"policy": {"based_on": "legacy", "compression": 5}}, "compression"),
         ({"wait_sleep": -1}, "wait_sleep"),
     ]
-    for extra, word in cases:
-        result = run_module(lab, "lab-h1", MIGRATE, dict(extra, name=vm, destination_uri=dest))
+    maintenance_cases = [({"max_outgoing": 0}, "max_outgoing"), ({"monitor_interval": -5}, "monitor_interval")]
+    # Both tables in one Ansible process, in this order; each case is asserted on its own result.
+    results = run_tasks(
+        lab,
+        "lab-h1",
+        [module_task(MIGRATE, dict(extra, name=vm, destination_uri=dest)) for extra, _word in cases]
+        + [module_task(MAINTENANCE, dict(extra, candidates=candidates(lab))) for extra, _word in maintenance_cases],
+    )
+    for (extra, word), result in zip(cases, results[: len(cases)]):
         assert result.get("failed") is True and word in result["msg"], (extra, result)
         assert "Traceback" not in json.dumps(result)
-    for extra, word in (({"max_outgoing": 0}, "max_outgoing"), ({"monitor_interval": -5}, "monitor_interval")):
-        result = run_module(lab, "lab-h1", MAINTENANCE, dict(extra, candidates=candidates(lab)))
+    for (extra, word), result in zip(maintenance_cases, results[len(cases) :]):
         assert result.get("failed") is True and word in result["msg"], (extra, result)
     assert vm_homes(vm) == {"lab-h1": "running"} and maintenance_mark("lab-h1") is None
     assert_no_vm_lost()
 
 
-def test_a_vm_paused_by_a_lost_run_is_resumed_by_the_next(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    vm = new_vm(memory_mib=256)
+def test_a_vm_paused_by_a_lost_run_is_resumed_by_the_next(lab: Path, new_vm: VmFactory) -> None:
+    # A real guest: the dirtying workload keeps the move from converging, and its marker and lost-write
+    # count prove the guest came through intact.
+    vm = new_vm(memory_mib=256, guest=True)
     marker = write_marker(vm)
     virtlab("dirty", vm, "--mib", "24")
     h1, h2 = uri(lab, "lab-h1"), uri(lab, "lab-h2")
@@ -357,8 +396,10 @@ def test_a_vm_paused_by_a_lost_run_is_resumed_by_the_next(lab: Path, new_vm: t.C
     assert_no_vm_lost()
 
 
-def test_an_activation_that_cannot_start_a_vm_keeps_it_listed(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    pinned, other = new_vm(160, 3), new_vm(160, 1)
+def test_an_activation_that_cannot_start_a_vm_keeps_it_listed(lab: Path, new_vm: VmFactory) -> None:
+    # The pinned VM is a real guest: it is shut down through ACPI, which a tiny VM does not answer.
+    # The other one only has to be refused by lab-h3: a tiny VM.
+    pinned, other = new_vm(160, 3, guest=True), new_vm(160, 1)
     h1, h3 = uri(lab, "lab-h1"), uri(lab, "lab-h3")
     run_module(lab, "lab-h3", "virtops.migration.migration_policy", {"name": pinned, "pinned_hosts": ["lab-h3"]})
     args = {"candidates": candidates(lab), "non_migratable": "shutdown", "shutdown_timeout": 60}

@@ -4,6 +4,13 @@ lab-h2 and lab-h3 run libvirtd with SASL (SCRAM-SHA-256) for the tests of this m
 lab-h1 stays open on TCP; the lab is put back as it was at the end. Refusals are judged by what
 libvirt shows afterwards (where each VM runs, the lab's no-VM-lost check) and by the files on the
 hosts, never by the module's words alone.
+
+The VMs whose moves are refused (wrong credentials, certificates, hostile files on the host) are tiny
+VMs: a refusal needs a domain that stays where it is, never a guest. The VMs that really move (over
+SASL, in the SASL evacuation, over SSH) are real guests: the marker written into their memory before
+the move and read back after it proves the guest survived it, and the SSH moves also need memory
+enough to copy for a migration job slow enough to be looked at while it runs. Each table of refusals
+runs in one ``ansible-playbook`` process (``run_tasks``), every result asserted as before.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from labkit import (
     load_hostvars,
     maintenance_mark,
     migration_connections,
+    module_task,
     read_marker,
     run_module,
+    run_tasks,
     uri,
     virtlab,
     vm_homes,
@@ -33,6 +42,9 @@ from labkit import (
     wait_until,
     write_marker,
 )
+
+if t.TYPE_CHECKING:
+    from conftest import VmFactory
 
 MIGRATE = "virtops.migration.vm_migrate"
 MAINTENANCE = "virtops.migration.host_maintenance"
@@ -76,7 +88,7 @@ def sasl(lab: Path, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Path
 
 def test_sasl_refusals_name_the_host_and_the_mechanism(sasl: Path, new_vm: t.Callable[..., str]) -> None:
     lab = sasl
-    vm = new_vm()
+    vm = new_vm()  # tiny: every move is refused before anything reaches the guest
     h2 = address(lab, "lab-h2")
     cases = [
         # (task arguments, what the message must say)
@@ -88,10 +100,13 @@ def test_sasl_refusals_name_the_host_and_the_mechanism(sasl: Path, new_vm: t.Cal
         ({"destination_uri": uri(lab, "lab-h2"), "username": SASL_USER, "password": SASL_PASSWORD},
          "libvirtd refused before asking this module for credentials"),
     ]
+    # The table in one run, each case in check mode and for real.
+    results = iter(run_tasks(lab, "lab-h1", [module_task(MIGRATE, dict(args, name=vm), check_mode=check_mode)
+                                             for args, _why in cases for check_mode in (True, False)]))
     for args, why in cases:
         for check_mode in (True, False):
-            refused = run_module(lab, "lab-h1", MIGRATE, dict(args, name=vm), check_mode=check_mode)
-            assert refused.get("failed") is True, refused
+            refused = next(results)
+            assert refused.get("failed") is True, (check_mode, refused)
             mechanism = "SASL SCRAM-SHA-256 over TLS" if "auth=sasl" in args["destination_uri"] else "SASL"
             assert refused["msg"].startswith("Authentication failed on host %s with %s: " % (h2, mechanism)), refused["msg"]
             assert why in refused["msg"] and "[VIR_ERR_AUTH_FAILED]" in refused["msg"], refused["msg"]
@@ -100,13 +115,15 @@ def test_sasl_refusals_name_the_host_and_the_mechanism(sasl: Path, new_vm: t.Cal
             assert "Traceback" not in json.dumps(refused)
             text = json.dumps(refused)
             assert WRONG_PASSWORD not in text and SASL_PASSWORD not in text
-            assert vm_homes(vm) == {"lab-h1": "running"}
+    # A run that had moved or stopped the VM would leave it so (the refusals after it cannot bring it
+    # back), so where it is after the table answers for every run of it.
+    assert vm_homes(vm) == {"lab-h1": "running"}
     assert_no_vm_lost()
 
 
 def test_tls_refusals_name_the_certificate_problem(sasl: Path, new_vm: t.Callable[..., str]) -> None:
     lab = sasl
-    vm = new_vm()
+    vm = new_vm()  # tiny: every move is refused before anything reaches the guest
     h2 = address(lab, "lab-h2")
     tls = str(load_hostvars(lab)["lab-h2"]["virtops_lab_tls_uri"])
     lab_pki = Path(tls.split("pkipath=", 1)[1].split("&", 1)[0])
@@ -133,14 +150,15 @@ def test_tls_refusals_name_the_certificate_problem(sasl: Path, new_vm: t.Callabl
             (no_client, "after checking this node's client certificate: it has none"),
             (mismatched, "this node's own client certificate is not signed by the CA it trusts"),
         ]
-        for pki, why in cases:
-            destination = tls.replace(str(lab_pki), str(pki))
-            refused = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": destination, "tls": True})
-            assert refused.get("failed") is True, refused
+        # The table in one run.
+        tasks = [module_task(MIGRATE, {"name": vm, "destination_uri": tls.replace(str(lab_pki), str(pki)), "tls": True}) for pki, _why in cases]
+        for (pki, why), refused in zip(cases, run_tasks(lab, "lab-h1", tasks)):
+            assert refused.get("failed") is True, (pki, refused)
             assert refused["msg"].startswith("Authentication failed on host %s with TLS: " % h2), refused["msg"]
             assert why in refused["msg"], refused["msg"]
             assert "Traceback" not in json.dumps(refused)
-            assert vm_homes(vm) == {"lab-h1": "running"}
+        # A run that had moved or stopped the VM would leave it so: one look after the table answers for all.
+        assert vm_homes(vm) == {"lab-h1": "running"}
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert_no_vm_lost()
@@ -197,9 +215,11 @@ def vault_playbook(tmp_path: Path, lab: Path) -> t.Tuple[Path, Path, Path]:
     return playbook, credentials, secret
 
 
-def test_peer_to_peer_migration_between_sasl_hosts(sasl: Path, new_vm: t.Callable[..., str], tmp_path: Path) -> None:
+def test_peer_to_peer_migration_between_sasl_hosts(sasl: Path, new_vm: VmFactory, tmp_path: Path) -> None:
     lab = sasl
-    vm = new_vm()
+    # Real guests, both added by one add-vm: each one's marker proves it survived its move. The second
+    # one, on lab-h3, is for the evacuation at the end.
+    vm, evacuee = new_vm.many([(192, 1, "medium"), (160, 3, "medium")], guest=True)
     marker = write_marker(vm)
     destination = sasl_uri(lab, "lab-h2")
     args = {"name": vm, "destination_uri": destination, "username": SASL_USER, "password": SASL_PASSWORD}
@@ -227,9 +247,8 @@ def test_peer_to_peer_migration_between_sasl_hosts(sasl: Path, new_vm: t.Callabl
     assert vm_homes(vm) == {"lab-h2": "running"} and read_marker(vm) == marker
     assert_no_vm_lost()
 
-    # Again, in check mode and for real: already there. The same run again changes nothing on the hosts either.
-    for check_mode in (True, False):
-        again = run_module(lab, "lab-h1", MIGRATE, args, check_mode=check_mode)
+    # Again, in check mode and for real (one run): already there. The same run again changes nothing on the hosts either.
+    for check_mode, again in zip((True, False), run_tasks(lab, "lab-h1", [module_task(MIGRATE, args, check_mode=True), module_task(MIGRATE, args)])):
         outputs.append(json.dumps(again))
         assert again.get("failed") is not True and again["changed"] is False, (check_mode, again)
     rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
@@ -238,7 +257,7 @@ def test_peer_to_peer_migration_between_sasl_hosts(sasl: Path, new_vm: t.Callabl
 
     # The same auth.conf serves an evacuation: lab-h3 (SASL itself) into lab-h2, named by its SASL URI.
     # The module's connection to the candidate and lab-h3's libvirtd (peer to peer) both log in with it.
-    outputs += evacuate_into_sasl_host(lab, new_vm(memory_mib=160, host_index=3))
+    outputs += evacuate_into_sasl_host(lab, evacuee)
 
     # The password is in no output of any of these runs, and in no file the collection or libvirt wrote
     # (the evacuation's audit log and progress file among them).
@@ -260,12 +279,11 @@ def evacuate_into_sasl_host(lab: Path, vm: str) -> t.List[str]:
     assert vm in on_h3
     outputs: t.List[str] = []
     try:
-        planned = run_module(lab, "lab-h3", MAINTENANCE, args, check_mode=True)
-        outputs.append(json.dumps(planned))
+        # Check mode, then for real, in one run.
+        planned, done = run_tasks(lab, "lab-h3", [module_task(MAINTENANCE, args, check_mode=True), module_task(MAINTENANCE, args)])
+        outputs += [json.dumps(planned), json.dumps(done)]
         assert planned["changed"] is True and {move["vm"] for move in planned["plan"]["moves"]} == on_h3, planned
         assert {move["to"] for move in planned["plan"]["moves"]} == {"lab-h2"}, planned["plan"]
-        done = run_module(lab, "lab-h3", MAINTENANCE, args)
-        outputs.append(json.dumps(done))
         assert done["changed"] is True and done.get("failed") is not True, done
         assert {record["vm"]: record["outcome"] for record in done["vms"]} == dict.fromkeys(on_h3, "migrated"), done["vms"]
         assert virtlab("ssh", "lab-h3", "--", "virsh", "list", "--name").stdout.split() == [], "lab-h3 runs nothing"
@@ -274,8 +292,8 @@ def evacuate_into_sasl_host(lab: Path, vm: str) -> t.List[str]:
             assert vm_homes(moved) == {"lab-h2": "running"}, moved
         assert read_marker(vm) == marker
         assert_no_vm_lost()
-        for check_mode in (True, False):
-            again = run_module(lab, "lab-h3", MAINTENANCE, args, check_mode=check_mode)
+        repeats = run_tasks(lab, "lab-h3", [module_task(MAINTENANCE, args, check_mode=True), module_task(MAINTENANCE, args)])
+        for check_mode, again in zip((True, False), repeats):
             outputs.append(json.dumps(again))
             assert again.get("failed") is not True and again["changed"] is False, (check_mode, again)
     finally:
@@ -298,9 +316,10 @@ def ssh_move(lab: Path, vm: str, source: str, destination: str, tunnelled: bool)
     connections from the source seen on the destination at once while the job ran."""
     target = "qemu+ssh://root@%s/system" % destination
     args = {"name": vm, "destination_uri": target, "tunnelled": tunnelled, "bandwidth_mib": 8}
-    planned = run_module(lab, source, MIGRATE, args, check_mode=True)
+    # The plan in check mode, then the move started in the background (async, not waited for), in one run.
+    planned, started = run_tasks(lab, source, [module_task(MIGRATE, args, check_mode=True), module_task(MIGRATE, args, **{"async": 600, "poll": 0})])
     assert planned["changed"] is True and planned["plan"]["destination"]["hostname"] == destination, planned
-    started = run_module(lab, source, MIGRATE, args, background=600)
+    assert started.get("failed") is not True and started.get("ansible_job_id"), started
     wait_until(lambda: outgoing_job(source, vm), 60, "an outgoing migration job of %s on %s" % (vm, source))
     # The source reaches the destination on the lab network or on the migration network: both count.
     peers = (address(lab, source), str(load_hostvars(lab)[source]["virtops_lab_migration_address"]))
@@ -319,13 +338,15 @@ def test_ssh_uris_for_direct_and_tunnelled_migration(sasl: Path, new_vm: t.Calla
     # Host keys are known and root's lab key opens every host: nothing prompts. lab-h3 runs SASL on
     # TCP and TLS, which SSH does not touch.
     lab = sasl
-    vm = new_vm(memory_mib=160)
+    # A real guest: its marker proves it survived both moves, and its memory makes each migration at
+    # 8 MiB/s last long enough for the job and its connections to be looked at.
+    vm = new_vm(memory_mib=160, guest=True)
     marker = write_marker(vm)
     # Tunnelled: the memory goes through the SSH connection, no QEMU stream between the hosts.
     assert ssh_move(lab, vm, "lab-h1", "lab-h3", tunnelled=True) == 0
     assert read_marker(vm) == marker
-    for check_mode in (True, False):
-        again = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "destination_uri": "qemu+ssh://root@lab-h3/system", "tunnelled": True}, check_mode=check_mode)
+    there = {"name": vm, "destination_uri": "qemu+ssh://root@lab-h3/system", "tunnelled": True}
+    for check_mode, again in zip((True, False), run_tasks(lab, "lab-h1", [module_task(MIGRATE, there, check_mode=True), module_task(MIGRATE, there)])):
         assert again.get("failed") is not True and again["changed"] is False, (check_mode, again)
     assert vm_homes(vm) == {"lab-h3": "running"}
     # Direct: libvirt's connection over SSH, QEMU's stream straight to the destination's migration port.
@@ -342,10 +363,10 @@ VICTIM = "/root/virtops-victim"
 
 
 def maintenance_refused(lab: Path, host: str, why: str) -> None:
-    candidates = [{"name": name, "uri": uri(lab, name)} for name in ("lab-h1", "lab-h2", "lab-h3")]
-    for check_mode in (True, False):
-        refused = run_module(lab, host, MAINTENANCE, {"candidates": candidates, "reason": "hostile file"}, check_mode=check_mode)
-        assert refused.get("failed") is True, refused
+    """host_maintenance on the host in check mode and for real (one run): both refused, saying why."""
+    args = {"candidates": [{"name": name, "uri": uri(lab, name)} for name in ("lab-h1", "lab-h2", "lab-h3")], "reason": "hostile file"}
+    for check_mode, refused in zip((True, False), run_tasks(lab, host, [module_task(MAINTENANCE, args, check_mode=True), module_task(MAINTENANCE, args)])):
+        assert refused.get("failed") is True, (check_mode, refused)
         assert why in refused["msg"] and "Traceback" not in json.dumps(refused), refused["msg"]
 
 
@@ -381,9 +402,9 @@ HOSTILE_STATE = [
 
 @pytest.fixture(scope="module")
 def h3_vm(lab: Path) -> t.Iterator[str]:
-    """One VM on lab-h3 that the hostile-file tests must leave where it is."""
+    """One VM on lab-h3 that the hostile-file tests must leave where it is (a tiny VM: it is never moved)."""
     name = "t%s" % secrets.token_hex(3)
-    virtlab("add-vm", "%s:160@3" % name)
+    virtlab("add-vm", "--tiny", "%s:160@3" % name)
     yield name
     virtlab("remove-vm", name, check=False)
 

@@ -8,6 +8,12 @@ active-backup bond (bond: the job runner unplugs the VF before the move and plug
 Each test uses fresh stand-ins, judges through libvirt (virsh on the hosts, ``domjobinfo``, the live
 XML) and through the guest itself (its interfaces, a ping to its gateway at 10 Hz counted across the
 move), never through the module's words alone, and ends with the lab's no-VM-lost check.
+
+The stand-ins are real lab guests (TCG), never tiny VMs: their guest kernel is what ejects the primary
+when QEMU asks (or never does, for ``teaming-stuck``) and runs the bond, the tests read the guest's
+interfaces and ping from inside it, and the live moves are checked with a marker in guest memory. Each
+mode needs its own ``virtlab add-vm --failover MODE`` call, so the evacuation's teaming and bond
+stand-ins are added one after the other.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from labkit import (
     guest_nics,
     maintenance_mark,
     migration_job,
+    module_task,
     nic_xml,
     ping_stats,
     read_marker,
     run_module,
+    run_tasks,
     start_ping,
     uri,
     virsh,
@@ -141,6 +149,24 @@ def jobinfo(host_uri: str, vm: str, *flags: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
 
 
+def virsh_task(*args: str) -> dict[str, t.Any]:
+    """A ``run_tasks`` task that reads libvirt on the host itself (``virsh ARGS`` there) and changes nothing."""
+    return module_task("ansible.builtin.command", {"argv": ["virsh", "-c", "qemu:///system", *args]}, changed_when=False)
+
+
+def output(result: t.Mapping[str, t.Any]) -> str:
+    """What a :func:`virsh_task` printed, stripped; fails the test when virsh failed."""
+    assert result.get("failed") is not True and result.get("rc") == 0, result
+    return str(result["stdout"]).strip()
+
+
+def outgoing_job(domjobinfo: str) -> bool:
+    """Whether ``virsh domjobinfo`` output shows an outgoing migration job (as labkit's ``migration_job``)."""
+    fields = dict(line.split(":", 1) for line in domjobinfo.splitlines() if ":" in line)
+    job, operation = fields.get("Job type", "").strip(), fields.get("Operation", "").strip()
+    return job not in ("", "None", "Completed", "Failed", "Cancelled") and operation == "Outgoing migration"
+
+
 def lost_pings(vm: str) -> tuple[int, int]:
     """Stop the guest's ping; (lost, sent)."""
     sent, received = ping_stats(vm)
@@ -192,9 +218,8 @@ def test_teaming_live_move_keeps_the_network_and_the_primary_comes_back(lab: Pat
     assert read_marker(vm) == marker
     assert "unplug_timeout" not in event_names(moved), moved["events"]
 
-    again = run_module(lab, "lab-h1", MIGRATE, args)
+    again, checked = run_tasks(lab, "lab-h1", [module_task(MIGRATE, args), module_task(MIGRATE, args, check_mode=True)])
     assert again["changed"] is False, again
-    checked = run_module(lab, "lab-h1", MIGRATE, args, check_mode=True)
     assert checked["changed"] is False and "plan" not in checked, checked
     assert vm_homes(vm) == {"lab-h2": "running"} and not migration_job(h2, vm)
     assert has_trio(vm)
@@ -240,12 +265,22 @@ def test_non_live_move_of_a_teaming_vm_is_refused(lab: Path, stand_in: t.Callabl
     vm = stand_in("teaming", 1)
     h1, h2 = uri(lab, "lab-h1"), uri(lab, "lab-h2")
     args = {"name": vm, "destination_uri": h2, "live": False}
-    for check_mode in (True, False):
-        refused = run_module(lab, "lab-h1", MIGRATE, args, check_mode=check_mode)
-        assert refused.get("failed") is True and refused.get("changed") is not True, refused
+    # Both runs in one ansible-playbook process; after the first, libvirt on lab-h1 is read in the same
+    # run (domstate, domjobinfo), as the controller reads it after the second.
+    check_run, state, job, real_run = run_tasks(
+        lab,
+        "lab-h1",
+        [module_task(MIGRATE, args, check_mode=True), virsh_task("domstate", vm), virsh_task("domjobinfo", vm), module_task(MIGRATE, args)],
+    )
+    for check_mode, refused in ((True, check_run), (False, real_run)):
+        assert refused.get("failed") is True and refused.get("changed") is not True, (check_mode, refused)
         assert "non-live move pauses the vCPUs" in refused["msg"] and VF_STANDIN_ALIAS in refused["msg"], refused["msg"]
-        assert vm_homes(vm) == {"lab-h1": "running"} and not migration_job(h1, vm)
-        assert virsh(h1, "domstate", vm).stdout.strip() == "running"
+        if check_mode:
+            # Still running on lab-h1 (its domstate there answers), no migration job there.
+            assert output(state) == "running" and not outgoing_job(output(job)), (output(state), output(job))
+        else:
+            assert vm_homes(vm) == {"lab-h1": "running"} and not migration_job(h1, vm)
+            assert virsh(h1, "domstate", vm).stdout.strip() == "running"
     assert VF_STANDIN_ALIAS in live_aliases(h1, vm) and has_trio(vm)
     assert_no_vm_lost()
 

@@ -6,6 +6,12 @@ written (``virsh dumpxml --inactive``), that repeat runs change nothing, that ``
 exactly the pair, and every refusal, on scratch domains that are defined but never started (except
 the transient one, which libvirt can only hold while it runs). A hostdev network over a PF that does
 not exist, or over a netdev without VFs, fails to start with libvirt's own error.
+
+No test here needs a guest: the module edits definitions, and the lab VM whose MAC is taken only lends
+its definition (the session's VMs are tiny VMs). Sequences of runs on lab-h1 (check, real, repeat, repeat in check mode; the tables
+of refusals) go through one ``ansible-playbook`` process each (``run_tasks``); where the original
+sequence looked at libvirt between two runs, a ``virsh`` task on the host reads it at that point of the
+same run, so every run's effect is still seen before the next one.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import run_module, uri, virsh, virtlab
+from labkit import module_task, run_module, run_tasks, uri, virsh, virtlab
 
 NIC = "virtops.migration.sriov_failover_nic"
 NETWORK = "virtops.migration.sriov_network"
@@ -52,6 +58,28 @@ def host_uri(lab: Path) -> str:
 
 def dumpxml(lab: Path, name: str) -> str:
     return virsh(host_uri(lab), "dumpxml", "--inactive", name).stdout
+
+
+def read_task(*args: str) -> dict[str, t.Any]:
+    """A task for ``run_tasks`` that reads libvirt on the host itself (``virsh ARGS`` there) and changes nothing:
+    what the controller's ``virsh`` would show at that point of the run."""
+    return module_task("ansible.builtin.command", {"argv": ["virsh", "-c", "qemu:///system", *args]}, changed_when=False)
+
+
+def read_definition(name: str) -> dict[str, t.Any]:
+    """A ``read_task`` of the domain's persistent definition (``virsh dumpxml --inactive``)."""
+    return read_task("dumpxml", "--inactive", name)
+
+
+def read_networks() -> dict[str, t.Any]:
+    """A ``read_task`` of the host's networks (``virsh net-list --all --name``)."""
+    return read_task("net-list", "--all", "--name")
+
+
+def output(result: t.Mapping[str, t.Any]) -> str:
+    """What a ``read_task`` printed; fails the test when virsh failed."""
+    assert result.get("failed") is not True and result.get("rc") == 0 and result["stdout"].strip(), result
+    return str(result["stdout"])
 
 
 def interfaces(xml: str) -> list[ET.Element]:
@@ -105,16 +133,27 @@ def vf_network(lab: Path) -> t.Iterator[str]:
 
 
 def four_runs(lab: Path, args: dict[str, t.Any], vm: str) -> dict[str, t.Any]:
-    """Check mode, real, again, check again; returns the real run's result."""
-    before = dumpxml(lab, vm)
-    checked = run_module(lab, HOST, NIC, args, check_mode=True, diff=True)
+    """Check mode, real, again, check again, in one ``ansible-playbook`` run; returns the real run's result.
+
+    The definition is read on the host just before and just after the check-mode run, in the same run.
+    """
+    before, checked, after_check, real, again, again_checked = run_tasks(
+        lab,
+        HOST,
+        [
+            read_definition(vm),
+            module_task(NIC, args, check_mode=True, diff=True),
+            read_definition(vm),
+            module_task(NIC, args, diff=True),
+            module_task(NIC, args),
+            module_task(NIC, args, check_mode=True),
+        ],
+    )
     assert checked.get("failed") is not True and checked["changed"] is True, checked
-    assert dumpxml(lab, vm) == before, "check mode changed the definition"
-    real = run_module(lab, HOST, NIC, args, diff=True)
+    assert output(after_check) == output(before), "check mode changed the definition"
     assert real.get("failed") is not True and real["changed"] is True, real
-    again = run_module(lab, HOST, NIC, args)
     assert again.get("failed") is not True and again["changed"] is False, again
-    assert run_module(lab, HOST, NIC, args, check_mode=True)["changed"] is False
+    assert again_checked["changed"] is False, again_checked
     assert again["pair"] == real["pair"]
     return real
 
@@ -165,10 +204,9 @@ def test_bond_pair_then_fail_over_mac_then_replaced_by_teaming(lab: Path, scratc
     assert nics["ua-bond0-backup"].find("mac").get("address") == own["pair"]["backup_mac"] != real["pair"]["mac"]
 
     teaming = dict(args, mode="teaming", fail_over_mac=False)
-    checked = run_module(lab, HOST, NIC, teaming, check_mode=True, diff=True)
+    checked, replaced = run_tasks(lab, HOST, [module_task(NIC, teaming, check_mode=True, diff=True), module_task(NIC, teaming)])
     assert checked["changed"] is True and checked["replaced_mode"] == "bond", checked
     assert "replaces the bond pair" in checked["diff"]["after_header"]
-    replaced = run_module(lab, HOST, NIC, teaming)
     assert replaced["changed"] is True and replaced["pair"]["mode"] == "teaming" and replaced["pair"]["mac"] == real["pair"]["mac"]
     assert [alias_of(i) for i in interfaces(dumpxml(lab, vm))] == [None, "ua-bond0-backup", "ua-bond0-vf"]
 
@@ -176,21 +214,36 @@ def test_bond_pair_then_fail_over_mac_then_replaced_by_teaming(lab: Path, scratc
 def test_absent_removes_exactly_the_pair(lab: Path, scratch: t.Callable[..., str], vf_network: str) -> None:
     vm = scratch()
     base = {"name": vm, "vf_network": vf_network, "backup_network": LAB_NETWORK}
-    for pair in ("keep", "gone"):
-        assert run_module(lab, HOST, NIC, dict(base, pair=pair))["changed"] is True
-    before = by_alias(dumpxml(lab, vm))
-    assert set(before) == {None, "ua-keep-backup", "ua-keep-vf", "ua-gone-backup", "ua-gone-vf"}
     absent = {"name": vm, "pair": "gone", "state": "absent"}
-    checked = run_module(lab, HOST, NIC, absent, check_mode=True, diff=True)
+    # One run: both pairs, the definition, absent in check mode, the definition, absent, the definition, absent twice more.
+    keep, gone, with_both, checked, after_check, removed, without, again, again_checked = run_tasks(
+        lab,
+        HOST,
+        [
+            module_task(NIC, dict(base, pair="keep")),
+            module_task(NIC, dict(base, pair="gone")),
+            read_definition(vm),
+            module_task(NIC, absent, check_mode=True, diff=True),
+            read_definition(vm),
+            module_task(NIC, absent),
+            read_definition(vm),
+            module_task(NIC, absent),
+            module_task(NIC, absent, check_mode=True),
+        ],
+    )
+    for added in (keep, gone):
+        assert added["changed"] is True, added
+    before = by_alias(output(with_both))
+    assert set(before) == {None, "ua-keep-backup", "ua-keep-vf", "ua-gone-backup", "ua-gone-vf"}
     assert checked["changed"] is True and "ua-gone-vf" in checked["diff"]["before"] and checked["diff"]["after"] == "", checked
-    assert set(by_alias(dumpxml(lab, vm))) == set(before)
-    assert run_module(lab, HOST, NIC, absent)["changed"] is True
-    after = by_alias(dumpxml(lab, vm))
+    assert set(by_alias(output(after_check))) == set(before)
+    assert removed["changed"] is True, removed
+    after = by_alias(output(without))
     assert set(after) == {None, "ua-keep-backup", "ua-keep-vf"}
     for alias, element in after.items():
         assert ET.tostring(element) == ET.tostring(before[alias]), "%s was left as it was" % alias
-    assert run_module(lab, HOST, NIC, absent)["changed"] is False
-    assert run_module(lab, HOST, NIC, absent, check_mode=True)["changed"] is False
+    assert again["changed"] is False, again
+    assert again_checked["changed"] is False, again_checked
 
 
 def lab_vm_mac(lab: Path) -> tuple[str, str]:
@@ -218,16 +271,23 @@ def test_refusals_change_nothing(lab: Path, scratch: t.Callable[..., str], vf_ne
         (dict(good, mac="52:54:00:e0:ee:01"), vm, "MAC 52:54:00:e0:ee:01 is already used by"),
         (dict(good, mac=other_mac), vm, "MAC %s is already used by VM '%s' on this host" % (other_mac, other_vm)),
     ]
-    for args, target, message in cases:
-        before = dumpxml(lab, target)
-        for check_mode in (True, False):
-            result = run_module(lab, HOST, NIC, args, check_mode=check_mode)
-            assert result.get("failed") is True and message in result["msg"], (args, result)
-            assert "Nothing was changed" in result["msg"], result["msg"]
-        assert dumpxml(lab, target) == before, "refused run changed %s" % target
-
+    # The whole table in one run: both definitions first, then each case in check mode and for real
+    # followed by its VM's definition, then the bond pair below.
+    tasks = [read_definition(vm), read_definition(i440fx)]
+    for args, target, _message in cases:
+        tasks += [module_task(NIC, args, check_mode=True), module_task(NIC, args), read_definition(target)]
     # The i440fx VM may still have a bond pair (no PCI Express needed).
-    bond = run_module(lab, HOST, NIC, dict(good, name=i440fx, mode="bond"))
+    tasks.append(module_task(NIC, dict(good, name=i440fx, mode="bond")))
+    results = iter(run_tasks(lab, HOST, tasks))
+    before = {vm: output(next(results)), i440fx: output(next(results))}
+    for args, target, message in cases:
+        for check_mode in (True, False):
+            result = next(results)
+            assert result.get("failed") is True and message in result["msg"], (args, check_mode, result)
+            assert "Nothing was changed" in result["msg"], result["msg"]
+        assert output(next(results)) == before[target], "refused run changed %s" % target
+
+    bond = next(results)
     assert bond["changed"] is True, bond
 
 
@@ -246,10 +306,9 @@ def network_names(lab: Path) -> list[str]:
 def test_sriov_network_over_a_missing_pf_fails_with_libvirts_reason_and_leaves_nothing(lab: Path) -> None:
     name = "sriov%s" % secrets.token_hex(2)
     args = {"name": name, "pf": "nosuchpf0"}
-    checked = run_module(lab, HOST, NETWORK, args, check_mode=True, diff=True)
+    checked, networks, result = run_tasks(lab, HOST, [module_task(NETWORK, args, check_mode=True, diff=True), read_networks(), module_task(NETWORK, args)])
     assert checked["changed"] is True and "nosuchpf0" in checked["diff"]["after"], checked
-    assert name not in network_names(lab)
-    result = run_module(lab, HOST, NETWORK, args)
+    assert name not in output(networks).split()
     assert result.get("failed") is True, result
     print("libvirt on a missing PF:", result["libvirt_message"])
     assert "libvirt refused to start the hostdev network" in result["msg"] and result["libvirt_message"] in result["msg"]
@@ -273,21 +332,39 @@ def test_sriov_network_over_a_netdev_that_is_no_pf(lab: Path) -> None:
 
 
 def test_sriov_network_existing_one_kept_refused_and_removed(lab: Path, vf_network: str) -> None:
-    # Same PF, but libvirt cannot start it: the failure is reported and the network (not this run's) stays.
-    same = run_module(lab, HOST, NETWORK, {"name": vf_network, "pf": "nopf0"})
-    assert same.get("failed") is True and "libvirt refused to start" in same["msg"] and "nothing is left" not in same["msg"], same
-    assert vf_network in network_names(lab)
-    other = run_module(lab, HOST, NETWORK, {"name": vf_network, "pf": "otherpf1"})
-    assert other.get("failed") is True and "exists over PF nopf0, not over PF otherpf1" in other["msg"], other
-    mode = run_module(lab, HOST, NETWORK, {"name": LAB_NETWORK, "pf": "otherpf1"})
-    assert mode.get("failed") is True and "forward mode 'bridge', not 'hostdev'" in mode["msg"], mode
-    assert run_module(lab, HOST, NETWORK, {"name": LAB_NETWORK, "state": "absent"}).get("failed") is True
-    assert LAB_NETWORK in network_names(lab)
-
     absent = {"name": vf_network, "state": "absent"}
-    assert run_module(lab, HOST, NETWORK, absent, check_mode=True)["changed"] is True
-    assert vf_network in network_names(lab)
-    assert run_module(lab, HOST, NETWORK, absent)["changed"] is True
-    assert vf_network not in network_names(lab)
-    assert run_module(lab, HOST, NETWORK, absent)["changed"] is False
-    assert run_module(lab, HOST, NETWORK, absent, check_mode=True)["changed"] is False
+    # One run: the refusals, then absent in check mode, for real and twice again; the host's networks
+    # read at each point where they are looked at.
+    (same, after_same, other, mode, lab_absent, after_refusals, checked, after_check, removed, after_removal, again,
+     again_checked) = run_tasks(
+        lab,
+        HOST,
+        [
+            module_task(NETWORK, {"name": vf_network, "pf": "nopf0"}),
+            read_networks(),
+            module_task(NETWORK, {"name": vf_network, "pf": "otherpf1"}),
+            module_task(NETWORK, {"name": LAB_NETWORK, "pf": "otherpf1"}),
+            module_task(NETWORK, {"name": LAB_NETWORK, "state": "absent"}),
+            read_networks(),
+            module_task(NETWORK, absent, check_mode=True),
+            read_networks(),
+            module_task(NETWORK, absent),
+            read_networks(),
+            module_task(NETWORK, absent),
+            module_task(NETWORK, absent, check_mode=True),
+        ],
+    )
+    # Same PF, but libvirt cannot start it: the failure is reported and the network (not this run's) stays.
+    assert same.get("failed") is True and "libvirt refused to start" in same["msg"] and "nothing is left" not in same["msg"], same
+    assert vf_network in output(after_same).split()
+    assert other.get("failed") is True and "exists over PF nopf0, not over PF otherpf1" in other["msg"], other
+    assert mode.get("failed") is True and "forward mode 'bridge', not 'hostdev'" in mode["msg"], mode
+    assert lab_absent.get("failed") is True, lab_absent
+    assert LAB_NETWORK in output(after_refusals).split()
+
+    assert checked["changed"] is True, checked
+    assert vf_network in output(after_check).split()
+    assert removed["changed"] is True, removed
+    assert vf_network not in output(after_removal).split()
+    assert again["changed"] is False, again
+    assert again_checked["changed"] is False, again_checked

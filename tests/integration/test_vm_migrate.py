@@ -1,7 +1,12 @@
 """vm_migrate against real lab hosts: moves, idempotency, bad input, cancel, failures, convergence.
 
-Every test boots fresh guests of its own, writes a marker into the guest before a move and reads it
-back afterwards (a real loss is caught, not retried away), and ends with the lab's no-VM-lost check.
+Every test makes fresh VMs of its own and ends with the lab's no-VM-lost check. The tests that move a
+running VM boot a real guest (TCG), write a marker into its memory before the move and read it back
+afterwards (a real loss is caught, not retried away); several also need the guest for a move slow
+enough to watch, cancel or break (its memory is not all zero pages), for the dirtying workload, or for
+the data `dd` writes into it. The tests that move nothing running use tiny VMs (firmware only, under
+KVM), which need no marker: the bad-input table (run in one Ansible process), the shut-off VM whose
+definition moves, and the disk with an unsafe cache mode, which is refused.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from labkit import (
     migration_connections,
     migration_job,
     load_hostvars,
+    module_task,
     read_marker,
     run_module,
     run_playbook,
+    run_tasks,
     running_on,
     uri,
     virtlab,
@@ -30,6 +37,9 @@ from labkit import (
     write_marker,
 )
 
+if t.TYPE_CHECKING:
+    from conftest import VmFactory
+
 MODULE = "virtops.migration.vm_migrate"
 
 
@@ -38,8 +48,8 @@ def job_running(lab: Path, host: str, vm: str) -> bool:
     return migration_job(uri(lab, host), vm)
 
 
-def test_migrate_to_a_named_host_check_real_repeat(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    vm = new_vm()
+def test_migrate_to_a_named_host_check_real_repeat(lab: Path, new_vm: VmFactory) -> None:
+    vm = new_vm(guest=True)
     marker = write_marker(vm)
     args = {"name": vm, "destination_uri": uri(lab, "lab-h2")}
 
@@ -61,16 +71,15 @@ def test_migrate_to_a_named_host_check_real_repeat(lab: Path, new_vm: t.Callable
     assert vm_homes(vm) == {"lab-h2": "running"}, "defined and running on the destination only"
     assert read_marker(vm) == marker
 
-    again = run_module(lab, "lab-h1", MODULE, args)
+    again, again_checked = run_tasks(lab, "lab-h1", [module_task(MODULE, args), module_task(MODULE, args, check_mode=True)])
     assert again["changed"] is False, again
     assert again["destination"]["hostname"] == "lab-h2"
-    again_checked = run_module(lab, "lab-h1", MODULE, args, check_mode=True)
     assert again_checked["changed"] is False, again_checked
     assert_no_vm_lost()
 
 
-def test_auto_destination_skips_source_and_maintenance(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    vm = new_vm(host_index=1)
+def test_auto_destination_skips_source_and_maintenance(lab: Path, new_vm: VmFactory) -> None:
+    vm = new_vm(host_index=1, guest=True)
     marker = write_marker(vm)
     candidates = [
         {"name": "lab-h1", "uri": uri(lab, "lab-h1")},
@@ -78,22 +87,23 @@ def test_auto_destination_skips_source_and_maintenance(lab: Path, new_vm: t.Call
         {"name": "lab-h3", "uri": uri(lab, "lab-h3"), "maintenance": True},
     ]
     args = {"name": vm, "destination": "auto", "candidates": candidates}
-    planned = run_module(lab, "lab-h1", MODULE, args, check_mode=True)
+    # The plan and the move in one Ansible process, then the repeat and the repeat in check mode in another.
+    planned, moved = run_tasks(lab, "lab-h1", [module_task(MODULE, args, check_mode=True), module_task(MODULE, args)])
     assert planned["changed"] is True, planned
     assert planned["plan"]["destination"]["hostname"] == "lab-h2"
     rejected = planned["plan"]["rejected_hosts"]
     assert "is the source host itself" in rejected["lab-h1"][0]
     assert rejected["lab-h3"] == ["is in maintenance"]
 
-    moved = run_module(lab, "lab-h1", MODULE, args)
     assert moved["changed"] is True and moved["destination"]["hostname"] == "lab-h2", moved
     assert running_on(vm) == "lab-h2" and read_marker(vm) == marker
-    assert run_module(lab, "lab-h1", MODULE, args)["changed"] is False
-    assert run_module(lab, "lab-h1", MODULE, args, check_mode=True)["changed"] is False
+    again, again_checked = run_tasks(lab, "lab-h1", [module_task(MODULE, args), module_task(MODULE, args, check_mode=True)])
+    assert again["changed"] is False, again
+    assert again_checked["changed"] is False, again_checked
     assert_no_vm_lost()
 
 
-def test_bad_input_is_refused_before_anything_moves(lab: Path, new_vm: t.Callable[..., str]) -> None:
+def test_bad_input_is_refused_before_anything_moves(lab: Path, new_vm: VmFactory) -> None:
     vm = new_vm()
     h2 = uri(lab, "lab-h2")
     cases: list[tuple[dict[str, t.Any], str]] = [
@@ -106,32 +116,33 @@ def test_bad_input_is_refused_before_anything_moves(lab: Path, new_vm: t.Callabl
         ({"name": vm, "destination_uri": h2, "post_copy": True, "parallel_connections": 2}, "post_copy cannot be combined with parallel_connections"),
         ({"name": vm, "destination": "auto"}, "destination=auto needs at least one host in candidates"),
     ]
-    for args, message in cases:
-        result = run_module(lab, "lab-h1", MODULE, args)
+    # The whole table in one Ansible process, each case asserted on its own result; then nothing has moved.
+    results = run_tasks(lab, "lab-h1", [module_task(MODULE, args) for args, _message in cases])
+    for (args, message), result in zip(cases, results):
         assert result.get("failed") is True, (args, result)
         assert message in result["msg"], (args, result["msg"])
-        assert vm_homes(vm) == {"lab-h1": "running"}, "nothing moved for %s" % args
+    assert vm_homes(vm) == {"lab-h1": "running"}, "nothing moved for any of %s" % [args for args, _message in cases]
     assert_no_vm_lost()
 
 
-def test_shut_off_vm_moves_its_definition(lab: Path, new_vm: t.Callable[..., str]) -> None:
+def test_shut_off_vm_moves_its_definition(lab: Path, new_vm: VmFactory) -> None:
     vm = new_vm()
     virtlab("ssh", "lab-h1", "--", "virsh", "destroy", vm)
     args = {"name": vm, "destination_uri": uri(lab, "lab-h3")}
-    planned = run_module(lab, "lab-h1", MODULE, args, check_mode=True)
+    planned, moved = run_tasks(lab, "lab-h1", [module_task(MODULE, args, check_mode=True), module_task(MODULE, args)])
     assert planned["changed"] is True and planned["plan"]["kind"] == "offline", planned
-    moved = run_module(lab, "lab-h1", MODULE, args)
     assert moved["changed"] is True, moved
     assert vm_homes(vm) == {"lab-h3": "shut off"}
-    assert run_module(lab, "lab-h1", MODULE, args)["changed"] is False
-    assert run_module(lab, "lab-h1", MODULE, args, check_mode=True)["changed"] is False
+    again, again_checked = run_tasks(lab, "lab-h1", [module_task(MODULE, args), module_task(MODULE, args, check_mode=True)])
+    assert again["changed"] is False, again
+    assert again_checked["changed"] is False, again_checked
     assert_no_vm_lost(vm)
     virtlab("ssh", "lab-h3", "--", "virsh", "start", vm)
     assert_no_vm_lost()
 
 
-def test_cancel_a_slow_migration_started_with_async(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    vm = new_vm()
+def test_cancel_a_slow_migration_started_with_async(lab: Path, new_vm: VmFactory) -> None:
+    vm = new_vm(guest=True)
     marker = write_marker(vm)
     virtlab("dirty", vm, "--mib", "16")
     started = run_module(
@@ -154,16 +165,17 @@ def test_cancel_a_slow_migration_started_with_async(lab: Path, new_vm: t.Callabl
     assert vm_homes(vm) == {"lab-h1": "running"}
     assert read_marker(vm) == marker
     assert not job_running(lab, "lab-h1", vm)
-    again = run_module(lab, "lab-h1", MODULE, {"name": vm, "state": "cancelled"})
+    cancel = {"name": vm, "state": "cancelled"}
+    again, again_checked = run_tasks(lab, "lab-h1", [module_task(MODULE, cancel), module_task(MODULE, cancel, check_mode=True)])
     assert again["changed"] is False, again
-    assert run_module(lab, "lab-h1", MODULE, {"name": vm, "state": "cancelled"}, check_mode=True)["changed"] is False
+    assert again_checked["changed"] is False, again_checked
     assert_no_lost_writes(vm)
     assert_no_vm_lost()
 
 
 @pytest.mark.parametrize("failure", ["libvirtd-killed", "link-down"])
-def test_destination_failure_mid_migration_leaves_vm_on_source(lab: Path, new_vm: t.Callable[..., str], failure: str) -> None:
-    vm = new_vm()
+def test_destination_failure_mid_migration_leaves_vm_on_source(lab: Path, new_vm: VmFactory, failure: str) -> None:
+    vm = new_vm(guest=True)
     marker = write_marker(vm)
     virtlab("dirty", vm, "--mib", "16")
     started = run_module(
@@ -202,9 +214,9 @@ CONVERGENCE = [
 
 @pytest.mark.parametrize("policy, extra, outcome", CONVERGENCE, ids=[case[0] for case in CONVERGENCE])
 def test_convergence_of_a_busy_guest_under_a_bandwidth_cap(
-    lab: Path, new_vm: t.Callable[..., str], policy: str, extra: dict[str, t.Any], outcome: str
+    lab: Path, new_vm: VmFactory, policy: str, extra: dict[str, t.Any], outcome: str
 ) -> None:
-    vm = new_vm(memory_mib=256)
+    vm = new_vm(memory_mib=256, guest=True)
     marker = write_marker(vm)
     virtlab("dirty", vm, "--mib", "24")
     args = dict({"name": vm, "destination_uri": uri(lab, "lab-h2"), "policy": policy, "bandwidth_mib": 50}, **extra)
@@ -228,8 +240,8 @@ def test_convergence_of_a_busy_guest_under_a_bandwidth_cap(
     assert_no_vm_lost()
 
 
-def test_parallel_connections_and_xbzrle_compression(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    vm = new_vm(memory_mib=256)
+def test_parallel_connections_and_xbzrle_compression(lab: Path, new_vm: VmFactory) -> None:
+    vm = new_vm(memory_mib=256, guest=True)
     marker = write_marker(vm)
 
     # Three parallel connections: QEMU opens the main channel and three multifd channels.
@@ -268,9 +280,9 @@ def migration_parameters(lab: Path, host: str, vm: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=False).stdout.replace(" ", "")
 
 
-def test_tls_connection_and_encrypted_migration_stream(lab: Path, new_vm: t.Callable[..., str]) -> None:
+def test_tls_connection_and_encrypted_migration_stream(lab: Path, new_vm: VmFactory) -> None:
     # The destination over qemu+tls (the lab CA's certificates), and QEMU's stream under TLS too.
-    vm = new_vm()
+    vm = new_vm(guest=True)
     marker = write_marker(vm)
     tls_uri = load_hostvars(lab)["lab-h2"]["virtops_lab_tls_uri"]
     assert tls_uri.startswith("qemu+tls://")
@@ -288,13 +300,14 @@ def test_tls_connection_and_encrypted_migration_stream(lab: Path, new_vm: t.Call
     moved = wait_async(lab, "lab-h1", started["ansible_job_id"])
     assert moved.get("failed") is not True and moved["changed"] is True, moved
     assert vm_homes(vm) == {"lab-h2": "running"} and read_marker(vm) == marker
-    assert run_module(lab, "lab-h1", MODULE, args)["changed"] is False
-    assert run_module(lab, "lab-h1", MODULE, args, check_mode=True)["changed"] is False
+    again, again_checked = run_tasks(lab, "lab-h1", [module_task(MODULE, args), module_task(MODULE, args, check_mode=True)])
+    assert again["changed"] is False, again
+    assert again_checked["changed"] is False, again_checked
     assert_no_vm_lost()
 
 
-def test_migrate_vm_playbook_plans_moves_and_repeats(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    vm = new_vm(host_index=3)
+def test_migrate_vm_playbook_plans_moves_and_repeats(lab: Path, new_vm: VmFactory) -> None:
+    vm = new_vm(host_index=3, guest=True)
     marker = write_marker(vm)
     playbook = Path(__file__).resolve().parents[2] / "playbooks" / "migrate_vm.yml"
     extra = {"source": "lab-h3", "vm": vm}
@@ -322,8 +335,8 @@ def test_migrate_vm_playbook_refuses_missing_inputs(lab: Path) -> None:
     assert "Give the VM to move with -e vm=NAME" in result.stdout
 
 
-def test_timeout_action_suspend_completes_and_resumes_on_destination(lab: Path, new_vm: t.Callable[..., str]) -> None:
-    vm = new_vm(memory_mib=256)
+def test_timeout_action_suspend_completes_and_resumes_on_destination(lab: Path, new_vm: VmFactory) -> None:
+    vm = new_vm(memory_mib=256, guest=True)
     marker = write_marker(vm)
     virtlab("dirty", vm, "--mib", "24")
     args = {"name": vm, "destination_uri": uri(lab, "lab-h2"), "policy": "legacy", "bandwidth_mib": 50, "timeout": 8, "timeout_action": "suspend"}
@@ -338,11 +351,11 @@ def test_timeout_action_suspend_completes_and_resumes_on_destination(lab: Path, 
     assert_no_vm_lost()
 
 
-def test_dedicated_migration_address(lab: Path, new_vm: t.Callable[..., str]) -> None:
+def test_dedicated_migration_address(lab: Path, new_vm: VmFactory) -> None:
     # The lab hosts have a second network for migration streams: the destination's QEMU must listen, and
     # the source's QEMU send, there. The proof is the destination's own view: its QEMU's sockets while the
     # stream runs, and the bytes its two NICs received.
-    vm = new_vm()
+    vm = new_vm(guest=True)
     marker = write_marker(vm)
     hostvars = load_hostvars(lab)
     source, destination = hostvars["lab-h1"], hostvars["lab-h3"]
@@ -388,19 +401,21 @@ def test_dedicated_migration_address(lab: Path, new_vm: t.Callable[..., str]) ->
     assert_no_vm_lost()
 
 
-def test_disk_with_unsafe_cache_is_refused_unless_allowed(lab: Path, new_vm: t.Callable[..., str]) -> None:
+def test_disk_with_unsafe_cache_is_refused_unless_allowed(lab: Path, new_vm: VmFactory) -> None:
     vm = new_vm()
     image = "/var/lib/libvirt/images/%s-data.raw" % vm
     virtlab("ssh", "lab-h1", "--", "truncate", "-s", "16M", image)
     virtlab("ssh", "lab-h1", "--", "virsh", "attach-disk", vm, image, "vdb", "--cache", "writeback", "--persistent")
     args = {"name": vm, "destination_uri": uri(lab, "lab-h2")}
 
-    refused = run_module(lab, "lab-h1", MODULE, args)
+    # Both refusals in one Ansible process: the cache mode, then (allowed) the disk lab-h2 cannot see.
+    refused, unseen = run_tasks(
+        lab, "lab-h1", [module_task(MODULE, args), module_task(MODULE, dict(args, allow_unsafe_cache=True), check_mode=True)]
+    )
     assert refused.get("failed") is True, refused
     assert "vdb (cache=writeback)" in refused["msg"] and "allow_unsafe_cache" in refused["msg"], refused["msg"]
 
     # Allowed, the next check still holds: lab-h2 cannot see the disk (it is not on shared storage).
-    unseen = run_module(lab, "lab-h1", MODULE, dict(args, allow_unsafe_cache=True), check_mode=True)
     assert unseen.get("failed") is True, unseen
     assert "cannot see the disk(s) %s" % image in unseen["msg"], unseen["msg"]
     assert vm_homes(vm) == {"lab-h1": "running"}
