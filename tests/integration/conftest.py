@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from labkit import REPO, run_playbook, virtlab
-from tally import TALLY, pytest_runtest_protocol, pytest_terminal_summary, session_phase  # noqa: F401 (hooks)
+# The tally's hooks are this conftest's hooks (pytest finds them by name here).
+from tally import TALLY, pytest_runtest_protocol, pytest_terminal_summary, session_phase  # noqa: F401 pylint: disable=unused-import
 
 # Modules whose tests run Ansible inside lab guests (the Python guests, under TCG): while they run, the
 # lab keeps both cores busy. They run last, so that what `make test` runs beside the lab stages (the
@@ -59,7 +60,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Path]:
         yield inventory
     finally:
         if keep_up:
-            virtlab("remove-vm", *(spec.split(":")[0] for spec in LAB_VMS), check=False)
+            virtlab("remove-vm", *(spec.split(":", maxsplit=1)[0] for spec in LAB_VMS), check=False)
         else:
             virtlab("down", check=False)
 

@@ -203,8 +203,9 @@ def hooks_case(lab: Path, shared_guest: str, tmp_path: Path) -> t.Iterator[t.Cal
         yield make
     finally:
         homes = vm_homes(vm)
-        if list(homes.values()) == ["shut off"]:
-            virsh(uri(lab, next(iter(homes))), "start", vm, check=False)
+        stopped = [host for host, state in homes.items() if state == "shut off"]
+        if len(homes) == 1 and stopped:
+            virsh(uri(lab, stopped[0]), "start", vm, check=False)
         set_hooks(vm, [], RUNNER_TIMEOUT)
 
 
