@@ -23,7 +23,7 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from roleplay import REPO, Recap, link_collection, require_root, run_play, write_role_play
+from roleplay import REPO, CaseRecap, Recap, link_collection, require_root, run_cases, run_play, write_role_play
 
 RUNNER_SOURCE = REPO / "roles" / "guest_hooks" / "files" / "virtops_run_hooks.py"
 EVENTS = ("before_migration", "after_migration", "before_hibernation", "after_hibernation")
@@ -221,50 +221,6 @@ def test_files_there_before_the_role_are_never_managed(guest: Guest) -> None:
     assert guest.manifest() == []
 
 
-CASES_PLAY = """\
-- name: Give the guest_hooks role bad input, case by case
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars:
-    outcomes: []
-  tasks:
-    - name: Run each case
-      ansible.builtin.include_tasks: case.yml
-      loop: "{{ cases }}"
-      loop_control:
-        loop_var: case
-    - name: Keep what each case gave
-      ansible.builtin.copy:
-        content: "{{ outcomes | to_json }}"
-        dest: "{{ outcomes_file }}"
-        mode: "0644"
-"""
-
-CASE_TASKS = """\
-- name: Run the role with the case's variables
-  block:
-    - name: Run the role
-      ansible.builtin.include_role:
-        name: virtops.migration.guest_hooks
-      vars:
-        guest_hooks_hooks: "{{ case.hooks | default([]) }}"
-        guest_hooks_base_dir: "{{ case.base_dir | default(good_base_dir) }}"
-    - name: No failure
-      ansible.builtin.set_fact:
-        outcomes: "{{ outcomes + ['no failure'] }}"
-  rescue:
-    - name: The failure
-      ansible.builtin.set_fact:
-        outcomes: "{{ outcomes + [__messages | join(' | ')] }}"
-      vars:
-        # A looped task fails with "One or more items failed"; its failed items carry the messages.
-        __messages: >-
-          {{ [ansible_failed_result.msg | default('')]
-             + (ansible_failed_result.results | default([]) | selectattr('failed', 'defined') | selectattr('failed')
-                | map(attribute='msg') | list) }}
-"""
-
 GOOD = {"event": "before_migration", "name": "10-good", "content": "#!/bin/sh\n"}
 BAD_INPUT = [
     ({"hooks": [dict(GOOD, event="during_migration")]}, "during_migration"),
@@ -287,31 +243,41 @@ BAD_INPUT = [
 ]
 
 
-def test_bad_input_fails_clearly_before_anything_changes(guest: Guest) -> None:
-    cases_dir = guest.root / "cases"
-    cases_dir.mkdir()
-    (cases_dir / "play.yml").write_text(CASES_PLAY, encoding="utf-8")
-    (cases_dir / "case.yml").write_text(CASE_TASKS, encoding="utf-8")
-    outcomes_file = guest.root / "outcomes.json"
-    guest.variables.pop("guest_hooks_base_dir")
-    guest.variables.update(
-        cases=[case for case, _words in BAD_INPUT[:-1]],
-        good_base_dir=str(guest.base),
-        outcomes_file=str(outcomes_file),
-    )
-    run = guest.play(playbook=cases_dir / "play.yml")
-    assert run.rc == 0, run.output
-    outcomes = json.loads(outcomes_file.read_text(encoding="utf-8"))
-    assert len(outcomes) == len(BAD_INPUT) - 1
-    for (case, words), outcome in zip(BAD_INPUT, outcomes):
-        assert words in outcome, (case, outcome)
-    # Not one of them changed anything.
-    assert guest.tree() == {}, guest.tree()
-    # The last, good case, for contrast, installs its hook.
-    guest.variables["cases"] = [BAD_INPUT[-1][0]]
-    assert guest.play(playbook=cases_dir / "play.yml").rc == 0
-    assert json.loads(outcomes_file.read_text(encoding="utf-8")) == ["no failure"]
-    assert (guest.base / "before_migration" / "10-good").exists()
+def _case(case: t.Dict[str, t.Any]) -> str:
+    return json.dumps(case)
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[t.Dict[str, t.Tuple[Guest, CaseRecap]]]:
+    """Every case of BAD_INPUT (by the case as JSON), each against a guest of its own, all in one
+    ansible-playbook process."""
+    guests = {}
+    try:
+        for case, _words in BAD_INPUT:
+            guest = guests[_case(case)] = Guest()
+            guest.variables.update(guest_hooks_hooks=case.get("hooks", []), guest_hooks_base_dir=case.get("base_dir", str(guest.base)))
+        recaps = run_cases(tmp_path_factory.mktemp("bad-input-play"), "guest_hooks", {name: guest.variables for name, guest in guests.items()})
+        yield {name: (guest, recaps[name]) for name, guest in guests.items()}
+    finally:
+        for guest in guests.values():
+            guest.cleanup()
+
+
+@pytest.mark.parametrize(("case", "words"), BAD_INPUT, ids=lambda value: _case(value) if isinstance(value, dict) else "")
+def test_bad_input_fails_clearly_before_anything_changes(
+    bad_input_runs: t.Dict[str, t.Tuple[Guest, CaseRecap]], case: t.Dict[str, t.Any], words: str
+) -> None:
+    """Each case fails with a message that names what is wrong, and changes nothing; the last, good case,
+    for contrast, installs its hook."""
+    guest, run = bad_input_runs[_case(case)]
+    if words == "no failure":
+        assert run.rc == 0 and run.failed == 0, run.output
+        assert (guest.base / "before_migration" / "10-good").exists()
+    else:
+        assert run.rc != 0 and run.failed == 1, run.output
+        assert words in " | ".join(run.messages), run.output
+        # Not one of them changed anything.
+        assert guest.tree() == {}, guest.tree()
 
 
 def test_check_mode_would_create_a_missing_hook_user_and_creates_nothing(guest: Guest) -> None:

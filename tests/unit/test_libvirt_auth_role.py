@@ -20,7 +20,7 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from roleplay import Recap, link_collection, require_root, run_play, write_role_play
+from roleplay import CaseRecap, Recap, link_collection, require_root, run_cases, run_play, write_role_play
 
 MARKER = "# Managed by virtops.migration.libvirt_auth"
 # A password with the characters a key file value may hold; TOKEN is a part of it that no other output has.
@@ -207,44 +207,70 @@ def test_the_username_may_hold_what_a_line_can(host: Host) -> None:
     assert host.parsed()["credentials-virtops"]["authname"] == "migrator@EXAMPLE.COM with space=%s"
 
 
-@pytest.mark.parametrize(
-    "variables, message",
-    [
-        ({"libvirt_auth_username": ""}, "libvirt_auth_username is required (a non-empty string)"),
-        ({"libvirt_auth_username": " migrator"}, "libvirt_auth_username must not start or end with white space"),
-        ({"libvirt_auth_username": "migrator\t"}, "libvirt_auth_username must not start or end with white space"),
-        ({"libvirt_auth_username": "mig\nrator"}, "libvirt_auth_username must not contain a line break or a NUL"),
-        ({"libvirt_auth_username": "mig\rrator"}, "libvirt_auth_username must not contain a line break or a NUL"),
-        ({"libvirt_auth_username": "mig\x00rator"}, "libvirt_auth_username must not contain a line break or a NUL"),
-        ({"libvirt_auth_username": 1234}, "libvirt_auth_username is required (a non-empty string)"),
-        ({"libvirt_auth_password": ""}, "libvirt_auth_password is required (a non-empty string)"),
-        ({"libvirt_auth_password": None}, "libvirt_auth_password is required (a non-empty string)"),
-        ({"libvirt_auth_password": "pass\nword"}, "libvirt_auth_password must not contain a line break or a NUL"),
-        ({"libvirt_auth_password": "pass\x00word"}, "libvirt_auth_password must not contain a line break or a NUL"),
-        ({"libvirt_auth_password": "\tpassword"}, "libvirt_auth_password must not start or end with white space"),
-        ({"libvirt_auth_hosts": ["hv2]"]}, 'these are not: ["hv2]"]'),
-        ({"libvirt_auth_hosts": ["hv1", "[fe80::1]"]}, 'these are not: ["[fe80::1]"]'),
-        ({"libvirt_auth_hosts": ["hv 2"]}, 'these are not: ["hv 2"]'),
-        ({"libvirt_auth_hosts": ["hv2\n"]}, 'these are not: ["hv2\\n"]'),
-        ({"libvirt_auth_hosts": [""]}, 'these are not: [""]'),
-        ({"libvirt_auth_hosts": ["h\u00f6st"]}, "these are not: "),
-        ({"libvirt_auth_hosts": "hv2"}, 'libvirt_auth_hosts must be a list of host names'),
-        ({"libvirt_auth_credentials_name": "my creds"}, "libvirt_auth_credentials_name must match ^[A-Za-z0-9_.-]+$"),
-        ({"libvirt_auth_credentials_name": "a]b"}, "libvirt_auth_credentials_name must match"),
-        ({"libvirt_auth_credentials_name": ""}, "libvirt_auth_credentials_name must match"),
-        ({"libvirt_auth_file": "auth.conf"}, "libvirt_auth_file must be the absolute path of a file"),
-    ],
-    ids=lambda value: json.dumps(value) if isinstance(value, dict) else "",
-)
-def test_bad_input_fails_clearly_and_changes_nothing(host: Host, variables: dict[str, t.Any], message: str) -> None:
-    host.auth.write_text(MARKER + "\n[credentials-virtops]\nauthname=old\npassword=old\n", encoding="utf-8")
-    host.auth.chmod(0o600)
-    before = host.snapshot()
-    host.variables.update(variables)
-    refused = host.play()
+BAD_INPUT = [
+    ({"libvirt_auth_username": ""}, "libvirt_auth_username is required (a non-empty string)"),
+    ({"libvirt_auth_username": " migrator"}, "libvirt_auth_username must not start or end with white space"),
+    ({"libvirt_auth_username": "migrator\t"}, "libvirt_auth_username must not start or end with white space"),
+    ({"libvirt_auth_username": "mig\nrator"}, "libvirt_auth_username must not contain a line break or a NUL"),
+    ({"libvirt_auth_username": "mig\rrator"}, "libvirt_auth_username must not contain a line break or a NUL"),
+    ({"libvirt_auth_username": "mig\x00rator"}, "libvirt_auth_username must not contain a line break or a NUL"),
+    ({"libvirt_auth_username": 1234}, "libvirt_auth_username is required (a non-empty string)"),
+    ({"libvirt_auth_password": ""}, "libvirt_auth_password is required (a non-empty string)"),
+    ({"libvirt_auth_password": None}, "libvirt_auth_password is required (a non-empty string)"),
+    ({"libvirt_auth_password": "pass\nword"}, "libvirt_auth_password must not contain a line break or a NUL"),
+    ({"libvirt_auth_password": "pass\x00word"}, "libvirt_auth_password must not contain a line break or a NUL"),
+    ({"libvirt_auth_password": "\tpassword"}, "libvirt_auth_password must not start or end with white space"),
+    ({"libvirt_auth_hosts": ["hv2]"]}, 'these are not: ["hv2]"]'),
+    ({"libvirt_auth_hosts": ["hv1", "[fe80::1]"]}, 'these are not: ["[fe80::1]"]'),
+    ({"libvirt_auth_hosts": ["hv 2"]}, 'these are not: ["hv 2"]'),
+    ({"libvirt_auth_hosts": ["hv2\n"]}, 'these are not: ["hv2\\n"]'),
+    ({"libvirt_auth_hosts": [""]}, 'these are not: [""]'),
+    ({"libvirt_auth_hosts": ["h\u00f6st"]}, "these are not: "),
+    ({"libvirt_auth_hosts": "hv2"}, 'libvirt_auth_hosts must be a list of host names'),
+    ({"libvirt_auth_credentials_name": "my creds"}, "libvirt_auth_credentials_name must match ^[A-Za-z0-9_.-]+$"),
+    ({"libvirt_auth_credentials_name": "a]b"}, "libvirt_auth_credentials_name must match"),
+    ({"libvirt_auth_credentials_name": ""}, "libvirt_auth_credentials_name must match"),
+    ({"libvirt_auth_file": "auth.conf"}, "libvirt_auth_file must be the absolute path of a file"),
+]
+
+
+class Run(t.NamedTuple):
+    """One case of a table, run with the others in one ansible-playbook process: the host it ran against,
+    every entry below the host's root before and after the run, and what the run did."""
+
+    host: Host
+    before: dict[str, tuple[int, int, str]]
+    recap: CaseRecap
+    after: dict[str, tuple[int, int, str]]
+
+
+def run_table(workdir: Path, arranged: dict[str, Host]) -> dict[str, Run]:
+    """Apply the role to each case's host (arranged, its variables set), all in one ansible-playbook process."""
+    before = {case: host.snapshot() for case, host in arranged.items()}
+    recaps = run_cases(workdir, "libvirt_auth", {case: host.variables for case, host in arranged.items()})
+    return {case: Run(host, before[case], recaps[case], host.snapshot()) for case, host in arranged.items()}
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Every case of BAD_INPUT (by its variables as JSON), each against a host whose file the role wrote before."""
+    arranged = {}
+    for variables, _message in BAD_INPUT:
+        host = Host(tmp_path_factory.mktemp("bad-input"))
+        host.auth.write_text(MARKER + "\n[credentials-virtops]\nauthname=old\npassword=old\n", encoding="utf-8")
+        host.auth.chmod(0o600)
+        host.variables.update(variables)
+        arranged[json.dumps(variables)] = host
+    return run_table(tmp_path_factory.mktemp("bad-input-play"), arranged)
+
+
+@pytest.mark.parametrize("variables, message", BAD_INPUT, ids=lambda value: json.dumps(value) if isinstance(value, dict) else "")
+def test_bad_input_fails_clearly_and_changes_nothing(bad_input_runs: dict[str, Run], variables: dict[str, t.Any], message: str) -> None:
+    run = bad_input_runs[json.dumps(variables)]
+    refused = run.recap
     assert refused.rc != 0 and refused.failed == 1 and refused.changed == 0, refused.output
-    assert message in refused.output
-    assert host.snapshot() == before
+    assert message in refused.output, refused.output
+    assert run.after == run.before
 
 
 def test_absent_needs_no_credentials(host: Host) -> None:
@@ -327,22 +353,43 @@ UNSAFE_PATHS = [
 
 # Both states go through the same checks before either changes anything: every arrangement with
 # state=present, a few with state=absent.
+UNSAFE_CASES = [(arrange, "present") for arrange in UNSAFE_PATHS] + [
+    (arrange, "absent") for arrange in (_symlink_to_file, _fifo_at_the_file, _world_writable_directory, _missing_directory)
+]
+
+
+def _unsafe_case(arrange: t.Callable[[Host], str], state: str) -> str:
+    return "%s-%s" % (arrange.__name__.strip("_"), state)
+
+
+@pytest.fixture(scope="module")
+def unsafe_path_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, Run]]:
+    """Every case of UNSAFE_CASES: the problem its arrangement made, and its run."""
+    arranged = {}
+    problems = {}
+    for arrange, state in UNSAFE_CASES:
+        host = Host(tmp_path_factory.mktemp("unsafe-path"))
+        case = _unsafe_case(arrange, state)
+        problems[case] = arrange(host)
+        host.variables["libvirt_auth_state"] = state
+        arranged[case] = host
+    runs = run_table(tmp_path_factory.mktemp("unsafe-paths-play"), arranged)
+    return {case: (problems[case], run) for case, run in runs.items()}
+
+
 @pytest.mark.parametrize(
-    ("arrange", "state"),
-    [(arrange, "present") for arrange in UNSAFE_PATHS]
-    + [(arrange, "absent") for arrange in (_symlink_to_file, _fifo_at_the_file, _world_writable_directory, _missing_directory)],
-    ids=lambda value: value if isinstance(value, str) else value.__name__.strip("_"),
+    ("arrange", "state"), UNSAFE_CASES, ids=lambda value: value if isinstance(value, str) else value.__name__.strip("_")
 )
-def test_unsafe_paths_are_refused_and_left_alone(host: Host, arrange: t.Callable[[Host], str], state: str) -> None:
-    problem = arrange(host)
-    before = host.snapshot()
-    host.variables["libvirt_auth_state"] = state
-    refused = host.play()
+def test_unsafe_paths_are_refused_and_left_alone(
+    unsafe_path_runs: dict[str, tuple[str, Run]], arrange: t.Callable[[Host], str], state: str
+) -> None:
+    problem, run = unsafe_path_runs[_unsafe_case(arrange, state)]
+    host, refused = run.host, run.recap
     if state == "absent" and arrange is _missing_directory:
         assert refused.rc == 0 and refused.changed == 0, refused.output
     else:
         assert refused.rc != 0 and refused.failed == 1 and refused.changed == 0, refused.output
         verb = "write" if state == "present" else "remove"
-        assert "refusing to %s %s: %s" % (verb, host.variables["libvirt_auth_file"], problem) in refused.output
-    assert host.snapshot() == before
+        assert "refusing to %s %s: %s" % (verb, host.variables["libvirt_auth_file"], problem) in refused.output, refused.output
+    assert run.after == run.before
     assert not (host.root / "missing").exists()

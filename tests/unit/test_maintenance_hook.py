@@ -17,7 +17,7 @@ import pytest
 
 from ansible.plugins.filter.core import FilterModule
 from ansible_collections.virtops.migration.plugins.module_utils._migration import maintenance as mt
-from roleplay import Recap, link_collection, require_root, run_play, write_role_play
+from roleplay import CaseRecap, Recap, link_collection, require_root, run_cases, run_play, write_role_play
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "roles" / "maintenance_hook" / "templates" / "virtops-maintenance.j2"
 HOSTNAME = os.uname().nodename
@@ -493,23 +493,59 @@ UNSAFE_PATHS = [
 
 
 # Both states go through the same checks before either changes anything: every arrangement with
-# state=present, a few with state=absent (each case is two ansible-playbook runs).
-@pytest.mark.parametrize(
-    ("arrange", "state"),
-    [(arrange, "present") for arrange in UNSAFE_PATHS]
-    + [(arrange, "absent") for arrange in (_parent_is_a_symlink, _hooks_dir_world_writable, _hook_is_a_symlink, _hook_is_a_fifo)],
-    ids=lambda value: value if isinstance(value, str) else value.__name__.strip("_"),
-)
-def test_role_refuses_unsafe_paths_and_changes_nothing(hook_host: HookHost, arrange: t.Callable[[HookHost], str], state: str) -> None:
-    problem = arrange(hook_host)
-    before = hook_host.snapshot()
-    outside = sorted([p.name for p in hook_host.root.iterdir()] + ["vars.json"])
-    hook_host.variables["maintenance_hook_state"] = state
+# state=present, a few with state=absent; each case is run in check mode, then for real.
+UNSAFE_CASES = [(arrange, "present") for arrange in UNSAFE_PATHS] + [
+    (arrange, "absent") for arrange in (_parent_is_a_symlink, _hooks_dir_world_writable, _hook_is_a_symlink, _hook_is_a_fifo)
+]
+
+
+def _unsafe_case(arrange: t.Callable[[HookHost], str], state: str) -> str:
+    return "%s-%s" % (arrange.__name__.strip("_"), state)
+
+
+class Refusal(t.NamedTuple):
+    """One case of UNSAFE_CASES: the host it ran against, the problem its arrangement made, what was below
+    etc-libvirt and the names in the host's root before the runs, then each run (check mode, then for
+    real) with what was there after it."""
+
+    host: HookHost
+    problem: str
+    before: t.Dict[str, t.Tuple[int, int, str]]
+    outside: t.List[str]
+    runs: t.List[t.Tuple[CaseRecap, t.Dict[str, t.Tuple[int, int, str]], t.List[str]]]
+
+
+@pytest.fixture(scope="module")
+def unsafe_path_refusals(tmp_path_factory: pytest.TempPathFactory) -> t.Dict[str, Refusal]:
+    """Every case of UNSAFE_CASES, each against a host of its own: all the cases in one ansible-playbook
+    process in check mode, then all in another for real."""
+    refusals = {}
+    for arrange, state in UNSAFE_CASES:
+        host = HookHost(tmp_path_factory.mktemp("unsafe-path"))
+        problem = arrange(host)
+        before = host.snapshot()
+        outside = sorted(p.name for p in host.root.iterdir())
+        host.variables["maintenance_hook_state"] = state
+        refusals[_unsafe_case(arrange, state)] = Refusal(host, problem, before, outside, [])
+    variables = {case: refusal.host.variables for case, refusal in refusals.items()}
     for args in (("--check",), ()):
-        refused = hook_host.play(*args)
+        recaps = run_cases(tmp_path_factory.mktemp("unsafe-paths-play"), "maintenance_hook", variables, *args)
+        for case, refusal in refusals.items():
+            refusal.runs.append((recaps[case], refusal.host.snapshot(), sorted(p.name for p in refusal.host.root.iterdir())))
+    return refusals
+
+
+@pytest.mark.parametrize(
+    ("arrange", "state"), UNSAFE_CASES, ids=lambda value: value if isinstance(value, str) else value.__name__.strip("_")
+)
+def test_role_refuses_unsafe_paths_and_changes_nothing(
+    unsafe_path_refusals: t.Dict[str, Refusal], arrange: t.Callable[[HookHost], str], state: str
+) -> None:
+    case = unsafe_path_refusals[_unsafe_case(arrange, state)]
+    for refused, after, names in case.runs:
         assert refused.rc != 0 and refused.failed == 1 and refused.changed == 0, refused.output
         verb = "install" if state == "present" else "remove"
-        assert "refusing to %s %s: %s. Nothing was changed." % (verb, hook_host.script, problem) in refused.output
-        assert hook_host.snapshot() == before
-        assert sorted(p.name for p in hook_host.root.iterdir()) == outside
-    assert hook_host.restarted() == 0
+        assert "refusing to %s %s: %s. Nothing was changed." % (verb, case.host.script, case.problem) in refused.output, refused.output
+        assert after == case.before
+        assert names == case.outside
+    assert case.host.restarted() == 0

@@ -5,7 +5,8 @@
 
 Everything the role writes is redirected into the test's own temporary directory: the udev rules directory
 and the manifest through the role's variables, the backends' directories and ifupdown's files through
-its internal variables (extra variables win over role variables). The bonds name their interfaces
+its internal variables (extra variables win over role variables, and so do the variables each case of a
+table reads in when the cases run together). The bonds name their interfaces
 (``primary_interface``, ``backup_interface``): finding them by MAC needs a guest with those interfaces,
 which the lab test has. The tests need root (the role makes root the owner) and fail when not root.
 """
@@ -22,7 +23,7 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from roleplay import Recap, link_collection, require_root, run_play, write_role_play
+from roleplay import CaseRecap, Recap, link_collection, require_root, run_cases, run_play, write_role_play
 
 VF_MAC = "52:54:00:1A:2B:3C"
 TEAM_MAC = "52:54:00:00:00:07"
@@ -257,23 +258,37 @@ def test_a_hostile_manifest_never_removes_other_files(guest: Guest) -> None:
     assert guest.tree() == before
 
 
-@pytest.mark.parametrize(
-    ("pairs", "message"),
-    [
-        ([{"name": "net0", "mode": "teaming", "mac": "52:54:00:00:00"}], "six hexadecimal pairs"),
-        ([{"name": "net0", "mode": "sriov", "mac": TEAM_MAC}], "value of mode must be one of: teaming, bond"),
-        ([{"name": "../x", "mode": "teaming", "mac": TEAM_MAC}], "each pair needs a name"),
-        ([dict(TEAMING, bond="bond0")], "apply to mode bond only"),
-        ([dict(BOND, bond="a-bond-name-too-long")], "at most 15 characters"),
-        ([dict(BOND, addresses=["192.0.2.10"])], "ADDRESS/PREFIX"),
-        ([dict(BOND, addresses=[], gateway="192.0.2.1")], "only with addresses"),
-        ([TEAMING, dict(TEAMING, name="net2")], "a MAC and (mode bond) a bond interface of its own"),
-        ([BOND, dict(BOND, name="net2", mac="52:54:00:00:00:08")], "a bond interface of its own"),
-    ],
-)
-def test_bad_input_fails_clearly_before_anything_changes(guest: Guest, pairs: list[dict[str, t.Any]], message: str) -> None:
-    guest.variables.update(sriov_guest_pairs=pairs, sriov_guest_backend="networkd")
-    result = guest.play()
+BAD_INPUT = [
+    ([{"name": "net0", "mode": "teaming", "mac": "52:54:00:00:00"}], "six hexadecimal pairs"),
+    ([{"name": "net0", "mode": "sriov", "mac": TEAM_MAC}], "value of mode must be one of: teaming, bond"),
+    ([{"name": "../x", "mode": "teaming", "mac": TEAM_MAC}], "each pair needs a name"),
+    ([dict(TEAMING, bond="bond0")], "apply to mode bond only"),
+    ([dict(BOND, bond="a-bond-name-too-long")], "at most 15 characters"),
+    ([dict(BOND, addresses=["192.0.2.10"])], "ADDRESS/PREFIX"),
+    ([dict(BOND, addresses=[], gateway="192.0.2.1")], "only with addresses"),
+    ([TEAMING, dict(TEAMING, name="net2")], "a MAC and (mode bond) a bond interface of its own"),
+    ([BOND, dict(BOND, name="net2", mac="52:54:00:00:00:08")], "a bond interface of its own"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Guest, CaseRecap]]:
+    """Every case of BAD_INPUT (by its pairs as JSON), each against a guest of its own, all in one
+    ansible-playbook process."""
+    guests = {}
+    for pairs, _message in BAD_INPUT:
+        guest = Guest(tmp_path_factory.mktemp("bad-input"))
+        guest.variables.update(sriov_guest_pairs=pairs, sriov_guest_backend="networkd")
+        guests[json.dumps(pairs)] = guest
+    recaps = run_cases(tmp_path_factory.mktemp("bad-input-play"), "sriov_guest", {case: guest.variables for case, guest in guests.items()})
+    return {case: (guest, recaps[case]) for case, guest in guests.items()}
+
+
+@pytest.mark.parametrize(("pairs", "message"), BAD_INPUT)
+def test_bad_input_fails_clearly_before_anything_changes(
+    bad_input_runs: dict[str, tuple[Guest, CaseRecap]], pairs: list[dict[str, t.Any]], message: str
+) -> None:
+    guest, result = bad_input_runs[json.dumps(pairs)]
     assert result.rc != 0 and result.failed == 1, result.output
     assert message in result.output, result.output
     assert guest.tree() == {}
