@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run the sanity and unit tests under every maintained ansible-core release other than the main one
-# (2.19, in .venv from requirements-dev.txt, which the other stages use).
+# Run the unit tests (and, where SANITY_RELEASES says so, ansible-test sanity) under every maintained
+# ansible-core release other than the main one (2.19, in .venv from requirements-dev.txt, which the
+# other stages use).
 #
 # Each release gets a virtual environment of its own, .venv-core-X.Y, made with pyenv's newest
 # Python of the minor version named below and filled from requirements-core-X.Y.txt. It is made
@@ -22,6 +23,11 @@ cd "$repo"
 # ansible-core release -> the Python minor version it runs under (2.20 and later need 3.12 or newer;
 # two different ones, so that both are covered).
 declare -A PYTHON_FOR=([2.20]=3.12 [2.21]=3.13)
+# The releases whose sanity tests run here too: the newest. Sanity runs on the oldest (2.19, `make
+# sanity`) and the newest maintained release; 2.20's sanity is left out to keep `make test` within
+# its budget on a 2-core machine (tests/README.md), because its rules lie between those two releases'.
+# The unit tests run on every release.
+SANITY_RELEASES=" 2.21 "
 releases=("$@")
 [ "${#releases[@]}" -gt 0 ] || releases=(2.20 2.21)
 pyenv_versions=${PYENV_ROOT:-$HOME/.pyenv}/versions
@@ -78,10 +84,14 @@ run_release() {
   # This environment's tools and collections, not those of .venv that `make` puts first.
   run=(env PATH="$venv/bin:$PATH" ANSIBLE_COLLECTIONS_PATH="$venv/collections" PYTHONDONTWRITEBYTECODE=1)
 
-  echo "== ansible-core $core (Python $python_version): ansible-test sanity"
   start=$(date +%s)
-  sanity=passed
-  "${run[@]}" VENV="$venv" SANITY_PYTHON="${PYTHON_FOR[$release]}" bash tests/sanity.sh || sanity=FAILED
+  if [[ "$SANITY_RELEASES" == *" $release "* ]]; then
+    echo "== ansible-core $core (Python $python_version): ansible-test sanity"
+    sanity=passed
+    "${run[@]}" VENV="$venv" SANITY_PYTHON="${PYTHON_FOR[$release]}" bash tests/sanity.sh || sanity=FAILED
+  else
+    sanity="not run (sanity runs on 2.19 and${SANITY_RELEASES% })"
+  fi
   sanity_s=$(($(date +%s) - start))
 
   echo "== ansible-core $core (Python $python_version): unit tests"
@@ -91,7 +101,7 @@ run_release() {
   unit_s=$(($(date +%s) - start))
 
   echo "versions: ansible-core $core (Python $python_version): sanity $sanity in $sanity_s s, unit $unit in $unit_s s"
-  [ "$sanity" = passed ] && [ "$unit" = passed ]
+  [ "$sanity" != FAILED ] && [ "$unit" = passed ]
 }
 
 # The environments are made one after the other (pip), then the releases run side by side, each

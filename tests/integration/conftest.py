@@ -17,19 +17,20 @@ from labkit import REPO, run_playbook, virtlab
 from tally import TALLY, pytest_runtest_protocol, pytest_terminal_summary, session_phase  # noqa: F401 pylint: disable=unused-import
 
 # Modules whose tests run Ansible inside lab guests (the Python guests, under TCG): while they run, the
-# lab keeps both cores busy. They run last, so that what `make test` runs beside the lab stages (the
-# checks that need no lab, at the lowest CPU priority) has the idle time of the other modules first.
+# guest keeps one core busy and the lab leaves the other nearly idle. They run first, while `make test`
+# runs its checks that need no lab beside the lab stages (at the lowest CPU priority): the checks then
+# fill the other core, instead of the guests running alone on one core at the end.
 PYTHON_GUEST_MARK = "python_guests"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "%s: the module runs Ansible in lab guests; it runs after the others" % PYTHON_GUEST_MARK)
+    config.addinivalue_line("markers", "%s: the module runs Ansible in lab guests; it runs before the others" % PYTHON_GUEST_MARK)
     TALLY.install_shims()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Move the tests marked python_guests after the others, each group in its own order."""
-    items.sort(key=lambda item: item.get_closest_marker(PYTHON_GUEST_MARK) is not None)
+    """Move the tests marked python_guests before the others, each group in its own order."""
+    items.sort(key=lambda item: item.get_closest_marker(PYTHON_GUEST_MARK) is None)
 
 
 # The session's VMs: tiny (firmware only, under KVM where the host offers it): the tests that use them

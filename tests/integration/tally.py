@@ -11,6 +11,8 @@ and writes the same figures to ``tests/output/lab-tally.json``:
   count every guest the lab, the tests and the collection's modules started.
 - ``ansible``: ``ansible`` and ``ansible-playbook`` processes, counted by shims put first on ``PATH``
   for the session; ``async_status`` polls are ``ansible`` processes too.
+
+The JSON file also has every test's own seconds (``tests``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Tally:
         self.log.touch()
         self.log_read = 0
         self.session_seconds = 0.0
+        self.tests: dict[str, float] = {}
 
     def row(self, name: str) -> dict[str, float]:
         return self.rows.setdefault(name, {"tests": 0, "seconds": 0.0, "tcg": 0, "kvm": 0, "python": 0, "incoming": 0, "ansible": 0})
@@ -116,7 +119,7 @@ class Tally:
             % ("(total)", total["tests"], total["seconds"], total["tcg"], total["kvm"], total["python"], total["incoming"], total["ansible"])
         )
         OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-        OUTPUT.write_text(json.dumps({"modules": self.rows, "total": total}, indent=2, sort_keys=True) + "\n")
+        OUTPUT.write_text(json.dumps({"modules": self.rows, "total": total, "tests": self.tests}, indent=2, sort_keys=True) + "\n")
         return lines
 
 
@@ -136,7 +139,9 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     row = TALLY.row(module_of(item.nodeid))
     row["tests"] += 1
     # The session lab's start (timed by session_phase) is its own row, not the first module's.
-    row["seconds"] += time.monotonic() - started - (TALLY.session_seconds - session_before)
+    seconds = time.monotonic() - started - (TALLY.session_seconds - session_before)
+    row["seconds"] += seconds
+    TALLY.tests[item.nodeid] = round(seconds, 1)
     TALLY.count_guests(module_of(item.nodeid))
     TALLY.count_ansible()
 
