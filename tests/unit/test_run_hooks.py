@@ -12,7 +12,9 @@ it is installed, under Python 3.6 (the oldest Python the runner supports: RHEL 8
 
 from __future__ import annotations
 
+import fcntl
 import glob
+import importlib.util
 import json
 import os
 import pwd
@@ -23,6 +25,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import typing as t
 from pathlib import Path
@@ -354,6 +357,63 @@ def test_stopping_the_runner_stops_the_running_hook_and_runs_no_more(tree: Tree)
     assert not _alive(int((tree.out / "hook").read_text(encoding="utf-8")))
     assert tree.ran() == []
     assert "stopped by signal 15; 1 hook(s) not run" in stderr
+
+
+def _runner_in_process() -> t.Any:
+    """The runner loaded as a module of this process, its signal state fresh."""
+    spec = importlib.util.spec_from_file_location("virtops_run_hooks_under_test", RUNNER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def runner_tree() -> t.Iterator[Tree]:
+    made = Tree(sys.executable)
+    yield made
+    made.cleanup()
+
+
+def test_a_signal_that_came_before_the_hook_wait_was_armed_stops_the_hook_at_once(runner_tree: Tree) -> None:
+    # On a busy machine the signal can arrive after the hook started and before the runner waits for it:
+    # the hook is stopped then, not left to its timeout.
+    runner = _runner_in_process()
+    runner_tree.settings["timeout"] = "250"
+    path = runner_tree.hook("10-hangs", "sleep 300")
+    runner.Stop.signum = signal.SIGTERM
+    start = time.monotonic()
+    entry = runner.run_hook(
+        runner.Hook(path.name.encode(), bytes(path)), "before_migration", runner.HookUser("nobody"), runner.Settings(runner_tree.settings)
+    )
+    assert time.monotonic() - start < 60
+    assert entry["signal"] in (signal.SIGTERM, signal.SIGKILL) and not entry["timed_out"], entry
+    assert runner.Stop.armed is False
+
+
+def test_a_signal_that_came_before_the_lock_wait_was_armed_ends_the_wait_at_once(runner_tree: Tree) -> None:
+    runner = _runner_in_process()
+    runner_tree.event_dir()
+    holder = os.open(runner_tree.base, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    outcome: t.List[BaseException] = []
+
+    def prepare() -> None:
+        try:
+            runner._prepare(runner.Settings(runner_tree.settings), "before_migration")  # pylint: disable=protected-access
+        except BaseException as exc:  # pylint: disable=broad-exception-caught
+            outcome.append(exc)
+
+    runner.Stop.signum = signal.SIGTERM
+    waiter = threading.Thread(target=prepare, daemon=True)
+    waiter.start()
+    waiter.join(timeout=30)
+    still_waiting = waiter.is_alive()
+    os.close(holder)  # releases the lock: a waiter left behind ends
+    waiter.join(timeout=30)
+    assert not still_waiting, "the runner kept waiting for the lock after the signal"
+    assert isinstance(outcome[0], runner.Refused) and "stopped by signal 15 while waiting" in str(outcome[0])
+    assert runner.Stop.armed is False
 
 
 def test_runs_of_one_base_directory_do_not_overlap(tree: Tree) -> None:

@@ -84,10 +84,19 @@ class Stop:
 
     The first one is remembered: no further hook starts. It interrupts only a wait that is armed
     (a hook running, the wait for another runner's lock); the running hook's group is then stopped.
+    A signal that came before the wait was armed interrupts it as soon as it is armed.
     """
 
     signum = None  # type: t.Optional[int]
     armed = False
+
+    @classmethod
+    def arm(cls) -> None:
+        """Let a termination signal interrupt the wait that follows (raises :class:`Interrupted`)."""
+        cls.armed = True
+        if cls.signum is not None:
+            cls.armed = False
+            raise Interrupted()
 
     @classmethod
     def handler(cls, signum: int, _frame: t.Any) -> None:
@@ -488,8 +497,8 @@ def run_hook(hook: Hook, event: str, user: HookUser, settings: Settings) -> t.Di
     fd = pipe.fileno()  # type: ignore[union-attr]
     timed_out = interrupted = False
     try:
-        Stop.armed = True
         try:
+            Stop.arm()
             timed_out = _read_output(proc, fd, tail, start + settings.timeout)
         except Interrupted:
             interrupted = True
@@ -598,8 +607,8 @@ def _prepare(settings: Settings, event: str) -> t.Tuple[t.List[Hook], t.List[str
         raise Refused("the base directory %s is not a directory" % show(base_dir))
     lock_fd = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        Stop.armed = True
         try:
+            Stop.arm()
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
         except Interrupted:
             raise Refused("stopped by signal %d while waiting for another run to end" % Stop.signum) from None
