@@ -5,6 +5,7 @@ If the lab cannot start, the tests fail: they never skip.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import typing as t
@@ -35,6 +36,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # The session's VMs: tiny (firmware only, under KVM where the host offers it): the tests that use them
 # need domains to place, move and report, never a guest kernel.
+LAB_LOCK = "/var/tmp/virtops-lab.lock"
 LAB_VMS = ("web1:192:high", "db1:256:medium", "batch1:160:low", "web2:192:high@2", "cache1:160@3")
 
 
@@ -45,6 +47,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Path]:
     With ``VIRTLAB_KEEP_UP=1`` (``make test``) the lab stays up at the end, with the session's VMs
     removed, for the molecule stage that follows; that stage tears it down.
     """
+    # One lab per machine (fixed addresses and namespaces): a second test session waits for the first.
+    lock = open(LAB_LOCK, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    fcntl.flock(lock, fcntl.LOCK_EX)
     inventory = tmp_path_factory.mktemp("lab") / "inventory.yml"
     args = ["up", "--hosts", "3", "--inventory", str(inventory)]
     for spec in LAB_VMS:
@@ -64,6 +69,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Path]:
             virtlab("remove-vm", *(spec.split(":", maxsplit=1)[0] for spec in LAB_VMS), check=False)
         else:
             virtlab("down", check=False)
+        lock.close()
 
 
 class VmFactory:
