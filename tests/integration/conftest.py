@@ -5,7 +5,6 @@ If the lab cannot start, the tests fail: they never skip.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 import typing as t
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import REPO, run_playbook, virtlab
+from labkit import REPO, lab_lock_held, run_playbook, virtlab
 # The tally's hooks are this conftest's hooks (pytest finds them by name here).
 from tally import TALLY, pytest_runtest_protocol, pytest_terminal_summary, session_phase  # noqa: F401 pylint: disable=unused-import
 
@@ -36,7 +35,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # The session's VMs: tiny (firmware only, under KVM where the host offers it): the tests that use them
 # need domains to place, move and report, never a guest kernel.
-LAB_LOCK = "/var/tmp/virtops-lab.lock"
 LAB_VMS = ("web1:192:high", "db1:256:medium", "batch1:160:low", "web2:192:high@2", "cache1:160@3")
 
 
@@ -48,28 +46,26 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Path]:
     removed, for the molecule stage that follows; that stage tears it down.
     """
     # One lab per machine (fixed addresses and namespaces): a second test session waits for the first.
-    lock = open(LAB_LOCK, "a", encoding="utf-8")  # pylint: disable=consider-using-with
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    inventory = tmp_path_factory.mktemp("lab") / "inventory.yml"
-    args = ["up", "--hosts", "3", "--inventory", str(inventory)]
-    for spec in LAB_VMS:
-        args += ["--tiny-vm", spec]
-    with session_phase():
-        virtlab(*args, timeout=900)
-    keep_up = os.environ.get("VIRTLAB_KEEP_UP") == "1"
-    try:
-        # Every host enforces maintenance: the collection's libvirt hook, installed by its own playbook
-        # (libvirtd restarted once per host through the inventory's restart command).
-        with session_phase():
-            setup = run_playbook(inventory, REPO / "playbooks" / "setup_hosts.yml", {"cluster": "lab"})
-        assert setup.returncode == 0, "playbooks/setup_hosts.yml failed:\n%s%s" % (setup.stdout, setup.stderr)
-        yield inventory
-    finally:
-        if keep_up:
-            virtlab("remove-vm", *(spec.split(":", maxsplit=1)[0] for spec in LAB_VMS), check=False)
-        else:
-            virtlab("down", check=False)
-        lock.close()
+    with lab_lock_held():
+        inventory = tmp_path_factory.mktemp("lab") / "inventory.yml"
+        args = ["up", "--hosts", "3", "--inventory", str(inventory)]
+        for spec in LAB_VMS:
+            args += ["--tiny-vm", spec]
+        keep_up = os.environ.get("VIRTLAB_KEEP_UP") == "1"
+        try:
+            with session_phase():
+                virtlab(*args, timeout=900)
+            # Every host enforces maintenance: the collection's libvirt hook, installed by its own playbook
+            # (libvirtd restarted once per host through the inventory's restart command).
+            with session_phase():
+                setup = run_playbook(inventory, REPO / "playbooks" / "setup_hosts.yml", {"cluster": "lab"})
+            assert setup.returncode == 0, "playbooks/setup_hosts.yml failed:\n%s%s" % (setup.stdout, setup.stderr)
+            yield inventory
+        finally:
+            if keep_up:
+                virtlab("remove-vm", *(spec.split(":", maxsplit=1)[0] for spec in LAB_VMS), check=False)
+            else:
+                virtlab("down", check=False)
 
 
 class VmFactory:

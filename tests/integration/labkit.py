@@ -6,11 +6,14 @@ Modules run exactly as users run them: `ansible` / `ansible-playbook` against th
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import secrets
 import subprocess
+import sys
 import tempfile
 import time
 import typing as t
@@ -18,6 +21,31 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 VIRTLAB = REPO / "tests" / "lab" / "virtlab"
+
+
+# The machine's one lab: a session holds this lock from before its `virtlab up` until after its `virtlab down`.
+LAB_LOCK = Path(os.environ.get("VIRTLAB_STATE", "/var/tmp/virtops-lab") + ".lock")
+
+
+@contextlib.contextmanager
+def lab_lock_held() -> t.Iterator[None]:
+    """Hold the machine's lab lock (waiting for another session's lab to go first) for a whole session.
+
+    The virtlab commands the session runs, itself or through Ansible (the inventory's restart
+    command), know their session by ``VIRTLAB_SESSION_PID`` and serialise among themselves instead of
+    waiting for the lock their own session holds.
+    """
+    with open(LAB_LOCK, "a", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("waiting for the lab lock (%s): another session's lab is up" % LAB_LOCK, file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        os.environ["VIRTLAB_SESSION_PID"] = str(os.getpid())
+        try:
+            yield
+        finally:
+            del os.environ["VIRTLAB_SESSION_PID"]
 
 
 def virtlab(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:

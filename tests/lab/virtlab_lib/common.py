@@ -40,6 +40,10 @@ STATE_MARKER = STATE_DIR / ".virtlab-state-dir"
 # others (the `pkipath` of the TLS URIs); each host has its own server certificate under HOST/pki.
 PKI_DIR = STATE_DIR / "pki"
 LOCK_FILE = STATE_DIR.parent / (STATE_DIR.name + ".lock")
+# A test session holding LOCK_FILE for its whole run names its PID here; the virtlab commands it runs
+# serialise among themselves on SESSION_LOCK_FILE (see lab_lock()).
+SESSION_PID_ENV = "VIRTLAB_SESSION_PID"
+SESSION_LOCK_FILE = STATE_DIR.parent / (STATE_DIR.name + ".session-commands.lock")
 FAILED_LOGS = STATE_DIR.parent / (STATE_DIR.name + ".failed")
 GUEST_DIR = CACHE_DIR / "guest"
 # libvirtd probes QEMU's capabilities once per fresh cache (seconds under load); hosts share the result.
@@ -284,15 +288,55 @@ def signals_held() -> t.Iterator[None]:
 
 @contextlib.contextmanager
 def lab_lock() -> t.Iterator[None]:
-    """Serialise the commands that change the lab (up, down, host and VM changes)."""
+    """Serialise the commands that change the lab (up, down, host and VM changes).
+
+    A test session (the integration fixtures, the soak) holds the lab lock from before its `up` until
+    after its `down`, and names itself in SESSION_PID_ENV: the commands it runs, directly or through
+    Ansible, then serialise among themselves on SESSION_LOCK_FILE instead of waiting for their own
+    session to end.
+    """
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
     with open(LOCK_FILE, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if session_holds_lab_lock():
+                with open(SESSION_LOCK_FILE, "a+") as commands:
+                    fcntl.flock(commands, fcntl.LOCK_EX)
+                    yield
+                return
             say("waiting for another virtlab command to finish")
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+def session_holds_lab_lock() -> bool:
+    """Whether the process named in SESSION_PID_ENV is an ancestor of this one and holds the lab lock."""
+    holder = os.environ.get(SESSION_PID_ENV, "")
+    if not holder.isdigit() or int(holder) not in ancestors():
+        return False
+    inode = os.stat(LOCK_FILE).st_ino
+    with open("/proc/locks") as handle:
+        for line in handle:
+            # "3: FLOCK  ADVISORY  WRITE 4242 00:2b:1234 0 EOF" (a waiter's line has "->" after the number)
+            fields = line.split()
+            if fields[1:5] == ["FLOCK", "ADVISORY", "WRITE", holder] and fields[5].rsplit(":", 1)[-1] == str(inode):
+                return True
+    return False
+
+
+def ancestors() -> set[int]:
+    """The PIDs of this process's parent, its parent, and so on up to init."""
+    found: set[int] = set()
+    pid = os.getppid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            with open("/proc/%d/stat" % pid) as handle:
+                pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------
