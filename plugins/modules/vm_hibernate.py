@@ -19,15 +19,18 @@ description:
   - With O(state=running), restores a hibernated VM from its image, so that the guest continues where
     it was (libvirt deletes the image), then runs its C(after_hibernation) hooks once its agent answers.
     An image saved from a paused VM restores paused; the VM is then resumed.
-  - O(state=running) also starts a VM that is shut off without an image (a plain boot; RV(restored) is
-    V(false) and no hooks run), and resumes a paused VM.
+  - O(state=running) also resumes a paused VM, and leaves a running VM as it is. It never boots a VM that
+    is shut off without a managed save image on this host: such a VM was not hibernated here (it was
+    shut down, hibernated on another host, or is a stopped copy), and starting it could run a second
+    copy of a guest that runs elsewhere. The task is refused and nothing changes; start such a VM
+    deliberately (for example C(virsh start)).
   - Done means done in libvirt's view. After a save the VM must be shut off with a saved image; after a
-    restore, start or resume it must be running without one. Otherwise the task fails with what libvirt
+    restore or resume it must be running without one. Otherwise the task fails with what libvirt
     shows.
   - Refused before anything changes, with the VM left as it was. A transient VM (libvirt keeps a
     managed save image only for a persistent VM). A shut-off VM without an image, for O(state=hibernated)
-    ("start it first"). A VM that is neither running, paused nor shut off (pmsuspended, crashed, shutting
-    down). A VM with an SR-IOV failover primary plugged in. libvirt pauses the vCPUs before it saves, so
+    ("start it first"), or for O(state=running) (it has no hibernation image here). A VM that is
+    neither running, paused nor shut off (pmsuspended, crashed, shutting down). A VM with an SR-IOV failover primary plugged in. libvirt pauses the vCPUs before it saves, so
     the guest cannot release the device and the save would hang. Detach the primary first (for example
     C(virsh detach-device --live)); the restored VM then runs on its virtio standby until a cold boot.
   - When libvirt refuses or fails the save, the task fails with libvirt's reason and says in what state
@@ -60,8 +63,8 @@ options:
   state:
     description:
       - V(hibernated) saves the VM's memory to disk on its host and stops it.
-      - V(running) restores a hibernated VM, starts a VM that is shut off without a saved image, or
-        resumes a paused one.
+      - V(running) restores a hibernated VM (shut off with a saved image on this host), or resumes a
+        paused one. A VM shut off without a saved image is refused, not booted.
     type: str
     choices: [hibernated, running]
     default: hibernated
@@ -155,7 +158,7 @@ uuid:
 operation:
   description:
     - What the run did, or in check mode would do. V(save) (hooks, then managed save), V(restore) (start from
-      the saved image, then hooks), V(start) (a plain boot), V(resume), or V(none).
+      the saved image, then hooks), V(resume), or V(none).
   returned: success
   type: str
   sample: save
@@ -186,7 +189,7 @@ events:
       C(status), C(signal), C(timed_out), C(duration_s) and C(output)), C(failed) (how many failed),
       C(failed_hooks) (their names), C(refused) (null, or why the runner refused), and the end of its
       standard error (C(stderr)).
-    - V(saved), V(restored), V(started), V(resumed) have C(duration_s). V(save_failed) has C(reason).
+    - V(saved), V(restored), V(resumed) have C(duration_s). V(save_failed) has C(reason).
       V(verified) has the C(state) and C(has_saved_image) libvirt showed afterwards.
     - Also returned on failure.
   returned: success, and on failure once a step ran

@@ -232,7 +232,7 @@ def test_vm_without_an_agent_channel_is_hibernated_with_a_warning(lab: Path) -> 
 
 
 def test_transient_and_shut_off_vms_are_refused_and_left_as_they_were(lab: Path, new_vm: t.Callable[..., str], tmp_path: Path) -> None:
-    # A tiny VM: refusals of a domain and a plain start, nothing in the guest is looked at.
+    # A tiny VM: refusals of a domain, nothing in the guest is looked at.
     vm = new_vm()
     h1 = uri(lab, HOST)
     definition = tmp_path / ("%s.xml" % vm)
@@ -252,24 +252,36 @@ def test_transient_and_shut_off_vms_are_refused_and_left_as_they_were(lab: Path,
     assert dominfo(h1, vm)["Persistent"] == "yes"
 
     virsh(h1, "destroy", vm)
-    refused, state, info, started = run_tasks(
+    refused, state, info = run_tasks(
         lab,
         HOST,
-        [
-            module_task(HIBERNATE, {"name": vm}),
-            virsh_task("domstate", "--reason", vm),
-            virsh_task("dominfo", vm),
-            # state: running boots it (a plain start, not a restore).
-            hibernate_task({"name": vm, "state": "running"}),
-        ],
+        [module_task(HIBERNATE, {"name": vm}), virsh_task("domstate", "--reason", vm), virsh_task("dominfo", vm)],
     )
     assert refused.get("failed") is True
     assert refused["msg"] == "VM '%s' is shut off and has no saved image; start it first." % vm
     assert output(state).startswith("shut off") and not has_saved_image(info)
-    succeeded(started)
-    assert (started["operation"], started["restored"], started["state"]) == ("start", False, "running")
-    assert domstate(h1, vm) == "running (booted)"
-    assert_no_vm_lost()
+    assert_no_vm_lost(vm)
+
+
+def test_running_refuses_to_boot_a_shut_off_vm_without_an_image(lab: Path, new_vm: t.Callable[..., str]) -> None:
+    """state=running restores only what was hibernated on that host: a VM shut off without a managed save
+    image there (shut down, or a stopped copy of a guest that runs elsewhere) is refused and stays shut off,
+    in check mode and for real. A tiny VM: only its libvirt state matters."""
+    vm = new_vm()
+    h1 = uri(lab, HOST)
+    virsh(h1, "destroy", vm)
+    assert domstate(h1, vm) == "shut off (destroyed)" and not managed_save(h1, vm)
+    tasks = []
+    for check_mode in (True, False):
+        tasks += [module_task(HIBERNATE, {"name": vm, "state": "running"}, check_mode=check_mode), virsh_task("domstate", "--reason", vm)]
+    results = iter(run_tasks(lab, HOST, tasks))
+    for refused, state in zip(results, results):
+        assert refused.get("failed") is True and refused.get("changed") is not True, refused
+        assert refused["msg"].startswith("VM '%s' is shut off and has no hibernation image on host " % vm), refused["msg"]
+        assert "virsh start %s" % vm in refused["msg"]
+        assert output(state) == "shut off (destroyed)", "the refused VM was not booted"
+    assert domstate(h1, vm) == "shut off (destroyed)" and not managed_save(h1, vm)
+    assert_no_vm_lost(vm)
 
 
 def test_failover_primary_is_refused_until_it_is_detached(lab: Path, tmp_path: Path) -> None:

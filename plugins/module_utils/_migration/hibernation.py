@@ -38,7 +38,6 @@ HOOK_FAILURE_POLICIES = (WARN, ABORT)
 NONE = "none"  # already as asked
 SAVE = "save"  # before_hibernation hooks, then managed save
 RESTORE = "restore"  # start from the saved image, then after_hibernation hooks
-START = "start"  # a plain start: shut off without a saved image
 RESUME = "resume"  # a paused VM
 
 # Seconds the guest's hook runner may take for one event (as for migrations); its own per-hook timeouts should be shorter.
@@ -89,10 +88,15 @@ def hibernate_request(params: t.Mapping[str, t.Any]) -> HibernateRequest:
     )
 
 
-def decide(wanted: str, state: str, has_image: bool, persistent: bool, primaries: t.Sequence[str], vm: str = "the VM") -> str:
+def decide(
+    wanted: str, state: str, has_image: bool, persistent: bool, primaries: t.Sequence[str], vm: str = "the VM", host: str = "this host"
+) -> str:
     """What to do to bring a VM in libvirt state ``state`` to ``wanted``; :class:`HibernationRefused` when it cannot be.
 
     ``primaries`` are the SR-IOV failover primaries plugged into the VM (``failover.failover_primaries``).
+    ``running`` brings back only what hibernation stopped: a shut-off VM without a managed save image
+    on this host was stopped by something else (or hibernated on another host, or shut down for a
+    maintenance), and booting it is refused.
     """
     if wanted == HIBERNATED:
         if state == _SHUT_OFF:
@@ -117,8 +121,13 @@ def decide(wanted: str, state: str, has_image: bool, persistent: bool, primaries
         return NONE
     if state == _PAUSED:
         return RESUME
+    if state == _SHUT_OFF and has_image:
+        return RESTORE
     if state == _SHUT_OFF:
-        return RESTORE if has_image else START
+        raise HibernationRefused(
+            "VM '%s' is shut off and has no hibernation image on host %s: state=running only restores a VM hibernated "
+            "there, and nothing was changed. To boot it deliberately, start it (virsh start %s)." % (vm, host, vm)
+        )
     raise HibernationRefused("VM '%s' is %s: it cannot be started or resumed from that state." % (vm, state))
 
 
@@ -226,15 +235,16 @@ class Hibernation:
         with libvirt_connection(req.uri, req.username, req.password) as conn:
             dom = domxml.lookup_domain(conn, req.vm)
             self.name = self._call("read the VM's name", dom.name)
+            host = "%s (%s)" % (self._call("read the host name", conn.getHostname), req.uri)
             uuid = self._call("read the VM's UUID", dom.UUIDString)
             before = self._observe(dom)
             primaries: t.List[str] = []
             if req.state == HIBERNATED and before["state"] in (_RUNNING, _PAUSED):
                 primaries = plugged_primaries(self._call("read the domain XML", dom.XMLDesc, 0))
-            action = decide(req.state, before["state"], before["has_saved_image"], before["persistent"], primaries, self.name)
+            action = decide(req.state, before["state"], before["has_saved_image"], before["persistent"], primaries, self.name, host)
             after = before
             if action != NONE and not check_mode:
-                steps = {SAVE: self._save, RESTORE: self._restore, START: self._start, RESUME: self._resume}
+                steps = {SAVE: self._save, RESTORE: self._restore, RESUME: self._resume}
                 steps[action](dom, before)
                 after = self._observe(dom)
                 self._verify(dom, after)
@@ -299,12 +309,6 @@ class Hibernation:
         if self.request.guest_hooks:
             self._judge(self._hooks(dom, "after_hibernation"), dom, can_abort=False)
 
-    def _start(self, dom: t.Any, before: t.Mapping[str, t.Any]) -> None:
-        try:
-            self._timed("started", "start the VM", dom.create)
-        except MigrationError as exc:
-            raise self._fail("Not started: %s" % exc.msg, dom, type(exc), **_libvirt_details(exc)) from exc
-
     def _resume(self, dom: t.Any, before: t.Mapping[str, t.Any]) -> None:
         try:
             self._timed("resumed", "resume the VM", dom.resume)
@@ -320,6 +324,6 @@ def _predicted(action: str, before: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]
     """The state and image an action leads to (for check mode's diff)."""
     if action == SAVE:
         return {"state": _SHUT_OFF, "has_saved_image": True}
-    if action in (RESTORE, START, RESUME):
+    if action in (RESTORE, RESUME):
         return {"state": _RUNNING, "has_saved_image": False}
     return {"state": before["state"], "has_saved_image": before["has_saved_image"]}

@@ -194,7 +194,6 @@ def runner_summary(event: str, failed: t.Sequence[str] = ()) -> bytes:
         ("running", "running", False, "none"),
         ("running", "paused", False, "resume"),
         ("running", "shut off", True, "restore"),
-        ("running", "shut off", False, "start"),
     ],
 )
 def test_decide(wanted: str, state: str, image: bool, expected: str) -> None:
@@ -209,13 +208,16 @@ def test_decide(wanted: str, state: str, image: bool, expected: str) -> None:
         ("hibernated", "running", False, True, ["ua-net1-vf"], "SR-IOV failover primary device(s) ua-net1-vf"),
         ("hibernated", "pmsuspended", False, True, [], "is pmsuspended: only a running or paused VM"),
         ("hibernated", "crashed", False, True, [], "is crashed"),
+        # Not hibernated here (shut down, hibernated elsewhere, a stopped copy): never booted.
+        ("running", "shut off", False, True, [], "VM 'vm1' is shut off and has no hibernation image on host hv1 (qemu:///system)"),
+        ("running", "shut off", False, False, [], "nothing was changed. To boot it deliberately, start it (virsh start vm1)."),
         ("running", "pmsuspended", False, True, [], "is pmsuspended: it cannot be started or resumed"),
         ("running", "in shutdown", False, True, [], "is in shutdown"),
     ],
 )
 def test_decide_refuses(wanted: str, state: str, image: bool, persistent: bool, primaries: t.List[str], message: str) -> None:
     with pytest.raises(HibernationRefused, match=re.escape(message)):
-        decide(wanted, state, image, persistent, primaries, "vm1")
+        decide(wanted, state, image, persistent, primaries, "vm1", "hv1 (qemu:///system)")
 
 
 @pytest.mark.parametrize(
@@ -409,11 +411,14 @@ def test_after_hook_failure_is_only_a_warning(host: t.Callable[..., HibernateDom
     assert "50-reregister" in warning_texts(result)[0] and "restored and keeps running" in warning_texts(result)[0]
 
 
-def test_shut_off_vm_without_image_is_started_not_restored(host: t.Callable[..., HibernateDomain], capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_shut_off_vm_without_image_is_refused_not_booted(host: t.Callable[..., HibernateDomain], capsys: pytest.CaptureFixture[str], check_mode: bool) -> None:
     dom = host(state=SHUT_OFF)
-    result = run_module({"name": "probe-vm", "state": "running"}, capsys)
-    assert result["changed"] is True and result["operation"] == "start" and result["restored"] is False
-    assert dom.calls == [("create",)], "a plain boot runs no hibernation hooks"
+    result = run_module({"name": "probe-vm", "state": "running", "_ansible_check_mode": check_mode}, capsys)
+    assert result["failed"] is True and result.get("changed") is not True, result
+    assert result["msg"].startswith("VM 'probe-vm' is shut off and has no hibernation image on host ")
+    assert "virsh start probe-vm" in result["msg"]
+    assert dom.calls == [] and dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF, "nothing was started"
 
 
 def test_paused_vm_is_resumed(host: t.Callable[..., HibernateDomain], capsys: pytest.CaptureFixture[str]) -> None:
