@@ -9,7 +9,7 @@ export ANSIBLE_FORCE_COLOR := 0
 export PYTHONDONTWRITEBYTECODE := 1
 PYTEST := $(VENV)/bin/python -m pytest -p no:cacheprovider
 
-.PHONY: setup demo test checks unit sanity versions lint build integration molecule lab-down clean
+.PHONY: setup demo test checks unit sanity versions lint build integration molecule soak lab-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -107,6 +107,16 @@ molecule:
 	done; \
 	if [ "$$was_up" = no ]; then tests/lab/virtlab down > /dev/null || status=1; fi; \
 	exit $$status
+
+## soak: seeded random operations and faults on a lab of its own, judged through libvirt after every step
+## (not part of make test). SECONDS of steps (the lab's start and end come on top), SEED to replay a run,
+## STEPS to stop after that many steps. Figures in tests/output/soak.json; exit code 1 on any violation.
+SECONDS ?= 300
+SEED ?=
+STEPS ?=
+soak:
+	@echo "== soak on the lab"
+	$(VENV)/bin/python tests/soak/soak.py --seconds $(SECONDS) $(if $(SEED),--seed $(SEED)) $(if $(STEPS),--steps $(STEPS))
 
 lab-down:
 	tests/lab/virtlab down
