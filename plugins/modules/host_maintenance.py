@@ -41,11 +41,16 @@ description:
     VM fails to move, the others still move, and the module fails with every VM's outcome. The host
     then goes back to how it was before the run. A host that was already in maintenance and still
     runs no VM keeps its mark. Any other host goes back to active (the mark is removed), and the VMs
-    this run shut down are started again (RV(restarted)). A rerun resumes. VMs already moved are no longer
+    this run shut down are started again (RV(restarted)). A VM that cannot start again
+    (RV(not_restarted)), or that was asked to shut down and still runs (RV(still_shutting_down), for
+    example after O(shutdown_timeout)), stays listed in the mark, whose state is then V(activating),
+    and the message names it; O(state=active) starts it. A rerun resumes. VMs already moved are no longer
     on the host, and a migration left running by a run that died is adopted.
   - A VM whose UUID is also defined on a candidate (a stale copy), a pmsuspended or crashed VM, a VM
     whose own migration settings cannot be read, and a transient VM that may not move (shutting it
     down would destroy it) block the maintenance before anything moves.
+  - Each VM the evacuation shuts down is written to the mark before its shutdown is asked for, so that
+    even when the module is killed the mark lists it and O(state=active) starts it again.
   - The mark is a small file in O(state_dir) on the host (state, since when, why, by whom). M(virtops.migration.host_info)
     reports it. Each migration is also logged as one JSON line in O(log_dir)C(/events.jsonl) on the
     host. The module must run on the host it evacuates, because the mark and the hook are local files.
@@ -106,7 +111,8 @@ options:
     version_added: 0.1.0
   shutdown_timeout:
     description:
-      - Seconds to wait for the VMs being shut down; the host stays active if one is still running.
+      - Seconds to wait for the VMs being shut down. When one still runs then, the evacuation fails
+        naming it, and it stays listed in the mark for O(state=active) (see RV(still_shutting_down)).
     type: int
     default: 120
     version_added: 0.1.0
@@ -278,10 +284,22 @@ restarted:
   elements: str
   sample: [licence1]
 not_restarted:
-  description: After a failed evacuation, VMs this run had shut down that could not be started again, with libvirt's reason.
+  description:
+    - After a failed evacuation, VMs this run had shut down that could not be started again, with libvirt's reason.
+    - They stay listed in the mark, whose state is V(activating), for O(state=active).
   returned: when an evacuation failed after shutting VMs down
   type: dict
   sample: {licence1: "Cannot start ..."}
+still_shutting_down:
+  description:
+    - After a failed evacuation, VMs this run asked to shut down that still run (the guest ignored the
+      request or has not finished it, for example after O(shutdown_timeout)).
+    - They stay listed in the mark, whose state is V(activating), so that O(state=active) starts them if
+      they stop meanwhile.
+  returned: when an evacuation failed while a VM asked to shut down still ran
+  type: list
+  elements: str
+  sample: [licence1]
 not_started:
   description: VMs O(state=active) could not start; they stay listed in the mark, whose state is V(activating).
   returned: when O(state=active) failed to start VMs

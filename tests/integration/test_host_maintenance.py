@@ -11,6 +11,7 @@ memory is almost all zero pages, which a bandwidth cap hardly slows).
 from __future__ import annotations
 
 import json
+import time
 import typing as t
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from labkit import (
     run_module,
     run_tasks,
     uri,
+    virsh,
     virsh_migrate,
     virtlab,
     vm_homes,
@@ -298,3 +300,62 @@ def test_maintenance_and_activate_playbooks(lab: Path, new_vm: VmFactory) -> Non
     twice = run_playbook(lab, playbooks / "activate.yml", {"target": "lab-h3"})
     assert twice.returncode == 0 and "changed=0" in twice.stdout.split("PLAY RECAP")[-1], twice.stdout
     assert_no_vm_lost()
+
+
+def vm_ignoring_shutdown(lab: Path, new_vm: VmFactory) -> str:
+    """A tiny VM on lab-h3 that the evacuation shuts down (migration_mode none, non_migratable=shutdown).
+
+    Firmware only, it ignores the ACPI shutdown request: the guest that does not stop in time.
+    """
+    vm = new_vm(160, 3)
+    run_module(lab, "lab-h3", "virtops.migration.migration_policy", {"name": vm, "migration_mode": "none"})
+    return vm
+
+
+def stops_late_and_activation_starts_it(lab: Path, vm: str) -> None:
+    """The guest stops after the run (``virsh destroy`` plays it); ``state=active`` starts it again and ends the mark."""
+    h3 = uri(lab, "lab-h3")
+    virsh(h3, "destroy", vm)
+    assert vm_homes(vm) == {"lab-h3": "shut off"}
+    back = activate(lab, "lab-h3")
+    assert back["changed"] is True and back["started"] == [vm], back
+    assert vm_homes(vm) == {"lab-h3": "running"} and vm in active_vms(h3)
+    assert maintenance_mark("lab-h3") is None
+    assert_no_vm_lost()
+
+
+def test_a_vm_that_does_not_shut_down_in_time_stays_listed_and_activation_starts_it(lab: Path, new_vm: VmFactory) -> None:
+    """A shutdown timeout fails the maintenance naming the VM, and never forgets it: the VM keeps running,
+    asked to shut down, and may still stop later, so the mark lists it (the host stays activating) and
+    ``state=active`` starts it again once it has stopped."""
+    slow = vm_ignoring_shutdown(lab, new_vm)
+    args = {"candidates": candidates(lab), "non_migratable": "shutdown", "shutdown_timeout": 5}
+    failed = run_module(lab, "lab-h3", MAINTENANCE, args)
+    assert failed.get("failed") is True, failed
+    assert "VM(s) %s on lab-h3 did not shut down within 5 s" % slow in failed["msg"], failed["msg"]
+    assert "Asked to shut down and still running: %s." % slow in failed["msg"], failed["msg"]
+    assert failed["still_shutting_down"] == [slow], failed
+    assert slow in active_vms(uri(lab, "lab-h3")), "the VM that ignored the shutdown still runs"
+    mark = maintenance_mark("lab-h3")
+    assert mark is not None and (mark["state"], mark["shutdown_vms"]) == ("activating", [slow]), mark
+    assert_no_vm_lost()
+    stops_late_and_activation_starts_it(lab, slow)
+
+
+def test_a_vm_is_in_the_mark_before_its_shutdown_so_a_killed_module_does_not_forget_it(lab: Path, new_vm: VmFactory) -> None:
+    """The module is killed right after it asked a VM to shut down: the mark already lists the VM, and
+    ``state=active`` starts it again once it has stopped. The VM ignores the ACPI request, so the run is
+    still waiting for it when it is killed."""
+    slow = vm_ignoring_shutdown(lab, new_vm)
+    args = {"candidates": candidates(lab), "non_migratable": "shutdown", "shutdown_timeout": 600}
+    run_module(lab, "lab-h3", MAINTENANCE, args, background=900)
+    wait_until(
+        lambda: slow in ((maintenance_mark("lab-h3") or {}).get("shutdown_vms") or []),
+        120,
+        "the mark lists %s before its shutdown is asked for" % slow,
+    )
+    time.sleep(2)  # the shutdown request follows the mark's write at once
+    virtlab("ssh", "lab-h3", "--", "pkill", "-KILL", "-f", "'AnsiballZ_host_maintenanc[e]'")
+    mark = maintenance_mark("lab-h3")
+    assert mark is not None and mark["shutdown_vms"] == [slow], mark
+    stops_late_and_activation_starts_it(lab, slow)

@@ -422,76 +422,148 @@ def test_a_failed_run_on_a_host_in_maintenance_that_runs_no_vm_leaves_it_in_main
     assert starts(hosts.domain("lic1")) == 0
 
 
+def undo_base(*listed: str) -> t.Dict[str, t.Any]:
+    """The mark as a failed run last wrote it (``_maintenance``'s ``base``), listing ``listed``."""
+    return {"since": "2026-11-26T04:20:00.000+00:00", "reason": None, "by": None, "shutdown_vms": list(listed)}
+
+
 def test_undo_keeps_the_previous_maintenance_mark_of_a_host_that_runs_no_vm(tmp_path: Path, hosts: Hosts) -> None:
     run = host_maintenance(tmp_path)
     state_dir = run.request.state_dir
-    hosts.hv1.domains.append(domain("lic1"))
-    mk.write_mark(state_dir, dict(MAINTENANCE_MARK, state=mk.PREPARING))  # what the failed run wrote
-    undo = run._undo("hv1", MAINTENANCE_MARK, plan_shutting_down())
-    assert undo == {"maintenance": MAINTENANCE_MARK, "sentence": "hv1 stays in maintenance, as before this run."}
-    assert mk.read_mark(state_dir) == MAINTENANCE_MARK
+    hosts.hv1.domains += [domain("lic1"), domain("lic2")]
+    # lic2 started meanwhile, and this run shut it down again: the kept mark lists it too.
+    mk.write_mark(state_dir, dict(MAINTENANCE_MARK, state=mk.PREPARING, shutdown_vms=["lic1", "lic2"]))  # what the failed run wrote
+    undo = run._undo("hv1", MAINTENANCE_MARK, undo_base("lic1", "lic2"), ["lic2"])
+    kept = dict(MAINTENANCE_MARK, shutdown_vms=["lic1", "lic2"])
+    assert undo == {"maintenance": kept, "sentence": "hv1 stays in maintenance, as before this run."}
+    assert mk.read_mark(state_dir) == kept
     assert starts(hosts.domain("lic1")) == 0
 
 
 def test_undo_makes_a_host_that_was_active_active_again_and_starts_the_vms_it_shut_down(tmp_path: Path, hosts: Hosts) -> None:
     run = host_maintenance(tmp_path)
     state_dir = run.request.state_dir
-    hosts.hv1.domains += [domain("lic1"), domain("lic2", RUNNING), domain("lic3"), domain("kept1"), domain("web1", RUNNING)]
+    hosts.hv1.domains += [domain("lic1"), domain("lic2", RUNNING), domain("kept1"), domain("web1", RUNNING)]
+    mk.write_mark(state_dir, dict(undo_base("lic1", "gone1"), state=mk.PREPARING))
+    # lic2 was not asked to shut down when the run failed (not listed); gone1 was undefined meanwhile.
+    undo = run._undo("hv1", None, undo_base("lic1", "gone1"), ["lic1", "gone1"])
+    assert undo == {"maintenance": None, "restarted": ["lic1"], "not_restarted": {}, "sentence": "hv1 is active again. Started again: lic1."}
+    assert mk.read_mark(state_dir) is None
+    assert {name: starts(hosts.domain(name)) for name in ("lic1", "lic2", "kept1", "web1")} == {"lic1": 1, "lic2": 0, "kept1": 0, "web1": 0}
+    assert hosts.domain("lic1").isActive()
+
+
+def test_undo_keeps_listed_a_vm_that_cannot_start_or_still_shuts_down_and_the_host_activating(tmp_path: Path, hosts: Hosts) -> None:
+    """A VM shut down for the maintenance is never forgotten: one that fails to start again, and one asked to
+    shut down that still runs (a shutdown timeout; it may stop later), stay in an ``activating`` mark that
+    ``state=active`` works from, and the message names them."""
+    run = host_maintenance(tmp_path)
+    state_dir = run.request.state_dir
+    hosts.hv1.domains += [domain("lic1"), domain("lic2", RUNNING), domain("lic3"), domain("web1", RUNNING)]
     hosts.domain("lic3").errors["create"] = start_failure("lic3")
-    mk.write_mark(state_dir, {"state": mk.PREPARING, "since": "2026-11-26T04:20:00.000+00:00", "shutdown_vms": ["lic1", "lic3"]})
-    # lic2 was not shut down yet when the run failed; gone1 was undefined meanwhile.
-    undo = run._undo("hv1", None, plan_shutting_down("lic1", "lic2", "lic3", "gone1"))
-    why = str(hosts.domain("lic3").errors["create"])
+    mk.write_mark(state_dir, dict(undo_base("lic1", "lic2", "lic3"), state=mk.PREPARING))
+    undo = run._undo("hv1", None, undo_base("lic1", "lic2", "lic3"), ["lic1", "lic2", "lic3"])
+    why = undo["not_restarted"]["lic3"]
+    assert why.startswith("Cannot start the VM shut down for maintenance for VM 'lic3'") and str(hosts.domain("lic3").errors["create"]) in why
+    activating = dict(undo_base("lic2", "lic3"), state=mk.ACTIVATING)
     assert undo == {
-        "maintenance": None,
+        "maintenance": activating,
         "restarted": ["lic1"],
         "not_restarted": {"lic3": why},
-        "sentence": "hv1 is active again. Started again: lic1. Could not start again: lic3 (%s)." % why,
+        "still_shutting_down": ["lic2"],
+        "sentence": "hv1 stays in state activating (it takes no incoming VM). Started again: lic1. Could not start again: lic3 (%s). "
+        "Asked to shut down and still running: lic2. The mark lists them: run state=active to start them again "
+        "(it leaves a running VM as it is) and end it." % why,
     }
+    assert mk.read_mark(state_dir) == activating
+    # lic2 finishes its shutdown late, lic3 can start now: the activation starts both and ends the mark.
+    hosts.domain("lic2")._state = SHUT_OFF
+    del hosts.domain("lic3").errors["create"]
+    assert run.activate(check_mode=False) == {"changed": True, "host": "hv1", "started": ["lic2", "lic3"], "maintenance": None, "previous": activating}
     assert mk.read_mark(state_dir) is None
-    assert {name: starts(hosts.domain(name)) for name in ("lic1", "lic2", "lic3", "kept1", "web1")} == {
-        "lic1": 1,
-        "lic2": 0,
-        "lic3": 1,
-        "kept1": 0,
-        "web1": 0,
-    }
-    assert hosts.domain("lic1").isActive()
+    assert all(hosts.domain(name).isActive() for name in ("lic1", "lic2", "lic3"))
 
 
 def test_undo_without_vms_to_start_only_clears_the_mark(tmp_path: Path, hosts: Hosts) -> None:
     run = host_maintenance(tmp_path)
     mk.write_mark(run.request.state_dir, {"state": mk.PREPARING, "shutdown_vms": []})
-    assert run._undo("hv1", None, plan_shutting_down()) == {"maintenance": None, "sentence": "hv1 is active again."}
+    assert run._undo("hv1", None, undo_base(), []) == {"maintenance": None, "sentence": "hv1 is active again."}
     assert mk.read_mark(run.request.state_dir) is None
 
 
-def read_only(path: str) -> t.Callable[[str], None]:
-    def clear_mark(_state_dir: str) -> None:
+def read_only(path: str) -> t.Callable[..., None]:
+    def refuse(*_args: t.Any) -> None:
         raise StateFileError("Cannot remove %s: [Errno 30] Read-only file system: %r" % (path, path), path=path)
 
-    return clear_mark
+    return refuse
 
 
+@pytest.mark.parametrize("listed", [(), ("lic1",)], ids=["no VM listed", "a VM listed"])
 @pytest.mark.parametrize("where", ["read-only", "directory-at-the-mark"])
-def test_undo_that_cannot_remove_the_mark_says_what_is_there(tmp_path: Path, hosts: Hosts, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+def test_undo_that_cannot_change_the_mark_says_what_is_there(
+    tmp_path: Path, hosts: Hosts, monkeypatch: pytest.MonkeyPatch, where: str, listed: t.Tuple[str, ...]
+) -> None:
+    """Without VMs to start, the mark cannot be removed; with one, not even made ``activating`` (nothing is
+    started then: the hook would refuse it), and the sentence names the VM for ``state=active``."""
     run = host_maintenance(tmp_path)
     state_dir = run.request.state_dir
     path = os.path.join(state_dir, mk.MARK_FILE)
     hosts.hv1.domains.append(domain("lic1"))
-    preparing = {"state": mk.PREPARING, "since": "2026-11-26T04:20:00.000+00:00", "shutdown_vms": ["lic1"]}
+    preparing = dict(undo_base(*listed), state=mk.PREPARING)
     if where == "read-only":
         mk.write_mark(state_dir, preparing)
-        monkeypatch.setattr(mt, "clear_mark", read_only(path))
+        monkeypatch.setattr(mt, "write_mark" if listed else "clear_mark", read_only(path))
         there: t.Dict[str, t.Any] = preparing
     else:
         os.makedirs(path)
         there = {"state": "unreadable", "error": "Cannot read %s: it is not a regular file" % path}
-    undo = run._undo("hv1", None, plan_shutting_down("lic1"))
+    undo = run._undo("hv1", None, undo_base(*listed), list(listed))
     assert undo["maintenance"] == there
-    assert undo["sentence"].startswith("The mark of hv1 could not be removed (Cannot remove %s: " % path)
-    assert undo["sentence"].endswith("); fix it by hand.")
-    assert "restarted" not in undo and starts(hosts.domain("lic1")) == 0, "the hook would refuse the start: the mark is still there"
+    if listed:
+        assert undo["sentence"].startswith("The mark of hv1 stays (Cannot ")
+        assert undo["sentence"].endswith("VM(s) shut down for the maintenance: lic1; run state=active to start them again and end it.")
+    else:
+        assert undo["sentence"].startswith("The mark of hv1 could not be removed (Cannot ")
+        assert undo["sentence"].endswith("); fix it by hand.")
+    assert "restarted" not in undo and starts(hosts.domain("lic1")) == 0
+
+
+def test_a_vm_is_in_the_mark_before_its_shutdown_is_asked_for(tmp_path: Path, hosts: Hosts) -> None:
+    """A killed module cannot forget a VM it shut down: the mark already lists it when libvirt is asked.
+    (The lab kills a module mid-shutdown too; this pins the order for every VM.)"""
+    run = host_maintenance(tmp_path)
+    state_dir = run.request.state_dir
+    hosts.hv1.domains += [domain(name, RUNNING, migration_mode="none") for name in ("lic1", "lic2")]
+    seen: t.List[t.Tuple[str, str, t.List[str]]] = []
+    for dom in hosts.hv1.domains:
+
+        def shutdown(flags: int = 0, dom: FakeDomain = dom) -> int:
+            now = mk.read_mark(state_dir) or {}
+            seen.append((dom.name(), now.get("state"), now.get("shutdown_vms")))
+            dom._state = SHUT_OFF  # the guest stops at once
+            return 0
+
+        dom.shutdownFlags = shutdown  # type: ignore[method-assign]
+    run.request.non_migratable = "shutdown"
+    result = run.maintenance(check_mode=False)
+    assert seen == [("lic1", mk.PREPARING, ["lic1"]), ("lic2", mk.PREPARING, ["lic1", "lic2"])]
+    assert result["shutdown"] == ["lic1", "lic2"] and mk.read_mark(state_dir)["shutdown_vms"] == ["lic1", "lic2"]
+
+
+def test_a_shutdown_timeout_names_the_vm_and_leaves_it_listed_for_the_activation(tmp_path: Path, hosts: Hosts) -> None:
+    """The lab shows this with a tiny VM that ignores ACPI; here a guest that never stops."""
+    run = host_maintenance(tmp_path)
+    state_dir = run.request.state_dir
+    hosts.hv1.domains.append(domain("lic1", RUNNING, migration_mode="none"))
+    hosts.domain("lic1").shutdownFlags = lambda flags=0: 0  # type: ignore[method-assign]
+    run.request.non_migratable = "shutdown"
+    run.request.shutdown_timeout = 0
+    with pytest.raises(MigrationError) as caught:
+        run.maintenance(check_mode=False)
+    assert caught.value.msg.startswith("VM(s) lic1 on hv1 did not shut down within 0 s")
+    assert "Asked to shut down and still running: lic1." in caught.value.msg
+    assert caught.value.details["still_shutting_down"] == ["lic1"]
+    assert mk.read_mark(state_dir)["state"] == mk.ACTIVATING and mk.read_mark(state_dir)["shutdown_vms"] == ["lic1"]
 
 
 # -- activating: the VMs shut down for the maintenance start again while the host is "activating"

@@ -193,21 +193,17 @@ def parse_domain_xml(domain_xml: str) -> t.Dict[str, t.Any]:
 def find_domain(conn: t.Any, vm: str) -> t.Optional[t.Any]:
     """The ``virDomain`` named ``vm`` (a name or a UUID), or ``None`` when there is none.
 
-    A UUID-shaped string is tried as a UUID first, then as a name.
+    A UUID-shaped string is looked up only as a UUID, anything else only as a name: a VM is never
+    taken for another whose name happens to be the UUID given.
     """
     uri = _connection_uri(conn)
-    lookups: t.List[t.Callable[[str], t.Any]] = []
-    if looks_like_uuid(vm):
-        lookups.append(conn.lookupByUUIDString)
-    lookups.append(conn.lookupByName)
-    for lookup in lookups:
-        try:
-            return lookup(vm)
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            if is_not_found(exc):
-                continue
-            raise translate_libvirt_error(exc, "look up the domain", vm=vm, uri=uri) from exc
-    return None
+    lookup = conn.lookupByUUIDString if looks_like_uuid(vm) else conn.lookupByName
+    try:
+        return lookup(vm)
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        if is_not_found(exc):
+            return None
+        raise translate_libvirt_error(exc, "look up the domain", vm=vm, uri=uri) from exc
 
 
 def lookup_domain(conn: t.Any, vm: str) -> t.Any:
@@ -217,7 +213,7 @@ def lookup_domain(conn: t.Any, vm: str) -> t.Any:
         uri = _connection_uri(conn)
         raise VmNotFoundError(
             "VM '%s' does not exist on %s (looked up by %s)."
-            % (vm, uri, "UUID and name" if looks_like_uuid(vm) else "name"),
+            % (vm, uri, "UUID" if looks_like_uuid(vm) else "name"),
             vm=vm,
             uri=uri,
         )

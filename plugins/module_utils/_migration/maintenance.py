@@ -318,9 +318,11 @@ class HostMaintenance:
             "by": req.requested_by,
             "shutdown_vms": list((mark or {}).get("shutdown_vms") or []),
         }
-        # From here on the host refuses incoming VMs; whatever goes wrong, it goes back to active.
+        # From here on the host refuses incoming VMs; whatever goes wrong, it goes back to active, or
+        # stays activating while a VM shut down for it is not running again.
         write_mark(req.state_dir, dict(base, state=PREPARING))
         records: t.List[t.Dict[str, t.Any]] = []
+        asked: t.List[str] = []
         try:
             began = time.monotonic()
             records = self._run(plan, hostname)
@@ -332,9 +334,7 @@ class HostMaintenance:
                     % (len(failed), len(records), hostname, "; ".join("%s: %s" % (r["vm"], r["error"]) for r in failed)),
                     host_name=hostname,
                 )
-            shut = self._shutdown(plan, hostname)
-            base["shutdown_vms"] = sorted(set(base["shutdown_vms"]) | set(shut))
-            write_mark(req.state_dir, dict(base, state=PREPARING))
+            shut = self._shutdown(plan, hostname, base, asked)
             began = record_phase(self.timings, "shutdown", began)
             left = self._active_vms()
             if left:
@@ -347,7 +347,7 @@ class HostMaintenance:
             write_mark(req.state_dir, final)
             record_phase(self.timings, "recheck", began)
         except BaseException as exc:
-            undo = self._undo(hostname, mark, plan)
+            undo = self._undo(hostname, mark, base, asked)
             error = exc if isinstance(exc, MigrationError) else unexpected_error(exc, "evacuate the host", uri=req.uri)
             if not isinstance(exc, Exception):
                 raise
@@ -363,65 +363,112 @@ class HostMaintenance:
         self.timings["total"] = self.at()
         return result
 
-    def _undo(self, hostname: str, previous: t.Optional[t.Mapping[str, t.Any]], plan: evacuation.EvacuationPlan) -> t.Dict[str, t.Any]:
+    def _undo(self, hostname: str, previous: t.Optional[t.Mapping[str, t.Any]], base: t.Mapping[str, t.Any], asked: t.Sequence[str]) -> t.Dict[str, t.Any]:
         """After a failed evacuation: the host's state as before the run, as far as libvirt allows.
 
-        A host that was in maintenance and still runs no VM keeps its old mark. Any other host goes
-        back to active (its mark removed), and the VMs this run shut down start again. Returns the
-        result keys saying what was done, and a sentence for the message.
+        ``base`` is the mark as this run last wrote it: its ``shutdown_vms`` lists the VMs shut down
+        for the maintenance, each written there before its shutdown was asked for, and those of an
+        earlier maintenance. ``asked`` are the VMs this run asked to shut down.
+
+        A host that was in maintenance and still runs no VM keeps its old mark (listing those VMs too).
+        Any other host starts the listed VMs that are shut off again, under an ``activating`` mark,
+        and goes back to active (its mark removed) once none is left. A VM that does not start, or
+        that this run asked to shut down and still runs (it may stop later), stays listed and the
+        host stays activating, so that ``state=active`` starts it. Returns the result keys saying what
+        was done, and a sentence for the message.
         """
         req = self.request
         try:
             running = self._active_vms()
         except MigrationError:
             running = None
+        listed = list(base.get("shutdown_vms") or [])
         if previous is not None and previous.get("state") == MAINTENANCE and running == []:
+            kept = dict(previous, shutdown_vms=sorted(set(previous.get("shutdown_vms") or []) | set(listed)))
             try:
-                write_mark(req.state_dir, previous)
-                return {"maintenance": dict(previous), "sentence": "%s stays in maintenance, as before this run." % hostname}
+                write_mark(req.state_dir, kept)
+                return {"maintenance": kept, "sentence": "%s stays in maintenance, as before this run." % hostname}
             except MigrationError as exc:
                 self.log("%s: cannot restore the maintenance mark: %s" % (hostname, exc.msg))
         undo: t.Dict[str, t.Any] = {"maintenance": None}
         try:
-            clear_mark(req.state_dir)
+            if listed:
+                with self.connect(req.uri) as conn:
+                    restarted, not_restarted, stopping = self._start_listed(conn, dict(base), keep_running=asked)
+            else:
+                restarted, not_restarted, stopping = [], {}, []
+                clear_mark(req.state_dir)
         except MigrationError as exc:
             undo["maintenance"] = read_mark_quietly(req.state_dir)
-            undo["sentence"] = "The mark of %s could not be removed (%s); fix it by hand." % (hostname, exc.msg)
+            if listed:
+                undo["sentence"] = "The mark of %s stays (%s). VM(s) shut down for the maintenance: %s; run state=active to start them again and end it." % (
+                    hostname,
+                    exc.msg,
+                    ", ".join(listed),
+                )
+            else:
+                undo["sentence"] = "The mark of %s could not be removed (%s); fix it by hand." % (hostname, exc.msg)
             return undo
-        # VMs shut down by this run, and by an earlier maintenance of the host that is now over.
-        names = [held.vm for held in plan.shutdown if held.running]
-        names += [name for name in (previous or {}).get("shutdown_vms") or [] if name not in names]
-        restarted, not_restarted = self._restart(hostname, names)
         if restarted or not_restarted:
             undo.update(restarted=restarted, not_restarted=not_restarted)
-        sentence = "%s is active again." % hostname
+        if stopping:
+            undo["still_shutting_down"] = stopping
+        if not_restarted or stopping:
+            undo["maintenance"] = read_mark_quietly(req.state_dir)
+            sentence = "%s stays in state activating (it takes no incoming VM)." % hostname
+        else:
+            sentence = "%s is active again." % hostname
         if restarted:
             sentence += " Started again: %s." % ", ".join(restarted)
         if not_restarted:
             sentence += " Could not start again: %s." % "; ".join("%s (%s)" % pair for pair in sorted(not_restarted.items()))
+        if stopping:
+            sentence += " Asked to shut down and still running: %s." % ", ".join(stopping)
+        if not_restarted or stopping:
+            sentence += " The mark lists them: run state=active to start them again (it leaves a running VM as it is) and end it."
         undo["sentence"] = sentence
         return undo
 
-    def _restart(self, hostname: str, names: t.Sequence[str]) -> t.Tuple[t.List[str], t.Dict[str, str]]:
-        """Start those of ``names`` that are shut off now (best effort): (started, {name: why not})."""
+    def _start_listed(
+        self, conn: t.Any, mark: t.Mapping[str, t.Any], keep_running: t.Collection[str] = ()
+    ) -> t.Tuple[t.List[str], t.Dict[str, str], t.List[str]]:
+        """Start the VMs the mark lists as shut down for the maintenance; remove the mark once none is left.
+
+        While they start the host is ``activating``: the hook lets them start and still refuses incoming
+        migrations. A listed VM that is gone or runs drops from the list, except one of ``keep_running``
+        (asked to shut down, it may stop later); a VM that fails to start stays listed, for the next run.
+        Returns (started, {name: why not started}, kept running).
+        """
+        req = self.request
+        listed = list(mark.get("shutdown_vms") or [])
         started: t.List[str] = []
         failed: t.Dict[str, str] = {}
-        if not names:
-            return started, failed
-        try:
-            with self.connect(self.request.uri) as conn:
-                for name in names:
-                    try:
-                        dom = domxml.find_domain(conn, name)
-                        if dom is None or dom.isActive():
-                            continue
-                        dom.create()
-                        started.append(name)
-                    except (MigrationError, libvirt.libvirtError) as exc:
-                        failed[name] = str(exc)
-        except MigrationError as exc:
-            failed.update({name: exc.msg for name in names if name not in started})
-        return started, failed
+        kept: t.List[str] = []
+        to_start = []
+        for name in listed:
+            try:
+                dom = domxml.find_domain(conn, name)
+                if dom is not None and dom.isActive() and name in keep_running:
+                    kept.append(name)
+                elif dom is not None and not dom.isActive():
+                    to_start.append((name, dom))
+            except (MigrationError, libvirt.libvirtError) as exc:
+                failed[name] = getattr(exc, "msg", None) or str(exc)
+        remaining = sorted(set(kept) | set(failed) | {name for name, _dom in to_start})
+        if remaining:
+            write_mark(req.state_dir, dict(mark, state=ACTIVATING, shutdown_vms=remaining))
+        for name, dom in to_start:
+            try:
+                dom.create()
+            except libvirt.libvirtError as exc:
+                failed[name] = translate_libvirt_error(exc, "start the VM shut down for maintenance", vm=name, uri=req.uri).msg
+                continue
+            started.append(name)
+            remaining.remove(name)
+            write_mark(req.state_dir, dict(mark, state=ACTIVATING, shutdown_vms=remaining))
+        if not remaining:
+            clear_mark(req.state_dir)
+        return started, failed, kept
 
     def _active_vms(self) -> t.List[str]:
         """Every VM active on the host now, read again from libvirt."""
@@ -538,11 +585,14 @@ class HostMaintenance:
         except (OSError, MigrationError) as exc:
             self.log("cannot write the event log: %s" % exc)
 
-    def _shutdown(self, plan: evacuation.EvacuationPlan, hostname: str) -> t.List[str]:
+    def _shutdown(self, plan: evacuation.EvacuationPlan, hostname: str, base: t.Dict[str, t.Any], asked: t.List[str]) -> t.List[str]:
         """Shut the plan's non-migratable VMs down cleanly; fail if one does not stop in time.
 
         Only persistent VMs are ever shut down (the plan blocks transient ones): they stay defined
-        on the host and are started again when it is activated.
+        on the host and are started again when it is activated. Each is added to the mark's
+        ``shutdown_vms`` (``base``, written durably) before its shutdown is asked for, and to ``asked``,
+        so that whatever happens next (a timeout, an error, the module killed) the mark lists it for
+        the activation.
         """
         req = self.request
         names = [held.vm for held in plan.shutdown if held.running]
@@ -555,6 +605,9 @@ class HostMaintenance:
                 try:
                     if not dom.isPersistent():
                         raise MigrationError("VM '%s' on %s is transient: shutting it down would destroy it; it was not touched." % (name, hostname), vm=name)
+                    base["shutdown_vms"] = sorted(set(base["shutdown_vms"]) | {name})
+                    write_mark(req.state_dir, dict(base, state=PREPARING))
+                    asked.append(name)
                     dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT | libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
                 except libvirt.libvirtError as exc:
                     raise translate_libvirt_error(exc, "shut the VM down", vm=name, uri=req.uri) from exc
@@ -569,7 +622,8 @@ class HostMaintenance:
                     break
                 if time.monotonic() > deadline:
                     raise MigrationError(
-                        "VM(s) %s on %s did not shut down within %d s." % (", ".join(still), hostname, req.shutdown_timeout),
+                        "VM(s) %s on %s did not shut down within %d s (the guest ignored or has not finished the shutdown)."
+                        % (", ".join(still), hostname, req.shutdown_timeout),
                         host_name=hostname,
                         vms=still,
                     )
@@ -600,25 +654,10 @@ class HostMaintenance:
             for name in mark.get("shutdown_vms") or []:
                 dom = domxml.find_domain(conn, name)
                 if dom is not None and not dom.isActive():
-                    to_start.append((name, dom))
+                    to_start.append(name)
             if check_mode:
-                return {"changed": True, "host": hostname, "started": [name for name, _dom in to_start], "maintenance": None, "previous": mark}
-            # While VMs start the host is "activating": the hook lets them start and still refuses
-            # incoming migrations. A VM that fails to start stays listed, for the next run.
-            remaining = [name for name, _dom in to_start]
-            started: t.List[str] = []
-            failed: t.Dict[str, str] = {}
-            if to_start:
-                write_mark(req.state_dir, dict(mark, state=ACTIVATING, shutdown_vms=remaining))
-            for name, dom in to_start:
-                try:
-                    dom.create()
-                except libvirt.libvirtError as exc:
-                    failed[name] = translate_libvirt_error(exc, "start the VM shut down for maintenance", vm=name, uri=req.uri).msg
-                    continue
-                started.append(name)
-                remaining.remove(name)
-                write_mark(req.state_dir, dict(mark, state=ACTIVATING, shutdown_vms=remaining))
+                return {"changed": True, "host": hostname, "started": to_start, "maintenance": None, "previous": mark}
+            started, failed, _kept = self._start_listed(conn, mark)
         if failed:
             raise MigrationError(
                 "%s stays in state activating (it takes no incoming VM): %d VM(s) shut down for its maintenance could not start: %s. "
@@ -629,5 +668,4 @@ class HostMaintenance:
                 not_started=sorted(failed),
                 maintenance=read_mark_quietly(req.state_dir),
             )
-        clear_mark(req.state_dir)
         return {"changed": True, "host": hostname, "started": started, "maintenance": None, "previous": mark}
