@@ -239,6 +239,8 @@ BAD_INPUT = [
     ({"hooks": [GOOD, dict(GOOD, content="#!/bin/sh\necho twice\n")]}, "each event and name may be given once"),
     ({"base_dir": "relative/hooks.d"}, "must be absolute"),
     ({"base_dir": "/"}, "must be absolute"),
+    # uid 0 and group 0; the group check is the same assert, on the groups ``id -G`` lists (primary first).
+    ({"hooks": [GOOD], "user": "root"}, "the hook user root has uid 0 and groups 0"),
     ({"hooks": [GOOD]}, "no failure"),
 ]
 
@@ -256,6 +258,7 @@ def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[t.Dic
         for case, _words in BAD_INPUT:
             guest = guests[_case(case)] = Guest()
             guest.variables.update(guest_hooks_hooks=case.get("hooks", []), guest_hooks_base_dir=case.get("base_dir", str(guest.base)))
+            guest.variables["guest_hooks_user"] = case.get("user", guest.variables["guest_hooks_user"])
         recaps = run_cases(tmp_path_factory.mktemp("bad-input-play"), "guest_hooks", {name: guest.variables for name, guest in guests.items()})
         yield {name: (guest, recaps[name]) for name, guest in guests.items()}
     finally:

@@ -481,6 +481,45 @@ def test_a_missing_hook_user_is_refused(tree: Tree) -> None:
     assert tree.ran() == []
 
 
+def test_root_as_the_hook_user_is_refused(tree: Tree) -> None:
+    """The hooks never run with root's rights. Pure logic on the runner's side (the lab's guests would run the
+    same lines); the role refuses such a user too, before any guest is touched."""
+    tree.marker_hook("10-hook")
+    run = tree.run("--user", "root")
+    _refused(tree, run, "the hook user root has uid 0 (root); hooks run as an unprivileged user only")
+
+
+@pytest.mark.parametrize(
+    ("gid", "groups", "words"),
+    [
+        (0, [0], "the hook user nobody has group 0 (root) as its primary group"),
+        (NOBODY.pw_gid, [NOBODY.pw_gid, 0], "the hook user nobody is in group 0 (root) as a supplementary group"),
+    ],
+    ids=["primary group 0", "supplementary group 0"],
+)
+def test_a_hook_user_in_group_0_is_refused_and_nothing_runs(
+    runner_tree: Tree, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], gid: int, groups: t.List[int], words: str
+) -> None:
+    """No user of this machine but root is in group 0: 'nobody' is looked up with group 0 added, in the
+    runner's own process. Pure logic on the runner's side; the role's check runs before any guest is touched."""
+    runner = _runner_in_process()
+    runner_tree.marker_hook("10-hook")
+    runner_tree.write_config()
+    entry = pwd.struct_passwd(tuple(NOBODY)[:3] + (gid,) + tuple(NOBODY)[4:])
+    monkeypatch.setattr(runner.pwd, "getpwnam", lambda name: entry if name == "nobody" else pwd.getpwnam(name))
+    monkeypatch.setattr(runner.os, "getgrouplist", lambda name, base: list(groups))
+    summary = {"event": None, "hooks": [], "failed": 0, "refused": None}  # type: t.Dict[str, t.Any]
+    log = runner.Log()
+    try:
+        status = runner.run(["--config", str(runner_tree.config), "before_migration"], log, summary)
+    finally:
+        log.close()
+    assert status == runner.EXIT_REFUSED == 2
+    assert summary["refused"].startswith(words) and summary["hooks"] == [], summary
+    assert words in capsys.readouterr().err
+    assert runner_tree.ran() == []
+
+
 # Output.
 
 

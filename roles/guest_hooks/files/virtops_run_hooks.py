@@ -366,7 +366,11 @@ def find_hooks(event_dir: bytes) -> t.Tuple[t.List[Hook], t.List[str]]:
 
 
 class HookUser:
-    """Who the hooks run as, looked up once (before any fork)."""
+    """Who the hooks run as, looked up once (before any fork).
+
+    Never root: a user with uid 0, or with group 0 as its primary or a supplementary group, is refused,
+    since the hooks would then run with root's rights (or write what only root should).
+    """
 
     def __init__(self, name: str) -> None:
         try:
@@ -378,6 +382,12 @@ class HookUser:
         self.gid = entry.pw_gid
         self.home = entry.pw_dir
         self.groups = os.getgrouplist(name, entry.pw_gid)
+        if self.uid == 0:
+            raise Refused("the hook user %s has uid 0 (root); hooks run as an unprivileged user only" % name)
+        if self.gid == 0:
+            raise Refused("the hook user %s has group 0 (root) as its primary group; hooks run as an unprivileged user only" % name)
+        if 0 in self.groups:
+            raise Refused("the hook user %s is in group 0 (root) as a supplementary group; hooks run as an unprivileged user only" % name)
 
     def environment(self, event: str, hook: str) -> t.Dict[str, str]:
         return {
