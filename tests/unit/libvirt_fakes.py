@@ -56,6 +56,15 @@ class FakeDomain:
         # libvirtError it raises instead of doing anything.
         self.calls: t.List[t.Tuple[t.Any, ...]] = []
         self.errors: t.Dict[str, libvirt.libvirtError] = {}
+        # The connection it was last looked up or listed through (what virDomain.connect answers).
+        self.conn: t.Optional["FakeConnection"] = None
+        # The persistent definition when it differs from the running one (XMLDesc with VIR_DOMAIN_XML_INACTIVE).
+        self.inactive_xml: t.Optional[str] = None
+
+    def connect(self) -> "FakeConnection":
+        if self.conn is None:
+            raise libvirt_error(libvirt.VIR_ERR_INVALID_CONN, "invalid connection pointer in virDomainGetConnect")
+        return self.conn
 
     def _check(self) -> None:
         if self.vanished:
@@ -84,6 +93,8 @@ class FakeDomain:
 
     def XMLDesc(self, flags: int = 0) -> str:
         self._check()
+        if flags & libvirt.VIR_DOMAIN_XML_INACTIVE and self.inactive_xml is not None:
+            return self.inactive_xml
         return self.xml
 
     def state(self, flags: int = 0) -> t.List[int]:
@@ -101,6 +112,14 @@ class FakeDomain:
     def autostart(self) -> int:
         self._check()
         return int(self._autostart)
+
+    def setAutostart(self, flag: int) -> int:  # noqa: N802 (libvirt's name)
+        self._check()
+        self.calls.append(("setAutostart", flag))
+        if "setAutostart" in self.errors:
+            raise self.errors["setAutostart"]
+        self._autostart = bool(flag)
+        return 0
 
     def _change(self, call: str, allowed: t.Sequence[int], refusal: str, state: t.Tuple[int, int]) -> int:
         """Record ``call``; raise its error if one is set, or libvirt's refusal from another state."""
@@ -278,6 +297,8 @@ class FakeConnection:
         """Every domain; with one of VIR_CONNECT_LIST_DOMAINS_ACTIVE and _INACTIVE, only those."""
         active = bool(flags & libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
         inactive = bool(flags & libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE)
+        for dom in self.domains:
+            dom.conn = self
         if active == inactive:
             return list(self.domains)
         return [dom for dom in self.domains if bool(dom.isActive()) == active]
@@ -294,6 +315,7 @@ class FakeConnection:
         self.calls.append("lookupByName(%s)" % name)
         for domain in self.domains:
             if domain.name() == name:
+                domain.conn = self
                 return domain
         raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching name '%s'" % name)
 
@@ -301,5 +323,6 @@ class FakeConnection:
         self.calls.append("lookupByUUIDString(%s)" % uuid)
         for domain in self.domains:
             if "<uuid>%s</uuid>" % uuid in domain.xml:
+                domain.conn = self
                 return domain
         raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching uuid '%s'" % uuid)

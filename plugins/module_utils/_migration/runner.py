@@ -16,7 +16,12 @@ left paused, and cancels a job. It never probes hosts or resolves settings: the 
 
 Safety: whatever happens, the VM ends up running on exactly one host. A failed or aborted job leaves
 it running on the source (resumed if the schedule had suspended it); nothing is undefined unless
-libvirt reports the migration complete.
+libvirt reports the migration complete. A paused copy is resumed only after the destination and the
+other known hosts were read and none of them runs or defines the VM; otherwise it stays paused and
+the failure names both hosts. A failed migrate call is not taken for a failed move: the job it
+started is followed while it runs, and a VM that ended on the destination has moved. Once a move is
+verified it is reported as done; what fails after that (plugging VFs back in, the guest's
+after_migration hooks, autostart) is a warning.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
     translate_libvirt_error,
     unexpected_error,
 )
+from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import parse_capabilities
 from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, Candidate, Move, RunOptions, record_phase
 from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import ScheduleTracker, Step
 from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import Connect, live_capacity, whereabouts
@@ -194,6 +200,13 @@ class JobRunner:
         self._last_stats: t.Optional[t.Dict[str, t.Any]] = None
         self._timeout: t.Optional[int] = None
         self.warnings: t.List[str] = []
+        # The other hosts the VM may be on (besides a move's destination): read before any resume.
+        self.peers: t.List[Candidate] = []
+
+    def know(self, hosts: t.Iterable[Candidate]) -> None:
+        """Add ``hosts`` to the ones read before a paused copy of the VM is resumed."""
+        known = {peer.uri for peer in self.peers}
+        self.peers.extend(host for host in hosts if host.uri not in known)
 
     # -- shared -------------------------------------------------------------------------------
     def event(self, name: str, **details: t.Any) -> None:
@@ -248,6 +261,7 @@ class JobRunner:
         the VM to.
         """
         source_uri = t.cast(str, move.source_uri)
+        self.know(others)
         return self.guarded("migrate", source_uri, lambda: self._carry_out(move, source_uri, others))
 
     def _carry_out(self, move: Move, source_uri: str, others: t.Sequence[Candidate]) -> t.Dict[str, t.Any]:
@@ -313,13 +327,18 @@ class JobRunner:
         began = time.monotonic()
         self._uuid = move.uuid
         self._timeout = move.timeout_s
-        self._guest_hooks_before(dom, move)
+        autostart = self._autostart(dom, move)
+        hooks_ran = self._guest_hooks_before(dom, move)
         unplugged = self._unplug_bond_vfs(dom, move)
         self.event("started", kind=move.kind, destination=move.destination_uri, state=move.state)
         try:
             executed = self._execute(source, dom, move)
-        except BaseException:
-            self._replug_bond_vfs(dom, move, unplugged, move.source_uri, "source")
+        except BaseException as exc:
+            notes = [self._replug_bond_vfs(dom, move, unplugged, move.source_uri, "source")]
+            if hooks_ran:
+                notes.append(self._guest_hooks_after_failure(dom, move))
+            if isinstance(exc, MigrationError):
+                _add_notes(exc, notes)
             raise
         if not executed:
             record_phase(self.timings, "migrate", began)
@@ -330,17 +349,57 @@ class JobRunner:
         with contextlib.ExitStack() as stack:
             if dest is None or not _alive(dest):
                 dest = stack.enter_context(self.connect(move.destination_uri))
+            if not _alive(source):
+                source = stack.enter_context(self.connect(t.cast(str, move.source_uri)))
             result = self._completed_stats(dest, dom, uuid)
             result.update(self.verify(source, dest, move))
-            if unplugged or (move.guest_hooks and move.kind != OFFLINE):
-                arrived = dest.lookupByUUIDString(uuid)
-                if unplugged:
-                    self._warn(self._replug_bond_vfs(arrived, move, unplugged, move.destination_uri, "destination"))
-                self._guest_hooks_after(arrived, move)
+            result["autostart"] = self._after_verified(dest, move, unplugged, autostart)
         record_phase(self.timings, "verify", began)
         if self.warnings:
             result["warnings"] = list(self.warnings)
         return result
+
+    def _after_verified(self, dest: t.Any, move: Move, unplugged: t.Sequence[t.Tuple[str, str]], autostart: bool) -> t.Optional[bool]:
+        """The steps after a verified move: VFs back, the guest's after_migration hooks, autostart.
+
+        The VM has moved: a failure here, of any kind, is a warning and never turns the move into a
+        failure. Returns the destination's autostart flag as libvirt shows it (None when unread).
+        """
+        uuid = t.cast(str, move.uuid)
+        steps = []
+        if unplugged:
+            steps.append(("plug the bond VFs in again", lambda arrived: self._warn(self._replug_bond_vfs(arrived, move, unplugged, move.destination_uri, "destination"))))
+        if move.guest_hooks and move.kind != OFFLINE:
+            steps.append(("run the guest's after_migration hooks", lambda arrived: self._guest_hooks_after(arrived, move)))
+        for action, step in steps:
+            try:
+                step(dest.lookupByUUIDString(uuid))
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                self._warn("VM '%s' moved to %s, but could not %s there: %s." % (move.vm, move.destination, action, _reason(exc)))
+        if not move.persistent:
+            return None
+        try:
+            arrived = dest.lookupByUUIDString(uuid)
+            if autostart and not arrived.autostart():
+                arrived.setAutostart(1)
+                self.event("autostart_set", host=move.destination_uri)
+            flag = bool(arrived.autostart())
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            self._warn("VM '%s' moved to %s, but its autostart flag could not be %s there: %s." % (move.vm, move.destination, "set" if autostart else "read", _reason(exc)))
+            return None
+        if flag != autostart:
+            self._warn("VM '%s' had autostart %s on %s and has it %s on %s." % (move.vm, _on_off(autostart), move.source, _on_off(flag), move.destination))
+        return flag
+
+    def _autostart(self, dom: t.Any, move: Move) -> bool:
+        """Whether the VM starts with its source host; the destination gets the same once the move is verified."""
+        if not move.persistent:
+            return False
+        try:
+            return bool(dom.isPersistent()) and bool(dom.autostart())
+        except libvirt.libvirtError as exc:
+            self.event("autostart_unknown", reason=exc.get_error_message())
+            return False
 
     def _warn(self, warning: t.Optional[str]) -> None:
         if warning:
@@ -353,17 +412,21 @@ class JobRunner:
         self.event("guest_hooks", hook_event=event, host=uri, **details)
         return result
 
-    def _guest_hooks_before(self, dom: t.Any, move: Move) -> None:
-        """Run ``before_migration`` in the guest; with ``guest_hook_failure=abort`` a failure keeps the VM where it is."""
+    def _guest_hooks_before(self, dom: t.Any, move: Move) -> bool:
+        """Run ``before_migration`` in the guest; with ``guest_hook_failure=abort`` a failure keeps the VM where it is.
+
+        True when the guest was asked to run them (and so may have quiesced something the
+        ``after_migration`` hooks undo).
+        """
         if not move.guest_hooks or move.kind == OFFLINE:
-            return
+            return False
         if move.state not in (None, "running"):
             self.event("guest_hooks", hook_event="before_migration", outcome="skipped", message="the VM is %s: its guest cannot run hooks" % move.state)
-            return
+            return False
         result = self._guest_hooks(dom, move, "before_migration", move.source_uri)
         outcome = result["outcome"]
         if outcome == guest_agent.OK:
-            return
+            return True
         what = "The guest's before_migration hooks of VM '%s' did not succeed (%s: %s)" % (move.vm, outcome, result.get("message"))
         if outcome in guest_agent.HOOK_FAILURES and self.options.guest_hook_failure == "abort":
             raise MigrationError(
@@ -371,8 +434,32 @@ class JobRunner:
                 vm=move.vm,
                 uri=move.source_uri,
                 guest_hooks=result,
+                guest_hooks_after=self._guest_hooks_after_failure(dom, move),
             )
         self._warn("%s; the move went on." % what)
+        return True
+
+    def _guest_hooks_after_failure(self, dom: t.Any, move: Move) -> str:
+        """The move failed after ``before_migration`` ran: ``after_migration`` runs where the VM still runs.
+
+        An application the hooks quiesced for the move is so not left frozen. Returns a sentence for
+        the failure saying what happened to them.
+        """
+        try:
+            running = dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        except libvirt.libvirtError as exc:
+            return "The guest's after_migration hooks were not run: the VM's state on %s cannot be read (%s)." % (move.source, exc.get_error_message())
+        if not running:
+            return "The guest's after_migration hooks were not run: the VM does not run on %s." % move.source
+        try:
+            result = self._guest_hooks(dom, move, "after_migration", move.source_uri)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            return "The guest's after_migration hooks could not be run on %s: %s." % (move.source, _reason(exc))
+        return "The guest's after_migration hooks ran on %s, where the VM still runs (%s%s)." % (
+            move.source,
+            result["outcome"],
+            ": %s" % result["message"] if result.get("message") and result["outcome"] != guest_agent.OK else "",
+        )
 
     def _guest_hooks_after(self, dom: t.Any, move: Move) -> None:
         """Run ``after_migration`` in the guest on the destination; the VM has moved, so a failure is a warning."""
@@ -407,18 +494,28 @@ class JobRunner:
                 dom.detachDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
                 gone = self._wait_for(lambda: failover.vf_device_xml(dom.XMLDesc(0), pair) is None, self.options.unplug_timeout)
             except libvirt.libvirtError as exc:
-                self._replug_bond_vfs(dom, move, unplugged, move.source_uri, "source")
-                raise translate_libvirt_error(exc, "hot-unplug the VF of failover pair '%s' before the move" % pair, vm=move.vm, uri=move.source_uri) from exc
+                replug = self._replug_bond_vfs(dom, move, unplugged, move.source_uri, "source")
+                failure = translate_libvirt_error(exc, "hot-unplug the VF of failover pair '%s' before the move" % pair, vm=move.vm, uri=move.source_uri)
+                _add_notes(failure, [replug])
+                raise failure from exc
             if not gone:
                 self.event("vf_unplug_timeout", pair=pair, after_s=self.options.unplug_timeout)
-                self._replug_bond_vfs(dom, move, unplugged, move.source_uri, "source")
-                raise MigrationError(
+                # libvirt may have finished the unplug since: read it back, and plug it in again if it went.
+                try:
+                    if failover.vf_device_xml(dom.XMLDesc(0), pair) is None:
+                        unplugged.append((pair, device))
+                except libvirt.libvirtError as exc:
+                    self.event("vf_state_unknown", pair=pair, reason=exc.get_error_message())
+                replug = self._replug_bond_vfs(dom, move, unplugged, move.source_uri, "source")
+                failure = MigrationError(
                     "The guest of VM '%s' did not release the VF of failover pair '%s' within %g s (unplug_timeout): the VM was not "
-                    "moved and keeps its VF on %s." % (move.vm, pair, self.options.unplug_timeout, move.source),
+                    "moved%s." % (move.vm, pair, self.options.unplug_timeout, "" if replug else " and keeps its VFs on %s" % move.source),
                     vm=move.vm,
                     uri=move.source_uri,
                     changed=bool(unplugged),
                 )
+                _add_notes(failure, [replug])
+                raise failure
             unplugged.append((pair, device))
             self.event("vf_unplugged", pair=pair, host=move.source_uri, duration_s=round(time.monotonic() - began, 3))
         return unplugged
@@ -446,6 +543,27 @@ class JobRunner:
             where,
             ", ".join(failed),
         )
+
+    def _vfs_left_unplugged(self, dest: t.Any, move: Move) -> t.List[t.Tuple[str, str]]:
+        """Bond VFs the VM's definition on ``dest`` has and its running guest lacks: ``(pair, device XML)``.
+
+        A run that adopts a lost run's job plugs these in again: the lost run unplugged them before its job.
+        """
+        try:
+            arrived = dest.lookupByUUIDString(t.cast(str, move.uuid))
+            live = arrived.XMLDesc(0)
+            defined = arrived.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+        except libvirt.libvirtError as exc:
+            self._warn("The bond VFs of VM '%s' on %s could not be read: %s." % (move.vm, move.destination, exc.get_error_message()))
+            return []
+        missing = []
+        for pair in failover.read_pairs(defined):
+            if pair.mode != "bond" or not pair.vf_present or failover.vf_device_xml(live, pair.name) is not None:
+                continue
+            device = failover.vf_device_xml(defined, pair.name)
+            if device is not None:
+                missing.append((pair.name, device))
+        return missing
 
     def _wait_for(self, predicate: t.Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -479,8 +597,10 @@ class JobRunner:
                 worker.join(opts.poll_interval)
         else:
             self._monitor(dom, move, worker.is_alive, worker.join, live, downtime_pending=live and not downtime_set)
+        if "error" in outcome and self._moved_despite(source, dom, move, outcome["error"], live):
+            del outcome["error"]
         if "error" in outcome:
-            self._recover_source(dom)
+            held = self._recover_source(dom, t.cast(str, move.source_uri), move.destination_uri)
             error = outcome["error"]
             action = "migrate to %s" % move.destination_uri
             if isinstance(error, libvirt.libvirtError):
@@ -491,6 +611,9 @@ class JobRunner:
                 exc = unexpected_error(error, action, vm=move.vm, uri=move.source_uri)
             if self._aborted_by is not None:
                 exc = OperationCancelledError("%s (%s)" % (exc.msg, self._aborted_by), **exc.details)
+            if held is not None:
+                _add_notes(exc, [held.msg])
+                exc.details.update(kept_paused=True, hosts=held.details.get("hosts"))
             self.event("failed", reason=exc.msg)
             exc.details["observed"] = self.observe(source, t.cast(str, move.uuid), move.destination_uri)
             raise exc from error
@@ -667,17 +790,106 @@ class JobRunner:
         self.applied.append(record)
         self.event("schedule_step", **{key: value for key, value in record.items() if key != "at_s"})
 
-    def _recover_source(self, dom: t.Any) -> None:
-        """After a failed job: the VM must run on the source; resume it if a schedule step paused it."""
+    def _recover_source(self, dom: t.Any, source_uri: str, destination_uri: t.Optional[str]) -> t.Optional[MigrationError]:
+        """After a failed job the VM must run on the source: resume it if a schedule step paused it.
+
+        A paused source copy is first checked against the destination and the other known hosts
+        (:meth:`_held`): when one of them runs or defines the VM (libvirt leaves the source paused
+        when the last step of a move fails after the destination took over), the copy stays paused,
+        a schedule's record stays for a later run, and the reason is returned for the failure.
+        """
         try:
-            state = dom.state()[0]
-            if self._suspended and state == libvirt.VIR_DOMAIN_PAUSED:
-                dom.resume()
-                self.event("resumed_on_source")
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                held = self._held(dom, t.cast(str, self._uuid), source_uri, destination_uri)
+                if held is not None:
+                    return held
+                if self._suspended:
+                    dom.resume()
+                    self.event("resumed_on_source")
             if self._suspended and self._uuid:
                 self.records.remove(self._uuid)
         except libvirt.libvirtError as exc:
             self.event("source_state_unknown", reason=str(exc))
+        return None
+
+    def _held(self, dom: t.Any, uuid: str, uri: str, destination_uri: t.Optional[str]) -> t.Optional[MigrationError]:
+        """Why the paused copy of the VM on ``uri`` must not be resumed, or None when no other host has it.
+
+        Reads the move's destination and every known peer. The destination also holds the copy back
+        when it cannot be read: its QEMU may run the VM while its libvirtd does not answer. Another
+        peer that cannot be read is noted as an event.
+        """
+        here = _host_uuid(dom.connect())
+        elsewhere: t.List[str] = []
+        seen = {uri}
+        names = {peer.uri: peer.name for peer in self.peers}
+        for other in ([destination_uri] if destination_uri else []) + [peer.uri for peer in self.peers]:
+            if other in seen:
+                continue
+            seen.add(other)
+            try:
+                with self.connect(other, connect_timeout=OBSERVE_CONNECT_TIMEOUT_S) as conn:
+                    if here is not None and _host_uuid(conn) == here:
+                        continue  # the same host under another URI
+                    there = whereabouts(conn, uuid)
+            except (MigrationError, libvirt.libvirtError) as exc:
+                there = {"error": _reason(exc)}
+            label = names.get(other) or other
+            if there is None:
+                continue
+            if "error" not in there:
+                elsewhere.append("%s (%s%s)" % (label, there["state"], "" if there["persistent"] else ", transient"))
+            elif other == destination_uri:
+                elsewhere.append("%s (cannot be read: %s)" % (label, there["error"]))
+            else:
+                self.event("host_unreadable", host=other, reason=there["error"])
+        if not elsewhere:
+            return None
+        self.event("kept_paused", host=uri, elsewhere=elsewhere)
+        return MigrationError(
+            "VM '%s' is left paused on %s and not resumed: %s %s it too, and resuming it could run two copies. Find the copy "
+            "that is current, remove the other, then resume it (virsh resume)."
+            % (self.vm, uri, ", ".join(elsewhere), "has" if len(elsewhere) == 1 else "have"),
+            vm=self.vm,
+            uri=uri,
+            uuid=uuid,
+            hosts=[uri] + elsewhere,
+            kept_paused=True,
+        )
+
+    def _moved_despite(self, source: t.Any, dom: t.Any, move: Move, error: BaseException, live: bool) -> bool:
+        """The migrate call failed: whether libvirt's job went on and took the VM to the destination anyway.
+
+        A lost connection or keepalive ends the call, not always the job. The source is read again (over
+        a new connection when the old one died); a migration job that still runs there is followed to its
+        end under this run's schedule and timeout. The VM then active on the destination (defined there,
+        after an offline move) and no longer active on the source has moved, and :meth:`verify` judges
+        it like any other move.
+        """
+        uuid = t.cast(str, move.uuid)
+        with contextlib.ExitStack() as stack:
+            if not _alive(source):
+                try:
+                    source = stack.enter_context(self.connect(t.cast(str, move.source_uri), connect_timeout=OBSERVE_CONNECT_TIMEOUT_S))
+                    dom = source.lookupByUUIDString(uuid)
+                except (MigrationError, libvirt.libvirtError):
+                    pass  # read below as it is: unreadable, or gone from the source
+            job = job_stats(dom)
+            if job is not None and not foreign_job(job):
+                self.event("job_continues", reason=_reason(error))
+                self._monitor(dom, move, lambda: job_stats(dom) is not None, time.sleep, live, downtime_pending=False)
+            observed = self.observe(source, uuid, move.destination_uri)
+        there, here = observed.get("destination"), observed["source"]
+        if there is None or "error" in there or not (there["active"] if move.running else there["persistent"]):
+            return False
+        if here is not None and ("error" in here or here["active"]):
+            return False
+        self.event("completed_despite_error", reason=_reason(error))
+        self._warn(
+            "libvirt's migrate call for VM '%s' failed (%s), but its job completed: the VM is on %s and no longer on %s."
+            % (move.vm, _reason(error), move.destination, move.source)
+        )
+        return True
 
     def _resume_on(self, uri: str, uuid: str) -> None:
         """The schedule paused the VM to let the migration finish: it runs again on the destination."""
@@ -735,6 +947,9 @@ class JobRunner:
         if job_stats(dom) is not None:
             return
         paused = self.call(dom.state, "read the VM state", uri)[0] == libvirt.VIR_DOMAIN_PAUSED
+        held = self._held(dom, uuid, uri, None) if paused else None
+        if held is not None:
+            raise held
         if check_mode:
             if paused:
                 self.event("would_resume_after_lost_run", host=uri)
@@ -757,19 +972,25 @@ class JobRunner:
         elapsed = (job.get("time_elapsed") or 0) / 1000.0
         self.clock = Clock(elapsed)
         self._suspended = self.records.has(uuid)
+        self.know(where)
+        autostart = self._autostart(dom, move)
         self.event("adopted", job=job_summary(job))
         self._monitor(dom, move, lambda: job_stats(dom) is not None, time.sleep, live=True, downtime_pending=False)
         here = whereabouts(source, uuid)
         if here is not None and here.get("active"):
-            self._recover_source(dom)
+            held = self._recover_source(dom, t.cast(str, move.source_uri), None)
             self.event("failed", reason="the adopted job ended with the VM still on the source")
-            raise MigrationError(
+            failure = MigrationError(
                 "The migration job of VM '%s' that was already running on %s (adopted) ended without moving it; it %s on the source."
                 % (move.vm, move.source, "runs" if here.get("state") == "running" else "is %s" % here.get("state")),
                 vm=move.vm,
                 uri=move.source_uri,
                 observed={"source": here},
             )
+            if held is not None:
+                _add_notes(failure, [held.msg])
+                failure.details.update(kept_paused=True, hosts=held.details.get("hosts"))
+            raise failure
         for candidate in where:
             with contextlib.ExitStack() as stack:
                 try:
@@ -795,6 +1016,10 @@ class JobRunner:
                 }
                 result.update(self._completed_stats(conn, dom, uuid))
                 result.update(self.verify(source, conn, arrived))
+                # The lost run may have unplugged bond VFs before its job: they go back in here.
+                result["autostart"] = self._after_verified(conn, arrived, self._vfs_left_unplugged(conn, arrived), autostart)
+                if self.warnings:
+                    result["warnings"] = list(self.warnings)
                 return result
         raise MigrationError(
             "The migration job of VM '%s' (adopted) ended and the VM left %s, but it is not active on any destination given (%s)."
@@ -853,7 +1078,9 @@ class JobRunner:
             )
         if self.records.has(uuid) and here.get("state") == "paused":
             self._suspended = True
-            self._recover_source(dom)
+            held = self._recover_source(dom, uri, None)
+            if held is not None:
+                raise held
             here = whereabouts(source, uuid) or here
         self.event("cancelled", state=here.get("state"))
         return {"changed": True, "vm": name, "state": here.get("state"), "events": self.events}
@@ -883,6 +1110,35 @@ def check_adoptable(job: t.Mapping[str, t.Any], vm: str, uri: str) -> None:
 def _copying(stats: t.Mapping[str, t.Any]) -> bool:
     """The job has started copying memory (past QEMU's ``wait-unplug`` phase, which reports no data counters)."""
     return bool(stats.get("data_total") or stats.get("memory_total") or stats.get("data_processed"))
+
+
+def _add_notes(exc: MigrationError, notes: t.Iterable[t.Optional[str]]) -> None:
+    """Add sentences about what else happened to a failure's message (the ones that are not None)."""
+    extra = [note for note in notes if note]
+    if extra:
+        exc.msg = " ".join([exc.msg] + extra)
+        exc.args = (exc.msg,)
+
+
+def _reason(exc: BaseException) -> str:
+    """A failure in a few words: libvirt's message, the collection's sentence, or the exception's type and text."""
+    if isinstance(exc, MigrationError):
+        return exc.msg
+    if isinstance(exc, libvirt.libvirtError):
+        return exc.get_error_message() or str(exc)
+    return "%s: %s" % (type(exc).__name__, exc)
+
+
+def _on_off(flag: t.Optional[bool]) -> str:
+    return "unknown" if flag is None else ("on" if flag else "off")
+
+
+def _host_uuid(conn: t.Any) -> t.Optional[str]:
+    """The host's UUID from its capabilities (None when they cannot be read)."""
+    try:
+        return parse_capabilities(conn.getCapabilities())["uuid"]
+    except (libvirt.libvirtError, ValueError):
+        return None
 
 
 def _alive(conn: t.Any) -> bool:

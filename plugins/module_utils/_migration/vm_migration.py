@@ -43,6 +43,7 @@ class VmMigration:
         self.request = request
         self.log = log
         self.runner = JobRunner(request.options, self.connect, request.vm, log=log)
+        self.runner.know(request.candidates + request.elsewhere)
         self.timings: t.Dict[str, float] = {}
 
     def connect(self, uri: str, connect_timeout: t.Optional[float] = None) -> t.ContextManager[t.Any]:

@@ -1205,3 +1205,205 @@ def test_a_hibernated_vm_is_not_moved_offline(cluster: Cluster, tmp_path: Path) 
     cluster.vm.saved_image = True  # type: ignore[attr-defined]
     with pytest.raises(PolicyError, match="is hibernated: its memory is saved in a managed save image on hv1"):
         migrator(tmp_path).migrate(check_mode=True)
+
+
+# -- what libvirt shows decides, not the migrate call: no resume beside a copy elsewhere, no failure after a verified move
+
+
+def connection_lost() -> libvirt.libvirtError:
+    return libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, "internal error: connection closed due to keepalive timeout", libvirt.VIR_FROM_RPC)
+
+
+def test_a_failed_migrate_call_whose_job_completed_is_a_move(cluster: Cluster, tmp_path: Path) -> None:
+    def moved_then_lost() -> None:
+        cluster.move()
+        raise connection_lost()
+
+    cluster.vm.on_migrate = moved_then_lost
+    result = migrator(tmp_path).migrate(check_mode=False)
+    assert result["changed"] is True and result["observed"] == {"source": None, "destination": RUNNING_ON_DESTINATION}
+    assert "completed_despite_error" in event_names(result) and event_names(result)[-1] == "verified"
+    assert any("keepalive timeout" in warning and "its job completed" in warning for warning in result["warnings"]), result["warnings"]
+
+
+def test_a_failed_migrate_call_whose_job_goes_on_is_followed_to_its_end(cluster: Cluster, tmp_path: Path) -> None:
+    def lost_while_running() -> None:
+        running_job(cluster)
+
+        def finish() -> None:
+            time.sleep(0.2)
+            cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+            cluster.move()
+
+        threading.Thread(target=finish, daemon=True).start()
+        raise connection_lost()
+
+    cluster.vm.on_migrate = lost_while_running
+    result = migrator(tmp_path).migrate(check_mode=False)
+    names = event_names(result)
+    assert names.index("job_continues") < names.index("completed_despite_error") < names.index("verified"), names
+    assert result["changed"] is True and result["observed"]["source"] is None
+
+
+def test_a_failed_last_step_with_the_vm_on_the_destination_leaves_the_source_paused(cluster: Cluster, tmp_path: Path) -> None:
+    # libvirt leaves the source paused when the last step fails after the destination took over.
+    def confirm_failed() -> None:
+        cluster.arrive()
+        cluster.vm._state = PAUSED_BY_USER
+        raise libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED, "operation failed: migration confirm step failed", libvirt.VIR_FROM_QEMU)
+
+    run = migrator(tmp_path)
+    run.runner._suspended = True  # a schedule step paused it as well: its recovery would resume it
+    cluster.vm.on_migrate = confirm_failed
+    with pytest.raises(MigrationError) as caught:
+        run.migrate(check_mode=False)
+    failure = caught.value
+    assert changes_to(cluster.vm) == [], "never resumed"
+    assert cluster.vm.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    assert "left paused on %s and not resumed: %s (running) has it too" % (SOURCE_URI, DEST_URI) in failure.msg
+    assert failure.details["kept_paused"] is True and failure.details["hosts"][0] == SOURCE_URI
+    assert "kept_paused" in event_names(failure.details)
+
+
+@pytest.mark.parametrize("how", ["migrate", "cancel", "planned"])
+def test_a_vm_a_lost_run_paused_stays_paused_while_another_host_has_it(cluster: Cluster, tmp_path: Path, how: str) -> None:
+    hv3 = cluster.add_host("qemu+tls://hv3/system", "hv3", "7f0c2d3e-1b2a-4c5d-8e9f-0a1b2c3d4e5f")
+    hv3.domains.append(FakeDomain(VM_XML.replace("<name>web1</name>", "<name>web1-copy</name>"), (libvirt.VIR_DOMAIN_RUNNING, 1), persistent=False))
+    if how == "planned":
+        run = job_runner(tmp_path, cluster)
+        run.records.add(VM_UUID, "web1")
+        call = lambda: run.carry_out(planned_move(), [Candidate(uri="qemu+tls://hv3/system", name="hv3")])  # noqa: E731
+    else:
+        migration = migrator(tmp_path, elsewhere=[Candidate(uri="qemu+tls://hv3/system", name="hv3")])
+        migration.runner.records.add(VM_UUID, "web1")
+        call = (lambda: migration.migrate(check_mode=False)) if how == "migrate" else (lambda: migration.cancel(check_mode=False))  # noqa: E731
+    cluster.vm._state = PAUSED_BY_USER
+    with pytest.raises(MigrationError, match=r"left paused on qemu\+tls://hv1/system and not resumed: hv3 \(running, transient\) has it too"):
+        call()
+    assert changes_to(cluster.vm) == [] and not [c for c in cluster.vm.calls if c[0] == "migrateToURI3"]
+
+
+def test_a_paused_vm_alone_is_still_resumed_after_a_lost_run(cluster: Cluster, tmp_path: Path) -> None:
+    migration = migrator(tmp_path)
+    migration.runner.records.add(VM_UUID, "web1")
+    cluster.vm._state = PAUSED_BY_USER
+    result = migration.cancel(check_mode=False)
+    assert event_names(result) == ["resumed_after_lost_run"] and changes_to(cluster.vm) == ["resume"]
+
+
+@pytest.mark.parametrize("kind", ["live", "offline"])
+def test_autostart_follows_the_vm_to_its_destination(cluster: Cluster, tmp_path: Path, kind: str) -> None:
+    cluster.vm._autostart = True
+    if kind == "offline":
+        cluster.vm._state = (libvirt.VIR_DOMAIN_SHUTOFF, 1)
+        cluster.vm.on_migrate = lambda: (cluster.leave_source(), cluster.arrive(libvirt.VIR_DOMAIN_SHUTOFF))
+    result = migrator(tmp_path).migrate(check_mode=False)
+    (arrived,) = cluster.destination.domains
+    assert result["autostart"] is True and arrived.autostart() == 1 and ("setAutostart", 1) in arrived.calls
+    assert "autostart_set" in event_names(result)
+
+
+def test_a_vm_without_autostart_gets_none_on_its_destination(cluster: Cluster, tmp_path: Path) -> None:
+    result = migrator(tmp_path).migrate(check_mode=False)
+    (arrived,) = cluster.destination.domains
+    assert result["autostart"] is False and not [call for call in arrived.calls if call[0] == "setAutostart"]
+
+
+def test_what_fails_after_a_verified_move_is_a_warning(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster.vm._autostart = True
+
+    def arrive_without_autostart() -> None:
+        cluster.leave_source()
+        cluster.arrive().errors["setAutostart"] = libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, "cannot write autostart link")
+
+    def hooks_crash(dom: t.Any, event: str, deadline_s: float) -> t.Dict[str, t.Any]:
+        if event == "after_migration":
+            raise RuntimeError("agent channel closed")
+        return {"event": event, "outcome": "ok", "message": "", "duration_s": 0.1}
+
+    monkeypatch.setattr(runner.guest_agent, "run_guest_hooks", hooks_crash)
+    cluster.vm.on_migrate = arrive_without_autostart
+    result = migrator(tmp_path, guest_hooks=True).migrate(check_mode=False)
+    assert result["changed"] is True and result["destination"]["hostname"] == "hv2" and result["autostart"] is None
+    assert any("after_migration hooks there: RuntimeError: agent channel closed" in warning for warning in result["warnings"]), result["warnings"]
+    assert any("autostart flag could not be set there: cannot write autostart link" in warning for warning in result["warnings"]), result["warnings"]
+
+
+def test_a_move_that_fails_after_the_before_hooks_runs_the_after_hooks_where_the_vm_runs(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = hooks_answer(monkeypatch, {"before_migration": "ok", "after_migration": "ok"})
+
+    def refuse() -> None:
+        raise libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED, "operation failed: migration out job: unexpectedly failed", libvirt.VIR_FROM_QEMU)
+
+    cluster.vm.on_migrate = refuse
+    with pytest.raises(MigrationError) as caught:
+        job_runner(tmp_path, cluster).carry_out(planned_move(guest_hooks=True))
+    assert ran == ["before_migration", "after_migration"]
+    assert "The guest's after_migration hooks ran on hv1, where the VM still runs (ok)." in caught.value.msg
+    hooks = [event for event in caught.value.details["events"] if event["event"] == "guest_hooks"]
+    assert [(event["hook_event"], event["host"]) for event in hooks] == [("before_migration", SOURCE_URI), ("after_migration", SOURCE_URI)]
+
+
+def test_a_before_hook_abort_runs_the_after_hooks_on_the_source(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran = hooks_answer(monkeypatch, {"before_migration": "failed", "after_migration": "ok"})
+    options = RunOptions(poll_interval=0.01, state_dir=str(tmp_path / "state"), guest_hook_failure="abort")
+    with pytest.raises(MigrationError) as caught:
+        runner.JobRunner(options, cluster.connect, "web1").carry_out(planned_move(guest_hooks=True))
+    assert ran == ["before_migration", "after_migration"]
+    assert "ran on hv1" in caught.value.details["guest_hooks_after"]
+
+
+def test_a_failed_vf_replug_after_a_failed_move_is_reported(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, BOND_PAIR)
+    cluster.vm.errors["attachDeviceFlags"] = libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, "no free VF")
+
+    def refuse() -> None:
+        raise libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED, "operation failed: migration out job: unexpectedly failed", libvirt.VIR_FROM_QEMU)
+
+    cluster.vm.on_migrate = refuse
+    with pytest.raises(MigrationError) as caught:
+        job_runner(tmp_path, cluster).carry_out(planned_move(bond_vfs=("fo",)))
+    assert "runs on its source without the VF of failover pair(s) fo (no free VF)" in caught.value.msg
+
+
+def test_a_vf_whose_unplug_timed_out_but_then_went_is_plugged_in_again(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, BOND_PAIR)
+    cluster.vm.keep_devices = True  # type: ignore[attr-defined]
+    full = cluster.vm.xml
+
+    def late_release(flags: int = 0) -> str:
+        # The guest releases the VF just after the runner's deadline: the read-back sees it gone.
+        late = any(event["event"] == "vf_unplug_timeout" for event in run.events)
+        return full.replace("<alias name='ua-fo-vf'/>", "").replace("vfnet", "gone") if late else full
+
+    cluster.vm.XMLDesc = late_release  # type: ignore[method-assign]
+    run = runner.JobRunner(RunOptions(poll_interval=0.01, state_dir=str(tmp_path / "state"), unplug_timeout=0.05), cluster.connect, "web1")
+    with pytest.raises(MigrationError, match="did not release the VF of failover pair 'fo'"):
+        run.carry_out(planned_move(bond_vfs=("fo",)))
+    assert [call[0] for call in cluster.vm.calls if call[0].endswith("DeviceFlags")] == ["detachDeviceFlags", "attachDeviceFlags"]
+
+
+def test_an_adopted_job_plugs_in_the_vfs_the_lost_run_unplugged(cluster: Cluster, tmp_path: Path) -> None:
+    with_devices(cluster, BOND_PAIR)
+    full = cluster.vm.xml
+    running_job(cluster)
+
+    def arrive_without_vf() -> None:
+        cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+        cluster.leave_source()
+        there = cluster.arrive()
+        there.xml = full
+        there.inactive_xml = full
+        there.keep_devices = False  # type: ignore[attr-defined]
+        there.detachDeviceFlags("<interface><alias name='ua-fo-vf'/></interface>", 0)
+        there.calls.clear()
+
+    timer = threading.Timer(0.1, arrive_without_vf)
+    timer.start()
+    result = migrator(tmp_path).migrate(check_mode=False)
+    timer.join()
+    (arrived,) = cluster.destination.domains
+    assert result["adopted"] is True and device_calls(arrived) == [("attachDeviceFlags", libvirt.VIR_DOMAIN_AFFECT_LIVE)], arrived.calls
+    assert "ua-fo-vf" in arrived.xml
