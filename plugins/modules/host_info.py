@@ -739,6 +739,17 @@ host:
           type: list
           elements: str
           sample: [licence1]
+        enforcement:
+          description:
+            - Whether the host enforces the mark through the collection's libvirt hook (installed by
+              the role virtops.migration.maintenance_hook): RV(host.maintenance.enforcement.loaded) is
+              true when the hook is installed and the running libvirtd started after it was.
+            - V(null) for C(loaded) when libvirtd's start time cannot be read.
+            - C(trouble) says in words why the hook does not enforce maintenance, V(null) when it does.
+          returned: success
+          type: dict
+          version_added: 0.2.0
+          sample: {path: /etc/libvirt/hooks/qemu.d/virtops-maintenance, installed: true, loaded: true, trouble: null}
 """
 
 from ansible.module_utils.basic import AnsibleModule

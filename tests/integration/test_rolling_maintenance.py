@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labkit import assert_no_vm_lost, lab_status, maintenance_mark, run_module, run_playbook_report, running_on, virtlab
+from labkit import assert_no_vm_lost, lab_status, maintenance_mark, run_module, run_playbook_report, running_on, uri, virsh, virtlab
 
 REPO = Path(__file__).resolve().parents[2]
 PATCH_CLUSTER = REPO / "playbooks" / "patch_cluster.yml"
@@ -137,8 +137,8 @@ def test_check_then_patch_then_rerun_changes_nothing(lab: Path, tmp_path: Path, 
     rc, report, failures = patch(lab, tmp_path, run_id=run_id, progress_interval="1")
     assert rc == 0, failures
     # Progress lines while the VMs moved (a look every second; each evacuation takes a few seconds).
-    progress = [result["msg"] for play in report["plays"] for task in play["tasks"] if task["task"]["name"].endswith("Show the evacuation's progress")
-                for result in task["hosts"].values() if "msg" in result]
+    progress = [line for play in report["plays"] for task in play["tasks"] if task["task"]["name"].endswith("Show the evacuation's progress until it ends")
+                for result in task["hosts"].values() for line in result.get("progress", [])]
     assert progress, "no progress line while the hosts were evacuated"
     for line in progress:
         assert re.fullmatch(r"lab-h\d: (planning|\d+ of \d+ moves ended \(\d+ failed\)(; moving now: \S+ -> lab-h\d(, \S+ -> lab-h\d)*)?)", line), line
@@ -206,6 +206,63 @@ def test_a_cluster_that_cannot_lose_a_host_is_refused_before_anything_moves(lab:
         assert_no_vm_lost()
     finally:
         virtlab("remove-vm", vm, check=False)
+
+
+# A user's stage hook that starts a transient tiny VM on lab-h1 after its evacuation: the mark is switched
+# to "activating" for the start (the maintenance hook lets VM starts through then) and put back, so that
+# the host is marked, its hook loaded, and a domain runs on it all the same.
+START_TRANSIENT = """\
+- name: Start a transient VM on the evacuated host
+  ansible.builtin.shell: |
+    set -e
+    mark={{ rolling_maintenance_state_dir }}/maintenance.json
+    cp -p "$mark" "$mark.test"
+    sed -i 's/"state": *"maintenance"/"state": "activating"/' "$mark"
+    echo "<domain type='qemu'><name>%(vm)s</name><memory unit='MiB'>32</memory><vcpu>1</vcpu><os><type>hvm</type></os></domain>" > /tmp/%(vm)s.xml
+    virsh -c qemu:///system create /tmp/%(vm)s.xml
+    mv "$mark.test" "$mark"
+  changed_when: true
+  when: inventory_hostname == 'lab-h1'
+"""
+
+# A stage hook that removes lab-h1's maintenance mark, as someone activating it by hand would.
+REMOVE_MARK = """\
+- name: Remove the maintenance mark of the evacuated host
+  ansible.builtin.file:
+    path: "{{ rolling_maintenance_state_dir }}/maintenance.json"
+    state: absent
+  when: inventory_hostname == 'lab-h1'
+"""
+
+
+@pytest.mark.parametrize("stage, hook, named", [
+    ("after_evacuation", START_TRANSIENT, "domains running on it: %(vm)s (1 transient)"),
+    ("before_patch", REMOVE_MARK, "its maintenance mark is gone"),
+])
+def test_the_pipeline_reads_the_host_again_before_patching(lab: Path, tmp_path: Path, clean_marks: None, stage: str, hook: str, named: str) -> None:
+    """A domain started on the evacuated host, or its mark removed, stops the pipeline before the patch and the reboot."""
+    vm = "tr%s" % secrets.token_hex(3)
+    hook_file = tmp_path / "hook.yml"
+    hook_file.write_text(hook % {"vm": vm})
+    pid = libvirtd_pid("lab-h1")
+    try:
+        rc, report, failures = patch(lab, tmp_path, run_id="t-%s" % secrets.token_hex(3), **{"rolling_maintenance_%s_tasks" % stage: str(hook_file)})
+        assert rc != 0 and "lab-h1 is not safe for the patch" in failures and named % {"vm": vm} in failures, failures
+        # Stopped before the patch and the reboot, lab-h1 left as the hook left it, never activated.
+        assert on_host("lab-h1", "cat %s 2>/dev/null || true" % PATCHED).strip() == ""
+        assert libvirtd_pid("lab-h1") == pid, "lab-h1's libvirtd was restarted (the lab's reboot)"
+        assert read_json("lab-h1", RUN_MARK) is None
+        mark = maintenance_mark("lab-h1")
+        if stage == "after_evacuation":
+            assert mark is not None and mark["state"] == "maintenance", mark
+            assert virsh(uri(lab, "lab-h1"), "domstate", vm).stdout.strip() == "running"
+        else:
+            assert mark is None
+        assert all(read_json(host, RUN_MARK) is None for host in HOSTS)
+        assert summary(report)["failed"] == "lab-h1", summary(report)
+    finally:
+        on_host("lab-h1", "virsh -c qemu:///system destroy %s >/dev/null 2>&1; rm -f /tmp/%s.xml; true" % (vm, vm))
+    assert_no_vm_lost()
 
 
 INVENTORY_SCRIPT = """#!%s

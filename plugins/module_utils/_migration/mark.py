@@ -65,10 +65,12 @@ def read_mark(state_dir: str) -> t.Optional[t.Dict[str, t.Any]]:
 
 
 def status(state_dir: str) -> t.Dict[str, t.Any]:
-    """The host's maintenance state as host_info reports it."""
+    """The host's maintenance state as host_info reports it, with whether its libvirt hook enforces it."""
     mark = read_mark(state_dir)
+    enforcement = hook_status(state_dir=state_dir)
+    enforcement["trouble"] = None if enforcement["loaded"] else hook_trouble(enforcement)
     if mark is None:
-        return {"active": False, "state": None, "since": None, "reason": None, "by": None, "shutdown_vms": []}
+        return {"active": False, "state": None, "since": None, "reason": None, "by": None, "shutdown_vms": [], "enforcement": enforcement}
     return {
         "active": True,
         "state": mark.get("state"),
@@ -76,6 +78,7 @@ def status(state_dir: str) -> t.Dict[str, t.Any]:
         "reason": mark.get("reason"),
         "by": mark.get("by"),
         "shutdown_vms": list(mark.get("shutdown_vms") or []),
+        "enforcement": enforcement,
     }
 
 
