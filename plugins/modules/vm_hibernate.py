@@ -20,7 +20,7 @@ description:
     it was (libvirt deletes the image), then runs its C(after_hibernation) hooks once its agent answers.
     An image saved from a paused VM restores paused; the VM is then resumed.
   - O(state=running) also resumes a paused VM, and leaves a running VM as it is. It never boots a VM that
-    is shut off without a managed save image on this host: such a VM was not hibernated here (it was
+    is shut off without a managed save image on this host. Such a VM was not hibernated here (it was
     shut down, hibernated on another host, or is a stopped copy), and starting it could run a second
     copy of a guest that runs elsewhere. The task is refused and nothing changes; start such a VM
     deliberately (for example C(virsh start)).
