@@ -33,6 +33,7 @@ from labkit import (
     GUEST_PYTHON,
     assert_no_vm_lost,
     console_log,
+    failing_python,
     guest_inventory,
     guest_uptime,
     read_marker,
@@ -333,20 +334,30 @@ def test_migration_runs_before_hooks_on_the_source_and_after_hooks_on_the_destin
     assert_no_vm_lost()
 
 
-def test_a_failing_before_hook_aborts_the_move_or_warns(lab: Path, hooks_case: t.Callable[..., HookCase]) -> None:
+def test_a_failing_before_hook_aborts_the_move_or_warns(lab: Path, hooks_case: t.Callable[..., HookCase], tmp_path: Path) -> None:
     hooks = [hook("before_migration", "10-record", RECORD_HOOK), hook("before_migration", "20-fail", FAILING_HOOK), *recording("after_migration")]
     vm = hooks_case(hooks).vm
     source, destination = route(vm)
     marker = write_marker(vm)
     source_uri, destination_uri = uri(lab, source), uri(lab, destination)
 
+    # A move that stops after the before_migration hooks ran gives the guest its after_migration hooks
+    # where it still runs, so that nothing the hooks quiesced stays frozen.
     refused = migrate(lab, vm, source, destination, guest_hook_failure="abort")
     assert refused.get("failed") is True and refused.get("changed") is not True, refused
     assert "guest_hook_failure=abort" in refused["msg"] and "20-fail" in refused["msg"], refused["msg"]
+    assert "ran on %s, where the VM still runs (ok)" % source in refused["guest_hooks_after"], refused
     assert vm_homes(vm) == {source: "running"}, "the VM stays on its source"
     assert virsh(destination_uri, "dominfo", vm, check=False).returncode != 0, "the destination never had it"
     assert "running" in virsh(source_uri, "domstate", vm).stdout
-    assert len(records(vm, "before_migration")) == 1 and records(vm, "after_migration") == [], "the hooks ran; nothing moved"
+    assert len(records(vm, "before_migration")) == 1 and len(records(vm, "after_migration")) == 1, "both ran; nothing moved"
+
+    broken = {"ansible_python_interpreter": failing_python(tmp_path, "migrateToURI3")}
+    failed = run_module(lab, source, MIGRATE, {"name": vm, "destination_uri": destination_uri, "guest_hooks": True}, extra_vars=broken)
+    assert failed.get("failed") is True and "injected by the lab test" in failed["msg"], failed
+    assert "The guest's after_migration hooks ran on %s, where the VM still runs (ok)." % source in failed["msg"], failed["msg"]
+    assert vm_homes(vm) == {source: "running"}
+    assert len(records(vm, "before_migration")) == 2 and len(records(vm, "after_migration")) == 2
     assert read_marker(vm) == marker
     assert_no_vm_lost()
 
@@ -359,7 +370,7 @@ def test_a_failing_before_hook_aborts_the_move_or_warns(lab: Path, hooks_case: t
     assert "the application is busy" in before["hooks"][1]["output"]
     assert (after["outcome"], after["host"]) == ("ok", destination_uri), after
     assert "before_migration hooks of VM '%s' did not succeed" % vm in warnings_of(moved) and "the move went on" in warnings_of(moved)
-    assert len(records(vm, "before_migration")) == 2 and len(records(vm, "after_migration")) == 1
+    assert len(records(vm, "before_migration")) == 3 and len(records(vm, "after_migration")) == 3
     assert read_marker(vm) == marker
     assert_no_vm_lost()
 
