@@ -185,6 +185,7 @@ class Soak:
         return launched
 
     def run_step(self, step: sl.Step) -> list[sl.Violation]:
+        self.log.append(step.describe())
         before = self.snapshot()
         launched = self.resolve(step, before)
         first = launched[0][0]
@@ -205,7 +206,6 @@ class Soak:
         for undo in restore:
             undo()
         self.heal()
-        self.log.append(step.describe())
         self.log.extend("    " + run.summary() for run, _m, _a, _d in launched)
         claims = [claim for run, _m, _a, _d in launched for claim in claims_of(run, before)]
         return self.settled_judgement(claims)

@@ -103,6 +103,9 @@ def test_a_transient_vm_must_run_on_exactly_one_host() -> None:
         ([sl.Claim("stayed", "a", "h1", "op1")], [sl.RESULT_CONTRADICTS]),
         # Another operation of the step moved it: the failed one's source says nothing.
         ([sl.Claim("stayed", "a", "h1", "op1"), sl.Claim("on", "a", "h2", "op2")], []),
+        # Moved to h1 by one operation, then on to h2 by another of the same step.
+        ([sl.Claim("on", "a", "h1", "op1"), sl.Claim("on", "a", "h2", "op2")], []),
+        ([sl.Claim("on", "a", "h1", "op1"), sl.Claim("on", "a", "h3", "op2")], [sl.RESULT_CONTRADICTS, sl.RESULT_CONTRADICTS]),
         ([sl.Claim("off", "a", "h2", "op1")], [sl.RESULT_CONTRADICTS]),
         ([sl.Claim("unmarked", None, "h3", "op1")], [sl.RESULT_CONTRADICTS]),
         ([sl.Claim("unmarked", None, "h1", "op1")], []),
