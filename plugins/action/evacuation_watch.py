@@ -82,7 +82,7 @@ class ActionModule(ActionBase):
             time.sleep(args["interval"])
             polls += 1
             job = self._job(args["jid"], task_vars)
-            if job.get("finished") or job.get("failed") and not job.get("started"):
+            if job.get("finished") or (job.get("failed") and not job.get("started")):
                 break
             if time.monotonic() > deadline:
                 raise AnsibleActionFail(

@@ -10,7 +10,7 @@ module: evacuation_watch
 short_description: Wait for a host evacuation running in the background and show its progress
 version_added: 0.2.0
 description:
-  - Waits for a M(virtops.migration.host_maintenance) run started with C(async) and C(poll: 0) on the
+  - Waits for a M(virtops.migration.host_maintenance) run started with C(async) and C(poll=0) on the
     managed node, and returns that run's result once it ends, as M(ansible.builtin.async_status) would.
   - Every O(interval) seconds it looks at the job and, while the job runs, reads the evacuation's
     progress file and prints one line (moves ended out of the total, failures, the moves running now),
@@ -52,7 +52,7 @@ seealso:
   - module: virtops.migration.host_maintenance
   - module: ansible.builtin.async_status
 author:
-  - virtops.migration contributors
+  - virtops.migration contributors (@virtops)
 """
 
 EXAMPLES = r"""

@@ -742,8 +742,8 @@ host:
         enforcement:
           description:
             - Whether the host enforces the mark through the collection's libvirt hook (installed by
-              the role virtops.migration.maintenance_hook): RV(host.maintenance.enforcement.loaded) is
-              true when the hook is installed and the running libvirtd started after it was.
+              the role virtops.migration.maintenance_hook). C(loaded) is true when the hook is installed
+              and the running libvirtd started after it was.
             - V(null) for C(loaded) when libvirtd's start time cannot be read.
             - C(trouble) says in words why the hook does not enforce maintenance, V(null) when it does.
           returned: success

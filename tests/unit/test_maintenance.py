@@ -30,11 +30,15 @@ from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
 def test_mark_round_trip_and_status(tmp_path: Path) -> None:
     state_dir = str(tmp_path / "state")
     assert mk.read_mark(state_dir) is None
-    assert mk.status(state_dir) == {"active": False, "state": None, "since": None, "reason": None, "by": None, "shutdown_vms": []}
+    status = mk.status(state_dir)
+    assert status.pop("enforcement")["path"] == mk.HOOK_PATH
+    assert status == {"active": False, "state": None, "since": None, "reason": None, "by": None, "shutdown_vms": []}
     mark = {"state": "preparing", "since": "2026-11-26T04:20:00.000+00:00", "reason": "kernel", "by": "awx", "shutdown_vms": ["lic1"]}
     mk.write_mark(state_dir, mark)
     assert mk.read_mark(state_dir) == mark
-    assert mk.status(state_dir) == dict(mark, active=True)
+    status = mk.status(state_dir)
+    assert set(status.pop("enforcement")) == {"path", "installed", "loaded", "trouble"}
+    assert status == dict(mark, active=True)
     mk.write_mark(state_dir, dict(mark, state=mk.MAINTENANCE))
     assert mk.status(state_dir)["state"] == "maintenance"
     assert sorted(path.name for path in (tmp_path / "state").iterdir()) == [mk.MARK_FILE], "written atomically, no temporary file left"
@@ -548,6 +552,32 @@ def test_a_vm_is_in_the_mark_before_its_shutdown_is_asked_for(tmp_path: Path, ho
     result = run.maintenance(check_mode=False)
     assert seen == [("lic1", mk.PREPARING, ["lic1"]), ("lic2", mk.PREPARING, ["lic1", "lic2"])]
     assert result["shutdown"] == ["lic1", "lic2"] and mk.read_mark(state_dir)["shutdown_vms"] == ["lic1", "lic2"]
+    # Each with its UUID, which the activation goes by.
+    assert mk.read_mark(state_dir)["shutdown_uuids"] == {name: hosts.domain(name).UUIDString() for name in ("lic1", "lic2")}
+
+
+def test_activation_starts_the_vms_it_shut_down_by_uuid_not_by_name(tmp_path: Path, hosts: Hosts) -> None:
+    """A VM shut down for the maintenance is found by its UUID: renamed meanwhile, it is started under its
+    new name; gone, and another VM defined under its name, that other VM is not started."""
+    run = host_maintenance(tmp_path)
+    state_dir = run.request.state_dir
+    renamed, impostor = domain("web1-new"), domain("db1")
+    hosts.hv1.domains += [renamed, impostor]
+    mark = dict(MAINTENANCE_MARK, shutdown_vms=["db1", "web1"],
+                shutdown_uuids={"web1": renamed.UUIDString(), "db1": "0b7e9a52-1c1d-4a55-8f40-4f0a3c1e9b02"})
+    mk.write_mark(state_dir, mark)
+    planned = run.activate(check_mode=True)
+    assert planned["started"] == ["web1"]
+    result = run.activate(check_mode=False)
+    assert result["started"] == ["web1"] and mk.read_mark(state_dir) is None
+    assert renamed.isActive() and not impostor.isActive()
+
+
+def test_activation_of_a_mark_without_uuids_goes_by_name(tmp_path: Path, hosts: Hosts) -> None:
+    run = host_maintenance(tmp_path)
+    hosts.hv1.domains.append(domain("web1"))
+    mk.write_mark(run.request.state_dir, dict(MAINTENANCE_MARK, shutdown_vms=["web1"]))
+    assert run.activate(check_mode=False)["started"] == ["web1"] and hosts.domain("web1").isActive()
 
 
 def test_a_shutdown_timeout_names_the_vm_and_leaves_it_listed_for_the_activation(tmp_path: Path, hosts: Hosts) -> None:

@@ -154,6 +154,32 @@ def tunnel_refusals(plan: evacuation.EvacuationPlan) -> t.List[str]:
     ]
 
 
+def listed_uuids(*marks: t.Mapping[str, t.Any], names: t.Optional[t.Sequence[str]] = None) -> t.Dict[str, t.Any]:
+    """The mark's ``shutdown_uuids`` key ({name: UUID} of the VMs shut down for the maintenance), as a dict
+    to merge into a mark: the UUIDs ``marks`` record for ``names`` (else the first mark's ``shutdown_vms``);
+    empty when none is recorded (marks written before UUIDs were)."""
+    recorded: t.Dict[str, str] = {}
+    for mark in marks:
+        recorded.update(mark.get("shutdown_uuids") or {})
+    wanted = set((marks[0].get("shutdown_vms") or []) if names is None else names)
+    kept = {name: value for name, value in recorded.items() if name in wanted}
+    return {"shutdown_uuids": kept} if kept else {}
+
+
+def listed_domain(conn: t.Any, mark: t.Mapping[str, t.Any], name: str) -> t.Optional[t.Any]:
+    """The domain a VM the mark lists stands for: found by its recorded UUID (it may have been renamed,
+    and another VM may have taken its name), by name only for a mark without UUIDs; None when gone."""
+    recorded = (mark.get("shutdown_uuids") or {}).get(name)
+    if recorded is None:
+        return domxml.find_domain(conn, name)
+    try:
+        return conn.lookupByUUIDString(recorded)
+    except libvirt.libvirtError as exc:
+        if is_not_found(exc):
+            return None
+        raise translate_libvirt_error(exc, "look the VM up by its UUID", vm=name) from exc
+
+
 def _has_saved_image(dom: t.Any) -> bool:
     """The shut-off VM has a managed save image on this host (False when libvirt cannot tell)."""
     try:
@@ -317,6 +343,7 @@ class HostMaintenance:
             "reason": req.reason,
             "by": req.requested_by,
             "shutdown_vms": list((mark or {}).get("shutdown_vms") or []),
+            **listed_uuids(mark or {}),
         }
         # From here on the host refuses incoming VMs; whatever goes wrong, it goes back to active, or
         # stays activating while a VM shut down for it is not running again.
@@ -385,6 +412,7 @@ class HostMaintenance:
         listed = list(base.get("shutdown_vms") or [])
         if previous is not None and previous.get("state") == MAINTENANCE and running == []:
             kept = dict(previous, shutdown_vms=sorted(set(previous.get("shutdown_vms") or []) | set(listed)))
+            kept.update(listed_uuids(kept, previous, base))
             try:
                 write_mark(req.state_dir, kept)
                 return {"maintenance": kept, "sentence": "%s stays in maintenance, as before this run." % hostname}
@@ -447,7 +475,7 @@ class HostMaintenance:
         to_start = []
         for name in listed:
             try:
-                dom = domxml.find_domain(conn, name)
+                dom = listed_domain(conn, mark, name)
                 if dom is not None and dom.isActive() and name in keep_running:
                     kept.append(name)
                 elif dom is not None and not dom.isActive():
@@ -456,7 +484,7 @@ class HostMaintenance:
                 failed[name] = getattr(exc, "msg", None) or str(exc)
         remaining = sorted(set(kept) | set(failed) | {name for name, _dom in to_start})
         if remaining:
-            write_mark(req.state_dir, dict(mark, state=ACTIVATING, shutdown_vms=remaining))
+            write_mark(req.state_dir, dict(mark, state=ACTIVATING, shutdown_vms=remaining, **listed_uuids(mark, names=remaining)))
         for name, dom in to_start:
             try:
                 dom.create()
@@ -465,7 +493,7 @@ class HostMaintenance:
                 continue
             started.append(name)
             remaining.remove(name)
-            write_mark(req.state_dir, dict(mark, state=ACTIVATING, shutdown_vms=remaining))
+            write_mark(req.state_dir, dict(mark, state=ACTIVATING, shutdown_vms=remaining, **listed_uuids(mark, names=remaining)))
         if not remaining:
             clear_mark(req.state_dir)
         return started, failed, kept
@@ -606,6 +634,7 @@ class HostMaintenance:
                     if not dom.isPersistent():
                         raise MigrationError("VM '%s' on %s is transient: shutting it down would destroy it; it was not touched." % (name, hostname), vm=name)
                     base["shutdown_vms"] = sorted(set(base["shutdown_vms"]) | {name})
+                    base["shutdown_uuids"] = dict(base.get("shutdown_uuids") or {}, **{name: dom.UUIDString()})
                     write_mark(req.state_dir, dict(base, state=PREPARING))
                     asked.append(name)
                     dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT | libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
@@ -652,7 +681,7 @@ class HostMaintenance:
                 return {"changed": False, "host": hostname, "maintenance": None, "msg": "%s is not in maintenance." % hostname}
             to_start = []
             for name in mark.get("shutdown_vms") or []:
-                dom = domxml.find_domain(conn, name)
+                dom = listed_domain(conn, mark, name)
                 if dom is not None and not dom.isActive():
                     to_start.append(name)
             if check_mode:
