@@ -92,7 +92,8 @@ class ActionModule(ActionBase):
             progress = self._progress(args["progress_file"], task_vars)
             if progress is not None:
                 line = progress_line(host, progress)
-                display.display(line)
+                # On stderr: a stdout callback that prints one document (json, yaml) stays parseable.
+                display.display(line, stderr=True)
                 if not lines or lines[-1] != line:
                     lines.append(line)
         job.pop("started", None)

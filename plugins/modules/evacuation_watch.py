@@ -13,8 +13,9 @@ description:
   - Waits for a M(virtops.migration.host_maintenance) run started with C(async) and C(poll=0) on the
     managed node, and returns that run's result once it ends, as M(ansible.builtin.async_status) would.
   - Every O(interval) seconds it looks at the job and, while the job runs, reads the evacuation's
-    progress file and prints one line (moves ended out of the total, failures, the moves running now),
-    as the role virtops.migration.host_maintenance shows it.
+    progress file and prints one line on the controller's standard error (moves ended out of the total,
+    failures, the moves running now), as the role virtops.migration.host_maintenance shows it. The
+    lines are also returned in RV(progress).
   - The whole wait is one task, however long the evacuation takes.
   - Runs on the controller (an action plugin) and runs M(ansible.builtin.async_status) and
     M(ansible.builtin.slurp) on the managed node.
