@@ -41,6 +41,19 @@ description:
   - Whatever happens, the VM keeps running on exactly one host. A failed, aborted or timed-out
     migration leaves it running on the source (resumed if the schedule had paused it), defined there
     only, and the module fails with libvirt's reason.
+  - A failed migrate call (a lost connection, a keepalive timeout) is not taken for a failed move;
+    both hosts are read again, a migration job that still runs is followed to its end, and a VM that
+    then runs on the destination alone is reported as moved, with a warning naming the error.
+  - A paused copy of the VM is resumed (after a failed move, from the record of a lost run, or with
+    O(state=cancelled)) only after the destination and the other known hosts (O(candidates)) were
+    read. When one of them runs or defines the VM, or the destination cannot be read, the copy stays
+    paused and the failure names both hosts (C(kept_paused), C(hosts)), since resuming it could run two copies.
+  - Once a move is verified, the task reports it as changed and says where the VM is; what fails after
+    that (plugging bond VFs back in, the guest's C(after_migration) hooks, setting autostart) is a warning.
+  - A VM with autostart on its source has autostart on its destination (RV(autostart)).
+  - A move that fails after the guest's C(before_migration) hooks ran (see O(guest_hooks)) runs its
+    C(after_migration) hooks where the VM still runs, so that an application the hooks quiesced is not
+    left frozen; the failure message says so.
   - A rerun after a run that died mid-migration (task timeout, C(async) limit, lost SSH connection)
     finds libvirt's migration job still running for the VM and adopts it. It follows the job to its
     end under this run's schedule and timeout, then reports where the VM is (RV(adopted)). Use
@@ -461,6 +474,13 @@ vm_state:
   returned: when a migration completed, or the VM was already on a destination
   type: str
   sample: running
+autostart:
+  description:
+    - Whether the VM starts with its destination host, as libvirt shows it there after the move. It is
+      set when the VM had autostart on its source. Null when it could not be set or read (a warning says why).
+  returned: when a migration of a persistent VM completed
+  type: bool
+  sample: true
 observed:
   description:
     - Where the VM is after the run, as libvirt shows it, per host (V(source), V(destination)).

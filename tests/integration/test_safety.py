@@ -17,19 +17,23 @@ VM that must never be shut down, the VM shut down for maintenance that then cann
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import time
+import uuid as uuid_module
 import typing as t
 from pathlib import Path
 
 from labkit import (
     active_vms,
+    failing_python,
     assert_no_lost_writes,
     assert_no_vm_lost,
     maintenance_mark,
     migration_job,
     module_task,
+    running_on,
     read_marker,
     run_module,
     run_tasks,
@@ -426,4 +430,118 @@ def test_an_activation_that_cannot_start_a_vm_keeps_it_listed(lab: Path, new_vm:
         assert run_module(lab, "lab-h3", MAINTENANCE, {"state": "active"})["changed"] is False
     finally:
         activate_all(lab)
+    assert_no_vm_lost()
+
+
+# -- libvirt's view decides: a failed call, a paused copy, autostart, identity
+
+
+def test_a_failed_migrate_call_whose_job_completed_is_reported_as_the_move(lab: Path, new_vm: VmFactory, tmp_path: Path) -> None:
+    # The call fails after libvirt has done the move (as when the connection drops at its very end):
+    # both hosts are read, and the VM that runs on the destination alone has moved.
+    single, evacuated = new_vm.many([(160, 1), (160, 3)])
+    lost = {"ansible_python_interpreter": failing_python(tmp_path, "migrateToURI3", after=True)}
+    h2 = uri(lab, "lab-h2")
+    moved = run_module(lab, "lab-h1", MIGRATE, {"name": single, "destination_uri": h2}, extra_vars=lost)
+    assert not moved.get("failed") and moved["changed"] is True, moved
+    assert any("injected by the lab test" in warning for warning in moved["warnings"]), moved.get("warnings")
+    assert vm_homes(single) == {"lab-h2": "running"}
+
+    try:
+        drained = run_module(lab, "lab-h3", MAINTENANCE, {"candidates": candidates(lab, "lab-h1", "lab-h2")}, extra_vars=lost)
+        assert not drained.get("failed"), drained
+        assert {record["vm"]: record["outcome"] for record in drained["vms"]}[evacuated] == "migrated", drained["vms"]
+        assert {record["outcome"] for record in drained["vms"]} == {"migrated"}, drained["vms"]
+        assert active_vms(uri(lab, "lab-h3")) == [] and maintenance_mark("lab-h3") is not None
+        assert running_on(evacuated) in ("lab-h1", "lab-h2")
+    finally:
+        activate_all(lab)
+    assert_no_vm_lost()
+
+
+def test_a_paused_copy_is_never_resumed_while_another_host_runs_the_vm(lab: Path, new_vm: VmFactory, tmp_path: Path) -> None:
+    # A lost run's record says the pause on lab-h1 was the collection's; lab-h2 meanwhile runs the VM
+    # (as after a move whose last step failed). Resuming lab-h1's copy would run it twice.
+    vm = new_vm(160, 1)
+    h1, h2 = uri(lab, "lab-h1"), uri(lab, "lab-h2")
+    uuid = virsh(h1, "domuuid", vm).stdout.strip()
+    xml = tmp_path / "copy.xml"
+    xml.write_text(virsh(h1, "dumpxml", vm).stdout)
+    record = "/var/lib/virtops-migration/suspended/%s.json" % uuid
+    virtlab("ssh", "lab-h1", "--", "sh -c 'umask 077; mkdir -p %s && echo {} > %s'" % (record.rsplit("/", 1)[0], record))
+    virsh(h1, "suspend", vm)
+    virsh(h2, "create", str(xml))
+    try:
+        everywhere = candidates(lab)
+        results = run_tasks(
+            lab,
+            "lab-h1",
+            [
+                module_task(MIGRATE, {"name": vm, "destination_uri": uri(lab, "lab-h3"), "candidates": everywhere}),
+                module_task(MIGRATE, {"name": uuid, "state": "cancelled", "candidates": everywhere}),
+            ],
+        )
+        for result in results:
+            assert result.get("failed") is True, result
+            assert "left paused on lab-h1 and not resumed: lab-h2 (running, transient) has it too" in result["msg"], result["msg"]
+        assert virsh(h1, "domstate", vm).stdout.strip() == "paused"
+        assert virsh(h2, "domstate", vm).stdout.strip() == "running"
+        assert virtlab("ssh", "lab-h1", "--", "test", "-e", record, check=False).returncode == 0, "the record stays"
+        assert not migration_job(h1, vm)
+    finally:
+        virsh(h2, "destroy", vm, check=False)
+    # The copy elsewhere gone, the next run resumes it where it was paused.
+    resumed = run_module(lab, "lab-h1", MIGRATE, {"name": vm, "state": "cancelled", "candidates": candidates(lab)})
+    assert resumed["changed"] is True and [event["event"] for event in resumed["events"]] == ["resumed_after_lost_run"], resumed
+    assert vm_homes(vm) == {"lab-h1": "running"}
+    assert_no_vm_lost()
+
+
+def test_autostart_follows_the_vm_and_a_failure_after_the_move_is_a_warning(lab: Path, new_vm: VmFactory, tmp_path: Path) -> None:
+    single, offline, evacuated, broken = new_vm.many([(160, 1), (160, 1), (160, 3), (160, 1)])
+    h1, h2 = uri(lab, "lab-h1"), uri(lab, "lab-h2")
+    for vm in (single, offline, evacuated, broken):
+        virsh(uri(lab, running_on(vm)), "autostart", vm)
+    virsh(h1, "destroy", offline)
+    no_autostart = {"ansible_python_interpreter": failing_python(tmp_path, "setAutostart")}
+    results = run_tasks(
+        lab,
+        "lab-h1",
+        [
+            module_task(MIGRATE, {"name": single, "destination_uri": h2}),
+            module_task(MIGRATE, {"name": offline, "destination_uri": h2}),
+            module_task(MIGRATE, {"name": broken, "destination_uri": h2}, vars=no_autostart),
+        ],
+    )
+    for result in results[:2]:
+        assert not result.get("failed") and result["changed"] is True and result["autostart"] is True, result
+    assert not results[2].get("failed") and results[2]["changed"] is True, results[2]
+    assert results[2]["destination"]["hostname"] == "lab-h2" and results[2]["autostart"] is None
+    assert any("autostart flag could not be set" in warning for warning in results[2]["warnings"]), results[2]
+    try:
+        drained = run_module(lab, "lab-h3", MAINTENANCE, {"candidates": candidates(lab, "lab-h1", "lab-h2")})
+        assert not drained.get("failed"), drained
+        for vm, host in ((single, "lab-h2"), (offline, "lab-h2"), (evacuated, running_on(evacuated))):
+            assert vm_homes(vm) == {host: "shut off" if vm == offline else "running"}
+            assert "Autostart:      enable" in virsh(uri(lab, host), "dominfo", vm).stdout, (vm, host)
+        assert "Autostart:      disable" in virsh(h2, "dominfo", broken).stdout
+    finally:
+        activate_all(lab)
+    assert_no_vm_lost(offline)
+
+
+def test_a_name_is_looked_up_only_as_a_name_and_a_uuid_only_as_a_uuid(lab: Path, new_vm: VmFactory) -> None:
+    # A VM whose name is shaped like a UUID is not the VM with that UUID: asked for by that UUID, no VM exists.
+    named = new_vm(160, 1)
+    h1 = uri(lab, "lab-h1")
+    shaped = str(uuid_module.uuid4())
+    xml = virsh(h1, "dumpxml", "--inactive", named).stdout
+    xml = re.sub(r"<uuid>[^<]*</uuid>", "", xml.replace("<name>%s</name>" % named, "<name>%s</name>" % shaped))
+    virsh_define(h1, xml)  # a second, shut-off VM (libvirt gives it a UUID of its own)
+    try:
+        refused = run_module(lab, "lab-h1", MIGRATE, {"name": shaped, "destination_uri": uri(lab, "lab-h2")})
+        assert refused.get("failed") is True and "does not exist" in refused["msg"], refused
+        assert vm_homes(shaped) == {"lab-h1": "shut off"}
+    finally:
+        virsh(h1, "undefine", shaped)
     assert_no_vm_lost()

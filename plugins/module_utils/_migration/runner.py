@@ -819,7 +819,11 @@ class JobRunner:
         when it cannot be read: its QEMU may run the VM while its libvirtd does not answer. Another
         peer that cannot be read is noted as an event.
         """
-        here = _host_uuid(dom.connect())
+        try:
+            conn = dom.connect()
+            here, where = _host_uuid(conn), conn.getHostname()
+        except libvirt.libvirtError:
+            here, where = None, uri
         elsewhere: t.List[str] = []
         seen = {uri}
         names = {peer.uri: peer.name for peer in self.peers}
@@ -849,11 +853,11 @@ class JobRunner:
         return MigrationError(
             "VM '%s' is left paused on %s and not resumed: %s %s it too, and resuming it could run two copies. Find the copy "
             "that is current, remove the other, then resume it (virsh resume)."
-            % (self.vm, uri, ", ".join(elsewhere), "has" if len(elsewhere) == 1 else "have"),
+            % (self.vm, where, ", ".join(elsewhere), "has" if len(elsewhere) == 1 else "have"),
             vm=self.vm,
             uri=uri,
             uuid=uuid,
-            hosts=[uri] + elsewhere,
+            hosts=["%s (paused)" % where] + elsewhere,
             kept_paused=True,
         )
 
