@@ -232,7 +232,8 @@ plan:
   sample: {ok: true, tunnelled: false, moves: [{vm: db1, priority: high, memory_mib: 4096, from: hv1, to: hv3, kind: live}], blocked: []}
 vms:
   description:
-    - One record per VM moved, in start order, also returned on failure.
+    - One record per VM moved, in start order, also returned on failure. C(vm) is the VM's name and
+      C(uuid) its UUID (what a later step should find it by).
     - A record also has C(events), the steps around that VM's move when there were any (guest hooks, the
       unplug and plug of an SR-IOV failover VF, a released or kept failover primary; named as in the
       RV(virtops.migration.vm_migrate#module:events) of M(virtops.migration.vm_migrate)), C(warnings) (also
@@ -241,7 +242,7 @@ vms:
   type: list
   elements: dict
   sample:
-    - {vm: db1, priority: high, from: hv1, to: hv3, started: "2026-11-26T04:20:01.120+00:00", finished: "2026-11-26T04:20:04.310+00:00",
+    - {vm: db1, uuid: 0f3c9a52-54a1-4c1b-9f0e-6d2f6f1e2a11, priority: high, from: hv1, to: hv3, started: "2026-11-26T04:20:01.120+00:00", finished: "2026-11-26T04:20:04.310+00:00",
        started_at_s: 0.41, finished_at_s: 3.6, duration_s: 3.19, downtime_ms: 52, outcome: migrated,
        timings: {start: 0.04, migrate: 3.08, verify: 0.02}}
 timings:

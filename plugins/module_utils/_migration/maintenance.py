@@ -555,6 +555,7 @@ class HostMaintenance:
                 pending.start(move)
                 record = {
                     "vm": move.vm,
+                    "uuid": move.uuid,
                     "priority": move.priority,
                     "memory_mib": move.memory_mib,
                     "kind": move.kind,
