@@ -181,6 +181,11 @@ options:
 notes:
   - Run the task on the host to evacuate (the default O(uri)); the mark and the event log are
     written on the managed node the module runs on.
+  - The plan places a VM with an SR-IOV failover pair whose VF sits at a fixed PCI address
+    (O(virtops.migration.sriov_failover_nic#module:vf_address)) only on a candidate where that address
+    is a PCI device, is an SR-IOV virtual function and is not assigned to another running VM (the check
+    of M(virtops.migration.vm_migrate)), running or shut off alike. When no candidate has it, the VM is
+    unplaceable and the maintenance fails before anything moves, the reason naming the address.
 seealso:
   - module: virtops.migration.vm_migrate
   - module: virtops.migration.host_info

@@ -84,6 +84,9 @@ options:
     description:
       - The PCI address of one VF, V(DDDD:BB:SS.F) (for example V(0000:3b:10.1)). The same address is then
         used on every host the VM moves to. A warning is returned when the host has no such device.
+      - M(virtops.migration.vm_migrate) and M(virtops.migration.host_maintenance) move the VM (live or
+        shut off) only to a host where this address is a PCI device, is an SR-IOV virtual function, and is
+        not assigned to another running VM; any other host is refused with a reason naming the address.
     type: str
     version_added: 0.2.0
   backup_network:

@@ -264,6 +264,12 @@ notes:
     source host's libvirtd connects to the destination URI itself, with the source host's
     credentials. With O(tunnelled=true) that connection also carries the VM's memory.
   - Statistics of the completed job (downtime, data moved) are read on the destination.
+  - A VM with an SR-IOV failover pair whose VF sits at a fixed PCI address
+    (O(virtops.migration.sriov_failover_nic#module:vf_address)) in its definition moves, live or offline,
+    only to a host where that address is a PCI device (libvirt node device), is an SR-IOV virtual function
+    (its node device has a C(phys_function) capability) and is not assigned to another running VM. Any
+    other destination is refused before anything moves, the reason naming the address. Only the VMs
+    with such a pair make the check read node devices and running VMs' definitions on the candidates.
 seealso:
   - module: virtops.migration.host_info
   - name: libvirt migration guide

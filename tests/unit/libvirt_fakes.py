@@ -181,7 +181,7 @@ class FakeDomain:
 
 
 class FakeObject:
-    """A network or storage pool."""
+    """A network, storage pool or node device."""
 
     def __init__(self, xml: str, active: bool = True, persistent: bool = True, autostart: bool = False) -> None:
         self.xml = xml
@@ -222,6 +222,8 @@ class FakeConnection:
         self.domains = list(domains)
         self.networks = list(networks)
         self.pools = list(pools)
+        # Node devices (``pci_0000_3b_02_1``...), as nodeDeviceLookupByName finds them.
+        self.node_devices: t.List[FakeObject] = []
         self.uri = uri
         self.hostname = "hv1"
         self.closed = False
@@ -310,6 +312,12 @@ class FakeConnection:
 
     def listAllStoragePools(self, flags: int = 0) -> t.List[FakeObject]:
         return list(self.pools)
+
+    def nodeDeviceLookupByName(self, name: str) -> FakeObject:  # noqa: N802 (libvirt's name)
+        for device in self.node_devices:
+            if device.name() == name:
+                return device
+        raise libvirt_error(libvirt.VIR_ERR_NO_NODE_DEVICE, "Node device not found: no node device with matching name '%s'" % name, libvirt.VIR_FROM_NODEDEV)
 
     def lookupByName(self, name: str) -> FakeDomain:
         self.calls.append("lookupByName(%s)" % name)

@@ -54,6 +54,7 @@ def test_host_passthrough_and_diskless_guest() -> None:
         "failover_primaries": [],
         "bond_vfs": [],
         "vf_networks": {},
+        "vf_addresses": [],
     }
 
 
@@ -87,6 +88,19 @@ def test_failover_pairs_and_host_devices() -> None:
     assert needs["vf_networks"] == {"vfnet": 2}
     assert len(needs["unmovable_devices"]) == 1 and "USB" in needs["unmovable_devices"][0]
     assert needs["failover_primaries"] == ["ua-fo-vf"]
+    assert needs["vf_addresses"] == [], "VFs drawn from a network have no fixed address"
+
+
+def test_fixed_vf_addresses_of_pairs_whose_vf_is_in_the_definition() -> None:
+    """A pair's VF at a fixed PCI address is needed on a destination; a plain PCI hostdev is not a pair's VF."""
+    xml = """<domain><devices>
+      <interface type='network'><mac address='52:54:00:aa:00:03'/><source network='lab'/><alias name='ua-at-backup'/></interface>
+      <interface type='hostdev' managed='yes'><mac address='52:54:00:aa:00:03'/>
+        <source><address type='pci' domain='0x0000' bus='0x3B' slot='0x02' function='0x1'/></source><alias name='ua-at-vf'/></interface>
+      <interface type='network'><mac address='52:54:00:aa:00:04'/><source network='lab'/><alias name='ua-gone-backup'/></interface>
+      <hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x5e' slot='0x00' function='0x0'/></source></hostdev>
+    </devices></domain>"""
+    assert parse_requirements(xml)["vf_addresses"] == ["0000:3b:02.1"]
 
 
 @pytest.mark.parametrize(

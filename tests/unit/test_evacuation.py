@@ -9,6 +9,7 @@ import typing as t
 
 import pytest
 
+from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
 from ansible_collections.virtops.migration.plugins.module_utils._migration import evacuation as ev
 from ansible_collections.virtops.migration.plugins.module_utils._migration import placement as pl
 from ansible_collections.virtops.migration.plugins.module_utils._migration import settings as st
@@ -658,6 +659,48 @@ def test_failover_pairs_travel_with_the_move_and_vfs_spread_over_the_destination
         assert sorted(moves(result)) == [("a", "hv2"), ("b", "hv3")], "one free VF per host"
         assert [entry.vm for entry in result.unplaceable] == ["c"] and "free VF" in result.unplaceable[0].reason
         assert all(move.bond_vfs == ("fo",) for move in result.moves)
+
+
+# A failover pair whose VF sits at a fixed PCI address (vf_address). The lab cannot show a free VF (its
+# hosts are namespaces of one machine sharing its PCI devices, none an SR-IOV VF), so the planner is
+# shown every case here; the probe's reading of node devices is shown in test_migration_migrator.py.
+PAIR_AT_ADDRESS = (
+    "<domain type='kvm'><name>%s</name><uuid>uuid-%s</uuid><memory unit='MiB'>512</memory><devices>"
+    "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='lab'/><model type='virtio'/>"
+    "<teaming type='persistent'/><alias name='ua-fo-backup'/></interface>"
+    "<interface type='hostdev' managed='yes'><mac address='52:54:00:aa:00:01'/>"
+    "<source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source>"
+    "<teaming type='transient' persistent='ua-fo-backup'/><alias name='ua-fo-vf'/></interface></devices></domain>"
+)
+VF_HOSTS = {
+    "missing": ({}, "has no PCI device 0000:3b:02.1 for the VM's fixed-address SR-IOV VF"),
+    "not-a-vf": ({"0000:3b:02.1": pl.PciDevice(virtual_function=False)}, "has PCI device 0000:3b:02.1, but it is not an SR-IOV virtual function"),
+    "in-use": (
+        {"0000:3b:02.1": pl.PciDevice(virtual_function=True, used_by="db9")},
+        "has the VF 0000:3b:02.1 (the VM's vf_address) assigned to the active VM 'db9'",
+    ),
+}
+
+
+def vm_with_pair_at_address(name: str, running: bool) -> ev.VmToMove:
+    facts = {"name": name, "uuid": "uuid-" + name, "memory_mib": 512, "vcpus": 1, "active": running, "persistent": True}
+    requirements = domxml.parse_requirements(PAIR_AT_ADDRESS % (name, name))
+    assert requirements["vf_addresses"] == ["0000:3b:02.1"]
+    return ev.VmToMove.from_facts(facts, requirements, st.effective({}))
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["live", "offline"])
+@pytest.mark.parametrize("case", sorted(VF_HOSTS))
+def test_a_vf_address_pair_goes_only_where_that_address_is_a_free_vf(case: str, running: bool) -> None:
+    devices, reason = VF_HOSTS[case]
+    unfit = host("hv2", 16384, pci_devices=devices)
+    free = host("hv3", 2048, pci_devices={"0000:3b:02.1": pl.PciDevice(virtual_function=True)})
+    for fast in (True, False):
+        result = plan([vm_with_pair_at_address("fo1", running)], [unfit, free], fast=fast)
+        assert moves(result) == [("fo1", "hv3")], "hv2 has more free memory, but not the VF"
+        alone = plan([vm_with_pair_at_address("fo1", running)], [unfit], fast=fast)
+        assert not alone.moves and [entry.vm for entry in alone.unplaceable] == ["fo1"]
+        assert "hv2 " + reason in alone.unplaceable[0].reason
 
 
 def test_a_hibernated_vm_stays_with_its_saved_image() -> None:

@@ -296,6 +296,19 @@ def test_failover_primaries(devices: str, tail: str, primaries: t.List[str]) -> 
     assert failover.failover_primaries(domain(devices, tail=tail)) == primaries
 
 
+def test_assigned_pci_addresses_are_every_pci_hostdev_and_hostdev_nic_source() -> None:
+    devices = (
+        "<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source></hostdev>"
+        "<hostdev mode='subsystem' type='usb'><source><vendor id='0x0781'/><product id='0x5567'/></source></hostdev>"
+        "<interface type='hostdev'><source><address type='pci' domain='0' bus='0x3b' slot='2' function='2'/></source></interface>"
+        "<interface type='network'><source network='vfnet'/><actual type='hostdev'><source>"
+        "<address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x3'/></source></actual></interface>"
+        "<interface type='network'><source network='lab'/><actual type='bridge'/></interface>"
+    )
+    assert failover.assigned_pci_addresses(domain(devices)) == {"0000:3b:02.1", "0000:3b:02.2", "0000:3b:02.3"}
+    assert failover.pci_node_device("0000:3b:02.1") == "pci_0000_3b_02_1"
+
+
 def test_vf_device_xml_drops_host_bits_and_keeps_guest_ones() -> None:
     xml = failover.vf_device_xml(domain(TEAMING_LIVE), "net1")
     assert xml is not None

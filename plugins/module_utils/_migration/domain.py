@@ -277,7 +277,9 @@ def parse_requirements(domain_xml: str) -> t.Dict[str, t.Any]:
     Assigned host devices (``failover.py``): ``unmovable_devices`` describes each one that blocks a
     live move; ``failover_primaries`` the devices QEMU unplugs itself when a live migration starts
     (teaming); ``bond_vfs`` the bond-mode failover pairs whose VF is plugged in; ``vf_networks`` how
-    many VFs a running VM draws from each libvirt hostdev network (its live XML shows them).
+    many VFs a running VM draws from each libvirt hostdev network (its live XML shows them);
+    ``vf_addresses`` the host PCI addresses of the VFs of failover pairs with a fixed address
+    (``vf_address``) whose VF is in the XML: a destination must have each as a free SR-IOV VF.
     """
     root = ET.fromstring(domain_xml)
     devices = root.find("devices")
@@ -332,4 +334,5 @@ def parse_requirements(domain_xml: str) -> t.Dict[str, t.Any]:
         "failover_primaries": failover.failover_primaries(domain_xml),
         "bond_vfs": sorted(pair.name for pair in pairs if pair.mode == "bond" and pair.vf_present),
         "vf_networks": dict(collections.Counter(vf_networks)),
+        "vf_addresses": sorted({pair.vf_address for pair in pairs if pair.vf_present and pair.vf_address}),
     }

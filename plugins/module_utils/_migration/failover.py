@@ -90,6 +90,11 @@ def format_pci_address(element: t.Optional[ET.Element]) -> t.Optional[str]:
         return None
 
 
+def pci_node_device(address: str) -> str:
+    """The libvirt node device name of a PCI address ``DDDD:BB:SS.F`` (``pci_DDDD_BB_SS_F``)."""
+    return "pci_" + address.replace(":", "_").replace(".", "_")
+
+
 def normalize_mac(mac: str) -> str:
     """A MAC in libvirt's lower-case colon form; :class:`ValueError` for anything else."""
     if not isinstance(mac, str) or not _MAC.match(mac.strip()):
@@ -413,6 +418,26 @@ def _override_primaries(root: ET.Element) -> t.List[str]:
                 aliases.append(device.get("alias", ""))
                 break
     return aliases
+
+
+def assigned_pci_addresses(domain_xml: str) -> t.Set[str]:
+    """The host PCI addresses (``DDDD:BB:SS.F``) assigned to the domain: PCI ``<hostdev>`` and hostdev NIC sources.
+
+    A hostdev NIC from a libvirt network shows its VF in ``<actual>`` (running domains only).
+    """
+    found: t.Set[str] = set()
+    for element in _devices(ET.fromstring(domain_xml)):
+        if element.tag == "hostdev" and element.get("type") == "pci":
+            address = format_pci_address(element.find("source/address"))
+        elif element.tag == "interface" and element.get("type") == "hostdev":
+            address = format_pci_address(element.find("source/address"))
+        elif element.tag == "interface":
+            address = format_pci_address(element.find("actual[@type='hostdev']/source/address"))
+        else:
+            continue
+        if address:
+            found.add(address)
+    return found
 
 
 def failover_primaries(domain_xml: str) -> t.List[str]:

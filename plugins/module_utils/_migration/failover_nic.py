@@ -140,7 +140,7 @@ class FailoverNic:
             )
 
     def _check_vf_address(self, conn: t.Any, address: str) -> None:
-        device = "pci_" + address.replace(":", "_").replace(".", "_")
+        device = failover.pci_node_device(address)
         try:
             conn.nodeDeviceLookupByName(device)
         except libvirt.libvirtError:

@@ -4,7 +4,8 @@
 """Where a VM may go, and where it should go.
 
 Filters first, as oVirt's scheduler does (not the source, not in maintenance, reachable, pinning,
-CPU compatible, networks present, storage present, enough free memory counting what is already
+CPU compatible, networks present, storage present, the fixed-address SR-IOV VFs of failover
+pairs present there as free VFs, enough free memory counting what is already
 planned there), then a rank: the most free memory after the VM lands, ties broken by the fewest
 running vCPUs. Placements already planned count as pending load, so a series of choices spreads.
 
@@ -34,6 +35,8 @@ class VmNeeds:
     pinned_hosts: t.FrozenSet[str] = frozenset()
     # (network, count): the SR-IOV VFs the VM draws from libvirt hostdev networks, sorted by network.
     vfs: t.Tuple[t.Tuple[str, int], ...] = ()
+    # Host PCI addresses (DDDD:BB:SS.F) of the VFs of failover pairs with a fixed address (vf_address).
+    vf_addresses: t.FrozenSet[str] = frozenset()
 
 
 def host_names(value: t.Any) -> t.FrozenSet[str]:
@@ -65,7 +68,18 @@ def needs_from_facts(
         disk_paths=frozenset(disk["path"] for disk in disks if disk.get("path") and disk.get("shared_storage")),
         pinned_hosts=host_names(effective_settings.get("pinned_hosts")),
         vfs=tuple(sorted((str(net), int(count)) for net, count in (requirements.get("vf_networks") or {}).items())),
+        vf_addresses=frozenset(requirements.get("vf_addresses") or ()),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class PciDevice:
+    """A PCI address a VM's fixed-address VF uses, as a candidate host has it."""
+
+    # An SR-IOV virtual function (its node device has a phys_function capability).
+    virtual_function: bool
+    # The active domain it is assigned to there (None: free).
+    used_by: t.Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -90,6 +104,8 @@ class HostState:
     vm_uuids: t.FrozenSet[str] = frozenset()
     # Free VFs of each active libvirt hostdev network the VMs being placed use (absent: no such network).
     free_vfs: t.Dict[str, int] = dataclasses.field(default_factory=dict)
+    # Each PCI address the fixed-address VFs of the VMs being placed use (absent: no such PCI device there).
+    pci_devices: t.Dict[str, PciDevice] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -114,6 +130,18 @@ def _free_vfs(host: HostState, network: str, pending: t.Optional[PendingLoad]) -
     return host.free_vfs[network] - (pending.vfs.get((host.name, network), 0) if pending is not None else 0)
 
 
+def _vf_address_problem(host: HostState, address: str) -> t.Optional[str]:
+    """Why ``host`` cannot give a VM the VF at the PCI ``address`` (None when it is a free VF there)."""
+    device = host.pci_devices.get(address)
+    if device is None:
+        return "has no PCI device %s for the VM's fixed-address SR-IOV VF (vf_address)" % address
+    if not device.virtual_function:
+        return "has PCI device %s, but it is not an SR-IOV virtual function (no phys_function capability), for the VM's vf_address" % address
+    if device.used_by is not None:
+        return "has the VF %s (the VM's vf_address) assigned to the active VM '%s'" % (address, device.used_by)
+    return None
+
+
 def fits(
     vm: VmNeeds, host: HostState, source_uuid: t.Optional[str], pending: t.Optional[PendingLoad] = None, memory_mib: t.Optional[int] = None
 ) -> bool:
@@ -132,6 +160,8 @@ def fits(
     for network, count in vm.vfs:
         if (_free_vfs(host, network, pending) or 0) < count:
             return False
+    if any(_vf_address_problem(host, address) for address in vm.vf_addresses):
+        return False
     planned = pending.memory_mib.get(host.name, 0) if pending is not None else 0
     return host.available_mib - planned >= (vm.memory_mib if memory_mib is None else memory_mib)
 
@@ -168,6 +198,10 @@ def rejections(
             reasons.append("lacks the active SR-IOV VF network %s (forward mode hostdev)" % network)
         elif vfs_free < count:
             reasons.append("has %d free VF(s) in network %s after planned migrations, the VM needs %d" % (max(vfs_free, 0), network, count))
+    for address in sorted(vm.vf_addresses):
+        problem = _vf_address_problem(host, address)
+        if problem:
+            reasons.append(problem)
     free = host.available_mib - (pending.memory_mib.get(host.name, 0) if pending is not None else 0)
     if free < vm.memory_mib:
         reasons.append(

@@ -16,6 +16,7 @@ import typing as t
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration import failover
 from ansible_collections.virtops.migration.plugins.module_utils._migration import placement
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     MigrationError,
@@ -68,7 +69,8 @@ def probe_host(
 
     Identity, free memory after the reserve (the candidate's own, else ``reserve_mib``), running
     vCPUs, active networks, the bridges and disk paths the VMs use, every VM UUID defined there
-    (duplicates), and for each VM in ``cpus`` whether the host's hypervisor can run its CPU.
+    (duplicates), for each VM in ``cpus`` whether the host's hypervisor can run its CPU, and, only
+    when a VM has a fixed-address VF, what each such PCI address is there (:func:`_pci_devices`).
     """
     uri = candidate.uri
     try:
@@ -77,13 +79,18 @@ def probe_host(
         node = conn.getInfo()
         vcpus = 0
         uuids = set()
+        addresses = frozenset().union(*(vm.vf_addresses for vm in needs)) if needs else frozenset()
+        assigned: t.Dict[str, str] = {}
         for dom in conn.listAllDomains(0):
             uuids.add(dom.UUIDString())
             if dom.isActive():
                 vcpus += int(dom.info()[3])
+                if addresses:
+                    assigned.update(dict.fromkeys(_assigned(dom) & addresses, dom.name()))
         networks = frozenset(net.name() for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE))
         bridges = _bridges(conn, frozenset().union(*(vm.bridges for vm in needs)) if needs else frozenset())
         free_vfs = _free_vfs(conn, frozenset(network for vm in needs for network, _count in vm.vfs))
+        pci_devices = _pci_devices(conn, addresses, assigned)
         disk_paths = set()
         for path in sorted(frozenset().union(*(vm.disk_paths for vm in needs)) if needs else ()):
             try:
@@ -115,6 +122,7 @@ def probe_host(
         cpu_incompatible=incompatible,
         vm_uuids=frozenset(uuids),
         free_vfs=free_vfs,
+        pci_devices=pci_devices,
     )
 
 
@@ -202,6 +210,36 @@ def _free_vfs(conn: t.Any, wanted: t.AbstractSet[str]) -> t.Dict[str, int]:
         in_use = int(forward.get("connections") or 0)
         free[name] = max(0, len(forward.findall("address")) - in_use)
     return free
+
+
+def _assigned(dom: t.Any) -> t.Set[str]:
+    """The host PCI addresses assigned to an active domain (none when it has just gone away)."""
+    try:
+        return failover.assigned_pci_addresses(dom.XMLDesc(0))
+    except libvirt.libvirtError as exc:
+        if is_not_found(exc):
+            return set()
+        raise
+
+
+def _pci_devices(conn: t.Any, wanted: t.AbstractSet[str], assigned: t.Mapping[str, str]) -> t.Dict[str, placement.PciDevice]:
+    """What each wanted PCI address is on the host: left out when the host has no such node device.
+
+    A VF's node device has ``<capability type='phys_function'>`` (libvirt's view of sysfs ``physfn``);
+    ``assigned`` names the active domain each address is assigned to.
+    """
+    found = {}
+    for address in sorted(wanted):
+        try:
+            device = conn.nodeDeviceLookupByName(failover.pci_node_device(address))
+            xml = ET.fromstring(device.XMLDesc(0))
+        except libvirt.libvirtError as exc:
+            if libvirt_error_code(exc) == libvirt.VIR_ERR_NO_NODE_DEVICE:
+                continue
+            raise
+        virtual = xml.find("capability[@type='pci']/capability[@type='phys_function']") is not None
+        found[address] = placement.PciDevice(virtual_function=virtual, used_by=assigned.get(address))
+    return found
 
 
 def whereabouts(conn: t.Any, uuid: str) -> t.Optional[t.Dict[str, t.Any]]:

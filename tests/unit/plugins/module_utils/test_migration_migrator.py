@@ -18,7 +18,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import options, placement, runner, vm_migration
+from ansible_collections.virtops.migration.plugins.module_utils._migration import options, placement, probe, runner, vm_migration
 from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, Move, RunOptions
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
     DuplicateVmError,
@@ -1146,11 +1146,112 @@ def test_a_non_live_move_with_a_teaming_primary_is_refused(cluster: Cluster, tmp
     assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
 
 
+VF_ADDRESS = "0000:3b:02.1"  # the VF of TEAMING_PAIR
+
+
+def pci_device(name: str, virtual_function: bool) -> FakeObject:
+    """A PCI node device: a VF (phys_function capability) or a device of its own (here a PF with VFs)."""
+    kind = (
+        "<capability type='phys_function'><address domain='0x0000' bus='0x3b' slot='0x00' function='0x0'/></capability>"
+        if virtual_function
+        else "<capability type='virt_functions' maxCount='7'/>"
+    )
+    return FakeObject("<device><name>%s</name><capability type='pci'><domain>0</domain><bus>59</bus>%s</capability></device>" % (name, kind))
+
+
+def with_free_vf(conn: FakeConnection) -> None:
+    conn.networks.append(FakeObject("<network><name>lab</name></network>"))
+    conn.node_devices.append(pci_device("pci_0000_3b_02_1", virtual_function=True))
+
+
 def test_a_teaming_pair_migrates_live_and_the_plan_names_it(cluster: Cluster, tmp_path: Path) -> None:
     with_devices(cluster, TEAMING_PAIR)
-    cluster.destination.networks.append(FakeObject("<network><name>lab</name></network>"))
+    with_free_vf(cluster.destination)
     result = migrator(tmp_path).migrate(check_mode=True)
     assert result["plan"]["failover"] == {"bond_vfs": [], "primaries": ["ua-fo-vf"]}
+
+
+# -- a failover pair with a fixed VF address (vf_address) moves only to a host with that address as a free VF
+#
+# The lab cannot show the accepted case: its hosts are namespaces of one machine sharing its PCI
+# devices, none of which is an SR-IOV VF. So each case is shown here, with node devices of fake hosts.
+
+BOND_PAIR_AT_ADDRESS = (
+    "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='lab'/><model type='virtio'/>"
+    "<alias name='ua-fo-backup'/></interface>"
+    "<interface type='hostdev' managed='yes'><mac address='52:54:00:aa:00:01'/>"
+    "<source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source><alias name='ua-fo-vf'/></interface>"
+)
+OTHER_VM = (
+    "<domain type='kvm'><name>db9</name><uuid>9f0e4c1a-2b3d-4e5f-8a7b-6c5d4e3f2a10</uuid><devices>"
+    "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source>"
+    "</hostdev></devices></domain>"
+)
+
+
+def vf_missing(conn: FakeConnection) -> None:
+    conn.networks.append(FakeObject("<network><name>lab</name></network>"))
+
+
+def vf_not_a_vf(conn: FakeConnection) -> None:
+    vf_missing(conn)
+    conn.node_devices.append(pci_device("pci_0000_3b_02_1", virtual_function=False))
+
+
+def vf_in_use(conn: FakeConnection) -> None:
+    with_free_vf(conn)
+    conn.domains.append(FakeDomain(OTHER_VM))
+
+
+VF_ADDRESS_REFUSALS = [
+    (vf_missing, "hv2 has no PCI device 0000:3b:02.1 for the VM's fixed-address SR-IOV VF (vf_address)"),
+    (vf_not_a_vf, "hv2 has PCI device 0000:3b:02.1, but it is not an SR-IOV virtual function (no phys_function capability)"),
+    (vf_in_use, "hv2 has the VF 0000:3b:02.1 (the VM's vf_address) assigned to the active VM 'db9'"),
+]
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["live", "offline"])
+@pytest.mark.parametrize("destination, reason", VF_ADDRESS_REFUSALS, ids=["missing", "not-a-vf", "in-use"])
+def test_a_named_destination_without_the_pairs_vf_address_as_a_free_vf_is_refused(
+    cluster: Cluster, tmp_path: Path, destination: t.Callable[[FakeConnection], None], reason: str, running: bool
+) -> None:
+    """A running VM (QEMU plugs the VF in again there) and a shut-off one (it will start there) alike."""
+    with_devices(cluster, TEAMING_PAIR)
+    if not running:
+        cluster.vm._state = SHUT_OFF
+    destination(cluster.destination)
+    req = options.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI]))
+    with pytest.raises(MigrationError) as caught:
+        vm_migration.VmMigration(req).migrate(check_mode=False)
+    assert caught.value.msg.startswith("no host can take VM 'web1': " + reason), caught.value.msg
+    assert VF_ADDRESS in caught.value.details["rejected_hosts"]["hv2"][0]
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+    assert cluster.vm in cluster.source.domains and "web1" not in [dom.name() for dom in cluster.destination.domains]
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["live", "offline"])
+def test_a_free_vf_at_the_pairs_vf_address_takes_the_vm(cluster: Cluster, tmp_path: Path, running: bool) -> None:
+    """The VF exists there, is a VF, and only a shut-off domain there names it: the move goes ahead."""
+    with_devices(cluster, TEAMING_PAIR if running else BOND_PAIR_AT_ADDRESS)
+    if not running:
+        cluster.vm._state = SHUT_OFF
+    with_free_vf(cluster.destination)
+    cluster.destination.domains.append(FakeDomain(OTHER_VM, SHUT_OFF))
+    req = options.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI]))
+    result = vm_migration.VmMigration(req).migrate(check_mode=True)
+    assert result["destination"] == {"hostname": "hv2", "uri": DEST_URI}
+    assert result["plan"]["kind"] == ("live" if running else "offline")
+
+
+def test_the_probe_reads_no_node_devices_when_no_vm_has_a_vf_address(cluster: Cluster) -> None:
+    """Reading a candidate stays cheap: no node device look-ups and no domain XML unless a VM needs an address."""
+    with_free_vf(cluster.destination)
+    cluster.destination.domains.append(FakeDomain(OTHER_VM))
+    looked_up: t.List[str] = []
+    cluster.destination.nodeDeviceLookupByName = looked_up.append  # type: ignore[method-assign,assignment]
+    cluster.destination.domains[0].XMLDesc = lambda flags=0: looked_up.append("XMLDesc")  # type: ignore[method-assign,assignment,return-value]
+    host = probe.probe_host(cluster.destination, Candidate(uri=DEST_URI), [placement.VmNeeds(name="web1", memory_mib=1)], {}, 0)
+    assert looked_up == [] and host.pci_devices == {}
 
 
 # -- the guest's own hooks around a move
