@@ -545,3 +545,36 @@ def test_a_name_is_looked_up_only_as_a_name_and_a_uuid_only_as_a_uuid(lab: Path,
     finally:
         virsh(h1, "undefine", shaped)
     assert_no_vm_lost()
+
+
+def test_a_fixed_vf_address_that_is_no_vf_on_the_destination_keeps_the_vm_where_it_is(lab: Path, new_vm: VmFactory) -> None:
+    """A failover pair's VF at a fixed PCI address (vf_address) moves only where that address is a free SR-IOV VF.
+
+    The lab's hosts are namespaces of this machine and share its PCI devices, none of which is an
+    SR-IOV VF: only the refusal can be shown here. The accepted case (a free VF), a missing address and
+    a VF in use by another VM are shown in the unit tests (test_migration_migrator.py, test_evacuation.py).
+    """
+    vm = new_vm(160, 1)
+    h1, h2 = uri(lab, "lab-h1"), uri(lab, "lab-h2")
+    devices = virsh(h2, "nodedev-list", "--cap", "pci").stdout.split()
+    assert devices, "lab-h2 lists no PCI node devices"
+    device = devices[0]
+    assert "<capability type='pci'>" in virsh(h2, "nodedev-dumpxml", device).stdout
+    assert "phys_function" not in virsh(h2, "nodedev-dumpxml", device).stdout, "%s is a VF: the lab was to have none" % device
+    address = "%s:%s:%s.%s" % tuple(device.split("_")[1:5])
+    virsh(h1, "destroy", vm)
+    pair = {"name": vm, "pair": "fixed", "mode": "bond", "vf_address": address, "backup_network": "lab"}
+    added = run_module(lab, "lab-h1", "virtops.migration.sriov_failover_nic", pair)
+    assert not added.get("failed") and added["changed"], added
+    source = "domain='0x%s' bus='0x%s' slot='0x%s' function='0x%s'" % tuple(device.split("_")[1:5])
+    defined = virsh(h1, "dumpxml", "--inactive", vm).stdout
+    assert "ua-fixed-vf" in defined and source in defined, "the shut-off definition has the pair's VF at %s" % address
+
+    args = {"name": vm, "destination_uri": h2}
+    planned, refused = run_tasks(lab, "lab-h1", [module_task(MIGRATE, args, check_mode=True), module_task(MIGRATE, args)])
+    for result in (planned, refused):
+        assert result.get("failed") is True, result
+        assert "lab-h2" in result["msg"] and address in result["msg"] and "not an SR-IOV virtual function" in result["msg"], result["msg"]
+    assert vm_homes(vm) == {"lab-h1": "shut off"}
+    assert not virsh(h2, "list", "--all", "--name").stdout.split().count(vm)
+    assert_no_vm_lost(vm)
