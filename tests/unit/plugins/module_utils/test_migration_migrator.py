@@ -1248,8 +1248,13 @@ def test_the_probe_reads_no_node_devices_when_no_vm_has_a_vf_address(cluster: Cl
     with_free_vf(cluster.destination)
     cluster.destination.domains.append(FakeDomain(OTHER_VM))
     looked_up: t.List[str] = []
+
+    def xml_desc(flags: int = 0) -> str:
+        looked_up.append("XMLDesc")
+        return OTHER_VM
+
     cluster.destination.nodeDeviceLookupByName = looked_up.append  # type: ignore[method-assign,assignment]
-    cluster.destination.domains[0].XMLDesc = lambda flags=0: looked_up.append("XMLDesc")  # type: ignore[method-assign,assignment,return-value]
+    cluster.destination.domains[0].XMLDesc = xml_desc  # type: ignore[method-assign]
     host = probe.probe_host(cluster.destination, Candidate(uri=DEST_URI), [placement.VmNeeds(name="web1", memory_mib=1)], {}, 0)
     assert looked_up == [] and host.pci_devices == {}
 
