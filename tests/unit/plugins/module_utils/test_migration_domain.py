@@ -299,11 +299,14 @@ def test_lookup_by_uuid_tries_the_uuid_first(conn: FakeConnection) -> None:
     assert conn.calls == ["lookupByUUIDString(%s)" % RUNNING_UUID]
 
 
-def test_a_uuid_shaped_name_is_found_by_name(conn: FakeConnection, sample: t.Callable[[str], str]) -> None:
+def test_a_uuid_shaped_string_is_looked_up_only_as_a_uuid(conn: FakeConnection, sample: t.Callable[[str], str]) -> None:
+    # A VM whose name is shaped like a UUID is not the VM with that UUID: it is never found by it.
     odd = "00000000-0000-0000-0000-000000000001"
     conn.domains.append(FakeDomain(sample("domain-transient.xml").replace("transient-vm", odd)))
-    assert domain.lookup_domain(conn, odd).name() == odd
-    assert conn.calls == ["lookupByUUIDString(%s)" % odd, "lookupByName(%s)" % odd]
+    assert domain.find_domain(conn, odd) is None
+    assert conn.calls == ["lookupByUUIDString(%s)" % odd]
+    with pytest.raises(VmNotFoundError, match=r"\(looked up by UUID\)"):
+        domain.lookup_domain(conn, odd)
 
 
 def test_find_domain_gives_none_when_absent(conn: FakeConnection) -> None:

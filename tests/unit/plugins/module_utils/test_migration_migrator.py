@@ -1375,17 +1375,19 @@ def test_a_failed_last_step_with_the_vm_on_the_destination_leaves_the_source_pau
 def test_a_vm_a_lost_run_paused_stays_paused_while_another_host_has_it(cluster: Cluster, tmp_path: Path, how: str) -> None:
     hv3 = cluster.add_host("qemu+tls://hv3/system", "hv3", "7f0c2d3e-1b2a-4c5d-8e9f-0a1b2c3d4e5f")
     hv3.domains.append(FakeDomain(VM_XML.replace("<name>web1</name>", "<name>web1-copy</name>"), (libvirt.VIR_DOMAIN_RUNNING, 1), persistent=False))
-    if how == "planned":
-        run = job_runner(tmp_path, cluster)
-        run.records.add(VM_UUID, "web1")
-        call = lambda: run.carry_out(planned_move(), [Candidate(uri="qemu+tls://hv3/system", name="hv3")])  # noqa: E731
-    else:
-        migration = migrator(tmp_path, elsewhere=[Candidate(uri="qemu+tls://hv3/system", name="hv3")])
-        migration.runner.records.add(VM_UUID, "web1")
-        call = (lambda: migration.migrate(check_mode=False)) if how == "migrate" else (lambda: migration.cancel(check_mode=False))  # noqa: E731
+    hv3_candidate = Candidate(uri="qemu+tls://hv3/system", name="hv3")
+    run = job_runner(tmp_path, cluster)
+    migration = migrator(tmp_path, elsewhere=[hv3_candidate])
+    for records in (run.records, migration.runner.records):
+        records.add(VM_UUID, "web1")
     cluster.vm._state = PAUSED_BY_USER
     with pytest.raises(MigrationError, match=r"left paused on hv1 and not resumed: hv3 \(running, transient\) has it too"):
-        call()
+        if how == "planned":
+            run.carry_out(planned_move(), [hv3_candidate])
+        elif how == "migrate":
+            migration.migrate(check_mode=False)
+        else:
+            migration.cancel(check_mode=False)
     assert changes_to(cluster.vm) == [] and not [c for c in cluster.vm.calls if c[0] == "migrateToURI3"]
 
 
