@@ -247,7 +247,11 @@ class Soak:
         if fault == sl.TRANSIENT:
             name = "soakx%d" % step.number
             model = next((v for v in VMS[1:] if v in snap.domains.get(first.source, {})), VMS[1])
-            xml = labkit.virsh(self.uris[self.where(snap, model)], "dumpxml", "--inactive", model).stdout
+            dumped = labkit.virsh(self.uris[self.where(snap, model)], "dumpxml", "--inactive", model, check=False)
+            if dumped.returncode != 0:
+                self.log.append("    (transient VM not created: %s moved meanwhile)" % model)
+                return []
+            xml = dumped.stdout
             xml = re.sub(r"<uuid>[^<]*</uuid>|<mac address=[^/]*/>", "", xml).replace(model, name)
             created = virsh_with_xml(self.uris[first.source], "create", xml)
             if created.returncode == 0:
@@ -255,14 +259,19 @@ class Soak:
             else:
                 self.log.append("    (transient VM not created: %s)" % created.stderr.strip()[:200])
             return [lambda: self.remove_transient(name)]
-        # STALE_COPY: the VM's definition on a host where it is not defined.
-        home = self.where(snap, vm)
-        others = [h for h in HOSTS if h != home and vm not in snap.domains.get(h, {})]
+        # STALE_COPY: the VM's definition on a host where it is not defined (read now: mid-step the
+        # VM may have moved since the step began).
+        now = self.snapshot() if step.fault_delay_s >= 0 else snap
+        home = self.where(now, vm)
+        others = [h for h in HOSTS if h != home and vm not in now.domains.get(h, {})]
         if not others:
             return []
         target = host if host in others else others[0]
-        xml = labkit.virsh(self.uris[home], "dumpxml", "--inactive", vm).stdout
-        defined = virsh_with_xml(self.uris[target], "define", xml)
+        dumped = labkit.virsh(self.uris[home], "dumpxml", "--inactive", vm, check=False)
+        if dumped.returncode != 0:
+            self.log.append("    (stale copy not planted: %s left %s meanwhile)" % (vm, home))
+            return []
+        defined = virsh_with_xml(self.uris[target], "define", dumped.stdout)
         if defined.returncode == 0:
             self.planted.add((vm, target))
             self.log.append("    stale copy of %s defined on %s" % (vm, target))
