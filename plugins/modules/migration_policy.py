@@ -21,6 +21,10 @@ description:
     O(migration_mode=none) refuses every migration; V(manual) allows a migration asked for by name
     but keeps the VM out of evacuations unless confirmed; O(pinned_hosts) restricts destinations.
   - Invalid values are refused with a message naming the setting, and nothing is written.
+  - Right before writing, the module checks again that the VM is still on the host, in the state it
+    was read in (running or shut off, persistent or transient), and runs no libvirt job such as a live
+    migration; otherwise it fails naming the VM, the host and the job or the change, and writes
+    nothing (settings written on a host the VM is leaving would not travel with it).
 author:
   - virtops.migration contributors (@virtops)
 extends_documentation_fragment:

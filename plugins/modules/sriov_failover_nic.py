@@ -24,6 +24,14 @@ description:
   - Changes the persistent definition of the VM. With O(live=true) a running VM also gets the change at
     once (backup plugged first, then the VF; removed in reverse order). A live step that fails is undone,
     and the previous persistent definition is restored.
+  - The definition is read and written with its secure fields (C(VIR_DOMAIN_XML_SECURE)), so graphics
+    passwords and the like are kept.
+  - Right before each write (the definition, each live step, each step of an undo) the module checks
+    again that the VM is still on the host, in the state it was read in (running or shut off,
+    persistent), runs no libvirt job such as a live migration, and, before a definition is written,
+    that nobody else changed its persistent definition meanwhile. Otherwise it writes nothing more and
+    fails naming the VM, the host and the job or the change. An undo stopped this way never defines
+    the VM on a host it has left; the failure then lists what was not undone (RV(not_undone)).
   - Refuses, changing nothing, a VF network that does not exist or is not in C(hostdev) forward mode, a
     backup network or bridge the host lacks, a MAC that another interface of the VM or another VM of the
     host uses, O(mode=teaming) on a machine type without PCI Express root ports (i440fx, C(pc)), a
@@ -249,6 +257,14 @@ actions:
   type: list
   elements: str
   sample: ["defined the persistent definition with the pair written", "plugged ua-net1-backup", "plugged ua-net1-vf"]
+not_undone:
+  description:
+    - When a live step failed, what of this run's changes stays as it is because its undo failed, or was not
+      attempted because the VM had left the host, changed state or started a libvirt job (empty when all was undone).
+  returned: failure after a write
+  type: list
+  elements: str
+  sample: ["ua-net1-backup stays plugged into the running VM"]
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -7,8 +7,10 @@ exactly the pair, and every refusal, on scratch domains that are defined but nev
 the transient one, which libvirt can only hold while it runs). A hostdev network over a PF that does
 not exist, or over a netdev without VFs, fails to start with libvirt's own error.
 
-No test here needs a guest: the module edits definitions, and the lab VM whose MAC is taken only lends
-its definition (the session's VMs are tiny VMs). Sequences of runs on lab-h1 (check, real, repeat, repeat in check mode; the tables
+One test needs a real guest (TCG): a live migration slow enough to run the module during it (a tiny
+VM's memory is almost all zero pages, which a bandwidth cap hardly slows). The others need none: the
+module edits definitions, and the lab VM whose MAC is taken only lends its definition (the session's
+VMs are tiny VMs). Sequences of runs on lab-h1 (check, real, repeat, repeat in check mode; the tables
 of refusals) go through one ``ansible-playbook`` process each (``run_tasks``); where the original
 sequence looked at libvirt between two runs, a ``virsh`` task on the host reads it at that point of the
 same run, so every run's effect is still seen before the next one.
@@ -17,6 +19,7 @@ same run, so every run's effect is still seen before the next one.
 from __future__ import annotations
 
 import secrets
+import subprocess
 import tempfile
 import typing as t
 import xml.etree.ElementTree as ET
@@ -24,7 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from labkit import module_task, run_module, run_tasks, uri, virsh, virtlab
+from labkit import assert_no_vm_lost, migration_job, module_task, run_module, run_tasks, uri, virsh, virtlab, vm_homes, wait_until
+
+if t.TYPE_CHECKING:
+    from conftest import VmFactory
 
 NIC = "virtops.migration.sriov_failover_nic"
 NETWORK = "virtops.migration.sriov_network"
@@ -368,3 +374,81 @@ def test_sriov_network_existing_one_kept_refused_and_removed(lab: Path, vf_netwo
     assert vf_network not in output(after_removal).split()
     assert again["changed"] is False, again
     assert again_checked["changed"] is False, again_checked
+
+
+def test_a_vm_being_migrated_away_gets_nothing_written_on_its_source(lab: Path, new_vm: VmFactory, vf_network: str) -> None:
+    """The lab incident: run on the source while another operator's live migration of the VM is under way.
+
+    The module used to define the pair there and report ``changed``; the definition did not travel, and
+    the VM arrived without the pair. Now every write is refused, naming the VM, the host and the job,
+    and the source's definition stays as it was.
+    """
+    # A real guest: its memory makes a 1 MiB/s move last long enough to run the module during it.
+    vm = new_vm(guest=True)
+    h1, h2 = host_uri(lab), uri(lab, "lab-h2")
+    before = dumpxml(lab, vm)
+    migration = subprocess.Popen(  # pylint: disable=consider-using-with
+        ["virsh", "-c", h1, "migrate", "--live", "--p2p", "--persistent", "--undefinesource", "--bandwidth", "1", vm, h2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: migration_job(h1, vm), 60, "libvirt shows the outgoing migration job of %s" % vm)
+        pair = {"name": vm, "pair": "mig", "mode": "bond", "vf_network": vf_network, "backup_bridge": LAB_BRIDGE}
+        kept, live, policy = run_tasks(
+            lab,
+            HOST,
+            [
+                module_task(NIC, dict(pair, live=False)),
+                module_task(NIC, pair),
+                module_task("virtops.migration.migration_policy", {"name": vm, "priority": "high"}),
+            ],
+        )
+        during = dumpxml(lab, vm)
+        still_migrating = migration_job(h1, vm)
+    finally:
+        # Let the move end quickly now (whatever happened above), and wait for it.
+        virsh(h1, "migrate-setspeed", vm, "--bandwidth", "8192", check=False)
+        out, err = migration.communicate(timeout=300)
+    for result in (kept, live):
+        assert result.get("failed") is True and result.get("changed") is not True, result
+        assert result["msg"].startswith("Cannot write pair mig into the persistent definition for VM '%s' on host lab-h1 " % vm), result["msg"]
+        assert "a libvirt job runs on it (outgoing migration" in result["msg"] and "Nothing was changed." in result["msg"], result["msg"]
+        assert result["reason"] == "job" and result["job_operation"] == "outgoing migration", result
+    assert policy.get("failed") is True and "Cannot write the migration settings for VM '%s'" % vm in policy["msg"], policy
+    assert "outgoing migration" in policy["msg"], policy["msg"]
+    assert still_migrating, "the migration was still under way when the runs ended (else the test proves nothing)"
+    assert during == before, "the source's persistent definition is as it was"
+
+    assert migration.returncode == 0, "virsh migrate failed: %s%s" % (out, err)
+    assert vm_homes(vm) == {"lab-h2": "running"}
+    arrived = virsh(h2, "dumpxml", "--inactive", vm).stdout
+    assert not {"ua-mig-backup", "ua-mig-vf"} & set(by_alias(arrived)), "no pair anywhere: the run changed nothing"
+    assert_no_vm_lost()
+
+
+def test_a_graphics_password_survives_the_define(lab: Path, scratch: t.Callable[..., str], vf_network: str) -> None:
+    vm = scratch()
+    secret = "pw%s" % secrets.token_hex(3)  # VNC passwords have 8 characters at most
+    xml = virsh(host_uri(lab), "dumpxml", "--inactive", "--security-info", vm).stdout
+    define(lab, xml.replace("</devices>", "<graphics type='vnc' autoport='yes' passwd='%s'/></devices>" % secret))
+
+    def password() -> str | None:
+        domain = ET.fromstring(virsh(host_uri(lab), "dumpxml", "--inactive", "--security-info", vm).stdout)
+        graphics = domain.find("devices/graphics")
+        return graphics.get("passwd") if graphics is not None else None
+
+    assert password() == secret
+    args = {"name": vm, "pair": "pw", "vf_network": vf_network, "backup_network": LAB_NETWORK}
+    secure = read_task("dumpxml", "--inactive", "--security-info", vm)
+    added, with_pair, removed = run_tasks(
+        lab, HOST, [module_task(NIC, args, diff=True), secure, module_task(NIC, {"name": vm, "pair": "pw", "state": "absent"})]
+    )
+    assert added.get("failed") is not True and added["changed"] is True, added
+    assert removed.get("failed") is not True and removed["changed"] is True, removed
+    assert secret not in repr(added) + repr(removed), "the results show the pair, not the password"
+    graphics = ET.fromstring(output(with_pair)).find("devices/graphics")
+    assert graphics is not None and graphics.get("passwd") == secret, "the password survived the define that added the pair"
+    assert "ua-pw-vf" in by_alias(output(with_pair))
+    assert password() == secret, "and the one that removed it"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import typing as t
 import xml.etree.ElementTree as ET
 
@@ -13,7 +14,7 @@ from ansible.module_utils.common import warnings as module_warnings
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration import failover, failover_nic, sriov_network
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import FeatureUnsupportedError, MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import FeatureUnsupportedError, MigrationError, VmChangedError
 from ansible_collections.virtops.migration.plugins.modules import sriov_failover_nic
 from ansible_collections.virtops.migration.plugins.modules import sriov_network as sriov_network_module
 
@@ -85,6 +86,10 @@ class Net:
         return 0
 
 
+# Secure fields libvirt shows only with VIR_DOMAIN_XML_SECURE (a graphics password).
+SECURE_FIELD = re.compile(r""" passwd=(['"])[^'"]*\1""")
+
+
 class Dom:
     def __init__(self, xml: str, active: bool = False, persistent: bool = True, live_xml: t.Optional[str] = None) -> None:
         self.inactive = xml
@@ -93,6 +98,9 @@ class Dom:
         self.persistent = persistent
         self.calls: t.List[t.Tuple[str, str]] = []
         self.attach_error: t.Optional[libvirt.libvirtError] = None
+        # What jobStats answers (no job by default); called before each attach (a job starting meanwhile).
+        self.job: t.Dict[str, t.Any] = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+        self.on_attach: t.Optional[t.Callable[[], None]] = None
 
     def name(self) -> str:
         return ET.fromstring(self.inactive).findtext("name") or ""
@@ -107,9 +115,16 @@ class Dom:
         return int(self.persistent)
 
     def XMLDesc(self, flags: int = 0) -> str:  # noqa: N802
-        if flags & libvirt.VIR_DOMAIN_XML_INACTIVE or not self.active:
-            return self.inactive
-        return self.live
+        xml = self.inactive if flags & libvirt.VIR_DOMAIN_XML_INACTIVE or not self.active else self.live
+        return xml if flags & libvirt.VIR_DOMAIN_XML_SECURE else SECURE_FIELD.sub("", xml)
+
+    def state(self, flags: int = 0) -> t.List[int]:
+        return [libvirt.VIR_DOMAIN_RUNNING if self.active else libvirt.VIR_DOMAIN_SHUTOFF, 1]
+
+    def jobStats(self, flags: int = 0) -> t.Dict[str, t.Any]:  # noqa: N802
+        if not self.active:
+            raise libvirt_error(libvirt.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: domain is not running")
+        return dict(self.job)
 
     def detachDeviceAlias(self, alias: str, flags: int) -> int:  # noqa: N802
         self.calls.append(("detach", alias))
@@ -124,6 +139,8 @@ class Dom:
     def attachDeviceFlags(self, xml: str, flags: int) -> int:  # noqa: N802
         alias = ET.fromstring(xml).find("alias").get("name")
         self.calls.append(("attach", alias))
+        if self.on_attach is not None:
+            self.on_attach()
         if self.attach_error is not None and alias.endswith("-vf"):
             raise self.attach_error
         root = ET.fromstring(self.live)
@@ -146,11 +163,20 @@ class Conn:
     def getURI(self) -> str:  # noqa: N802
         return "qemu:///system"
 
+    def getHostname(self) -> str:  # noqa: N802
+        return "hv1"
+
     def lookupByName(self, name: str) -> Dom:  # noqa: N802
         for dom in self.domains:
             if dom.name() == name:
                 return dom
         raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching name '%s'" % name)
+
+    def lookupByUUIDString(self, uuid: str) -> Dom:  # noqa: N802
+        for dom in self.domains:
+            if dom.UUIDString() == uuid:
+                return dom
+        raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching uuid '%s'" % uuid)
 
     def listAllDomains(self, flags: int = 0) -> t.List[Dom]:  # noqa: N802
         return list(self.domains)
@@ -338,6 +364,160 @@ def test_a_failed_vf_plug_is_undone_and_the_definition_restored(host: t.Callable
         apply(TEAMING)
     assert conn.defined[-1] == before
     assert failover.find_pair(dom.live, "net1") is None
+
+
+# --- the check before each write: a VM that is leaving, or changed, gets nothing written -----------
+
+MIGRATING = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "operation": libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT, "time_elapsed": 4000}
+
+
+def test_a_vm_being_migrated_away_gets_no_definition(host: t.Callable[..., Conn]) -> None:
+    dom = Dom(vm_xml(), active=True)
+    conn = host(dom)
+    dom.job = dict(MIGRATING)
+    assert apply(TEAMING, check_mode=True)["changed"]  # check mode writes nothing: no refusal needed
+    with pytest.raises(VmChangedError) as caught:
+        apply(TEAMING)
+    message = caught.value.msg
+    assert message.startswith("Cannot write pair net1 into the persistent definition for VM 'web1' on host hv1 (qemu:///system): a libvirt job runs on it "
+                              "(outgoing migration, running for 4 s)"), message
+    assert message.endswith("Nothing was changed.")
+    assert conn.defined == [] and dom.calls == []
+
+
+def test_a_vm_that_left_during_the_checks_gets_no_definition(host: t.Callable[..., Conn], monkeypatch: pytest.MonkeyPatch) -> None:
+    dom = Dom(vm_xml(), active=True)
+    conn = host(dom)
+    checks = failover_nic.FailoverNic._check_host  # pylint: disable=protected-access
+
+    def check_then_leave(self: failover_nic.FailoverNic, *args: t.Any) -> None:
+        checks(self, *args)
+        conn.domains.remove(dom)  # the migration ends: the domain is gone from this host
+
+    monkeypatch.setattr(failover_nic.FailoverNic, "_check_host", check_then_leave)
+    with pytest.raises(VmChangedError, match="it is no longer on this host .*Nothing was changed"):
+        apply(TEAMING)
+    assert conn.defined == [] and dom.calls == []
+
+
+def test_a_vm_shut_off_since_it_was_read_gets_no_definition(host: t.Callable[..., Conn], monkeypatch: pytest.MonkeyPatch) -> None:
+    dom = Dom(vm_xml(), active=True)
+    conn = host(dom)
+    checks = failover_nic.FailoverNic._check_host  # pylint: disable=protected-access
+
+    def check_then_stop(self: failover_nic.FailoverNic, *args: t.Any) -> None:
+        checks(self, *args)
+        dom.active = False
+
+    monkeypatch.setattr(failover_nic.FailoverNic, "_check_host", check_then_stop)
+    with pytest.raises(VmChangedError, match="it was active and persistent, it is now shut off and persistent"):
+        apply(TEAMING)
+    assert conn.defined == []
+
+
+def test_a_definition_someone_else_wrote_meanwhile_is_not_overwritten(host: t.Callable[..., Conn], monkeypatch: pytest.MonkeyPatch) -> None:
+    dom = Dom(vm_xml())
+    conn = host(dom)
+    checks = failover_nic.FailoverNic._check_host  # pylint: disable=protected-access
+
+    def check_then_edit(self: failover_nic.FailoverNic, *args: t.Any) -> None:
+        checks(self, *args)
+        dom.inactive = dom.inactive.replace("<devices>", "<devices><watchdog model='i6300esb'/>")
+
+    monkeypatch.setattr(failover_nic.FailoverNic, "_check_host", check_then_edit)
+    with pytest.raises(VmChangedError, match="its persistent definition was changed by someone else"):
+        apply(TEAMING)
+    assert conn.defined == [] and "watchdog" in dom.inactive
+
+
+def test_a_job_starting_between_two_live_steps_stops_them_and_the_undo_writes_nothing(host: t.Callable[..., Conn]) -> None:
+    dom = Dom(vm_xml(), active=True)
+    conn = host(dom)
+
+    def migration_starts() -> None:
+        dom.job = dict(MIGRATING)
+
+    dom.on_attach = migration_starts  # right after the backup is plugged in
+    with pytest.raises(VmChangedError) as caught:
+        apply(TEAMING)
+    message = caught.value.msg
+    assert message.startswith("Cannot plug ua-net1-vf into the running VM for VM 'web1' on host hv1 (qemu:///system): a libvirt job runs"), message
+    assert "Undone: nothing. NOT undone: ua-net1-backup stays plugged into the running VM; the persistent definition keeps the change" in message
+    assert "The undo stopped there: Cannot unplug ua-net1-backup again for VM 'web1'" in message
+    assert dom.calls == [("attach", "ua-net1-backup")]
+    assert len(conn.defined) == 1, "the previous definition was not defined again while the VM migrates"
+    assert caught.value.details["not_undone"][0] == "ua-net1-backup stays plugged into the running VM"
+
+
+def test_the_undo_never_defines_the_vm_on_a_host_it_left(host: t.Callable[..., Conn]) -> None:
+    before = vm_xml()
+    dom = Dom(before, active=True)
+    conn = host(dom)
+    dom.attach_error = libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching uuid '%s'" % UUID1)
+
+    def leave_on_vf() -> None:
+        if dom.calls[-1] == ("attach", "ua-net1-vf"):
+            conn.domains.remove(dom)  # the VM's migration ended just now
+
+    dom.on_attach = leave_on_vf
+    with pytest.raises(MigrationError) as caught:
+        apply(TEAMING)
+    message = caught.value.msg
+    assert (
+        "NOT undone: ua-net1-backup stays plugged into the running VM; the persistent definition keeps the change this run wrote "
+        "(the previous one was not defined again)" in message
+    ), message
+    assert "The undo stopped there: Cannot unplug ua-net1-backup again for VM 'web1' on host hv1 (qemu:///system): it is no longer on this host" in message
+    assert conn.defined != [] and before not in conn.defined, "no second definition on the host the VM left"
+    assert len(conn.defined) == 1
+
+
+def test_the_undo_does_not_overwrite_a_definition_written_after_this_runs(host: t.Callable[..., Conn]) -> None:
+    dom = Dom(vm_xml(), active=True)
+    conn = host(dom)
+    dom.attach_error = libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, "internal error: network 'sriov-pf0' has no free VF")
+
+    def someone_defines() -> None:
+        if dom.calls[-1] == ("attach", "ua-net1-vf"):
+            dom.inactive = dom.inactive.replace("<devices>", "<devices><watchdog model='i6300esb'/>")
+
+    dom.on_attach = someone_defines
+    with pytest.raises(MigrationError) as caught:
+        apply(TEAMING)
+    message = caught.value.msg
+    assert "Undone: unplugged ua-net1-backup again. NOT undone: the persistent definition keeps the change" in message, message
+    assert "its persistent definition was changed by someone else" in message
+    assert len(conn.defined) == 1 and "watchdog" in dom.inactive
+
+
+def password(xml: str) -> t.Optional[str]:
+    graphics = ET.fromstring(xml).find("devices/graphics")
+    return graphics.get("passwd") if graphics is not None else None
+
+
+def test_the_definition_is_read_and_written_with_its_secure_fields(host: t.Callable[..., Conn]) -> None:
+    secret = "<graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/>\n"
+    dom = Dom(vm_xml(devices=secret), active=True)
+    conn = host(dom)
+    assert "passwd" not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), "the fake hides secure fields as libvirt does"
+    result = apply(TEAMING)
+    assert result["changed"] and len(conn.defined) == 1
+    assert password(conn.defined[0]) == "s3cret" and password(dom.inactive) == "s3cret"
+    assert "s3cret" not in json.dumps(result), "the result shows only the pair"
+    assert not apply(TEAMING)["changed"]
+    assert apply({"pair": "net1"}, state="absent")["changed"] and password(conn.defined[-1]) == "s3cret"
+
+
+def test_a_failed_plug_into_a_vm_still_here_is_still_undone_in_full(host: t.Callable[..., Conn]) -> None:
+    before = vm_xml(devices="<graphics type='vnc' passwd='s3cret'/>\n")
+    dom = Dom(before, active=True)
+    conn = host(dom)
+    dom.attach_error = libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, "internal error: network 'sriov-pf0' has no free VF")
+    with pytest.raises(MigrationError) as caught:
+        apply(TEAMING)
+    assert "Undone: unplugged ua-net1-backup again; restored the previous persistent definition." in caught.value.msg
+    assert "NOT undone" not in caught.value.msg and caught.value.details["not_undone"] == []
+    assert conn.defined[-1] == before, "restored with its password"
 
 
 @pytest.mark.parametrize(

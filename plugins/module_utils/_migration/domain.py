@@ -1,10 +1,17 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils package is private to the virtops.migration collection; it is not a public API.
-"""Finding a VM on a host, and reading what we need from its domain XML.
+"""Finding a VM on a host, reading what we need from its domain XML, and checking it again before a write.
 
-The XML readers are pure (no libvirt import); :func:`lookup_domain`, :func:`find_domain` and
-:func:`describe_domain` take an open ``virConnect`` / ``virDomain`` and use only their methods.
+The XML readers are pure (no libvirt import); :func:`lookup_domain`, :func:`find_domain`,
+:func:`describe_domain`, :func:`observe` and :func:`recheck` take an open ``virConnect`` /
+``virDomain`` and use only their methods.
+
+Every read-modify-write of a domain in the collection (a ``defineXML`` of an edited definition, a live
+attach or detach, a metadata write) reads the domain with :func:`observe` and calls :func:`recheck`
+right before each write: the VM must still be on that host, in the state it was read in, with no
+libvirt job (a migration) running. A VM that is leaving must not get a definition on the host it
+leaves (that definition does not travel with it, or becomes a second one).
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ import xml.etree.ElementTree as ET
 from ansible_collections.virtops.migration.plugins.module_utils._migration import failover, metadata
 from ansible_collections.virtops.migration.plugins.module_utils._migration import settings as vm_settings
 from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+    VmChangedError,
     VmNotFoundError,
     is_not_found,
+    is_unsupported,
     translate_libvirt_error,
 )
 
@@ -79,6 +88,27 @@ STATE_REASONS: t.Dict[int, t.Dict[int, str]] = {
         7: "from snapshot",
         8: "daemon",
     },
+}
+
+# virDomainXMLFlags: what a read-modify-define reads, so that the define keeps the secure fields
+# (graphics passwords and the like; without XML_SECURE libvirt leaves them out, and the define drops them).
+XML_SECURE = 1
+XML_INACTIVE = 2
+# virDomainJobType: no job runs (any other type is a job under way).
+JOB_NONE = 0
+# virDomainJobOperation: what a running job does (libvirt reports it in jobStats), as words.
+JOB_OPERATIONS: t.Dict[int, str] = {
+    0: "unknown operation",
+    1: "start",
+    2: "save",
+    3: "restore",
+    4: "incoming migration",
+    5: "outgoing migration",
+    6: "snapshot",
+    7: "snapshot revert",
+    8: "dump",
+    9: "backup",
+    10: "snapshot delete",
 }
 
 # Multipliers to bytes for the ``unit`` attribute of libvirt scaled integers (docs: formatdomain).
@@ -248,6 +278,159 @@ def describe_domain(domain: t.Any, uri: t.Optional[str] = None, xml: t.Optional[
         }
     )
     return facts
+
+
+class Seen(t.NamedTuple):
+    """A domain as a read-modify-write read it; :func:`recheck` holds the host to it before each write."""
+
+    uuid: str
+    name: str
+    active: bool
+    persistent: bool
+
+
+def observe(domain: t.Any, uri: t.Optional[str] = None) -> Seen:
+    """What :func:`recheck` compares later: the domain's UUID, name, and whether it is active and persistent.
+
+    Read it together with the XML the write is based on (before or right after it).
+    """
+    try:
+        return Seen(str(domain.UUIDString()), str(domain.name()), bool(domain.isActive()), bool(domain.isPersistent()))
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        raise translate_libvirt_error(exc, "read the domain", vm=_domain_name(domain), uri=uri) from exc
+
+
+def running_job(domain: t.Any) -> t.Optional[t.Dict[str, t.Any]]:
+    """The domain's current libvirt job (``jobStats``, else ``jobInfo``), or ``None`` when none runs.
+
+    Only for an active domain (libvirt has no job information for an inactive one). libvirt errors
+    propagate: the caller decides what a job it cannot read means.
+    """
+    try:
+        stats = domain.jobStats(0)
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        if not is_unsupported(exc):
+            raise
+        info = domain.jobInfo()
+        stats = {"type": info[0], "time_elapsed": info[1]}
+    if not stats or stats.get("type", JOB_NONE) == JOB_NONE:
+        return None
+    return dict(stats)
+
+
+def job_words(job: t.Mapping[str, t.Any]) -> str:
+    """A running job for a message: "outgoing migration, running for 12 s"."""
+    operation = job.get("operation")
+    words = JOB_OPERATIONS.get(operation, "operation %s" % operation) if operation is not None else "a job of unknown kind"
+    elapsed = job.get("time_elapsed")
+    if isinstance(elapsed, int) and elapsed > 0:
+        words += ", running for %d s" % (elapsed // 1000)
+    return words
+
+
+def _state_words(active: bool, persistent: bool, state: t.Optional[str] = None) -> str:
+    if active:
+        activity = "active (%s)" % state if state and state != "shut off" else "active"
+    else:
+        activity = "shut off"
+    return "%s and %s" % (activity, "persistent" if persistent else "transient")
+
+
+def recheck(
+    conn: t.Any,
+    seen: Seen,
+    action: str,
+    uri: t.Optional[str] = None,
+    definition: t.Optional[str] = None,
+    nothing_changed: bool = True,
+) -> t.Any:
+    """Right before a write to a domain: its fresh ``virDomain`` when it is still as ``seen`` was read.
+
+    On ``conn`` (the connection the write goes through) the domain with ``seen.uuid`` must still exist
+    (``lookupByUUIDString``: not migrated away, not undefined), still be active or inactive, persistent
+    or transient as it was, and, when active, run no libvirt job (``jobStats`` type not NONE: a
+    migration, save, snapshot ...; a job that cannot be read counts as one). With ``definition``, its
+    persistent definition (inactive XML with secure fields) must still be that text: nobody defined it
+    meanwhile.
+
+    Otherwise raises :class:`~.errors.VmChangedError` naming the VM, the host, what changed and
+    ``action`` (a verb phrase: "write pair net1 into the persistent definition"), which the caller must then not do.
+    The message ends with "Nothing was changed." unless ``nothing_changed`` is false (a write of the
+    same run came before; the caller says what it did).
+
+    A small window stays between this check and the write (libvirt offers no lock across calls);
+    call it immediately before each write.
+    """
+    host = _connection_host(conn)
+    where = "host %s (%s)" % (host, uri) if host and uri and host not in uri else (uri or host or "this host")
+    details: t.Dict[str, t.Any] = {"vm": seen.name, "uri": uri, "host": host, "uuid": seen.uuid}
+
+    def refuse(reason: str, why: str, **extra: t.Any) -> VmChangedError:
+        msg = "Cannot %s for VM '%s' on %s: %s." % (action, seen.name, where, why)
+        if nothing_changed:
+            msg += " Nothing was changed."
+        return VmChangedError(msg, reason=reason, **dict(details, **extra))
+
+    gone = refuse(
+        "gone",
+        "it is no longer on this host (no domain with UUID %s: it was migrated away or undefined since this run read it); "
+        "run the task against the host it is on now" % seen.uuid,
+    )
+    try:
+        fresh = conn.lookupByUUIDString(seen.uuid)
+        active = bool(fresh.isActive())
+        persistent = bool(fresh.isPersistent())
+        state = state_name(fresh.state()[0]) if active else "shut off"
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        if is_not_found(exc):
+            raise gone from exc
+        raise translate_libvirt_error(exc, "look up the VM again before it is changed", vm=seen.name, uri=uri) from exc
+    if (active, persistent) != (seen.active, seen.persistent):
+        raise refuse(
+            "state",
+            "it changed since this run read it: it was %s, it is now %s"
+            % (_state_words(seen.active, seen.persistent), _state_words(active, persistent, state)),
+            was_active=seen.active,
+            was_persistent=seen.persistent,
+            active=active,
+            persistent=persistent,
+        )
+    if active:
+        try:
+            job = running_job(fresh)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            if is_not_found(exc):
+                raise gone from exc
+            raise refuse(
+                "job",
+                "whether a libvirt job (a migration) runs on it cannot be read (libvirt: %s); nothing is written while one may be"
+                % (str(exc).strip() or type(exc).__name__),
+            ) from exc
+        if job is not None:
+            raise refuse(
+                "job",
+                "a libvirt job runs on it (%s); a change written now could be lost with a migration, or land on a host the VM "
+                "is leaving. Run again once the job has ended, against the host the VM is on then" % job_words(job),
+                job_operation=JOB_OPERATIONS.get(job.get("operation", -1)),
+                job_type=job.get("type"),
+            )
+    if definition is not None and persistent:
+        try:
+            current = fresh.XMLDesc(XML_INACTIVE | XML_SECURE)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            if is_not_found(exc):
+                raise gone from exc
+            raise translate_libvirt_error(exc, "read the persistent definition again before it is changed", vm=seen.name, uri=uri) from exc
+        if current != definition:
+            raise refuse("definition", "its persistent definition was changed by someone else since this run read it")
+    return fresh
+
+
+def _connection_host(conn: t.Any) -> t.Optional[str]:
+    try:
+        return str(conn.getHostname())
+    except Exception:  # pylint: disable=broad-exception-caught
+        return None
 
 
 def _domain_name(domain: t.Any) -> t.Optional[str]:

@@ -170,6 +170,13 @@ class HostInMaintenanceError(MigrationError):
     meaning = "the host is in maintenance"
 
 
+class VmChangedError(MigrationError):
+    """Right before a write, the VM was no longer as it was read: it left the host, changed state, or runs a
+    libvirt job (a migration under way). The write was not done."""
+
+    meaning = "the VM changed under the run (it left the host, changed state, or runs a libvirt job)"
+
+
 class DuplicateVmError(MigrationError):
     """The VM is defined on more than one host; moving it could leave two copies that both start."""
 

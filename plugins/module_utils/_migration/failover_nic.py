@@ -5,8 +5,13 @@
 
 What to write is decided by ``failover.py`` (pure); this file reads the VM and the host, refuses
 what cannot work, and writes: the persistent definition first (``defineXML`` of the edited inactive
-XML), then, on a running VM, the live steps (unplug VF then backup, plug backup then VF). A live
-step that fails undoes the live steps done and restores the previous definition.
+XML, read with its secure fields so that passwords survive), then, on a running VM, the live steps
+(unplug VF then backup, plug backup then VF). A live step that fails undoes the live steps done and
+restores the previous definition.
+
+Right before each write (the define, each live step, each undo step) ``domain.recheck`` makes sure
+the VM is still on this host, in the state it was read in, with no libvirt job (a migration) running;
+otherwise the write is not done: a VM that is leaving never gets a definition on the host it leaves.
 """
 
 from __future__ import annotations
@@ -57,6 +62,12 @@ def teaming_unsupported(exc: BaseException) -> bool:
     )
 
 
+def _label(device_xml: str) -> str:
+    """An interface's alias for messages ("the interface" without one)."""
+    alias = ET.fromstring(device_xml).find("alias")
+    return alias.get("name", "the interface") if alias is not None else "the interface"
+
+
 class FailoverNic:
     """``present`` / ``absent`` of one failover pair on one VM of one host."""
 
@@ -69,8 +80,12 @@ class FailoverNic:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def _read(self, dom: t.Any, name: str) -> t.Tuple[str, t.Optional[str]]:
-        """(inactive XML, live XML or None when the VM is not running)."""
+    def _read(self, dom: t.Any, name: str) -> t.Tuple[domxml.Seen, str, t.Optional[str]]:
+        """(the VM as read, inactive XML, live XML or None when the VM is not running).
+
+        Both with their secure fields (``VIR_DOMAIN_XML_SECURE``): the inactive XML is edited and
+        defined again, and devices of the live XML may be plugged in again.
+        """
         try:
             if not dom.isPersistent():
                 raise FailoverNicError(
@@ -79,12 +94,12 @@ class FailoverNic:
                     vm=name,
                     uri=self.uri,
                 )
-            active = bool(dom.isActive())
-            inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-            live = dom.XMLDesc(0) if active else None
+            seen = domxml.observe(dom, self.uri)
+            inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+            live = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE) if seen.active else None
         except libvirt.libvirtError as exc:
             raise translate_libvirt_error(exc, "read the domain XML", vm=name, uri=self.uri) from exc
-        return inactive, live
+        return seen, inactive, live
 
     def _other_domains_macs(self, conn: t.Any, uuid: str) -> t.Dict[str, t.Set[str]]:
         """MACs of every other domain on the host (live and persistent definitions)."""
@@ -214,8 +229,7 @@ class FailoverNic:
             time.sleep(0.25)
 
     def _attach(self, dom: t.Any, xml: str, vm: str) -> None:
-        alias = ET.fromstring(xml).find("alias")
-        label = alias.get("name") if alias is not None else "the interface"
+        label = _label(xml)
         try:
             dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as exc:
@@ -230,44 +244,126 @@ class FailoverNic:
             raise translate_libvirt_error(exc, "plug %s into the running VM" % label, vm=vm, uri=self.uri) from exc
         self.actions.append("plugged %s" % label)
 
-    def _apply_live(self, conn: t.Any, dom: t.Any, vm: str, plan: failover.PairPlan, live_before: str, inactive_before: str) -> None:
-        """Run the live steps; on a failure undo those done and restore the previous definition."""
+    def _defined(self, dom: t.Any) -> t.Optional[str]:
+        """The persistent definition as libvirt keeps it now (secure fields included); None if unreadable."""
+        try:
+            return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+        except libvirt.libvirtError:
+            return None
+
+    def _apply_live(
+        self,
+        conn: t.Any,
+        dom: t.Any,
+        seen: domxml.Seen,
+        plan: failover.PairPlan,
+        live_before: str,
+        inactive_before: str,
+        defined: t.Optional[str],
+    ) -> None:
+        """Run the live steps; on a failure undo those done and restore the previous definition.
+
+        Each step, and each undo step, is done only after ``domain.recheck`` found the VM still here,
+        as it was, with no job running. ``defined`` is the persistent definition this run wrote (as
+        libvirt shows it): the previous one is restored only over that one, never over a definition
+        someone else wrote meanwhile, and never on a host the VM has left.
+        """
+        vm = seen.name
+        wrote = bool(plan.persistent_xml)
         done_detach: t.List[str] = []
         done_attach: t.List[str] = []
         try:
             for alias in plan.live_detach:
+                domxml.recheck(conn, seen, "unplug %s from the running VM" % alias, self.uri, nothing_changed=not (wrote or done_detach))
                 self._detach(dom, alias, vm)
                 done_detach.append(alias)
             for xml in plan.live_attach:
+                label = _label(xml)
+                nothing = not (wrote or done_detach or done_attach)
+                domxml.recheck(conn, seen, "plug %s into the running VM" % label, self.uri, nothing_changed=nothing)
                 self._attach(dom, xml, vm)
                 done_attach.append(xml)
         except MigrationError as exc:
-            undo: t.List[str] = []
-            for xml in reversed(done_attach):
-                alias = ET.fromstring(xml).find("alias")
-                try:
-                    if alias is not None:
-                        dom.detachDeviceAlias(alias.get("name"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                        undo.append("unplugged %s again" % alias.get("name"))
-                except libvirt.libvirtError as undo_exc:
-                    undo.append("could not unplug %s again: %s" % (alias.get("name") if alias is not None else "?", undo_exc))
-            for alias in reversed(done_detach):
-                device = failover.interface_device_xml(live_before, alias)
-                try:
-                    if device:
-                        dom.attachDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                        undo.append("plugged %s back" % alias)
-                except libvirt.libvirtError as undo_exc:
-                    undo.append("could not plug %s back: %s" % (alias, undo_exc))
-            if plan.persistent_xml:
-                try:
-                    conn.defineXML(inactive_before)
-                    undo.append("restored the previous persistent definition")
-                except libvirt.libvirtError as undo_exc:
-                    undo.append("could not restore the previous persistent definition: %s" % undo_exc)
-            exc.msg += " Undone: %s." % ("; ".join(undo) if undo else "nothing needed undoing")
-            exc.details["actions"] = self.actions + undo
+            self._undo(exc, conn, dom, seen, plan, live_before, inactive_before, defined, done_detach, done_attach)
             raise
+
+    def _undo(
+        self,
+        exc: MigrationError,
+        conn: t.Any,
+        dom: t.Any,
+        seen: domxml.Seen,
+        plan: failover.PairPlan,
+        live_before: str,
+        inactive_before: str,
+        defined: t.Optional[str],
+        done_detach: t.Sequence[str],
+        done_attach: t.Sequence[str],
+    ) -> None:
+        """Undo the live steps done and restore the previous definition; add what was (not) undone to ``exc``."""
+        # Each undo step: (done, left as it is when not done, the libvirt call, the action for recheck).
+        steps: t.List[t.Tuple[str, str, t.Callable[[], t.Any], str, t.Optional[str]]] = []
+        for xml in reversed(done_attach):
+            alias = ET.fromstring(xml).find("alias")
+            if alias is None:
+                continue
+            name = alias.get("name", "")
+            steps.append(
+                (
+                    "unplugged %s again" % name,
+                    "%s stays plugged into the running VM" % name,
+                    lambda name=name: dom.detachDeviceAlias(name, libvirt.VIR_DOMAIN_AFFECT_LIVE),  # type: ignore[misc]
+                    "unplug %s again" % name,
+                    None,
+                )
+            )
+        for alias in reversed(done_detach):
+            device = failover.interface_device_xml(live_before, alias)
+            if not device:
+                continue
+            steps.append(
+                (
+                    "plugged %s back" % alias,
+                    "%s stays unplugged from the running VM" % alias,
+                    lambda device=device: dom.attachDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE),  # type: ignore[misc]
+                    "plug %s back" % alias,
+                    None,
+                )
+            )
+        if plan.persistent_xml:
+            steps.append(
+                (
+                    "restored the previous persistent definition",
+                    "the persistent definition keeps the change this run wrote (the previous one was not defined again)",
+                    lambda: conn.defineXML(inactive_before),
+                    "define the previous persistent definition again",
+                    defined,
+                )
+            )
+        undo: t.List[str] = []
+        not_undone: t.List[str] = []
+        blocked: t.Optional[str] = None
+        for index, (done, left, call, action, definition) in enumerate(steps):
+            try:
+                domxml.recheck(conn, seen, action, self.uri, definition=definition, nothing_changed=False)
+            except MigrationError as why:
+                # Gone, changed or busy: nothing more is written, above all no definition on a host the VM left.
+                blocked = why.msg
+                not_undone = [step[1] for step in steps[index:]]
+                break
+            try:
+                call()
+                undo.append(done)
+            except libvirt.libvirtError as undo_exc:
+                undo.append("could not %s: %s" % (action, str(undo_exc).strip()))
+                not_undone.append(left)
+        exc.msg += " Undone: %s." % ("; ".join(undo) if undo else "nothing" if steps else "nothing needed undoing")
+        if not_undone:
+            exc.msg += " NOT undone: %s." % "; ".join(not_undone)
+        if blocked:
+            exc.msg += " The undo stopped there: %s" % blocked
+        exc.details["actions"] = self.actions + undo
+        exc.details["not_undone"] = not_undone
 
     # --- the two states ------------------------------------------------------------------------
 
@@ -281,7 +377,7 @@ class FailoverNic:
         with libvirt_connection(self.uri, self.username, self.password) as conn:
             dom = domxml.lookup_domain(conn, vm)
             name = dom.name()
-            inactive, live_xml = self._read(dom, name)
+            seen, inactive, live_xml = self._read(dom, name)
             handled_live = live_xml if live else None
             if state == "absent":
                 plan = failover.plan_absent(inactive, handled_live, pair)
@@ -298,11 +394,16 @@ class FailoverNic:
                     "VM '%s' runs and live=false: the running VM keeps its current interfaces until it is restarted." % name
                 )
             if plan.changed and not check_mode:
+                defined = inactive
                 if plan.persistent_xml:
-                    self._define(conn, plan.persistent_xml, name, "define the VM with pair %s" % pair)
+                    what = ("remove pair %s from" if state == "absent" else "write pair %s into") % pair + " the persistent definition"
+                    # The VM is still here, as read, no migration under way, its definition as read.
+                    domxml.recheck(conn, seen, what, self.uri, definition=inactive)
+                    self._define(conn, plan.persistent_xml, name, what)
                     self.actions.append("defined the persistent definition with the pair %s" % ("removed" if state == "absent" else "written"))
+                    defined = self._defined(dom)
                 if plan.live_detach or plan.live_attach:
-                    self._apply_live(conn, dom, name, plan, live_xml or "", inactive)
+                    self._apply_live(conn, dom, seen, plan, live_xml or "", inactive, defined)
             after_xml = plan.persistent_xml or inactive
             result: t.Dict[str, t.Any] = {
                 "changed": plan.changed,

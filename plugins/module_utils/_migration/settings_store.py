@@ -9,6 +9,11 @@ this file only moves settings between libvirt and those two.
 The settings are written to the live definition (if the VM runs) and to the persistent one (if it
 has one), so they travel with the VM on migration and survive restarts. Only the collection's own
 metadata element is touched; other ``<metadata>`` children stay as they are.
+
+The write is a read-modify-write of the VM's definitions: right before it, ``domain.recheck`` makes
+sure the VM is still on this host, in the state it was read in, with no libvirt job (a migration)
+running; otherwise nothing is written (settings written on a host the VM is leaving would not travel
+with it).
 """
 
 from __future__ import annotations
@@ -34,18 +39,18 @@ class SettingsStore:
         self.username = username
         self.password = password
 
-    def _stored(self, dom: t.Any, name: str) -> t.Tuple[t.Dict[str, t.Any], t.Optional[t.Dict[str, t.Any]], bool, bool]:
-        """(live or only settings, persistent settings or None, active, persistent)."""
+    def _stored(self, dom: t.Any, name: str) -> t.Tuple[t.Dict[str, t.Any], t.Optional[t.Dict[str, t.Any]], domxml.Seen]:
+        """(live or only settings, persistent settings or None, the VM as read: active, persistent)."""
         try:
-            active = bool(dom.isActive())
-            persistent = bool(dom.isPersistent())
+            seen = domxml.observe(dom, self.uri)
+            active, persistent = seen.active, seen.persistent
             current = metadata.from_domain_xml(dom.XMLDesc(0))
             config = metadata.from_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) if persistent and active else None
         except libvirt.libvirtError as exc:
             raise translate_libvirt_error(exc, "read the migration settings", vm=name, uri=self.uri) from exc
         except metadata.MetadataFormatError as exc:
             raise settings.SettingsError("VM '%s' on %s has unreadable migration metadata: %s" % (name, self.uri, exc), vm=name, uri=self.uri) from exc
-        return current, config, active, persistent
+        return current, config, seen
 
     def _write(self, dom: t.Any, name: str, values: t.Optional[t.Mapping[str, t.Any]], active: bool, persistent: bool) -> None:
         flags = 0
@@ -70,7 +75,7 @@ class SettingsStore:
         with libvirt_connection(self.uri, self.username, self.password) as conn:
             dom = domxml.lookup_domain(conn, vm)
             name = dom.name()
-            current, config, active, persistent = self._stored(dom, name)
+            current, config, seen = self._stored(dom, name)
             if state == "absent":
                 after: t.Dict[str, t.Any] = {}
             else:
@@ -82,7 +87,9 @@ class SettingsStore:
                         after[key] = value
             changed = after != current or (config is not None and after != config)
             if changed and not check_mode:
-                self._write(dom, name, after, active, persistent)
+                # Still here, as read, no migration under way: else nothing is written.
+                domxml.recheck(conn, seen, "write the migration settings", self.uri)
+                self._write(dom, name, after, seen.active, seen.persistent)
         return {
             "changed": changed,
             "vm": name,
