@@ -1464,6 +1464,7 @@ def test_a_before_hook_abort_runs_the_after_hooks_on_the_source(cluster: Cluster
 
 
 def test_a_failed_vf_replug_after_a_failed_move_is_reported(cluster: Cluster, tmp_path: Path) -> None:
+    """Not a lab test: the lab cannot make the source refuse a VF it has just released."""
     with_devices(cluster, BOND_PAIR)
     cluster.vm.errors["attachDeviceFlags"] = libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, "no free VF")
 
@@ -1477,6 +1478,7 @@ def test_a_failed_vf_replug_after_a_failed_move_is_reported(cluster: Cluster, tm
 
 
 def test_a_vf_whose_unplug_timed_out_but_then_went_is_plugged_in_again(cluster: Cluster, tmp_path: Path) -> None:
+    """Not a lab test: the lab cannot make a guest release its VF after the runner's deadline and before its read-back."""
     with_devices(cluster, BOND_PAIR)
     cluster.vm.keep_devices = True  # type: ignore[attr-defined]
     full = cluster.vm.xml
@@ -1494,6 +1496,8 @@ def test_a_vf_whose_unplug_timed_out_but_then_went_is_plugged_in_again(cluster: 
 
 
 def test_an_adopted_job_plugs_in_the_vfs_the_lost_run_unplugged(cluster: Cluster, tmp_path: Path) -> None:
+    """Not a lab test: the lab's bond stand-ins run in Python guests under TCG, where a run killed between the
+    unplug and a slow enough job is a matter of luck, and each try costs minutes of the suite's budget."""
     with_devices(cluster, BOND_PAIR)
     full = cluster.vm.xml
     running_job(cluster)
