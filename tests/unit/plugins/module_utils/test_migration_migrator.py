@@ -1496,8 +1496,8 @@ def test_a_vf_whose_unplug_timed_out_but_then_went_is_plugged_in_again(cluster: 
 
 
 def test_an_adopted_job_plugs_in_the_vfs_the_lost_run_unplugged(cluster: Cluster, tmp_path: Path) -> None:
-    """Not a lab test: the lab's bond stand-ins run in Python guests under TCG, where a run killed between the
-    unplug and a slow enough job is a matter of luck, and each try costs minutes of the suite's budget."""
+    """Not a lab test: the lab's bond stand-ins are real guests under TCG; killing a run between its unplug and its
+    job's end there is a matter of timing luck, and each try costs minutes of the suite's budget."""
     with_devices(cluster, BOND_PAIR)
     full = cluster.vm.xml
     running_job(cluster)
