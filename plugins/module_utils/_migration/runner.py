@@ -61,6 +61,8 @@ PROGRESS_EVERY_S = 5.0
 CANCEL_WAIT_S = 60.0
 # How long reading the destination back after a failure waits for it to answer.
 OBSERVE_CONNECT_TIMEOUT_S = 10.0
+# How long a failed move waits for its source's libvirtd to come back (a restart), to read what it left.
+SOURCE_RETURN_WAIT_S = 60.0
 
 # virDomainJobType / virDomainJobOperation values read from job statistics.
 JOB_NONE = 0
@@ -597,26 +599,12 @@ class JobRunner:
                 worker.join(opts.poll_interval)
         else:
             self._monitor(dom, move, worker.is_alive, worker.join, live, downtime_pending=live and not downtime_set)
-        if "error" in outcome and self._moved_despite(source, dom, move, outcome["error"], live):
-            del outcome["error"]
         if "error" in outcome:
-            held = self._recover_source(dom, t.cast(str, move.source_uri), move.destination_uri)
-            error = outcome["error"]
-            action = "migrate to %s" % move.destination_uri
-            if isinstance(error, libvirt.libvirtError):
-                exc = peer_authentication_failure(error, move.destination_uri, move.vm, move.source_uri) or translate_libvirt_error(
-                    error, action, vm=move.vm, uri=move.source_uri
-                )
-            else:
-                exc = unexpected_error(error, action, vm=move.vm, uri=move.source_uri)
-            if self._aborted_by is not None:
-                exc = OperationCancelledError("%s (%s)" % (exc.msg, self._aborted_by), **exc.details)
-            if held is not None:
-                _add_notes(exc, [held.msg])
-                exc.details.update(kept_paused=True, hosts=held.details.get("hosts"))
-            self.event("failed", reason=exc.msg)
-            exc.details["observed"] = self.observe(source, t.cast(str, move.uuid), move.destination_uri)
-            raise exc from error
+            with contextlib.ExitStack() as stack:
+                # The call's failure may be the source's libvirtd going away: judge on a live connection.
+                source, dom = self._source_again(stack, source, dom, move)
+                if not self._moved_despite(source, dom, move, outcome["error"], live):
+                    self._failed(source, dom, move, outcome["error"])
         if worker.is_alive():
             return False
         self.event("completed")
@@ -861,28 +849,66 @@ class JobRunner:
             kept_paused=True,
         )
 
+    def _failed(self, source: t.Any, dom: t.Any, move: Move, error: BaseException) -> "t.NoReturn":
+        """The move failed: recover the source copy, and raise libvirt's reason with what both hosts show."""
+        held = self._recover_source(dom, t.cast(str, move.source_uri), move.destination_uri)
+        action = "migrate to %s" % move.destination_uri
+        if isinstance(error, libvirt.libvirtError):
+            exc = peer_authentication_failure(error, move.destination_uri, move.vm, move.source_uri) or translate_libvirt_error(
+                error, action, vm=move.vm, uri=move.source_uri
+            )
+        else:
+            exc = unexpected_error(error, action, vm=move.vm, uri=move.source_uri)
+        if self._aborted_by is not None:
+            exc = OperationCancelledError("%s (%s)" % (exc.msg, self._aborted_by), **exc.details)
+        if held is not None:
+            _add_notes(exc, [held.msg])
+            exc.details.update(kept_paused=True, hosts=held.details.get("hosts"))
+        self.event("failed", reason=exc.msg)
+        exc.details["observed"] = self.observe(source, t.cast(str, move.uuid), move.destination_uri)
+        raise exc from error
+
+    def _source_again(self, stack: contextlib.ExitStack, source: t.Any, dom: t.Any, move: Move) -> t.Tuple[t.Any, t.Any]:
+        """``source`` and ``dom``, or, when that connection died, new ones on ``stack``.
+
+        A source libvirtd that went away (restarted, killed) is waited for up to SOURCE_RETURN_WAIT_S: its
+        QEMU runs on without it, and only libvirt's own view of the VM there says what the failure left.
+        Returns the old, dead handles when it does not come back (everything read from them is then an
+        error, and reported as such).
+        """
+        if _alive(source):
+            return source, dom
+        deadline = time.monotonic() + SOURCE_RETURN_WAIT_S
+        while True:
+            try:
+                conn = stack.enter_context(self.connect(t.cast(str, move.source_uri), connect_timeout=OBSERVE_CONNECT_TIMEOUT_S))
+            except MigrationError as exc:
+                if time.monotonic() >= deadline:
+                    self.event("source_unreachable", host=move.source_uri, reason=exc.msg)
+                    return source, dom
+                time.sleep(min(2.0, max(self.options.poll_interval, 0.1)))
+                continue
+            self.event("source_reconnected", host=move.source_uri)
+            try:
+                return conn, conn.lookupByUUIDString(t.cast(str, move.uuid))
+            except libvirt.libvirtError:
+                return conn, dom  # gone from the source: read below through the new connection
+
     def _moved_despite(self, source: t.Any, dom: t.Any, move: Move, error: BaseException, live: bool) -> bool:
         """The migrate call failed: whether libvirt's job went on and took the VM to the destination anyway.
 
-        A lost connection or keepalive ends the call, not always the job. The source is read again (over
-        a new connection when the old one died); a migration job that still runs there is followed to its
-        end under this run's schedule and timeout. The VM then active on the destination (defined there,
+        A lost connection or keepalive ends the call, not always the job. ``source`` and ``dom`` are
+        live again where the source came back (:meth:`_source_again`); a migration job that still runs
+        there is followed to its end under this run's schedule and timeout. The VM then active on the destination (defined there,
         after an offline move) and no longer active on the source has moved, and :meth:`verify` judges
         it like any other move.
         """
         uuid = t.cast(str, move.uuid)
-        with contextlib.ExitStack() as stack:
-            if not _alive(source):
-                try:
-                    source = stack.enter_context(self.connect(t.cast(str, move.source_uri), connect_timeout=OBSERVE_CONNECT_TIMEOUT_S))
-                    dom = source.lookupByUUIDString(uuid)
-                except (MigrationError, libvirt.libvirtError):
-                    pass  # read below as it is: unreadable, or gone from the source
-            job = job_stats(dom)
-            if job is not None and not foreign_job(job):
-                self.event("job_continues", reason=_reason(error))
-                self._monitor(dom, move, lambda: job_stats(dom) is not None, time.sleep, live, downtime_pending=False)
-            observed = self.observe(source, uuid, move.destination_uri)
+        job = job_stats(dom)
+        if job is not None and not foreign_job(job):
+            self.event("job_continues", reason=_reason(error))
+            self._monitor(dom, move, lambda: job_stats(dom) is not None, time.sleep, live, downtime_pending=False)
+        observed = self.observe(source, uuid, move.destination_uri)
         there, here = observed.get("destination"), observed["source"]
         if there is None or "error" in there or not (there["active"] if move.running else there["persistent"]):
             return False

@@ -10,6 +10,7 @@ or raises, anything else is a failure that reports what each host shows.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 import typing as t
@@ -1519,3 +1520,37 @@ def test_an_adopted_job_plugs_in_the_vfs_the_lost_run_unplugged(cluster: Cluster
     (arrived,) = cluster.destination.domains
     assert result["adopted"] is True and device_calls(arrived) == [("attachDeviceFlags", libvirt.VIR_DOMAIN_AFFECT_LIVE)], arrived.calls
     assert "ua-fo-vf" in arrived.xml
+
+
+def test_a_source_libvirtd_lost_at_the_end_of_a_move_is_waited_for_and_its_paused_copy_named(cluster: Cluster, tmp_path: Path) -> None:
+    # The soak's case: the source libvirtd dies in the last step of a move; restarted, it shows the VM
+    # paused (libvirt leaves that to the caller) while the destination runs it.
+    def lost_in_the_last_step() -> None:
+        cluster.arrive()
+        cluster.vm._state = (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
+        cluster.source.closed = True
+        raise libvirt_error(libvirt.VIR_ERR_SYSTEM_ERROR, "End of file while reading data: Input/output error", libvirt.VIR_FROM_RPC)
+
+    reconnects = []
+    real_connect = cluster.connect
+
+    @contextlib.contextmanager
+    def connect(uri: str, *args: t.Any, **kwargs: t.Any) -> t.Iterator[FakeConnection]:
+        if uri == SOURCE_URI and cluster.source.closed:
+            reconnects.append(uri)
+            if len(reconnects) < 3:  # libvirtd is still coming back
+                raise HostUnreachableError("Cannot open a libvirt connection on %s" % uri, uri=uri)
+            cluster.source.closed = False
+        with real_connect(uri, *args, **kwargs) as conn:
+            yield conn
+
+    cluster.vm.on_migrate = lost_in_the_last_step
+    run = migrator(tmp_path)
+    run.connect = connect  # type: ignore[method-assign]
+    run.runner.connect = connect
+    run.runner.options = dataclasses.replace(run.runner.options, poll_interval=0.01)
+    with pytest.raises(MigrationError) as caught:
+        run.migrate(check_mode=False)
+    assert len(reconnects) == 3 and "source_reconnected" in event_names(caught.value.details)
+    assert "left paused on hv1 and not resumed: %s (running) has it too" % DEST_URI in caught.value.msg
+    assert changes_to(cluster.vm) == [] and caught.value.details["kept_paused"] is True
