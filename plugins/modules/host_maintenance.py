@@ -247,7 +247,8 @@ vms:
   type: list
   elements: dict
   sample:
-    - {vm: db1, uuid: 0f3c9a52-54a1-4c1b-9f0e-6d2f6f1e2a11, priority: high, from: hv1, to: hv3, started: "2026-11-26T04:20:01.120+00:00", finished: "2026-11-26T04:20:04.310+00:00",
+    - {vm: db1, uuid: 0f3c9a52-54a1-4c1b-9f0e-6d2f6f1e2a11, priority: high, from: hv1, to: hv3,
+       started: "2026-11-26T04:20:01.120+00:00", finished: "2026-11-26T04:20:04.310+00:00",
        started_at_s: 0.41, finished_at_s: 3.6, duration_s: 3.19, downtime_ms: 52, outcome: migrated,
        timings: {start: 0.04, migrate: 3.08, verify: 0.02}}
 timings:

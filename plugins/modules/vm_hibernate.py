@@ -30,8 +30,9 @@ description:
   - Refused before anything changes, with the VM left as it was. A transient VM (libvirt keeps a
     managed save image only for a persistent VM). A shut-off VM without an image, for O(state=hibernated)
     ("start it first"), or for O(state=running) (it has no hibernation image here). A VM that is
-    neither running, paused nor shut off (pmsuspended, crashed, shutting down). A VM with an SR-IOV failover primary plugged in. libvirt pauses the vCPUs before it saves, so
-    the guest cannot release the device and the save would hang. Detach the primary first (for example
+    neither running, paused nor shut off (pmsuspended, crashed, shutting down). A VM with an SR-IOV
+    failover primary plugged in. libvirt pauses the vCPUs before it saves, so the guest cannot release
+    the device and the save would hang. Detach the primary first (for example
     C(virsh detach-device --live)); the restored VM then runs on its virtio standby until a cold boot.
   - When libvirt refuses or fails the save, the task fails with libvirt's reason and says in what state
     libvirt shows the VM afterwards. A VM that was running and is left paused by the failed save is

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Randomized soak of the collection on the lab: seeded operations and faults, judged through libvirt.
 
     python tests/soak/soak.py --seconds 300 [--seed N] [--steps N] [--stop-on-violation] [--keep-up]

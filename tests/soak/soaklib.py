@@ -265,7 +265,8 @@ def _contradictions(snapshot: Snapshot, claims: list[Claim]) -> list[Violation]:
         if claim.kind == "on" and (len(active) != 1 or active[0] not in claimed_on[vm]):
             found.append(Violation(RESULT_CONTRADICTS, "%s says %s is on %s; libvirt shows it active on %s" % (claim.by, vm, claim.host, active or "no host")))
         elif claim.kind == "off" and (active or vm not in snapshot.domains.get(claim.host, {})):
-            found.append(Violation(RESULT_CONTRADICTS, "%s says %s is saved on %s; libvirt shows it active on %s" % (claim.by, vm, claim.host, active or "no host")))
+            said = "%s says %s is saved on %s; libvirt shows it active on %s" % (claim.by, vm, claim.host, active or "no host")
+            found.append(Violation(RESULT_CONTRADICTS, said))
         elif claim.kind == "stayed" and vm not in moved and active and active != [claim.host]:
             found.append(Violation(RESULT_CONTRADICTS, "%s failed, yet %s moved from %s to %s" % (claim.by, vm, claim.host, ", ".join(active))))
     return found

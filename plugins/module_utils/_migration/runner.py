@@ -370,7 +370,9 @@ class JobRunner:
         uuid = t.cast(str, move.uuid)
         steps = []
         if unplugged:
-            steps.append(("plug the bond VFs in again", lambda arrived: self._warn(self._replug_bond_vfs(arrived, move, unplugged, move.destination_uri, "destination"))))
+            steps.append(
+                ("plug the bond VFs in again", lambda arrived: self._warn(self._replug_bond_vfs(arrived, move, unplugged, move.destination_uri, "destination")))
+            )
         if move.guest_hooks and move.kind != OFFLINE:
             steps.append(("run the guest's after_migration hooks", lambda arrived: self._guest_hooks_after(arrived, move)))
         for action, step in steps:
@@ -387,7 +389,8 @@ class JobRunner:
                 self.event("autostart_set", host=move.destination_uri)
             flag = bool(arrived.autostart())
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            self._warn("VM '%s' moved to %s, but its autostart flag could not be %s there: %s." % (move.vm, move.destination, "set" if autostart else "read", _reason(exc)))
+            what = "set" if autostart else "read"
+            self._warn("VM '%s' moved to %s, but its autostart flag could not be %s there: %s." % (move.vm, move.destination, what, _reason(exc)))
             return None
         if flag != autostart:
             self._warn("VM '%s' had autostart %s on %s and has it %s on %s." % (move.vm, _on_off(autostart), move.source, _on_off(flag), move.destination))
