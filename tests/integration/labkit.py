@@ -431,32 +431,42 @@ def nic_xml(host_uri: str, vm: str, alias: str = VF_STANDIN_ALIAS, inactive: boo
     raise AssertionError("%s on %s has no interface with alias %s" % (vm, host_uri, alias))
 
 
-def failing_python(directory: Path, method: str = "migrateToURI3", after: bool = False) -> str:
-    """A Python for lab host modules in which every ``libvirt.virDomain.<method>`` call fails.
+def patched_python(directory: Path, name: str, sitecustomize: str) -> str:
+    """A Python for lab host modules that runs ``sitecustomize`` (Python code patching libvirt) first.
 
-    It raises ``libvirt.libvirtError`` with a message naming this lab helper, as libvirt does when the
-    call fails: before anything reaches libvirtd, or with ``after`` once the real call has returned
-    (libvirt did the work, and the caller only hears of an error, as when its connection is lost at
-    the end of a call). Pass the returned path as the task's ``ansible_python_interpreter``: the lab
-    hosts see this machine's file system outside their private directories, so the wrapper written
-    under ``directory`` is what runs on the host.
+    Pass the returned path as the task's ``ansible_python_interpreter``: the lab hosts see this
+    machine's file system outside their private directories, so the wrapper written under
+    ``directory`` is what runs on the host.
     """
-    home = directory / ("failing-%s-%s" % (method, secrets.token_hex(3)))
+    home = directory / ("%s-%s" % (name, secrets.token_hex(3)))
     home.mkdir(parents=True)
-    (home / "sitecustomize.py").write_text(
-        "import libvirt\n\n_REAL = libvirt.virDomain.%s\n\n\n"
-        "def _fail(self, *args, **kwargs):\n"
-        "    %s\n"
-        "    raise libvirt.libvirtError('injected by the lab test: virDomain.%s failed%s')\n\n\n"
-        "libvirt.virDomain.%s = _fail\n"
-        % (method, "_REAL(self, *args, **kwargs)" if after else "pass", method, " after it returned" if after else "", method)
-    )
+    (home / "sitecustomize.py").write_text(sitecustomize)
     wrapper = home / "python3"
     wrapper.write_text('#!/bin/sh\nPYTHONPATH=%s exec /usr/bin/python3 "$@"\n' % home)
     wrapper.chmod(0o755)
     home.chmod(0o755)
     directory.chmod(0o755)
     return str(wrapper)
+
+
+def failing_python(directory: Path, method: str = "migrateToURI3", after: bool = False) -> str:
+    """A Python for lab host modules (:func:`patched_python`) in which every ``libvirt.virDomain.<method>`` call fails.
+
+    It raises ``libvirt.libvirtError`` with a message naming this lab helper, as libvirt does when the
+    call fails: before anything reaches libvirtd, or with ``after`` once the real call has returned
+    (libvirt did the work, and the caller only hears of an error, as when its connection is lost at
+    the end of a call).
+    """
+    return patched_python(
+        directory,
+        "failing-%s" % method,
+        "import libvirt\n\n_REAL = libvirt.virDomain.%s\n\n\n"
+        "def _fail(self, *args, **kwargs):\n"
+        "    %s\n"
+        "    raise libvirt.libvirtError('injected by the lab test: virDomain.%s failed%s')\n\n\n"
+        "libvirt.virDomain.%s = _fail\n"
+        % (method, "_REAL(self, *args, **kwargs)" if after else "pass", method, " after it returned" if after else "", method),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -210,7 +210,8 @@ class Soak:
             undo()
         self.heal()
         self.log.extend("    " + run.summary() for run, _m, _a, _d in launched)
-        claims = [claim for run, _m, _a, _d in launched for claim in claims_of(run, before)]
+        # Claims about the soak's own transient VMs are not judged: the soak removes them before judging.
+        claims = [claim for run, _m, _a, _d in launched for claim in claims_of(run, before) if claim.vm is None or claim.vm in VMS]
         found = self.settled_judgement(claims)
         named = {vm for run, _m, _a, _d in launched for vm in kept_paused_by(run)}
         held = [v for v in found if v.kind in (sl.ACTIVE_TWICE, sl.DEFINED_TWICE) and v.detail.split()[0] in named]

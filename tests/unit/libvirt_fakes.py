@@ -144,6 +144,22 @@ class FakeDomain:
         active = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED)
         return self._change("resume", active, "domain is not running", (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_UNPAUSED))
 
+    def snapshotNum(self, flags: int = 0) -> int:  # noqa: N802 (libvirt's name)
+        self._check()
+        return int(getattr(self, "snapshots", 0))
+
+    def undefineFlags(self, flags: int = 0) -> int:  # noqa: N802 (libvirt's name)
+        """Forget the definition (the domain vanishes once it is not active either)."""
+        self._check()
+        self.calls.append(("undefineFlags", flags))
+        if "undefineFlags" in self.errors:
+            raise self.errors["undefineFlags"]
+        self._persistent = False
+        if self.conn is not None and not self.isActive() and self in self.conn.domains:
+            self.conn.domains.remove(self)
+            self.vanished = True
+        return 0
+
     def hasManagedSaveImage(self, flags: int = 0) -> int:  # noqa: N802 (libvirt's name)
         self._check()
         return int(getattr(self, "saved_image", False))

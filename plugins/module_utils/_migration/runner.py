@@ -626,6 +626,8 @@ class JobRunner:
         uuid = t.cast(str, move.uuid)
         observed = {"source": whereabouts(source, uuid), "destination": whereabouts(dest, uuid)}
         there, here = observed["destination"], observed["source"]
+        if self._left_defined(here, there, move) and self._finish_undefine(source, move):
+            observed["source"] = here = whereabouts(source, uuid)
         problems = []
         if there is None or "error" in there:
             problems.append("the destination does not have it" + (" (%s)" % there["error"] if there else ""))
@@ -654,6 +656,40 @@ class JobRunner:
             )
         self.event("verified", state=there["state"] if there else None)
         return {"vm_state": there["state"] if there else None, "observed": observed}
+
+    @staticmethod
+    def _left_defined(here: t.Optional[t.Mapping[str, t.Any]], there: t.Optional[t.Mapping[str, t.Any]], move: Move) -> bool:
+        """libvirt moved the VM but its last step did not remove the source's definition.
+
+        The destination has the VM persistently defined (and active after a live move), the source
+        only a shut-off definition of it: what ``VIR_MIGRATE_UNDEFINE_SOURCE`` was to remove, when a
+        fault (the source's libvirtd restarted in the confirm step) kept libvirt from it.
+        """
+        if not move.persistent or here is None or there is None or "error" in here or "error" in there:
+            return False
+        arrived = there["persistent"] and (there["active"] or move.kind == OFFLINE)
+        return bool(arrived and not here["active"] and here["persistent"])
+
+    def _finish_undefine(self, source: t.Any, move: Move) -> bool:
+        """Remove the shut-off definition libvirt left on the source after the move (see :meth:`_left_defined`).
+
+        Only a bare definition goes: one with a managed save image or snapshots stays, and the failure
+        names it. Returns True when it was removed.
+        """
+        try:
+            dom = source.lookupByUUIDString(t.cast(str, move.uuid))
+            if dom.isActive() or dom.hasManagedSaveImage(0) or dom.snapshotNum(0):
+                return False
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
+        except libvirt.libvirtError as exc:
+            self.event("source_definition_kept", host=move.source_uri, reason=exc.get_error_message())
+            return False
+        self.event("source_definition_removed", host=move.source_uri)
+        self._warn(
+            "libvirt moved VM '%s' to %s but left its shut-off definition on %s (its last step failed); that definition "
+            "was removed, as the move asked, so that the VM is defined on one host." % (move.vm, move.destination, move.source)
+        )
+        return True
 
     # -- following the job --------------------------------------------------------------------
     def _monitor(self, dom: t.Any, move: Move, alive: t.Callable[[], bool], wait: t.Callable[[float], t.Any], live: bool, downtime_pending: bool) -> None:

@@ -316,15 +316,36 @@ def test_every_other_outcome_is_a_failure(
     assert caught.value.msg.endswith(", but %s." % problem)
 
 
-def test_still_defined_on_the_source_is_a_failure(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_definition_libvirt_left_on_the_source_after_the_move_is_removed(cluster: Cluster, tmp_path: Path) -> None:
+    # libvirt's confirm step did not undefine the source (its libvirtd restarted there, as the soak found).
     def outcome() -> None:
         cluster.vm._state = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED)
         cluster.arrive()
 
     cluster.vm.on_migrate = outcome
+    result = migrator(tmp_path).migrate(check_mode=False)
+    assert result["changed"] is True and result["observed"] == {"source": None, "destination": RUNNING_ON_DESTINATION}
+    assert "source_definition_removed" in event_names(result) and cluster.vm not in cluster.source.domains
+    assert any("left its shut-off definition on hv1" in warning for warning in result["warnings"]), result["warnings"]
+
+
+@pytest.mark.parametrize("keeps", ["managed save image", "snapshot", "undefine fails"])
+def test_a_definition_left_on_the_source_with_more_than_a_definition_stays_and_fails_the_move(cluster: Cluster, tmp_path: Path, keeps: str) -> None:
+    def outcome() -> None:
+        cluster.vm._state = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED)
+        cluster.arrive()
+
+    cluster.vm.on_migrate = outcome
+    if keeps == "managed save image":
+        cluster.vm.saved_image = True  # type: ignore[attr-defined]
+    elif keeps == "snapshot":
+        cluster.vm.snapshots = 1  # type: ignore[attr-defined]
+    else:
+        cluster.vm.errors["undefineFlags"] = libvirt_error(libvirt.VIR_ERR_OPERATION_INVALID, "cannot undefine domain with nvram")
     with pytest.raises(MigrationError) as caught:
         migrator(tmp_path).migrate(check_mode=False)
     assert caught.value.msg.endswith("complete, but it is still defined on the source (shut off).")
+    assert caught.value.details["changed"] is True and cluster.vm in cluster.source.domains
 
 
 @pytest.mark.parametrize(
