@@ -41,8 +41,11 @@ description:
   - Whatever happens, the VM keeps running on exactly one host. A failed, aborted or timed-out
     migration leaves it running on the source (resumed if the schedule had paused it), defined there
     only, and the module fails with libvirt's reason.
+  - When libvirt completes the move but its last step leaves the VM's shut-off definition on the
+    source (its libvirtd restarted during that step), that bare definition is removed, as the move
+    asked, with a warning. One with a managed save image or snapshots stays, and the task fails naming it.
   - A failed migrate call (a lost connection, a keepalive timeout) is not taken for a failed move;
-    both hosts are read again, a migration job that still runs is followed to its end, and a VM that
+    a source libvirtd that went away is waited for (up to 60 s), both hosts are read again, a migration job that still runs is followed to its end, and a VM that
     then runs on the destination alone is reported as moved, with a warning naming the error.
   - A paused copy of the VM is resumed (after a failed move, from the record of a lost run, or with
     O(state=cancelled)) only after the destination and the other known hosts (O(candidates)) were
