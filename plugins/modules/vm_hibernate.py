@@ -30,7 +30,8 @@ description:
   - Refused before anything changes, with the VM left as it was. A transient VM (libvirt keeps a
     managed save image only for a persistent VM). A shut-off VM without an image, for O(state=hibernated)
     ("start it first"), or for O(state=running) (it has no hibernation image here). A VM that is
-    neither running, paused nor shut off (pmsuspended, crashed, shutting down). A VM with an SR-IOV
+    neither running, paused nor shut off (pmsuspended, crashed, shutting down). A VM with a libvirt job
+    running (another operator's save, restore or migration). A VM with an SR-IOV
     failover primary plugged in. libvirt pauses the vCPUs before it saves, so the guest cannot release
     the device and the save would hang. Detach the primary first (for example
     C(virsh detach-device --live)); the restored VM then runs on its virtio standby until a cold boot.

@@ -39,6 +39,7 @@ NONE = "none"  # already as asked
 SAVE = "save"  # before_hibernation hooks, then managed save
 RESTORE = "restore"  # start from the saved image, then after_hibernation hooks
 RESUME = "resume"  # a paused VM
+ACTION_WORDS = {SAVE: "hibernate it", RESTORE: "restore it from its hibernation image", RESUME: "resume it"}
 
 # Seconds the guest's hook runner may take for one event (as for migrations); its own per-hook timeouts should be shorter.
 DEFAULT_HOOK_TIMEOUT_S = 60.0
@@ -237,12 +238,17 @@ class Hibernation:
             self.name = self._call("read the VM's name", dom.name)
             host = "%s (%s)" % (self._call("read the host name", conn.getHostname), req.uri)
             uuid = self._call("read the VM's UUID", dom.UUIDString)
+            seen = domxml.observe(dom, req.uri)
             before = self._observe(dom)
             primaries: t.List[str] = []
             if req.state == HIBERNATED and before["state"] in (_RUNNING, _PAUSED):
                 primaries = plugged_primaries(self._call("read the domain XML", dom.XMLDesc, 0))
             action = decide(req.state, before["state"], before["has_saved_image"], before["persistent"], primaries, self.name, host)
             after = before
+            if action != NONE:
+                # Another operator's job on the VM (a save, a restore, a migration) holds it: nothing is done
+                # beside it (a VM paused by a running save must not be resumed, for one).
+                domxml.recheck(conn, seen, ACTION_WORDS[action], req.uri)
             if action != NONE and not check_mode:
                 steps = {SAVE: self._save, RESTORE: self._restore, RESUME: self._resume}
                 steps[action](dom, before)

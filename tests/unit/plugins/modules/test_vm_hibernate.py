@@ -461,3 +461,13 @@ def test_vm_found_by_uuid_and_missing_vm_fails(host: t.Callable[..., HibernateDo
 
 def test_default_hook_timeout_is_the_documented_one() -> None:
     assert vm_hibernate.argument_spec()["guest_hook_timeout"]["default"] == hibernation.DEFAULT_HOOK_TIMEOUT_S == 60
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_a_vm_busy_with_another_job_is_left_alone(host: t.Callable[..., HibernateDomain], capsys: pytest.CaptureFixture[str], check_mode: bool) -> None:
+    # Two operators at once: a save libvirt is running pauses the VM; the other's restore must not resume it.
+    dom = host(state=PAUSED)
+    dom.job = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "operation": libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE, "time_elapsed": 3000}
+    result = run_module({"name": "probe-vm", "state": "running", "_ansible_check_mode": check_mode}, capsys)
+    assert result["failed"] is True and "a libvirt job runs on it (save, running for 3 s)" in result["msg"], result
+    assert "Nothing was changed." in result["msg"] and dom.calls == []
