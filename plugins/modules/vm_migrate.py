@@ -45,8 +45,9 @@ description:
     source (its libvirtd restarted during that step), that bare definition is removed, as the move
     asked, with a warning. One with a managed save image or snapshots stays, and the task fails naming it.
   - A failed migrate call (a lost connection, a keepalive timeout) is not taken for a failed move;
-    a source libvirtd that went away is waited for (up to 60 s), both hosts are read again, a migration job that still runs is followed to its end, and a VM that
-    then runs on the destination alone is reported as moved, with a warning naming the error.
+    a source libvirtd that went away is waited for (up to 60 s), both hosts are read again, a
+    migration job that still runs is followed to its end, and a VM that then runs on the destination
+    alone is reported as moved, with a warning naming the error.
   - A paused copy of the VM is resumed (after a failed move, from the record of a lost run, or with
     O(state=cancelled)) only after the destination and the other known hosts (O(candidates)) were
     read. When one of them runs or defines the VM, or the destination cannot be read, the copy stays
