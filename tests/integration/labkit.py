@@ -255,9 +255,20 @@ def write_marker(vm: str) -> str:
     return marker
 
 
-def read_marker(vm: str) -> str:
-    """The marker :func:`write_marker` left in the guest, read through its agent."""
-    return virtlab("exec", vm, "--", "cat", "/tmp/marker").stdout.strip()
+def read_marker(vm: str, agent_wait: float = 60) -> str:
+    """The marker :func:`write_marker` left in the guest, read through its agent.
+
+    Right after a move the guest's agent channel can take a moment to answer on the new host (QEMU
+    reconnects it; under TCG on a busy machine, seconds): "not responding" is retried for ``agent_wait`` s.
+    """
+    deadline = time.monotonic() + agent_wait
+    while True:
+        proc = virtlab("exec", vm, "--", "cat", "/tmp/marker", check=False)
+        if proc.returncode == 0 or "Guest agent is not responding" not in proc.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert proc.returncode == 0, "reading the marker of %s failed (exit %d): %s%s" % (vm, proc.returncode, proc.stdout, proc.stderr)
+    return proc.stdout.strip()
 
 
 def virsh_migrate(source_uri: str, dest_uri: str, vm: str) -> float:
