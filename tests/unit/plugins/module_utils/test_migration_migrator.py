@@ -985,8 +985,9 @@ def test_a_planned_move_adopts_a_job_a_lost_run_left(cluster: Cluster, tmp_path:
     running_job(cluster)
 
     def finish() -> None:
-        cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+        # As libvirt does: the VM is on the destination before the source's job ends.
         cluster.move()
+        cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
 
     threading.Timer(0.05, finish).start()
     outcome = job_runner(tmp_path, cluster).carry_out(planned_move())
@@ -1360,8 +1361,8 @@ def test_a_failed_migrate_call_whose_job_goes_on_is_followed_to_its_end(cluster:
 
         def finish() -> None:
             time.sleep(0.2)
-            cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
             cluster.move()
+            cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
 
         threading.Thread(target=finish, daemon=True).start()
         raise connection_lost()
@@ -1525,14 +1526,14 @@ def test_an_adopted_job_plugs_in_the_vfs_the_lost_run_unplugged(cluster: Cluster
     running_job(cluster)
 
     def arrive_without_vf() -> None:
-        cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
-        cluster.leave_source()
-        there = cluster.arrive()
-        there.xml = full
+        there = FakeDomain(full)
         there.inactive_xml = full
-        there.keep_devices = False  # type: ignore[attr-defined]
         there.detachDeviceFlags("<interface><alias name='ua-fo-vf'/></interface>", 0)
         there.calls.clear()
+        there.completed_job = {"type": libvirt.VIR_DOMAIN_JOB_COMPLETED, "downtime": 40, "data_total": 256 * MIB}
+        cluster.destination.domains.append(there)
+        cluster.leave_source()
+        cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}  # the job ends once the VM is there
 
     timer = threading.Timer(0.1, arrive_without_vf)
     timer.start()
