@@ -43,8 +43,8 @@ def _collections_root() -> str:
 
 sys.path.insert(0, _collections_root())
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import evacuation as ev  # noqa: E402
-from ansible_collections.virtops.migration.plugins.module_utils._migration import placement as pl  # noqa: E402
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation as ev
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement as pl
 
 POOLS = ("/pool-a", "/pool-b", "/pool-c", "/pool-d")
 RACKS = 20

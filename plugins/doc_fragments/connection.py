@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Options of ``plugins/module_utils/_migration/connection.py``."""
+    """Options of ``plugins/module_utils/_migration/libvirt_io/connection.py``."""
 
     DOCUMENTATION = r"""
 options:

@@ -754,11 +754,12 @@ host:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import mark, modulekit, options
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
-from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import OPTIONAL_PARTS, HostInfoCollector
-from ansible_collections.virtops.migration.plugins.module_utils._migration.placement import DEFAULT_MEMORY_RESERVED_MIB
-from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import DEFAULT_STATE_DIR
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import mark, options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import modulekit
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import OPTIONAL_PARTS, HostInfoCollector
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.placement import DEFAULT_MEMORY_RESERVED_MIB
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
 
 
 def main() -> None:

@@ -323,9 +323,10 @@ started:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import modulekit, options
-from ansible_collections.virtops.migration.plugins.module_utils._migration.maintenance import HostMaintenance, request_from_params
-from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import DEFAULT_LOG_DIR
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import modulekit
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.maintenance import HostMaintenance, request_from_params
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_LOG_DIR
 
 
 def argument_spec() -> dict:

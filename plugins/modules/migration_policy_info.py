@@ -107,8 +107,9 @@ vms:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import modulekit, options
-from ansible_collections.virtops.migration.plugins.module_utils._migration.settings_store import SettingsStore
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import modulekit
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.settings_store import SettingsStore
 
 
 def main() -> None:

@@ -269,8 +269,9 @@ not_undone:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import modulekit, options
-from ansible_collections.virtops.migration.plugins.module_utils._migration.failover_nic import FailoverNic
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import modulekit
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.failover_nic import FailoverNic
 
 
 def argument_spec() -> dict:

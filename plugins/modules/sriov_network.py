@@ -139,8 +139,9 @@ actions:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import modulekit, options
-from ansible_collections.virtops.migration.plugins.module_utils._migration.sriov_network import SriovNetwork
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import modulekit
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.sriov_network import SriovNetwork
 
 
 def argument_spec() -> dict:

@@ -219,8 +219,9 @@ observed:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import modulekit, options
-from ansible_collections.virtops.migration.plugins.module_utils._migration.hibernation import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import modulekit
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.hibernation import (
     DEFAULT_HOOK_TIMEOUT_S,
     HOOK_FAILURE_POLICIES,
     STATES,

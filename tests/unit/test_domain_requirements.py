@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import parse_requirements
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.domain import parse_requirements
 
 DOMAIN = """
 <domain type='kvm'>

@@ -9,10 +9,10 @@ import typing as t
 
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration import evacuation as ev
-from ansible_collections.virtops.migration.plugins.module_utils._migration import placement as pl
-from ansible_collections.virtops.migration.plugins.module_utils._migration import settings as st
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation as ev
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement as pl
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings as st
 
 SOURCE = ev.SourceHost(name="h1", uuid="uuid-h1", uri="qemu:///system")
 

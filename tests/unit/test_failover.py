@@ -8,8 +8,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import failover
-from ansible_collections.virtops.migration.plugins.module_utils._migration.failover import PairInfo, PairSpec
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import failover
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.failover import PairInfo, PairSpec
 
 HEAD = """<domain type='kvm' id='7' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>web1</name>

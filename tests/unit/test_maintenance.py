@@ -17,13 +17,13 @@ import libvirt
 import pytest
 
 from ansible_collections.virtops.migration.plugins.filter.maintenance_report import FilterModule, maintenance_report
-from ansible_collections.virtops.migration.plugins.module_utils._migration import evacuation as ev
-from ansible_collections.virtops.migration.plugins.module_utils._migration import maintenance as mt
-from ansible_collections.virtops.migration.plugins.module_utils._migration import mark as mk
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, Move
-from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import DEFAULT_STATE_DIR
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
-from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import StateFileError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation as ev
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import maintenance as mt
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import mark as mk
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import StateFileError
 from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
 
 

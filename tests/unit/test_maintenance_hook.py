@@ -16,7 +16,7 @@ import jinja2
 import pytest
 
 from ansible.plugins.filter.core import FilterModule
-from ansible_collections.virtops.migration.plugins.module_utils._migration import maintenance as mt
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import maintenance as mt
 from roleplay import CaseRecap, Recap, link_collection, require_root, run_cases, run_play, write_role_play
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "roles" / "maintenance_hook" / "templates" / "virtops-maintenance.j2"

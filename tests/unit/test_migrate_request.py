@@ -8,9 +8,11 @@ import typing as t
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import maintenance, options, policy, runner
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, PAUSED, Move
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import maintenance
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options, policy
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import runner
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import LIVE, OFFLINE, PAUSED, Move
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError
 
 BASE: dict[str, t.Any] = {"name": "web1", "uri": "qemu:///system", "destination_uri": "qemu+tcp://hv2/system", "state": "migrated"}
 
@@ -280,7 +282,7 @@ def test_vm_migrate_refuses_tunnelled_with_tls_before_any_connection(
 ) -> None:
     from ansible.module_utils.testing import patch_module_args
 
-    from ansible_collections.virtops.migration.plugins.module_utils._migration import vm_migration
+    from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import vm_migration
     from ansible_collections.virtops.migration.plugins.modules import vm_migrate
 
     def no_connection(*_args: t.Any, **_kwargs: t.Any) -> t.NoReturn:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import placement as pl
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement as pl
 
 
 def host(name: str, available: int = 4096, vcpus: int = 0, **kwargs: object) -> pl.HostState:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import policy as pol
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import policy as pol
 
 
 def test_builtin_minimal_downtime_follows_ovirt_schedule() -> None:

@@ -7,7 +7,7 @@ import typing as t
 
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import settings as st
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings as st
 
 UNSET, INHERIT = "unset", "inherit"
 LEVEL_VALUES = {"vm": "high", "cluster": "low", "global": "medium"}

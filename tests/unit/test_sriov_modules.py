@@ -13,8 +13,9 @@ from ansible.module_utils import _internal as module_utils_internal
 from ansible.module_utils.common import warnings as module_warnings
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import failover, failover_nic, sriov_network
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import FeatureUnsupportedError, MigrationError, VmChangedError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import failover
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import failover_nic, sriov_network
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import FeatureUnsupportedError, MigrationError, VmChangedError
 from ansible_collections.virtops.migration.plugins.modules import sriov_failover_nic
 from ansible_collections.virtops.migration.plugins.modules import sriov_network as sriov_network_module
 

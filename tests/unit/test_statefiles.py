@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import statefiles as sf
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import statefiles as sf
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
 
 DATA = {"state": "preparing", "since": "2026-11-26T04:20:00.000+00:00", "shutdown_vms": ["lic1"], "count": 3}
 

@@ -1,22 +1,25 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils package is private to the virtops.migration collection; it is not a public API.
-"""The collection's shared code, in three layers; each layer imports only the ones above it.
+"""The collection's shared code, in three layers, one sub-package each; a layer imports only its own
+and the ones above it (``tests/unit/test_layers.py`` checks it). A move is planned in ``pure``, carried
+out and verified against libvirt in ``libvirt_io``, and each module's workflow joins them in
+``orchestration``: plan -> run -> verify.
 
-Pure (no libvirt import; unit-tested without a hypervisor):
+``pure`` (no libvirt import; unit-tested without a hypervisor):
   errors (exceptions, libvirt error codes), statefiles (state files on the host), policy (policies
   and schedules), metadata (the settings' XML format), settings (what a setting may hold, and the
   VM > cluster > global inheritance), domain (domain XML), hostinfo (host facts), placement (where
   a VM may and should go), plan (moves and run options), options (the shared option groups and
   their parsing), evacuation (the evacuation plan and its queue), mark (the maintenance mark and
   its hook), failover (SR-IOV failover pairs and unmovable host devices in domain XML).
-libvirt I/O:
+``libvirt_io`` (reads and changes libvirt):
   connection (opening and closing), probe (reading destinations, where a VM is), runner (the one
   job runner: a move's libvirt job, its monitoring and verification), settings_store (settings
   in domain metadata), guest_agent (programs run in a guest through its QEMU guest agent, and the
   guest hooks), failover_nic (sriov_failover_nic: check the host, define a failover pair, plug it
   into the running VM), sriov_network (sriov_network: a hostdev network over a PF).
-Orchestration:
+``orchestration`` (one module's whole run):
   vm_migration (vm_migrate: plan one move, run it), maintenance (host_maintenance: plan an
   evacuation, run its moves, mark the host), hibernation (vm_hibernate: guest hooks and libvirt's
   managed save, restore), modulekit (a module's result or failure).

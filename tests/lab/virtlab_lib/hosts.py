@@ -842,10 +842,10 @@ DEFAULT_PRIORITY = "medium"
 
 
 def migration_metadata() -> t.Any:
-    """The collection's metadata format owner (plugins/module_utils/_migration/metadata.py)."""
+    """The collection's metadata format owner (plugins/module_utils/_migration/pure/metadata.py)."""
     sys.path.insert(0, str(MODULE_UTILS))
     try:
-        from _migration import metadata  # pylint: disable=import-outside-toplevel
+        from _migration.pure import metadata
     except ImportError as exc:
         raise LabError("cannot import the collection's metadata format from %s: %s" % (MODULE_UTILS, exc)) from exc
     finally:

@@ -1,7 +1,7 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Opening and closing libvirt connections (``_migration/connection.py``)."""
+"""Opening and closing libvirt connections (``_migration/libvirt_io/connection.py``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import typing as t
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import connection, options
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     AuthenticationError,
     HostUnreachableError,
     MigrationError,

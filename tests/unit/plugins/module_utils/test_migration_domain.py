@@ -1,7 +1,7 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Domain lookup and domain XML reading (``_migration/domain.py``)."""
+"""Domain lookup and domain XML reading (``_migration/pure/domain.py``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import domain
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     HostUnreachableError,
     VmNotFoundError,
 )

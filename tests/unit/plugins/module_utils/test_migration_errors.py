@@ -1,7 +1,7 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Translation of libvirt errors into the collection's exceptions (``_migration/errors.py``)."""
+"""Translation of libvirt errors into the collection's exceptions (``_migration/pure/errors.py``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import typing as t
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import errors
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import errors
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     FeatureUnsupportedError,
     HostInMaintenanceError,
     HostUnreachableError,

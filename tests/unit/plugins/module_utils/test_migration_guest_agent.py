@@ -12,8 +12,8 @@ import typing as t
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import guest_agent
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import HostUnreachableError, VmNotFoundError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import guest_agent
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import HostUnreachableError, VmNotFoundError
 from libvirt_fakes import libvirt_error
 
 NOT_CONNECTED = libvirt_error(libvirt.VIR_ERR_AGENT_UNRESPONSIVE, "Guest agent is not responding: QEMU guest agent is not connected")

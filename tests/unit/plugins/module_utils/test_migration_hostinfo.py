@@ -1,7 +1,7 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Host facts: the XML parsers and the collector (``_migration/hostinfo.py``)."""
+"""Host facts: the XML parsers and the collector (``_migration/pure/hostinfo.py``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import typing as t
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import hostinfo
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import hostinfo
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     HostUnreachableError,
     MigrationError,
 )

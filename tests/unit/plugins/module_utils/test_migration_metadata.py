@@ -1,7 +1,7 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The per-VM migration settings format (``_migration/metadata.py``)."""
+"""The per-VM migration settings format (``_migration/pure/metadata.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typing as t
 import xml.etree.ElementTree as ET
 
 import pytest
-from ansible_collections.virtops.migration.plugins.module_utils._migration import metadata
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import metadata
 
 ROUND_TRIPS = [
     pytest.param({}, id="empty"),

@@ -19,16 +19,18 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import options, placement, probe, runner, vm_migration
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, Move, RunOptions
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options, placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import probe, runner
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import vm_migration
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, RunOptions
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     DuplicateVmError,
     HostUnreachableError,
     MigrationError,
     OperationCancelledError,
     VmNotFoundError,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, Step, base_policy
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError, Step, base_policy
 from libvirt_fakes import FakeConnection, FakeDomain, FakeObject, libvirt_error
 
 SOURCE_URI = "qemu+tls://hv1/system"

@@ -15,8 +15,9 @@ import typing as t
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import domain, settings_store
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, VmChangedError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import settings_store
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError, VmChangedError
 from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
 
 UUID = "5f0e7a53-1c2d-4e5f-8a9b-0c1d2e3f4a5b"

@@ -14,7 +14,7 @@ from ansible.module_utils import _internal as module_utils_internal
 from ansible.module_utils.common import warnings as module_warnings
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import modulekit
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import modulekit
 from ansible_collections.virtops.migration.plugins.modules import host_info
 from libvirt_fakes import FakeConnection, FakeDomain, FakeObject, libvirt_error
 

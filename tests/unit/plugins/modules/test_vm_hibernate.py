@@ -16,8 +16,9 @@ from ansible.module_utils import _internal as module_utils_internal
 from ansible.module_utils.common import warnings as module_warnings
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import guest_agent, hibernation
-from ansible_collections.virtops.migration.plugins.module_utils._migration.hibernation import HibernationRefused, decide
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import guest_agent
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import hibernation
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.hibernation import HibernationRefused, decide
 from ansible_collections.virtops.migration.plugins.modules import vm_hibernate
 from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
 

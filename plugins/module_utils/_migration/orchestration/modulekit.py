@@ -15,8 +15,8 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import HAS_LIBVIRT, LIBVIRT_IMPORT_ERROR
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, unexpected_failure
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import HAS_LIBVIRT, LIBVIRT_IMPORT_ERROR
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError, unexpected_failure
 
 
 def run(module: AnsibleModule, work: t.Callable[[], t.Dict[str, t.Any]]) -> None:

@@ -32,8 +32,8 @@ import json
 import time
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import _connection_uri, _domain_name
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.domain import _connection_uri, _domain_name
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     LIBVIRT_ERROR_CODES,
     VIR_ERR_NO_DOMAIN,
     HostUnreachableError,

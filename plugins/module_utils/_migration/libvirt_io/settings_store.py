@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration import metadata, settings
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import translate_libvirt_error
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import metadata, settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import translate_libvirt_error
 
 try:
     import libvirt

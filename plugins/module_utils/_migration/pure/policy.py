@@ -19,7 +19,7 @@ import dataclasses
 import math
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
 
 ACTIONS = ("downtime", "post_copy", "suspend", "abort")
 TIMEOUT_ACTIONS = ("abort", "post_copy", "suspend")

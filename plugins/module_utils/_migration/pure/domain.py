@@ -21,9 +21,9 @@ import re
 import typing as t
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import failover, metadata
-from ansible_collections.virtops.migration.plugins.module_utils._migration import settings as vm_settings
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import failover, metadata
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings as vm_settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     VmChangedError,
     VmNotFoundError,
     is_not_found,

@@ -15,13 +15,13 @@ from __future__ import annotations
 import typing as t
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.placement import DEFAULT_MEMORY_RESERVED_MIB
-from ansible_collections.virtops.migration.plugins.module_utils._migration.domain import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.placement import DEFAULT_MEMORY_RESERVED_MIB
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.domain import (
     describe_domain,
     scaled_bytes,
     to_mib,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     LIBVIRT_ERROR_CODES,
     HostUnreachableError,
     MigrationError,

@@ -14,8 +14,8 @@ import threading
 import traceback
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.options import resolve_uri
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import resolve_uri
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     HostUnreachableError,
     authentication_failure,
     MigrationError,

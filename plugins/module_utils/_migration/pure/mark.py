@@ -19,8 +19,8 @@ import re
 import time
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import statefiles
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import statefiles
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
 
 MARK_FILE = "maintenance.json"
 LOCK_FILE = "maintenance.lock"

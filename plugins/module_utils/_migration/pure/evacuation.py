@@ -40,11 +40,11 @@ import dataclasses
 import bisect
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import placement
-from ansible_collections.virtops.migration.plugins.module_utils._migration import settings as vm_settings
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, Move
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import Policy, PolicyError, default_timeout
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings as vm_settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import LIVE, OFFLINE, Move
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import Policy, PolicyError, default_timeout
 
 NON_MIGRATABLE_ACTIONS = ("fail", "shutdown")
 # Active VMs in these states cannot be migrated, and why.

@@ -33,10 +33,11 @@ import threading
 import time
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration import failover, guest_agent
-from ansible_collections.virtops.migration.plugins.module_utils._migration import statefiles
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import failover
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import guest_agent
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import statefiles
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     MigrationError,
     OperationCancelledError,
     VIR_ERR_OPERATION_INVALID,
@@ -46,10 +47,10 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
     translate_libvirt_error,
     unexpected_error,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import parse_capabilities
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, Candidate, Move, RunOptions, record_phase
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import ScheduleTracker, Step
-from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import Connect, live_capacity, whereabouts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import parse_capabilities
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import LIVE, OFFLINE, Candidate, Move, RunOptions, record_phase
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import ScheduleTracker, Step
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.probe import Connect, live_capacity, whereabouts
 
 try:
     import libvirt

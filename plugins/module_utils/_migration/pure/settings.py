@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import (
     BUILTIN_POLICIES,
     COMPRESSION_METHODS,
     DEFAULT_POLICY,

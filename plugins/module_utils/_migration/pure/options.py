@@ -27,17 +27,17 @@ import typing as t
 
 from ansible.module_utils.basic import env_fallback
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import settings
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, RunOptions, tunnel_conflicts
-from ansible_collections.virtops.migration.plugins.module_utils._migration.placement import DEFAULT_MEMORY_RESERVED_MIB
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, RunOptions, tunnel_conflicts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.placement import DEFAULT_MEMORY_RESERVED_MIB
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import (
     Policy,
     PolicyError,
     apply_overrides,
     base_policy,
     check_number,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import DEFAULT_STATE_DIR
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
 
 Spec = t.Dict[str, t.Dict[str, t.Any]]
 

@@ -15,10 +15,10 @@ import dataclasses
 import typing as t
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration import failover
-from ansible_collections.virtops.migration.plugins.module_utils._migration import placement
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import failover
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     MigrationError,
     is_not_found,
     is_unsupported,
@@ -26,8 +26,8 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.error
     translate_libvirt_error,
     unexpected_error,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import host_memory, parse_capabilities
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import host_memory, parse_capabilities
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate
 
 try:
     import libvirt

@@ -20,12 +20,13 @@ import time
 import typing as t
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration import failover, guest_agent
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError, translate_libvirt_error
-from ansible_collections.virtops.migration.plugins.module_utils._migration.options import resolve_uri
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import check_number
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import failover
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import guest_agent
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError, translate_libvirt_error
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import resolve_uri
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import check_number
 
 HIBERNATED = "hibernated"
 RUNNING = "running"

@@ -20,10 +20,10 @@ import time
 import typing as t
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration import failover
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import failover
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     LIBVIRT_ERROR_CODES,
     FeatureUnsupportedError,
     MigrationError,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import typing as t
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     LIBVIRT_ERROR_CODES,
     MigrationError,
     libvirt_error_code,

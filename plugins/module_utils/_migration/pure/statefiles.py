@@ -21,7 +21,7 @@ import secrets
 import stat
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
 
 # Where the collection keeps its state (maintenance mark, notes on paused VMs) and its audit log.
 DEFAULT_STATE_DIR = "/var/lib/virtops-migration"

@@ -14,8 +14,8 @@ import dataclasses
 import time
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import Policy
-from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import DEFAULT_STATE_DIR
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import Policy
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
 
 # How a VM moves: live (running VM, keeps running), paused (running VM, paused while it moves) or
 # offline (a shut-off persistent VM: only its definition moves).

@@ -19,16 +19,16 @@ import dataclasses
 import time
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration import placement, settings
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import DuplicateVmError, MigrationError, VmNotFoundError
-from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import parse_capabilities
-from ansible_collections.virtops.migration.plugins.module_utils._migration.options import MigrateRequest
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import LIVE, OFFLINE, PAUSED, Candidate, Move, record_phase, tunnel_conflicts
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import Policy, PolicyError, default_timeout
-from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import CpuCheck, probe_hosts, whereabouts
-from ansible_collections.virtops.migration.plugins.module_utils._migration.runner import JobRunner, check_adoptable, job_stats, job_summary
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement, settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import DuplicateVmError, MigrationError, VmNotFoundError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import parse_capabilities
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import MigrateRequest
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import LIVE, OFFLINE, PAUSED, Candidate, Move, record_phase, tunnel_conflicts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import Policy, PolicyError, default_timeout
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.probe import CpuCheck, probe_hosts, whereabouts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.runner import JobRunner, check_adoptable, job_stats, job_summary
 
 try:
     import libvirt

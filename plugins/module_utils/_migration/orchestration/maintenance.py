@@ -23,18 +23,18 @@ import threading
 import time
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration import evacuation, placement, settings, statefiles
-from ansible_collections.virtops.migration.plugins.module_utils._migration.connection import libvirt_connection
-from ansible_collections.virtops.migration.plugins.module_utils._migration.errors import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation, placement, settings, statefiles
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     MigrationError,
     VmNotFoundError,
     is_not_found,
     translate_libvirt_error,
     unexpected_error,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.hostinfo import host_memory, parse_capabilities
-from ansible_collections.virtops.migration.plugins.module_utils._migration.mark import (
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import host_memory, parse_capabilities
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.mark import (
     ACTIVATING,
     MAINTENANCE,
     PREPARING,
@@ -47,13 +47,13 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.mark 
     read_mark_quietly,
     write_mark,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.options import check_run_numbers, parse_candidates, resolve_uri, run_options
-from ansible_collections.virtops.migration.plugins.module_utils._migration.placement import DEFAULT_MEMORY_RESERVED_MIB
-from ansible_collections.virtops.migration.plugins.module_utils._migration.plan import Candidate, Move, record_phase, tunnel_conflicts
-from ansible_collections.virtops.migration.plugins.module_utils._migration.policy import PolicyError, check_number
-from ansible_collections.virtops.migration.plugins.module_utils._migration.probe import CpuCheck, probe_hosts
-from ansible_collections.virtops.migration.plugins.module_utils._migration.runner import JobRunner
-from ansible_collections.virtops.migration.plugins.module_utils._migration.statefiles import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import check_run_numbers, parse_candidates, resolve_uri, run_options
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.placement import DEFAULT_MEMORY_RESERVED_MIB
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, record_phase, tunnel_conflicts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError, check_number
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.probe import CpuCheck, probe_hosts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.runner import JobRunner
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR
 
 try:
     import libvirt
