@@ -67,9 +67,11 @@ def ratio(numerator: t.Sequence[float], denominator: t.Sequence[float]) -> float
     return statistics.median(numerator) / statistics.median(denominator)
 
 
-def ratio_line(label: str, numerator: t.Sequence[float], denominator: t.Sequence[float], goal: float) -> str:
-    """``label``: the ratio of the two medians, against its goal (a ratio at or above it meets it)."""
+def ratio_line(label: str, numerator: t.Sequence[float], denominator: t.Sequence[float], goal: t.Optional[float]) -> str:
+    """``label``: the ratio of the two medians, against its goal (a ratio at or above it meets it; None: no goal)."""
     value = ratio(numerator, denominator)
+    if goal is None:
+        return "%s: %s" % (label, "n/a" if value is None else "%.2f" % value)
     if value is None:
         return "%s: n/a (goal >= %.2g)" % (label, goal)
     return "%s: %.2f (goal >= %.2g: %s)" % (label, value, goal, "met" if value >= goal else "NOT met")
