@@ -1,0 +1,269 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""What one module run was asked to do: :class:`MigrateRequest` (``vm_migrate``),
+:class:`MaintenanceRequest` (``host_maintenance``) and :class:`HibernateRequest` (``vm_hibernate``),
+each built from the module's parameters by one function that refuses bad input before any connection.
+
+An option missing from the parameters (or None) takes its default from the option tables of
+``options.py``; so do the requests' own fields. Pure logic: no libvirt import.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import (
+    CONNECTION,
+    HOST_MAINTENANCE,
+    RESERVE_RANGE,
+    RUN,
+    VM_HIBERNATE,
+    VM_MIGRATE,
+    Option,
+    check_ranges,
+    check_tunnelled,
+    policy_overrides,
+    resolve_uri,
+    with_defaults,
+)
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, RunOptions, tunnel_conflicts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import (
+    Policy,
+    PolicyError,
+    apply_overrides,
+    base_policy,
+    check_number,
+)
+
+def default(option: Option) -> t.Any:
+    """A request field defaulting to ``option``'s default (a fresh copy for each request)."""
+    return dataclasses.field(default_factory=lambda: copy.deepcopy(option.default))
+
+
+def parse_candidates(raw: t.Optional[t.Sequence[t.Any]]) -> t.List[Candidate]:
+    """Candidates given as URIs or as ``{uri, name, maintenance, memory_reserved_mib}`` dictionaries."""
+    result = []
+    known = ("uri", "name", "maintenance", "memory_reserved_mib")
+    for index, item in enumerate(raw or []):
+        if isinstance(item, str) and item:
+            result.append(Candidate(uri=item))
+            continue
+        if not (isinstance(item, t.Mapping) and isinstance(item.get("uri"), str) and item["uri"]):
+            raise PolicyError("candidates[%d] must be a libvirt URI or a dictionary with a 'uri', got %r" % (index, item))
+        unknown = sorted(set(item) - set(known))
+        if unknown:
+            raise PolicyError("candidates[%d] has unknown keys: %s (known: %s)" % (index, ", ".join(unknown), ", ".join(known)))
+        reserve = item.get("memory_reserved_mib")
+        if reserve is not None:
+            check_number(reserve, "candidates[%d].memory_reserved_mib" % index, RESERVE_RANGE.minimum, RESERVE_RANGE.maximum, whole=RESERVE_RANGE.whole)
+        maintenance = item.get("maintenance", False)
+        if maintenance is None:
+            maintenance = False
+        if not isinstance(maintenance, bool):
+            raise PolicyError("candidates[%d].maintenance must be true or false, got %r" % (index, maintenance))
+        name = item.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise PolicyError("candidates[%d].name must be a non-empty string, got %r" % (index, name))
+        result.append(Candidate(uri=item["uri"], name=name, maintenance=maintenance, memory_reserved_mib=reserve))
+    return result
+
+
+def run_options(params: t.Mapping[str, t.Any]) -> RunOptions:
+    """The job runner's options from a module's parameters with their defaults (:func:`options.with_defaults`)."""
+    return RunOptions(
+        undefine_source=params["undefine_source"],
+        tls=params["tls"],
+        tunnelled=params["tunnelled"],
+        unsafe_storage=params["unsafe_storage"],
+        migrate_uri=params["migrate_uri"],
+        listen_address=params["listen_address"],
+        wait=params["wait"],
+        timeout_action=params["timeout_action"],
+        poll_interval=params["wait_sleep"],
+        monitor_interval=params["monitor_interval"],
+        state_dir=params["state_dir"],
+        unplug_timeout=params["unplug_timeout"],
+        guest_hook_failure=params["guest_hook_failure"],
+        guest_hook_timeout=params["guest_hook_timeout"],
+        username=params["username"],
+        password=params["password"],
+    )
+
+
+@dataclasses.dataclass
+class MigrateRequest:
+    """Everything one ``vm_migrate`` run was asked to do."""
+
+    vm: str
+    source_uri: str
+    candidates: t.List[Candidate]
+    policy: Policy
+    options: RunOptions = dataclasses.field(default_factory=RunOptions)
+    auto: bool = False
+    # Other hosts the VM may already be on (a repeat run, or a job a lost run left running).
+    elsewhere: t.List[Candidate] = dataclasses.field(default_factory=list)
+    policy_option: t.Any = default(VM_MIGRATE["policy"])
+    overrides: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    cluster_policy: t.Dict[str, t.Any] = default(RUN["cluster_policy"])
+    global_policy: t.Dict[str, t.Any] = default(RUN["global_policy"])
+    live: bool = default(VM_MIGRATE["live"])
+    persistent: bool = default(VM_MIGRATE["persistent"])
+    allow_unsafe_cache: bool = default(VM_MIGRATE["allow_unsafe_cache"])
+    timeout: t.Optional[int] = default(VM_MIGRATE["timeout"])
+    memory_reserved_mib: int = default(RUN["memory_reserved_mib"])
+    # Run the guest's hooks around the move; None: the VM's own setting decides.
+    guest_hooks: t.Optional[bool] = default(RUN["guest_hooks"])
+
+
+def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
+    """Validate ``vm_migrate``'s parameters into a :class:`MigrateRequest`; refuse bad input before any connection."""
+    params = with_defaults("vm_migrate", params)
+    overrides = policy_overrides(params)
+    # Validated now, so that bad input fails before any connection; the VM's own settings join in later.
+    policy = apply_overrides(base_policy(params["policy"]), overrides)
+    check_tunnelled(params)
+    # The task's own policy and settings; what the VM inherits is checked once it has been read.
+    conflicts = tunnel_conflicts(policy) if params["tunnelled"] else []
+    if conflicts:
+        origin = "the task's settings" if params["policy"] is None else "the task's policy '%s'" % policy.name
+        raise PolicyError("tunnelled=true cannot be combined with %s: %s. Nothing was changed." % (origin, "; ".join(conflicts)))
+    cluster_policy = settings.validate(params["cluster_policy"], "cluster_policy")
+    global_policy = settings.validate(params["global_policy"], "global_policy")
+    check_ranges("vm_migrate", params)
+    candidates = parse_candidates(params["candidates"])
+    elsewhere: t.List[Candidate] = []
+    auto = params["destination"] == "auto"
+    if params["state"] == "migrated":
+        if auto and not candidates:
+            raise PolicyError("destination=auto needs at least one host in candidates")
+        if params["destination_uri"]:
+            named = [candidate for candidate in candidates if candidate.uri == params["destination_uri"]]
+            elsewhere = [candidate for candidate in candidates if candidate.uri != params["destination_uri"]]
+            # What the caller knows of the named host (maintenance, name, reserve) still applies.
+            candidates = named[:1] or [Candidate(uri=params["destination_uri"])]
+    return MigrateRequest(
+        vm=params["name"] or params["uuid"] or "",
+        source_uri=resolve_uri(params["uri"]),
+        candidates=candidates,
+        elsewhere=elsewhere,
+        policy=policy,
+        options=run_options(params),
+        auto=auto,
+        policy_option=params["policy"],
+        overrides=overrides,
+        cluster_policy=cluster_policy,
+        global_policy=global_policy,
+        live=params["live"],
+        persistent=params["persistent"],
+        guest_hooks=params["guest_hooks"],
+        allow_unsafe_cache=params["allow_unsafe_cache"],
+        timeout=params["timeout"],
+        memory_reserved_mib=params["memory_reserved_mib"],
+    )
+
+
+@dataclasses.dataclass
+class MaintenanceRequest:
+    """Everything one ``host_maintenance`` run was asked to do."""
+
+    uri: str
+    state: str
+    candidates: t.List[Candidate]
+    include_manual: bool = default(HOST_MAINTENANCE["include_manual"])
+    non_migratable: str = default(HOST_MAINTENANCE["non_migratable"])
+    shutdown_timeout: int = default(HOST_MAINTENANCE["shutdown_timeout"])
+    max_outgoing: int = default(HOST_MAINTENANCE["max_outgoing"])
+    max_incoming: int = default(HOST_MAINTENANCE["max_incoming"])
+    memory_reserved_mib: int = default(RUN["memory_reserved_mib"])
+    reason: t.Optional[str] = default(HOST_MAINTENANCE["reason"])
+    requested_by: t.Optional[str] = default(HOST_MAINTENANCE["requested_by"])
+    cluster_policy: t.Dict[str, t.Any] = default(RUN["cluster_policy"])
+    global_policy: t.Dict[str, t.Any] = default(RUN["global_policy"])
+    monitor_interval: float = default(RUN["monitor_interval"])
+    # The option wait_sleep.
+    poll_interval: float = default(RUN["wait_sleep"])
+    state_dir: str = default(RUN["state_dir"])
+    log_dir: str = default(HOST_MAINTENANCE["log_dir"])
+    username: t.Optional[str] = default(CONNECTION["username"])
+    password: t.Optional[str] = default(CONNECTION["password"])
+    require_hook: bool = default(HOST_MAINTENANCE["require_hook"])
+    unplug_timeout: float = default(RUN["unplug_timeout"])
+    # Run the guests' hooks around their moves; None: each VM's own setting decides.
+    guest_hooks: t.Optional[bool] = default(RUN["guest_hooks"])
+    guest_hook_failure: str = default(RUN["guest_hook_failure"])
+    guest_hook_timeout: float = default(RUN["guest_hook_timeout"])
+    # Live moves go through the libvirt connections (VIR_MIGRATE_TUNNELLED).
+    tunnelled: bool = default(HOST_MAINTENANCE["tunnelled"])
+    # Move VMs whose writable disks use a cache mode that may hold writes the destination does not see.
+    allow_unsafe_cache: bool = default(HOST_MAINTENANCE["allow_unsafe_cache"])
+
+
+def maintenance_request(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
+    """Validate ``host_maintenance``'s parameters into a :class:`MaintenanceRequest` before any connection."""
+    params = with_defaults("host_maintenance", params)
+    check_ranges("host_maintenance", params)
+    candidates = parse_candidates(params["candidates"])
+    if params["state"] == "maintenance" and not candidates:
+        raise PolicyError("state=maintenance needs the other hosts of the cluster in candidates")
+    return MaintenanceRequest(
+        uri=resolve_uri(params["uri"]),
+        state=params["state"],
+        candidates=candidates,
+        include_manual=params["include_manual"],
+        non_migratable=params["non_migratable"],
+        shutdown_timeout=params["shutdown_timeout"],
+        max_outgoing=params["max_outgoing"],
+        max_incoming=params["max_incoming"],
+        memory_reserved_mib=params["memory_reserved_mib"],
+        reason=params["reason"],
+        requested_by=params["requested_by"],
+        cluster_policy=settings.validate(params["cluster_policy"], "cluster_policy"),
+        global_policy=settings.validate(params["global_policy"], "global_policy"),
+        monitor_interval=params["monitor_interval"],
+        poll_interval=params["wait_sleep"],
+        state_dir=params["state_dir"],
+        log_dir=params["log_dir"],
+        username=params["username"],
+        password=params["password"],
+        require_hook=params["require_hook"],
+        unplug_timeout=params["unplug_timeout"],
+        guest_hooks=params["guest_hooks"],
+        guest_hook_failure=params["guest_hook_failure"],
+        guest_hook_timeout=params["guest_hook_timeout"],
+        tunnelled=params["tunnelled"],
+        allow_unsafe_cache=params["allow_unsafe_cache"],
+    )
+
+
+@dataclasses.dataclass
+class HibernateRequest:
+    """Everything one ``vm_hibernate`` run was asked to do."""
+
+    vm: str
+    uri: str
+    state: str = default(VM_HIBERNATE["state"])
+    guest_hooks: bool = default(VM_HIBERNATE["guest_hooks"])
+    guest_hook_failure: str = default(RUN["guest_hook_failure"])
+    guest_hook_timeout: float = default(RUN["guest_hook_timeout"])
+    username: t.Optional[str] = default(CONNECTION["username"])
+    password: t.Optional[str] = default(CONNECTION["password"])
+
+
+def hibernate_request(params: t.Mapping[str, t.Any]) -> HibernateRequest:
+    """Validate ``vm_hibernate``'s parameters into a :class:`HibernateRequest`; refuse bad input before any connection."""
+    params = with_defaults("vm_hibernate", params)
+    check_ranges("vm_hibernate", params)
+    return HibernateRequest(
+        vm=params["name"] or params["uuid"] or "",
+        uri=resolve_uri(params["uri"]),
+        state=params["state"],
+        guest_hooks=params["guest_hooks"],
+        guest_hook_failure=params["guest_hook_failure"],
+        guest_hook_timeout=float(params["guest_hook_timeout"]),
+        username=params["username"],
+        password=params["password"],
+    )
