@@ -196,6 +196,8 @@ VM_HIBERNATE: Group = {
 }
 
 HOST_INFO: Group = {
+    # Checked by hostinfo.HostInfoCollector, with its own message.
+    "memory_reserved_mib": Option("MiB kept back for the host's own processes", type="int", default=DEFAULT_MEMORY_RESERVED_MIB),
     "gather": Option("optional parts of the facts to gather", type="list", elements="str", choices=OPTIONAL_PARTS, default=list(OPTIONAL_PARTS)),
 }
 
@@ -247,7 +249,7 @@ MODULES: t.Dict[str, t.Tuple[Group, ...]] = {
     "vm_migrate": (CONNECTION, VM, RUN, POLICY_OVERRIDES, VM_MIGRATE),
     "host_maintenance": (CONNECTION, RUN, HOST_MAINTENANCE),
     "vm_hibernate": (CONNECTION, VM, only(RUN, "guest_hook_failure", "guest_hook_timeout"), VM_HIBERNATE),
-    "host_info": (CONNECTION, only(RUN, "memory_reserved_mib", "state_dir"), HOST_INFO),
+    "host_info": (CONNECTION, only(RUN, "state_dir"), HOST_INFO),
     "migration_policy": (CONNECTION, VM, MIGRATION_POLICY),
     "migration_policy_info": (CONNECTION, MIGRATION_POLICY_INFO, only(RUN, "cluster_policy", "global_policy")),
     "sriov_failover_nic": (CONNECTION, VM, SRIOV_FAILOVER_NIC),

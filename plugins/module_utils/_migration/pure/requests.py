@@ -146,7 +146,7 @@ def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
             # What the caller knows of the named host (maintenance, name, reserve) still applies.
             candidates = named[:1] or [Candidate(uri=params["destination_uri"])]
     return MigrateRequest(
-        vm=params["name"] or params["uuid"] or "",
+        vm=params["name"] or params["uuid"],
         source_uri=resolve_uri(params["uri"]),
         candidates=candidates,
         elsewhere=elsewhere,
@@ -258,7 +258,7 @@ def hibernate_request(params: t.Mapping[str, t.Any]) -> HibernateRequest:
     params = with_defaults("vm_hibernate", params)
     check_ranges("vm_hibernate", params)
     return HibernateRequest(
-        vm=params["name"] or params["uuid"] or "",
+        vm=params["name"] or params["uuid"],
         uri=resolve_uri(params["uri"]),
         state=params["state"],
         guest_hooks=params["guest_hooks"],
