@@ -202,7 +202,8 @@ def test_each_ranged_option_at_its_ends_is_accepted(module: str, name: str) -> N
 
 # `params.get("x") or 2`, `request.get("x") or "teaming"`, `params.get("x", True)`: a default kept outside the table.
 LITERAL_FALLBACK = re.compile(
-    r"\b(?:params|request|args)(?:\.get\([^()]*\)|\[[^\]]*\])\s+or\s+(?:[-\d\"'\[{(]|True\b|False\b)" r"|\b(?:params|request|args)\.get\(\s*[\"'][a-z_]+[\"']\s*,"
+    r"\b(?:params|request|args)(?:\.get\([^()]*\)|\[[^\]]*\])\s+or\s+(?:[-\d\"'\[{(]|True\b|False\b)"
+    r"|\b(?:params|request|args)\.get\(\s*[\"'][a-z_]+[\"']\s*,"
 )
 
 

@@ -39,6 +39,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
     check_number,
 )
 
+
 def default(option: Option) -> t.Any:
     """A request field defaulting to ``option``'s default (a fresh copy for each request)."""
     return dataclasses.field(default_factory=lambda: copy.deepcopy(option.default))
