@@ -275,7 +275,7 @@ def spec(*groups: Group) -> Spec:
 
 def module_spec(module: str) -> Spec:
     """``module``'s argument spec."""
-    return {name: option.spec() for name, option in module_options(module).items()}
+    return spec(module_options(module))
 
 
 def with_defaults(module: str, params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:

@@ -6,12 +6,11 @@
 each built from the module's parameters by one function that refuses bad input before any connection.
 
 An option missing from the parameters (or None) takes its default from the option tables of
-``options.py``; so do the requests' own fields. Pure logic: no libvirt import.
+``options.py``; so do the requests' own fields (a dictionary's as a fresh copy for each request). Pure logic: no libvirt import.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import typing as t
 
@@ -23,7 +22,6 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
     RUN,
     VM_HIBERNATE,
     VM_MIGRATE,
-    Option,
     check_ranges,
     check_tunnelled,
     policy_overrides,
@@ -38,11 +36,6 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
     base_policy,
     check_number,
 )
-
-
-def default(option: Option) -> t.Any:
-    """A request field defaulting to ``option``'s default (a fresh copy for each request)."""
-    return dataclasses.field(default_factory=lambda: copy.deepcopy(option.default))
 
 
 def parse_candidates(raw: t.Optional[t.Sequence[t.Any]]) -> t.List[Candidate]:
@@ -107,17 +100,17 @@ class MigrateRequest:
     auto: bool = False
     # Other hosts the VM may already be on (a repeat run, or a job a lost run left running).
     elsewhere: t.List[Candidate] = dataclasses.field(default_factory=list)
-    policy_option: t.Any = default(VM_MIGRATE["policy"])
+    policy_option: t.Any = VM_MIGRATE["policy"].default
     overrides: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
-    cluster_policy: t.Dict[str, t.Any] = default(RUN["cluster_policy"])
-    global_policy: t.Dict[str, t.Any] = default(RUN["global_policy"])
-    live: bool = default(VM_MIGRATE["live"])
-    persistent: bool = default(VM_MIGRATE["persistent"])
-    allow_unsafe_cache: bool = default(VM_MIGRATE["allow_unsafe_cache"])
-    timeout: t.Optional[int] = default(VM_MIGRATE["timeout"])
-    memory_reserved_mib: int = default(RUN["memory_reserved_mib"])
+    cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["cluster_policy"].missing_value)
+    global_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["global_policy"].missing_value)
+    live: bool = VM_MIGRATE["live"].default
+    persistent: bool = VM_MIGRATE["persistent"].default
+    allow_unsafe_cache: bool = VM_MIGRATE["allow_unsafe_cache"].default
+    timeout: t.Optional[int] = VM_MIGRATE["timeout"].default
+    memory_reserved_mib: int = RUN["memory_reserved_mib"].default
     # Run the guest's hooks around the move; None: the VM's own setting decides.
-    guest_hooks: t.Optional[bool] = default(RUN["guest_hooks"])
+    guest_hooks: t.Optional[bool] = RUN["guest_hooks"].default
 
 
 def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
@@ -174,33 +167,33 @@ class MaintenanceRequest:
     uri: str
     state: str
     candidates: t.List[Candidate]
-    include_manual: bool = default(HOST_MAINTENANCE["include_manual"])
-    non_migratable: str = default(HOST_MAINTENANCE["non_migratable"])
-    shutdown_timeout: int = default(HOST_MAINTENANCE["shutdown_timeout"])
-    max_outgoing: int = default(HOST_MAINTENANCE["max_outgoing"])
-    max_incoming: int = default(HOST_MAINTENANCE["max_incoming"])
-    memory_reserved_mib: int = default(RUN["memory_reserved_mib"])
-    reason: t.Optional[str] = default(HOST_MAINTENANCE["reason"])
-    requested_by: t.Optional[str] = default(HOST_MAINTENANCE["requested_by"])
-    cluster_policy: t.Dict[str, t.Any] = default(RUN["cluster_policy"])
-    global_policy: t.Dict[str, t.Any] = default(RUN["global_policy"])
-    monitor_interval: float = default(RUN["monitor_interval"])
+    include_manual: bool = HOST_MAINTENANCE["include_manual"].default
+    non_migratable: str = HOST_MAINTENANCE["non_migratable"].default
+    shutdown_timeout: int = HOST_MAINTENANCE["shutdown_timeout"].default
+    max_outgoing: int = HOST_MAINTENANCE["max_outgoing"].default
+    max_incoming: int = HOST_MAINTENANCE["max_incoming"].default
+    memory_reserved_mib: int = RUN["memory_reserved_mib"].default
+    reason: t.Optional[str] = HOST_MAINTENANCE["reason"].default
+    requested_by: t.Optional[str] = HOST_MAINTENANCE["requested_by"].default
+    cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["cluster_policy"].missing_value)
+    global_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["global_policy"].missing_value)
+    monitor_interval: float = RUN["monitor_interval"].default
     # The option wait_sleep.
-    poll_interval: float = default(RUN["wait_sleep"])
-    state_dir: str = default(RUN["state_dir"])
-    log_dir: str = default(HOST_MAINTENANCE["log_dir"])
-    username: t.Optional[str] = default(CONNECTION["username"])
-    password: t.Optional[str] = default(CONNECTION["password"])
-    require_hook: bool = default(HOST_MAINTENANCE["require_hook"])
-    unplug_timeout: float = default(RUN["unplug_timeout"])
+    poll_interval: float = RUN["wait_sleep"].default
+    state_dir: str = RUN["state_dir"].default
+    log_dir: str = HOST_MAINTENANCE["log_dir"].default
+    username: t.Optional[str] = CONNECTION["username"].default
+    password: t.Optional[str] = CONNECTION["password"].default
+    require_hook: bool = HOST_MAINTENANCE["require_hook"].default
+    unplug_timeout: float = RUN["unplug_timeout"].default
     # Run the guests' hooks around their moves; None: each VM's own setting decides.
-    guest_hooks: t.Optional[bool] = default(RUN["guest_hooks"])
-    guest_hook_failure: str = default(RUN["guest_hook_failure"])
-    guest_hook_timeout: float = default(RUN["guest_hook_timeout"])
+    guest_hooks: t.Optional[bool] = RUN["guest_hooks"].default
+    guest_hook_failure: str = RUN["guest_hook_failure"].default
+    guest_hook_timeout: float = RUN["guest_hook_timeout"].default
     # Live moves go through the libvirt connections (VIR_MIGRATE_TUNNELLED).
-    tunnelled: bool = default(HOST_MAINTENANCE["tunnelled"])
+    tunnelled: bool = HOST_MAINTENANCE["tunnelled"].default
     # Move VMs whose writable disks use a cache mode that may hold writes the destination does not see.
-    allow_unsafe_cache: bool = default(HOST_MAINTENANCE["allow_unsafe_cache"])
+    allow_unsafe_cache: bool = HOST_MAINTENANCE["allow_unsafe_cache"].default
 
 
 def maintenance_request(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
@@ -246,12 +239,12 @@ class HibernateRequest:
 
     vm: str
     uri: str
-    state: str = default(VM_HIBERNATE["state"])
-    guest_hooks: bool = default(VM_HIBERNATE["guest_hooks"])
-    guest_hook_failure: str = default(RUN["guest_hook_failure"])
-    guest_hook_timeout: float = default(RUN["guest_hook_timeout"])
-    username: t.Optional[str] = default(CONNECTION["username"])
-    password: t.Optional[str] = default(CONNECTION["password"])
+    state: str = VM_HIBERNATE["state"].default
+    guest_hooks: bool = VM_HIBERNATE["guest_hooks"].default
+    guest_hook_failure: str = RUN["guest_hook_failure"].default
+    guest_hook_timeout: float = RUN["guest_hook_timeout"].default
+    username: t.Optional[str] = CONNECTION["username"].default
+    password: t.Optional[str] = CONNECTION["password"].default
 
 
 def hibernate_request(params: t.Mapping[str, t.Any]) -> HibernateRequest:
