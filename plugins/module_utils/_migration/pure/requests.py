@@ -66,26 +66,21 @@ def parse_candidates(raw: t.Optional[t.Sequence[t.Any]]) -> t.List[Candidate]:
     return result
 
 
-def run_options(params: t.Mapping[str, t.Any]) -> RunOptions:
-    """The job runner's options from a module's parameters with their defaults (:func:`options.with_defaults`)."""
-    return RunOptions(
-        undefine_source=params["undefine_source"],
-        tls=params["tls"],
-        tunnelled=params["tunnelled"],
-        unsafe_storage=params["unsafe_storage"],
-        migrate_uri=params["migrate_uri"],
-        listen_address=params["listen_address"],
-        wait=params["wait"],
-        timeout_action=params["timeout_action"],
-        poll_interval=params["wait_sleep"],
-        monitor_interval=params["monitor_interval"],
-        state_dir=params["state_dir"],
-        unplug_timeout=params["unplug_timeout"],
-        guest_hook_failure=params["guest_hook_failure"],
-        guest_hook_timeout=params["guest_hook_timeout"],
-        username=params["username"],
-        password=params["password"],
-    )
+# The fields of the requests and of RunOptions hold the option of the same name, but for these.
+OPTION_OF_FIELD = {"poll_interval": "wait_sleep", "policy_option": "policy"}
+
+Built = t.TypeVar("Built")
+
+
+def from_params(built: t.Type[Built], params: t.Mapping[str, t.Any], **computed: t.Any) -> Built:
+    """A ``built`` (a dataclass) whose fields are the options in ``params`` (see :data:`OPTION_OF_FIELD`), but for ``computed``."""
+    values = {
+        field.name: params[OPTION_OF_FIELD.get(field.name, field.name)]
+        for field in dataclasses.fields(t.cast(t.Any, built))
+        if field.name not in computed
+    }
+    values.update(computed)
+    return built(**values)
 
 
 @dataclasses.dataclass
@@ -139,24 +134,19 @@ def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
             elsewhere = [candidate for candidate in candidates if candidate.uri != params["destination_uri"]]
             # What the caller knows of the named host (maintenance, name, reserve) still applies.
             candidates = named[:1] or [Candidate(uri=params["destination_uri"])]
-    return MigrateRequest(
+    return from_params(
+        MigrateRequest,
+        params,
         vm=params["name"] or params["uuid"],
         source_uri=resolve_uri(params["uri"]),
         candidates=candidates,
         elsewhere=elsewhere,
         policy=policy,
-        options=run_options(params),
+        options=from_params(RunOptions, params),
         auto=auto,
-        policy_option=params["policy"],
         overrides=overrides,
         cluster_policy=cluster_policy,
         global_policy=global_policy,
-        live=params["live"],
-        persistent=params["persistent"],
-        guest_hooks=params["guest_hooks"],
-        allow_unsafe_cache=params["allow_unsafe_cache"],
-        timeout=params["timeout"],
-        memory_reserved_mib=params["memory_reserved_mib"],
     )
 
 
@@ -203,33 +193,13 @@ def maintenance_request(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
     candidates = parse_candidates(params["candidates"])
     if params["state"] == "maintenance" and not candidates:
         raise PolicyError("state=maintenance needs the other hosts of the cluster in candidates")
-    return MaintenanceRequest(
+    return from_params(
+        MaintenanceRequest,
+        params,
         uri=resolve_uri(params["uri"]),
-        state=params["state"],
         candidates=candidates,
-        include_manual=params["include_manual"],
-        non_migratable=params["non_migratable"],
-        shutdown_timeout=params["shutdown_timeout"],
-        max_outgoing=params["max_outgoing"],
-        max_incoming=params["max_incoming"],
-        memory_reserved_mib=params["memory_reserved_mib"],
-        reason=params["reason"],
-        requested_by=params["requested_by"],
         cluster_policy=settings.validate(params["cluster_policy"], "cluster_policy"),
         global_policy=settings.validate(params["global_policy"], "global_policy"),
-        monitor_interval=params["monitor_interval"],
-        poll_interval=params["wait_sleep"],
-        state_dir=params["state_dir"],
-        log_dir=params["log_dir"],
-        username=params["username"],
-        password=params["password"],
-        require_hook=params["require_hook"],
-        unplug_timeout=params["unplug_timeout"],
-        guest_hooks=params["guest_hooks"],
-        guest_hook_failure=params["guest_hook_failure"],
-        guest_hook_timeout=params["guest_hook_timeout"],
-        tunnelled=params["tunnelled"],
-        allow_unsafe_cache=params["allow_unsafe_cache"],
     )
 
 
@@ -251,13 +221,10 @@ def hibernate_request(params: t.Mapping[str, t.Any]) -> HibernateRequest:
     """Validate ``vm_hibernate``'s parameters into a :class:`HibernateRequest`; refuse bad input before any connection."""
     params = with_defaults("vm_hibernate", params)
     check_ranges("vm_hibernate", params)
-    return HibernateRequest(
+    return from_params(
+        HibernateRequest,
+        params,
         vm=params["name"] or params["uuid"],
         uri=resolve_uri(params["uri"]),
-        state=params["state"],
-        guest_hooks=params["guest_hooks"],
-        guest_hook_failure=params["guest_hook_failure"],
         guest_hook_timeout=float(params["guest_hook_timeout"]),
-        username=params["username"],
-        password=params["password"],
     )
