@@ -757,19 +757,15 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import mark, options
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import modulekit
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import OPTIONAL_PARTS, HostInfoCollector
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.placement import DEFAULT_MEMORY_RESERVED_MIB
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import HostInfoCollector
+
+
+def argument_spec() -> dict:
+    return options.module_spec("host_info")
 
 
 def main() -> None:
-    spec = options.spec(
-        options.CONNECTION,
-        memory_reserved_mib={"type": "int", "default": DEFAULT_MEMORY_RESERVED_MIB},
-        state_dir={"type": "path", "default": DEFAULT_STATE_DIR},
-        gather={"type": "list", "elements": "str", "choices": list(OPTIONAL_PARTS), "default": list(OPTIONAL_PARTS)},
-    )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     params = module.params
 
     def work() -> dict:

@@ -178,6 +178,16 @@ options:
     type: bool
     default: false
     version_added: 0.2.0
+  allow_unsafe_cache:
+    description:
+      - Also move running VMs whose writable disks use a cache mode other than C(none) or C(directsync).
+        Such a cache may hold writes the destination does not see, so by default the evacuation refuses
+        to move such a VM, as M(virtops.migration.vm_migrate) does; see
+        O(virtops.migration.vm_migrate#module:allow_unsafe_cache).
+    type: bool
+    default: false
+    aliases: [allow_unsafe]
+    version_added: 0.2.0
 notes:
   - Run the task on the host to evacuate (the default O(uri)); the mark and the event log are
     written on the managed node the module runs on.
@@ -325,34 +335,19 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import modulekit
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options
-from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.maintenance import HostMaintenance, request_from_params
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_LOG_DIR
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.maintenance import HostMaintenance
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.requests import maintenance_request
 
 
 def argument_spec() -> dict:
-    return options.spec(
-        options.CONNECTION,
-        options.RUN,
-        state={"type": "str", "choices": ["maintenance", "active"], "default": "maintenance"},
-        candidates={"type": "list", "elements": "raw", "default": []},
-        include_manual={"type": "bool", "default": False},
-        non_migratable={"type": "str", "choices": ["fail", "shutdown"], "default": "fail"},
-        shutdown_timeout={"type": "int", "default": 120},
-        max_outgoing={"type": "int", "default": 2},
-        max_incoming={"type": "int", "default": 2},
-        reason={"type": "str"},
-        requested_by={"type": "str"},
-        log_dir={"type": "path", "default": DEFAULT_LOG_DIR},
-        require_hook={"type": "bool", "default": True},
-        tunnelled={"type": "bool", "default": False},
-    )
+    return options.module_spec("host_maintenance")
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
 
     def work() -> dict:
-        manager = HostMaintenance(request_from_params(module.params), log=module.log)
+        manager = HostMaintenance(maintenance_request(module.params), log=module.log)
         if module.params["state"] == "active":
             return manager.activate(module.check_mode)
         return manager.maintenance(module.check_mode)

@@ -166,20 +166,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.libvi
 
 
 def argument_spec() -> dict:
-    return options.spec(
-        options.CONNECTION,
-        options.VM,
-        state={"type": "str", "choices": ["present", "absent"], "default": "present"},
-        priority={"type": "str", "choices": ["low", "medium", "high", "inherit"]},
-        migration_mode={"type": "str", "choices": ["auto", "manual", "none", "inherit"]},
-        pinned_hosts={"type": "raw"},
-        policy={"type": "raw"},
-        auto_converge={"type": "raw"},
-        compression={"type": "raw"},
-        bandwidth_mib={"type": "raw"},
-        max_downtime_ms={"type": "raw"},
-        guest_hooks={"type": "raw"},
-    )
+    return options.module_spec("migration_policy")
 
 
 def main() -> None:

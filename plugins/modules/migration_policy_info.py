@@ -112,14 +112,12 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.settings_store import SettingsStore
 
 
+def argument_spec() -> dict:
+    return options.module_spec("migration_policy_info")
+
+
 def main() -> None:
-    spec = options.spec(
-        options.CONNECTION,
-        name={"type": "str"},
-        cluster_policy={"type": "dict", "default": {}},
-        global_policy={"type": "dict", "default": {}},
-    )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     params = module.params
 
     def work() -> dict:

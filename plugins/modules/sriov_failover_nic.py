@@ -275,20 +275,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.libvi
 
 
 def argument_spec() -> dict:
-    return options.spec(
-        options.CONNECTION,
-        options.VM,
-        state={"type": "str", "choices": ["present", "absent"], "default": "present"},
-        pair={"type": "str", "required": True},
-        mode={"type": "str", "choices": ["teaming", "bond"], "default": "teaming"},
-        vf_network={"type": "str"},
-        vf_address={"type": "str"},
-        backup_network={"type": "str"},
-        backup_bridge={"type": "str"},
-        mac={"type": "str"},
-        fail_over_mac={"type": "bool", "default": False},
-        live={"type": "bool", "default": True},
-    )
+    return options.module_spec("sriov_failover_nic")
 
 
 def main() -> None:

@@ -145,13 +145,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.libvi
 
 
 def argument_spec() -> dict:
-    return options.spec(
-        options.CONNECTION,
-        name={"type": "str", "required": True},
-        pf={"type": "str"},
-        state={"type": "str", "choices": ["present", "absent"], "default": "present"},
-        autostart={"type": "bool", "default": True},
-    )
+    return options.module_spec("sriov_network")
 
 
 def main() -> None:

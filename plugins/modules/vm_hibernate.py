@@ -221,25 +221,12 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import modulekit
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options
-from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.hibernation import (
-    DEFAULT_HOOK_TIMEOUT_S,
-    HOOK_FAILURE_POLICIES,
-    STATES,
-    WARN,
-    Hibernation,
-    hibernate_request,
-)
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.hibernation import Hibernation
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.requests import hibernate_request
 
 
 def argument_spec() -> dict:
-    return options.spec(
-        options.CONNECTION,
-        options.VM,
-        state={"type": "str", "choices": list(STATES), "default": "hibernated"},
-        guest_hooks={"type": "bool", "default": True},
-        guest_hook_failure={"type": "str", "choices": list(HOOK_FAILURE_POLICIES), "default": WARN},
-        guest_hook_timeout={"type": "float", "default": DEFAULT_HOOK_TIMEOUT_S},
-    )
+    return options.module_spec("vm_hibernate")
 
 
 def main() -> None:

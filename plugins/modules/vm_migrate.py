@@ -517,32 +517,11 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import modulekit
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.vm_migration import VmMigration
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.requests import migrate_request
 
 
 def argument_spec() -> dict:
-    return options.spec(
-        options.CONNECTION,
-        options.VM,
-        options.RUN,
-        options.POLICY_OVERRIDES,
-        state={"type": "str", "choices": ["migrated", "cancelled"], "default": "migrated"},
-        destination_uri={"type": "str"},
-        destination={"type": "str", "choices": ["auto"]},
-        candidates={"type": "list", "elements": "raw", "default": []},
-        migrate_uri={"type": "str"},
-        listen_address={"type": "str"},
-        live={"type": "bool", "default": True},
-        persistent={"type": "bool", "default": True},
-        undefine_source={"type": "bool", "default": True},
-        policy={"type": "raw"},
-        tls={"type": "bool", "default": False},
-        tunnelled={"type": "bool", "default": False},
-        allow_unsafe_cache={"type": "bool", "default": False, "aliases": ["allow_unsafe"]},
-        unsafe_storage={"type": "bool", "default": False},
-        wait={"type": "bool", "default": True},
-        timeout={"type": "int"},
-        timeout_action={"type": "str", "choices": ["abort", "post_copy", "suspend"], "default": "abort"},
-    )
+    return options.module_spec("vm_migrate")
 
 
 def main() -> None:
@@ -555,7 +534,7 @@ def main() -> None:
     )
 
     def work() -> dict:
-        migration = VmMigration(options.migrate_request(module.params), log=module.log)
+        migration = VmMigration(migrate_request(module.params), log=module.log)
         if module.params["state"] == "cancelled":
             return migration.cancel(module.check_mode)
         return migration.migrate(module.check_mode)

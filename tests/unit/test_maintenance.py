@@ -20,6 +20,7 @@ from ansible_collections.virtops.migration.plugins.filter.maintenance_report imp
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation as ev
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import maintenance as mt
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import mark as mk
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import requests as rq
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
@@ -378,8 +379,8 @@ def test_a_tunnelled_evacuation_refuses_inherited_policies_libvirt_cannot_tunnel
 
 
 def test_host_maintenance_takes_tunnelled() -> None:
-    assert mt.request_from_params(dict(BASE, tunnelled=True)).tunnelled is True
-    assert mt.request_from_params(dict(BASE)).tunnelled is False
+    assert rq.maintenance_request(dict(BASE, tunnelled=True)).tunnelled is True
+    assert rq.maintenance_request(dict(BASE)).tunnelled is False
 
 
 def test_the_progress_file_shows_the_moves_running_and_ended(tmp_path: Path, hosts: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -670,7 +671,7 @@ BASE: dict[str, t.Any] = {"state": "maintenance", "uri": "qemu:///system", "cand
 )
 def test_bad_parameters_are_refused_before_any_connection(changes: dict[str, t.Any], message: str) -> None:
     with pytest.raises(MigrationError, match=message):
-        mt.request_from_params(dict(BASE, **changes))
+        rq.maintenance_request(dict(BASE, **changes))
 
 
 @pytest.mark.parametrize(
@@ -688,11 +689,11 @@ def test_bad_parameters_are_refused_before_any_connection(changes: dict[str, t.A
     ],
 )
 def test_numbers_at_the_ends_of_their_ranges_are_accepted(name: str, value: t.Any, attribute: str) -> None:
-    assert getattr(mt.request_from_params(dict(BASE, **{name: value})), attribute) == value
+    assert getattr(rq.maintenance_request(dict(BASE, **{name: value})), attribute) == value
 
 
 def test_active_needs_no_candidates() -> None:
-    request = mt.request_from_params({"state": "active"})
+    request = rq.maintenance_request({"state": "active"})
     assert request.candidates == [] and request.state_dir == DEFAULT_STATE_DIR and request.max_outgoing == 2
 
 

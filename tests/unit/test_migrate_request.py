@@ -8,8 +8,8 @@ import typing as t
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import maintenance
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options, policy
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import requests as rq
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import runner
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import LIVE, OFFLINE, PAUSED, Move
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError
@@ -21,7 +21,7 @@ def params(**changes: t.Any) -> dict[str, t.Any]:
     return dict(BASE, **changes)
 
 
-def flags_for(request: options.MigrateRequest, running: bool, persistent: bool = False) -> t.Tuple[int, t.Dict[str, t.Any]]:
+def flags_for(request: rq.MigrateRequest, running: bool, persistent: bool = False) -> t.Tuple[int, t.Dict[str, t.Any]]:
     """The libvirt flags of the move vm_migrate plans for a VM that is running or not, persistent or not."""
     kind = (LIVE if request.live else PAUSED) if running else OFFLINE
     move = Move(
@@ -31,7 +31,7 @@ def flags_for(request: options.MigrateRequest, running: bool, persistent: bool =
 
 
 def test_named_destination_becomes_the_only_candidate() -> None:
-    request = options.migrate_request(params(candidates=["qemu+tcp://hv3/system"]))
+    request = rq.migrate_request(params(candidates=["qemu+tcp://hv3/system"]))
     assert [c.uri for c in request.candidates] == ["qemu+tcp://hv2/system"]
     assert request.policy.name == "minimal_downtime" and request.timeout is None
     # The other candidates are still searched for a VM a repeat run or a lost run's job already moved.
@@ -39,7 +39,7 @@ def test_named_destination_becomes_the_only_candidate() -> None:
 
 
 def test_candidates_as_uris_and_dicts() -> None:
-    request = options.migrate_request(
+    request = rq.migrate_request(
         params(destination_uri=None, destination="auto", candidates=["qemu+tcp://a/system", {"uri": "qemu+tcp://b/system", "name": "b", "maintenance": True}])
     )
     assert request.auto
@@ -87,16 +87,16 @@ def test_candidates_as_uris_and_dicts() -> None:
 )
 def test_bad_parameters_are_refused(changes: dict[str, t.Any], message: str) -> None:
     with pytest.raises(PolicyError, match=message):
-        options.migrate_request(params(**changes))
+        rq.migrate_request(params(**changes))
 
 
 def test_cancel_needs_no_destination() -> None:
-    request = options.migrate_request({"name": "web1", "state": "cancelled"})
+    request = rq.migrate_request({"name": "web1", "state": "cancelled"})
     assert request.candidates == [] and request.source_uri == "qemu:///system"
 
 
 def test_live_flags_follow_the_policy() -> None:
-    request = options.migrate_request(params(policy="suspend_workload", bandwidth_mib=64, migrate_uri="tcp://10.0.0.2"))
+    request = rq.migrate_request(params(policy="suspend_workload", bandwidth_mib=64, migrate_uri="tcp://10.0.0.2"))
     flags, typed = flags_for(request, running=True)
     for flag in (
         libvirt.VIR_MIGRATE_LIVE,
@@ -116,14 +116,14 @@ def test_live_flags_follow_the_policy() -> None:
 
 
 def test_post_copy_flag_for_policy_or_timeout_action() -> None:
-    flags = flags_for(options.migrate_request(params(policy="post_copy")), running=True)[0]
+    flags = flags_for(rq.migrate_request(params(policy="post_copy")), running=True)[0]
     assert flags & libvirt.VIR_MIGRATE_POSTCOPY
-    flags = flags_for(options.migrate_request(params(policy="legacy", timeout_action="post_copy")), running=True)[0]
+    flags = flags_for(rq.migrate_request(params(policy="legacy", timeout_action="post_copy")), running=True)[0]
     assert flags & libvirt.VIR_MIGRATE_POSTCOPY
 
 
 def test_shut_off_vm_migrates_offline_and_persistently() -> None:
-    flags, typed = flags_for(options.migrate_request(params(persistent=False)), running=False)
+    flags, typed = flags_for(rq.migrate_request(params(persistent=False)), running=False)
     assert flags & libvirt.VIR_MIGRATE_OFFLINE and flags & libvirt.VIR_MIGRATE_PERSIST_DEST
     assert not flags & libvirt.VIR_MIGRATE_LIVE and typed == {}
 
@@ -138,7 +138,7 @@ def test_shut_off_vm_migrates_offline_and_persistently() -> None:
     ],
 )
 def test_only_unsafe_storage_switches_off_libvirts_safety_check(changes: dict[str, t.Any], unsafe: bool) -> None:
-    request = options.migrate_request(params(**changes))
+    request = rq.migrate_request(params(**changes))
     assert request.allow_unsafe_cache is changes.get("allow_unsafe_cache", False)
     for running in (True, False):
         flags = flags_for(request, running=running, persistent=True)[0]
@@ -148,13 +148,13 @@ def test_only_unsafe_storage_switches_off_libvirts_safety_check(changes: dict[st
 @pytest.mark.parametrize("running", [True, False])
 @pytest.mark.parametrize("requested", [True, False])
 def test_a_persistent_vm_always_stays_persistent(running: bool, requested: bool) -> None:
-    request = options.migrate_request(params(persistent=requested))
+    request = rq.migrate_request(params(persistent=requested))
     flags = flags_for(request, running=running, persistent=True)[0]
     assert flags & libvirt.VIR_MIGRATE_PERSIST_DEST
 
 
 def test_a_transient_vm_may_move_as_a_transient_one() -> None:
-    request = options.migrate_request(params(persistent=False, undefine_source=False))
+    request = rq.migrate_request(params(persistent=False, undefine_source=False))
     flags = flags_for(request, running=True, persistent=False)[0]
     assert not flags & libvirt.VIR_MIGRATE_PERSIST_DEST and not flags & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
 
@@ -186,8 +186,8 @@ def test_compression_stats_only_when_xbzrle_reported(stats: dict[str, t.Any], ex
 @pytest.mark.parametrize("uri", [None, ""])
 def test_an_empty_uri_means_libvirt_default_uri(monkeypatch: pytest.MonkeyPatch, uri: t.Optional[str]) -> None:
     monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu+ssh://root@hv7/system")
-    assert options.migrate_request({"name": "web1", "state": "cancelled", "uri": uri}).source_uri == "qemu+ssh://root@hv7/system"
-    request = maintenance.request_from_params({"state": "active", "uri": uri})
+    assert rq.migrate_request({"name": "web1", "state": "cancelled", "uri": uri}).source_uri == "qemu+ssh://root@hv7/system"
+    request = rq.maintenance_request({"state": "active", "uri": uri})
     assert request.uri == "qemu+ssh://root@hv7/system"
 
 
@@ -199,7 +199,7 @@ def test_the_policy_overrides_are_one_list() -> None:
     documented = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
     assert tuple(options.POLICY_OVERRIDES) == policy.OVERRIDES == tuple(documented)
     for name, spec in options.POLICY_OVERRIDES.items():
-        assert documented[name]["type"] == spec["type"]
+        assert documented[name]["type"] == spec.type
 
 
 # -- tunnelled migration
@@ -207,7 +207,7 @@ def test_the_policy_overrides_are_one_list() -> None:
 
 @pytest.mark.parametrize("kind_running, live", [(True, True), (True, False)])
 def test_tunnelled_adds_the_tunnel_to_peer_to_peer(kind_running: bool, live: bool) -> None:
-    request = options.migrate_request(params(tunnelled=True, live=live))
+    request = rq.migrate_request(params(tunnelled=True, live=live))
     assert request.options.tunnelled is True
     flags = flags_for(request, running=kind_running)[0]
     assert flags & libvirt.VIR_MIGRATE_TUNNELLED and flags & libvirt.VIR_MIGRATE_PEER2PEER
@@ -215,7 +215,7 @@ def test_tunnelled_adds_the_tunnel_to_peer_to_peer(kind_running: bool, live: boo
 
 
 def test_tunnelled_keeps_compression_auto_converge_and_bandwidth() -> None:
-    request = options.migrate_request(params(tunnelled=True, policy="suspend_workload", bandwidth_mib=64))
+    request = rq.migrate_request(params(tunnelled=True, policy="suspend_workload", bandwidth_mib=64))
     flags, typed = flags_for(request, running=True)
     for flag in (libvirt.VIR_MIGRATE_TUNNELLED, libvirt.VIR_MIGRATE_AUTO_CONVERGE, libvirt.VIR_MIGRATE_COMPRESSED):
         assert flags & flag, flag
@@ -224,20 +224,20 @@ def test_tunnelled_keeps_compression_auto_converge_and_bandwidth() -> None:
 
 @pytest.mark.parametrize("changes", [{}, {"tunnelled": False}, {"tunnelled": None}])
 def test_not_tunnelled_by_default(changes: dict[str, t.Any]) -> None:
-    request = options.migrate_request(params(**changes))
+    request = rq.migrate_request(params(**changes))
     assert request.options.tunnelled is False
     assert not flags_for(request, running=True)[0] & libvirt.VIR_MIGRATE_TUNNELLED
 
 
 def test_a_shut_off_vm_never_moves_tunnelled() -> None:
     # libvirt refuses VIR_MIGRATE_TUNNELLED with VIR_MIGRATE_OFFLINE ("tunnelled offline migration does not make sense").
-    flags = flags_for(options.migrate_request(params(tunnelled=True)), running=False)[0]
+    flags = flags_for(rq.migrate_request(params(tunnelled=True)), running=False)[0]
     assert flags & libvirt.VIR_MIGRATE_OFFLINE and not flags & libvirt.VIR_MIGRATE_TUNNELLED
 
 
 def test_tls_is_set_only_when_asked() -> None:
-    assert flags_for(options.migrate_request(params(tls=True)), running=True)[0] & libvirt.VIR_MIGRATE_TLS
-    assert not flags_for(options.migrate_request(params()), running=True)[0] & libvirt.VIR_MIGRATE_TLS
+    assert flags_for(rq.migrate_request(params(tls=True)), running=True)[0] & libvirt.VIR_MIGRATE_TLS
+    assert not flags_for(rq.migrate_request(params()), running=True)[0] & libvirt.VIR_MIGRATE_TLS
 
 
 @pytest.mark.parametrize(
@@ -256,10 +256,10 @@ def test_tls_is_set_only_when_asked() -> None:
 )
 def test_tunnelled_refuses_what_libvirt_refuses_with_it(changes: dict[str, t.Any], message: str) -> None:
     with pytest.raises(PolicyError, match=message) as caught:
-        options.migrate_request(params(tunnelled=True, **changes))
+        rq.migrate_request(params(tunnelled=True, **changes))
     assert caught.value.msg.endswith("Nothing was changed.")
     # Each of them alone is fine without the tunnel.
-    options.migrate_request(params(**changes))
+    rq.migrate_request(params(**changes))
 
 
 @pytest.mark.parametrize(
@@ -273,7 +273,7 @@ def test_tunnelled_refuses_what_libvirt_refuses_with_it(changes: dict[str, t.Any
     ],
 )
 def test_tunnelled_accepts_the_same_options_off(changes: dict[str, t.Any]) -> None:
-    assert options.migrate_request(params(tunnelled=True, **changes)).options.tunnelled is True
+    assert rq.migrate_request(params(tunnelled=True, **changes)).options.tunnelled is True
 
 
 @pytest.mark.parametrize("check_mode", [False, True])

@@ -10,8 +10,9 @@ out and verified against libvirt in ``libvirt_io``, and each module's workflow j
   errors (exceptions, libvirt error codes), statefiles (state files on the host), policy (policies
   and schedules), metadata (the settings' XML format), settings (what a setting may hold, and the
   VM > cluster > global inheritance), domain (domain XML), hostinfo (host facts), placement (where
-  a VM may and should go), plan (moves and run options), options (the shared option groups and
-  their parsing), evacuation (the evacuation plan and its queue), mark (the maintenance mark and
+  a VM may and should go), plan (moves and run options), options (every module option once: the
+  option tables, from which the argument specs, range checks and defaults come), requests (what a
+  module run was asked to do, built from its parameters), evacuation (the evacuation plan and its queue), mark (the maintenance mark and
   its hook), failover (SR-IOV failover pairs and unmovable host devices in domain XML).
 ``libvirt_io`` (reads and changes libvirt):
   connection (opening and closing), probe (reading destinations, where a VM is), runner (the one

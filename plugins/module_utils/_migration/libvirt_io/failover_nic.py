@@ -22,6 +22,7 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import failover
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     LIBVIRT_ERROR_CODES,
@@ -427,8 +428,9 @@ class FailoverNic:
         request: t.Mapping[str, t.Any],
         others: t.Mapping[str, t.Set[str]],
     ) -> failover.PairSpec:
-        mode = request.get("mode") or "teaming"
-        fail_over_mac = bool(request.get("fail_over_mac"))
+        request = options.with_defaults("sriov_failover_nic", request)
+        mode = request["mode"]
+        fail_over_mac = bool(request["fail_over_mac"])
         if fail_over_mac and mode != "bond":
             raise FailoverNicError("fail_over_mac applies to mode bond only (the pair's mode is %s)." % mode, vm=name, uri=self.uri)
         try:

@@ -15,7 +15,6 @@ anything changes; :class:`Hibernation` reads the VM, acts, and verifies through 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import typing as t
 import xml.etree.ElementTree as ET
@@ -25,15 +24,11 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import guest_agent
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError, translate_libvirt_error
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import resolve_uri
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import check_number
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.requests import HibernateRequest
 
+# The words of the options state and guest_hook_failure (options.VM_HIBERNATE, options.RUN) the run acts on.
 HIBERNATED = "hibernated"
-RUNNING = "running"
-STATES = (HIBERNATED, RUNNING)
-WARN = "warn"
 ABORT = "abort"
-HOOK_FAILURE_POLICIES = (WARN, ABORT)
 
 # What a run does.
 NONE = "none"  # already as asked
@@ -41,10 +36,6 @@ SAVE = "save"  # before_hibernation hooks, then managed save
 RESTORE = "restore"  # start from the saved image, then after_hibernation hooks
 RESUME = "resume"  # a paused VM
 ACTION_WORDS = {SAVE: "hibernate it", RESTORE: "restore it from its hibernation image", RESUME: "resume it"}
-
-# Seconds the guest's hook runner may take for one event (as for migrations); its own per-hook timeouts should be shorter.
-DEFAULT_HOOK_TIMEOUT_S = 60.0
-MAX_HOOK_TIMEOUT_S = 3600.0
 
 # libvirt's words for the states (domain.STATE_NAMES).
 _RUNNING = "running"
@@ -56,38 +47,6 @@ class HibernationRefused(MigrationError):
     """The VM cannot be brought to the asked state; nothing was changed."""
 
     meaning = "the VM cannot be hibernated or restored as asked"
-
-
-@dataclasses.dataclass
-class HibernateRequest:
-    """Everything one ``vm_hibernate`` run was asked to do."""
-
-    vm: str
-    uri: str
-    state: str = HIBERNATED
-    guest_hooks: bool = True
-    guest_hook_failure: str = WARN
-    guest_hook_timeout: float = DEFAULT_HOOK_TIMEOUT_S
-    username: t.Optional[str] = None
-    password: t.Optional[str] = None
-
-
-def hibernate_request(params: t.Mapping[str, t.Any]) -> HibernateRequest:
-    """Validate ``vm_hibernate``'s parameters; refuse bad input before any connection."""
-    timeout = params.get("guest_hook_timeout")
-    if timeout is None:
-        timeout = DEFAULT_HOOK_TIMEOUT_S
-    check_number(timeout, "guest_hook_timeout", 0, MAX_HOOK_TIMEOUT_S, exclusive_minimum=True)
-    return HibernateRequest(
-        vm=params.get("name") or params.get("uuid") or "",
-        uri=resolve_uri(params.get("uri")),
-        state=params.get("state") or HIBERNATED,
-        guest_hooks=params.get("guest_hooks", True) is not False,
-        guest_hook_failure=params.get("guest_hook_failure") or WARN,
-        guest_hook_timeout=float(timeout),
-        username=params.get("username"),
-        password=params.get("password"),
-    )
 
 
 def decide(

@@ -47,13 +47,10 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
     read_mark_quietly,
     write_mark,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import check_run_numbers, parse_candidates, resolve_uri, run_options
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.placement import DEFAULT_MEMORY_RESERVED_MIB
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, record_phase, tunnel_conflicts
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError, check_number
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, RunOptions, record_phase, tunnel_conflicts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.requests import MaintenanceRequest
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.probe import CpuCheck, probe_hosts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.runner import JobRunner
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR
 
 try:
     import libvirt
@@ -68,81 +65,6 @@ PROGRESS_FILE = "evacuation.json"
 STEP_EVENTS = frozenset(
     ("guest_hooks", "vf_unplugged", "vf_unplug_timeout", "vf_absent", "vf_plugged", "vf_plug_failed", "primary_released", "unplug_timeout")
 )
-
-
-@dataclasses.dataclass
-class MaintenanceRequest:
-    """Everything one ``host_maintenance`` run was asked to do."""
-
-    uri: str
-    state: str
-    candidates: t.List[Candidate]
-    include_manual: bool = False
-    non_migratable: str = "fail"
-    shutdown_timeout: int = 120
-    max_outgoing: int = 2
-    max_incoming: int = 2
-    memory_reserved_mib: int = DEFAULT_MEMORY_RESERVED_MIB
-    reason: t.Optional[str] = None
-    requested_by: t.Optional[str] = None
-    cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
-    global_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
-    monitor_interval: float = 10.0
-    poll_interval: float = 0.5
-    state_dir: str = DEFAULT_STATE_DIR
-    log_dir: str = DEFAULT_LOG_DIR
-    username: t.Optional[str] = None
-    password: t.Optional[str] = None
-    require_hook: bool = True
-    unplug_timeout: float = 30.0
-    # Run the guests' hooks around their moves; None: each VM's own setting decides.
-    guest_hooks: t.Optional[bool] = None
-    guest_hook_failure: str = "warn"
-    guest_hook_timeout: float = 60.0
-    # Live moves go through the libvirt connections (VIR_MIGRATE_TUNNELLED).
-    tunnelled: bool = False
-
-
-# Ranges of host_maintenance's own numeric options.
-NUMBER_RANGES = {"max_outgoing": (1, 64), "max_incoming": (1, 64), "shutdown_timeout": (1, 86400)}
-
-
-def request_from_params(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
-    """Validate the module's parameters before any connection."""
-    for name, (low, high) in NUMBER_RANGES.items():
-        if params.get(name) is not None:
-            check_number(params[name], name, low, high, whole=True)
-    check_run_numbers(params)
-    candidates = parse_candidates(params.get("candidates") or [])
-    if params.get("state") == "maintenance" and not candidates:
-        raise PolicyError("state=maintenance needs the other hosts of the cluster in candidates")
-    return MaintenanceRequest(
-        uri=resolve_uri(params.get("uri")),
-        state=params.get("state") or "maintenance",
-        candidates=candidates,
-        include_manual=bool(params.get("include_manual")),
-        non_migratable=params.get("non_migratable") or "fail",
-        shutdown_timeout=params.get("shutdown_timeout") or 120,
-        max_outgoing=params.get("max_outgoing") or 2,
-        max_incoming=params.get("max_incoming") or 2,
-        memory_reserved_mib=params.get("memory_reserved_mib") or 0,
-        reason=params.get("reason"),
-        requested_by=params.get("requested_by"),
-        cluster_policy=settings.validate(params.get("cluster_policy"), "cluster_policy"),
-        global_policy=settings.validate(params.get("global_policy"), "global_policy"),
-        monitor_interval=params.get("monitor_interval") or 10.0,
-        poll_interval=params.get("wait_sleep") or 0.5,
-        state_dir=params.get("state_dir") or DEFAULT_STATE_DIR,
-        log_dir=params.get("log_dir") or DEFAULT_LOG_DIR,
-        username=params.get("username"),
-        password=params.get("password"),
-        require_hook=params.get("require_hook", True) is not False,
-        unplug_timeout=params.get("unplug_timeout") or 30.0,
-        guest_hooks=params.get("guest_hooks"),
-        guest_hook_failure=params.get("guest_hook_failure") or "warn",
-        guest_hook_timeout=params.get("guest_hook_timeout") or 60.0,
-        tunnelled=bool(params.get("tunnelled")),
-    )
 
 
 def tunnel_refusals(plan: evacuation.EvacuationPlan) -> t.List[str]:
@@ -514,10 +436,10 @@ class HostMaintenance:
         done: "queue.Queue[t.Tuple[Move, t.Dict[str, t.Any]]]" = queue.Queue()
         records: t.List[t.Dict[str, t.Any]] = []
 
-        options = run_options({}, poll_interval=req.poll_interval, monitor_interval=req.monitor_interval, state_dir=req.state_dir,
-                              username=req.username, password=req.password, unplug_timeout=req.unplug_timeout,
-                              guest_hook_failure=req.guest_hook_failure, guest_hook_timeout=req.guest_hook_timeout,
-                              tunnelled=req.tunnelled)
+        options = RunOptions(poll_interval=req.poll_interval, monitor_interval=req.monitor_interval, state_dir=req.state_dir,
+                             username=req.username, password=req.password, unplug_timeout=req.unplug_timeout,
+                             guest_hook_failure=req.guest_hook_failure, guest_hook_timeout=req.guest_hook_timeout,
+                             tunnelled=req.tunnelled)
 
         def worker(move: Move, record: t.Dict[str, t.Any]) -> None:
             runner = JobRunner(options, self.connect, move.vm, log=self.log)

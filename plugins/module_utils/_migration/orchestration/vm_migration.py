@@ -24,8 +24,16 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import DuplicateVmError, MigrationError, VmNotFoundError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import parse_capabilities
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import MigrateRequest
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import LIVE, OFFLINE, PAUSED, Candidate, Move, record_phase, tunnel_conflicts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.requests import MigrateRequest
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import (
+    LIVE,
+    OFFLINE,
+    PAUSED,
+    Candidate,
+    Move,
+    record_phase,
+    tunnel_conflicts,
+)
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import Policy, PolicyError, default_timeout
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.probe import CpuCheck, probe_hosts, whereabouts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.runner import JobRunner, check_adoptable, job_stats, job_summary

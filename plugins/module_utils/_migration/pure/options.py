@@ -1,21 +1,27 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils package is private to the virtops.migration collection; it is not a public API.
-"""The option groups the modules share, each defined once with its constraints, and their parsing.
+"""Every module option, defined once: its type, default, choices, range, aliases and a line of doc.
 
-Each group's argument spec sits next to the doc fragment that documents it:
+Each group is a table of :class:`Option` records; the shared ones sit next to the doc fragment
+that documents them:
 
 * :data:`CONNECTION` -- ``uri``, ``username``, ``password`` (doc fragment ``connection``);
 * :data:`VM` -- ``name`` / ``uuid`` (doc fragment ``vm``);
 * :data:`RUN` -- inherited settings, monitoring, destination reserve, state directory (doc
-  fragment ``migration_run``), with the ranges in :data:`RUN_RANGES`;
+  fragment ``migration_run``);
 * :data:`POLICY_OVERRIDES` -- the single policy settings a task may override (doc fragment
   ``policy_overrides``); their names are ``policy.OVERRIDES`` and their value rules live in
-  ``policy.apply_overrides``.
+  ``policy.apply_overrides``;
+* one group per module for the options only that module takes (:data:`VM_MIGRATE`,
+  :data:`HOST_MAINTENANCE`, ...), documented in the module itself.
 
-Adding a policy setting touches ``policy.py`` (the setting and its rule), :data:`POLICY_OVERRIDES`
-(its option type) and the doc fragment. Everything here is checked before any connection is
-opened. Pure logic: no libvirt import.
+:data:`MODULES` lists, for each module, the groups (or the named options of a group) it takes.
+From these tables come each module's argument spec (:func:`module_spec`), the range checks of
+its numeric options (:func:`check_ranges`), the values a request is built from
+(:func:`with_defaults`, see ``requests.py``) and the defaults of ``plan.RunOptions``. Adding an
+option touches its group here, the module's (or fragment's) DOCUMENTATION, and whatever reads it.
+Everything here is checked before any connection is opened. Pure logic: no libvirt import.
 """
 
 from __future__ import annotations
@@ -26,74 +32,267 @@ import os
 import typing as t
 
 from ansible.module_utils.basic import env_fallback
+from ansible.module_utils.errors import AnsibleFallbackNotFound
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, RunOptions, tunnel_conflicts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import OPTIONAL_PARTS
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.placement import DEFAULT_MEMORY_RESERVED_MIB
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import (
-    Policy,
-    PolicyError,
-    apply_overrides,
-    base_policy,
-    check_number,
-)
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError, check_number
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR
 
 Spec = t.Dict[str, t.Dict[str, t.Any]]
 
+
+class Range(t.NamedTuple):
+    """The values a numeric option accepts (``policy.check_number`` words the refusal)."""
+
+    minimum: float
+    maximum: float
+    whole: bool = False
+    exclusive_minimum: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One module option: what ``AnsibleModule`` needs of it, its range, and a line saying what it is."""
+
+    doc: str
+    type: str = "str"
+    default: t.Any = None
+    choices: t.Optional[t.Tuple[t.Any, ...]] = None
+    elements: t.Optional[str] = None
+    range: t.Optional[Range] = None
+    aliases: t.Tuple[str, ...] = ()
+    no_log: bool = False
+    required: bool = False
+    fallback: t.Optional[t.Tuple[t.Any, ...]] = None
+
+    def spec(self) -> t.Dict[str, t.Any]:
+        """This option's entry in an argument spec (a fresh copy)."""
+        result: t.Dict[str, t.Any] = {"type": self.type}
+        if self.elements is not None:
+            result["elements"] = self.elements
+        if self.required:
+            result["required"] = True
+        if self.choices is not None:
+            result["choices"] = list(self.choices)
+        if self.default is not None:
+            result["default"] = copy.deepcopy(self.default)
+        if self.aliases:
+            result["aliases"] = list(self.aliases)
+        if self.no_log:
+            result["no_log"] = True
+        if self.fallback is not None:
+            result["fallback"] = self.fallback
+        return result
+
+    def missing_value(self) -> t.Any:
+        """The value of this option when a task does not set it: its fallback's, else its default (a fresh copy)."""
+        if self.fallback is not None:
+            args: t.Sequence[t.Any] = []
+            kwargs: t.Mapping[str, t.Any] = {}
+            for item in self.fallback[1:]:
+                if isinstance(item, t.Mapping):
+                    kwargs = item
+                else:
+                    args = item
+            try:
+                return self.fallback[0](*args, **kwargs)
+            except AnsibleFallbackNotFound:
+                pass
+        return copy.deepcopy(self.default)
+
+
+Group = t.Dict[str, Option]
+
 DEFAULT_URI = "qemu:///system"
 URI_ENVIRONMENT_VARIABLE = "LIBVIRT_DEFAULT_URI"
-
-CONNECTION: Spec = {
-    "uri": {"type": "str", "default": DEFAULT_URI, "fallback": (env_fallback, [URI_ENVIRONMENT_VARIABLE])},
-    "username": {"type": "str"},
-    "password": {"type": "str", "no_log": True},
-}
-
-VM: Spec = {"name": {"type": "str"}, "uuid": {"type": "str"}}
-
-RUN: Spec = {
-    "cluster_policy": {"type": "dict", "default": {}},
-    "global_policy": {"type": "dict", "default": {}},
-    "monitor_interval": {"type": "float", "default": 10.0},
-    "wait_sleep": {"type": "float", "default": 0.5},
-    "memory_reserved_mib": {"type": "int", "default": DEFAULT_MEMORY_RESERVED_MIB},
-    "state_dir": {"type": "path", "default": DEFAULT_STATE_DIR},
-    "unplug_timeout": {"type": "float", "default": 30.0},
-    "guest_hooks": {"type": "bool"},
-    "guest_hook_failure": {"type": "str", "choices": ["warn", "abort"], "default": "warn"},
-    "guest_hook_timeout": {"type": "float", "default": 60.0},
-}
-
 MAX_TIMEOUT_S = 7 * 24 * 3600
 MAX_MEMORY_RESERVED_MIB = 2**40
-# (minimum, maximum, whole number, minimum excluded) of the numeric options of RUN.
-RUN_RANGES: t.Dict[str, t.Tuple[float, float, bool, bool]] = {
-    "wait_sleep": (0, 60.0, False, True),
-    "monitor_interval": (0, 3600.0, False, True),
-    "memory_reserved_mib": (0, MAX_MEMORY_RESERVED_MIB, True, False),
-    "unplug_timeout": (0, 3600.0, False, True),
-    "guest_hook_timeout": (0, 3600.0, False, True),
+# Memory a host keeps back for itself: the option memory_reserved_mib, and a candidate's own.
+RESERVE_RANGE = Range(0, MAX_MEMORY_RESERVED_MIB, whole=True)
+# Seconds a guest's hook runner may take for one event, at most (its own per-hook timeouts should be shorter).
+MAX_HOOK_TIMEOUT_S = 3600.0
+
+CONNECTION: Group = {
+    "uri": Option("libvirt connection URI of the host", default=DEFAULT_URI, fallback=(env_fallback, [URI_ENVIRONMENT_VARIABLE])),
+    "username": Option("user name given when libvirt asks for one"),
+    "password": Option("password given when libvirt asks for one", no_log=True),
 }
 
-POLICY_OVERRIDES: Spec = {
-    "auto_converge": {"type": "bool"},
-    "compression": {"type": "list", "elements": "str"},
-    "bandwidth_mib": {"type": "int"},
-    "max_downtime_ms": {"type": "int"},
-    "downtime_schedule": {"type": "list", "elements": "dict"},
-    "post_copy": {"type": "bool"},
-    "parallel_connections": {"type": "int"},
+VM: Group = {
+    "name": Option("name of the VM"),
+    "uuid": Option("UUID of the VM, instead of its name"),
+}
+
+RUN: Group = {
+    "cluster_policy": Option("cluster-level migration settings", type="dict", default={}),
+    "global_policy": Option("global migration settings", type="dict", default={}),
+    "monitor_interval": Option("seconds between two convergence checks", type="float", default=10.0, range=Range(0, 3600.0, exclusive_minimum=True)),
+    "wait_sleep": Option("seconds between two readings of a job's statistics", type="float", default=0.5, range=Range(0, 60.0, exclusive_minimum=True)),
+    "memory_reserved_mib": Option("MiB each destination keeps back for itself", type="int", default=DEFAULT_MEMORY_RESERVED_MIB, range=RESERVE_RANGE),
+    "state_dir": Option("the collection's state directory on the host", type="path", default=DEFAULT_STATE_DIR),
+    "unplug_timeout": Option("seconds a guest may take to release an SR-IOV VF", type="float", default=30.0, range=Range(0, 3600.0, exclusive_minimum=True)),
+    "guest_hooks": Option("run the guest's hooks around each move; unset: the VM's setting decides", type="bool"),
+    "guest_hook_failure": Option("what a failed before-hook does", choices=("warn", "abort"), default="warn"),
+    "guest_hook_timeout": Option(
+        "seconds one run of a guest's hooks may take", type="float", default=60.0, range=Range(0, MAX_HOOK_TIMEOUT_S, exclusive_minimum=True)
+    ),
+}
+
+POLICY_OVERRIDES: Group = {
+    "auto_converge": Option("throttle the vCPUs when the migration does not converge", type="bool"),
+    "compression": Option("compression methods of the migration stream", type="list", elements="str"),
+    "bandwidth_mib": Option("maximum bandwidth in MiB/s", type="int"),
+    "max_downtime_ms": Option("initial maximum downtime in ms", type="int"),
+    "downtime_schedule": Option("the convergence schedule, replacing the policy's", type="list", elements="dict"),
+    "post_copy": Option("allow switching to post-copy", type="bool"),
+    "parallel_connections": Option("parallel connections (QEMU multifd)", type="int"),
+}
+
+# Options two modules take alike.
+CANDIDATES = Option("the other hosts of the cluster, URIs or dictionaries", type="list", elements="raw", default=[])
+TUNNELLED = Option("send memory through the libvirt connection to the destination", type="bool", default=False)
+ALLOW_UNSAFE_CACHE = Option("move VMs whose writable disks use an unsafe cache mode", type="bool", default=False, aliases=("allow_unsafe",))
+
+VM_MIGRATE: Group = {
+    "state": Option("migrated or cancelled", choices=("migrated", "cancelled"), default="migrated"),
+    "destination_uri": Option("libvirt URI of the destination"),
+    "destination": Option("auto: choose the destination among the candidates", choices=("auto",)),
+    "candidates": CANDIDATES,
+    "migrate_uri": Option("address of the destination's QEMU for the migration stream"),
+    "listen_address": Option("address the destination's QEMU listens on"),
+    "live": Option("migrate a running VM live (else paused)", type="bool", default=True),
+    "persistent": Option("define the VM persistently on the destination", type="bool", default=True),
+    "undefine_source": Option("undefine the VM on the source once moved", type="bool", default=True),
+    "policy": Option("migration policy name or definition", type="raw"),
+    "tls": Option("QEMU's own TLS for the migration stream", type="bool", default=False),
+    "tunnelled": TUNNELLED,
+    "allow_unsafe_cache": ALLOW_UNSAFE_CACHE,
+    "unsafe_storage": Option("switch off libvirt's storage-safety check", type="bool", default=False),
+    "wait": Option("wait for the migration to end", type="bool", default=True),
+    "timeout": Option("seconds the migration may take", type="int", range=Range(1, MAX_TIMEOUT_S, whole=True)),
+    "timeout_action": Option("what a timeout does", choices=("abort", "post_copy", "suspend"), default="abort"),
+}
+
+HOST_MAINTENANCE: Group = {
+    "state": Option("maintenance or active", choices=("maintenance", "active"), default="maintenance"),
+    "candidates": CANDIDATES,
+    "include_manual": Option("also migrate VMs with migration mode manual", type="bool", default=False),
+    "non_migratable": Option("fail, or shut down the VMs that may not migrate", choices=("fail", "shutdown"), default="fail"),
+    "shutdown_timeout": Option("seconds to wait for VMs being shut down", type="int", default=120, range=Range(1, 86400, whole=True)),
+    "max_outgoing": Option("migrations from this host at once", type="int", default=2, range=Range(1, 64, whole=True)),
+    "max_incoming": Option("migrations into any one destination at once", type="int", default=2, range=Range(1, 64, whole=True)),
+    "reason": Option("why the host goes into maintenance"),
+    "requested_by": Option("who asks"),
+    "log_dir": Option("the collection's log directory on the host", type="path", default=DEFAULT_LOG_DIR),
+    "require_hook": Option("refuse to evacuate unless the host enforces maintenance", type="bool", default=True),
+    "tunnelled": TUNNELLED,
+    "allow_unsafe_cache": ALLOW_UNSAFE_CACHE,
+}
+
+VM_HIBERNATE: Group = {
+    "state": Option("hibernated or running", choices=("hibernated", "running"), default="hibernated"),
+    "guest_hooks": Option("run the guest's hibernation hooks", type="bool", default=True),
+}
+
+HOST_INFO: Group = {
+    # Checked by hostinfo.HostInfoCollector, with its own message.
+    "memory_reserved_mib": Option("MiB kept back for the host's own processes", type="int", default=DEFAULT_MEMORY_RESERVED_MIB),
+    "gather": Option("optional parts of the facts to gather", type="list", elements="str", choices=OPTIONAL_PARTS, default=list(OPTIONAL_PARTS)),
+}
+
+MIGRATION_POLICY: Group = {
+    "state": Option("present or absent", choices=("present", "absent"), default="present"),
+    "priority": Option("the VM's migration priority", choices=("low", "medium", "high", "inherit")),
+    "migration_mode": Option("the VM's migration mode", choices=("auto", "manual", "none", "inherit")),
+    "pinned_hosts": Option("hosts the VM may run on", type="raw"),
+    "policy": Option("the VM's migration policy", type="raw"),
+    "auto_converge": Option("the VM's auto-converge setting", type="raw"),
+    "compression": Option("the VM's compression setting", type="raw"),
+    "bandwidth_mib": Option("the VM's bandwidth setting", type="raw"),
+    "max_downtime_ms": Option("the VM's maximum downtime setting", type="raw"),
+    "guest_hooks": Option("the VM's guest hooks setting", type="raw"),
+}
+
+MIGRATION_POLICY_INFO: Group = {
+    "name": Option("only this VM"),
+}
+
+SRIOV_FAILOVER_NIC: Group = {
+    "state": Option("present or absent", choices=("present", "absent"), default="present"),
+    "pair": Option("name of the failover pair", required=True),
+    "mode": Option("teaming or bond", choices=("teaming", "bond"), default="teaming"),
+    "vf_network": Option("hostdev network the VF comes from"),
+    "vf_address": Option("PCI address of the VF"),
+    "backup_network": Option("network of the virtio backup NIC"),
+    "backup_bridge": Option("bridge of the virtio backup NIC"),
+    "mac": Option("MAC address of the pair"),
+    "fail_over_mac": Option("bond's fail_over_mac=active", type="bool", default=False),
+    "live": Option("also change the running VM", type="bool", default=True),
+}
+
+SRIOV_NETWORK: Group = {
+    "name": Option("name of the libvirt network", required=True),
+    "pf": Option("the physical function's interface"),
+    "state": Option("present or absent", choices=("present", "absent"), default="present"),
+    "autostart": Option("start the network with libvirtd", type="bool", default=True),
 }
 
 
-def spec(*groups: Spec, **own: t.Dict[str, t.Any]) -> Spec:
-    """A module's argument spec: fresh copies of the shared groups, then its own options."""
-    result: Spec = {}
-    for group in groups:
-        result.update(copy.deepcopy(group))
-    result.update(own)
+def only(group: Group, *names: str) -> Group:
+    """The options ``names`` of ``group``."""
+    return {name: group[name] for name in names}
+
+
+# The options each module takes: whole groups, or some options of a group.
+MODULES: t.Dict[str, t.Tuple[Group, ...]] = {
+    "vm_migrate": (CONNECTION, VM, RUN, POLICY_OVERRIDES, VM_MIGRATE),
+    "host_maintenance": (CONNECTION, RUN, HOST_MAINTENANCE),
+    "vm_hibernate": (CONNECTION, VM, only(RUN, "guest_hook_failure", "guest_hook_timeout"), VM_HIBERNATE),
+    "host_info": (CONNECTION, only(RUN, "state_dir"), HOST_INFO),
+    "migration_policy": (CONNECTION, VM, MIGRATION_POLICY),
+    "migration_policy_info": (CONNECTION, MIGRATION_POLICY_INFO, only(RUN, "cluster_policy", "global_policy")),
+    "sriov_failover_nic": (CONNECTION, VM, SRIOV_FAILOVER_NIC),
+    "sriov_network": (CONNECTION, SRIOV_NETWORK),
+}
+
+
+def module_options(module: str) -> Group:
+    """Every option ``module`` takes; an option name in two of its groups is a mistake in the tables."""
+    result: Group = {}
+    for group in MODULES[module]:
+        for name, option in group.items():
+            if name in result:
+                raise ValueError("option %s of %s is in two of its groups" % (name, module))
+            result[name] = option
     return result
+
+
+def spec(*groups: Group) -> Spec:
+    """The argument spec of ``groups`` (fresh copies)."""
+    return {name: option.spec() for group in groups for name, option in group.items()}
+
+
+def module_spec(module: str) -> Spec:
+    """``module``'s argument spec."""
+    return spec(module_options(module))
+
+
+def with_defaults(module: str, params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """``params`` with every option of ``module`` it lacks (or has as None) at its fallback or default."""
+    result = dict(params)
+    for name, option in module_options(module).items():
+        if result.get(name) is None:
+            result[name] = option.missing_value()
+    return result
+
+
+def check_ranges(module: str, params: t.Mapping[str, t.Any]) -> None:
+    """Refuse, naming it, any numeric option of ``module`` set in ``params`` outside its range."""
+    for name, option in module_options(module).items():
+        if option.range is not None and params.get(name) is not None:
+            low, high, whole, exclusive = option.range
+            check_number(params[name], name, low, high, whole=whole, exclusive_minimum=exclusive)
 
 
 def resolve_uri(uri: t.Optional[str], environ: t.Optional[t.Mapping[str, str]] = None) -> str:
@@ -102,30 +301,6 @@ def resolve_uri(uri: t.Optional[str], environ: t.Optional[t.Mapping[str, str]] =
         return uri
     env = os.environ if environ is None else environ
     return env.get(URI_ENVIRONMENT_VARIABLE) or DEFAULT_URI
-
-
-def check_run_numbers(params: t.Mapping[str, t.Any]) -> None:
-    """Range-check the numeric options of :data:`RUN`."""
-    for name, (low, high, whole, exclusive) in RUN_RANGES.items():
-        if params.get(name) is not None:
-            check_number(params[name], name, low, high, whole=whole, exclusive_minimum=exclusive)
-
-
-def run_options(params: t.Mapping[str, t.Any], **changes: t.Any) -> RunOptions:
-    """The job runner's options from a module's parameters (only those the module has)."""
-    values = {
-        "poll_interval": params.get("wait_sleep") or RUN["wait_sleep"]["default"],
-        "monitor_interval": params.get("monitor_interval") or RUN["monitor_interval"]["default"],
-        "state_dir": params.get("state_dir") or DEFAULT_STATE_DIR,
-        "unplug_timeout": params.get("unplug_timeout") or RUN["unplug_timeout"]["default"],
-        "guest_hook_failure": params.get("guest_hook_failure") or RUN["guest_hook_failure"]["default"],
-        "guest_hook_timeout": params.get("guest_hook_timeout") or RUN["guest_hook_timeout"]["default"],
-        "username": params.get("username"),
-        "password": params.get("password"),
-        "tunnelled": bool(params.get("tunnelled")),
-    }
-    values.update(changes)
-    return RunOptions(**values)
 
 
 # The options libvirt refuses together with a tunnelled migration, and why.
@@ -151,114 +326,3 @@ def check_tunnelled(params: t.Mapping[str, t.Any]) -> None:
 def policy_overrides(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     """The single policy settings a task gave."""
     return {key: params.get(key) for key in POLICY_OVERRIDES if params.get(key) is not None}
-
-
-def parse_candidates(raw: t.Optional[t.Sequence[t.Any]]) -> t.List[Candidate]:
-    """Candidates given as URIs or as ``{uri, name, maintenance, memory_reserved_mib}`` dictionaries."""
-    result = []
-    known = ("uri", "name", "maintenance", "memory_reserved_mib")
-    for index, item in enumerate(raw or []):
-        if isinstance(item, str) and item:
-            result.append(Candidate(uri=item))
-            continue
-        if not (isinstance(item, t.Mapping) and isinstance(item.get("uri"), str) and item["uri"]):
-            raise PolicyError("candidates[%d] must be a libvirt URI or a dictionary with a 'uri', got %r" % (index, item))
-        unknown = sorted(set(item) - set(known))
-        if unknown:
-            raise PolicyError("candidates[%d] has unknown keys: %s (known: %s)" % (index, ", ".join(unknown), ", ".join(known)))
-        reserve = item.get("memory_reserved_mib")
-        if reserve is not None:
-            check_number(reserve, "candidates[%d].memory_reserved_mib" % index, 0, MAX_MEMORY_RESERVED_MIB, whole=True)
-        maintenance = item.get("maintenance", False)
-        if maintenance is None:
-            maintenance = False
-        if not isinstance(maintenance, bool):
-            raise PolicyError("candidates[%d].maintenance must be true or false, got %r" % (index, maintenance))
-        name = item.get("name")
-        if name is not None and (not isinstance(name, str) or not name):
-            raise PolicyError("candidates[%d].name must be a non-empty string, got %r" % (index, name))
-        result.append(Candidate(uri=item["uri"], name=name, maintenance=maintenance, memory_reserved_mib=reserve))
-    return result
-
-
-@dataclasses.dataclass
-class MigrateRequest:
-    """Everything one ``vm_migrate`` run was asked to do."""
-
-    vm: str
-    source_uri: str
-    candidates: t.List[Candidate]
-    policy: Policy
-    options: RunOptions = dataclasses.field(default_factory=RunOptions)
-    auto: bool = False
-    # Other hosts the VM may already be on (a repeat run, or a job a lost run left running).
-    elsewhere: t.List[Candidate] = dataclasses.field(default_factory=list)
-    policy_option: t.Any = None
-    overrides: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
-    cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
-    global_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
-    live: bool = True
-    persistent: bool = True
-    allow_unsafe_cache: bool = False
-    timeout: t.Optional[int] = None
-    memory_reserved_mib: int = 0
-    # Run the guest's hooks around the move; None: the VM's own setting decides.
-    guest_hooks: t.Optional[bool] = None
-
-
-def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
-    """Validate ``vm_migrate``'s parameters into a :class:`MigrateRequest`; refuse bad input before any connection."""
-    overrides = policy_overrides(params)
-    # Validated now, so that bad input fails before any connection; the VM's own settings join in later.
-    policy = apply_overrides(base_policy(params.get("policy")), overrides)
-    check_tunnelled(params)
-    # The task's own policy and settings; what the VM inherits is checked once it has been read.
-    conflicts = tunnel_conflicts(policy) if params.get("tunnelled") else []
-    if conflicts:
-        origin = "the task's settings" if params.get("policy") is None else "the task's policy '%s'" % policy.name
-        raise PolicyError("tunnelled=true cannot be combined with %s: %s. Nothing was changed." % (origin, "; ".join(conflicts)))
-    cluster_policy = settings.validate(params.get("cluster_policy"), "cluster_policy")
-    global_policy = settings.validate(params.get("global_policy"), "global_policy")
-    if params.get("timeout") is not None:
-        check_number(params["timeout"], "timeout", 1, MAX_TIMEOUT_S, whole=True)
-    check_run_numbers(params)
-    candidates = parse_candidates(params.get("candidates"))
-    elsewhere: t.List[Candidate] = []
-    auto = params.get("destination") == "auto"
-    if params.get("state", "migrated") == "migrated":
-        if auto and not candidates:
-            raise PolicyError("destination=auto needs at least one host in candidates")
-        if params.get("destination_uri"):
-            named = [candidate for candidate in candidates if candidate.uri == params["destination_uri"]]
-            elsewhere = [candidate for candidate in candidates if candidate.uri != params["destination_uri"]]
-            # What the caller knows of the named host (maintenance, name, reserve) still applies.
-            candidates = named[:1] or [Candidate(uri=params["destination_uri"])]
-    options = run_options(
-        params,
-        undefine_source=params.get("undefine_source", True),
-        tls=params.get("tls", False),
-        unsafe_storage=params.get("unsafe_storage", False),
-        migrate_uri=params.get("migrate_uri"),
-        listen_address=params.get("listen_address"),
-        wait=params.get("wait", True),
-        timeout_action=params.get("timeout_action") or "abort",
-    )
-    return MigrateRequest(
-        vm=params.get("name") or params.get("uuid") or "",
-        source_uri=resolve_uri(params.get("uri")),
-        candidates=candidates,
-        elsewhere=elsewhere,
-        policy=policy,
-        options=options,
-        auto=auto,
-        policy_option=params.get("policy"),
-        overrides=overrides,
-        cluster_policy=cluster_policy,
-        global_policy=global_policy,
-        live=params.get("live", True),
-        persistent=params.get("persistent", True),
-        guest_hooks=params.get("guest_hooks"),
-        allow_unsafe_cache=params.get("allow_unsafe_cache", False),
-        timeout=params.get("timeout"),
-        memory_reserved_mib=params.get("memory_reserved_mib") or 0,
-    )

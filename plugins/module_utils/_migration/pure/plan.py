@@ -14,8 +14,8 @@ import dataclasses
 import time
 import typing as t
 
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import CONNECTION, RUN, VM_MIGRATE
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import Policy
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
 
 # How a VM moves: live (running VM, keeps running), paused (running VM, paused while it moves) or
 # offline (a shut-off persistent VM: only its definition moves).
@@ -102,22 +102,23 @@ class RunOptions:
     stream (see :func:`tunnel_conflicts` for what libvirt refuses with it; offline moves ignore it).
     """
 
-    undefine_source: bool = True
-    tls: bool = False
-    tunnelled: bool = False
-    unsafe_storage: bool = False
-    migrate_uri: t.Optional[str] = None
-    listen_address: t.Optional[str] = None
-    wait: bool = True
-    timeout_action: str = "abort"
-    poll_interval: float = 0.5
-    monitor_interval: float = 10.0
-    state_dir: str = DEFAULT_STATE_DIR
-    unplug_timeout: float = 30.0
-    guest_hook_failure: str = "warn"
-    guest_hook_timeout: float = 60.0
-    username: t.Optional[str] = None
-    password: t.Optional[str] = None
+    # Each default is the option's (options.py); poll_interval is the option wait_sleep.
+    undefine_source: bool = VM_MIGRATE["undefine_source"].default
+    tls: bool = VM_MIGRATE["tls"].default
+    tunnelled: bool = VM_MIGRATE["tunnelled"].default
+    unsafe_storage: bool = VM_MIGRATE["unsafe_storage"].default
+    migrate_uri: t.Optional[str] = VM_MIGRATE["migrate_uri"].default
+    listen_address: t.Optional[str] = VM_MIGRATE["listen_address"].default
+    wait: bool = VM_MIGRATE["wait"].default
+    timeout_action: str = VM_MIGRATE["timeout_action"].default
+    poll_interval: float = RUN["wait_sleep"].default
+    monitor_interval: float = RUN["monitor_interval"].default
+    state_dir: str = RUN["state_dir"].default
+    unplug_timeout: float = RUN["unplug_timeout"].default
+    guest_hook_failure: str = RUN["guest_hook_failure"].default
+    guest_hook_timeout: float = RUN["guest_hook_timeout"].default
+    username: t.Optional[str] = CONNECTION["username"].default
+    password: t.Optional[str] = CONNECTION["password"].default
 
 
 # Why libvirt refuses a policy setting with a tunnelled migration (VIR_MIGRATE_TUNNELLED).

@@ -19,7 +19,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options, placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import requests as rq
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import probe, runner
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import vm_migration
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, RunOptions
@@ -135,7 +136,7 @@ def cluster(sample: t.Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> 
     return hosts
 
 
-def request(tmp_path: Path, **changes: t.Any) -> options.MigrateRequest:
+def request(tmp_path: Path, **changes: t.Any) -> rq.MigrateRequest:
     run_fields = set(RunOptions.__dataclass_fields__)  # pylint: disable=no-member
     run_values: t.Dict[str, t.Any] = {"poll_interval": 0.01, "state_dir": str(tmp_path / "state")}
     run_values.update({key: value for key, value in changes.items() if key in run_fields})
@@ -147,7 +148,7 @@ def request(tmp_path: Path, **changes: t.Any) -> options.MigrateRequest:
         "options": RunOptions(**run_values),
     }
     values.update({key: value for key, value in changes.items() if key not in run_fields})
-    return options.MigrateRequest(**values)
+    return rq.MigrateRequest(**values)
 
 
 def migrator(tmp_path: Path, **changes: t.Any) -> vm_migration.VmMigration:
@@ -679,7 +680,7 @@ def vm_migrate_params(tmp_path: Path, **changes: t.Any) -> t.Dict[str, t.Any]:
 def test_a_named_destination_keeps_what_the_candidates_say_of_it(cluster: Cluster, tmp_path: Path, check_mode: bool) -> None:
     cluster.add_host(HV3_URI, "hv3", HV3_UUID)
     hv2 = {"uri": DEST_URI, "name": "hv2-prod", "maintenance": True, "memory_reserved_mib": 2048}
-    req = options.migrate_request(vm_migrate_params(tmp_path, candidates=[HV3_URI, hv2]))
+    req = rq.migrate_request(vm_migrate_params(tmp_path, candidates=[HV3_URI, hv2]))
     assert req.candidates == [Candidate(uri=DEST_URI, name="hv2-prod", maintenance=True, memory_reserved_mib=2048)]
     assert req.elsewhere == [Candidate(uri=HV3_URI)]
     with pytest.raises(MigrationError, match="in maintenance") as caught:
@@ -696,7 +697,7 @@ def test_a_named_destination_keeps_what_the_candidates_say_of_it(cluster: Cluste
 @pytest.mark.parametrize("check_mode", [False, True])
 def test_a_copy_on_another_candidate_blocks_a_move_to_the_named_destination(cluster: Cluster, tmp_path: Path, check_mode: bool) -> None:
     place_copy(cluster.add_host(HV3_URI, "hv3", HV3_UUID), SHUT_OFF)
-    req = options.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI, HV3_URI]))
+    req = rq.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI, HV3_URI]))
     with pytest.raises(DuplicateVmError) as caught:
         vm_migration.VmMigration(req).migrate(check_mode=check_mode)
     assert caught.value.msg.startswith("VM 'web1' (UUID %s) is defined on hv1 and also on hv3: refusing to move it" % VM_UUID)
@@ -706,7 +707,7 @@ def test_a_copy_on_another_candidate_blocks_a_move_to_the_named_destination(clus
 
 def test_the_source_listed_among_the_candidates_is_no_duplicate(cluster: Cluster, tmp_path: Path) -> None:
     cluster.hosts[SOURCE_ALIAS_URI] = cluster.source  # hv1 under another URI: same host UUID, same VM
-    req = options.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI, SOURCE_ALIAS_URI, UNREACHABLE_URI]))
+    req = rq.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI, SOURCE_ALIAS_URI, UNREACHABLE_URI]))
     result = vm_migration.VmMigration(req).migrate(check_mode=False)
     assert (result["changed"], result["destination"], result["vm_state"]) == (True, {"hostname": "hv2", "uri": DEST_URI}, "running")
     assert [call[1] for call in cluster.vm.calls if call[0] == "migrateToURI3"] == [DEST_URI]
@@ -1245,7 +1246,7 @@ def test_a_named_destination_without_the_pairs_vf_address_as_a_free_vf_is_refuse
     if not running:
         cluster.vm._state = SHUT_OFF
     destination(cluster.destination)
-    req = options.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI]))
+    req = rq.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI]))
     with pytest.raises(MigrationError) as caught:
         vm_migration.VmMigration(req).migrate(check_mode=False)
     assert caught.value.msg.startswith("no host can take VM 'web1': " + reason), caught.value.msg
@@ -1262,7 +1263,7 @@ def test_a_free_vf_at_the_pairs_vf_address_takes_the_vm(cluster: Cluster, tmp_pa
         cluster.vm._state = SHUT_OFF
     with_free_vf(cluster.destination)
     cluster.destination.domains.append(FakeDomain(OTHER_VM, SHUT_OFF))
-    req = options.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI]))
+    req = rq.migrate_request(vm_migrate_params(tmp_path, candidates=[DEST_URI]))
     result = vm_migration.VmMigration(req).migrate(check_mode=True)
     assert result["destination"] == {"hostname": "hv2", "uri": DEST_URI}
     assert result["plan"]["kind"] == ("live" if running else "offline")

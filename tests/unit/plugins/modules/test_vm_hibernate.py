@@ -19,6 +19,7 @@ from ansible.module_utils.testing import patch_module_args
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import guest_agent
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import hibernation
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.hibernation import HibernationRefused, decide
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options
 from ansible_collections.virtops.migration.plugins.modules import vm_hibernate
 from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
 
@@ -461,7 +462,7 @@ def test_vm_found_by_uuid_and_missing_vm_fails(host: t.Callable[..., HibernateDo
 
 
 def test_default_hook_timeout_is_the_documented_one() -> None:
-    assert vm_hibernate.argument_spec()["guest_hook_timeout"]["default"] == hibernation.DEFAULT_HOOK_TIMEOUT_S == 60
+    assert vm_hibernate.argument_spec()["guest_hook_timeout"]["default"] == options.RUN["guest_hook_timeout"].default == 60
 
 
 @pytest.mark.parametrize("check_mode", [False, True])

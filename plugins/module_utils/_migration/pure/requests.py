@@ -1,0 +1,230 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""What one module run was asked to do: :class:`MigrateRequest` (``vm_migrate``),
+:class:`MaintenanceRequest` (``host_maintenance``) and :class:`HibernateRequest` (``vm_hibernate``),
+each built from the module's parameters by one function that refuses bad input before any connection.
+
+An option missing from the parameters (or None) takes its default from the option tables of
+``options.py``; so do the requests' own fields (a dictionary's as a fresh copy for each request). Pure logic: no libvirt import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import (
+    CONNECTION,
+    HOST_MAINTENANCE,
+    RESERVE_RANGE,
+    RUN,
+    VM_HIBERNATE,
+    VM_MIGRATE,
+    check_ranges,
+    check_tunnelled,
+    policy_overrides,
+    resolve_uri,
+    with_defaults,
+)
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, RunOptions, tunnel_conflicts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import (
+    Policy,
+    PolicyError,
+    apply_overrides,
+    base_policy,
+    check_number,
+)
+
+
+def parse_candidates(raw: t.Optional[t.Sequence[t.Any]]) -> t.List[Candidate]:
+    """Candidates given as URIs or as ``{uri, name, maintenance, memory_reserved_mib}`` dictionaries."""
+    result = []
+    known = ("uri", "name", "maintenance", "memory_reserved_mib")
+    for index, item in enumerate(raw or []):
+        if isinstance(item, str) and item:
+            result.append(Candidate(uri=item))
+            continue
+        if not (isinstance(item, t.Mapping) and isinstance(item.get("uri"), str) and item["uri"]):
+            raise PolicyError("candidates[%d] must be a libvirt URI or a dictionary with a 'uri', got %r" % (index, item))
+        unknown = sorted(set(item) - set(known))
+        if unknown:
+            raise PolicyError("candidates[%d] has unknown keys: %s (known: %s)" % (index, ", ".join(unknown), ", ".join(known)))
+        reserve = item.get("memory_reserved_mib")
+        if reserve is not None:
+            check_number(reserve, "candidates[%d].memory_reserved_mib" % index, RESERVE_RANGE.minimum, RESERVE_RANGE.maximum, whole=RESERVE_RANGE.whole)
+        maintenance = item.get("maintenance", False)
+        if maintenance is None:
+            maintenance = False
+        if not isinstance(maintenance, bool):
+            raise PolicyError("candidates[%d].maintenance must be true or false, got %r" % (index, maintenance))
+        name = item.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise PolicyError("candidates[%d].name must be a non-empty string, got %r" % (index, name))
+        result.append(Candidate(uri=item["uri"], name=name, maintenance=maintenance, memory_reserved_mib=reserve))
+    return result
+
+
+# The fields of the requests and of RunOptions hold the option of the same name, but for these.
+OPTION_OF_FIELD = {"poll_interval": "wait_sleep", "policy_option": "policy"}
+
+Built = t.TypeVar("Built")
+
+
+def from_params(built: t.Type[Built], params: t.Mapping[str, t.Any], **computed: t.Any) -> Built:
+    """A ``built`` (a dataclass) whose fields are the options in ``params`` (see :data:`OPTION_OF_FIELD`), but for ``computed``."""
+    values = {
+        field.name: params[OPTION_OF_FIELD.get(field.name, field.name)]
+        for field in dataclasses.fields(t.cast(t.Any, built))
+        if field.name not in computed
+    }
+    values.update(computed)
+    return built(**values)
+
+
+@dataclasses.dataclass
+class MigrateRequest:
+    """Everything one ``vm_migrate`` run was asked to do."""
+
+    vm: str
+    source_uri: str
+    candidates: t.List[Candidate]
+    policy: Policy
+    options: RunOptions = dataclasses.field(default_factory=RunOptions)
+    auto: bool = False
+    # Other hosts the VM may already be on (a repeat run, or a job a lost run left running).
+    elsewhere: t.List[Candidate] = dataclasses.field(default_factory=list)
+    policy_option: t.Any = VM_MIGRATE["policy"].default
+    overrides: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["cluster_policy"].missing_value)
+    global_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["global_policy"].missing_value)
+    live: bool = VM_MIGRATE["live"].default
+    persistent: bool = VM_MIGRATE["persistent"].default
+    allow_unsafe_cache: bool = VM_MIGRATE["allow_unsafe_cache"].default
+    timeout: t.Optional[int] = VM_MIGRATE["timeout"].default
+    memory_reserved_mib: int = RUN["memory_reserved_mib"].default
+    # Run the guest's hooks around the move; None: the VM's own setting decides.
+    guest_hooks: t.Optional[bool] = RUN["guest_hooks"].default
+
+
+def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
+    """Validate ``vm_migrate``'s parameters into a :class:`MigrateRequest`; refuse bad input before any connection."""
+    params = with_defaults("vm_migrate", params)
+    overrides = policy_overrides(params)
+    # Validated now, so that bad input fails before any connection; the VM's own settings join in later.
+    policy = apply_overrides(base_policy(params["policy"]), overrides)
+    check_tunnelled(params)
+    # The task's own policy and settings; what the VM inherits is checked once it has been read.
+    conflicts = tunnel_conflicts(policy) if params["tunnelled"] else []
+    if conflicts:
+        origin = "the task's settings" if params["policy"] is None else "the task's policy '%s'" % policy.name
+        raise PolicyError("tunnelled=true cannot be combined with %s: %s. Nothing was changed." % (origin, "; ".join(conflicts)))
+    cluster_policy = settings.validate(params["cluster_policy"], "cluster_policy")
+    global_policy = settings.validate(params["global_policy"], "global_policy")
+    check_ranges("vm_migrate", params)
+    candidates = parse_candidates(params["candidates"])
+    elsewhere: t.List[Candidate] = []
+    auto = params["destination"] == "auto"
+    if params["state"] == "migrated":
+        if auto and not candidates:
+            raise PolicyError("destination=auto needs at least one host in candidates")
+        if params["destination_uri"]:
+            named = [candidate for candidate in candidates if candidate.uri == params["destination_uri"]]
+            elsewhere = [candidate for candidate in candidates if candidate.uri != params["destination_uri"]]
+            # What the caller knows of the named host (maintenance, name, reserve) still applies.
+            candidates = named[:1] or [Candidate(uri=params["destination_uri"])]
+    return from_params(
+        MigrateRequest,
+        params,
+        vm=params["name"] or params["uuid"],
+        source_uri=resolve_uri(params["uri"]),
+        candidates=candidates,
+        elsewhere=elsewhere,
+        policy=policy,
+        options=from_params(RunOptions, params),
+        auto=auto,
+        overrides=overrides,
+        cluster_policy=cluster_policy,
+        global_policy=global_policy,
+    )
+
+
+@dataclasses.dataclass
+class MaintenanceRequest:
+    """Everything one ``host_maintenance`` run was asked to do."""
+
+    uri: str
+    state: str
+    candidates: t.List[Candidate]
+    include_manual: bool = HOST_MAINTENANCE["include_manual"].default
+    non_migratable: str = HOST_MAINTENANCE["non_migratable"].default
+    shutdown_timeout: int = HOST_MAINTENANCE["shutdown_timeout"].default
+    max_outgoing: int = HOST_MAINTENANCE["max_outgoing"].default
+    max_incoming: int = HOST_MAINTENANCE["max_incoming"].default
+    memory_reserved_mib: int = RUN["memory_reserved_mib"].default
+    reason: t.Optional[str] = HOST_MAINTENANCE["reason"].default
+    requested_by: t.Optional[str] = HOST_MAINTENANCE["requested_by"].default
+    cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["cluster_policy"].missing_value)
+    global_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["global_policy"].missing_value)
+    monitor_interval: float = RUN["monitor_interval"].default
+    # The option wait_sleep.
+    poll_interval: float = RUN["wait_sleep"].default
+    state_dir: str = RUN["state_dir"].default
+    log_dir: str = HOST_MAINTENANCE["log_dir"].default
+    username: t.Optional[str] = CONNECTION["username"].default
+    password: t.Optional[str] = CONNECTION["password"].default
+    require_hook: bool = HOST_MAINTENANCE["require_hook"].default
+    unplug_timeout: float = RUN["unplug_timeout"].default
+    # Run the guests' hooks around their moves; None: each VM's own setting decides.
+    guest_hooks: t.Optional[bool] = RUN["guest_hooks"].default
+    guest_hook_failure: str = RUN["guest_hook_failure"].default
+    guest_hook_timeout: float = RUN["guest_hook_timeout"].default
+    # Live moves go through the libvirt connections (VIR_MIGRATE_TUNNELLED).
+    tunnelled: bool = HOST_MAINTENANCE["tunnelled"].default
+    # Move VMs whose writable disks use a cache mode that may hold writes the destination does not see.
+    allow_unsafe_cache: bool = HOST_MAINTENANCE["allow_unsafe_cache"].default
+
+
+def maintenance_request(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
+    """Validate ``host_maintenance``'s parameters into a :class:`MaintenanceRequest` before any connection."""
+    params = with_defaults("host_maintenance", params)
+    check_ranges("host_maintenance", params)
+    candidates = parse_candidates(params["candidates"])
+    if params["state"] == "maintenance" and not candidates:
+        raise PolicyError("state=maintenance needs the other hosts of the cluster in candidates")
+    return from_params(
+        MaintenanceRequest,
+        params,
+        uri=resolve_uri(params["uri"]),
+        candidates=candidates,
+        cluster_policy=settings.validate(params["cluster_policy"], "cluster_policy"),
+        global_policy=settings.validate(params["global_policy"], "global_policy"),
+    )
+
+
+@dataclasses.dataclass
+class HibernateRequest:
+    """Everything one ``vm_hibernate`` run was asked to do."""
+
+    vm: str
+    uri: str
+    state: str = VM_HIBERNATE["state"].default
+    guest_hooks: bool = VM_HIBERNATE["guest_hooks"].default
+    guest_hook_failure: str = RUN["guest_hook_failure"].default
+    guest_hook_timeout: float = RUN["guest_hook_timeout"].default
+    username: t.Optional[str] = CONNECTION["username"].default
+    password: t.Optional[str] = CONNECTION["password"].default
+
+
+def hibernate_request(params: t.Mapping[str, t.Any]) -> HibernateRequest:
+    """Validate ``vm_hibernate``'s parameters into a :class:`HibernateRequest`; refuse bad input before any connection."""
+    params = with_defaults("vm_hibernate", params)
+    check_ranges("vm_hibernate", params)
+    return from_params(
+        HibernateRequest,
+        params,
+        vm=params["name"] or params["uuid"],
+        uri=resolve_uri(params["uri"]),
+        guest_hook_timeout=float(params["guest_hook_timeout"]),
+    )
