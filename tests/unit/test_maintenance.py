@@ -369,11 +369,14 @@ def test_a_tunnelled_evacuation_refuses_inherited_policies_libvirt_cannot_tunnel
     with pytest.raises(MigrationError) as caught:
         mt.HostMaintenance(request).maintenance(check_mode=check_mode)
     message = caught.value.msg
-    assert message.startswith("hv1 cannot go into maintenance with tunnelled=true, nothing was moved: ")
-    # Each running VM is named with its policy and the setting; the shut-off one moves its definition only.
-    assert "VM 'a1' (policy 'post_copy') has post_copy: true (libvirt does not support post-copy" in message
-    assert "VM 'b2' (policy 'post_copy') has post_copy: true" in message and "old1" not in message
-    assert caught.value.details["plan"]["tunnelled"] is True
+    assert message.startswith("hv1 cannot go into maintenance, nothing was moved: ")
+    # Each running VM is blocked, named with its policy and the setting; the shut-off one moves its definition only.
+    inherited = "cannot migrate with tunnelled=true: its policy setting (from the cluster level), policy 'post_copy', has post_copy: true"
+    assert "VM 'a1' %s (libvirt does not support post-copy" % inherited in message
+    assert "VM 'b2' %s" % inherited in message and "old1" not in message
+    plan = caught.value.details["plan"]
+    assert plan["tunnelled"] is True and [move["vm"] for move in plan["moves"]] == ["old1"]
+    assert [(held["vm"], held["rule"]) for held in plan["blocked"]] == [("a1", "tunnel_conflict"), ("b2", "tunnel_conflict")]
     assert not hosts.migrations and mk.read_mark(request.state_dir) is None
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options, placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import options, placement, rules
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import probe, runner
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import vm_migration
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, RunOptions
@@ -436,12 +436,18 @@ def candidate_host(name: str, uuid: str, vm_uuids: t.Iterable[str] = (), **kwarg
     return placement.HostState(name=name, uri="qemu+tls://%s/system" % name, uuid=uuid, vm_uuids=frozenset(vm_uuids), **kwargs)
 
 
+def duplicate_verdict(hosts: t.Sequence[placement.HostState]) -> rules.Verdict:
+    """What the rules say of web1 on hv1 when ``hosts`` were probed."""
+    vm = rules.VmToMove("web1", VM_UUID, 1024, duplicate_on=rules.defined_elsewhere(VM_UUID, HV1_UUID, hosts))
+    return rules.Assessor(rules.MoveRequest(confirmed=True), rules.SourceHost("hv1", HV1_UUID, SOURCE_URI)).assess(vm)
+
+
 def test_refuse_duplicates_names_both_hosts() -> None:
     hosts = [candidate_host("hv2", HV2_UUID), candidate_host("hv3", "uuid-hv3", [VM_UUID]), candidate_host("hv4", "uuid-hv4", [VM_UUID])]
     with pytest.raises(DuplicateVmError) as caught:
-        vm_migration.refuse_duplicates("web1", VM_UUID, "hv1", HV1_UUID, hosts)
+        vm_migration.refuse(duplicate_verdict(hosts), SOURCE_URI)
     assert caught.value.msg.startswith("VM 'web1' (UUID %s) is defined on hv1 and also on hv3, hv4: refusing to move it" % VM_UUID)
-    assert caught.value.details == {"vm": "web1", "uuid": VM_UUID, "hosts": ["hv1", "hv3", "hv4"]}
+    assert caught.value.details == {"vm": "web1", "uuid": VM_UUID, "hosts": ["hv1", "hv3", "hv4"], "uri": SOURCE_URI, "rule": "duplicate"}
 
 
 def test_refuse_duplicates_ignores_unreachable_hosts_and_the_source() -> None:
@@ -450,7 +456,7 @@ def test_refuse_duplicates_ignores_unreachable_hosts_and_the_source() -> None:
         candidate_host("hv3", "uuid-hv3", [VM_UUID], error="connection refused"),
         candidate_host("hv1-alias", HV1_UUID, [VM_UUID]),  # the source itself, listed as a candidate
     ]
-    vm_migration.refuse_duplicates("web1", VM_UUID, "hv1", HV1_UUID, hosts)
+    vm_migration.refuse(duplicate_verdict(hosts), SOURCE_URI)
 
 
 # -- cancel
