@@ -9,10 +9,19 @@ codes, so the code under test meets the same exceptions it meets on a host.
 
 from __future__ import annotations
 
+import contextlib
 import typing as t
 import xml.etree.ElementTree as ET
 
 import libvirt
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import HostUnreachableError
+
+# Host UUIDs of the fake cluster: hv1's is the one in the sample capabilities-qemu.xml.
+HV1_UUID = "685adf38-a605-49f0-b38b-31df0e753953"
+HV2_UUID = "0c9a4b52-7d3e-4f1a-9e55-2b8c6d1f0a77"
+HV3_UUID = "b7d2e6f0-1c4a-4e8b-8f3d-5a9c0e2b7d41"
 
 
 def libvirt_error(code: int, message: str, domain: int = libvirt.VIR_FROM_QEMU) -> libvirt.libvirtError:
@@ -350,3 +359,37 @@ class FakeConnection:
                 domain.conn = self
                 return domain
         raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching uuid '%s'" % uuid)
+
+
+class FakeCluster:
+    """Fake hosts handed out by URI in place of ``libvirt_connection``.
+
+    Each host is a :class:`FakeConnection` with its own name and a copy of the sample capabilities
+    (``capabilities-qemu.xml``) carrying its own host UUID; a URI no host answers is unreachable.
+    """
+
+    def __init__(self, capabilities: str) -> None:
+        self.capabilities = capabilities
+        self.hosts: t.Dict[str, FakeConnection] = {}
+
+    def add_host(self, uri: str, name: str, uuid: str) -> FakeConnection:
+        """One more host the run can reach."""
+        conn = FakeConnection(self.capabilities.replace(HV1_UUID, uuid), uri=uri)
+        conn.hostname = name
+        self.hosts[uri] = conn
+        return conn
+
+    @contextlib.contextmanager
+    def connect(
+        self, uri: str, username: t.Optional[str] = None, password: t.Optional[str] = None, connect_timeout: t.Optional[float] = None
+    ) -> t.Iterator[FakeConnection]:
+        if uri not in self.hosts:
+            raise HostUnreachableError("Cannot open a libvirt connection on %s" % uri, uri=uri)
+        yield self.hosts[uri]
+
+
+def host_state(name: str, available: int = 8192, vcpus: int = 0, **kwargs: t.Any) -> placement.HostState:
+    """A destination as the probe reads it (for the planners' pure tests): on the ``lab`` network unless told."""
+    kwargs.setdefault("uuid", "uuid-" + name)
+    kwargs.setdefault("networks", frozenset({"lab"}))
+    return placement.HostState(name=name, uri="qemu+tcp://%s/system" % name, available_mib=available, vcpus_running=vcpus, **kwargs)

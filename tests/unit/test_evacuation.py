@@ -13,14 +13,12 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation as ev
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement as pl
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings as st
+from libvirt_fakes import host_state
 
 SOURCE = ev.SourceHost(name="h1", uuid="uuid-h1", uri="qemu:///system")
 
 
-def host(name: str, available: int = 8192, vcpus: int = 0, **kwargs: t.Any) -> pl.HostState:
-    kwargs.setdefault("uuid", "uuid-" + name)
-    kwargs.setdefault("networks", frozenset({"lab"}))
-    return pl.HostState(name=name, uri="qemu+tcp://%s/system" % name, available_mib=available, vcpus_running=vcpus, **kwargs)
+host = host_state
 
 
 def vm(

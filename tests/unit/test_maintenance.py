@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
@@ -24,7 +23,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import StateFileError
-from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
+from libvirt_fakes import HV1_UUID, HV2_UUID, FakeCluster, FakeConnection, FakeDomain, libvirt_error
 
 
 def test_mark_round_trip_and_status(tmp_path: Path) -> None:
@@ -225,8 +224,6 @@ def test_the_pid_file_of_virtqemud_counts_where_libvirt_runs_split_daemons(hook_
 
 HOST_URI = "qemu:///system"
 HV2_URI = "qemu+tls://hv2/system"
-HV1_UUID = "685adf38-a605-49f0-b38b-31df0e753953"  # capabilities-qemu.xml
-HV2_UUID = "0c9a4b52-7d3e-4f1a-9e55-2b8c6d1f0a77"
 RUNNING = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_BOOTED)
 SHUT_OFF = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
 MAINTENANCE_MARK: t.Dict[str, t.Any] = {
@@ -263,14 +260,13 @@ def start_failure(name: str) -> libvirt.libvirtError:
     )
 
 
-class Hosts:
-    """hv1 and hv2, handed out by URI instead of ``libvirt_connection``; migrations recorded, not run."""
+class Hosts(FakeCluster):
+    """hv1 and hv2; migrations recorded, not run."""
 
     def __init__(self, capabilities: str) -> None:
-        self.hv1 = FakeConnection(capabilities, uri=HOST_URI)
-        self.hv2 = FakeConnection(capabilities.replace(HV1_UUID, HV2_UUID), uri=HV2_URI)
-        self.hv2.hostname = "hv2"
-        self.by_uri = {HOST_URI: self.hv1, HV2_URI: self.hv2}
+        super().__init__(capabilities)
+        self.hv1 = self.add_host(HOST_URI, "hv1", HV1_UUID)
+        self.hv2 = self.add_host(HV2_URI, "hv2", HV2_UUID)
         self.migrations: t.List[Move] = []
         self.migration_error: t.Optional[MigrationError] = None
 
@@ -282,9 +278,8 @@ class Hosts:
 def hosts(sample: t.Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> Hosts:
     cluster = Hosts(sample("capabilities-qemu.xml"))
 
-    @contextlib.contextmanager
-    def connect(_self: mt.HostMaintenance, uri: str, connect_timeout: t.Optional[float] = None) -> t.Iterator[FakeConnection]:
-        yield cluster.by_uri[uri]
+    def connect(_self: mt.HostMaintenance, uri: str, connect_timeout: t.Optional[float] = None) -> t.ContextManager[FakeConnection]:
+        return cluster.connect(uri)
 
     class RecordingRunner:
         """Moves the VM from hv1 to hv2 as a completed migration would, or fails as told."""

@@ -31,16 +31,13 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
     VmNotFoundError,
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError, Step, base_policy
-from libvirt_fakes import FakeConnection, FakeDomain, FakeObject, libvirt_error
+from libvirt_fakes import HV1_UUID, HV2_UUID, HV3_UUID, FakeCluster, FakeConnection, FakeDomain, FakeObject, libvirt_error
 
 SOURCE_URI = "qemu+tls://hv1/system"
 DEST_URI = "qemu+tls://hv2/system"
 HV3_URI = "qemu+tls://hv3/system"
 # The source again, under another URI (as an inventory may list every host of the cluster).
 SOURCE_ALIAS_URI = "qemu+ssh://root@hv1.example.com/system"
-HV1_UUID = "685adf38-a605-49f0-b38b-31df0e753953"  # capabilities-qemu.xml
-HV2_UUID = "0c9a4b52-7d3e-4f1a-9e55-2b8c6d1f0a77"
-HV3_UUID = "b7d2e6f0-1c4a-4e8b-8f3d-5a9c0e2b7d41"
 VM_UUID = "4a0a3ad4-0d5b-4d47-9a6a-3b8a2f1c9e01"
 VM_XML = (
     "<domain type='kvm'><name>web1</name><uuid>%s</uuid><memory unit='MiB'>1024</memory><vcpu>1</vcpu>"
@@ -78,32 +75,15 @@ class MigratingDomain(FakeDomain):
         return 0
 
 
-class Cluster:
-    """Two fake hosts, hv1 (the source) and hv2, handed out by URI instead of ``libvirt_connection``."""
+class Cluster(FakeCluster):
+    """Two fake hosts, hv1 (the source, running the VM) and hv2."""
 
     def __init__(self, capabilities: str) -> None:
-        self.source = FakeConnection(capabilities, uri=SOURCE_URI)
-        self.destination = FakeConnection(capabilities.replace(HV1_UUID, HV2_UUID), uri=DEST_URI)
-        self.destination.hostname = "hv2"
-        self.hosts = {SOURCE_URI: self.source, DEST_URI: self.destination}
+        super().__init__(capabilities)
+        self.source = self.add_host(SOURCE_URI, "hv1", HV1_UUID)
+        self.destination = self.add_host(DEST_URI, "hv2", HV2_UUID)
         self.vm = MigratingDomain(self.move)
         self.source.domains.append(self.vm)
-        self.capabilities = capabilities
-
-    def add_host(self, uri: str, name: str, uuid: str) -> FakeConnection:
-        """One more host the run can reach."""
-        conn = FakeConnection(self.capabilities.replace(HV1_UUID, uuid), uri=uri)
-        conn.hostname = name
-        self.hosts[uri] = conn
-        return conn
-
-    @contextlib.contextmanager
-    def connect(
-        self, uri: str, username: t.Optional[str] = None, password: t.Optional[str] = None, connect_timeout: t.Optional[float] = None
-    ) -> t.Iterator[FakeConnection]:
-        if uri not in self.hosts:
-            raise HostUnreachableError("Cannot open a libvirt connection on %s" % uri, uri=uri)
-        yield self.hosts[uri]
 
     def leave_source(self) -> None:
         """The source forgets the VM, as after a completed migration with VIR_MIGRATE_UNDEFINE_SOURCE."""
