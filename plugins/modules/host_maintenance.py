@@ -231,6 +231,8 @@ plan:
     - The evacuation plan, in check mode too. C(moves) in start order (C(vm), C(priority),
       C(memory_mib), C(from), C(to), C(to_uri), C(kind), C(policy)), C(blocked), C(shutdown), C(kept)
       and C(unplaceable) VMs with reasons, and C(load), the expected pending load per destination.
+    - A C(blocked), C(shutdown) or C(kept) VM also has C(rule), the id of the rule that holds it (the same
+      rules M(virtops.migration.vm_migrate) refuses a move for), for example C(mode_none) or C(unsafe_cache).
     - C(tunnelled) (added in 0.2.0) is O(tunnelled); live moves then go through the libvirt connections.
   returned: state=maintenance and the host had VMs
   type: dict

@@ -339,7 +339,8 @@ class Assessor:
                 hosts=[self.source.name] + list(vm.duplicate_on),
             )
         if vm.settings_problems:
-            refuse("unreadable_settings", "VM '%s' has migration settings that cannot be read: %s" % (vm.name, vm_settings.describe_problems(vm.settings_problems)))
+            problems = vm_settings.describe_problems(vm.settings_problems)
+            refuse("unreadable_settings", "VM '%s' has migration settings that cannot be read: %s" % (vm.name, problems))
         if vm.running and vm.state in UNMOVABLE_STATES:
             refuse("state", "VM '%s' %s" % (vm.name, UNMOVABLE_STATES[vm.state]), state=vm.state)
         mode = policy = None
@@ -360,7 +361,8 @@ class Assessor:
             why = _level(vm, "migration_mode")
             refuse(
                 "mode_manual",
-                "VM '%s' has migration_mode 'manual'%s: it migrates only when confirmed, and include_manual is not set" % (vm.name, " (%s)" % why if why else ""),
+                "VM '%s' has migration_mode 'manual'%s: it migrates only when confirmed, and include_manual is not set"
+                % (vm.name, " (%s)" % why if why else ""),
             )
         pinned = t.cast(placement.VmNeeds, vm.needs).pinned_hosts
         if pinned and self.candidates is not None and not pinned & self.candidates:
@@ -429,7 +431,8 @@ def move_for(verdict: Verdict, source: SourceHost, destination: t.Optional[place
     """The move the job runner carries out for a VM the rules let move (``destination`` unknown yet: empty)."""
     vm = verdict.vm
     if verdict.policy is None:
-        raise PolicyError("VM '%s' has no usable migration policy: %s" % (vm.name, verdict.findings[0].message), vm=vm.name)
+        why = t.cast(Finding, verdict.finding("invalid_settings"))
+        raise PolicyError("VM '%s' has no usable migration policy: %s" % (vm.name, why.message), vm=vm.name, rule=why.rule)
     return Move(
         vm=vm.name,
         uuid=vm.uuid,
