@@ -23,6 +23,17 @@ HV1_UUID = "685adf38-a605-49f0-b38b-31df0e753953"
 HV2_UUID = "0c9a4b52-7d3e-4f1a-9e55-2b8c6d1f0a77"
 HV3_UUID = "b7d2e6f0-1c4a-4e8b-8f3d-5a9c0e2b7d41"
 
+# Devices of a VM's XML: an SR-IOV failover pair in teaming mode (its VF at host PCI 0000:3b:02.1), and
+# a USB host device, which cannot migrate.
+TEAMING_PAIR = (
+    "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='lab'/><model type='virtio'/>"
+    "<teaming type='persistent'/><alias name='ua-fo-backup'/></interface>"
+    "<interface type='hostdev' managed='yes'><mac address='52:54:00:aa:00:01'/>"
+    "<source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source>"
+    "<teaming type='transient' persistent='ua-fo-backup'/><alias name='ua-fo-vf'/></interface>"
+)
+USB_HOSTDEV = "<hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x0781'/><product id='0x5567'/></source></hostdev>"
+
 
 def libvirt_error(code: int, message: str, domain: int = libvirt.VIR_FROM_QEMU) -> libvirt.libvirtError:
     """A real ``libvirtError`` as libvirt-python raises it, with ``err`` filled in."""

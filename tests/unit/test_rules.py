@@ -30,7 +30,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, RunOptions
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import base_policy, default_timeout
-from libvirt_fakes import HV1_UUID, HV2_UUID, FakeCluster, FakeDomain, host_state
+from libvirt_fakes import HV1_UUID, HV2_UUID, TEAMING_PAIR, USB_HOSTDEV, FakeCluster, FakeDomain, host_state
 
 SOURCE_URI = "qemu+tls://hv1/system"
 DEST_URI = "qemu+tls://hv2/system"
@@ -40,17 +40,9 @@ SHUT_OFF = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
 HIBERNATED = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SAVED)
 PMSUSPENDED = (libvirt.VIR_DOMAIN_PMSUSPENDED, 0)
 
-USB_HOSTDEV = "<hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x0781'/><product id='0x5567'/></source></hostdev>"
 WRITEBACK_DISK = (
     "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='writeback'/>"
     "<source file='/var/lib/libvirt/images/web1-data.qcow2'/><target dev='vdb' bus='virtio'/></disk>"
-)
-TEAMING_PAIR = (
-    "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='lab'/><model type='virtio'/>"
-    "<teaming type='persistent'/><alias name='ua-fo-backup'/></interface>"
-    "<interface type='hostdev' managed='yes'><mac address='52:54:00:aa:00:01'/>"
-    "<source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source>"
-    "<teaming type='transient' persistent='ua-fo-backup'/><alias name='ua-fo-vf'/></interface>"
 )
 # Metadata a release cannot read: a priority written by hand.
 BAD_PRIORITY = "<virtops:migration xmlns:virtops='%s'><priority>urgent</priority></virtops:migration>" % md.NAMESPACE_URI

@@ -31,7 +31,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
     VmNotFoundError,
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError, Step, base_policy
-from libvirt_fakes import HV1_UUID, HV2_UUID, HV3_UUID, FakeCluster, FakeConnection, FakeDomain, FakeObject, libvirt_error
+from libvirt_fakes import HV1_UUID, HV2_UUID, HV3_UUID, TEAMING_PAIR, USB_HOSTDEV, FakeCluster, FakeConnection, FakeDomain, FakeObject, libvirt_error
 
 SOURCE_URI = "qemu+tls://hv1/system"
 DEST_URI = "qemu+tls://hv2/system"
@@ -992,13 +992,6 @@ BOND_PAIR = (
     "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='vfnet'/><actual type='hostdev'/>"
     "<alias name='ua-fo-vf'/></interface>"
 )
-TEAMING_PAIR = (
-    "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='lab'/><model type='virtio'/>"
-    "<teaming type='persistent'/><alias name='ua-fo-backup'/></interface>"
-    "<interface type='hostdev' managed='yes'><mac address='52:54:00:aa:00:01'/>"
-    "<source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source>"
-    "<teaming type='transient' persistent='ua-fo-backup'/><alias name='ua-fo-vf'/></interface>"
-)
 
 
 def with_devices(cluster: Cluster, devices: str) -> None:
@@ -1137,9 +1130,6 @@ def test_a_teaming_move_that_ends_between_two_polls_reports_an_upper_bound(clust
     released = [event for event in run.events if event["event"] == "primary_released"]
     assert len(released) == 1 and "wait_unplug_s" not in released[0], released
     assert 0 <= released[0]["within_s"] <= released[0]["at_s"], released
-
-
-USB_HOSTDEV = "<hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x0781'/><product id='0x5567'/></source></hostdev>"
 
 
 def test_a_running_vm_with_a_host_device_is_refused_up_front(cluster: Cluster, tmp_path: Path) -> None:
