@@ -233,6 +233,18 @@ def test_an_evacuation_holds_a_vm_with_an_unsafe_cache_like_vm_migrate(cluster: 
     assert "vdb (cache=writeback)" in held.message and "allow_unsafe_cache" in held.message
 
 
+def test_vm_migrate_follows_a_running_migration_job_without_judging_the_vm_again(cluster: FakeCluster, tmp_path: Path) -> None:
+    case = CASES["mode_none"]
+    put_vm(cluster, case)
+    dom = cluster.hosts[SOURCE_URI].domains[0]
+    dom.job = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "operation": libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT, "time_elapsed": 1000}
+    request = options.MigrateRequest(
+        vm="web1", source_uri=SOURCE_URI, candidates=[Candidate(uri=DEST_URI)], policy=base_policy(None), options=RunOptions(state_dir=str(tmp_path / "state"))
+    )
+    migration = vm_migration.VmMigration(request)
+    assert migration.migrate(check_mode=True)["adopted"] is True
+
+
 # -- the assessor, rule by rule
 
 SOURCE = rules.SourceHost("hv1", HV1_UUID, SOURCE_URI)

@@ -8,7 +8,9 @@ Planning reads the VM once on the source (its XML, state and own settings) and e
 whether and how the VM may move under the task's options (its policy: the task's options > the VM's
 settings > cluster > global), refuses the move for the first rule that says no, and chooses the
 destination. The resulting :class:`~plan.Move` is what check mode reports and what
-:class:`~runner.JobRunner` carries out.
+:class:`~runner.JobRunner` carries out. A VM that already has a migration job (a lost earlier run's,
+or someone else's) is not judged again: the job is followed to its end under the policy and timeout
+the rules give it (refused only when its settings give no policy).
 
 The task runs on (or connects to) the source host. The source libvirtd drives the migration
 peer-to-peer to the destination's libvirt URI, so that URI must be the one the source host uses to
