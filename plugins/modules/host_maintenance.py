@@ -17,9 +17,11 @@ description:
     M(virtops.migration.vm_migrate), counting the memory and vCPUs of VMs already planned there as
     pending load, so that placement spreads across the cluster. Hosts in maintenance, unreachable
     hosts and the host itself are never chosen.
-  - Each VM's effective settings (see M(virtops.migration.migration_policy)) are honoured. A running
-    VM with migration mode V(none), or V(manual) without O(include_manual=true), or pinned to no
-    other host, blocks the maintenance; the module then fails before moving anything and lists those
+  - Each VM's effective settings (see M(virtops.migration.migration_policy)) are honoured, under the
+    same rules as M(virtops.migration.vm_migrate). A running VM that may not migrate (migration mode
+    V(none), or V(manual) without O(include_manual=true), pinned to no other host, with assigned host
+    devices that cannot migrate, or with writable disks whose cache mode is neither V(none) nor
+    V(directsync)) blocks the maintenance; the module then fails before moving anything and lists those
     VMs, unless O(non_migratable=shutdown), which shuts them down cleanly once all other VMs have
     moved and starts them again when the host is activated. Shut-off VMs move their persistent
     definitions; shut-off VMs that may not move stay defined on the host.
@@ -172,8 +174,9 @@ options:
       - Slower than a direct stream. The data passes through both hosts' libvirtd and, with C(qemu+ssh://),
         through SSH's encryption.
       - libvirt refuses it with post-copy and parallel connections. When a VM to move has an effective policy
-        with C(post_copy) or C(parallel_connections) (its own, O(cluster_policy) or O(global_policy)), the
-        module fails before anything moves, also in check mode, naming each such VM, its policy and the setting.
+        with C(post_copy) or C(parallel_connections) (its own, O(cluster_policy) or O(global_policy)), that VM
+        is blocked in the plan and the module fails before anything moves, also in check mode, naming each
+        such VM, its policy and the setting.
       - Shut-off VMs move only their definitions, never tunnelled.
     type: bool
     default: false
@@ -241,6 +244,8 @@ plan:
     - The evacuation plan, in check mode too. C(moves) in start order (C(vm), C(priority),
       C(memory_mib), C(from), C(to), C(to_uri), C(kind), C(policy)), C(blocked), C(shutdown), C(kept)
       and C(unplaceable) VMs with reasons, and C(load), the expected pending load per destination.
+    - A C(blocked), C(shutdown) or C(kept) VM also has C(rule), the id of the rule that holds it (the same
+      rules M(virtops.migration.vm_migrate) refuses a move for), for example C(mode_none) or C(unsafe_cache).
     - C(tunnelled) (added in 0.2.0) is O(tunnelled); live moves then go through the libvirt connections.
   returned: state=maintenance and the host had VMs
   type: dict

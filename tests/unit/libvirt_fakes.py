@@ -9,10 +9,30 @@ codes, so the code under test meets the same exceptions it meets on a host.
 
 from __future__ import annotations
 
+import contextlib
 import typing as t
 import xml.etree.ElementTree as ET
 
 import libvirt
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import HostUnreachableError
+
+# Host UUIDs of the fake cluster: hv1's is the one in the sample capabilities-qemu.xml.
+HV1_UUID = "685adf38-a605-49f0-b38b-31df0e753953"
+HV2_UUID = "0c9a4b52-7d3e-4f1a-9e55-2b8c6d1f0a77"
+HV3_UUID = "b7d2e6f0-1c4a-4e8b-8f3d-5a9c0e2b7d41"
+
+# Devices of a VM's XML: an SR-IOV failover pair in teaming mode (its VF at host PCI 0000:3b:02.1), and
+# a USB host device, which cannot migrate.
+TEAMING_PAIR = (
+    "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='lab'/><model type='virtio'/>"
+    "<teaming type='persistent'/><alias name='ua-fo-backup'/></interface>"
+    "<interface type='hostdev' managed='yes'><mac address='52:54:00:aa:00:01'/>"
+    "<source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source>"
+    "<teaming type='transient' persistent='ua-fo-backup'/><alias name='ua-fo-vf'/></interface>"
+)
+USB_HOSTDEV = "<hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x0781'/><product id='0x5567'/></source></hostdev>"
 
 
 def libvirt_error(code: int, message: str, domain: int = libvirt.VIR_FROM_QEMU) -> libvirt.libvirtError:
@@ -350,3 +370,37 @@ class FakeConnection:
                 domain.conn = self
                 return domain
         raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching uuid '%s'" % uuid)
+
+
+class FakeCluster:
+    """Fake hosts handed out by URI in place of ``libvirt_connection``.
+
+    Each host is a :class:`FakeConnection` with its own name and a copy of the sample capabilities
+    (``capabilities-qemu.xml``) carrying its own host UUID; a URI no host answers is unreachable.
+    """
+
+    def __init__(self, capabilities: str) -> None:
+        self.capabilities = capabilities
+        self.hosts: t.Dict[str, FakeConnection] = {}
+
+    def add_host(self, uri: str, name: str, uuid: str) -> FakeConnection:
+        """One more host the run can reach."""
+        conn = FakeConnection(self.capabilities.replace(HV1_UUID, uuid), uri=uri)
+        conn.hostname = name
+        self.hosts[uri] = conn
+        return conn
+
+    @contextlib.contextmanager
+    def connect(
+        self, uri: str, username: t.Optional[str] = None, password: t.Optional[str] = None, connect_timeout: t.Optional[float] = None
+    ) -> t.Iterator[FakeConnection]:
+        if uri not in self.hosts:
+            raise HostUnreachableError("Cannot open a libvirt connection on %s" % uri, uri=uri)
+        yield self.hosts[uri]
+
+
+def host_state(name: str, available: int = 8192, vcpus: int = 0, **kwargs: t.Any) -> placement.HostState:
+    """A destination as the probe reads it (for the planners' pure tests): on the ``lab`` network unless told."""
+    kwargs.setdefault("uuid", "uuid-" + name)
+    kwargs.setdefault("networks", frozenset({"lab"}))
+    return placement.HostState(name=name, uri="qemu+tcp://%s/system" % name, available_mib=available, vcpus_running=vcpus, **kwargs)

@@ -13,14 +13,12 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation as ev
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement as pl
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings as st
+from libvirt_fakes import host_state
 
 SOURCE = ev.SourceHost(name="h1", uuid="uuid-h1", uri="qemu:///system")
 
 
-def host(name: str, available: int = 8192, vcpus: int = 0, **kwargs: t.Any) -> pl.HostState:
-    kwargs.setdefault("uuid", "uuid-" + name)
-    kwargs.setdefault("networks", frozenset({"lab"}))
-    return pl.HostState(name=name, uri="qemu+tcp://%s/system" % name, available_mib=available, vcpus_running=vcpus, **kwargs)
+host = host_state
 
 
 def vm(
@@ -179,7 +177,7 @@ def test_migration_modes(mode: str, running: bool, include_manual: bool, non_mig
     assert result.ok is (outcome != "blocked")
     if outcome in held:
         reason = held[outcome][0].reason
-        assert reason.startswith("VM 'app' ") and "migration_mode %s" % mode in reason
+        assert reason.startswith("VM 'app' ") and "migration_mode '%s'" % mode in reason
     if outcome == "shutdown":
         assert reason.endswith("it is shut down and started again when h1 is activated")
     if outcome == "kept":
@@ -218,7 +216,7 @@ def test_a_running_transient_vm_is_never_shut_down(mode: str, include_manual: bo
     assert [held.vm for held in result.blocked] == ["scratch"]
     assert [held.vm for held in result.shutdown] == ["lic1"]
     reason = result.blocked[0].reason
-    assert reason.startswith("VM 'scratch' ") and "migration_mode %s" % mode in reason
+    assert reason.startswith("VM 'scratch' ") and "migration_mode '%s'" % mode in reason
     assert reason.endswith("it is transient, and shutting it down would destroy it, so it blocks the evacuation")
 
 
@@ -242,7 +240,7 @@ def test_a_vm_defined_on_another_host_too_is_blocked(running: bool, non_migratab
     result = plan([twin, vm("web1")], [host("h2", 65536), host("h3", 65536)], non_migratable=non_migratable)
     assert moves(result) == [("web1", "h2")]
     assert [held.vm for held in result.blocked] == ["db1"] and not result.ok
-    assert result.blocked[0].reason.startswith("VM 'db1' (UUID uuid-db1) is defined on h1 and also on h3, h4: it is not moved")
+    assert result.blocked[0].reason.startswith("VM 'db1' (UUID uuid-db1) is defined on h1 and also on h3, h4: refusing to move it")
 
 
 @pytest.mark.parametrize("running", [True, False])
@@ -278,7 +276,7 @@ def test_from_facts_carries_state_and_settings_problems() -> None:
     "state, fragment",
     [
         ("pmsuspended", "VM 'sleepy' is pmsuspended: its guest suspended itself to RAM; wake it up first"),
-        ("crashed", "VM 'sleepy' is crashed: it crashed and is kept for inspection; dump or destroy it first"),
+        ("crashed", "VM 'sleepy' has crashed and is kept for inspection (on_crash preserve): it is not migrated; dump or destroy it first"),
     ],
 )
 @pytest.mark.parametrize("non_migratable", ["fail", "shutdown"])

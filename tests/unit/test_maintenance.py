@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
@@ -25,7 +24,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import StateFileError
-from libvirt_fakes import FakeConnection, FakeDomain, libvirt_error
+from libvirt_fakes import HV1_UUID, HV2_UUID, FakeCluster, FakeConnection, FakeDomain, libvirt_error
 
 
 def test_mark_round_trip_and_status(tmp_path: Path) -> None:
@@ -226,8 +225,6 @@ def test_the_pid_file_of_virtqemud_counts_where_libvirt_runs_split_daemons(hook_
 
 HOST_URI = "qemu:///system"
 HV2_URI = "qemu+tls://hv2/system"
-HV1_UUID = "685adf38-a605-49f0-b38b-31df0e753953"  # capabilities-qemu.xml
-HV2_UUID = "0c9a4b52-7d3e-4f1a-9e55-2b8c6d1f0a77"
 RUNNING = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_BOOTED)
 SHUT_OFF = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
 MAINTENANCE_MARK: t.Dict[str, t.Any] = {
@@ -264,14 +261,13 @@ def start_failure(name: str) -> libvirt.libvirtError:
     )
 
 
-class Hosts:
-    """hv1 and hv2, handed out by URI instead of ``libvirt_connection``; migrations recorded, not run."""
+class Hosts(FakeCluster):
+    """hv1 and hv2; migrations recorded, not run."""
 
     def __init__(self, capabilities: str) -> None:
-        self.hv1 = FakeConnection(capabilities, uri=HOST_URI)
-        self.hv2 = FakeConnection(capabilities.replace(HV1_UUID, HV2_UUID), uri=HV2_URI)
-        self.hv2.hostname = "hv2"
-        self.by_uri = {HOST_URI: self.hv1, HV2_URI: self.hv2}
+        super().__init__(capabilities)
+        self.hv1 = self.add_host(HOST_URI, "hv1", HV1_UUID)
+        self.hv2 = self.add_host(HV2_URI, "hv2", HV2_UUID)
         self.migrations: t.List[Move] = []
         self.migration_error: t.Optional[MigrationError] = None
 
@@ -283,9 +279,8 @@ class Hosts:
 def hosts(sample: t.Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> Hosts:
     cluster = Hosts(sample("capabilities-qemu.xml"))
 
-    @contextlib.contextmanager
-    def connect(_self: mt.HostMaintenance, uri: str, connect_timeout: t.Optional[float] = None) -> t.Iterator[FakeConnection]:
-        yield cluster.by_uri[uri]
+    def connect(_self: mt.HostMaintenance, uri: str, connect_timeout: t.Optional[float] = None) -> t.ContextManager[FakeConnection]:
+        return cluster.connect(uri)
 
     class RecordingRunner:
         """Moves the VM from hv1 to hv2 as a completed migration would, or fails as told."""
@@ -370,11 +365,14 @@ def test_a_tunnelled_evacuation_refuses_inherited_policies_libvirt_cannot_tunnel
     with pytest.raises(MigrationError) as caught:
         mt.HostMaintenance(request).maintenance(check_mode=check_mode)
     message = caught.value.msg
-    assert message.startswith("hv1 cannot go into maintenance with tunnelled=true, nothing was moved: ")
-    # Each running VM is named with its policy and the setting; the shut-off one moves its definition only.
-    assert "VM 'a1' (policy 'post_copy') has post_copy: true (libvirt does not support post-copy" in message
-    assert "VM 'b2' (policy 'post_copy') has post_copy: true" in message and "old1" not in message
-    assert caught.value.details["plan"]["tunnelled"] is True
+    assert message.startswith("hv1 cannot go into maintenance, nothing was moved: ")
+    # Each running VM is blocked, named with its policy and the setting; the shut-off one moves its definition only.
+    inherited = "cannot migrate with tunnelled=true: its policy setting (from the cluster level), policy 'post_copy', has post_copy: true"
+    assert "VM 'a1' %s (libvirt does not support post-copy" % inherited in message
+    assert "VM 'b2' %s" % inherited in message and "old1" not in message
+    plan = caught.value.details["plan"]
+    assert plan["tunnelled"] is True and [move["vm"] for move in plan["moves"]] == ["old1"]
+    assert [(held["vm"], held["rule"]) for held in plan["blocked"]] == [("a1", "tunnel_conflict"), ("b2", "tunnel_conflict")]
     assert not hosts.migrations and mk.read_mark(request.state_dir) is None
 
 

@@ -24,7 +24,7 @@ import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation, placement, settings, statefiles
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation, placement, rules, settings, statefiles
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     MigrationError,
@@ -47,7 +47,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
     read_mark_quietly,
     write_mark,
 )
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, RunOptions, record_phase, tunnel_conflicts
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, RunOptions, record_phase
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.requests import MaintenanceRequest
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.probe import CpuCheck, probe_hosts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.runner import JobRunner
@@ -67,13 +67,6 @@ STEP_EVENTS = frozenset(
 )
 
 
-def tunnel_refusals(plan: evacuation.EvacuationPlan) -> t.List[str]:
-    """For each live move whose effective policy libvirt cannot tunnel: the VM, its policy and the settings."""
-    return [
-        "VM '%s' (policy '%s') has %s" % (move.vm, move.policy.name, " and ".join(tunnel_conflicts(move.policy)))
-        for move in plan.moves
-        if move.running and tunnel_conflicts(move.policy)
-    ]
 
 
 def listed_uuids(*marks: t.Mapping[str, t.Any], names: t.Optional[t.Sequence[str]] = None) -> t.Dict[str, t.Any]:
@@ -147,8 +140,7 @@ class HostMaintenance:
                     continue
                 raise translate_libvirt_error(exc, "read the domain XML", uri=req.uri) from exc
             requirements = domxml.parse_requirements(xml)
-            effective = settings.effective(facts.get("migration_settings") or {}, req.cluster_policy, req.global_policy)
-            vm = evacuation.VmToMove.from_facts(facts, requirements, effective)
+            vm = rules.VmToMove.from_domain(facts, requirements, req.cluster_policy, req.global_policy)
             if not vm.running:
                 vm.saved_image = _has_saved_image(dom)
             vms.append(vm)
@@ -210,27 +202,15 @@ class HostMaintenance:
         hosts = self._hosts(to_move, cpus)
         began = record_phase(self.timings, "probe", began)
         for vm in to_move:
-            vm.duplicate_on = tuple(
-                sorted(host.name for host in hosts if host.error is None and host.uuid != uuid and vm.uuid in host.vm_uuids)
-            )
-        plan = evacuation.plan_evacuation(to_move, hosts, source, req.include_manual, req.non_migratable)
-        if req.guest_hooks is not None:
-            plan.moves = [dataclasses.replace(move, guest_hooks=req.guest_hooks) for move in plan.moves]
-        plan.tunnelled = req.tunnelled
+            vm.duplicate_on = rules.defined_elsewhere(vm.uuid, uuid, hosts)
+        asked = rules.MoveRequest(allow_unsafe_cache=req.allow_unsafe_cache, tunnelled=req.tunnelled, guest_hooks=req.guest_hooks)
+        plan = evacuation.plan_evacuation(to_move, hosts, source, req.include_manual, req.non_migratable, request=asked)
         enforcement = hook_status(state_dir=req.state_dir)
         record_phase(self.timings, "plan", began)
         result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict(), "enforcement": enforcement, "timings": self.timings}
         if not plan.ok:
             raise MigrationError(
                 "%s cannot go into maintenance, nothing was moved: %s" % (hostname, " ".join(plan.problems())),
-                host_name=hostname,
-                plan=plan.as_dict(),
-            )
-        refused = tunnel_refusals(plan) if req.tunnelled else []
-        if refused:
-            raise MigrationError(
-                "%s cannot go into maintenance with tunnelled=true, nothing was moved: %s. Give these VMs a policy without "
-                "post-copy or parallel connections, or evacuate without tunnelled." % (hostname, "; ".join(refused)),
                 host_name=hostname,
                 plan=plan.as_dict(),
             )

@@ -3,10 +3,14 @@
 # This module_utils package is private to the virtops.migration collection; it is not a public API.
 """``vm_migrate``: plan the move of one VM, then hand it to the job runner.
 
-Planning reads the VM once on the source (its XML, state and own settings), resolves its effective
-policy once (the task's options > the VM's settings > cluster > global), reads each candidate once
-(all at the same time) and chooses the destination. The resulting :class:`~plan.Move` is what
-check mode reports and what :class:`~runner.JobRunner` carries out.
+Planning reads the VM once on the source (its XML, state and own settings) and each candidate once
+(all at the same time), asks the one assessor (``rules.py``, the same rules an evacuation applies)
+whether and how the VM may move under the task's options (its policy: the task's options > the VM's
+settings > cluster > global), refuses the move for the first rule that says no, and chooses the
+destination. The resulting :class:`~plan.Move` is what check mode reports and what
+:class:`~runner.JobRunner` carries out. A VM that already has a migration job (a lost earlier run's,
+or someone else's) is not judged again: the job is followed to its end under the policy and timeout
+the rules give it (refused only when its settings give no policy).
 
 The task runs on (or connects to) the source host. The source libvirtd drives the migration
 peer-to-peer to the destination's libvirt URI, so that URI must be the one the source host uses to
@@ -15,26 +19,17 @@ reach the destination (the inventory's ``virtops_libvirt_uri``).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement, settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement, rules
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import DuplicateVmError, MigrationError, VmNotFoundError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import parse_capabilities
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.requests import MigrateRequest
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import (
-    LIVE,
-    OFFLINE,
-    PAUSED,
-    Candidate,
-    Move,
-    record_phase,
-    tunnel_conflicts,
-)
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import Policy, PolicyError, default_timeout
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, record_phase
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.probe import CpuCheck, probe_hosts, whereabouts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.runner import JobRunner, check_adoptable, job_stats, job_summary
 
@@ -53,6 +48,8 @@ class VmMigration:
         self.runner = JobRunner(request.options, self.connect, request.vm, log=log)
         self.runner.know(request.candidates + request.elsewhere)
         self.timings: t.Dict[str, float] = {}
+        # What the rules said about the VM (rules.py), once it was read.
+        self.verdict: t.Optional[rules.Verdict] = None
 
     def connect(self, uri: str, connect_timeout: t.Optional[float] = None) -> t.ContextManager[t.Any]:
         return libvirt_connection(uri, self.request.options.username, self.request.options.password, connect_timeout=connect_timeout)
@@ -79,60 +76,35 @@ class VmMigration:
             name, uuid = facts["name"], facts["uuid"]
             self.runner.vm = name
             requirements = domxml.parse_requirements(xml)
-            effective, warnings = self._settings(facts)
-            policy = settings.effective_policy(effective, req.policy_option, req.overrides)
-            timeout = req.timeout if req.timeout is not None else default_timeout(int(facts["memory_mib"] or 0))
-            persistent = bool(facts["persistent"])
-            kind = (LIVE if req.live else PAUSED) if facts["active"] else OFFLINE
-            move = Move(
-                vm=name,
-                uuid=uuid,
-                priority=str(effective.get("priority")),
-                memory_mib=int(facts["memory_mib"] or 0),
-                vcpus=int(facts.get("vcpus") or 0),
-                source=src_host["hostname"],
-                source_uri=req.source_uri,
-                destination="",
-                destination_uri="",
-                kind=kind,
-                policy=policy,
-                persistent=persistent or req.persistent,
-                state=facts["state"],
-                timeout_s=timeout,
-                bond_vfs=tuple(requirements["bond_vfs"]) if facts["active"] else (),
-                failover_primaries=tuple(requirements["failover_primaries"]) if facts["active"] else (),
-                guest_hooks=bool(effective.get("guest_hooks")) if req.guest_hooks is None else req.guest_hooks,
-            )
+            vm = rules.VmToMove.from_domain(facts, requirements, req.cluster_policy, req.global_policy)
+            if not vm.running and vm.persistent:
+                vm.saved_image = bool(self.runner.call(dom.hasManagedSaveImage, "read the managed save state", req.source_uri, 0))
+            source_uuid = parse_capabilities(self.runner.call(source.getCapabilities, "read the host capabilities", req.source_uri))["uuid"]
+            origin = rules.SourceHost(name=src_host["hostname"], uuid=source_uuid, uri=req.source_uri)
             job = job_stats(dom)
             if job is not None:
-                return self._adopt(source, dom, move, src_host, job, check_mode)
-            tunnelled = req.options.tunnelled and kind != OFFLINE
-            if tunnelled:
-                self._check_tunnel(name, facts, policy)
+                return self._adopt(source, dom, rules.move_for(self._assessor(origin).assess(vm), origin), src_host, job, check_mode)
             self.runner.resume_after_lost_run(dom, uuid, req.source_uri, check_mode)
-            self._check_state(dom, facts)
-            self._check_devices(dom, move, requirements)
-            self._check_persistence(name, persistent, src_host["hostname"])
-            needs = placement.needs_from_facts(facts, requirements, effective)
-            if not facts["active"]:
-                needs = dataclasses.replace(needs, memory_mib=0, vcpus=0)  # an offline move takes no memory
-            else:
-                self._check_disks(name, requirements)
-            source_uuid = parse_capabilities(self.runner.call(source.getCapabilities, "read the host capabilities", req.source_uri))["uuid"]
             mark = record_phase(self.timings, "read_vm", mark)
-            dest, rejected, hosts = self._choose(needs, CpuCheck.of(facts, requirements), source_uuid)
-            refuse_duplicates(name, uuid, src_host["hostname"], source_uuid, hosts + self._look_elsewhere(uuid))
+            hosts = probe_hosts(self.connect, req.candidates, [vm.placement_needs], self._cpus(vm, facts, requirements), req.memory_reserved_mib)
+            vm.duplicate_on = rules.defined_elsewhere(uuid, source_uuid, hosts + self._look_elsewhere(uuid))
+            candidates = frozenset(host.name for host in hosts if host.uuid != source_uuid)
+            self.verdict = verdict = self._assessor(origin, candidates).assess(vm)
+            warnings = [finding.message for finding in verdict.findings if finding.rule in WARNED]
+            refuse(verdict, req.source_uri)
+            dest, rejected = self._choose(verdict.needs, hosts, source_uuid)
             mark = record_phase(self.timings, "probe", mark)
-            move = dataclasses.replace(move, destination=dest.name, destination_uri=dest.uri)
+            move = rules.move_for(verdict, origin, dest)
+            tunnelled = req.options.tunnelled and move.running
             plan = {
                 "vm": name,
                 "uuid": uuid,
                 "source": src_host,
                 "destination": {"hostname": dest.name, "uri": dest.uri},
-                "kind": kind,
+                "kind": move.kind,
                 "state": facts["state"],
                 "memory_mib": facts["memory_mib"],
-                "timeout_s": timeout,
+                "timeout_s": move.timeout_s,
                 "timeout_action": req.options.timeout_action,
                 "tunnelled": tunnelled,
                 "rejected_hosts": rejected,
@@ -145,7 +117,7 @@ class VmMigration:
                 "source": src_host,
                 "destination": plan["destination"],
                 "plan": plan,
-                "policy": policy.as_dict(),
+                "policy": move.policy.as_dict(),
                 "diff": {"before": {"vm": name, "host": src_host["hostname"]}, "after": {"vm": name, "host": dest.name}},
             }
             if warnings:
@@ -167,125 +139,32 @@ class VmMigration:
         result.update(duration_s=self.runner.clock.now(), schedule_applied=self.runner.applied, events=self.events, timings=self.timings)
         return result
 
-    def _settings(self, facts: t.Mapping[str, t.Any]) -> t.Tuple[t.Dict[str, t.Any], t.List[str]]:
-        """The VM's effective settings, and warnings about unreadable ones; refuses ``migration_mode: none``."""
+    def _assessor(self, origin: rules.SourceHost, candidates: t.Optional[t.AbstractSet[str]] = None) -> rules.Assessor:
+        """The rules under this run's request: vm_migrate names the VM, which counts as confirmed."""
         req = self.request
-        name = facts["name"]
-        resolved = settings.resolve(facts.get("migration_settings") or {}, req.cluster_policy, req.global_policy)
-        effective = {key: entry["value"] for key, entry in resolved.items()}
-        problems = facts.get("migration_settings_problems") or {}
-        warnings = ["VM '%s' has unreadable migration settings: %s" % (name, settings.describe_problems(problems))] if problems else []
-        if effective["migration_mode"] == "none":
-            unreadable = problems.keys() & set(settings.MOVABILITY_SETTINGS + (settings.WHOLE_METADATA,))
-            if unreadable:
-                why = "its migration mode or pinning cannot be read (%s)" % settings.describe_problems(problems)
-            else:
-                why = "set at the %s level" % resolved["migration_mode"]["source"]
-            raise PolicyError("VM '%s' has migration_mode 'none' (%s): it is never migrated." % (name, why), vm=name, uri=req.source_uri)
-        return effective, warnings
-
-    def _check_tunnel(self, name: str, facts: t.Mapping[str, t.Any], policy: Policy) -> None:
-        """Refuse, before anything moves, a tunnelled move under a policy with settings libvirt refuses in a tunnel."""
-        conflicts = tunnel_conflicts(policy)
-        if not conflicts:
-            return
-        req = self.request
-        if req.policy_option is not None:
-            origin = "the task's policy"
-        else:
-            resolved = settings.resolve(facts.get("migration_settings") or {}, req.cluster_policy, req.global_policy)
-            origin = "its policy setting (from the %s level)" % resolved["policy"]["source"]
-        raise PolicyError(
-            "VM '%s' cannot migrate with tunnelled=true: %s, policy '%s', has %s. Give the task a policy without "
-            "post-copy or parallel connections, or migrate without tunnelled. Nothing was moved."
-            % (name, origin, policy.name, "; ".join(conflicts)),
-            vm=name,
-            uri=req.source_uri,
-            conflicts=conflicts,
+        asked = rules.MoveRequest(
+            live=req.live,
+            confirmed=True,
+            allow_unsafe_cache=req.allow_unsafe_cache,
+            tunnelled=req.options.tunnelled,
+            persistent=req.persistent,
+            undefine_source=req.options.undefine_source,
+            guest_hooks=req.guest_hooks,
+            timeout=req.timeout,
+            policy=req.policy_option,
+            overrides=req.overrides,
         )
+        return rules.Assessor(asked, origin, candidates)
 
-    def _check_persistence(self, name: str, persistent: bool, source_name: str) -> None:
-        req = self.request
-        if persistent and not req.persistent:
-            raise PolicyError(
-                "VM '%s' is persistent: persistent=false would leave it defined nowhere but in the destination's memory "
-                "(or, with undefine_source=false, defined on the source while it runs elsewhere). A persistent VM moves as a persistent VM." % name,
-                vm=name,
-                uri=req.source_uri,
-            )
-        if persistent and not req.options.undefine_source:
-            raise PolicyError(
-                "VM '%s' is persistent: undefine_source=false would leave a second, shut-off definition on %s while it runs on the "
-                "destination, which a later start would run twice. The source definition is always removed for a persistent VM."
-                % (name, source_name),
-                vm=name,
-                uri=req.source_uri,
-            )
-
-    def _check_state(self, dom: t.Any, facts: t.Mapping[str, t.Any]) -> None:
-        """Refuse VM states a migration cannot carry; running, paused and shut off are fine."""
-        state = self.runner.call(dom.state, "read the VM state", self.request.source_uri)[0]
-        name = facts["name"]
-        if state == libvirt.VIR_DOMAIN_PMSUSPENDED:
-            raise PolicyError(
-                "VM '%s' is pmsuspended (its guest suspended itself to RAM): wake it up first (virsh dompmwakeup), then migrate it." % name,
-                vm=name,
-                uri=self.request.source_uri,
-            )
-        if state == libvirt.VIR_DOMAIN_CRASHED and facts.get("active"):
-            raise PolicyError(
-                "VM '%s' has crashed and is kept for inspection (on_crash preserve): it is not migrated; dump or destroy it first." % name,
-                vm=name,
-                uri=self.request.source_uri,
-            )
-
-    def _check_devices(self, dom: t.Any, move: Move, requirements: t.Mapping[str, t.Any]) -> None:
-        """Refuse a hibernated VM, a running VM with host devices that cannot migrate, and a non-live move with a failover primary."""
-        if not move.running:
-            if move.persistent and self.runner.call(dom.hasManagedSaveImage, "read the managed save state", move.source_uri, 0):
-                raise PolicyError(
-                    "VM '%s' is hibernated: its memory is saved in a managed save image on %s, which an offline move would leave "
-                    "behind (and the VM would boot afresh on the destination). Restore it first (virtops.migration.vm_hibernate "
-                    "state=running), then migrate it live." % (move.vm, move.source),
-                    vm=move.vm,
-                    uri=move.source_uri,
-                )
-            return  # an offline move carries only the definition
-        unmovable = requirements["unmovable_devices"]
-        if unmovable:
-            raise PolicyError(
-                "VM '%s' uses assigned host device(s) that cannot migrate: %s. Detach them first, or shut the VM down and move it "
-                "offline (only its definition moves)." % (move.vm, "; ".join(unmovable)),
-                vm=move.vm,
-                uri=move.source_uri,
-                devices=unmovable,
-            )
-        if move.kind != LIVE and move.failover_primaries:
-            raise PolicyError(
-                "VM '%s' has SR-IOV failover primary device(s) (%s): a non-live move pauses the vCPUs before QEMU asks the guest to "
-                "release them, and waits forever. Migrate it live (live=true), or detach the primary first." % (move.vm, ", ".join(move.failover_primaries)),
-                vm=move.vm,
-                uri=move.source_uri,
-                devices=list(move.failover_primaries),
-            )
-
-    def _check_disks(self, vm: str, requirements: t.Mapping[str, t.Any]) -> None:
-        if self.request.allow_unsafe_cache:
-            return
-        unsafe = ["%s (cache=%s)" % (disk["target"], disk.get("cache") or "default") for disk in requirements["disks"] if disk.get("unsafe_cache")]
-        if unsafe:
-            raise PolicyError(
-                "VM '%s' has disks with a cache mode other than 'none' or 'directsync', unsafe to migrate live: %s. "
-                "Set allow_unsafe_cache=true to migrate anyway." % (vm, ", ".join(unsafe)),
-                vm=vm,
-                uri=self.request.source_uri,
-            )
+    @staticmethod
+    def _cpus(vm: rules.VmToMove, facts: t.Mapping[str, t.Any], requirements: t.Mapping[str, t.Any]) -> t.Dict[str, CpuCheck]:
+        cpu = CpuCheck.of(facts, requirements)
+        return {vm.name: cpu} if cpu else {}
 
     def _choose(
-        self, needs: placement.VmNeeds, cpu: t.Optional[CpuCheck], source_uuid: str
-    ) -> t.Tuple[placement.HostState, t.Dict[str, t.List[str]], t.List[placement.HostState]]:
+        self, needs: placement.VmNeeds, hosts: t.Sequence[placement.HostState], source_uuid: str
+    ) -> t.Tuple[placement.HostState, t.Dict[str, t.List[str]]]:
         req = self.request
-        hosts = probe_hosts(self.connect, req.candidates, [needs], {needs.name: cpu} if cpu else {}, req.memory_reserved_mib)
         if not req.auto:
             for host in hosts:
                 if host.error is not None:
@@ -293,7 +172,7 @@ class VmMigration:
         best, rejected = placement.choose(needs, hosts, source_uuid)
         if best is None:
             raise MigrationError(placement.explain(needs.name, rejected), vm=needs.name, uri=req.source_uri, rejected_hosts=rejected)
-        return best, rejected, hosts
+        return best, rejected
 
     def _look_elsewhere(self, uuid: str) -> t.List[placement.HostState]:
         """The other known hosts, as far as a duplicate check needs them: whether they define the UUID."""
@@ -397,17 +276,17 @@ class VmMigration:
             return self.runner.cancel(source, dom, name, uuid, req.source_uri, check_mode)
 
 
-def refuse_duplicates(name: str, uuid: str, source_name: str, source_uuid: str, hosts: t.Sequence[placement.HostState]) -> None:
-    """A VM whose UUID is also defined on another host is never moved: both copies could start."""
-    also = sorted(host.name for host in hosts if host.error is None and host.uuid != source_uuid and uuid in host.vm_uuids)
-    if also:
-        raise DuplicateVmError(
-            "VM '%s' (UUID %s) is defined on %s and also on %s: refusing to move it, since two definitions could both be "
-            "started. Remove the stale copy first." % (name, uuid, source_name, ", ".join(also)),
-            vm=name,
-            uuid=uuid,
-            hosts=[source_name] + also,
-        )
+# Findings vm_migrate reports as warnings and moves the VM anyway (see rules.py).
+WARNED = frozenset(("unreadable_settings",))
 
 
-__all__ = ["VmMigration", "refuse_duplicates", "Candidate"]
+def refuse(verdict: rules.Verdict, uri: str) -> None:
+    """Raise the first finding vm_migrate refuses a move for; nothing has moved."""
+    finding = verdict.refusal(ignore=WARNED)
+    if finding is None:
+        return
+    error = DuplicateVmError if finding.rule == "duplicate" else PolicyError
+    raise error("%s. Nothing was moved." % finding.message, **dict(finding.details, vm=verdict.vm.name, uri=uri, rule=finding.rule))
+
+
+__all__ = ["VmMigration", "refuse", "Candidate"]

@@ -14,17 +14,19 @@ behind:
 * Running VMs (paused ones included) migrate live. Shut-off persistent VMs move offline: only their
   definition moves and they hold no memory or vCPUs, so they count as needing 0 MiB and 0 vCPUs (the
   free-memory filter cannot reject them); every other filter applies, so they can start where they land.
-* A VM is not migratable when its ``migration_mode`` is ``none``, or ``manual`` and the evacuation
-  was not confirmed with ``include_manual``, or when its ``pinned_hosts`` name no candidate other than
-  the host being evacuated. A running one is then ``blocked`` (``non_migratable=fail``) or shut down
-  cleanly, to be started again when the host is activated (``non_migratable=shutdown``). A shut-off
-  one is ``kept``: it stays defined, shut off, on the host, which blocks nothing.
-* A VM whose migration settings cannot be used (an unknown priority, mode or policy) is always
-  ``blocked``, running or not: the settings must be fixed before the plan can say where it goes.
+* Whether a VM may move is the one assessor's answer (``rules.py``), the same as ``vm_migrate``'s.
+  A VM is not migratable (``rules.NOT_MIGRATABLE``) when its ``migration_mode`` is ``none``, or
+  ``manual`` and the evacuation was not confirmed with ``include_manual``, when its ``pinned_hosts``
+  name no candidate other than the host being evacuated, when it is hibernated, or runs with host
+  devices that cannot migrate or with disks whose cache is unsafe for a live move (unless the run
+  allows it). A running one is then ``blocked`` (``non_migratable=fail``) or shut down cleanly, to
+  be started again when the host is activated (``non_migratable=shutdown``). A shut-off one is
+  ``kept``: it stays defined, shut off, on the host, which blocks nothing.
 * A running transient VM that may not migrate is ``blocked`` even with ``non_migratable=shutdown``:
   libvirt forgets a transient VM when it stops, so shutting it down would destroy it.
-* A VM whose UUID is also defined on another host (a stale copy) is ``blocked``, and so is a
-  pmsuspended or crashed one: moving them could start a VM twice, or cannot work.
+* Every other rule blocks the VM, running or not: its migration settings cannot be read or used
+  (they must be fixed before the plan can say where it goes), its UUID is also defined on another
+  host (a stale copy), it is pmsuspended or crashed, or a tunnelled run cannot carry its policy.
 * A VM no host can take is ``unplaceable``, with every host's reasons.
 
 The plan is ``ok`` when nothing is blocked or unplaceable. :class:`EvacuationQueue` then orders the
@@ -43,100 +45,22 @@ import typing as t
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings as vm_settings
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import LIVE, OFFLINE, Move
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import Policy, PolicyError, default_timeout
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import LIVE, Move
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.rules import (
+    NOT_MIGRATABLE,
+    Assessor,
+    MoveRequest,
+    SourceHost,
+    Verdict,
+    VmToMove,
+    move_for,
+)
 
 NON_MIGRATABLE_ACTIONS = ("fail", "shutdown")
-# Active VMs in these states cannot be migrated, and why.
-UNMOVABLE_STATES = {
-    "pmsuspended": "its guest suspended itself to RAM; wake it up first (virsh dompmwakeup)",
-    "crashed": "it crashed and is kept for inspection; dump or destroy it first",
-}
 
 
 class EvacuationError(MigrationError):
     """An evacuation cannot be planned or scheduled as asked; nothing has been changed."""
-
-
-@dataclasses.dataclass
-class VmToMove:
-    """One VM on the host being evacuated.
-
-    ``running`` means active (running or paused: it holds memory and migrates live); a shut-off VM
-    must be ``persistent`` (libvirt forgets a transient domain when it stops). ``settings`` are its
-    effective migration settings (``settings.effective``). ``needs`` is what placement checks; when
-    not given it is built from the name, memory, vCPUs and the settings' ``pinned_hosts``.
-    """
-
-    name: str
-    uuid: t.Optional[str] = None
-    memory_mib: int = 0
-    vcpus: int = 1
-    running: bool = True
-    persistent: bool = True
-    settings: t.Dict[str, t.Any] = dataclasses.field(default_factory=lambda: dict(vm_settings.DEFAULTS))
-    needs: t.Optional[placement.VmNeeds] = None
-    # libvirt's word for the VM's state (running, paused, pmsuspended, crashed, shut off, ...).
-    state: t.Optional[str] = None
-    # Per unreadable setting of the VM's own metadata, why it cannot be read.
-    settings_problems: t.Dict[str, str] = dataclasses.field(default_factory=dict)
-    # Other hosts on which the same UUID is defined too (a stale copy).
-    duplicate_on: t.Tuple[str, ...] = ()
-    # Assigned host devices that cannot migrate (vGPUs, PCI/USB/SCSI host devices, a VF without a failover pair).
-    unmovable_devices: t.Tuple[str, ...] = ()
-    # SR-IOV failover pairs (see plan.Move): bond pairs whose VF the runner replugs, primaries QEMU unplugs.
-    bond_vfs: t.Tuple[str, ...] = ()
-    failover_primaries: t.Tuple[str, ...] = ()
-    # A shut-off VM with a managed save image (hibernated, see vm_hibernate): the image is local to the source.
-    saved_image: bool = False
-
-    def __post_init__(self) -> None:
-        if self.needs is None:
-            self.needs = placement.VmNeeds(
-                name=self.name,
-                memory_mib=self.memory_mib,
-                vcpus=self.vcpus,
-                pinned_hosts=placement.host_names(self.settings.get("pinned_hosts")),
-            )
-
-    @classmethod
-    def from_facts(
-        cls, facts: t.Mapping[str, t.Any], requirements: t.Mapping[str, t.Any], effective_settings: t.Mapping[str, t.Any]
-    ) -> "VmToMove":
-        """The VM described by its domain facts, XML requirements and effective settings."""
-        needs = placement.needs_from_facts(facts, requirements, effective_settings)
-        return cls(
-            name=needs.name,
-            uuid=facts.get("uuid"),
-            memory_mib=needs.memory_mib,
-            vcpus=needs.vcpus,
-            running=bool(facts.get("active")),
-            persistent=bool(facts.get("persistent", True)),
-            settings=dict(effective_settings),
-            needs=needs,
-            state=facts.get("state"),
-            settings_problems=dict(facts.get("migration_settings_problems") or {}),
-            unmovable_devices=tuple(requirements.get("unmovable_devices") or ()),
-            bond_vfs=tuple(requirements.get("bond_vfs") or ()),
-            failover_primaries=tuple(requirements.get("failover_primaries") or ()),
-        )
-
-    @property
-    def placement_needs(self) -> placement.VmNeeds:
-        """What the destination must offer now: a shut-off VM holds no memory and no vCPUs."""
-        needs = t.cast(placement.VmNeeds, self.needs)
-        if self.running:
-            return needs
-        return dataclasses.replace(needs, memory_mib=0, vcpus=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceHost:
-    """The host being evacuated. Its UUID is how placement recognises it among the candidates."""
-
-    name: str
-    uuid: str
-    uri: t.Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,9 +75,11 @@ class HeldVm:
     reason: str
     # Unplaceable VMs only: per candidate host, every reason it was rejected.
     rejected: t.Mapping[str, t.Sequence[str]] = dataclasses.field(default_factory=dict)
+    # The id of the rule that holds it (rules.RULES); None for an unplaceable VM.
+    rule: t.Optional[str] = None
 
     def as_dict(self) -> t.Dict[str, t.Any]:
-        return {
+        data = {
             "vm": self.vm,
             "uuid": self.uuid,
             "priority": self.priority,
@@ -161,6 +87,9 @@ class HeldVm:
             "running": self.running,
             "reason": self.reason,
         }
+        if self.rule is not None:
+            data["rule"] = self.rule
+        return data
 
 
 @dataclasses.dataclass
@@ -338,101 +267,15 @@ class _RankedChooser:
         return host
 
 
-@dataclasses.dataclass(frozen=True)
-class _Assessment:
-    """A VM's priority and policy as the plan uses them, or why it cannot move."""
-
-    priority: str
-    policy: t.Optional[Policy] = None
-    invalid: t.Optional[str] = None
-    held: t.Optional[str] = None
-
-
-def _setting(vm: VmToMove, name: str) -> t.Any:
-    value = vm.settings.get(name)
-    if value is None or value == vm_settings.INHERIT:
-        return vm_settings.DEFAULTS[name]
-    return vm_settings.validate_value(name, value, "migration_settings")
-
-
-def _pinned_reason(vm: VmToMove, pinned: t.FrozenSet[str], source: SourceHost) -> str:
-    if pinned == {source.name}:
-        return "VM '%s' is pinned to %s, the host being evacuated, and to no other host" % (vm.name, source.name)
-    return "VM '%s' is pinned to %s, and none of them is a candidate destination other than %s" % (
-        vm.name,
-        ", ".join(sorted(pinned)),
-        source.name,
-    )
-
-
-class _Assessor:
-    """Validates each VM's settings and says whether it may migrate; policies are resolved once per distinct setting."""
-
-    def __init__(self, source: SourceHost, candidates: t.AbstractSet[str], include_manual: bool) -> None:
-        self.source = source
-        self.candidates = candidates
-        self.include_manual = include_manual
-        self._policies: t.Dict[str, Policy] = {}
-
-    def _policy(self, vm: VmToMove) -> Policy:
-        values = {name: vm.settings.get(name) for name in vm_settings.POLICY_SETTINGS}
-        values = {name: None if value == vm_settings.INHERIT else value for name, value in values.items()}
-        cache_key = repr(sorted(values.items()))
-        policy = self._policies.get(cache_key)
-        if policy is None:
-            _setting(vm, "policy")
-            policy = vm_settings.effective_policy(values)
-            self._policies[cache_key] = policy
-        return policy
-
-    def assess(self, vm: VmToMove) -> _Assessment:
-        priority = vm.settings.get("priority")
-        if priority not in vm_settings.PRIORITY_RANK:
-            priority = vm_settings.DEFAULTS["priority"] if priority in (None, vm_settings.INHERIT) else str(priority)
-        if vm.duplicate_on:
-            return _Assessment(
-                priority,
-                invalid="VM '%s' (UUID %s) is defined on %s and also on %s: it is not moved, since two definitions could both be "
-                "started; remove the stale copy first" % (vm.name, vm.uuid, self.source.name, ", ".join(vm.duplicate_on)),
-            )
-        if vm.settings_problems:
-            return _Assessment(
-                priority,
-                invalid="VM '%s' has migration settings that cannot be read: %s" % (vm.name, vm_settings.describe_problems(vm.settings_problems)),
-            )
-        if vm.running and vm.state in UNMOVABLE_STATES:
-            return _Assessment(priority, invalid="VM '%s' is %s: %s" % (vm.name, vm.state, UNMOVABLE_STATES[vm.state]))
-        try:
-            _setting(vm, "priority")
-            mode = _setting(vm, "migration_mode")
-            policy = self._policy(vm)
-        except (vm_settings.SettingsError, PolicyError) as exc:
-            return _Assessment(priority, invalid="VM '%s' has migration settings the plan cannot use: %s" % (vm.name, exc.msg))
-        pinned = t.cast(placement.VmNeeds, vm.needs).pinned_hosts
-        held = None
-        if mode == "none":
-            held = "VM '%s' may not be migrated (migration_mode none)" % vm.name
-        elif mode == "manual" and not self.include_manual:
-            held = "VM '%s' migrates only when confirmed (migration_mode manual) and include_manual is not set" % vm.name
-        elif pinned and not pinned & self.candidates:
-            held = _pinned_reason(vm, pinned, self.source)
-        elif not vm.running and vm.saved_image:
-            held = (
-                "VM '%s' is hibernated (its memory is saved in a managed save image on %s, which an offline move would leave "
-                "behind); restore it first (virtops.migration.vm_hibernate state=running)" % (vm.name, self.source.name)
-            )
-        elif vm.running and vm.unmovable_devices:
-            held = "VM '%s' uses host device(s) that cannot migrate: %s" % (vm.name, "; ".join(vm.unmovable_devices))
-        return _Assessment(priority, policy=policy, held=held)
-
-
-def _order_key(vm: VmToMove, assessment: _Assessment) -> t.Tuple[int, int, str, str]:
-    rank = vm_settings.PRIORITY_RANK.get(assessment.priority, vm_settings.PRIORITY_RANK[vm_settings.DEFAULTS["priority"]])
+def _order_key(verdict: Verdict) -> t.Tuple[int, int, str, str]:
+    vm = verdict.vm
+    rank = vm_settings.PRIORITY_RANK.get(verdict.priority, vm_settings.PRIORITY_RANK[vm_settings.DEFAULTS["priority"]])
     return (rank, -vm.memory_mib, vm.name, vm.uuid or "")
 
 
-def _held(vm: VmToMove, assessment: _Assessment, reason: str, rejected: t.Optional[t.Mapping[str, t.Sequence[str]]] = None) -> HeldVm:
-    return HeldVm(vm.name, vm.uuid, assessment.priority, vm.memory_mib, vm.running, reason, rejected or {})
+def _held(verdict: Verdict, reason: str, rule: t.Optional[str], rejected: t.Optional[t.Mapping[str, t.Sequence[str]]] = None) -> HeldVm:
+    vm = verdict.vm
+    return HeldVm(vm.name, vm.uuid, verdict.priority, vm.memory_mib, vm.running, reason, rejected or {}, rule)
 
 
 def plan_evacuation(
@@ -442,12 +285,14 @@ def plan_evacuation(
     include_manual: bool = False,
     non_migratable: str = "fail",
     fast: bool = True,
+    request: t.Optional[MoveRequest] = None,
 ) -> EvacuationPlan:
     """Plan moving every VM in ``vms`` off ``source`` onto ``hosts`` (see the module docstring for the rules).
 
-    ``hosts`` may include the source itself: placement rejects it by UUID. ``fast`` keeps the hosts
-    ranked and checks them best first instead of checking every host for every VM; the plan is the
-    same either way.
+    ``hosts`` may include the source itself: placement rejects it by UUID. ``request`` is what the
+    run asks of every move (``rules.MoveRequest``: unsafe caches allowed, tunnelled, guest hooks);
+    ``include_manual`` confirms the manual VMs. ``fast`` keeps the hosts ranked and checks them best
+    first instead of checking every host for every VM; the plan is the same either way.
     """
     if non_migratable not in NON_MIGRATABLE_ACTIONS:
         raise EvacuationError("non_migratable must be one of %s, got %r" % (", ".join(NON_MIGRATABLE_ACTIONS), non_migratable))
@@ -459,62 +304,45 @@ def plan_evacuation(
         if not vm.running and not vm.persistent:
             raise EvacuationError("VM '%s' is neither running nor persistent: there is nothing to move" % vm.name, vm=vm.name)
 
-    plan = EvacuationPlan(source=source, include_manual=include_manual, non_migratable=non_migratable)
+    request = dataclasses.replace(request or MoveRequest(), confirmed=include_manual, live=True)
+    plan = EvacuationPlan(source=source, include_manual=include_manual, non_migratable=non_migratable, tunnelled=request.tunnelled)
     for host in hosts:
         if host.uuid != source.uuid and host.error is None and not host.maintenance:
             plan.load.setdefault(host.name, HostLoad(host.name, host.uri, host.available_mib))
-    assessor = _Assessor(source, frozenset(host.name for host in hosts if host.uuid != source.uuid), include_manual)
-    assessed = [(vm, assessor.assess(vm)) for vm in vms]
-    assessed.sort(key=lambda pair: _order_key(*pair))
+    assessor = Assessor(request, source, frozenset(host.name for host in hosts if host.uuid != source.uuid))
+    verdicts = sorted((assessor.assess(vm) for vm in vms), key=_order_key)
 
     chooser: _Chooser = _RankedChooser(hosts, source.uuid) if fast else _ScanChooser(hosts, source.uuid)
-    for vm, assessment in assessed:
-        if assessment.invalid:
-            plan.blocked.append(_held(vm, assessment, assessment.invalid))
+    for verdict in verdicts:
+        vm = verdict.vm
+        refusal = verdict.refusal()
+        if refusal is not None and refusal.rule not in NOT_MIGRATABLE:
+            plan.blocked.append(_held(verdict, refusal.message, refusal.rule))
             continue
-        if assessment.held:
+        if refusal is not None:
+            held, rule = refusal.message, refusal.rule
             if not vm.running:
-                plan.kept.append(_held(vm, assessment, "%s; it is shut off and stays defined on %s" % (assessment.held, source.name)))
+                plan.kept.append(_held(verdict, "%s; it is shut off and stays defined on %s" % (held, source.name), rule))
             elif non_migratable == "fail":
-                plan.blocked.append(_held(vm, assessment, assessment.held))
+                plan.blocked.append(_held(verdict, held, rule))
             elif not vm.persistent:
-                reason = "%s; it is transient, and shutting it down would destroy it, so it blocks the evacuation" % assessment.held
-                plan.blocked.append(_held(vm, assessment, reason))
+                reason = "%s; it is transient, and shutting it down would destroy it, so it blocks the evacuation" % held
+                plan.blocked.append(_held(verdict, reason, rule))
             else:
-                reason = "%s; it is shut down and started again when %s is activated" % (assessment.held, source.name)
-                plan.shutdown.append(_held(vm, assessment, reason))
+                reason = "%s; it is shut down and started again when %s is activated" % (held, source.name)
+                plan.shutdown.append(_held(verdict, reason, rule))
             continue
-        needs = vm.placement_needs
+        needs = verdict.needs
         destination = chooser.place(needs)
         if destination is None:
             rejected = placement.choose(needs, hosts, source.uuid, chooser.pending)[1]
-            plan.unplaceable.append(_held(vm, assessment, placement.explain(vm.name, rejected), rejected))
+            plan.unplaceable.append(_held(verdict, placement.explain(vm.name, rejected), None, rejected))
             continue
         load = plan.load[destination.name]
         load.memory_mib += needs.memory_mib
         load.vcpus += needs.vcpus
         load.vms += 1
-        plan.moves.append(
-            Move(
-                vm=vm.name,
-                uuid=vm.uuid,
-                priority=assessment.priority,
-                memory_mib=vm.memory_mib,
-                vcpus=vm.vcpus,
-                source=source.name,
-                source_uri=source.uri,
-                destination=destination.name,
-                destination_uri=destination.uri,
-                kind=LIVE if vm.running else OFFLINE,
-                policy=t.cast(Policy, assessment.policy),
-                persistent=vm.persistent,
-                state=vm.state,
-                timeout_s=default_timeout(vm.memory_mib),
-                bond_vfs=vm.bond_vfs if vm.running else (),
-                failover_primaries=vm.failover_primaries if vm.running else (),
-                guest_hooks=vm.settings.get("guest_hooks") is True,
-            )
-        )
+        plan.moves.append(move_for(verdict, source, destination))
     return plan
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement, rules
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import requests as rq
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import probe, runner
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import vm_migration
@@ -32,16 +32,13 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
     VmNotFoundError,
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError, Step, base_policy
-from libvirt_fakes import FakeConnection, FakeDomain, FakeObject, libvirt_error
+from libvirt_fakes import HV1_UUID, HV2_UUID, HV3_UUID, TEAMING_PAIR, USB_HOSTDEV, FakeCluster, FakeConnection, FakeDomain, FakeObject, libvirt_error
 
 SOURCE_URI = "qemu+tls://hv1/system"
 DEST_URI = "qemu+tls://hv2/system"
 HV3_URI = "qemu+tls://hv3/system"
 # The source again, under another URI (as an inventory may list every host of the cluster).
 SOURCE_ALIAS_URI = "qemu+ssh://root@hv1.example.com/system"
-HV1_UUID = "685adf38-a605-49f0-b38b-31df0e753953"  # capabilities-qemu.xml
-HV2_UUID = "0c9a4b52-7d3e-4f1a-9e55-2b8c6d1f0a77"
-HV3_UUID = "b7d2e6f0-1c4a-4e8b-8f3d-5a9c0e2b7d41"
 VM_UUID = "4a0a3ad4-0d5b-4d47-9a6a-3b8a2f1c9e01"
 VM_XML = (
     "<domain type='kvm'><name>web1</name><uuid>%s</uuid><memory unit='MiB'>1024</memory><vcpu>1</vcpu>"
@@ -79,32 +76,15 @@ class MigratingDomain(FakeDomain):
         return 0
 
 
-class Cluster:
-    """Two fake hosts, hv1 (the source) and hv2, handed out by URI instead of ``libvirt_connection``."""
+class Cluster(FakeCluster):
+    """Two fake hosts, hv1 (the source, running the VM) and hv2."""
 
     def __init__(self, capabilities: str) -> None:
-        self.source = FakeConnection(capabilities, uri=SOURCE_URI)
-        self.destination = FakeConnection(capabilities.replace(HV1_UUID, HV2_UUID), uri=DEST_URI)
-        self.destination.hostname = "hv2"
-        self.hosts = {SOURCE_URI: self.source, DEST_URI: self.destination}
+        super().__init__(capabilities)
+        self.source = self.add_host(SOURCE_URI, "hv1", HV1_UUID)
+        self.destination = self.add_host(DEST_URI, "hv2", HV2_UUID)
         self.vm = MigratingDomain(self.move)
         self.source.domains.append(self.vm)
-        self.capabilities = capabilities
-
-    def add_host(self, uri: str, name: str, uuid: str) -> FakeConnection:
-        """One more host the run can reach."""
-        conn = FakeConnection(self.capabilities.replace(HV1_UUID, uuid), uri=uri)
-        conn.hostname = name
-        self.hosts[uri] = conn
-        return conn
-
-    @contextlib.contextmanager
-    def connect(
-        self, uri: str, username: t.Optional[str] = None, password: t.Optional[str] = None, connect_timeout: t.Optional[float] = None
-    ) -> t.Iterator[FakeConnection]:
-        if uri not in self.hosts:
-            raise HostUnreachableError("Cannot open a libvirt connection on %s" % uri, uri=uri)
-        yield self.hosts[uri]
 
     def leave_source(self) -> None:
         """The source forgets the VM, as after a completed migration with VIR_MIGRATE_UNDEFINE_SOURCE."""
@@ -437,12 +417,18 @@ def candidate_host(name: str, uuid: str, vm_uuids: t.Iterable[str] = (), **kwarg
     return placement.HostState(name=name, uri="qemu+tls://%s/system" % name, uuid=uuid, vm_uuids=frozenset(vm_uuids), **kwargs)
 
 
+def duplicate_verdict(hosts: t.Sequence[placement.HostState]) -> rules.Verdict:
+    """What the rules say of web1 on hv1 when ``hosts`` were probed."""
+    vm = rules.VmToMove("web1", VM_UUID, 1024, duplicate_on=rules.defined_elsewhere(VM_UUID, HV1_UUID, hosts))
+    return rules.Assessor(rules.MoveRequest(confirmed=True), rules.SourceHost("hv1", HV1_UUID, SOURCE_URI)).assess(vm)
+
+
 def test_refuse_duplicates_names_both_hosts() -> None:
     hosts = [candidate_host("hv2", HV2_UUID), candidate_host("hv3", "uuid-hv3", [VM_UUID]), candidate_host("hv4", "uuid-hv4", [VM_UUID])]
     with pytest.raises(DuplicateVmError) as caught:
-        vm_migration.refuse_duplicates("web1", VM_UUID, "hv1", HV1_UUID, hosts)
+        vm_migration.refuse(duplicate_verdict(hosts), SOURCE_URI)
     assert caught.value.msg.startswith("VM 'web1' (UUID %s) is defined on hv1 and also on hv3, hv4: refusing to move it" % VM_UUID)
-    assert caught.value.details == {"vm": "web1", "uuid": VM_UUID, "hosts": ["hv1", "hv3", "hv4"]}
+    assert caught.value.details == {"vm": "web1", "uuid": VM_UUID, "hosts": ["hv1", "hv3", "hv4"], "uri": SOURCE_URI, "rule": "duplicate"}
 
 
 def test_refuse_duplicates_ignores_unreachable_hosts_and_the_source() -> None:
@@ -451,7 +437,7 @@ def test_refuse_duplicates_ignores_unreachable_hosts_and_the_source() -> None:
         candidate_host("hv3", "uuid-hv3", [VM_UUID], error="connection refused"),
         candidate_host("hv1-alias", HV1_UUID, [VM_UUID]),  # the source itself, listed as a candidate
     ]
-    vm_migration.refuse_duplicates("web1", VM_UUID, "hv1", HV1_UUID, hosts)
+    vm_migration.refuse(duplicate_verdict(hosts), SOURCE_URI)
 
 
 # -- cancel
@@ -1007,13 +993,6 @@ BOND_PAIR = (
     "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='vfnet'/><actual type='hostdev'/>"
     "<alias name='ua-fo-vf'/></interface>"
 )
-TEAMING_PAIR = (
-    "<interface type='network'><mac address='52:54:00:aa:00:01'/><source network='lab'/><model type='virtio'/>"
-    "<teaming type='persistent'/><alias name='ua-fo-backup'/></interface>"
-    "<interface type='hostdev' managed='yes'><mac address='52:54:00:aa:00:01'/>"
-    "<source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source>"
-    "<teaming type='transient' persistent='ua-fo-backup'/><alias name='ua-fo-vf'/></interface>"
-)
 
 
 def with_devices(cluster: Cluster, devices: str) -> None:
@@ -1152,9 +1131,6 @@ def test_a_teaming_move_that_ends_between_two_polls_reports_an_upper_bound(clust
     released = [event for event in run.events if event["event"] == "primary_released"]
     assert len(released) == 1 and "wait_unplug_s" not in released[0], released
     assert 0 <= released[0]["within_s"] <= released[0]["at_s"], released
-
-
-USB_HOSTDEV = "<hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x0781'/><product id='0x5567'/></source></hostdev>"
 
 
 def test_a_running_vm_with_a_host_device_is_refused_up_front(cluster: Cluster, tmp_path: Path) -> None:
