@@ -762,14 +762,17 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
 
 
-def main() -> None:
-    spec = options.spec(
+def argument_spec() -> dict:
+    return options.spec(
         options.CONNECTION,
         memory_reserved_mib={"type": "int", "default": DEFAULT_MEMORY_RESERVED_MIB},
         state_dir={"type": "path", "default": DEFAULT_STATE_DIR},
         gather={"type": "list", "elements": "str", "choices": list(OPTIONAL_PARTS), "default": list(OPTIONAL_PARTS)},
     )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     params = module.params
 
     def work() -> dict:
