@@ -78,6 +78,8 @@ MAINTENANCE_CASES: t.Dict[str, t.Dict[str, t.Any]] = {
         "host_maintenance_options": {"tunnelled": True, "allow_unsafe_cache": True, "max_outgoing": 1, "state_dir": "/srv/virtops"},
     },
     "refused": {"host_maintenance_options": {"state": "active"}},
+    # In the background, watched: the watch's outcome is the role's result.
+    "background": {"host_maintenance_progress_interval": 1, "host_maintenance_options": {"tunnelled": True}},
 }
 
 
@@ -120,6 +122,14 @@ def test_the_arguments_the_role_sets_are_refused_in_the_options(maintenance: t.D
     recap = maintenance["refused"]
     assert recap.rc == 2 and EVACUATE not in [entry["task"] for entry in recap.tasks if entry["status"] != "failed"], recap.output
     assert any("host_maintenance_options may not set state or candidates" in message for message in recap.messages), recap.output
+
+
+def test_a_background_evacuation_gets_the_same_arguments_and_its_outcome_is_kept(maintenance: t.Dict[str, CaseRecap], tmp_path: Path) -> None:
+    recap = maintenance["background"]
+    assert recap.rc == 0, recap.output
+    watched = result_of(recap, "Show the evacuation's progress until it ends")
+    assert watched["received"]["tunnelled"] is True and watched["received"]["reason"] == "background", recap.output
+    assert [entry["status"] for entry in recap.tasks if entry["task"] == EVACUATE] == ["changed"]
 
 
 def test_host_activate_gives_the_module_its_state_dir_and_options(tmp_path: Path) -> None:
