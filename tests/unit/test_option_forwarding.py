@@ -160,3 +160,80 @@ def test_the_maintenance_playbook_gives_its_options_extra_var_to_the_module(tmp_
     assert len(evacuation) == 1, recap.output
     received = json.loads(evacuation[0].split("=> ", 1)[1])["received"]
     assert (received["tunnelled"], received["allow_unsafe_cache"], received["max_outgoing"]) == (True, True, 4)
+
+
+# -- the rolling pipeline: the same options for every host's plan, evacuation and activation ------------
+# A stand-in that keeps the mark as a file in the state directory (host_maintenance writes it, state=active
+# removes it, host_info reports it), so that the pipeline's checks before the patch and after the turn
+# pass, and logs every call.
+ROLLING_STAND_IN = '''\
+#!/usr/bin/python
+from __future__ import annotations
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule, _load_params
+
+SPEC = %(spec)s
+NAME = %(name)r
+LOG = %(log)r
+
+
+def main():
+    module = AnsibleModule(argument_spec=SPEC, supports_check_mode=True)
+    received = dict((key, value) for key, value in _load_params().items() if not key.startswith("_ansible_"))
+    with open(LOG, "a") as log:
+        log.write(json.dumps({"module": NAME, "check_mode": module.check_mode, "received": received}) + "\\n")
+    mark = os.path.join(module.params["state_dir"], "maintenance.json")
+    if NAME == "host_maintenance":
+        if not module.check_mode and module.params["state"] == "maintenance":
+            open(mark, "w").close()
+        elif not module.check_mode and os.path.exists(mark):
+            os.remove(mark)
+        module.exit_json(changed=False, vms=[])
+    marked = os.path.exists(mark)
+    host = {"maintenance": {"active": marked, "state": "maintenance" if marked else None, "enforcement": {"loaded": True}},
+            "memory": {"reserved_mib": module.params["memory_reserved_mib"]}, "vms": [], "networks": [], "storage_pools": []}
+    module.exit_json(changed=False, host=host)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def rolling_stand_in(module: str, log: Path) -> str:
+    spec = dict(argument_spec(module), **(NEW_OPTION if module == "host_maintenance" else {}))
+    spec = {name: {key: value for key, value in option.items() if key != "fallback"} for name, option in spec.items()}
+    return ROLLING_STAND_IN % {"spec": repr(spec), "name": module, "log": str(log)}
+
+
+def test_patch_cluster_gives_its_options_to_every_plan_evacuation_and_activation(tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    stand_ins = {module: rolling_stand_in(module, log) for module in ("host_info", "host_maintenance")}
+    collections = link_collection(tmp_path, stand_ins)
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory = tmp_path / "inventory.yml"
+    # One host: local hosts share this machine's files, the mark of a finished turn too.
+    inventory.write_text(json.dumps({"all": {"children": {"cluster1": {"hosts": {"localhost": host}}}}}), encoding="utf-8")
+    patch = tmp_path / "patch.yml"
+    patch.write_text("- name: Patch nothing\n  ansible.builtin.debug:\n    msg: patched\n", encoding="utf-8")
+    (tmp_path / "state").mkdir()
+    variables = {
+        "cluster": "cluster1", "reboot": "never", "patch_tasks": str(patch), "progress_interval": "0",
+        "rolling_maintenance_state_dir": str(tmp_path / "state"), "options": '{"tunnelled": true, "allow_unsafe_cache": true}',
+    }
+    recap = run_play(tmp_path, collections, REPO / "playbooks" / "patch_cluster.yml", variables, "-i", str(inventory))
+    assert recap.rc == 0 and recap.failed == 0, recap.output
+    calls = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    evacuations = [(call["check_mode"], call["received"]["state"]) for call in calls if call["module"] == "host_maintenance"]
+    assert evacuations == [(True, "maintenance"), (False, "maintenance"), (False, "active")]
+    for call in calls:
+        if call["module"] == "host_maintenance":
+            assert (call["received"]["tunnelled"], call["received"]["allow_unsafe_cache"]) == (True, True), call
+            assert call["received"]["state_dir"] == str(tmp_path / "state"), call
+    # Each host's mark read where the run keeps it; the VMs read before and after the turn.
+    reads = [call["received"] for call in calls if call["module"] == "host_info" and "gather" in call["received"]]
+    assert {read["state_dir"] for read in reads} == {str(tmp_path / "state")}
+    assert [read["gather"] for read in reads].count(["vms"]) >= 2
