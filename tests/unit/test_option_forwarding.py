@@ -237,3 +237,21 @@ def test_patch_cluster_gives_its_options_to_every_plan_evacuation_and_activation
     reads = [call["received"] for call in calls if call["module"] == "host_info" and "gather" in call["received"]]
     assert {read["state_dir"] for read in reads} == {str(tmp_path / "state")}
     assert [read["gather"] for read in reads].count(["vms"]) >= 2
+
+
+def test_the_migrate_vm_playbook_gives_its_inputs_and_options_to_vm_migrate(tmp_path: Path) -> None:
+    stand_ins = dict(STAND_INS, vm_migrate=stand_in("vm_migrate", {"source": {"hostname": "h1"}, "destination": {"hostname": "h2"}}))
+    variables = {
+        "source": "localhost", "vm": "web1", "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "memory_reserved_mib": "512", "guest_hooks": "true", "guest_hook_failure": "", "options": "tunnelled: true\npolicy: post_copy\n",
+    }
+    recap = run_play(tmp_path, link_collection(tmp_path, stand_ins), REPO / "playbooks" / "migrate_vm.yml", variables, "-v", "--check")
+    assert recap.rc == 0, recap.output
+    moves = [line for line in recap.output.splitlines() if line.startswith('ok: [localhost] => {"changed": false, "destination"')]
+    assert len(moves) == 1, recap.output
+    received = json.loads(moves[0].split("=> ", 1)[1])["received"]
+    assert {key: received[key] for key in ("name", "destination", "memory_reserved_mib", "guest_hooks", "tunnelled", "policy")} == {
+        "name": "web1", "destination": "auto", "memory_reserved_mib": 512, "guest_hooks": True, "tunnelled": True, "policy": "post_copy",
+    }
+    assert "guest_hook_failure" not in received
+    assert received["candidates"] == [{"name": "localhost", "uri": "qemu+ssh://localhost/system", "maintenance": False, "memory_reserved_mib": 512}]
