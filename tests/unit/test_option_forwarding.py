@@ -147,16 +147,21 @@ def test_host_activate_gives_the_module_its_state_dir_and_options(tmp_path: Path
     assert recaps["refused"].rc == 2 and any("host_activate_options may not set state" in message for message in recaps["refused"].messages)
 
 
-@pytest.mark.parametrize("options", [{"tunnelled": True, "allow_unsafe_cache": True}, '{"tunnelled": true, "allow_unsafe_cache": true}', "tunnelled: true\nallow_unsafe_cache: true\n"])
+# As given with --extra-vars, and as the JSON or YAML text of the survey's textarea.
+ANSWERS = [{"tunnelled": True, "allow_unsafe_cache": True}, '{"tunnelled": true, "allow_unsafe_cache": true}', "tunnelled: true\nallow_unsafe_cache: true\n"]
+
+
+@pytest.mark.parametrize("options", ANSWERS)
 def test_the_maintenance_playbook_gives_its_options_extra_var_to_the_module(tmp_path: Path, options: t.Any) -> None:
-    # As given with --extra-vars, and as the JSON or YAML text of the survey's textarea.
     variables = {
         "target": "localhost", "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
         "host_maintenance_install_hook": False, "max_outgoing": "4", "options": options,
     }
     recap = run_play(tmp_path, link_collection(tmp_path, STAND_INS), REPO / "playbooks" / "maintenance.yml", variables, "-v")
     assert recap.rc == 0, recap.output
-    evacuation = [line for line in recap.output.splitlines() if line.startswith('ok: [localhost] => {"changed": false, "received"') and '"state": "maintenance"' in line]
+    evacuation = [
+        line for line in recap.output.splitlines() if line.startswith('ok: [localhost] => {"changed": false, "received"') and '"state": "maintenance"' in line
+    ]
     assert len(evacuation) == 1, recap.output
     received = json.loads(evacuation[0].split("=> ", 1)[1])["received"]
     assert (received["tunnelled"], received["allow_unsafe_cache"], received["max_outgoing"]) == (True, True, 4)

@@ -51,9 +51,19 @@ SETS: t.Dict[t.Tuple[str, str], t.Dict[str, str]] = {
 
 # Who wraps what: a role's tasks that run a module; a role or playbook that includes a forwarding role;
 # the survey of each playbook.
-ROLE_MODULES = {"host_maintenance": "host_maintenance", "host_activate": "host_maintenance", "cluster_facts": "host_info", "rolling_maintenance": "host_maintenance"}
+ROLE_MODULES = {
+    "host_maintenance": "host_maintenance",
+    "host_activate": "host_maintenance",
+    "cluster_facts": "host_info",
+    "rolling_maintenance": "host_maintenance",
+}
 ROLE_INCLUDES = {"rolling_maintenance": ("host_maintenance", "host_activate")}
-PLAYBOOKS = {"maintenance": ("role", "host_maintenance"), "activate": ("role", "host_activate"), "patch_cluster": ("role", "rolling_maintenance"), "migrate_vm": ("module", "vm_migrate")}
+PLAYBOOKS = {
+    "maintenance": ("role", "host_maintenance"),
+    "activate": ("role", "host_activate"),
+    "patch_cluster": ("role", "rolling_maintenance"),
+    "migrate_vm": ("module", "vm_migrate"),
+}
 
 
 def argument_spec(module: str) -> t.Dict[str, t.Any]:
@@ -143,7 +153,9 @@ def module_problems(wrapper: Wrapper, module: str, spec: t.Mapping[str, t.Any], 
 
 def include_problems(wrapper: Wrapper, included: str) -> t.List[str]:
     """Why ``wrapper`` does not hand its users' options on to the role ``included`` it includes, or nothing."""
-    includes = [task for task in wrapper.tasks if any((task.get(key) or {}).get("name") == FQCN + included for key in INCLUDE if isinstance(task.get(key), dict))]
+    includes = [
+        task for task in wrapper.tasks if any(isinstance(task.get(key), dict) and task[key].get("name") == FQCN + included for key in INCLUDE)
+    ]
     if not includes:
         return ["%s includes no role %s%s" % (wrapper.name, FQCN, included)]
     problems = []
