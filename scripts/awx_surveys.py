@@ -40,6 +40,18 @@ def asked(description: str, required: bool = True) -> dict[str, t.Any]:
     return {"type": "text", "required": required, "question_description": description}
 
 
+def module_options(module: str, *, questions: bool = True) -> dict[str, t.Any]:
+    """The textarea that carries any options of ``module`` (the playbook's extra var ``options``), so that
+    every option, one added to the module later too, reaches it without a question of its own."""
+    return {
+        "type": "textarea",
+        "required": False,
+        "question_description": "Any %soptions of the module virtops.migration.%s, as YAML or JSON (option: value, for example"
+        " {tunnelled: true}); ansible-doc virtops.migration.%s describes them.%s"
+        % ("other " if questions else "", module, module, " A key here wins over the questions above." if questions else ""),
+    }
+
+
 def from_role(role: str, *variables: str) -> dict[str, Source]:
     """Inputs documented by a role: the playbook passes each VARIABLE as the role's ROLE_VARIABLE."""
     return {variable: ("role", role, "%s_%s" % (role, variable)) for variable in variables}
@@ -52,6 +64,7 @@ SURVEYS: dict[str, dict[str, t.Any]] = {
         "inputs": {
             "target": asked("Inventory name of the host to put into maintenance."),
             **from_role("host_maintenance", "reason", "include_manual", "non_migratable", "max_outgoing", "max_incoming", "progress_interval"),
+            "options": module_options("host_maintenance"),
         },
     },
     "activate": {
@@ -59,6 +72,7 @@ SURVEYS: dict[str, dict[str, t.Any]] = {
         "description": "Bring a host back from maintenance (restarts the VMs shut down for it).",
         "inputs": {
             "target": asked("Inventory name of the host to bring back."),
+            "options": module_options("host_maintenance", questions=False),
         },
     },
     "migrate_vm": {
@@ -69,6 +83,7 @@ SURVEYS: dict[str, dict[str, t.Any]] = {
             "vm": asked("The VM's name."),
             "cluster": asked("Inventory group of the cluster (default: the source's first group).", required=False),
             **{name: ("module", "vm_migrate", name) for name in ("memory_reserved_mib", "guest_hooks", "guest_hook_failure")},
+            "options": module_options("vm_migrate"),
         },
     },
     "patch_cluster": {
@@ -80,6 +95,7 @@ SURVEYS: dict[str, dict[str, t.Any]] = {
                 "The hosts to patch, comma-separated, in that order (default: every host of the cluster, in inventory order).", required=False
             ),
             **from_role("rolling_maintenance", "patch_tasks", "reboot", "move_back", "progress_interval", "force", "run_id"),
+            "options": module_options("host_maintenance", questions=False),
         },
         # Without a cluster there is nothing to patch.
         "required": ["cluster"],

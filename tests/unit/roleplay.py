@@ -120,11 +120,30 @@ def require_root(role: str) -> None:
         pytest.fail("the %s role tests must run as root: the role makes root the owner of what it writes" % role)
 
 
-def link_collection(root: Path) -> Path:
-    """A collections path below ``root`` holding this repository as virtops.migration; returns it."""
+def link_collection(root: Path, stand_ins: t.Optional[t.Mapping[str, str]] = None) -> Path:
+    """A collections path below ``root`` holding this repository as virtops.migration; returns it.
+
+    ``stand_ins`` (module name: source) replace those of the collection's modules, for tests of what a
+    role gives a module that needs a hypervisor: the collection is then a tree of links to this
+    repository's files, with the stand-ins written in place of those modules.
+    """
     collections = root / "collections"
     (collections / "ansible_collections" / "virtops").mkdir(parents=True)
-    (collections / "ansible_collections" / "virtops" / "migration").symlink_to(REPO, target_is_directory=True)
+    collection = collections / "ansible_collections" / "virtops" / "migration"
+    if not stand_ins:
+        collection.symlink_to(REPO, target_is_directory=True)
+        return collections
+    modules = Path("plugins") / "modules"
+    for part in (Path("."), Path("plugins"), modules):
+        (collection / part).mkdir(exist_ok=True)
+        for entry in sorted((REPO / part).iterdir()):
+            if entry.name.startswith(".") or (part / entry.name) in (Path("plugins"), modules):
+                continue
+            if part == modules and entry.suffix == ".py" and entry.stem in stand_ins:
+                continue
+            (collection / part / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    for name, source in stand_ins.items():
+        (collection / modules / ("%s.py" % name)).write_text(source, encoding="utf-8")
     return collections
 
 
@@ -170,6 +189,8 @@ class CaseRecap(t.NamedTuple):
     failed: int
     output: str
     messages: t.List[str]
+    # Each task the host ran, as the callback wrote it: task (its name as written), status, result.
+    tasks: t.Sequence[t.Mapping[str, t.Any]] = ()
 
 
 def _case_recap(case: str, stats: t.Mapping[str, int], tasks: t.Sequence[t.Mapping[str, t.Any]]) -> CaseRecap:
@@ -185,10 +206,12 @@ def _case_recap(case: str, stats: t.Mapping[str, int], tasks: t.Sequence[t.Mappi
             lines.append("  %s" % json.dumps(result, ensure_ascii=False, sort_keys=True))
             messages.extend(found)
     rc = 4 if stats["unreachable"] else 2 if stats["failures"] else 0
-    return CaseRecap(rc, stats["ok"], stats["changed"], stats["failures"], "\n".join(lines), messages)
+    return CaseRecap(rc, stats["ok"], stats["changed"], stats["failures"], "\n".join(lines), messages, list(tasks))
 
 
-def run_cases(workdir: Path, role: str, cases: t.Mapping[str, t.Mapping[str, t.Any]], *args: str) -> t.Dict[str, CaseRecap]:
+def run_cases(
+    workdir: Path, role: str, cases: t.Mapping[str, t.Mapping[str, t.Any]], *args: str, stand_ins: t.Optional[t.Mapping[str, str]] = None
+) -> t.Dict[str, CaseRecap]:
     """Apply the collection's role ``role`` once for each case of ``cases`` (name: its variables), all in one
     ansible-playbook process (``args`` added to its command line), and return each case's ``CaseRecap``.
 
@@ -196,9 +219,10 @@ def run_cases(workdir: Path, role: str, cases: t.Mapping[str, t.Mapping[str, t.A
     host only. Its variables are read in by the play's first task (include_vars), so that, as extra
     variables do in ``run_play``, they win over the role's own variables; that task is left out of the
     case's counts and output. The inventory, the play and each case's variables are written to ``workdir``.
+    ``stand_ins`` replace modules of the collection (see ``link_collection``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    collections = link_collection(workdir)
+    collections = link_collection(workdir, stand_ins)
     callbacks = workdir / "callback_plugins"
     callbacks.mkdir()
     (callbacks / ("%s.py" % CALLBACK_NAME)).write_text(CALLBACK, encoding="utf-8")
