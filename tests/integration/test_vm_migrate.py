@@ -23,6 +23,7 @@ from labkit import (
     migration_connections,
     migration_job,
     load_hostvars,
+    maintenance_mark,
     module_task,
     read_marker,
     run_module,
@@ -41,6 +42,7 @@ if t.TYPE_CHECKING:
     from conftest import VmFactory
 
 MODULE = "virtops.migration.vm_migrate"
+EVACUATE = "virtops.migration.host_maintenance"
 
 
 def job_running(lab: Path, host: str, vm: str) -> bool:
@@ -401,7 +403,7 @@ def test_dedicated_migration_address(lab: Path, new_vm: VmFactory) -> None:
     assert_no_vm_lost()
 
 
-def test_disk_with_unsafe_cache_is_refused_unless_allowed(lab: Path, new_vm: VmFactory) -> None:
+def test_disk_with_unsafe_cache_is_refused_unless_allowed_by_a_move_and_an_evacuation_alike(lab: Path, new_vm: VmFactory) -> None:
     vm = new_vm()
     image = "/var/lib/libvirt/images/%s-data.raw" % vm
     virtlab("ssh", "lab-h1", "--", "truncate", "-s", "16M", image)
@@ -425,6 +427,25 @@ def test_disk_with_unsafe_cache_is_refused_unless_allowed(lab: Path, new_vm: VmF
     virtlab("ssh", "lab-h2", "--", "truncate", "-s", "16M", image)
     virtlab("ssh", "lab-h2", "--", "virsh", "pool-refresh", "lab")
     try:
+        # An evacuation of lab-h1 judges the same VM by the same rule (check mode: nothing moves);
+        # allowed, it plans the VM as a live move to the one host that has its disk.
+        everyone = [{"name": host, "uri": uri(lab, host)} for host in ("lab-h1", "lab-h2", "lab-h3")]
+        held, allowed = run_tasks(
+            lab,
+            "lab-h1",
+            [
+                module_task(EVACUATE, {"candidates": everyone}, check_mode=True),
+                module_task(EVACUATE, {"candidates": everyone, "allow_unsafe_cache": True}, check_mode=True),
+            ],
+        )
+        assert held.get("failed") is True and held.get("changed") is not True, held
+        assert "VM '%s' has disks with a cache mode" % vm in held["msg"] and "vdb (cache=writeback)" in held["msg"], held["msg"]
+        blocked = {entry["vm"]: entry for entry in held["plan"]["blocked"]}
+        assert blocked[vm]["rule"] == "unsafe_cache", blocked
+        moves = {move["vm"]: move for move in allowed["plan"]["moves"]}
+        assert moves[vm]["to"] == "lab-h2" and moves[vm]["kind"] == "live", allowed["plan"]
+        assert vm_homes(vm) == {"lab-h1": "running"} and maintenance_mark("lab-h1") is None
+
         unsafe = run_module(lab, "lab-h1", MODULE, dict(args, allow_unsafe_cache=True))
         assert unsafe.get("failed") is True and unsafe.get("changed") is not True, unsafe
         assert "VIR_ERR_MIGRATE_UNSAFE" in unsafe["msg"], unsafe["msg"]
