@@ -16,7 +16,6 @@ rerun resumes, since VMs that have moved are no longer on the host.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import json
 import queue
 import threading
@@ -24,7 +23,7 @@ import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation, placement, rules, settings, statefiles
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation, placement, rules, statefiles
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     MigrationError,
@@ -65,8 +64,6 @@ PROGRESS_FILE = "evacuation.json"
 STEP_EVENTS = frozenset(
     ("guest_hooks", "vf_unplugged", "vf_unplug_timeout", "vf_absent", "vf_plugged", "vf_plug_failed", "primary_released", "unplug_timeout")
 )
-
-
 
 
 def listed_uuids(*marks: t.Mapping[str, t.Any], names: t.Optional[t.Sequence[str]] = None) -> t.Dict[str, t.Any]:
