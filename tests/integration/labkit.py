@@ -48,6 +48,10 @@ def lab_lock_held() -> t.Iterator[None]:
             del os.environ["VIRTLAB_SESSION_PID"]
 
 
+# How long a guest's agent may not answer right after a move before a command in the guest fails.
+AGENT_WAIT_S = 60.0
+
+
 def virtlab(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run `virtlab ARGS`; with check=True a non-zero exit fails loudly with its output."""
     proc = subprocess.run([str(VIRTLAB), *args], capture_output=True, text=True, timeout=timeout, check=False)
@@ -251,24 +255,31 @@ def uri(lab: Path, host: str) -> str:
 def write_marker(vm: str) -> str:
     """Write a random marker into the guest's tmpfs (lost if the guest's memory is lost)."""
     marker = "marker-%s-%s" % (vm, secrets.token_hex(4))
-    virtlab("exec", vm, "--", "sh", "-c", "echo %s > /tmp/marker" % marker)
+    guest_exec(vm, "sh", "-c", "echo %s > /tmp/marker" % marker)
     return marker
 
 
-def read_marker(vm: str, agent_wait: float = 60) -> str:
-    """The marker :func:`write_marker` left in the guest, read through its agent.
+def guest_exec(vm: str, *argv: str, check: bool = True, agent_wait: float = AGENT_WAIT_S) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in the guest through its QEMU guest agent (``virtlab exec``).
 
     Right after a move the guest's agent channel can take a moment to answer on the new host (QEMU
-    reconnects it; under TCG on a busy machine, seconds): "not responding" is retried for ``agent_wait`` s.
+    reconnects it; under TCG on a busy machine, seconds). While the agent is not responding the
+    command has not run, so it is tried again for ``agent_wait`` s; any other failure counts at once.
     """
     deadline = time.monotonic() + agent_wait
     while True:
-        proc = virtlab("exec", vm, "--", "cat", "/tmp/marker", check=False)
+        proc = virtlab("exec", vm, "--", *argv, check=False)
         if proc.returncode == 0 or "Guest agent is not responding" not in proc.stderr or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert proc.returncode == 0, "reading the marker of %s failed (exit %d): %s%s" % (vm, proc.returncode, proc.stdout, proc.stderr)
-    return proc.stdout.strip()
+    if check and proc.returncode != 0:
+        raise AssertionError("in %s: %s exited %d\nstdout:\n%s\nstderr:\n%s" % (vm, " ".join(argv)[:200], proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def read_marker(vm: str, agent_wait: float = AGENT_WAIT_S) -> str:
+    """The marker :func:`write_marker` left in the guest, read through its agent (see :func:`guest_exec`)."""
+    return guest_exec(vm, "cat", "/tmp/marker", agent_wait=agent_wait).stdout.strip()
 
 
 def virsh_migrate(source_uri: str, dest_uri: str, vm: str) -> float:
@@ -360,7 +371,7 @@ def start_ping(vm: str, interval: float = 0.1, target: str | None = None) -> Non
         'to={where}; [ -n "$to" ] || {{ echo "the guest has no gateway (no address on the guest network)" >&2; exit 3; }}; '
         'ping -i {interval:g} "$to" > {out} 2>&1 < /dev/null & echo $! > {pid}'
     ).format(pid=PING_PID, out=PING_OUTPUT, where=where, interval=interval)
-    virtlab("exec", vm, "--", "sh", "-c", script)
+    guest_exec(vm, "sh", "-c", script)
 
 
 def ping_stats(vm: str) -> tuple[int, int]:
@@ -374,7 +385,7 @@ def ping_stats(vm: str) -> tuple[int, int]:
         "while kill -0 $pid 2>/dev/null && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done; "
         "rm -f {pid}; cat {out}"
     ).format(pid=PING_PID, out=PING_OUTPUT)
-    out = virtlab("exec", vm, "--", "sh", "-c", script).stdout
+    out = guest_exec(vm, "sh", "-c", script).stdout
     found = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
     assert found, "no ping summary from %s:\n%s" % (vm, out[-2000:])
     return int(found.group(1)), int(found.group(2))
@@ -402,7 +413,7 @@ for nic in /sys/class/net/*; do
     printf 'nic\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$mac" "$state" "$driver" "$master" "$lower" "$active" "$addresses"
 done
 """
-    out = virtlab("exec", vm, "--", "sh", "-c", script).stdout
+    out = guest_exec(vm, "sh", "-c", script).stdout
     nics = []
     for line in out.splitlines():
         fields = line.split("\t")
@@ -533,7 +544,7 @@ def run_playbook_report(
 
 def guest_uptime(vm: str) -> float:
     """The guest's own monotonic clock: seconds since it booted (``/proc/uptime``), read through its agent."""
-    return float(virtlab("exec", vm, "--", "cat", "/proc/uptime").stdout.split()[0])
+    return float(guest_exec(vm, "cat", "/proc/uptime").stdout.split()[0])
 
 
 def console_log(host: str, vm: str) -> str:

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from labkit import (
+    guest_exec,
     GUEST_PYTHON,
     assert_no_vm_lost,
     console_log,
@@ -157,7 +158,7 @@ def install(lab: Path, tmp_path: Path, guests: t.Mapping[str, t.Mapping[str, t.A
 
 def guest(vm: str, *argv: str, check: bool = True) -> str:
     """Run a command in the guest through its agent; its standard output."""
-    return virtlab("exec", vm, "--", *argv, check=check).stdout
+    return guest_exec(vm, *argv, check=check).stdout
 
 
 class HookCase:

@@ -26,7 +26,7 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
-from labkit import assert_no_vm_lost, guest_inventory, guest_nics, nic_xml, run_playbook_report, uri, virtlab
+from labkit import assert_no_vm_lost, guest_exec, guest_inventory, guest_nics, nic_xml, run_playbook_report, uri, virtlab
 
 pytestmark = pytest.mark.python_guests
 
@@ -49,7 +49,7 @@ def bond_guest(lab: Path) -> t.Iterator[str]:
 
 
 def guest(vm: str, *argv: str) -> str:
-    return virtlab("exec", vm, "--", *argv).stdout
+    return guest_exec(vm, *argv).stdout
 
 
 def guest_files(vm: str) -> dict[str, tuple[str, str]]:
