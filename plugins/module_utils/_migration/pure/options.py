@@ -174,18 +174,50 @@ VM_MIGRATE: Group = {
     "timeout_action": Option("what a timeout does", choices=("abort", "post_copy", "suspend"), default="abort"),
 }
 
+MAX_OUTGOING = Option("migrations from one host at once", type="int", default=2, range=Range(1, 64, whole=True))
+MAX_INCOMING = Option("migrations into any one destination at once", type="int", default=2, range=Range(1, 64, whole=True))
+REQUESTED_BY = Option("who asks")
+LOG_DIR = Option("the collection's log directory on the host", type="path", default=DEFAULT_LOG_DIR)
+PERCENT = Range(0, 100.0)
+
 HOST_MAINTENANCE: Group = {
     "state": Option("maintenance or active", choices=("maintenance", "active"), default="maintenance"),
     "candidates": CANDIDATES,
     "include_manual": Option("also migrate VMs with migration mode manual", type="bool", default=False),
     "non_migratable": Option("fail, or shut down the VMs that may not migrate", choices=("fail", "shutdown"), default="fail"),
     "shutdown_timeout": Option("seconds to wait for VMs being shut down", type="int", default=120, range=Range(1, 86400, whole=True)),
-    "max_outgoing": Option("migrations from this host at once", type="int", default=2, range=Range(1, 64, whole=True)),
-    "max_incoming": Option("migrations into any one destination at once", type="int", default=2, range=Range(1, 64, whole=True)),
+    "max_outgoing": MAX_OUTGOING,
+    "max_incoming": MAX_INCOMING,
     "reason": Option("why the host goes into maintenance"),
-    "requested_by": Option("who asks"),
-    "log_dir": Option("the collection's log directory on the host", type="path", default=DEFAULT_LOG_DIR),
+    "requested_by": REQUESTED_BY,
+    "log_dir": LOG_DIR,
     "require_hook": Option("refuse to evacuate unless the host enforces maintenance", type="bool", default=True),
+    "tunnelled": TUNNELLED,
+    "allow_unsafe_cache": ALLOW_UNSAFE_CACHE,
+}
+
+CLUSTER_BALANCE: Group = {
+    "hosts": Option("every host of the cluster, URIs or dictionaries", type="list", elements="raw", required=True),
+    "policy": Option(
+        "the scheduling policy", choices=("evenly_distributed", "vm_evenly_distributed", "power_saving", "failback", "none"), default="evenly_distributed"
+    ),
+    "cpu_high": Option("CPU use (percent) above which a host is over-utilized", type="float", default=80.0, range=PERCENT),
+    "cpu_low": Option("CPU use (percent) below which a host is under-utilized", type="float", default=20.0, range=PERCENT),
+    "memory_high": Option("memory use (percent) above which a host is over-utilized", type="float", default=80.0, range=PERCENT),
+    "memory_low": Option("memory use (percent) below which a host is under-utilized", type="float", default=20.0, range=PERCENT),
+    "vm_count_high": Option("VM count above which a host sheds VMs", type="int", default=10, range=Range(0, 100000, whole=True)),
+    "vm_count_threshold": Option("VM count difference tolerated between hosts", type="int", default=5, range=Range(1, 100000, whole=True)),
+    "max_moves": Option("moves one run makes at most; unset: 5, no limit for failback", type="int", range=Range(1, 100000, whole=True)),
+    "min_improvement": Option("percentage points a move must gain", type="float", default=5.0, range=PERCENT),
+    "cooldown": Option("seconds before the balancer moves a VM again", type="int", default=3600, range=Range(0, 30 * 86400, whole=True)),
+    "samples": Option("CPU samples in the window", type="int", default=3, range=Range(1, 60, whole=True)),
+    "sample_interval": Option("seconds between two CPU samples", type="float", default=5.0, range=Range(0, 600.0, exclusive_minimum=True)),
+    "failback_hosts": Option("failback: only VMs that left these hosts", type="list", elements="str", default=[]),
+    "max_outgoing": MAX_OUTGOING,
+    "max_incoming": MAX_INCOMING,
+    "reason": Option("why the cluster is balanced"),
+    "requested_by": REQUESTED_BY,
+    "log_dir": LOG_DIR,
     "tunnelled": TUNNELLED,
     "allow_unsafe_cache": ALLOW_UNSAFE_CACHE,
 }
@@ -248,6 +280,7 @@ def only(group: Group, *names: str) -> Group:
 MODULES: t.Dict[str, t.Tuple[Group, ...]] = {
     "vm_migrate": (CONNECTION, VM, RUN, POLICY_OVERRIDES, VM_MIGRATE),
     "host_maintenance": (CONNECTION, RUN, HOST_MAINTENANCE),
+    "cluster_balance": (only(CONNECTION, "username", "password"), RUN, CLUSTER_BALANCE),
     "vm_hibernate": (CONNECTION, VM, only(RUN, "guest_hook_failure", "guest_hook_timeout"), VM_HIBERNATE),
     "host_info": (CONNECTION, only(RUN, "state_dir"), HOST_INFO),
     "migration_policy": (CONNECTION, VM, MIGRATION_POLICY),
