@@ -1,7 +1,7 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils package is private to the virtops.migration collection; it is not a public API.
-"""The libvirt store of a VM's own migration settings: reading and writing them in its domain metadata.
+"""The libvirt store of a VM's own migration settings, and of its placement record, in its domain metadata.
 
 The metadata format is ``metadata.py``'s, the value rules and the inheritance are ``settings.py``'s;
 this file only moves settings between libvirt and those two.
@@ -19,6 +19,7 @@ with it).
 from __future__ import annotations
 
 import typing as t
+import xml.etree.ElementTree as ET
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import metadata, settings
@@ -138,3 +139,29 @@ class SettingsStore:
                     entry["problems"] = problems
                 result.append(entry)
         return sorted(result, key=lambda entry: entry["name"])
+
+
+def record_placement(dom: t.Any, changes: t.Mapping[str, t.Any], uri: str) -> t.Dict[str, t.Any]:
+    """Merge ``changes`` into the VM's placement record (``metadata.PLACEMENT``; a ``None`` value removes
+    a key), on its live definition if it runs and its persistent one if it has one; returns the record now.
+
+    Only the placement element is touched: the VM's migration settings and other metadata stay as they are.
+    """
+    name = None
+    try:
+        name = dom.name()
+        current = metadata.placement_record(ET.fromstring(dom.XMLDesc(0)))
+        after = dict(current)
+        for key, value in changes.items():
+            if value is None:
+                after.pop(key, None)
+            else:
+                after[key] = value
+        if after == current:
+            return current
+        flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0) | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0)
+        xml = metadata.render(after, qualified=False, element=metadata.PLACEMENT) if after else None
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, metadata.PLACEMENT_PREFIX if after else None, metadata.PLACEMENT_URI, flags)
+    except libvirt.libvirtError as exc:
+        raise translate_libvirt_error(exc, "write the placement record", vm=name, uri=uri) from exc
+    return after

@@ -217,6 +217,9 @@ def parse_domain_xml(domain_xml: str) -> t.Dict[str, t.Any]:
     if problems:
         facts["migration_settings_problems"] = problems
         facts["migration_settings_error"] = vm_settings.describe_problems(problems)
+    placement = metadata.placement_record(root)
+    if placement:
+        facts["placement"] = placement
     return facts
 
 

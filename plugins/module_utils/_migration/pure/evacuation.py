@@ -349,12 +349,13 @@ def plan_evacuation(
 class EvacuationQueue:
     """The order in which an evacuation's moves start, under concurrency limits.
 
-    * At most ``max_outgoing`` moves run at once out of the source (vdsm's default: 2).
+    * At most ``max_outgoing`` moves run at once out of the source (vdsm's default: 2); for moves out of
+      several hosts (the balancer's), out of each source.
     * At most ``max_incoming`` moves run at once into any one destination (vdsm's default: 2).
     * A move's policy may allow fewer: ``suspend_workload`` and ``very_large_vms`` run alone
       (``max_concurrent`` 1, as in oVirt). A move starts only while fewer moves run than its own
-      policy allows and than the policy of each running move allows; a move held back so is not
-      overtaken, the running moves drain first.
+      policy allows and than the policy of each running move out of the same source allows; a move
+      held back so is not overtaken, the running moves drain first.
     * Priority: while a move of some priority waits, no move of a lower priority starts, even if its
       own destination has room; a higher-priority VM always starts before a lower-priority one.
     * Within one priority, the move into the destination with the fewest moves running into it
@@ -389,6 +390,7 @@ class EvacuationQueue:
         self._running: t.List[Move] = []
         self._finished: t.List[Move] = []
         self._incoming: t.Dict[str, int] = {}
+        self._outgoing: t.Dict[str, int] = {}
 
     @property
     def waiting(self) -> t.Tuple[Move, ...]:
@@ -406,9 +408,16 @@ class EvacuationQueue:
         """How many moves run into ``host`` now."""
         return self._incoming.get(host, 0)
 
-    def outgoing_limit(self, move: t.Optional[Move] = None) -> int:
-        """How many moves may run out of the source now (with ``move`` started too)."""
-        limits = [self.max_outgoing] + [running.policy.max_concurrent for running in self._running]
+    def outgoing(self, host: str) -> int:
+        """How many moves run out of ``host`` now."""
+        return self._outgoing.get(host, 0)
+
+    def outgoing_limit(self, move: t.Optional[Move] = None, source: t.Optional[str] = None) -> int:
+        """How many moves may run out of a source now (``move``'s, with it started too; else ``source``, or the only one)."""
+        if move is not None:
+            source = move.source
+        running = [other for other in self._running if source is None or other.source == source]
+        limits = [self.max_outgoing] + [other.policy.max_concurrent for other in running]
         if move is not None:
             limits.append(move.policy.max_concurrent)
         return min(limits)
@@ -421,10 +430,10 @@ class EvacuationQueue:
         ahead = [other.vm for other in self._waiting if vm_settings.PRIORITY_RANK[other.priority] < rank]
         if ahead:
             return "VM '%s' (%s priority) waits for higher-priority VMs to start: %s" % (move.vm, move.priority, ", ".join(ahead))
-        if len(self._running) >= self.max_outgoing:
+        if self.outgoing(move.source) >= self.max_outgoing:
             return "VM '%s' waits for one of the %d outgoing migration slots of %s" % (move.vm, self.max_outgoing, move.source)
         limit = self.outgoing_limit(move)
-        if len(self._running) >= limit:
+        if self.outgoing(move.source) >= limit:
             return "VM '%s' waits: its policy or a running move's policy allows only %d migration(s) at once" % (move.vm, limit)
         if self.incoming(move.destination) >= self.max_incoming:
             return "VM '%s' waits for one of the %d incoming migration slots of %s" % (move.vm, self.max_incoming, move.destination)
@@ -432,15 +441,20 @@ class EvacuationQueue:
 
     def next_ready(self) -> t.Optional[Move]:
         """The move to start now, or ``None`` when every waiting move must wait (or none waits)."""
-        if not self._waiting or len(self._running) >= self.max_outgoing:
+        if not self._waiting:
             return None
         top = vm_settings.PRIORITY_RANK[self._waiting[0].priority]
         best: t.Optional[Move] = None
+        held: t.Set[str] = set()
         for move in self._waiting:
             if vm_settings.PRIORITY_RANK[move.priority] != top:
                 break
-            if len(self._running) >= self.outgoing_limit(move):
-                return best
+            if move.source in held:
+                continue
+            if self.outgoing(move.source) >= self.outgoing_limit(move):
+                # Its source is full, or its running moves' policies drain first: nothing later from there overtakes it.
+                held.add(move.source)
+                continue
             load = self.incoming(move.destination)
             if load < self.max_incoming and (best is None or load < self.incoming(best.destination)):
                 best = move
@@ -456,6 +470,7 @@ class EvacuationQueue:
         self._waiting.remove(move)
         self._running.append(move)
         self._incoming[move.destination] = self.incoming(move.destination) + 1
+        self._outgoing[move.source] = self.outgoing(move.source) + 1
 
     def finish(self, move: Move) -> None:
         """Record that ``move`` has ended (completed or failed): its slots are free again."""
@@ -463,6 +478,7 @@ class EvacuationQueue:
             raise EvacuationError("VM '%s' is not being moved" % move.vm, vm=move.vm)
         self._running.remove(move)
         self._incoming[move.destination] -= 1
+        self._outgoing[move.source] -= 1
         self._finished.append(move)
 
     def cancel(self) -> t.List[Move]:

@@ -20,6 +20,18 @@ Format, under the namespace :data:`NAMESPACE_URI` with prefix :data:`NAMESPACE_P
 Scalars are text (booleans ``true``/``false``), lists are ``<item>`` children, mappings are nested
 elements. libvirt qualifies only the root element with the namespace, so children are read whether or
 not they carry it.
+
+A second element, under its own namespace :data:`PLACEMENT_URI`, keeps where the VM has been moved by
+the collection (:data:`PLACEMENT_KEYS`), in the same format: the host it left for a maintenance (for
+the move back) and when the balancer last moved it (its cooldown). It is not a setting: a user never
+writes it, and removing the VM's settings (``migration_policy state=absent``) leaves it alone::
+
+    <virtops-placement:placement xmlns:virtops-placement="https://virtops.github.io/xmlns/placement/1">
+      <left_host>lab-h1</left_host>
+      <left_host_uuid>...</left_host_uuid>
+      <left_at>2026-12-07T10:00:00Z</left_at>
+      <balanced_at>1796637600</balanced_at>
+    </virtops-placement:placement>
 """
 
 from __future__ import annotations
@@ -31,6 +43,13 @@ import xml.etree.ElementTree as ET
 NAMESPACE_URI = "https://virtops.github.io/xmlns/migration/1"
 NAMESPACE_PREFIX = "virtops"
 ROOT_TAG = "migration"
+PLACEMENT_URI = "https://virtops.github.io/xmlns/placement/1"
+PLACEMENT_PREFIX = "virtops-placement"
+PLACEMENT_TAG = "placement"
+# What the placement element holds: the host a maintenance moved the VM off (name and host UUID) and
+# when, and when the balancer last moved it (seconds since the epoch).
+PLACEMENT_KEYS = ("left_host", "left_host_uuid", "left_at", "balanced_at")
+PLACEMENT = (PLACEMENT_TAG, PLACEMENT_PREFIX, PLACEMENT_URI)
 
 
 # Scalar text read back as an integer; anything else that is not true/false stays a string.
@@ -91,27 +110,31 @@ def _read(element: ET.Element) -> t.Any:
     return _from_text((element.text or "").strip())
 
 
-def render(settings: t.Mapping[str, t.Any], qualified: bool = True) -> str:
+def render(settings: t.Mapping[str, t.Any], qualified: bool = True, element: t.Tuple[str, str, str] = (ROOT_TAG, NAMESPACE_PREFIX, NAMESPACE_URI)) -> str:
     """Return the metadata element for ``settings``.
 
     ``qualified=True`` gives the element with its namespace declared, ready to be placed inside a
     domain's ``<metadata>``. ``qualified=False`` gives the bare element that
     ``virDomain.setMetadata(VIR_DOMAIN_METADATA_ELEMENT, xml, prefix, uri)`` expects.
 
+    ``element`` is (tag, prefix, namespace URI): the settings' element by default, :data:`PLACEMENT`
+    for the placement record.
+
     Raises :class:`MetadataFormatError` for a setting name that is not an XML name, or a ``None`` value.
     """
-    root = ET.Element(ROOT_TAG)
+    tag, prefix, uri = element
+    root = ET.Element(tag)
     _fill(root, dict(settings))
     text = ET.tostring(root, encoding="unicode")
     if qualified:
-        head = '<%s:%s xmlns:%s="%s"' % (NAMESPACE_PREFIX, ROOT_TAG, NAMESPACE_PREFIX, NAMESPACE_URI)
-        text = head + text[len("<" + ROOT_TAG) :]
-        if text.endswith("</%s>" % ROOT_TAG):
-            text = text[: -len("</%s>" % ROOT_TAG)] + "</%s:%s>" % (NAMESPACE_PREFIX, ROOT_TAG)
+        head = '<%s:%s xmlns:%s="%s"' % (prefix, tag, prefix, uri)
+        text = head + text[len("<" + tag) :]
+        if text.endswith("</%s>" % tag):
+            text = text[: -len("</%s>" % tag)] + "</%s:%s>" % (prefix, tag)
     return text
 
 
-def parse(xml_text: t.Optional[str]) -> t.Dict[str, t.Any]:
+def parse(xml_text: t.Optional[str], tag: str = ROOT_TAG) -> t.Dict[str, t.Any]:
     """Read settings from the metadata element (as ``getMetadata`` returns it); ``None`` gives ``{}``."""
     if not xml_text or not xml_text.strip():
         return {}
@@ -119,8 +142,8 @@ def parse(xml_text: t.Optional[str]) -> t.Dict[str, t.Any]:
         root = ET.fromstring(xml_text)
     except ET.ParseError as exc:
         raise MetadataFormatError("migration metadata is not well-formed XML: %s" % exc) from exc
-    if _local(root.tag) != ROOT_TAG:
-        raise MetadataFormatError("migration metadata root is <%s>, expected <%s>" % (_local(root.tag), ROOT_TAG))
+    if _local(root.tag) != tag:
+        raise MetadataFormatError("migration metadata root is <%s>, expected <%s>" % (_local(root.tag), tag))
     value = _read(root)
     return value if isinstance(value, dict) else {}
 
@@ -130,12 +153,24 @@ def from_domain_xml(domain_xml: str) -> t.Dict[str, t.Any]:
     return from_domain_element(ET.fromstring(domain_xml))
 
 
-def from_domain_element(root: ET.Element) -> t.Dict[str, t.Any]:
-    """Read settings from an already parsed ``<domain>`` element."""
+def from_domain_element(root: ET.Element, element: t.Tuple[str, str, str] = (ROOT_TAG, NAMESPACE_PREFIX, NAMESPACE_URI)) -> t.Dict[str, t.Any]:
+    """Read settings (or, with ``element`` :data:`PLACEMENT`, the placement record) from an already parsed ``<domain>`` element."""
+    tag, _prefix, uri = element
     metadata = root.find("metadata")
     if metadata is None:
         return {}
-    element = metadata.find("{%s}%s" % (NAMESPACE_URI, ROOT_TAG))
-    if element is None:
+    found = metadata.find("{%s}%s" % (uri, tag))
+    if found is None:
         return {}
-    return parse(ET.tostring(element, encoding="unicode"))
+    return parse(ET.tostring(found, encoding="unicode"), tag)
+
+
+
+def placement_record(root: ET.Element) -> t.Dict[str, t.Any]:
+    """The VM's placement record (:data:`PLACEMENT_KEYS` only) from its parsed ``<domain>``; ``{}`` when it has
+    none or it cannot be read (a record that cannot be read only means the VM is not moved back, nor kept from moving)."""
+    try:
+        record = from_domain_element(root, PLACEMENT)
+    except MetadataFormatError:
+        return {}
+    return {key: record[key] for key in PLACEMENT_KEYS if key in record}
