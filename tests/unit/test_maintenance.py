@@ -18,6 +18,7 @@ import pytest
 from ansible_collections.virtops.migration.plugins.filter.maintenance_report import FilterModule, maintenance_report
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation as ev
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import maintenance as mt
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import batch as batch_mod
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import mark as mk
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import requests as rq
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move
@@ -299,7 +300,7 @@ def hosts(sample: t.Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> Ho
             return {"outcome": "migrated", "changed": True, "vm_state": "running" if dom.isActive() else "shut off"}
 
     monkeypatch.setattr(mt.HostMaintenance, "connect", connect)
-    monkeypatch.setattr(mt, "JobRunner", RecordingRunner)
+    monkeypatch.setattr(batch_mod, "JobRunner", RecordingRunner)
     monkeypatch.setattr(mt, "hook_status", lambda **_kwargs: {"path": mk.HOOK_PATH, "installed": True, "loaded": True})
     return cluster
 
@@ -337,13 +338,13 @@ def test_an_evacuation_moves_a_transient_vm_as_a_transient_vm(tmp_path: Path, ho
 def test_a_tunnelled_evacuation_plans_and_runs_its_moves_through_the_tunnel(tmp_path: Path, hosts: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
     hosts.hv1.domains += [domain("a1", RUNNING), domain("old1", SHUT_OFF)]
     seen: t.List[t.Any] = []
-    recording = mt.JobRunner
+    recording = batch_mod.JobRunner
 
     def runner(run_options: t.Any, connect: t.Any, vm: str, log: t.Callable[[str], None]) -> t.Any:
         seen.append(run_options)
         return recording(run_options, connect, vm, log)
 
-    monkeypatch.setattr(mt, "JobRunner", runner)
+    monkeypatch.setattr(batch_mod, "JobRunner", runner)
     request = host_maintenance(tmp_path).request
     request.tunnelled = True
     planned = mt.HostMaintenance(request).maintenance(check_mode=True)
@@ -385,14 +386,14 @@ def test_the_progress_file_shows_the_moves_running_and_ended(tmp_path: Path, hos
     hosts.hv1.domains += [domain("a1", RUNNING), domain("b2", RUNNING), domain("c3", RUNNING)]
     progress = tmp_path / "state" / mt.PROGRESS_FILE
     seen: t.List[t.Dict[str, t.Any]] = []
-    carry_out = mt.JobRunner.carry_out
+    carry_out = batch_mod.JobRunner.carry_out
 
     def watched(self: t.Any, move: Move, others: t.Sequence[Candidate] = ()) -> t.Dict[str, t.Any]:
         # What a watcher reads while this move runs (the file is rewritten before each move starts).
         seen.append(json.loads(progress.read_text(encoding="utf-8")))
         return carry_out(self, move, others)
 
-    monkeypatch.setattr(mt.JobRunner, "carry_out", watched)
+    monkeypatch.setattr(batch_mod.JobRunner, "carry_out", watched)
     request = host_maintenance(tmp_path).request
     request.max_outgoing = 1
     result = mt.HostMaintenance(request).maintenance(check_mode=False)

@@ -15,15 +15,18 @@ out and verified against libvirt in ``libvirt_io``, and each module's workflow j
   module run was asked to do, built from its parameters), evacuation (the evacuation plan and its
   queue), mark (the maintenance mark and its hook), failover (SR-IOV failover pairs and unmovable
   host devices in domain XML), rules (the one assessor: whether, how and why not a VM may move, for
-  vm_migrate and for an evacuation alike).
+  vm_migrate and for an evacuation alike), affinity (affinity groups: which VMs run together or
+  apart, on which hosts), balance (the balancer's plan under a scheduling policy).
 ``libvirt_io`` (reads and changes libvirt):
   connection (opening and closing), probe (reading destinations, where a VM is), runner (the one
   job runner: a move's libvirt job, its monitoring and verification), settings_store (settings
-  in domain metadata), guest_agent (programs run in a guest through its QEMU guest agent, and the
+  and the placement record in domain metadata), cluster (every host of a cluster and its VMs' load,
+  read at once, for the balancer), guest_agent (programs run in a guest through its QEMU guest agent, and the
   guest hooks), failover_nic (sriov_failover_nic: check the host, define a failover pair, plug it
   into the running VM), sriov_network (sriov_network: a hostdev network over a PF).
 ``orchestration`` (one module's whole run):
   vm_migration (vm_migrate: plan one move, run it), maintenance (host_maintenance: plan an
   evacuation, run its moves, mark the host), hibernation (vm_hibernate: guest hooks and libvirt's
-  managed save, restore), modulekit (a module's result or failure).
+  managed save, restore), batch (a plan's moves run several at a time), balancing (cluster_balance:
+  read the cluster, plan under a policy, run the moves), modulekit (a module's result or failure).
 """

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import queue
 import threading
 import time
 import typing as t
@@ -49,7 +48,8 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, RunOptions, record_phase
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.requests import MaintenanceRequest
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.probe import CpuCheck, probe_hosts
-from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.runner import JobRunner
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.settings_store import record_placement
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.batch import MoveBatch
 
 try:
     import libvirt
@@ -60,10 +60,6 @@ EVENT_LOG = "events.jsonl"
 # The evacuation's progress, rewritten as moves start and end, for whoever watches a long one (the
 # roles poll it while the module runs in the background): in the state directory, readable by all.
 PROGRESS_FILE = "evacuation.json"
-# The runner's events an evacuation keeps in each VM's record: the steps around a move (not its progress).
-STEP_EVENTS = frozenset(
-    ("guest_hooks", "vf_unplugged", "vf_unplug_timeout", "vf_absent", "vf_plugged", "vf_plug_failed", "primary_released", "unplug_timeout")
-)
 
 
 def listed_uuids(*marks: t.Mapping[str, t.Any], names: t.Optional[t.Sequence[str]] = None) -> t.Dict[str, t.Any]:
@@ -149,6 +145,14 @@ class HostMaintenance:
     def _hosts(self, vms: t.Sequence[evacuation.VmToMove], cpus: t.Mapping[str, CpuCheck]) -> t.List[placement.HostState]:
         needs = [t.cast(placement.VmNeeds, vm.needs) for vm in vms]
         return probe_hosts(self.connect, self.request.candidates, needs, cpus, self.request.memory_reserved_mib)
+
+    @staticmethod
+    def _known_as(source: rules.SourceHost, hosts: t.Sequence[placement.HostState]) -> rules.SourceHost:
+        """The source under the name the cluster's host list gives it (found by host UUID), else its host name."""
+        for host in hosts:
+            if host.error is None and host.uuid == source.uuid:
+                return rules.SourceHost(name=host.name, uuid=source.uuid, uri=source.uri)
+        return source
 
     def _final_load(self) -> t.Dict[str, t.Dict[str, t.Any]]:
         """Running VMs' vCPUs and memory left for guests on each reachable candidate, read afterwards."""
@@ -251,7 +255,7 @@ class HostMaintenance:
         asked: t.List[str] = []
         try:
             began = time.monotonic()
-            records = self._run(plan, hostname)
+            records = self._run(plan, hostname, self._known_as(source, hosts))
             began = record_phase(self.timings, "moves", began)
             failed = [record for record in records if record["outcome"] == "failed"]
             if failed:
@@ -406,78 +410,46 @@ class HostMaintenance:
             except libvirt.libvirtError as exc:
                 raise translate_libvirt_error(exc, "list the VMs still running", uri=req.uri) from exc
 
-    def _run(self, plan: evacuation.EvacuationPlan, hostname: str) -> t.List[t.Dict[str, t.Any]]:
-        """Run the plan's moves under the queue's limits; one record per VM, in start order."""
-        req = self.request
-        pending = evacuation.EvacuationQueue(plan.moves, req.max_outgoing, req.max_incoming)
-        done: "queue.Queue[t.Tuple[Move, t.Dict[str, t.Any]]]" = queue.Queue()
-        records: t.List[t.Dict[str, t.Any]] = []
+    def _run(self, plan: evacuation.EvacuationPlan, hostname: str, source: rules.SourceHost) -> t.List[t.Dict[str, t.Any]]:
+        """Run the plan's moves under the queue's limits; one record per VM, in start order.
 
+        Each VM that moved has the host it left written in its placement record, for the move back
+        (``cluster_balance`` policy ``failback``): ``source`` is that host under the name the cluster's
+        host list gives it, and its host UUID.
+        """
+        req = self.request
         options = RunOptions(poll_interval=req.poll_interval, monitor_interval=req.monitor_interval, state_dir=req.state_dir,
                              username=req.username, password=req.password, unplug_timeout=req.unplug_timeout,
                              guest_hook_failure=req.guest_hook_failure, guest_hook_timeout=req.guest_hook_timeout,
                              tunnelled=req.tunnelled)
+        batch = MoveBatch(options, self.connect, req.candidates, log=self.log, started=self.start)
+        left = {"left_host": source.name, "left_host_uuid": source.uuid, "left_at": now_iso(), "balanced_at": None}
 
-        def worker(move: Move, record: t.Dict[str, t.Any]) -> None:
-            runner = JobRunner(options, self.connect, move.vm, log=self.log)
-            try:
-                # Where a migration left running by a lost run may have taken the VM, besides the destination.
-                others = [candidate for candidate in req.candidates if candidate.uri != move.destination_uri]
-                outcome = runner.carry_out(move, others)
-                record.update(
-                    outcome=outcome["outcome"],
-                    downtime_ms=outcome.get("downtime_ms"),
-                    data_total_mib=outcome.get("data_total_mib"),
-                    vm_state=outcome.get("vm_state"),
-                )
-                if outcome.get("adopted"):
-                    record["adopted"] = True
-                if outcome.get("warnings"):
-                    record["warnings"] = outcome["warnings"]
-            except MigrationError as exc:
-                record.update(outcome="failed", error=exc.msg, observed=exc.details.get("observed"))
-            except BaseException as exc:  # pylint: disable=broad-exception-caught
-                record.update(outcome="failed", error="unexpected %s: %s" % (type(exc).__name__, exc))
-            finally:
-                try:
-                    record["timings"] = dict(runner.timings)
-                    steps = [event for event in runner.events if event.get("event") in STEP_EVENTS]
-                    if steps:
-                        record["events"] = steps
-                finally:
-                    done.put((move, record))  # whatever happened, the queue hears that this move ended
+        def moved(move: Move, _record: t.Dict[str, t.Any]) -> None:
+            with self.connect(move.destination_uri) as conn:
+                record_placement(conn.lookupByUUIDString(move.uuid), left, move.destination_uri)
 
-        threads = []
-        while not pending.done():
-            move = pending.next_ready()
-            while move is not None:
-                pending.start(move)
-                record = {
-                    "vm": move.vm,
-                    "uuid": move.uuid,
-                    "priority": move.priority,
-                    "memory_mib": move.memory_mib,
-                    "kind": move.kind,
-                    "from": hostname,
-                    "to": move.destination,
-                    "policy": move.policy.name,
-                    "started": now_iso(),
-                    "started_at_s": self.at(),
-                }
-                records.append(record)
-                thread = threading.Thread(target=worker, args=(move, record), name="evacuate-%s" % move.vm, daemon=True)
-                self._progress(hostname, len(plan.moves), records, finished=False)
-                thread.start()
-                threads.append(thread)
-                move = pending.next_ready()
-            finished, record = done.get()
-            record.update(finished=now_iso(), finished_at_s=self.at())
-            record["duration_s"] = round(record["finished_at_s"] - record["started_at_s"], 3)
-            pending.finish(finished)
+        def ended(_move: Move, record: t.Dict[str, t.Any], records: t.Sequence[t.Dict[str, t.Any]]) -> None:
             self._audit(record)
             self._progress(hostname, len(plan.moves), records, finished=False)
-        for thread in threads:
-            thread.join()
+
+        batch.moved = moved
+        batch.begun = lambda records: self._progress(hostname, len(plan.moves), records, finished=False)
+        batch.ended = ended
+
+        def base(move: Move) -> t.Dict[str, t.Any]:
+            return {
+                "vm": move.vm,
+                "uuid": move.uuid,
+                "priority": move.priority,
+                "memory_mib": move.memory_mib,
+                "kind": move.kind,
+                "from": hostname,
+                "to": move.destination,
+                "policy": move.policy.name,
+            }
+
+        records = batch.run(plan.moves, req.max_outgoing, req.max_incoming, base)
         self._progress(hostname, len(plan.moves), records, finished=True)
         return records
 

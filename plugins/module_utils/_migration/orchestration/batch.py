@@ -1,0 +1,136 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""Running a plan's moves several at a time: an evacuation's, the balancer's, a move back.
+
+The moves start in the order and under the limits of :class:`~evacuation.EvacuationQueue` (priority
+first; at most so many out of each source and into each destination at once, fewer when a policy says
+so). Each runs in its own thread through :meth:`~runner.JobRunner.carry_out`, which re-checks what may
+have changed since the plan and verifies the move through libvirt. A move that fails does not stop the
+others; every move gets one record, in start order, whatever happened to it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.mark import now_iso
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, RunOptions
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.runner import JobRunner
+
+# The runner's events a batch keeps in each VM's record: the steps around a move (not its progress).
+STEP_EVENTS = frozenset(
+    ("guest_hooks", "vf_unplugged", "vf_unplug_timeout", "vf_absent", "vf_plugged", "vf_plug_failed", "primary_released", "unplug_timeout")
+)
+
+Record = t.Dict[str, t.Any]
+
+
+class MoveBatch:
+    """The moves of one plan, carried out in parallel; :meth:`run` returns one record per move.
+
+    ``candidates`` are every host a move may involve (where a job left running by a lost run may have
+    taken a VM). Hooks, each called with the move and its record:
+
+    * ``check`` in the move's thread before it starts: a sentence saying why it must not start now
+      (the record's outcome is then ``not_started``), or ``None``;
+    * ``moved`` in the move's thread after it was verified (outcome ``migrated``): its failure becomes a
+      warning of the record, never a failed move;
+    * ``begun`` in the calling thread when a move has started, with every record so far (progress);
+    * ``ended`` in the calling thread when the move has ended, whatever its outcome (audit, progress).
+    """
+
+    def __init__(
+        self,
+        options: RunOptions,
+        connect: t.Callable[..., t.ContextManager[t.Any]],
+        candidates: t.Sequence[Candidate],
+        log: t.Callable[[str], None] = lambda _msg: None,
+        started: t.Optional[float] = None,
+    ) -> None:
+        self.options = options
+        self.connect = connect
+        self.candidates = list(candidates)
+        self.log = log
+        self.started = time.monotonic() if started is None else started
+        self.check: t.Optional[t.Callable[[Move, Record], t.Optional[str]]] = None
+        self.moved: t.Optional[t.Callable[[Move, Record], None]] = None
+        self.begun: t.Callable[[t.Sequence[Record]], None] = lambda _records: None
+        self.ended: t.Callable[[Move, Record, t.Sequence[Record]], None] = lambda _move, _record, _records: None
+
+    def at(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+    def _work(self, move: Move, record: Record) -> None:
+        runner = JobRunner(self.options, self.connect, move.vm, log=self.log)
+        try:
+            why = self.check(move, record) if self.check is not None else None
+            if why is not None:
+                record.update(outcome="not_started", error=why)
+                return
+            # Where a migration left running by a lost run may have taken the VM, besides the destination.
+            others = [candidate for candidate in self.candidates if candidate.uri != move.destination_uri]
+            outcome = runner.carry_out(move, others)
+            record.update(
+                outcome=outcome["outcome"],
+                downtime_ms=outcome.get("downtime_ms"),
+                data_total_mib=outcome.get("data_total_mib"),
+                vm_state=outcome.get("vm_state"),
+            )
+            if outcome.get("adopted"):
+                record["adopted"] = True
+            if outcome.get("warnings"):
+                record["warnings"] = list(outcome["warnings"])
+            if self.moved is not None and record["outcome"] == "migrated":
+                try:
+                    self.moved(move, record)
+                except Exception as exc:  # pylint: disable=broad-exception-caught
+                    text = getattr(exc, "msg", None) or "%s: %s" % (type(exc).__name__, exc)
+                    record.setdefault("warnings", []).append("VM '%s' moved, but its placement record was not written: %s" % (move.vm, text))
+        except MigrationError as exc:
+            record.update(outcome="failed", error=exc.msg, observed=exc.details.get("observed"))
+        except BaseException as exc:  # pylint: disable=broad-exception-caught
+            record.update(outcome="failed", error="unexpected %s: %s" % (type(exc).__name__, exc))
+        finally:
+            record["timings"] = dict(runner.timings)
+            steps = [event for event in runner.events if event.get("event") in STEP_EVENTS]
+            if steps:
+                record["events"] = steps
+
+    def run(self, moves: t.Sequence[Move], max_outgoing: int, max_incoming: int, base: t.Callable[[Move], Record]) -> t.List[Record]:
+        """Carry out ``moves`` under the limits; ``base(move)`` gives the first keys of each record."""
+        pending = evacuation.EvacuationQueue(moves, max_outgoing, max_incoming)
+        done: "queue.Queue[t.Tuple[Move, Record]]" = queue.Queue()
+        records: t.List[Record] = []
+
+        def worker(move: Move, record: Record) -> None:
+            try:
+                self._work(move, record)
+            finally:
+                done.put((move, record))  # whatever happened, the queue hears that this move ended
+
+        threads = []
+        while not pending.done():
+            move = pending.next_ready()
+            while move is not None:
+                pending.start(move)
+                record = dict(base(move), started=now_iso(), started_at_s=self.at())
+                records.append(record)
+                thread = threading.Thread(target=worker, args=(move, record), name="move-%s" % move.vm, daemon=True)
+                self.begun(records)
+                thread.start()
+                threads.append(thread)
+                move = pending.next_ready()
+            finished, record = done.get()
+            record.update(finished=now_iso(), finished_at_s=self.at())
+            record["duration_s"] = round(record["finished_at_s"] - record["started_at_s"], 3)
+            pending.finish(finished)
+            self.ended(finished, record, records)
+        for thread in threads:
+            thread.join()
+        return records
