@@ -12,12 +12,13 @@ others; every move gets one record, in start order, whatever happened to it.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation, statefiles
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.mark import now_iso
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, RunOptions
@@ -29,6 +30,20 @@ STEP_EVENTS = frozenset(
 )
 
 Record = t.Dict[str, t.Any]
+# Every move is appended, as one JSON line, to this file in the collection's log directory on the host
+# the module runs on, for audit.
+EVENT_LOG = "events.jsonl"
+
+
+def append_event(log_dir: str, record: t.Mapping[str, t.Any], why: str, by: t.Optional[str], log: t.Callable[[str], None]) -> None:
+    """Append one JSON line for a move that ended to the event log (best effort, never fatal; the caller
+    serialises concurrent calls)."""
+    entry = {"time": record.get("finished"), "event": "migration", "why": why, "by": by}
+    entry.update({key: record.get(key) for key in ("vm", "from", "to", "priority", "kind", "outcome", "duration_s", "downtime_ms", "error")})
+    try:
+        statefiles.append_line(log_dir, EVENT_LOG, json.dumps(entry, sort_keys=True))
+    except (OSError, MigrationError) as exc:
+        log("cannot write the event log: %s" % exc)
 
 
 class MoveBatch:

@@ -16,7 +16,6 @@ rerun resumes, since VMs that have moved are no longer on the host.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import threading
 import time
 import typing as t
@@ -49,14 +48,13 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.requests import MaintenanceRequest
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.probe import CpuCheck, probe_hosts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.settings_store import record_placement
-from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.batch import MoveBatch
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration.batch import EVENT_LOG, MoveBatch, append_event
 
 try:
     import libvirt
 except ImportError:  # reported by the module through missing_required_lib
     pass
 
-EVENT_LOG = "events.jsonl"
 # The evacuation's progress, rewritten as moves start and end, for whoever watches a long one (the
 # roles poll it while the module runs in the background): in the state directory, readable by all.
 PROGRESS_FILE = "evacuation.json"
@@ -472,18 +470,9 @@ class HostMaintenance:
 
     def _audit(self, record: t.Mapping[str, t.Any]) -> None:
         """Append one JSON line per migration to the host's event log (best effort, never fatal)."""
-        entry = {
-            "time": record.get("finished"),
-            "event": "migration",
-            "why": "host maintenance" + (": %s" % self.request.reason if self.request.reason else ""),
-            "by": self.request.requested_by,
-        }
-        entry.update({key: record.get(key) for key in ("vm", "from", "to", "priority", "kind", "outcome", "duration_s", "downtime_ms", "error")})
-        try:
-            with self._log_lock:
-                statefiles.append_line(self.request.log_dir, EVENT_LOG, json.dumps(entry, sort_keys=True))
-        except (OSError, MigrationError) as exc:
-            self.log("cannot write the event log: %s" % exc)
+        with self._log_lock:
+            append_event(self.request.log_dir, record, "host maintenance" + (": %s" % self.request.reason if self.request.reason else ""),
+                         self.request.requested_by, self.log)
 
     def _shutdown(self, plan: evacuation.EvacuationPlan, hostname: str, base: t.Dict[str, t.Any], asked: t.List[str]) -> t.List[str]:
         """Shut the plan's non-migratable VMs down cleanly; fail if one does not stop in time.

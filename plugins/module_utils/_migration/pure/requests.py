@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils package is private to the virtops.migration collection; it is not a public API.
 """What one module run was asked to do: :class:`MigrateRequest` (``vm_migrate``),
-:class:`MaintenanceRequest` (``host_maintenance``) and :class:`HibernateRequest` (``vm_hibernate``),
+:class:`MaintenanceRequest` (``host_maintenance``), :class:`HibernateRequest` (``vm_hibernate``) and
+:class:`ClusterBalanceRequest` (``cluster_balance``),
 each built from the module's parameters by one function that refuses bad input before any connection.
 
 An option missing from the parameters (or None) takes its default from the option tables of
@@ -14,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity, settings
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import (
+    CLUSTER_BALANCE,
     CONNECTION,
     HOST_MAINTENANCE,
     RESERVE_RANGE,
@@ -227,4 +229,75 @@ def hibernate_request(params: t.Mapping[str, t.Any]) -> HibernateRequest:
         vm=params["name"] or params["uuid"],
         uri=resolve_uri(params["uri"]),
         guest_hook_timeout=float(params["guest_hook_timeout"]),
+    )
+
+
+@dataclasses.dataclass
+class ClusterBalanceRequest:
+    """Everything one ``cluster_balance`` run was asked to do."""
+
+    hosts: t.List[Candidate]
+    policy: str = CLUSTER_BALANCE["policy"].default
+    cpu_high: float = CLUSTER_BALANCE["cpu_high"].default
+    cpu_low: float = CLUSTER_BALANCE["cpu_low"].default
+    memory_high: float = CLUSTER_BALANCE["memory_high"].default
+    memory_low: float = CLUSTER_BALANCE["memory_low"].default
+    vm_count_high: int = CLUSTER_BALANCE["vm_count_high"].default
+    vm_count_threshold: int = CLUSTER_BALANCE["vm_count_threshold"].default
+    max_moves: t.Optional[int] = CLUSTER_BALANCE["max_moves"].default
+    min_improvement: float = CLUSTER_BALANCE["min_improvement"].default
+    cooldown: int = CLUSTER_BALANCE["cooldown"].default
+    samples: int = CLUSTER_BALANCE["samples"].default
+    sample_interval: float = CLUSTER_BALANCE["sample_interval"].default
+    failback_hosts: t.List[str] = dataclasses.field(default_factory=CLUSTER_BALANCE["failback_hosts"].missing_value)
+    max_outgoing: int = CLUSTER_BALANCE["max_outgoing"].default
+    max_incoming: int = CLUSTER_BALANCE["max_incoming"].default
+    reason: t.Optional[str] = CLUSTER_BALANCE["reason"].default
+    requested_by: t.Optional[str] = CLUSTER_BALANCE["requested_by"].default
+    log_dir: str = CLUSTER_BALANCE["log_dir"].default
+    tunnelled: bool = CLUSTER_BALANCE["tunnelled"].default
+    allow_unsafe_cache: bool = CLUSTER_BALANCE["allow_unsafe_cache"].default
+    memory_reserved_mib: int = RUN["memory_reserved_mib"].default
+    cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["cluster_policy"].missing_value)
+    global_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["global_policy"].missing_value)
+    # Run the guests' hooks around their moves; None: each VM's own setting decides.
+    guest_hooks: t.Optional[bool] = RUN["guest_hooks"].default
+    groups: t.Tuple[affinity.AffinityGroup, ...] = ()
+    options: RunOptions = dataclasses.field(default_factory=RunOptions)
+
+
+def balance_request(params: t.Mapping[str, t.Any]) -> ClusterBalanceRequest:
+    """Validate ``cluster_balance``'s parameters into a :class:`ClusterBalanceRequest` before any connection."""
+    params = with_defaults("cluster_balance", params)
+    check_ranges("cluster_balance", params)
+    hosts = parse_candidates(params["hosts"])
+    if not hosts:
+        raise PolicyError("hosts must list every host of the cluster (cluster_facts_candidates); it is empty")
+    names = [host.name for host in hosts if host.name]
+    for low, high in (("cpu_low", "cpu_high"), ("memory_low", "memory_high")):
+        if params[low] > params[high]:
+            raise PolicyError("%s (%s) must not be above %s (%s)" % (low, params[low], high, params[high]))
+    unknown = sorted(set(params["failback_hosts"]) - set(names)) if names else []
+    if unknown:
+        raise PolicyError("failback_hosts names host(s) that are not in hosts: %s" % ", ".join(unknown))
+    options = RunOptions(
+        poll_interval=params["wait_sleep"],
+        monitor_interval=params["monitor_interval"],
+        state_dir=params["state_dir"],
+        username=params["username"],
+        password=params["password"],
+        unplug_timeout=params["unplug_timeout"],
+        guest_hook_failure=params["guest_hook_failure"],
+        guest_hook_timeout=params["guest_hook_timeout"],
+        tunnelled=params["tunnelled"],
+    )
+    return from_params(
+        ClusterBalanceRequest,
+        params,
+        hosts=hosts,
+        failback_hosts=list(params["failback_hosts"]),
+        cluster_policy=settings.validate(params["cluster_policy"], "cluster_policy"),
+        global_policy=settings.validate(params["global_policy"], "global_policy"),
+        groups=affinity.parse_groups(params["affinity_groups"], hosts=names if len(names) == len(hosts) else None),
+        options=options,
     )
