@@ -7,10 +7,35 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Inherited settings, monitoring and destination reserve, documented once."""
+    """Inherited settings, monitoring, destination reserve and affinity groups, documented once."""
 
     DOCUMENTATION = r"""
 options:
+  affinity_groups:
+    description:
+      - Affinity groups say which running VMs are kept together on one host or apart, and on which
+        hosts VMs may run, as oVirt's affinity groups do; usually the variable C(virtops_affinity_groups)
+        of the cluster's inventory group. Each group is a dictionary with the keys below (any other is refused).
+      - C(name) (required) names the group; names are unique.
+      - C(vms) (required) lists the VMs of the group by name, at least one.
+      - C(vm_rule) is V(positive) (keep the group's running VMs together on one host), V(negative) (keep
+        them apart, no two on one host) or V(disabled) (the default); a rule other than V(disabled) needs two VMs.
+      - C(vm_enforcing) (default V(true)) makes the VM rule hard, never broken; V(false) makes it soft.
+      - C(hosts) lists host names (the names of the candidates and the hosts' own names); C(host_rule) is
+        V(positive) (the group's VMs run only on C(hosts)), V(negative) (never on C(hosts)) or
+        V(disabled) (the default), with C(host_enforcing) (default V(true)) as C(vm_enforcing).
+      - A move that would break a hard rule is refused (rule C(affinity), naming the group) before
+        anything moves; an evacuation that cannot keep one lists the VM as unplaceable. Soft rules rank
+        destinations (fewer soft rules broken first) and are reported as warnings when left unmet.
+      - VM rules concern running VMs (a shut-off VM moved offline keeps only host rules). Groups that
+        contradict each other are refused before anything moves, for example a pair of VMs both in a
+        positive and in a negative VM group, a hard negative VM group with more VMs than the cluster
+        has hosts, a hard positive VM group whose hard host rules leave its VMs no host in common, or
+        hard host rules that leave a VM no host.
+    type: list
+    elements: dict
+    default: []
+    version_added: 0.2.0
   cluster_policy:
     description:
       - Cluster-level migration settings (C(priority), C(migration_mode), C(pinned_hosts), C(policy),

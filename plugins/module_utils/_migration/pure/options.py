@@ -8,8 +8,8 @@ that documents them:
 
 * :data:`CONNECTION` -- ``uri``, ``username``, ``password`` (doc fragment ``connection``);
 * :data:`VM` -- ``name`` / ``uuid`` (doc fragment ``vm``);
-* :data:`RUN` -- inherited settings, monitoring, destination reserve, state directory (doc
-  fragment ``migration_run``);
+* :data:`RUN` -- inherited settings, monitoring, destination reserve, state directory, affinity
+  groups (doc fragment ``migration_run``);
 * :data:`POLICY_OVERRIDES` -- the single policy settings a task may override (doc fragment
   ``policy_overrides``); their names are ``policy.OVERRIDES`` and their value rules live in
   ``policy.apply_overrides``;
@@ -137,6 +137,8 @@ RUN: Group = {
     "guest_hook_timeout": Option(
         "seconds one run of a guest's hooks may take", type="float", default=60.0, range=Range(0, MAX_HOOK_TIMEOUT_S, exclusive_minimum=True)
     ),
+    # Checked by affinity.parse_groups, with its own messages.
+    "affinity_groups": Option("VMs kept together or apart, and on or off hosts", type="list", elements="dict", default=[]),
 }
 
 POLICY_OVERRIDES: Group = {

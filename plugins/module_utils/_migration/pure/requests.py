@@ -108,6 +108,8 @@ class MigrateRequest:
     memory_reserved_mib: int = RUN["memory_reserved_mib"].default
     # Run the guest's hooks around the move; None: the VM's own setting decides.
     guest_hooks: t.Optional[bool] = RUN["guest_hooks"].default
+    # The option affinity_groups, validated.
+    groups: t.Tuple[affinity.AffinityGroup, ...] = ()
 
 
 def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
@@ -149,6 +151,7 @@ def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
         overrides=overrides,
         cluster_policy=cluster_policy,
         global_policy=global_policy,
+        groups=affinity.parse_groups(params["affinity_groups"]),
     )
 
 
@@ -186,6 +189,8 @@ class MaintenanceRequest:
     tunnelled: bool = HOST_MAINTENANCE["tunnelled"].default
     # Move VMs whose writable disks use a cache mode that may hold writes the destination does not see.
     allow_unsafe_cache: bool = HOST_MAINTENANCE["allow_unsafe_cache"].default
+    # The option affinity_groups, validated.
+    groups: t.Tuple[affinity.AffinityGroup, ...] = ()
 
 
 def maintenance_request(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
@@ -202,6 +207,7 @@ def maintenance_request(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
         candidates=candidates,
         cluster_policy=settings.validate(params["cluster_policy"], "cluster_policy"),
         global_policy=settings.validate(params["global_policy"], "global_policy"),
+        groups=affinity.parse_groups(params["affinity_groups"]),
     )
 
 
