@@ -126,6 +126,13 @@ class PendingLoad:
         for network, count in vm.vfs:
             self.vfs[(host, network)] = self.vfs.get((host, network), 0) + count
 
+    def remove(self, host: str, vm: VmNeeds) -> None:
+        """``vm`` is planned to leave ``host``: its memory, vCPUs and VFs count as freed there."""
+        self.memory_mib[host] = self.memory_mib.get(host, 0) - vm.memory_mib
+        self.vcpus[host] = self.vcpus.get(host, 0) - vm.vcpus
+        for network, count in vm.vfs:
+            self.vfs[(host, network)] = self.vfs.get((host, network), 0) - count
+
 
 def _free_vfs(host: HostState, network: str, pending: t.Optional[PendingLoad]) -> t.Optional[int]:
     """Free VFs of ``network`` on ``host`` after planned placements; None when the host has no such network."""
