@@ -40,10 +40,10 @@ description:
     with a migration job, VMs it moved less than O(cooldown) seconds ago (recorded in the VM's metadata),
     or any VM twice in one run. Hosts in maintenance (or preparing it, or being activated), hosts that
     cannot be read and hosts with a migration job running are neither sources nor destinations.
-  - A balanced cluster gives an empty plan, and so does a second run right after a first one: the plan
+  - A balanced cluster gives an empty plan, and so does a second run right after a first one, since the plan
     is computed on the cluster as the moves leave it.
   - Right before each move starts, the VM and the destination are read again from libvirt (the VM still
-    runs on its source, the destination still has room); a move whose situation changed is not made and
+    runs on its source with no job, the destination still has room); a move whose situation changed is not made and
     is reported. Every move is carried out and verified by the same job runner as
     M(virtops.migration.vm_migrate) and logged as one JSON line in O(log_dir)C(/events.jsonl) on the host
     the module runs on.
@@ -215,7 +215,7 @@ notes:
     O(hosts), for example the first host of the cluster as C(playbooks/balance_cluster.yml) does; the source
     hosts migrate to the same URIs.
   - For a schedule, run C(playbooks/balance_cluster.yml) from an AWX/Tower schedule or a cron job or systemd
-    timer (every few minutes; RHV balances every minute). Runs that overlap are safe: a VM with a migration
+    timer (every few minutes; RHV balances every minute). Runs that overlap are safe, since a VM with a migration
     job and the hosts it moves between are left out.
 seealso:
   - module: virtops.migration.host_maintenance

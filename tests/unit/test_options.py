@@ -29,6 +29,7 @@ BUILDERS: t.Dict[str, t.Tuple[t.Callable[[t.Mapping[str, t.Any]], t.Any], t.Dict
     "vm_migrate": (rq.migrate_request, {"name": "web1", "destination_uri": "qemu+tcp://hv2/system"}),
     "host_maintenance": (rq.maintenance_request, {"state": "active"}),
     "vm_hibernate": (rq.hibernate_request, {"name": "web1"}),
+    "cluster_balance": (rq.balance_request, {"hosts": ["qemu+tcp://hv1/system", "qemu+tcp://hv2/system"]}),
 }
 
 
