@@ -47,8 +47,8 @@ PLACEMENT_URI = "https://virtops.github.io/xmlns/placement/1"
 PLACEMENT_PREFIX = "virtops-placement"
 PLACEMENT_TAG = "placement"
 # What the placement element holds: the host a maintenance moved the VM off (name and host UUID) and
-# when, and when the balancer last moved it (seconds since the epoch).
-PLACEMENT_KEYS = ("left_host", "left_host_uuid", "left_at", "balanced_at")
+# when, and when the balancer last moved it (seconds since the epoch); each with the type of its value.
+PLACEMENT_KEYS: t.Dict[str, type] = {"left_host": str, "left_host_uuid": str, "left_at": str, "balanced_at": int}
 PLACEMENT = (PLACEMENT_TAG, PLACEMENT_PREFIX, PLACEMENT_URI)
 
 
@@ -168,9 +168,14 @@ def from_domain_element(root: ET.Element, element: t.Tuple[str, str, str] = (ROO
 
 def placement_record(root: ET.Element) -> t.Dict[str, t.Any]:
     """The VM's placement record (:data:`PLACEMENT_KEYS` only) from its parsed ``<domain>``; ``{}`` when it has
-    none or it cannot be read (a record that cannot be read only means the VM is not moved back, nor kept from moving)."""
+    none or it cannot be read; a value of the wrong kind is left out (a record that cannot be read only means the VM
+    is not moved back, nor kept from moving)."""
     try:
         record = from_domain_element(root, PLACEMENT)
     except MetadataFormatError:
         return {}
-    return {key: record[key] for key in PLACEMENT_KEYS if key in record}
+    return {
+        key: record[key]
+        for key, kind in PLACEMENT_KEYS.items()
+        if isinstance(record.get(key), kind) and not isinstance(record.get(key), bool) and record.get(key) != ""
+    }
