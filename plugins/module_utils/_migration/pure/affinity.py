@@ -339,6 +339,21 @@ class Affinity:
         """The groups with a rule that name ``vm``."""
         return [self.groups[index] for index in self._of.get(vm, ())]
 
+    def kept_together(self, vms: t.Sequence[str]) -> t.Dict[str, t.Tuple[str, ...]]:
+        """For each of ``vms`` that hard positive VM groups join to others of ``vms``: all of them, in the order of ``vms``."""
+        given = set(vms)
+        joined = _Components()
+        for group in self.groups:
+            if group.vm_rule == POSITIVE and group.vm_enforcing:
+                members = sorted(group.vms & given)
+                if len(members) > 1:
+                    joined.join(members)
+        result: t.Dict[str, t.Tuple[str, ...]] = {}
+        for members in joined.sets().values():
+            ordered = tuple(vm for vm in vms if vm in members)
+            result.update(dict.fromkeys(ordered, ordered))
+        return result
+
     def move(self, vm: str, host: t.Optional[str]) -> None:
         """``vm`` now runs (or is planned to run) on ``host``; ``None``: it is not placed anywhere."""
         before = self._where.get(vm)
