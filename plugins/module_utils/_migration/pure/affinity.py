@@ -275,6 +275,11 @@ def _check_contradictions(groups: t.Sequence[AffinityGroup], hosts: t.Optional[t
         )
 
 
+def check_groups(groups: t.Sequence[AffinityGroup], hosts: t.Collection[str]) -> None:
+    """Refuse the contradictions of groups already parsed that only the cluster's ``hosts`` (names) reveal."""
+    _check_contradictions(groups, frozenset(hosts))
+
+
 def parse_groups(value: t.Any, hosts: t.Optional[t.Collection[str]] = None) -> t.Tuple[AffinityGroup, ...]:
     """The groups of the option ``affinity_groups``, validated; contradictions are refused before anything moves.
 
