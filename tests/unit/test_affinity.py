@@ -142,7 +142,9 @@ def test_negative_vm_rule() -> None:
     aff = af.Affinity(GROUPS, {"w1": "h1", "w2": "h2"})
     (breach,) = aff.breaches("w3", "h1")
     assert (breach.group, breach.kind, breach.polarity, breach.enforcing) == ("web", "vm", "negative", True)
-    assert breach.message == "affinity group 'web' (hard negative VM rule) keeps VMs 'w1', 'w2', 'w3' apart: VM 'w3' on h1 would share the host with 'w1' (on h1)"
+    assert breach.message == (
+        "affinity group 'web' (hard negative VM rule) keeps VMs 'w1', 'w2', 'w3' apart: VM 'w3' on h1 would share the host with 'w1' (on h1)"
+    )
     assert aff.rejections("w3", "h1") == [breach.message]
     assert aff.breaches("w3", "h4") == []
     # A VM does not break the rule with itself where it already runs.
