@@ -106,6 +106,8 @@ class HostState:
     cpu_incompatible: t.Dict[str, str] = dataclasses.field(default_factory=dict)
     # UUIDs of every domain defined or running there, to refuse a VM that would be copied twice.
     vm_uuids: t.FrozenSet[str] = frozenset()
+    # Names of the domains active there (running or paused): where affinity groups see them.
+    running_vms: t.FrozenSet[str] = frozenset()
     # Free VFs of each active libvirt hostdev network the VMs being placed use (absent: no such network).
     free_vfs: t.Dict[str, int] = dataclasses.field(default_factory=dict)
     # Each PCI address the fixed-address VFs of the VMs being placed use (absent: no such PCI device there).
