@@ -9,6 +9,7 @@ import typing as t
 
 import pytest
 
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity as af
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation as ev
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement as pl
@@ -706,3 +707,137 @@ def test_a_hibernated_vm_stays_with_its_saved_image() -> None:
     result = plan([hibernated, vm("off", 512, running=False)], [host("hv2")], non_migratable="shutdown")
     assert [entry.vm for entry in result.kept] == ["sleeper"] and "managed save image" in result.kept[0].reason
     assert moves(result) == [("off", "hv2")]
+
+
+# -- affinity groups
+
+
+def affinity(where: t.Mapping[str, str], *groups: t.Mapping[str, t.Any]) -> af.Affinity:
+    return af.Affinity(af.parse_groups(list(groups)), where)
+
+
+def test_a_hard_negative_group_is_kept_apart() -> None:
+    # Without the group both go to h2 (the most free memory); web3 already runs on h3.
+    aff = affinity({"web3": "h3", "other": "h2"}, {"name": "web", "vms": ["web1", "web2", "web3"], "vm_rule": "negative"})
+    hosts = [host("h2", 16384), host("h3", 16384), host("h4", 8192)]
+    assert moves(plan([vm("web1"), vm("web2")], hosts)) == [("web1", "h2"), ("web2", "h3")]
+    result = plan([vm("web1"), vm("web2"), vm("x")], hosts, affinity=aff)
+    assert moves(result) == [("web1", "h2"), ("web2", "h4"), ("x", "h3")]
+    assert result.ok and result.as_dict()["affinity"] == {"unmet": []}
+    assert aff.where["web1"] == "h2" and aff.where["web2"] == "h4"
+    # The unconstrained VM took the fast path, counting the affinity placements as pending load.
+    assert result.load["h2"].memory_mib == 1024 and result.load["h3"].memory_mib == 1024
+
+
+def test_a_hard_positive_group_lands_on_one_host_that_takes_all_of_it() -> None:
+    group = {"name": "app", "vms": ["a1", "a2", "a3"], "vm_rule": "positive"}
+    vms = [vm("a1", 2048), vm("a2", 2048, vcpus=2), vm("a3", 1024, networks={"lab", "storage"}), vm("b", 512)]
+    # h2 has the most free memory, but not the 5120 MiB all three need; h4 lacks the network a3 needs.
+    hosts = [host("h2", 4096), host("h3", 6144, networks=frozenset({"lab", "storage"})), host("h4", 8192)]
+    hosts[2] = dataclasses.replace(hosts[2], available_mib=3072)
+    result = plan(vms, hosts, affinity=affinity({}, group))
+    assert moves(result) == [("a1", "h3"), ("a2", "h3"), ("a3", "h3"), ("b", "h2")]
+    assert result.load["h3"].memory_mib == 5120 and result.load["h3"].vcpus == 4
+    assert result.ok and result.as_dict()["affinity"] == {"unmet": []}
+    # The reservation counts as pending load from the first placement on: b, placed before a3, leaves
+    # a3's room on h3 (without the reservation h3 would have 1536 MiB free for b, more than h2).
+    hosts = [host("h2", 1500), host("h3", 5632, networks=frozenset({"lab", "storage"}))]
+    result = plan([vm("a1", 2048), vm("a2", 2048), vm("a3", 1024, networks={"lab", "storage"}), vm("b", 1500)], hosts, affinity=affinity({}, group))
+    assert moves(result) == [("a1", "h3"), ("a2", "h3"), ("b", "h2"), ("a3", "h3")]
+    assert result.ok
+
+
+def test_a_hard_positive_group_follows_a_member_running_elsewhere() -> None:
+    aff = affinity({"a3": "h4"}, {"name": "app", "vms": ["a1", "a2", "a3"], "vm_rule": "positive"})
+    result = plan([vm("a1"), vm("a2")], [host("h2", 16384), host("h3", 16384), host("h4", 4096)], affinity=aff)
+    assert moves(result) == [("a1", "h4"), ("a2", "h4")]
+
+
+def test_a_hard_positive_group_no_host_can_take_is_unplaceable_and_the_plan_not_ok() -> None:
+    aff = affinity({}, {"name": "app", "vms": ["a1", "a2"], "vm_rule": "positive"})
+    result = plan([vm("a1", 3072), vm("a2", 3072), vm("b", 1024)], [host("h2", 4096), host("h3", 4096)], affinity=aff)
+    assert not result.ok and moves(result) == [("b", "h2")]
+    assert [(held.vm, held.rule) for held in result.unplaceable] == [("a1", "affinity"), ("a2", "affinity")]
+    reason = result.unplaceable[0].reason
+    assert reason.startswith("VM 'a1' cannot be placed: hard positive affinity group(s) 'app' keep VMs 'a1', 'a2' on one host, and no host takes all 2")
+    assert "(6144 MiB, 2 vCPUs)" in reason and "has 4096 MiB free" in reason
+    assert result.as_dict()["unplaceable"][1]["rule"] == "affinity"
+    assert any(problem.startswith("VM 'a2' cannot be placed: hard positive affinity group(s) 'app'") for problem in result.problems())
+    # Pinned hosts that share none.
+    result = plan([vm("a1", pinned=["h2"]), vm("a2", pinned=["h3"])], [host("h2"), host("h3")], affinity=aff)
+    assert [held.rule for held in result.unplaceable] == ["affinity", "affinity"]
+    assert result.unplaceable[0].reason.endswith("and their pinned hosts share none")
+
+
+def test_a_vm_only_a_broken_hard_rule_could_place_is_unplaceable_with_rule_affinity() -> None:
+    aff = affinity({"web2": "h2", "web3": "h3"}, {"name": "web", "vms": ["web1", "web2", "web3"], "vm_rule": "negative"})
+    result = plan([vm("web1")], [host("h2"), host("h3")], affinity=aff)
+    assert not result.ok
+    (held,) = result.unplaceable
+    assert held.rule == "affinity"
+    assert held.reason.startswith("VM 'web1' cannot be placed without breaking a hard rule of affinity group(s) 'web': no host can take VM 'web1': ")
+    assert "affinity group 'web' (hard negative VM rule) keeps VMs 'web1', 'web2', 'web3' apart: VM 'web1' on h2 would share the host" in held.reason
+    # A VM no host takes anyway stays an ordinary unplaceable VM.
+    result = plan([vm("web1", 65536)], [host("h2"), host("h3")], affinity=aff)
+    assert result.unplaceable[0].rule is None
+
+
+def test_host_rules_and_shut_off_vms() -> None:
+    aff = affinity(
+        {"db2": "h2"},
+        {"name": "db", "vms": ["db1", "db2"], "vm_rule": "negative", "hosts": ["h2", "h3"], "host_rule": "positive"},
+    )
+    # The shut-off db1 keeps the host rule only: it may be defined next to db2.
+    result = plan([vm("db1", running=False), vm("x")], [host("h2", 16384), host("h3", 1024), host("h4", 65536)], affinity=aff)
+    assert moves(result) == [("db1", "h2"), ("x", "h4")]
+    result = plan([vm("db1")], [host("h2", 16384), host("h3", 2048), host("h4", 65536)], affinity=aff)
+    assert moves(result) == [("db1", "h3")]
+
+
+def test_soft_rules_weigh_and_are_reported_when_unmet() -> None:
+    aff = affinity(
+        {"b": "h3"},
+        {"name": "pair", "vms": ["a", "b"], "vm_rule": "positive", "vm_enforcing": False},
+        {"name": "not-h2", "vms": ["c"], "hosts": ["h2"], "host_rule": "negative", "host_enforcing": False},
+    )
+    # a goes next to b (h3) although h2 has more room; c has no choice but h2 (h3 is full).
+    result = plan([vm("a", 2048), vm("c", 2048)], [host("h2", 16384), host("h3", 2048)], affinity=aff)
+    assert moves(result) == [("a", "h3"), ("c", "h2")]
+    assert result.ok
+    (unmet,) = result.as_dict()["affinity"]["unmet"]
+    assert unmet == {
+        "group": "not-h2",
+        "kind": "host",
+        "polarity": "negative",
+        "enforcing": False,
+        "message": "affinity group 'not-h2' (soft negative host rule) keeps its VMs off hosts h2, but 'c' (on h2) run there",
+    }
+
+
+def test_no_affinity_key_without_groups() -> None:
+    assert "affinity" not in plan([vm("a")], [host("h2")]).as_dict()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_fast_path_gives_the_same_plan_with_affinity_groups(seed: int) -> None:
+    rng = random.Random(seed)
+    vms, hosts = random_instance(rng, rng.randint(2, 40), rng.randint(2, 10))
+    names = [vm_.name for vm_ in vms]
+    host_names = sorted({host_.name for host_ in hosts})
+    groups = []
+    for index in range(rng.randint(1, 4)):
+        members = rng.sample(names, min(len(names), rng.randint(2, 4)))
+        group: t.Dict[str, t.Any] = {"name": "g%d" % index, "vms": members, "vm_enforcing": rng.random() < 0.5}
+        group["vm_rule"] = "negative" if index % 2 else "positive"
+        if rng.random() < 0.5:
+            group.update(hosts=rng.sample(host_names, 1), host_rule=rng.choice(("positive", "negative")), host_enforcing=rng.random() < 0.5)
+        groups.append(group)
+    try:
+        parsed = af.parse_groups(groups)
+    except af.AffinityError:
+        pytest.skip("contradicting random groups")
+    fast = ev.plan_evacuation(vms, hosts, SOURCE, include_manual=True, affinity=af.Affinity(parsed, {}))
+    reference = ev.plan_evacuation(vms, hosts, SOURCE, include_manual=True, fast=False, affinity=af.Affinity(parsed, {}))
+    assert fast.as_dict() == reference.as_dict()
+    # No hard rule is broken by the plan.
+    assert not [breach for breach in fast.unmet or () if breach.enforcing]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity as af
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement as pl
 
 
@@ -100,3 +103,45 @@ def test_vf_networks_need_free_vfs_counting_planned_placements() -> None:
 def test_needs_count_the_vfs_a_running_vm_draws() -> None:
     needs = pl.needs_from_facts({"name": "sriov", "memory_mib": 256}, {"vf_networks": {"vfnet": 2, "other": 1}}, {})
     assert needs.vfs == (("other", 1), ("vfnet", 2))
+
+
+def _affinity(where: t.Mapping[str, str], *groups: t.Mapping[str, t.Any]) -> af.Affinity:
+    return af.Affinity(af.parse_groups(list(groups)), where)
+
+
+def test_a_hard_affinity_rule_rejects_the_host_naming_the_group() -> None:
+    aff = _affinity({"web2": "h3"}, {"name": "web", "vms": ["web1", "web2"], "vm_rule": "negative"})
+    hosts = [host("h2", 2048), host("h3", 8192)]
+    assert pl.choose(VM, hosts, source_uuid="uuid-h1")[0].name == "h3"  # type: ignore[union-attr]
+    best, rejected = pl.choose(VM, hosts, source_uuid="uuid-h1", affinity=aff)
+    assert best is not None and best.name == "h2"
+    assert rejected == {"h3": ["affinity group 'web' (hard negative VM rule) keeps VMs 'web1', 'web2' apart: VM 'web1' on h3 would share the host with 'web2' (on h3)"]}
+    assert not pl.fits(VM, hosts[1], "uuid-h1", affinity=aff) and pl.fits(VM, hosts[1], "uuid-h1")
+    assert pl.rejections(VM, hosts[0], "uuid-h1", affinity=aff) == []
+    # Every other reason is still given, the affinity one among them.
+    reasons = pl.rejections(VM, host("h3", 512), "uuid-h1", affinity=aff)
+    assert any("affinity group 'web'" in reason for reason in reasons) and any("512 MiB free" in reason for reason in reasons)
+
+
+def test_fewer_soft_breaches_rank_before_free_memory() -> None:
+    aff = _affinity({"db1": "h2"}, {"name": "db", "vms": ["web1", "db1"], "vm_rule": "positive", "vm_enforcing": False})
+    hosts = [host("h2", 2048), host("h3", 8192)]
+    best, rejected = pl.choose(VM, hosts, source_uuid="uuid-h1", affinity=aff)
+    assert best is not None and best.name == "h2" and rejected == {}
+    # A soft rule never rejects: with no room on h2, h3 takes the VM.
+    best = pl.choose(VM, [host("h2", 512), host("h3", 8192)], source_uuid="uuid-h1", affinity=aff)[0]
+    assert best is not None and best.name == "h3"
+
+
+def test_host_rules_filter_and_rank() -> None:
+    aff = _affinity({}, {"name": "only", "vms": ["web1"], "hosts": ["h2", "h4"], "host_rule": "positive"},
+                    {"name": "avoid", "vms": ["web1"], "hosts": ["h4"], "host_rule": "negative", "host_enforcing": False})
+    best, rejected = pl.choose(VM, [host("h2", 2048), host("h3", 8192), host("h4", 4096)], source_uuid="uuid-h1", affinity=aff)
+    assert best is not None and best.name == "h2"
+    assert rejected == {"h3": ["affinity group 'only' (hard positive host rule) runs VM 'web1' only on hosts h2, h4, not on h3"]}
+
+
+def test_no_affinity_keeps_the_plain_choice() -> None:
+    aff = _affinity({"other": "h3"}, {"name": "g", "vms": ["other", "x"], "vm_rule": "negative"})
+    hosts = [host("h2", 2048), host("h3", 8192)]
+    assert pl.choose(VM, hosts, "uuid-h1", affinity=aff) == pl.choose(VM, hosts, "uuid-h1")

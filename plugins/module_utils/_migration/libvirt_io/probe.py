@@ -69,7 +69,7 @@ def probe_host(
 
     Identity, free memory after the reserve (the candidate's own, else ``reserve_mib``), running
     vCPUs, active networks, the bridges and disk paths the VMs use, every VM UUID defined there
-    (duplicates), for each VM in ``cpus`` whether the host's hypervisor can run its CPU, and, only
+    (duplicates), the names of the VMs running there (affinity groups), for each VM in ``cpus`` whether the host's hypervisor can run its CPU, and, only
     when a VM has a fixed-address VF, what each such PCI address is there (:func:`_pci_devices`).
     """
     uri = candidate.uri
@@ -79,11 +79,13 @@ def probe_host(
         node = conn.getInfo()
         vcpus = 0
         uuids = set()
+        running = set()
         addresses = frozenset().union(*(vm.vf_addresses for vm in needs)) if needs else frozenset()
         assigned: t.Dict[str, str] = {}
         for dom in conn.listAllDomains(0):
             uuids.add(dom.UUIDString())
             if dom.isActive():
+                running.add(dom.name())
                 vcpus += int(dom.info()[3])
                 if addresses:
                     assigned.update(dict.fromkeys(_assigned(dom) & addresses, dom.name()))
@@ -121,6 +123,7 @@ def probe_host(
         maintenance=candidate.maintenance,
         cpu_incompatible=incompatible,
         vm_uuids=frozenset(uuids),
+        running_vms=frozenset(running),
         free_vfs=free_vfs,
         pci_devices=pci_devices,
     )

@@ -339,6 +339,21 @@ class Affinity:
         """The groups with a rule that name ``vm``."""
         return [self.groups[index] for index in self._of.get(vm, ())]
 
+    def kept_together(self, vms: t.Sequence[str]) -> t.Dict[str, t.Tuple[str, ...]]:
+        """For each of ``vms`` that hard positive VM groups join to others of ``vms``: all of them, in the order of ``vms``."""
+        given = set(vms)
+        joined = _Components()
+        for group in self.groups:
+            if group.vm_rule == POSITIVE and group.vm_enforcing:
+                members = sorted(group.vms & given)
+                if len(members) > 1:
+                    joined.join(members)
+        result: t.Dict[str, t.Tuple[str, ...]] = {}
+        for members in joined.sets().values():
+            ordered = tuple(vm for vm in vms if vm in members)
+            result.update(dict.fromkeys(ordered, ordered))
+        return result
+
     def move(self, vm: str, host: t.Optional[str]) -> None:
         """``vm`` now runs (or is planned to run) on ``host``; ``None``: it is not placed anywhere."""
         before = self._where.get(vm)
@@ -366,29 +381,44 @@ class Affinity:
             if other != vm and other in self._where and (self._where[other] == host) == on_host
         )
 
-    def breaches(self, vm: str, host: str) -> t.List[Breach]:
-        """The rules ``vm`` would break on ``host``, given where the other members are."""
-        result: t.List[Breach] = []
+    def _broken(self, vm: str, host: str) -> t.Iterator[t.Tuple[int, str]]:
+        """(group index, kind) of each rule ``vm`` would break on ``host``; costs the number of the VM's groups."""
         now = self._where.get(vm)
         for index in self._of.get(vm, ()):
             group = self.groups[index]
             if index in self._on:
-                mine = 1 if now is not None else 0
                 same = self._on[index][host] - (1 if now == host else 0)
-                apart = self._placed[index] - mine - same
-                if group.vm_rule == POSITIVE and apart > 0:
-                    clause = "keeps VMs %s together: VM '%s' on %s would be apart from %s" % (
-                        _quoted(group.vms), vm, host, self._others(index, vm, host, on_host=False))
-                    result.append(self._breach(group, VM_KIND, clause))
-                elif group.vm_rule == NEGATIVE and same > 0:
-                    clause = "keeps VMs %s apart: VM '%s' on %s would share the host with %s" % (
-                        _quoted(group.vms), vm, host, self._others(index, vm, host, on_host=True))
-                    result.append(self._breach(group, VM_KIND, clause))
-            if group.host_rule == POSITIVE and host not in group.hosts:
-                result.append(self._breach(group, HOST_KIND, "runs VM '%s' only on hosts %s, not on %s" % (vm, _listed(group.hosts), host)))
-            elif group.host_rule == NEGATIVE and host in group.hosts:
-                result.append(self._breach(group, HOST_KIND, "keeps VM '%s' off hosts %s, %s among them" % (vm, _listed(group.hosts), host)))
+                apart = self._placed[index] - (1 if now is not None else 0) - same
+                if (group.vm_rule == POSITIVE and apart > 0) or (group.vm_rule == NEGATIVE and same > 0):
+                    yield index, VM_KIND
+            if (group.host_rule == POSITIVE and host not in group.hosts) or (group.host_rule == NEGATIVE and host in group.hosts):
+                yield index, HOST_KIND
+
+    def breaches(self, vm: str, host: str) -> t.List[Breach]:
+        """The rules ``vm`` would break on ``host``, given where the other members are."""
+        result: t.List[Breach] = []
+        for index, kind in self._broken(vm, host):
+            group = self.groups[index]
+            if kind == VM_KIND and group.vm_rule == POSITIVE:
+                clause = "keeps VMs %s together: VM '%s' on %s would be apart from %s" % (
+                    _quoted(group.vms), vm, host, self._others(index, vm, host, on_host=False))
+            elif kind == VM_KIND:
+                clause = "keeps VMs %s apart: VM '%s' on %s would share the host with %s" % (
+                    _quoted(group.vms), vm, host, self._others(index, vm, host, on_host=True))
+            elif group.host_rule == POSITIVE:
+                clause = "runs VM '%s' only on hosts %s, not on %s" % (vm, _listed(group.hosts), host)
+            else:
+                clause = "keeps VM '%s' off hosts %s, %s among them" % (vm, _listed(group.hosts), host)
+            result.append(self._breach(group, kind, clause))
         return result
+
+    def _enforcing(self, index: int, kind: str) -> bool:
+        group = self.groups[index]
+        return group.vm_enforcing if kind == VM_KIND else group.host_enforcing
+
+    def allows(self, vm: str, host: str) -> bool:
+        """``vm`` would break no hard rule on ``host`` (:meth:`rejections` would be empty, without building them)."""
+        return not any(self._enforcing(index, kind) for index, kind in self._broken(vm, host))
 
     @staticmethod
     def _breach(group: AffinityGroup, kind: str, clause: str) -> Breach:
@@ -398,11 +428,13 @@ class Affinity:
 
     def rejections(self, vm: str, host: str) -> t.List[str]:
         """The messages of the hard rules ``vm`` would break on ``host`` (each names its group)."""
+        if self.allows(vm, host):
+            return []
         return [breach.message for breach in self.breaches(vm, host) if breach.enforcing]
 
     def penalty(self, vm: str, host: str) -> int:
         """How many soft rules ``vm`` would break on ``host``."""
-        return sum(1 for breach in self.breaches(vm, host) if not breach.enforcing)
+        return sum(1 for index, kind in self._broken(vm, host) if not self._enforcing(index, kind))
 
     def unmet(self) -> t.List[Breach]:
         """Every rule broken where the VMs are now (hard and soft), in group order."""

@@ -28,6 +28,17 @@ behind:
   (they must be fixed before the plan can say where it goes), its UUID is also defined on another
   host (a stale copy), it is pmsuspended or crashed, or a tunnelled run cannot carry its policy.
 * A VM no host can take is ``unplaceable``, with every host's reasons.
+* Affinity groups (``affinity.py``), when given: a VM in a group with a rule is placed by
+  ``placement.choose`` over every host with the groups (no hard rule broken, fewest soft rules broken
+  first), knowing where every running VM of the cluster is and where the plan has put the VMs before
+  it; a shut-off one keeps only host rules. A VM that only breaking a hard rule could place is
+  ``unplaceable`` with the rule ``affinity`` and a reason naming the group(s). The running VMs of the
+  source that hard positive VM groups keep together move to one host: when the first of them is
+  placed, that host must take all of them at once (their memory and vCPUs summed, every network,
+  bridge and disk any of them uses, only the pinned hosts they share), and is reserved for them;
+  when none can, all of them are ``unplaceable`` (rule ``affinity``). Other VMs keep the fast
+  placement, counting the affinity placements as pending load. The plan reports the rules left
+  unmet afterwards (soft ones, and hard ones already broken elsewhere).
 
 The plan is ``ok`` when nothing is blocked or unplaceable. :class:`EvacuationQueue` then orders the
 execution: a bounded number of migrations out of the source and into each destination at once, and
@@ -42,6 +53,7 @@ import dataclasses
 import bisect
 import typing as t
 
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity as vm_affinity
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings as vm_settings
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
@@ -128,6 +140,7 @@ class EvacuationPlan:
     ``load`` is, per usable destination (reachable, not in maintenance, not the source), what the
     plan puts there: live VMs' memory and vCPUs, and the count of all VMs moved there.
     ``tunnelled`` says whether live moves go through the libvirt connections (the run's option).
+    ``unmet`` are the affinity rules broken once the plan has run (None: no affinity groups were given).
     """
 
     source: SourceHost
@@ -140,6 +153,7 @@ class EvacuationPlan:
     unplaceable: t.List[HeldVm] = dataclasses.field(default_factory=list)
     load: t.Dict[str, HostLoad] = dataclasses.field(default_factory=dict)
     tunnelled: bool = False
+    unmet: t.Optional[t.List[vm_affinity.Breach]] = None
 
     @property
     def ok(self) -> bool:
@@ -153,7 +167,7 @@ class EvacuationPlan:
     def as_dict(self) -> t.Dict[str, t.Any]:
         """The plan as a module returns it (in check mode too)."""
         live = sum(1 for move in self.moves if move.kind == LIVE)
-        return {
+        result = {
             "source": {"name": self.source.name, "uuid": self.source.uuid, "uri": self.source.uri},
             "ok": self.ok,
             "include_manual": self.include_manual,
@@ -175,6 +189,9 @@ class EvacuationPlan:
                 "unplaceable": len(self.unplaceable),
             },
         }
+        if self.unmet is not None:
+            result["affinity"] = {"unmet": [breach.as_dict() for breach in self.unmet]}
+        return result
 
 
 _Key = t.Tuple[int, int, str, int]
@@ -184,6 +201,8 @@ class _Chooser(t.Protocol):
     pending: placement.PendingLoad
 
     def place(self, needs: placement.VmNeeds) -> t.Optional[placement.HostState]: ...
+
+    def assign(self, host: str, needs: placement.VmNeeds) -> None: ...
 
 
 class _ScanChooser:
@@ -198,8 +217,12 @@ class _ScanChooser:
         """The best host for ``needs`` (``None`` if none fits), its load counted as pending there."""
         host = placement.choose(needs, self.hosts, self.source_uuid, self.pending)[0]
         if host is not None:
-            self.pending.add(host.name, needs)
+            self.assign(host.name, needs)
         return host
+
+    def assign(self, host: str, needs: placement.VmNeeds) -> None:
+        """Count ``needs`` as pending on ``host`` (a placement made elsewhere)."""
+        self.pending.add(host, needs)
 
 
 class _RankedChooser:
@@ -258,13 +281,17 @@ class _RankedChooser:
             host = self._best(needs, self._ranked)
         if host is None:
             return None
-        same_name = self._usable[host.name]
+        self.assign(host.name, needs)
+        return host
+
+    def assign(self, host: str, needs: placement.VmNeeds) -> None:
+        """Count ``needs`` as pending on ``host`` (chosen here or elsewhere), keeping the ranking right."""
+        same_name = self._usable.get(host, [])
         for index in same_name:
             del self._ranked[bisect.bisect_left(self._ranked, self._key(index))]
-        self.pending.add(host.name, needs)
+        self.pending.add(host, needs)
         for index in same_name:
             bisect.insort(self._ranked, self._key(index))
-        return host
 
 
 def _order_key(verdict: Verdict) -> t.Tuple[int, int, str, str]:
@@ -278,6 +305,122 @@ def _held(verdict: Verdict, reason: str, rule: t.Optional[str], rejected: t.Opti
     return HeldVm(vm.name, vm.uuid, verdict.priority, vm.memory_mib, vm.running, reason, rejected or {}, rule)
 
 
+def _combined(members: t.Sequence[placement.VmNeeds]) -> t.Optional[placement.VmNeeds]:
+    """What VMs kept on one host need of it together (named as the first); None when their pinned hosts share none."""
+    pinned = [needs.pinned_hosts for needs in members if needs.pinned_hosts]
+    shared = frozenset.intersection(*pinned) if pinned else frozenset()
+    if pinned and not shared:
+        return None
+    vfs: t.Dict[str, int] = {}
+    for needs in members:
+        for network, count in needs.vfs:
+            vfs[network] = vfs.get(network, 0) + count
+    return placement.VmNeeds(
+        name=members[0].name,
+        memory_mib=sum(needs.memory_mib for needs in members),
+        vcpus=sum(needs.vcpus for needs in members),
+        networks=frozenset().union(*(needs.networks for needs in members)),
+        bridges=frozenset().union(*(needs.bridges for needs in members)),
+        disk_paths=frozenset().union(*(needs.disk_paths for needs in members)),
+        pinned_hosts=shared,
+        vfs=tuple(sorted(vfs.items())),
+        vf_addresses=frozenset().union(*(needs.vf_addresses for needs in members)),
+    )
+
+
+class _AffinityPlacer:
+    """Places the VMs affinity groups constrain, sharing the chooser's pending load (see the module docstring)."""
+
+    def __init__(
+        self, affinity: vm_affinity.Affinity, hosts: t.Sequence[placement.HostState], source_uuid: str, chooser: _Chooser, moving: t.Sequence[Verdict]
+    ) -> None:
+        self.affinity = affinity
+        self.offline = affinity.host_rules_only()
+        self.hosts = hosts
+        self.source_uuid = source_uuid
+        self.chooser = chooser
+        self.verdicts = {verdict.vm.name: verdict for verdict in moving}
+        self.parties = affinity.kept_together([verdict.vm.name for verdict in moving])
+        # The host reserved for each VM of a party whose first VM was placed, or why none could be.
+        self.reserved: t.Dict[str, placement.HostState] = {}
+        self.failed: t.Dict[str, t.Tuple[str, t.Dict[str, t.List[str]]]] = {}
+
+    def concerns(self, vm: VmToMove) -> bool:
+        return self.affinity.constrained(vm.name)
+
+    def _groups(self, vm: str, polarity: t.Optional[str] = None) -> str:
+        return ", ".join(
+            "'%s'" % group.name
+            for group in self.affinity.groups_of(vm)
+            if polarity is None or (group.vm_rule == polarity and group.vm_enforcing)
+        )
+
+    def place(self, verdict: Verdict) -> t.Tuple[t.Optional[placement.HostState], str, t.Dict[str, t.List[str]], t.Optional[str]]:
+        """The host for the VM (``None``: unplaceable), else why: the reason, every host's rejections and the rule."""
+        vm, needs = verdict.vm, t.cast(placement.VmNeeds, verdict.needs)
+        if vm.name in self.reserved:
+            return self.reserved[vm.name], "", {}, None
+        if vm.name in self.failed:
+            reason, rejected = self.failed[vm.name]
+            return None, reason, rejected, vm_affinity.RULE
+        if vm.running and len(self.parties.get(vm.name, ())) > 1:
+            return self._place_party(self.parties[vm.name])
+        rules = self.affinity if vm.running else self.offline
+        host, rejected = placement.choose(needs, self.hosts, self.source_uuid, self.chooser.pending, rules)
+        if host is not None:
+            self.chooser.assign(host.name, needs)
+            if vm.running:
+                self.affinity.move(vm.name, host.name)
+            return host, "", rejected, None
+        free = [candidate for candidate in self.hosts if placement.fits(needs, candidate, self.source_uuid, self.chooser.pending)]
+        if not free:
+            return None, placement.explain(vm.name, rejected), rejected, None
+        groups = sorted({breach.group for candidate in free for breach in rules.breaches(vm.name, candidate.name) if breach.enforcing})
+        reason = "VM '%s' cannot be placed without breaking a hard rule of affinity group(s) %s: %s" % (
+            vm.name, ", ".join("'%s'" % name for name in groups), placement.explain(vm.name, rejected))
+        return None, reason, rejected, vm_affinity.RULE
+
+    def _place_party(self, party: t.Sequence[str]) -> t.Tuple[t.Optional[placement.HostState], str, t.Dict[str, t.List[str]], t.Optional[str]]:
+        members = [t.cast(placement.VmNeeds, self.verdicts[name].needs) for name in party]
+        together = _combined(members)
+        rejected: t.Dict[str, t.List[str]] = {}
+        fitting: t.List[placement.HostState] = []
+        if together is not None:
+            for host in self.hosts:
+                reasons = [] if placement.fits(together, host, self.source_uuid, self.chooser.pending) else (
+                    placement.rejections(together, host, self.source_uuid, self.chooser.pending))
+                for needs in members[1:]:
+                    if needs.name in host.cpu_incompatible and not host.error:
+                        reasons.append("cannot run the CPU of VM '%s': %s" % (needs.name, host.cpu_incompatible[needs.name]))
+                if not host.error:
+                    for needs in members:
+                        reasons.extend(self.affinity.rejections(needs.name, host.name))
+                if reasons:
+                    rejected[host.name] = reasons
+                else:
+                    fitting.append(host)
+        first = party[0]
+        if fitting:
+            host = min(
+                fitting,
+                key=lambda host: (sum(self.affinity.penalty(name, host.name) for name in party), placement.rank(together, host, self.chooser.pending)),
+            )
+            self.chooser.assign(host.name, t.cast(placement.VmNeeds, together))
+            for name in party:
+                self.reserved[name] = host
+                self.affinity.move(name, host.name)
+            return host, "", rejected, None
+        what = "their pinned hosts share none" if together is None else "no host takes all %d of them (%d MiB, %d vCPUs) and keeps every hard rule: %s" % (
+            len(party), together.memory_mib, together.vcpus, placement.explain(first, rejected))
+        for name in party:
+            self.failed[name] = (
+                "VM '%s' cannot be placed: hard positive affinity group(s) %s keep VMs %s on one host, and %s"
+                % (name, self._groups(name, vm_affinity.POSITIVE), ", ".join("'%s'" % other for other in party), what),
+                rejected,
+            )
+        return self.place(self.verdicts[first])
+
+
 def plan_evacuation(
     vms: t.Iterable[VmToMove],
     hosts: t.Iterable[placement.HostState],
@@ -286,6 +429,7 @@ def plan_evacuation(
     non_migratable: str = "fail",
     fast: bool = True,
     request: t.Optional[MoveRequest] = None,
+    affinity: t.Optional[vm_affinity.Affinity] = None,
 ) -> EvacuationPlan:
     """Plan moving every VM in ``vms`` off ``source`` onto ``hosts`` (see the module docstring for the rules).
 
@@ -293,6 +437,8 @@ def plan_evacuation(
     run asks of every move (``rules.MoveRequest``: unsafe caches allowed, tunnelled, guest hooks);
     ``include_manual`` confirms the manual VMs. ``fast`` keeps the hosts ranked and checks them best
     first instead of checking every host for every VM; the plan is the same either way.
+    ``affinity``, when given, holds the affinity groups and where every running VM of the cluster is,
+    the VMs of the source left out (they are placed as the plan goes); the plan moves VMs in it.
     """
     if non_migratable not in NON_MIGRATABLE_ACTIONS:
         raise EvacuationError("non_migratable must be one of %s, got %r" % (", ".join(NON_MIGRATABLE_ACTIONS), non_migratable))
@@ -313,6 +459,10 @@ def plan_evacuation(
     verdicts = sorted((assessor.assess(vm) for vm in vms), key=_order_key)
 
     chooser: _Chooser = _RankedChooser(hosts, source.uuid) if fast else _ScanChooser(hosts, source.uuid)
+    placer: t.Optional[_AffinityPlacer] = None
+    if affinity is not None:
+        moving = [verdict for verdict in verdicts if verdict.refusal() is None and verdict.vm.running]
+        placer = _AffinityPlacer(affinity, hosts, source.uuid, chooser, moving)
     for verdict in verdicts:
         vm = verdict.vm
         refusal = verdict.refusal()
@@ -333,16 +483,26 @@ def plan_evacuation(
                 plan.shutdown.append(_held(verdict, reason, rule))
             continue
         needs = verdict.needs
-        destination = chooser.place(needs)
-        if destination is None:
-            rejected = placement.choose(needs, hosts, source.uuid, chooser.pending)[1]
-            plan.unplaceable.append(_held(verdict, placement.explain(vm.name, rejected), None, rejected))
-            continue
+        if placer is not None and placer.concerns(vm):
+            destination, reason, rejected, rule = placer.place(verdict)
+            if destination is None:
+                plan.unplaceable.append(_held(verdict, reason, rule, rejected))
+                continue
+        else:
+            destination = chooser.place(needs)
+            if destination is None:
+                rejected = placement.choose(needs, hosts, source.uuid, chooser.pending)[1]
+                plan.unplaceable.append(_held(verdict, placement.explain(vm.name, rejected), None, rejected))
+                continue
+            if affinity is not None and vm.running:
+                affinity.move(vm.name, destination.name)
         load = plan.load[destination.name]
         load.memory_mib += needs.memory_mib
         load.vcpus += needs.vcpus
         load.vms += 1
         plan.moves.append(move_for(verdict, source, destination))
+    if affinity is not None:
+        plan.unmet = affinity.unmet()
     return plan
 
 

@@ -6,8 +6,10 @@
 Filters first, as oVirt's scheduler does (not the source, not in maintenance, reachable, pinning,
 CPU compatible, networks present, storage present, the fixed-address SR-IOV VFs of failover
 pairs present there as free VFs, enough free memory counting what is already
-planned there), then a rank: the most free memory after the VM lands, ties broken by the fewest
-running vCPUs. Placements already planned count as pending load, so a series of choices spreads.
+planned there, and no hard rule of an affinity group broken), then a rank: the fewest soft affinity
+rules broken, then the most free memory after the VM lands, ties broken by the fewest running vCPUs.
+Placements already planned count as pending load, so a series of choices spreads. Without affinity
+groups (``affinity`` None) the filters and the rank are the others alone.
 
 Pure logic: the facts come from ``host_info``-style readings; no libvirt import.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import typing as t
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.affinity import Affinity
 
 # Memory, in MiB, a destination keeps back for itself unless told otherwise (suits small lab hosts).
 DEFAULT_MEMORY_RESERVED_MIB = 256
@@ -102,6 +106,8 @@ class HostState:
     cpu_incompatible: t.Dict[str, str] = dataclasses.field(default_factory=dict)
     # UUIDs of every domain defined or running there, to refuse a VM that would be copied twice.
     vm_uuids: t.FrozenSet[str] = frozenset()
+    # Names of the domains active there (running or paused): where affinity groups see them.
+    running_vms: t.FrozenSet[str] = frozenset()
     # Free VFs of each active libvirt hostdev network the VMs being placed use (absent: no such network).
     free_vfs: t.Dict[str, int] = dataclasses.field(default_factory=dict)
     # Each PCI address the fixed-address VFs of the VMs being placed use (absent: no such PCI device there).
@@ -150,11 +156,17 @@ def _vf_address_problem(host: HostState, address: str) -> t.Optional[str]:
 
 
 def fits(
-    vm: VmNeeds, host: HostState, source_uuid: t.Optional[str], pending: t.Optional[PendingLoad] = None, memory_mib: t.Optional[int] = None
+    vm: VmNeeds,
+    host: HostState,
+    source_uuid: t.Optional[str],
+    pending: t.Optional[PendingLoad] = None,
+    memory_mib: t.Optional[int] = None,
+    affinity: t.Optional[Affinity] = None,
 ) -> bool:
     """``host`` can take ``vm`` now: :func:`rejections` would be empty (checked without building the reasons).
 
     ``memory_mib``, when given, is the memory to check instead of the VM's own (0: every filter but memory).
+    ``affinity``, when given, also refuses a host where the VM would break a hard affinity rule.
     """
     if host.error or host.maintenance or (source_uuid is not None and host.uuid == source_uuid):
         return False
@@ -169,6 +181,8 @@ def fits(
             return False
     if any(_vf_address_problem(host, address) for address in vm.vf_addresses):
         return False
+    if affinity is not None and not affinity.allows(vm.name, host.name):
+        return False
     planned = pending.memory_mib.get(host.name, 0) if pending is not None else 0
     return host.available_mib - planned >= (vm.memory_mib if memory_mib is None else memory_mib)
 
@@ -179,9 +193,9 @@ def _listed(names: t.FrozenSet[str]) -> str:
 
 
 def rejections(
-    vm: VmNeeds, host: HostState, source_uuid: t.Optional[str], pending: t.Optional[PendingLoad] = None
+    vm: VmNeeds, host: HostState, source_uuid: t.Optional[str], pending: t.Optional[PendingLoad] = None, affinity: t.Optional[Affinity] = None
 ) -> t.List[str]:
-    """Every reason ``host`` cannot take ``vm`` now (empty when it can)."""
+    """Every reason ``host`` cannot take ``vm`` now (empty when it can); with ``affinity``, the hard affinity rules it would break too."""
     if host.error:
         return ["cannot be reached: %s" % host.error]
     reasons: t.List[str] = []
@@ -209,6 +223,8 @@ def rejections(
         problem = _vf_address_problem(host, address)
         if problem:
             reasons.append(problem)
+    if affinity is not None:
+        reasons.extend(affinity.rejections(vm.name, host.name))
     free = host.available_mib - (pending.memory_mib.get(host.name, 0) if pending is not None else 0)
     if free < vm.memory_mib:
         reasons.append(
@@ -226,19 +242,29 @@ def rank(vm: VmNeeds, host: HostState, pending: t.Optional[PendingLoad] = None) 
 
 
 def choose(
-    vm: VmNeeds, hosts: t.Sequence[HostState], source_uuid: t.Optional[str], pending: t.Optional[PendingLoad] = None
+    vm: VmNeeds,
+    hosts: t.Sequence[HostState],
+    source_uuid: t.Optional[str],
+    pending: t.Optional[PendingLoad] = None,
+    affinity: t.Optional[Affinity] = None,
 ) -> t.Tuple[t.Optional[HostState], t.Dict[str, t.List[str]]]:
-    """The best host for ``vm`` (``None`` if none fits) and, per rejected host, why."""
+    """The best host for ``vm`` (``None`` if none fits) and, per rejected host, why.
+
+    With ``affinity``, a host where the VM would break a hard rule is rejected, and the hosts where it
+    breaks the fewest soft rules come first, then the :func:`rank` order.
+    """
     rejected: t.Dict[str, t.List[str]] = {}
     fitting: t.List[HostState] = []
     for host in hosts:
-        if fits(vm, host, source_uuid, pending):
+        if fits(vm, host, source_uuid, pending, affinity=affinity):
             fitting.append(host)
         else:
-            rejected[host.name] = rejections(vm, host, source_uuid, pending)
+            rejected[host.name] = rejections(vm, host, source_uuid, pending, affinity)
     if not fitting:
         return None, rejected
-    return min(fitting, key=lambda host: rank(vm, host, pending)), rejected
+    if affinity is None:
+        return min(fitting, key=lambda host: rank(vm, host, pending)), rejected
+    return min(fitting, key=lambda host: (affinity.penalty(vm.name, host.name), rank(vm, host, pending))), rejected
 
 
 def explain(vm: str, rejected: t.Mapping[str, t.Sequence[str]]) -> str:
