@@ -404,20 +404,16 @@ class _Balancer:
         """Placement (with the affinity groups) lets the VM go from ``source`` to ``destination`` now."""
         if destination is source or destination.excluded is not None:
             return False
-        needs = self.verdict(index).needs
-        if not placement.fits(needs, destination.spec.state, source.spec.state.uuid, self.pending):
-            return False
-        return self.affinity is None or not self.affinity.rejections(needs.name, destination.name)
+        return placement.fits(self.verdict(index).needs, destination.spec.state, source.spec.state.uuid, self.pending, affinity=self.affinity)
 
     def rejections(self, index: int, source: _Host, destination: _Host) -> t.Tuple[str, t.List[str]]:
         """The rule id and every reason ``destination`` cannot take the VM (empty: it can)."""
         if destination.excluded is not None:
             return EXCLUDED_HOST, [destination.excluded]
         needs = self.verdict(index).needs
-        reasons = placement.rejections(needs, destination.spec.state, source.spec.state.uuid, self.pending)
-        if reasons:
-            return PLACEMENT, reasons
-        return aff.RULE, self.affinity.rejections(needs.name, destination.name) if self.affinity is not None else []
+        reasons = placement.rejections(needs, destination.spec.state, source.spec.state.uuid, self.pending, self.affinity)
+        hard = self.affinity.rejections(needs.name, destination.name) if self.affinity is not None else []
+        return (aff.RULE if hard and len(reasons) == len(hard) else PLACEMENT), reasons
 
     def room(self, index: int, destination: _Host) -> bool:
         """``destination`` stays at or under ``cpu_high`` and ``memory_high`` (sustained too) with the VM."""
