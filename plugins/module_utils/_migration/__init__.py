@@ -16,7 +16,8 @@ out and verified against libvirt in ``libvirt_io``, and each module's workflow j
   queue), mark (the maintenance mark and its hook), failover (SR-IOV failover pairs and unmovable
   host devices in domain XML), rules (the one assessor: whether, how and why not a VM may move, for
   vm_migrate and for an evacuation alike), affinity (affinity groups: which VMs run together or apart,
-  and on which hosts).
+  and on which hosts), balance (the cluster balancing plan: which running VMs move where under a
+  scheduling policy).
 ``libvirt_io`` (reads and changes libvirt):
   connection (opening and closing), probe (reading destinations, where a VM is), runner (the one
   job runner: a move's libvirt job, its monitoring and verification), settings_store (settings
