@@ -142,7 +142,9 @@ def build(vm_count: int, host_count: int, seed: int) -> t.Tuple[t.List[ev.VmToMo
 NOW = 1_700_000_000.0
 
 
-def build_cluster(vm_count: int, host_count: int, group_count: int, seed: int) -> t.Tuple[t.List[bl.BalanceHost], t.List[bl.BalanceVm], t.Tuple[af.AffinityGroup, ...]]:
+def build_cluster(
+    vm_count: int, host_count: int, group_count: int, seed: int
+) -> t.Tuple[t.List[bl.BalanceHost], t.List[bl.BalanceVm], t.Tuple[af.AffinityGroup, ...]]:
     """An uneven cluster for the balancer: hosts, the VMs spread over them with skewed weights, and affinity groups."""
     rng = random.Random(seed)
     names = ["host%04d" % index for index in range(host_count)]

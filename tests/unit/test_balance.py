@@ -29,11 +29,12 @@ def vm(
     balanced_at: t.Optional[float] = None,
     left_host: t.Optional[str] = None,
     migrating: bool = False,
+    networks: t.AbstractSet[str] = frozenset({"lab"}),
     **facts: t.Any,
 ) -> bl.BalanceVm:
     """A VM on ``host`` using ``cpu`` percent of one CPU and ``memory`` MiB."""
     values = st.effective({"priority": priority, "migration_mode": mode, "pinned_hosts": list(pinned)})
-    needs = pl.VmNeeds(name=name, memory_mib=memory, vcpus=1, networks=frozenset({"lab"}), pinned_hosts=frozenset(pinned))
+    needs = pl.VmNeeds(name=name, memory_mib=memory, vcpus=1, networks=frozenset(networks), pinned_hosts=frozenset(pinned))
     return bl.BalanceVm(
         VmToMove(name, "uuid-" + name, memory, 1, running, True, values, needs, **facts),
         host,
@@ -346,6 +347,16 @@ def test_power_saving_keeps_a_host_whose_vms_fit_nowhere_else() -> None:
     hosts = [host("h1", memory=10240), host("h2", memory=8192), host("h3", memory=8192)]
     result = plan(hosts, vms, policy=bl.POWER_SAVING)
     assert result.moves == [] and "no host that stays in service" in result.unresolved["h1"]
+
+
+def test_power_saving_takes_back_a_partial_emptying() -> None:
+    # b (the larger, placed first) fits on h3; a needs a network only h1 has: nothing moves.
+    vms = [vm("a", "h1", cpu=10.0, memory=512, networks={"lab", "rare"}), vm("b", "h1", cpu=10.0, memory=1024)]
+    vms += [vm("c%d" % index, "h3", cpu=100.0) for index in range(4)] + [vm("d", "h2", cpu=400.0)]
+    hosts = [host("h1", networks=frozenset({"lab", "rare"})), host("h2"), host("h3")]
+    result = plan(hosts, vms, policy=bl.POWER_SAVING)
+    assert result.moves == [] and result.emptied_hosts == [] and "VM 'a'" in result.unresolved["h1"]
+    assert all(entry["after"] == entry["before"] for entry in result.hosts.values())
 
 
 def test_power_saving_keeps_one_host_running() -> None:

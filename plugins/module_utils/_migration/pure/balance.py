@@ -477,8 +477,8 @@ class _Balancer:
 
     def undo(self, count: int) -> None:
         """Take back the last ``count`` moves of the plan (an emptying that cannot complete)."""
-        for _ in range(count):
-            index = self.order.pop()
+        for index in reversed(self.order[len(self.order) - count:]):
+            self.order.pop()
             self.plan.moves.pop()
             self.plan.reasons.pop()
             self._place(index, self.hosts[self.vms[index].host])
@@ -705,7 +705,8 @@ class _Balancer:
             if not self.movable(index, pinned_to=target.name, cooldown=False):
                 continue
             if not self.room_left():
-                self.skip(index, MAX_MOVES, "VM '%s' waits to move back to %s: the plan already holds max_moves (%d) moves" % (name, target.name, self.limit or 0))
+                why = "VM '%s' waits to move back to %s: the plan already holds max_moves (%d) moves" % (name, target.name, self.limit or 0)
+                self.skip(index, MAX_MOVES, why)
                 continue
             rule, reasons = self.rejections(index, source, target)
             if reasons:
