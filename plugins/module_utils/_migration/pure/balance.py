@@ -12,10 +12,11 @@ It moves VMs in a simulation of the cluster, greedily, one move at a time, and r
 ``evenly_distributed``     relieve over-utilized hosts: a host is over-utilized when every CPU
                            sample of its window is above ``cpu_high`` (sustained; without samples,
                            its CPU use now) or its memory use is above ``memory_high``. Each step
-                           takes the most loaded over-utilized host and the VM whose move to its
-                           destination lowers the higher of the two hosts' loads the most (at least
-                           ``min_improvement`` points). A host's load is the larger of its CPU and
-                           memory percentages.
+                           takes the most loaded over-utilized host (the next one when none of its
+                           VMs can move) and the VM whose move to its destination lowers the higher
+                           of the two hosts' loads the most (at least ``min_improvement`` points),
+                           preferring moves that break fewer soft affinity rules. A host's load is
+                           the larger of its CPU and memory percentages.
 ``vm_evenly_distributed``  even out the count of running VMs: from the host with the most to the one
                            with the fewest, while the most is above ``vm_count_high`` and the gap
                            above ``vm_count_threshold``; a move needs a gap of at least two.
@@ -42,8 +43,8 @@ migration job), in maintenance or unreachable are neither sources nor destinatio
 ``memory_high`` after its move (``thresholds``) and makes at most ``max_moves`` moves (5 unless
 told; failback has no limit unless told).
 
-A plan is a fixed point: planning again on the cluster as the plan leaves it (the moved VMs in
-their cooldown) plans nothing. Hosts are kept ordered by load, and destinations are checked least
+A plan is a fixed point: unless ``max_moves`` cut it short, planning again on the cluster as the
+plan leaves it (the moved VMs in their cooldown) plans nothing. Hosts are kept ordered by load, and destinations are checked least
 loaded first, stopping at the first that takes the VM, so a plan over a thousand hosts costs the
 hosts it touches, not every VM times every host.
 
