@@ -1,4 +1,4 @@
-"""Benchmark: planning the evacuation of one host with a synthetic cluster, no libvirt involved.
+"""Benchmark: planning the evacuation of one host, or a cluster balance, with a synthetic cluster, no libvirt involved.
 
 Builds VMs (mixed priorities, sizes, migration modes, some shut off, some pinned, some needing
 networks, bridges or shared disks that only part of the cluster offers) on one source host, and
@@ -9,14 +9,23 @@ prints the plan's outcome and how evenly the memory it moves spread over the des
 With ``--compare`` the plan is also made by checking every host for every VM with
 ``placement.choose`` (the reference the fast path must match), and the two plans are compared.
 
+With ``--balance POLICY`` it times ``plan_balance`` instead (best of several runs) on an uneven
+cluster: ``--vms`` VMs spread over ``--hosts`` hosts with skewed weights (mixed CPUs and memory,
+CPU samples of a window, a few hosts busy, in maintenance or unreachable; VMs of mixed CPU use
+and memory, some manual, pinned, shut off, migrating, in their cooldown, in affinity groups, or
+with a ``left_host`` to fail back to). It prints the moves, the skipped VMs, and the highest and
+lowest load (and VM count) of the usable hosts before and after the plan.
+
 Usage (no root, no lab needed; ``make setup`` first):
 
     .venv/bin/python benchmarks/planner.py [--vms 10000] [--hosts 1000] [--seed 1] [--compare]
+    .venv/bin/python benchmarks/planner.py --balance evenly_distributed [--vms 10000] [--hosts 1000] [--max-moves 5] [--groups 50]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -43,6 +52,8 @@ def _collections_root() -> str:
 
 sys.path.insert(0, _collections_root())
 
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity as af
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import balance as bl
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation as ev
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement as pl
 
@@ -128,7 +139,101 @@ def build(vm_count: int, host_count: int, seed: int) -> t.Tuple[t.List[ev.VmToMo
     return vms, hosts, source
 
 
-def timed(runs: int, func: t.Callable[[], ev.EvacuationPlan]) -> t.Tuple[float, ev.EvacuationPlan]:
+NOW = 1_700_000_000.0
+
+
+def build_cluster(
+    vm_count: int, host_count: int, group_count: int, seed: int
+) -> t.Tuple[t.List[bl.BalanceHost], t.List[bl.BalanceVm], t.Tuple[af.AffinityGroup, ...]]:
+    """An uneven cluster for the balancer: hosts, the VMs spread over them with skewed weights, and affinity groups."""
+    rng = random.Random(seed)
+    names = ["host%04d" % index for index in range(host_count)]
+    weights = [rng.paretovariate(3.0) for _name in names]
+    placed = rng.choices(range(host_count), weights, k=vm_count)
+    vms: t.List[bl.BalanceVm] = []
+    cpu_used = [0.0] * host_count
+    memory_used = [0] * host_count
+    for index, where in enumerate(placed):
+        name = "vm%05d" % index
+        roll = rng.random()
+        mode = "none" if roll < 0.01 else "manual" if roll < 0.04 else "auto"
+        pinned = rng.sample(names, 2) if rng.random() < 0.02 else []
+        settings = {"priority": rng.choices(("high", "medium", "low"), (1, 3, 2))[0], "migration_mode": mode, "pinned_hosts": pinned}
+        memory = rng.choices((512, 1024, 2048, 4096, 8192, 16384), (2, 4, 5, 5, 3, 1))[0]
+        vcpus = max(1, memory // 2048)
+        running = rng.random() < 0.95
+        cpu = rng.uniform(0, 100.0 * vcpus) if running else 0.0
+        needs = pl.VmNeeds(name=name, memory_mib=memory, vcpus=vcpus, networks=frozenset({"prod"}), pinned_hosts=frozenset(pinned))
+        left = names[rng.randrange(host_count)] if rng.random() < 0.05 else None
+        vms.append(
+            bl.BalanceVm(
+                vm=ev.VmToMove(name, "uuid-" + name, memory, vcpus, running, True, settings, needs),
+                host=names[where],
+                cpu_percent=cpu,
+                balanced_at=NOW - rng.uniform(0, 7200) if rng.random() < 0.05 else None,
+                left_host=left,
+                migrating=rng.random() < 0.005,
+            )
+        )
+        if running:
+            cpu_used[where] += cpu
+            memory_used[where] += memory
+    hosts: t.List[bl.BalanceHost] = []
+    for index, name in enumerate(names):
+        # A few hot hosts, more cold ones, the rest in between: the CPUs and memory are sized to give that load.
+        roll = rng.random()
+        target = rng.uniform(82.0, 98.0) if roll < 0.1 else rng.uniform(2.0, 18.0) if roll < 0.35 else rng.uniform(25.0, 75.0)
+        cpus = max(8, int(math.ceil(cpu_used[index] / target)))
+        memory = max(64 * GIB, int(memory_used[index] * 100.0 / max(target + rng.uniform(-10.0, 5.0), 1.0)))
+        load = cpu_used[index] / cpus
+        samples = tuple(max(0.0, load + rng.uniform(-8.0, 8.0)) for _sample in range(6))
+        hosts.append(
+            bl.BalanceHost(
+                state=pl.HostState(
+                    name=name,
+                    uri="qemu+tcp://%s/system" % name,
+                    uuid="uuid-" + name,
+                    available_mib=memory - memory_used[index] - pl.DEFAULT_MEMORY_RESERVED_MIB,
+                    networks=frozenset({"prod", "mgmt"}) if rng.random() < 0.97 else frozenset({"mgmt"}),
+                    maintenance=index % 97 == 5,
+                    error="connection refused" if index % 101 == 7 else None,
+                ),
+                cpus=cpus,
+                memory_mib=memory,
+                cpu_samples=samples,
+                busy="preparing maintenance" if index % 89 == 3 else None,
+            )
+        )
+    running = [item.vm.name for item in vms if item.vm.running]
+    groups = []
+    for number in range(group_count):
+        members = rng.sample(running, 3)
+        if number % 2:
+            groups.append({"name": "apart%03d" % number, "vms": members, "vm_rule": "negative", "vm_enforcing": number % 4 == 1})
+        else:
+            groups.append({"name": "off%03d" % number, "vms": members[:1], "hosts": rng.sample(names, 3), "host_rule": "negative"})
+    return hosts, vms, af.parse_groups(groups)
+
+
+def balance_main(args: argparse.Namespace) -> int:
+    """Time ``plan_balance`` for ``args.balance`` on a synthetic uneven cluster and print what the plan does."""
+    hosts, vms, groups = build_cluster(args.vms, args.hosts, args.groups, args.seed)
+    request = bl.BalanceRequest(policy=args.balance, max_moves=args.max_moves, now=NOW, groups=groups)
+    seconds, plan = timed(args.runs, lambda: bl.plan_balance(hosts, vms, request))
+    usable = [name for name, entry in plan.hosts.items() if name not in plan.excluded_hosts]
+    print("VMs: %d  hosts: %d  affinity groups: %d  seed: %d" % (args.vms, args.hosts, len(groups), args.seed))
+    print("plan_balance %s: %.3f s (best of %d)" % (args.balance, seconds, args.runs))
+    print("moves: %d  skipped: %d  emptied hosts: %d  unresolved hosts: %d  unmet affinity rules: %d  excluded hosts: %d" % (
+        len(plan.moves), len(plan.skipped), len(plan.emptied_hosts), len(plan.unresolved), len(plan.unmet), len(plan.excluded_hosts)))
+    for side in ("before", "after"):
+        loads = [plan.hosts[name][side]["load"] for name in usable]
+        counts = [plan.hosts[name][side]["vms"] for name in usable]
+        print("%-6s load %%: max %.1f  min %.1f  stdev %.1f   VMs per host: max %d  min %d" % (
+            side, max(loads), min(loads), statistics.pstdev(loads), max(counts), min(counts)))
+    return 0
+
+
+def timed(runs: int, func: t.Callable[[], t.Any]) -> t.Tuple[float, t.Any]:
     best = float("inf")
     plan = None
     for _run in range(runs):
@@ -147,7 +252,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="time the best of this many plans")
     parser.add_argument("--include-manual", action="store_true", help="migrate VMs whose migration_mode is manual too")
     parser.add_argument("--compare", action="store_true", help="also plan by checking every host for every VM, and compare")
+    parser.add_argument("--balance", choices=bl.POLICIES, help="time plan_balance with this policy instead of an evacuation")
+    parser.add_argument("--max-moves", type=int, default=None, help="--balance: max_moves (default: the policy's)")
+    parser.add_argument("--groups", type=int, default=50, help="--balance: affinity groups of the synthetic cluster")
     args = parser.parse_args()
+    if args.balance:
+        return balance_main(args)
 
     vms, hosts, source = build(args.vms, args.hosts, args.seed)
     seconds, plan = timed(

@@ -12,10 +12,11 @@ It moves VMs in a simulation of the cluster, greedily, one move at a time, and r
 ``evenly_distributed``     relieve over-utilized hosts: a host is over-utilized when every CPU
                            sample of its window is above ``cpu_high`` (sustained; without samples,
                            its CPU use now) or its memory use is above ``memory_high``. Each step
-                           takes the most loaded over-utilized host and the VM whose move to its
-                           destination lowers the higher of the two hosts' loads the most (at least
-                           ``min_improvement`` points). A host's load is the larger of its CPU and
-                           memory percentages.
+                           takes the most loaded over-utilized host (the next one when none of its
+                           VMs can move) and the VM whose move to its destination lowers the higher
+                           of the two hosts' loads the most (at least ``min_improvement`` points),
+                           preferring moves that break fewer soft affinity rules. A host's load is
+                           the larger of its CPU and memory percentages.
 ``vm_evenly_distributed``  even out the count of running VMs: from the host with the most to the one
                            with the fewest, while the most is above ``vm_count_high`` and the gap
                            above ``vm_count_threshold``; a move needs a gap of at least two.
@@ -42,8 +43,8 @@ migration job), in maintenance or unreachable are neither sources nor destinatio
 ``memory_high`` after its move (``thresholds``) and makes at most ``max_moves`` moves (5 unless
 told; failback has no limit unless told).
 
-A plan is a fixed point: planning again on the cluster as the plan leaves it (the moved VMs in
-their cooldown) plans nothing. Hosts are kept ordered by load, and destinations are checked least
+A plan is a fixed point: unless ``max_moves`` cut it short, planning again on the cluster as the
+plan leaves it (the moved VMs in their cooldown) plans nothing. Hosts are kept ordered by load, and destinations are checked least
 loaded first, stopping at the first that takes the VM, so a plan over a thousand hosts costs the
 hosts it touches, not every VM times every host.
 
@@ -404,20 +405,16 @@ class _Balancer:
         """Placement (with the affinity groups) lets the VM go from ``source`` to ``destination`` now."""
         if destination is source or destination.excluded is not None:
             return False
-        needs = self.verdict(index).needs
-        if not placement.fits(needs, destination.spec.state, source.spec.state.uuid, self.pending):
-            return False
-        return self.affinity is None or not self.affinity.rejections(needs.name, destination.name)
+        return placement.fits(self.verdict(index).needs, destination.spec.state, source.spec.state.uuid, self.pending, affinity=self.affinity)
 
     def rejections(self, index: int, source: _Host, destination: _Host) -> t.Tuple[str, t.List[str]]:
         """The rule id and every reason ``destination`` cannot take the VM (empty: it can)."""
         if destination.excluded is not None:
             return EXCLUDED_HOST, [destination.excluded]
         needs = self.verdict(index).needs
-        reasons = placement.rejections(needs, destination.spec.state, source.spec.state.uuid, self.pending)
-        if reasons:
-            return PLACEMENT, reasons
-        return aff.RULE, self.affinity.rejections(needs.name, destination.name) if self.affinity is not None else []
+        reasons = placement.rejections(needs, destination.spec.state, source.spec.state.uuid, self.pending, self.affinity)
+        hard = self.affinity.rejections(needs.name, destination.name) if self.affinity is not None else []
+        return (aff.RULE if hard and len(reasons) == len(hard) else PLACEMENT), reasons
 
     def room(self, index: int, destination: _Host) -> bool:
         """``destination`` stays at or under ``cpu_high`` and ``memory_high`` (sustained too) with the VM."""
@@ -481,8 +478,8 @@ class _Balancer:
 
     def undo(self, count: int) -> None:
         """Take back the last ``count`` moves of the plan (an emptying that cannot complete)."""
-        for _ in range(count):
-            index = self.order.pop()
+        for index in reversed(self.order[len(self.order) - count:]):
+            self.order.pop()
             self.plan.moves.pop()
             self.plan.reasons.pop()
             self._place(index, self.hosts[self.vms[index].host])
@@ -709,7 +706,8 @@ class _Balancer:
             if not self.movable(index, pinned_to=target.name, cooldown=False):
                 continue
             if not self.room_left():
-                self.skip(index, MAX_MOVES, "VM '%s' waits to move back to %s: the plan already holds max_moves (%d) moves" % (name, target.name, self.limit or 0))
+                why = "VM '%s' waits to move back to %s: the plan already holds max_moves (%d) moves" % (name, target.name, self.limit or 0)
+                self.skip(index, MAX_MOVES, why)
                 continue
             rule, reasons = self.rejections(index, source, target)
             if reasons:
