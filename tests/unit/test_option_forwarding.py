@@ -373,6 +373,10 @@ def main():
     with open(LOG, "a") as log:
         log.write(json.dumps({"module": NAME, "check_mode": module.check_mode, "received": received}) + "\\n")
     mark = os.path.join(module.params["state_dir"], "maintenance.json")
+    if NAME == "cluster_balance":
+        # The move-back: one VM returns, one is not started (the re-check before its move found it changed).
+        module.exit_json(changed=True, policy=module.params["policy"], plan={"moves": [{"vm": "web1"}, {"vm": "web2"}]},
+                         vms=[{"vm": "web1", "outcome": "migrated"}, {"vm": "web2", "outcome": "not_started", "error": "changed"}])
     if NAME == "host_maintenance":
         if not module.check_mode and module.params["state"] == "maintenance":
             open(mark, "w").close()
@@ -396,9 +400,9 @@ def rolling_stand_in(module: str, log: Path) -> str:
     return ROLLING_STAND_IN % {"spec": repr(spec), "name": module, "log": str(log)}
 
 
-def test_patch_cluster_gives_its_options_to_every_plan_evacuation_and_activation(tmp_path: Path) -> None:
+def test_patch_cluster_gives_its_options_to_every_plan_evacuation_activation_and_move_back(tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
-    stand_ins = {module: rolling_stand_in(module, log) for module in ("host_info", "host_maintenance")}
+    stand_ins = {module: rolling_stand_in(module, log) for module in ("host_info", "host_maintenance", "cluster_balance")}
     collections = link_collection(tmp_path, stand_ins)
     host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     inventory = tmp_path / "inventory.yml"
@@ -409,9 +413,10 @@ def test_patch_cluster_gives_its_options_to_every_plan_evacuation_and_activation
     (tmp_path / "state").mkdir()
     variables = {
         "cluster": "cluster1", "reboot": "never", "patch_tasks": str(patch), "progress_interval": "0",
-        "rolling_maintenance_state_dir": str(tmp_path / "state"), "options": '{"tunnelled": true, "allow_unsafe_cache": true}',
+        "rolling_maintenance_state_dir": str(tmp_path / "state"), "move_back": "true",
+        "options": '{"tunnelled": true, "allow_unsafe_cache": true, "include_manual": true}',
     }
-    recap = run_play(tmp_path, collections, REPO / "playbooks" / "patch_cluster.yml", variables, "-i", str(inventory))
+    recap = run_play(tmp_path, collections, REPO / "playbooks" / "patch_cluster.yml", variables, "-i", str(inventory), "-v")
     assert recap.rc == 0 and recap.failed == 0, recap.output
     calls = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     evacuations = [(call["check_mode"], call["received"]["state"]) for call in calls if call["module"] == "host_maintenance"]
@@ -424,6 +429,20 @@ def test_patch_cluster_gives_its_options_to_every_plan_evacuation_and_activation
     reads = [call["received"] for call in calls if call["module"] == "host_info" and "gather" in call["received"]]
     assert {read["state_dir"] for read in reads} == {str(tmp_path / "state")}
     assert [read["gather"] for read in reads].count(["vms"]) >= 2
+    # The move-back: one cluster_balance call, policy failback for this host, after the activation, with the run's
+    # options that cluster_balance takes too; the cluster read again first.
+    names = [call["module"] + ":" + call["received"].get("state", call["received"].get("policy", "")) for call in calls]
+    assert names.count("cluster_balance:failback") == 1 and names.index("cluster_balance:failback") > names.index("host_maintenance:active"), names
+    received = next(call["received"] for call in calls if call["module"] == "cluster_balance")
+    assert {key: received[key] for key in ("failback_hosts", "tunnelled", "allow_unsafe_cache", "state_dir")} == {
+        "failback_hosts": ["localhost"], "tunnelled": True, "allow_unsafe_cache": True, "state_dir": str(tmp_path / "state"),
+    }
+    assert "include_manual" not in received
+    assert received["hosts"] == [{"name": "localhost", "uri": "qemu+ssh://localhost/system", "maintenance": False, "memory_reserved_mib": 256}]
+    assert calls[names.index("cluster_balance:failback") - 1]["module"] == "host_info"
+    # moved_back counts the VMs the move-back returned.
+    stats = [json.loads(line.split("=> ", 1)[1])["ansible_stats"]["data"] for line in recap.output.splitlines() if '{"ansible_stats"' in line]
+    assert [data["rolling_maintenance"]["hosts"]["localhost"]["moved_back"] for data in stats] == [1], recap.output
 
 
 def test_the_migrate_vm_playbook_gives_its_inputs_and_options_to_vm_migrate(tmp_path: Path) -> None:
