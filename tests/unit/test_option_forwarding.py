@@ -56,7 +56,7 @@ if __name__ == "__main__":
 def stand_in_spec(module: str) -> t.Dict[str, t.Any]:
     """The stand-in's argument spec: the module's, with the options the tests add to it."""
     spec = dict(argument_spec(module), **(NEW_OPTION if module == "host_maintenance" else {}))
-    if module == "cluster_balance":
+    if module in ("cluster_balance", "host_maintenance", "vm_migrate"):
         spec = dict(AFFINITY_GROUPS, **spec)
     return spec
 
@@ -111,7 +111,10 @@ def result_of(recap: CaseRecap, task: str) -> t.Dict[str, t.Any]:
 
 
 MAINTENANCE_CASES: t.Dict[str, t.Dict[str, t.Any]] = {
-    "named": {"host_maintenance_include_manual": True, "host_maintenance_max_outgoing": 3, "host_maintenance_memory_reserved_mib": 512},
+    "named": {
+        "host_maintenance_include_manual": True, "host_maintenance_max_outgoing": 3, "host_maintenance_memory_reserved_mib": 512,
+        "virtops_affinity_groups": [{"name": "db-apart", "vms": ["db1", "db2"], "vm_rule": "negative"}],
+    },
     "options": {
         "host_maintenance_max_outgoing": 3,
         "host_maintenance_options": {"tunnelled": True, "allow_unsafe_cache": True, "max_outgoing": 1, "state_dir": "/srv/virtops"},
@@ -137,6 +140,9 @@ def test_the_named_variables_reach_the_module_with_the_cluster_as_candidates(mai
         "state_dir": "/var/lib/virtops-migration",
     }
     assert "tunnelled" not in received and "allow_unsafe_cache" not in received
+    # The cluster's affinity groups, from the inventory.
+    assert received["affinity_groups"] == [{"name": "db-apart", "vms": ["db1", "db2"], "vm_rule": "negative"}]
+    assert result_of(maintenance["options"], EVACUATE)["received"]["affinity_groups"] == []
     # The candidates: every host of the cluster (here every case's host), as cluster_facts publishes them.
     assert received["candidates"] == [
         {"name": "case%d" % number, "uri": "qemu+ssh://case%d/system" % number, "maintenance": False, "memory_reserved_mib": 512}
@@ -450,6 +456,7 @@ def test_the_migrate_vm_playbook_gives_its_inputs_and_options_to_vm_migrate(tmp_
     variables = {
         "source": "localhost", "vm": "web1", "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
         "memory_reserved_mib": "512", "guest_hooks": "true", "guest_hook_failure": "", "options": "tunnelled: true\npolicy: post_copy\n",
+        "virtops_affinity_groups": [{"name": "web-apart", "vms": ["web1", "web2"], "vm_rule": "negative"}],
     }
     recap = run_play(tmp_path, link_collection(tmp_path, stand_ins), REPO / "playbooks" / "migrate_vm.yml", variables, "-v", "--check")
     assert recap.rc == 0, recap.output
@@ -460,4 +467,5 @@ def test_the_migrate_vm_playbook_gives_its_inputs_and_options_to_vm_migrate(tmp_
         "name": "web1", "destination": "auto", "memory_reserved_mib": 512, "guest_hooks": True, "tunnelled": True, "policy": "post_copy",
     }
     assert "guest_hook_failure" not in received
+    assert received["affinity_groups"] == [{"name": "web-apart", "vms": ["web1", "web2"], "vm_rule": "negative"}]
     assert received["candidates"] == [{"name": "localhost", "uri": "qemu+ssh://localhost/system", "maintenance": False, "memory_reserved_mib": 512}]
