@@ -84,5 +84,7 @@ def test_the_balance_survey_offers_the_modules_policies_and_asks_for_the_cluster
     questions = {question["variable"]: question for question in survey["spec"]}
     assert list(questions) == ["cluster", "policy", "check", "options"]
     assert questions["cluster"]["required"] is True
-    assert questions["policy"]["choices"] == GEN.module_option("cluster_balance", "policy")["choices"]
+    # The role's choices are the module's (its argument spec, from the options table).
+    options = importlib.import_module("ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options")
+    assert questions["policy"]["choices"] == options.module_spec("cluster_balance")["policy"]["choices"]
     assert questions["check"]["choices"] == ["true", "false"] and questions["check"]["default"] == "false"
