@@ -72,6 +72,7 @@ SURVEYS: dict[str, dict[str, t.Any]] = {
         "description": "Bring a host back from maintenance (restarts the VMs shut down for it).",
         "inputs": {
             "target": asked("Inventory name of the host to bring back."),
+            **from_role("host_activate", "move_back", "cluster"),
             "options": module_options("host_maintenance", questions=False),
         },
     },
@@ -99,6 +100,15 @@ SURVEYS: dict[str, dict[str, t.Any]] = {
         },
         # Without a cluster there is nothing to patch.
         "required": ["cluster"],
+    },
+    "balance_cluster": {
+        "playbook": "playbooks/balance_cluster.yml",
+        "description": "Balance a cluster under a scheduling policy, or move VMs back to the hosts they left (for a schedule).",
+        "inputs": {
+            "cluster": asked("Inventory group of the cluster to balance."),
+            **from_role("cluster_balance", "policy", "check"),
+            "options": module_options("cluster_balance"),
+        },
     },
 }
 

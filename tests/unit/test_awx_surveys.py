@@ -77,3 +77,14 @@ def test_each_question_is_well_formed_and_used_as_its_type(name: str) -> None:
             assert re.search(r"\b%s \| int\b" % re.escape(variable), playbook), "%s is not converted with | int" % variable
     # The playbook's required inputs are required questions.
     assert [q["variable"] for q in survey["spec"] if q["required"]], survey
+
+
+def test_the_balance_survey_offers_the_modules_policies_and_asks_for_the_cluster() -> None:
+    survey = json.loads((SURVEY_DIR / "balance_cluster.json").read_text(encoding="utf-8"))
+    questions = {question["variable"]: question for question in survey["spec"]}
+    assert list(questions) == ["cluster", "policy", "check", "options"]
+    assert questions["cluster"]["required"] is True
+    # The role's choices are the module's (its argument spec, from the options table).
+    options = importlib.import_module("ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options")
+    assert questions["policy"]["choices"] == options.module_spec("cluster_balance")["policy"]["choices"]
+    assert questions["check"]["choices"] == ["true", "false"] and questions["check"]["default"] == "false"

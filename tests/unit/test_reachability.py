@@ -42,6 +42,9 @@ SETS: t.Dict[t.Tuple[str, str], t.Dict[str, str]] = {
         "candidates": "the other hosts of the cluster, as cluster_facts reads them",
     },
     ("role cluster_facts", "host_info"): {},
+    ("role cluster_balance", "cluster_balance"): {
+        "hosts": "every host of the cluster, as cluster_facts reads them (cluster_balance_cluster chooses the cluster)",
+    },
     ("playbook migrate_vm", "vm_migrate"): {
         "name": "the VM the play is asked to move (extra var vm)",
         "destination": "auto: the best host of the cluster",
@@ -56,18 +59,34 @@ ROLE_MODULES = {
     "host_activate": "host_maintenance",
     "cluster_facts": "host_info",
     "rolling_maintenance": "host_maintenance",
+    "cluster_balance": "cluster_balance",
 }
-ROLE_INCLUDES = {"rolling_maintenance": ("host_maintenance", "host_activate")}
+ROLE_INCLUDES = {"rolling_maintenance": ("host_maintenance", "host_activate", "cluster_balance"), "host_activate": ("cluster_balance",)}
+# The variable a role hands its users' options on in, when it is not the included role's ROLE_options:
+# the move-back of a maintenance run gets the run's host_maintenance options, and the cluster_balance role
+# keeps those its module takes too.
+HANDED_ON = {
+    ("rolling_maintenance", "cluster_balance"): "cluster_balance_maintenance_options",
+    ("host_activate", "cluster_balance"): "cluster_balance_maintenance_options",
+}
 PLAYBOOKS = {
     "maintenance": ("role", "host_maintenance"),
     "activate": ("role", "host_activate"),
     "patch_cluster": ("role", "rolling_maintenance"),
     "migrate_vm": ("module", "vm_migrate"),
+    "balance_cluster": ("role", "cluster_balance"),
 }
 
 
 def argument_spec(module: str) -> t.Dict[str, t.Any]:
-    return importlib.import_module("ansible_collections.virtops.migration.plugins.modules.%s" % module).argument_spec()
+    """The module's argument spec; every module's is its entry in the options table (options.module_spec), which
+    stands in for it when the module's implementation cannot be imported."""
+    try:
+        return importlib.import_module("ansible_collections.virtops.migration.plugins.modules.%s" % module).argument_spec()
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("ansible_collections.virtops.migration."):
+            raise
+        return importlib.import_module("ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options").module_spec(module)
 
 
 def load(path: Path) -> t.Any:
@@ -151,8 +170,10 @@ def module_problems(wrapper: Wrapper, module: str, spec: t.Mapping[str, t.Any], 
     return problems
 
 
-def include_problems(wrapper: Wrapper, included: str) -> t.List[str]:
-    """Why ``wrapper`` does not hand its users' options on to the role ``included`` it includes, or nothing."""
+def include_problems(wrapper: Wrapper, included: str, variable: t.Optional[str] = None) -> t.List[str]:
+    """Why ``wrapper`` does not hand its users' options on to the role ``included`` it includes (in ``variable``,
+    by default ``included``'s ROLE_options), or nothing."""
+    variable = variable or "%s_options" % included
     includes = [
         task for task in wrapper.tasks if any(isinstance(task.get(key), dict) and task[key].get("name") == FQCN + included for key in INCLUDE)
     ]
@@ -160,9 +181,9 @@ def include_problems(wrapper: Wrapper, included: str) -> t.List[str]:
         return ["%s includes no role %s%s" % (wrapper.name, FQCN, included)]
     problems = []
     for task in includes:
-        given = (task.get("vars") or {}).get("%s_options" % included)
+        given = (task.get("vars") or {}).get(variable)
         if given is None or not refers_to(wrapper, given, lambda name: name == wrapper.options_var):
-            problems.append("%s, task %r: %s_options is not given from %s" % (wrapper.name, task.get("name"), included, wrapper.options_var))
+            problems.append("%s, task %r: %s is not given from %s" % (wrapper.name, task.get("name"), variable, wrapper.options_var))
     return problems
 
 
@@ -190,7 +211,7 @@ def all_problems() -> t.List[str]:
         if wrapper.options_var not in wrapper.documented:
             problems.append("%s does not document %s in meta/argument_specs.yml" % (wrapper.name, wrapper.options_var))
         for included in ROLE_INCLUDES.get(name, ()):
-            problems += include_problems(wrapper, included)
+            problems += include_problems(wrapper, included, HANDED_ON.get((name, included)))
     for name, (kind, target) in PLAYBOOKS.items():
         wrapper = playbook(name)
         if kind == "role":
@@ -284,3 +305,13 @@ def test_cluster_facts_reads_what_host_info_reads_by_default() -> None:
     spec = load(REPO / "roles" / "cluster_facts" / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
     assert "default" not in spec["cluster_facts_gather"]
     assert spec["cluster_facts_gather"]["choices"] == argument_spec("host_info")["gather"]["choices"]
+
+
+def test_the_move_back_leaves_out_exactly_the_maintenance_options_cluster_balance_does_not_take() -> None:
+    # The cluster_balance role keeps, of a maintenance run's options, those its module takes too: the list it
+    # leaves out is what host_maintenance takes and cluster_balance does not (names and aliases).
+    def names(module: str) -> t.Set[str]:
+        return {name for option, spec in argument_spec(module).items() for name in [option, *spec.get("aliases", [])]}
+
+    left_out = load(REPO / "roles" / "cluster_balance" / "vars" / "main.yml")["__cluster_balance_maintenance_only"]
+    assert sorted(left_out) == sorted(names("host_maintenance") - names("cluster_balance"))
