@@ -199,6 +199,12 @@ notes:
     is a PCI device, is an SR-IOV virtual function and is not assigned to another running VM (the check
     of M(virtops.migration.vm_migrate)), running or shut off alike. When no candidate has it, the VM is
     unplaceable and the maintenance fails before anything moves, the reason naming the address.
+  - With O(affinity_groups), the plan knows where every running VM of the cluster is (each reachable
+    candidate's running VMs). A VM in a group is placed only where it breaks no hard rule, preferring
+    hosts that break the fewest soft ones; the running VMs of this host that a hard positive VM rule
+    keeps together go to one host that takes all of them at once. A VM only a broken hard rule could
+    place is unplaceable with C(rule=affinity) (the reason naming the group), and the maintenance fails
+    before anything moves. Rules the plan leaves unmet are in the plan's C(affinity.unmet) and the warnings.
 seealso:
   - module: virtops.migration.vm_migrate
   - module: virtops.migration.host_info
@@ -247,6 +253,9 @@ plan:
     - A C(blocked), C(shutdown) or C(kept) VM also has C(rule), the id of the rule that holds it (the same
       rules M(virtops.migration.vm_migrate) refuses a move for), for example C(mode_none) or C(unsafe_cache).
     - C(tunnelled) (added in 0.2.0) is O(tunnelled); live moves then go through the libvirt connections.
+    - An C(unplaceable) VM has C(rule=affinity) when only breaking a hard rule of O(affinity_groups) could place it.
+    - C(affinity) (added in 0.2.0, only with O(affinity_groups)) has C(unmet), the rules broken once the plan
+      has run, each with C(group), C(kind) (V(vm) or V(host)), C(polarity), C(enforcing) and C(message).
   returned: state=maintenance and the host had VMs
   type: dict
   sample: {ok: true, tunnelled: false, moves: [{vm: db1, priority: high, memory_mib: 4096, from: hv1, to: hv3, kind: live}], blocked: []}

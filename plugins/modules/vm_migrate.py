@@ -274,6 +274,10 @@ notes:
     (its node device has a C(phys_function) capability) and is not assigned to another running VM. Any
     other destination is refused before anything moves, the reason naming the address. Only the VMs
     with such a pair make the check read node devices and running VMs' definitions on the candidates.
+  - With O(affinity_groups), where the other running VMs are comes from the candidates and the source.
+    O(destination=auto) chooses only a host where the VM breaks no hard rule, preferring the fewest soft
+    rules broken; a named destination that breaks a hard rule is refused (C(rule=affinity), naming the
+    group) before anything moves, and a soft rule it breaks is a warning. A shut-off VM keeps only host rules.
 seealso:
   - module: virtops.migration.host_info
   - name: libvirt migration guide

@@ -1,12 +1,22 @@
-"""Affinity groups: validation, contradictions, breaches of each rule kind (pure logic)."""
+"""Affinity groups: validation, contradictions, breaches of each rule kind (pure logic), and what vm_migrate and
+host_maintenance make of them in check mode (fake hosts)."""
 
 from __future__ import annotations
 
 import typing as t
+from pathlib import Path
 
+import libvirt
 import pytest
 
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import maintenance as mt
+from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import vm_migration
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity as af
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import mark as mk
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import requests as rq
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError
+from libvirt_fakes import HV1_UUID, HV2_UUID, HV3_UUID, FakeCluster, FakeDomain
 
 
 def group(name: str, vms: t.Sequence[str], **kwargs: t.Any) -> t.Dict[str, t.Any]:
@@ -132,7 +142,9 @@ def test_negative_vm_rule() -> None:
     aff = af.Affinity(GROUPS, {"w1": "h1", "w2": "h2"})
     (breach,) = aff.breaches("w3", "h1")
     assert (breach.group, breach.kind, breach.polarity, breach.enforcing) == ("web", "vm", "negative", True)
-    assert breach.message == "affinity group 'web' (hard negative VM rule) keeps VMs 'w1', 'w2', 'w3' apart: VM 'w3' on h1 would share the host with 'w1' (on h1)"
+    assert breach.message == (
+        "affinity group 'web' (hard negative VM rule) keeps VMs 'w1', 'w2', 'w3' apart: VM 'w3' on h1 would share the host with 'w1' (on h1)"
+    )
     assert aff.rejections("w3", "h1") == [breach.message]
     assert aff.breaches("w3", "h4") == []
     # A VM does not break the rule with itself where it already runs.
@@ -200,3 +212,108 @@ def test_checks_cost_the_vms_groups_not_the_cluster() -> None:
     aff = af.Affinity(groups, {"a%d" % i: "h%d" % (i % 50) for i in range(2000)})
     assert len(aff.groups_of("b7")) == 1
     assert aff.rejections("b7", "h7") and not aff.rejections("b7", "h8")
+
+
+# -- vm_migrate and host_maintenance (check mode, fake hosts)
+
+SOURCE_URI = "qemu+tls://hv1/system"
+HV2_URI = "qemu+tls://hv2/system"
+HV3_URI = "qemu+tls://hv3/system"
+RUNNING = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_BOOTED)
+
+
+def fake_vm(name: str, index: int, state: t.Tuple[int, int] = RUNNING) -> FakeDomain:
+    xml = (
+        "<domain type='kvm'><name>%s</name><uuid>4a0a3ad4-0d5b-4d47-9a6a-3b8a2f1c9e%02d</uuid><memory unit='MiB'>1024</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os><devices/></domain>" % (name, index)
+    )
+    return FakeDomain(xml, state)
+
+
+@pytest.fixture
+def hosts(sample: t.Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
+    """hv1 runs web1 and db1, hv2 runs web2 (and has the most free memory), hv3 runs nothing."""
+    cluster = FakeCluster(sample("capabilities-qemu.xml"))
+    cluster.add_host(SOURCE_URI, "hv1", HV1_UUID).domains.extend([fake_vm("web1", 1), fake_vm("db1", 3)])
+    cluster.add_host(HV2_URI, "hv2", HV2_UUID).domains.append(fake_vm("web2", 2))
+    hv3 = cluster.add_host(HV3_URI, "hv3", HV3_UUID)
+    hv3.memory_stats = dict(t.cast(t.Dict[str, int], hv3.memory_stats), free=8_000_000)
+    monkeypatch.setattr(vm_migration, "libvirt_connection", cluster.connect)
+    monkeypatch.setattr(mt.HostMaintenance, "connect", lambda _self, uri, connect_timeout=None: cluster.connect(uri))
+    monkeypatch.setattr(mt, "hook_status", lambda **_kwargs: {"path": mk.HOOK_PATH, "installed": True, "loaded": True})
+    return cluster
+
+
+def migrate(tmp_path: Path, groups: t.Sequence[t.Mapping[str, t.Any]], vm: str = "web1", **params: t.Any) -> t.Dict[str, t.Any]:
+    params.setdefault("destination_uri", HV2_URI)
+    request = rq.migrate_request(dict(name=vm, uri=SOURCE_URI, affinity_groups=list(groups), state_dir=str(tmp_path), wait_sleep=0.01, **params))
+    return vm_migration.VmMigration(request).migrate(check_mode=True)
+
+
+APART = {"name": "web", "vms": ["web1", "web2"], "vm_rule": "negative"}
+
+
+def test_vm_migrate_refuses_a_named_destination_that_breaks_a_hard_rule(hosts: FakeCluster, tmp_path: Path) -> None:
+    assert migrate(tmp_path, [])["destination"]["hostname"] == "hv2"
+    with pytest.raises(PolicyError) as caught:
+        migrate(tmp_path, [APART])
+    assert caught.value.msg == (
+        "Cannot move VM 'web1' to hv2: affinity group 'web' (hard negative VM rule) keeps VMs 'web1', 'web2' apart: "
+        "VM 'web1' on hv2 would share the host with 'web2' (on hv2). Nothing was moved."
+    )
+    assert caught.value.details["rule"] == "affinity" and caught.value.details["groups"] == ["web"]
+    # A soft rule is a warning; the move is planned.
+    result = migrate(tmp_path, [dict(APART, vm_enforcing=False)])
+    assert result["destination"]["hostname"] == "hv2"
+    assert result["warnings"] == [
+        "affinity group 'web' (soft negative VM rule) keeps VMs 'web1', 'web2' apart: VM 'web1' on hv2 would share the host with "
+        "'web2' (on hv2) (on the destination hv2)."
+    ]
+
+
+def test_vm_migrate_auto_destination_avoids_the_host(hosts: FakeCluster, tmp_path: Path) -> None:
+    auto = dict(destination_uri=None, destination="auto", candidates=[HV2_URI, HV3_URI])
+    assert migrate(tmp_path, [], **auto)["destination"]["hostname"] == "hv2"
+    result = migrate(tmp_path, [APART], **auto)
+    assert result["destination"]["hostname"] == "hv3" and "warnings" not in result
+    assert result["plan"]["rejected_hosts"]["hv2"][0].startswith("affinity group 'web' (hard negative VM rule)")
+    # The source's other running VMs count too: db1 must stay with web1... and cannot, on any candidate.
+    with pytest.raises(PolicyError) as caught:
+        migrate(tmp_path, [APART, {"name": "pair", "vms": ["web1", "db1"], "vm_rule": "positive"}], **auto)
+    assert caught.value.msg.startswith("No candidate can take VM 'web1' without breaking a hard rule of affinity group(s) 'pair', 'web': ")
+    assert caught.value.details["rule"] == "affinity"
+
+
+def test_vm_migrate_offline_keeps_only_host_rules(hosts: FakeCluster, tmp_path: Path) -> None:
+    hosts.hosts[SOURCE_URI].domains[0] = fake_vm("web1", 1, (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN))
+    assert migrate(tmp_path, [APART])["destination"]["hostname"] == "hv2"
+    with pytest.raises(PolicyError, match="hard negative host rule"):
+        migrate(tmp_path, [{"name": "off-hv2", "vms": ["web1"], "hosts": ["hv2"], "host_rule": "negative"}])
+
+
+def evacuate(tmp_path: Path, groups: t.Sequence[t.Mapping[str, t.Any]]) -> t.Dict[str, t.Any]:
+    request = rq.maintenance_request(
+        dict(uri=SOURCE_URI, candidates=[HV2_URI, HV3_URI], affinity_groups=list(groups), state_dir=str(tmp_path / "state"), log_dir=str(tmp_path / "log"))
+    )
+    return mt.HostMaintenance(request).maintenance(check_mode=True)
+
+
+def test_host_maintenance_keeps_the_groups_and_warns_of_soft_rules_left_unmet(hosts: FakeCluster, tmp_path: Path) -> None:
+    result = evacuate(tmp_path, [APART])
+    assert {move["vm"]: move["to"] for move in result["plan"]["moves"]}["web1"] == "hv3"
+    assert result["plan"]["affinity"] == {"unmet": []} and "warnings" not in result
+    soft = {"name": "all", "vms": ["web1", "web2", "db1"], "vm_rule": "negative", "vm_enforcing": False}
+    result = evacuate(tmp_path, [soft])
+    assert len(result["plan"]["affinity"]["unmet"]) == 1
+    assert result["warnings"][0].startswith("affinity group 'all' (soft negative VM rule) keeps VMs 'db1', 'web1', 'web2' apart, but some share a host")
+
+
+def test_host_maintenance_refuses_before_anything_moves_when_a_hard_rule_cannot_be_kept(hosts: FakeCluster, tmp_path: Path) -> None:
+    with pytest.raises(MigrationError) as caught:
+        evacuate(tmp_path, [{"name": "all", "vms": ["web1", "web2", "db1"], "vm_rule": "negative"}])
+    assert caught.value.msg.startswith("hv1 cannot go into maintenance, nothing was moved: VM '")
+    (held,) = caught.value.details["plan"]["unplaceable"]
+    assert held["rule"] == "affinity" and "affinity group(s) 'all'" in held["reason"]
+    # A group larger than the cluster is refused as a contradiction first.
+    with pytest.raises(af.AffinityError, match="only 3 host"):
+        evacuate(tmp_path, [{"name": "big", "vms": ["a", "b", "c", "d"], "vm_rule": "negative"}])

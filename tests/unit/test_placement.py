@@ -115,7 +115,9 @@ def test_a_hard_affinity_rule_rejects_the_host_naming_the_group() -> None:
     assert pl.choose(VM, hosts, source_uuid="uuid-h1")[0].name == "h3"  # type: ignore[union-attr]
     best, rejected = pl.choose(VM, hosts, source_uuid="uuid-h1", affinity=aff)
     assert best is not None and best.name == "h2"
-    assert rejected == {"h3": ["affinity group 'web' (hard negative VM rule) keeps VMs 'web1', 'web2' apart: VM 'web1' on h3 would share the host with 'web2' (on h3)"]}
+    assert rejected == {
+        "h3": ["affinity group 'web' (hard negative VM rule) keeps VMs 'web1', 'web2' apart: VM 'web1' on h3 would share the host with 'web2' (on h3)"]
+    }
     assert not pl.fits(VM, hosts[1], "uuid-h1", affinity=aff) and pl.fits(VM, hosts[1], "uuid-h1")
     assert pl.rejections(VM, hosts[0], "uuid-h1", affinity=aff) == []
     # Every other reason is still given, the affinity one among them.

@@ -23,7 +23,7 @@ import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation, placement, rules, statefiles
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity, evacuation, placement, rules, statefiles
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     MigrationError,
@@ -150,6 +150,24 @@ class HostMaintenance:
         needs = [t.cast(placement.VmNeeds, vm.needs) for vm in vms]
         return probe_hosts(self.connect, self.request.candidates, needs, cpus, self.request.memory_reserved_mib)
 
+    def _affinity(self, hosts: t.Sequence[placement.HostState], source: evacuation.SourceHost) -> t.Tuple[t.Optional[affinity.Affinity], t.List[str]]:
+        """The affinity groups with where every running VM of the cluster is, the source's left out (they are
+        placed as the plan goes), and the warnings about what could not be seen; (None, []) without groups."""
+        groups = self.request.groups
+        if not groups:
+            return None, []
+        affinity.check_groups(groups, {host.name for host in hosts if host.uuid != source.uuid} | {source.name})
+        where = {
+            vm: host.name for host in hosts if host.error is None and host.uuid != source.uuid for vm in sorted(host.running_vms)
+        }
+        unseen = sorted(host.name for host in hosts if host.error is not None)
+        warnings = []
+        if unseen:
+            warnings.append(
+                "Affinity groups: the VMs running on %s are not known (unreachable); rules that involve them were not checked." % ", ".join(unseen)
+            )
+        return affinity.Affinity(groups, where), warnings
+
     def _final_load(self) -> t.Dict[str, t.Dict[str, t.Any]]:
         """Running VMs' vCPUs and memory left for guests on each reachable candidate, read afterwards."""
         req = self.request
@@ -201,10 +219,13 @@ class HostMaintenance:
         for vm in to_move:
             vm.duplicate_on = rules.defined_elsewhere(vm.uuid, uuid, hosts)
         asked = rules.MoveRequest(allow_unsafe_cache=req.allow_unsafe_cache, tunnelled=req.tunnelled, guest_hooks=req.guest_hooks)
-        plan = evacuation.plan_evacuation(to_move, hosts, source, req.include_manual, req.non_migratable, request=asked)
+        groups, warnings = self._affinity(hosts, source)
+        plan = evacuation.plan_evacuation(to_move, hosts, source, req.include_manual, req.non_migratable, request=asked, affinity=groups)
         enforcement = hook_status(state_dir=req.state_dir)
         record_phase(self.timings, "plan", began)
         result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict(), "enforcement": enforcement, "timings": self.timings}
+        # Rules the plan leaves unmet: soft ones it could not keep, hard ones already broken elsewhere.
+        warnings.extend("%s (after the evacuation)." % breach.message for breach in plan.unmet or ())
         if not plan.ok:
             raise MigrationError(
                 "%s cannot go into maintenance, nothing was moved: %s" % (hostname, " ".join(plan.problems())),
@@ -221,8 +242,10 @@ class HostMaintenance:
                 "enforcement": enforcement,
                 "msg": "%s is in maintenance and runs no VM." % hostname,
             }
+        if warnings:
+            result["warnings"] = warnings
         if req.require_hook and not enforcement["loaded"] and check_mode:
-            result["warnings"] = [
+            result["warnings"] = warnings + [
                 "%s does not enforce maintenance yet: the collection's libvirt hook %s is %s; a real run refuses to start."
                 % (hostname, enforcement["path"], hook_trouble(enforcement))
             ]

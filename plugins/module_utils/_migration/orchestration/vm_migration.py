@@ -12,6 +12,12 @@ destination. The resulting :class:`~plan.Move` is what check mode reports and wh
 or someone else's) is not judged again: the job is followed to its end under the policy and timeout
 the rules give it (refused only when its settings give no policy).
 
+Affinity groups (option ``affinity_groups``, ``affinity.py``) see where every running VM is: on
+each candidate as probed, and on the source (this VM aside). ``destination=auto`` chooses only
+among hosts where the VM breaks no hard rule, preferring the fewest soft rules broken; a named
+destination that breaks a hard rule is refused (rule ``affinity``) before anything moves, and a soft
+rule it breaks is a warning. A shut-off VM moved offline keeps only the host rules.
+
 The task runs on (or connects to) the source host. The source libvirtd drives the migration
 peer-to-peer to the destination's libvirt URI, so that URI must be the one the source host uses to
 reach the destination (the inventory's ``virtops_libvirt_uri``).
@@ -23,7 +29,7 @@ import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement, rules
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity, placement, rules
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import DuplicateVmError, MigrationError, VmNotFoundError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import parse_capabilities
@@ -92,7 +98,9 @@ class VmMigration:
             self.verdict = verdict = self._assessor(origin, candidates).assess(vm)
             warnings = [finding.message for finding in verdict.findings if finding.rule in WARNED]
             refuse(verdict, req.source_uri)
-            dest, rejected = self._choose(verdict.needs, hosts, source_uuid)
+            groups = self._affinity(source, origin, hosts, vm) if req.groups else None
+            dest, rejected, soft = self._choose(verdict.needs, hosts, source_uuid, groups)
+            warnings.extend(soft)
             mark = record_phase(self.timings, "probe", mark)
             move = rules.move_for(verdict, origin, dest)
             tunnelled = req.options.tunnelled and move.running
@@ -161,9 +169,22 @@ class VmMigration:
         cpu = CpuCheck.of(facts, requirements)
         return {vm.name: cpu} if cpu else {}
 
+    def _affinity(self, source: t.Any, origin: rules.SourceHost, hosts: t.Sequence[placement.HostState], vm: rules.VmToMove) -> affinity.Affinity:
+        """The run's affinity groups with where every running VM is: on each probed candidate, and the source's
+        other running VMs on the source. A shut-off VM moved offline keeps only the host rules."""
+        req = self.request
+        active = self.runner.call(source.listAllDomains, "list the running VMs", req.source_uri, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        where = {dom.name(): origin.name for dom in active if dom.name() != vm.name}
+        for host in hosts:
+            if host.error is None and host.uuid != origin.uuid:
+                where.update(dict.fromkeys(host.running_vms - {vm.name}, host.name))
+        groups = affinity.Affinity(req.groups, where)
+        return groups if vm.running else groups.host_rules_only()
+
     def _choose(
-        self, needs: placement.VmNeeds, hosts: t.Sequence[placement.HostState], source_uuid: str
-    ) -> t.Tuple[placement.HostState, t.Dict[str, t.List[str]]]:
+        self, needs: placement.VmNeeds, hosts: t.Sequence[placement.HostState], source_uuid: str, groups: t.Optional[affinity.Affinity] = None
+    ) -> t.Tuple[placement.HostState, t.Dict[str, t.List[str]], t.List[str]]:
+        """The destination, why each other candidate was rejected, and the soft affinity rules it breaks (warnings)."""
         req = self.request
         if not req.auto:
             for host in hosts:
@@ -172,7 +193,35 @@ class VmMigration:
         best, rejected = placement.choose(needs, hosts, source_uuid)
         if best is None:
             raise MigrationError(placement.explain(needs.name, rejected), vm=needs.name, uri=req.source_uri, rejected_hosts=rejected)
-        return best, rejected
+        if groups is None:
+            return best, rejected, []
+        if req.auto:
+            kept, kept_rejected = placement.choose(needs, hosts, source_uuid, affinity=groups)
+            if kept is None:
+                fitting = [host for host in hosts if placement.fits(needs, host, source_uuid)]
+                names = sorted({breach.group for host in fitting for breach in groups.breaches(needs.name, host.name) if breach.enforcing})
+                raise PolicyError(
+                    "No candidate can take VM '%s' without breaking a hard rule of affinity group(s) %s: %s. Nothing was moved."
+                    % (needs.name, ", ".join("'%s'" % name for name in names), placement.explain(needs.name, kept_rejected)),
+                    vm=needs.name,
+                    uri=req.source_uri,
+                    rule=affinity.RULE,
+                    groups=names,
+                    rejected_hosts=kept_rejected,
+                )
+            best, rejected = kept, kept_rejected
+        breaches = groups.breaches(needs.name, best.name)
+        hard = [breach for breach in breaches if breach.enforcing]
+        if hard:
+            raise PolicyError(
+                "Cannot move VM '%s' to %s: %s. Nothing was moved." % (needs.name, best.name, "; ".join(breach.message for breach in hard)),
+                vm=needs.name,
+                uri=req.source_uri,
+                destination_uri=best.uri,
+                rule=affinity.RULE,
+                groups=sorted({breach.group for breach in hard}),
+            )
+        return best, rejected, ["%s (on the destination %s)." % (breach.message, best.name) for breach in breaches]
 
     def _look_elsewhere(self, uuid: str) -> t.List[placement.HostState]:
         """The other known hosts, as far as a duplicate check needs them: whether they define the UUID."""

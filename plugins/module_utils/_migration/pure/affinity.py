@@ -184,22 +184,16 @@ class _Components:
         return result
 
 
-def _hosts_left(vm: str, groups: t.Sequence[AffinityGroup], hosts: t.Optional[t.FrozenSet[str]]) -> t.Tuple[t.Optional[t.FrozenSet[str]], t.List[str]]:
-    """The hosts the hard host rules leave ``vm`` (None: any but the excluded ones, the cluster unknown) and the groups that rule it."""
+def _hosts_left(ruling: t.Sequence[AffinityGroup], hosts: t.Optional[t.FrozenSet[str]]) -> t.Optional[t.FrozenSet[str]]:
+    """The hosts the hard host rules of ``ruling`` leave (None: any but the excluded ones, the cluster unknown)."""
     allowed = hosts
     excluded: t.Set[str] = set()
-    ruling: t.List[str] = []
-    for group in groups:
-        if vm not in group.vms or group.host_rule == DISABLED or not group.host_enforcing:
-            continue
-        ruling.append(group.name)
+    for group in ruling:
         if group.host_rule == POSITIVE:
             allowed = group.hosts if allowed is None else allowed & group.hosts
         else:
             excluded |= group.hosts
-    if allowed is None:
-        return None, ruling
-    return frozenset(allowed - excluded), ruling
+    return None if allowed is None else frozenset(allowed - excluded)
 
 
 def _check_contradictions(groups: t.Sequence[AffinityGroup], hosts: t.Optional[t.FrozenSet[str]]) -> None:
@@ -235,14 +229,21 @@ def _check_contradictions(groups: t.Sequence[AffinityGroup], hosts: t.Optional[t
                 vms=sorted(group.vms),
                 rule=RULE,
             )
-    for vm in sorted(set().union(*(group.vms for group in groups)) if groups else ()):
-        left, ruling = _hosts_left(vm, groups, hosts)
-        if left is not None and not left and ruling:
+    # The groups whose hard host rule rules each VM, in group order.
+    ruled: t.Dict[str, t.List[AffinityGroup]] = collections.defaultdict(list)
+    for group in groups:
+        if group.host_rule != DISABLED and group.host_enforcing:
+            for vm in group.vms:
+                ruled[vm].append(group)
+    for vm in sorted(ruled):
+        left = _hosts_left(ruled[vm], hosts)
+        if left is not None and not left:
+            names = [group.name for group in ruled[vm]]
             raise AffinityError(
                 "affinity groups leave VM '%s' no host: the hard host rules of group(s) %s%s exclude every host"
-                % (vm, _quoted(ruling), " among the cluster's (%s)" % _listed(hosts) if hosts is not None else ""),
-                group=ruling[0],
-                groups=ruling,
+                % (vm, _quoted(names), " among the cluster's (%s)" % _listed(hosts) if hosts is not None else ""),
+                group=names[0],
+                groups=names,
                 vm=vm,
                 rule=RULE,
             )
@@ -251,28 +252,24 @@ def _check_contradictions(groups: t.Sequence[AffinityGroup], hosts: t.Optional[t
         if group.vm_rule == POSITIVE and group.vm_enforcing:
             hard.join(sorted(group.vms))
     for members in hard.sets().values():
-        common: t.Optional[t.FrozenSet[str]] = hosts
-        excluded: t.Set[str] = set()
-        ruling: t.Set[str] = set()
-        for vm in members:
-            for group in groups:
-                if vm in group.vms and group.host_rule != DISABLED and group.host_enforcing:
-                    ruling.add(group.name)
-                    if group.host_rule == POSITIVE:
-                        common = group.hosts if common is None else common & group.hosts
-                    else:
-                        excluded |= group.hosts
-        if not ruling or common is None or common - excluded:
+        ruling = list({group.name: group for vm in sorted(members) for group in ruled.get(vm, ())}.values())
+        common = _hosts_left(ruling, hosts)
+        if not ruling or common is None or common:
             continue
         positive = sorted(group.name for group in groups if group.vm_rule == POSITIVE and group.vm_enforcing and group.vms & members)
         raise AffinityError(
             "affinity groups contradict each other: hard positive VM group(s) %s keep VMs %s on one host, but the hard host rules "
-            "of group(s) %s leave them no host in common" % (_quoted(positive), _quoted(members), _quoted(ruling)),
+            "of group(s) %s leave them no host in common" % (_quoted(positive), _quoted(members), _quoted(group.name for group in ruling)),
             group=positive[0],
-            groups=positive + sorted(ruling),
+            groups=positive + sorted(group.name for group in ruling),
             vms=sorted(members),
             rule=RULE,
         )
+
+
+def check_groups(groups: t.Sequence[AffinityGroup], hosts: t.Collection[str]) -> None:
+    """Refuse the contradictions of groups already parsed that only the cluster's ``hosts`` (names) reveal."""
+    _check_contradictions(groups, frozenset(hosts))
 
 
 def parse_groups(value: t.Any, hosts: t.Optional[t.Collection[str]] = None) -> t.Tuple[AffinityGroup, ...]:
