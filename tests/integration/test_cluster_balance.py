@@ -13,11 +13,13 @@ import typing as t
 from pathlib import Path
 
 from labkit import (
+    REPO,
     assert_no_vm_lost,
     lab_status,
     maintenance_mark,
     module_task,
     run_tasks,
+    run_playbook_report,
     running_on,
     uri,
     virtlab,
@@ -84,6 +86,13 @@ def test_vm_count_balance_moves_only_auto_vms_once_and_a_rerun_moves_nothing(lab
     held = {entry["vm"]: entry["rule"] for entry in check["plan"]["skipped"]}
     assert held.get(manual) == "mode_manual" and held.get(never) == "mode_none" and held.get(pinned) == "pinned", held
     assert "lab-h3" in busy["plan"]["excluded_hosts"], busy["plan"]
+    # The playbook an AWX schedule runs, in check mode: the same plan, published as the job's artifacts.
+    options = {key: args[key] for key in ("vm_count_high", "vm_count_threshold", "max_moves", "affinity_groups")}
+    extra = {"cluster": "lab", "policy": "vm_evenly_distributed", "options": options}
+    proc, report = run_playbook_report(lab, REPO / "playbooks" / "balance_cluster.yml", extra, check_mode=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = report["global_custom_stats"]["cluster_balance"]["lab"]
+    assert summary["planned"] == len(check["plan"]["moves"]) and summary["migrated"] == 0, summary
     assert all(move["to"] != "lab-h3" and move["from"] != "lab-h3" for move in busy["plan"]["moves"]), busy["plan"]
 
     real, again, again_check = run_tasks(lab, "lab-h1", [module_task(BALANCE, args), module_task(BALANCE, args), module_task(BALANCE, args, check_mode=True)])
