@@ -174,20 +174,7 @@ class ClusterBalance:
                 append_event(req.log_dir, record, why, req.requested_by, self.log)
 
         batch.ended = ended
-
-        def base(move: Move) -> t.Dict[str, t.Any]:
-            return {
-                "vm": move.vm,
-                "uuid": move.uuid,
-                "priority": move.priority,
-                "memory_mib": move.memory_mib,
-                "kind": move.kind,
-                "from": move.source,
-                "to": move.destination,
-                "policy": move.policy.name,
-            }
-
-        return batch.run(plan.moves, req.max_outgoing, req.max_incoming, base)
+        return batch.run(plan.moves, req.max_outgoing, req.max_incoming)
 
     def _placement(self, moves: t.Sequence[Move]) -> t.Dict[str, t.Any]:
         """Where libvirt shows each planned VM now, looked up by UUID on every host: its host name when it

@@ -46,6 +46,20 @@ def append_event(log_dir: str, record: t.Mapping[str, t.Any], why: str, by: t.Op
         log("cannot write the event log: %s" % exc)
 
 
+def first_keys(move: Move) -> Record:
+    """The keys a move's record starts with: the VM, what kind of move, from where to where, under which policy."""
+    return {
+        "vm": move.vm,
+        "uuid": move.uuid,
+        "priority": move.priority,
+        "memory_mib": move.memory_mib,
+        "kind": move.kind,
+        "from": move.source,
+        "to": move.destination,
+        "policy": move.policy.name,
+    }
+
+
 class MoveBatch:
     """The moves of one plan, carried out in parallel; :meth:`run` returns one record per move.
 
@@ -117,8 +131,8 @@ class MoveBatch:
             if steps:
                 record["events"] = steps
 
-    def run(self, moves: t.Sequence[Move], max_outgoing: int, max_incoming: int, base: t.Callable[[Move], Record]) -> t.List[Record]:
-        """Carry out ``moves`` under the limits; ``base(move)`` gives the first keys of each record."""
+    def run(self, moves: t.Sequence[Move], max_outgoing: int, max_incoming: int) -> t.List[Record]:
+        """Carry out ``moves`` under the limits; each record starts with :func:`first_keys`."""
         pending = evacuation.EvacuationQueue(moves, max_outgoing, max_incoming)
         done: "queue.Queue[t.Tuple[Move, Record]]" = queue.Queue()
         records: t.List[Record] = []
@@ -134,7 +148,7 @@ class MoveBatch:
             move = pending.next_ready()
             while move is not None:
                 pending.start(move)
-                record = dict(base(move), started=now_iso(), started_at_s=self.at())
+                record = dict(first_keys(move), started=now_iso(), started_at_s=self.at())
                 records.append(record)
                 thread = threading.Thread(target=worker, args=(move, record), name="move-%s" % move.vm, daemon=True)
                 self.begun(records)

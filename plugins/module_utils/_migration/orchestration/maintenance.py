@@ -457,20 +457,7 @@ class HostMaintenance:
         batch.moved = moved
         batch.begun = lambda records: self._progress(hostname, len(plan.moves), records, finished=False)
         batch.ended = ended
-
-        def base(move: Move) -> t.Dict[str, t.Any]:
-            return {
-                "vm": move.vm,
-                "uuid": move.uuid,
-                "priority": move.priority,
-                "memory_mib": move.memory_mib,
-                "kind": move.kind,
-                "from": hostname,
-                "to": move.destination,
-                "policy": move.policy.name,
-            }
-
-        records = batch.run(plan.moves, req.max_outgoing, req.max_incoming, base)
+        records = batch.run(plan.moves, req.max_outgoing, req.max_incoming)
         self._progress(hostname, len(plan.moves), records, finished=True)
         return records
 
