@@ -17,13 +17,17 @@ from labkit import (
     assert_no_vm_lost,
     lab_status,
     maintenance_mark,
+    migration_job,
     module_task,
     run_tasks,
+    run_module,
     run_playbook_report,
     running_on,
     uri,
     virtlab,
     vm_homes,
+    wait_async,
+    wait_until,
 )
 
 if t.TYPE_CHECKING:
@@ -115,7 +119,7 @@ def test_vm_count_balance_moves_only_auto_vms_once_and_a_rerun_moves_nothing(lab
     assert_no_vm_lost()
 
 
-def test_cpu_balance_moves_one_of_two_busy_guests_and_then_nothing(lab: Path, new_vm: VmFactory) -> None:
+def test_cpu_balance_moves_one_of_two_busy_guests_then_nothing_and_leaves_a_migrating_host_out(lab: Path, new_vm: VmFactory) -> None:
     busy1, busy2 = new_vm.many([(256, 1), (256, 1)], guest=True)
     for vm in (busy1, busy2):
         # A small working set rewritten as fast as the guest can: a core busy, and a move that converges.
@@ -145,6 +149,18 @@ def test_cpu_balance_moves_one_of_two_busy_guests_and_then_nothing(lab: Path, ne
     assert record["to"] == homes[record["vm"]]
     # Each host now carries one busy guest, under the threshold: nothing more to move.
     assert ok(again)["changed"] is False and again["plan"]["moves"] == [], again["plan"]
+    assert where(busy1, busy2) == homes
+    # A host running a migration is left out: neither source nor destination while the job runs.
+    stay = busy2 if record["vm"] == busy1 else busy1
+    third = next(host for host in HOSTS if host not in homes.values())
+    migrate = {"name": stay, "destination_uri": uri(lab, third), "bandwidth_mib": 1, "policy": "legacy"}
+    job = run_module(lab, "lab-h1", "virtops.migration.vm_migrate", migrate, background=300)["ansible_job_id"]
+    wait_until(lambda: migration_job(uri(lab, "lab-h1"), stay), 60, "the migration job of %s runs" % stay)
+    [during] = run_tasks(lab, "lab-h1", [module_task(BALANCE, dict(args, cpu_high=1, min_improvement=0, samples=1), check_mode=True)])
+    assert "migration" in ok(during)["plan"]["excluded_hosts"].get("lab-h1", ""), during["plan"]
+    assert all("lab-h1" not in (move["from"], move["to"]) and move["vm"] != stay for move in during["plan"]["moves"]), during["plan"]
+    assert ok(run_module(lab, "lab-h1", "virtops.migration.vm_migrate", {"name": stay, "state": "cancelled"}))["changed"] is True
+    assert wait_async(lab, "lab-h1", job).get("failed") is True
     assert where(busy1, busy2) == homes
     for vm in (busy1, busy2):
         virtlab("dirty", vm, "--stop")
