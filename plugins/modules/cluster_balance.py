@@ -157,6 +157,15 @@ options:
     elements: str
     default: []
     version_added: 0.2.0
+  failback_vms:
+    description:
+      - With V(failback), only these VMs (names or UUIDs) go back, for example the VMs one maintenance moved
+        (RV(virtops.migration.host_maintenance#module:vms)); empty means every VM recorded as having left
+        a host of O(failback_hosts).
+    type: list
+    elements: str
+    default: []
+    version_added: 0.2.0
   max_outgoing:
     description:
       - Migrations running from any one host at once.

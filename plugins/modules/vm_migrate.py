@@ -55,6 +55,9 @@ description:
   - Once a move is verified, the task reports it as changed and says where the VM is; what fails after
     that (plugging bond VFs back in, the guest's C(after_migration) hooks, setting autostart) is a warning.
   - A VM with autostart on its source has autostart on its destination (RV(autostart)).
+  - A VM moved by this module no longer returns to a host it left for a maintenance. The host it left is
+    removed from its metadata, so the move back (M(virtops.migration.cluster_balance) policy V(failback))
+    leaves it where it was put.
   - A move that fails after the guest's C(before_migration) hooks ran (see O(guest_hooks)) runs its
     C(after_migration) hooks where the VM still runs, so that an application the hooks quiesced is not
     left frozen; the failure message says so.

@@ -388,7 +388,9 @@ def main():
             open(mark, "w").close()
         elif not module.check_mode and os.path.exists(mark):
             os.remove(mark)
-        module.exit_json(changed=False, vms=[])
+        # The evacuation moved two VMs (their UUIDs are what the move-back asks for).
+        moved = [{"vm": "web1", "uuid": "u-web1", "outcome": "migrated"}, {"vm": "web2", "uuid": "u-web2", "outcome": "migrated"}]
+        module.exit_json(changed=True, vms=moved if module.params["state"] == "maintenance" and not module.check_mode else [])
     marked = os.path.exists(mark)
     host = {"maintenance": {"active": marked, "state": "maintenance" if marked else None, "enforcement": {"loaded": True}},
             "memory": {"reserved_mib": module.params["memory_reserved_mib"]}, "vms": [], "networks": [], "storage_pools": []}
@@ -440,8 +442,9 @@ def test_patch_cluster_gives_its_options_to_every_plan_evacuation_activation_and
     names = [call["module"] + ":" + call["received"].get("state", call["received"].get("policy", "")) for call in calls]
     assert names.count("cluster_balance:failback") == 1 and names.index("cluster_balance:failback") > names.index("host_maintenance:active"), names
     received = next(call["received"] for call in calls if call["module"] == "cluster_balance")
-    assert {key: received[key] for key in ("failback_hosts", "tunnelled", "allow_unsafe_cache", "state_dir")} == {
-        "failback_hosts": ["localhost"], "tunnelled": True, "allow_unsafe_cache": True, "state_dir": str(tmp_path / "state"),
+    assert {key: received[key] for key in ("failback_hosts", "failback_vms", "tunnelled", "allow_unsafe_cache", "state_dir")} == {
+        "failback_hosts": ["localhost"], "failback_vms": ["u-web1", "u-web2"], "tunnelled": True, "allow_unsafe_cache": True,
+        "state_dir": str(tmp_path / "state"),
     }
     assert "include_manual" not in received
     assert received["hosts"] == [{"name": "localhost", "uri": "qemu+ssh://localhost/system", "maintenance": False, "memory_reserved_mib": 256}]

@@ -86,6 +86,11 @@ class ClusterBalance:
             samples = req.samples if req.policy in (balance.EVENLY, balance.POWER_SAVING) else 0
             reading = reader.read(samples, req.sample_interval)
             reading_hosts, reading_vms = reading.hosts, reading.vms
+            if req.failback_vms:
+                wanted = set(req.failback_vms)
+                for entry in reading_vms:
+                    if entry.vm.name not in wanted and (entry.vm.uuid or "") not in wanted:
+                        entry.left_host = None  # not asked to go back
             self.timings.update(reading.timings)
         began = record_phase(self.timings, "read", began)
         plan = balance.plan_balance(reading_hosts, reading_vms, asked)
@@ -155,10 +160,10 @@ class ClusterBalance:
 
     def _moved(self, move: Move, _record: t.Mapping[str, t.Any]) -> None:
         """Write the placement record of a VM the balancer has just moved."""
-        if self.request.policy == balance.FAILBACK:
-            changes: t.Dict[str, t.Any] = {"left_host": None, "left_host_uuid": None, "left_at": None}
-        else:
-            changes = {"balanced_at": int(time.time())}
+        # Back, or placed by the balancer: either way it no longer waits to return to a host it left.
+        changes: t.Dict[str, t.Any] = {"left_host": None, "left_host_uuid": None, "left_at": None}
+        if self.request.policy != balance.FAILBACK:
+            changes["balanced_at"] = int(time.time())
         with self.connect(move.destination_uri) as conn:
             record_placement(conn.lookupByUUIDString(move.uuid), changes, move.destination_uri)
 

@@ -38,6 +38,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.probe import CpuCheck, probe_hosts, whereabouts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.runner import JobRunner, check_adoptable, job_stats, job_summary
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.settings_store import record_placement
 
 try:
     import libvirt
@@ -139,6 +140,8 @@ class VmMigration:
                 result.update(msg="Migration of VM '%s' to %s started; not waiting for it." % (name, dest.uri), events=self.events)
                 return result
             warnings.extend(outcome.pop("warnings", None) or [])
+            if (facts.get("placement") or {}).get("left_host"):
+                warnings.extend(self._forget_left_host(name, uuid, dest))
             result.update(outcome)
             if warnings:
                 result["warnings"] = warnings
@@ -146,6 +149,16 @@ class VmMigration:
         self.timings["total"] = round(time.monotonic() - began, 3)
         result.update(duration_s=self.runner.clock.now(), schedule_applied=self.runner.applied, events=self.events, timings=self.timings)
         return result
+
+    def _forget_left_host(self, name: str, uuid: str, dest: placement.HostState) -> t.List[str]:
+        """A VM moved by name has its place chosen: it no longer waits to return to a host it left for a
+        maintenance (``cluster_balance`` policy ``failback``). Best effort: a warning when it cannot be written."""
+        try:
+            with self.connect(dest.uri) as conn:
+                record_placement(conn.lookupByUUIDString(uuid), {"left_host": None, "left_host_uuid": None, "left_at": None}, dest.uri)
+        except (MigrationError, libvirt.libvirtError) as exc:
+            return ["VM '%s' moved, but the host it left for a maintenance is still recorded in its metadata: %s" % (name, getattr(exc, "msg", exc))]
+        return []
 
     def _assessor(self, origin: rules.SourceHost, candidates: t.Optional[t.AbstractSet[str]] = None) -> rules.Assessor:
         """The rules under this run's request: vm_migrate names the VM, which counts as confirmed."""

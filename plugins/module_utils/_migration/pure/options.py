@@ -215,6 +215,7 @@ CLUSTER_BALANCE: Group = {
     "samples": Option("CPU samples in the window", type="int", default=3, range=Range(1, 60, whole=True)),
     "sample_interval": Option("seconds between two CPU samples", type="float", default=5.0, range=Range(0, 600.0, exclusive_minimum=True)),
     "failback_hosts": Option("failback: only VMs that left these hosts", type="list", elements="str", default=[]),
+    "failback_vms": Option("failback: only these VMs (names or UUIDs)", type="list", elements="str", default=[]),
     "max_outgoing": MAX_OUTGOING,
     "max_incoming": MAX_INCOMING,
     "reason": Option("why the cluster is balanced"),

@@ -256,6 +256,7 @@ class ClusterBalanceRequest:
     samples: int = CLUSTER_BALANCE["samples"].default
     sample_interval: float = CLUSTER_BALANCE["sample_interval"].default
     failback_hosts: t.List[str] = dataclasses.field(default_factory=CLUSTER_BALANCE["failback_hosts"].missing_value)
+    failback_vms: t.List[str] = dataclasses.field(default_factory=CLUSTER_BALANCE["failback_vms"].missing_value)
     max_outgoing: int = CLUSTER_BALANCE["max_outgoing"].default
     max_incoming: int = CLUSTER_BALANCE["max_incoming"].default
     reason: t.Optional[str] = CLUSTER_BALANCE["reason"].default
@@ -302,6 +303,7 @@ def balance_request(params: t.Mapping[str, t.Any]) -> ClusterBalanceRequest:
         params,
         hosts=hosts,
         failback_hosts=list(params["failback_hosts"]),
+        failback_vms=list(params["failback_vms"]),
         cluster_policy=settings.validate(params["cluster_policy"], "cluster_policy"),
         global_policy=settings.validate(params["global_policy"], "global_policy"),
         groups=affinity.parse_groups(params["affinity_groups"], hosts=names if len(names) == len(hosts) else None),
