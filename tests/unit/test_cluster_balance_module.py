@@ -78,7 +78,7 @@ def test_the_placement_record_is_its_own_element_beside_the_settings() -> None:
 
 
 def test_an_unreadable_placement_record_counts_as_none() -> None:
-    domain = "<domain><metadata><p:placement xmlns:p='%s'><left_host><x/>" "</left_host><item>1</item></p:placement></metadata></domain>"
+    domain = "<domain><metadata><p:placement xmlns:p='%s'><left_host><x/></left_host><item>1</item></p:placement></metadata></domain>"
     root = ET.fromstring(domain % metadata.PLACEMENT_URI)
     assert metadata.placement_record(root) == {}
     odd = "<domain><metadata><p:placement xmlns:p='%s'><left_host>hv1</left_host><balanced_at>soon</balanced_at></p:placement></metadata></domain>"

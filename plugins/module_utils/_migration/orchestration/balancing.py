@@ -126,13 +126,12 @@ class ClusterBalance:
         failed = [record for record in records if record.get("outcome") not in ("migrated", "already there")]
         if failed or lost:
             details = dict(result)
-            details.pop("changed")
+            details["changed"] = bool(moved)
             parts = ["%s: %s" % (record["vm"], record.get("error") or record.get("outcome")) for record in failed]
             parts += ["%s is not on exactly one host afterwards (%s)" % (vm, placement[vm]) for vm in lost]
             raise MigrationError(
-                "%d of %d planned move(s) under policy %s did not happen: %s. Every VM not moved still runs where it was."
+                "%d of %d planned move(s) under policy %s did not happen: %s. Where libvirt shows each planned VM now: placement."
                 % (len(failed) + len(lost), len(plan.moves), req.policy, "; ".join(parts)),
-                changed=bool(moved),
                 **details,
             )
         result["msg"] = "%d of %d move(s) done under policy %s%s." % (

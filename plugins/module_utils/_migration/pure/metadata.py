@@ -165,7 +165,6 @@ def from_domain_element(root: ET.Element, element: t.Tuple[str, str, str] = (ROO
     return parse(ET.tostring(found, encoding="unicode"), tag)
 
 
-
 def placement_record(root: ET.Element) -> t.Dict[str, t.Any]:
     """The VM's placement record (:data:`PLACEMENT_KEYS` only) from its parsed ``<domain>``; ``{}`` when it has
     none or it cannot be read; a value of the wrong kind is left out (a record that cannot be read only means the VM
