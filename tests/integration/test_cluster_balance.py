@@ -13,6 +13,7 @@ import json
 import typing as t
 from pathlib import Path
 
+import pytest
 from labkit import (
     REPO,
     assert_no_vm_lost,
@@ -26,6 +27,7 @@ from labkit import (
     running_on,
     uri,
     virtlab,
+    virsh_migrate,
     vm_homes,
     wait_async,
     wait_until,
@@ -62,7 +64,23 @@ def ok(result: dict[str, t.Any]) -> dict[str, t.Any]:
     return result
 
 
-def test_vm_count_balance_moves_only_auto_vms_once_and_a_rerun_moves_nothing(lab: Path, new_vm: VmFactory) -> None:
+def running_homes() -> dict[str, str]:
+    """Every running lab VM and its host."""
+    return {vm["name"]: host["name"] for host in lab_status()["hosts"] for vm in host["vms"] if vm["state"] == "running"}
+
+
+@pytest.fixture()
+def put_back(lab: Path) -> t.Iterator[None]:
+    """The lab's other VMs go back to their hosts after the test: the balancer may move any auto VM, and
+    later tests expect the session's VMs where the lab put them."""
+    before = running_homes()
+    yield
+    for vm, host in running_homes().items():
+        if vm in before and before[vm] != host:
+            virsh_migrate(uri(lab, host), uri(lab, before[vm]), vm)
+
+
+def test_vm_count_balance_moves_only_auto_vms_once_and_a_rerun_moves_nothing(lab: Path, new_vm: VmFactory, put_back: None) -> None:
     apart_a, apart_b, free1, free2, manual, never, pinned = new_vm.many([(128, 1)] * 7)
     counts = running_counts()
     groups = [{"name": "apart", "vms": [apart_a, apart_b], "vm_rule": "negative"}]
@@ -120,7 +138,7 @@ def test_vm_count_balance_moves_only_auto_vms_once_and_a_rerun_moves_nothing(lab
     assert_no_vm_lost()
 
 
-def test_cpu_balance_moves_one_of_two_busy_guests_then_nothing_and_leaves_a_migrating_host_out(lab: Path, new_vm: VmFactory) -> None:
+def test_cpu_balance_moves_one_of_two_busy_guests_then_nothing_and_leaves_a_migrating_host_out(lab: Path, new_vm: VmFactory, put_back: None) -> None:
     busy1, busy2 = new_vm.many([(256, 1), (256, 1)], guest=True)
     for vm in (busy1, busy2):
         # A small working set rewritten as fast as the guest can: a core busy, and a move that converges.
@@ -168,7 +186,7 @@ def test_cpu_balance_moves_one_of_two_busy_guests_then_nothing_and_leaves_a_migr
     assert_no_vm_lost()
 
 
-def test_affinity_in_an_evacuation_a_named_move_and_the_move_back(lab: Path, new_vm: VmFactory) -> None:
+def test_affinity_in_an_evacuation_a_named_move_and_the_move_back(lab: Path, new_vm: VmFactory, put_back: None) -> None:
     apart_a, apart_b, with_a, with_b, soft1, soft2, soft3 = new_vm.many([(128, 1)] * 7)
     groups = [
         {"name": "apart", "vms": [apart_a, apart_b], "vm_rule": "negative"},
