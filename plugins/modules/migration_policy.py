@@ -106,6 +106,21 @@ options:
         O(virtops.migration.host_maintenance#module:guest_hooks) options override it for one run.
     type: raw
     version_added: 0.2.0
+  high_availability:
+    description:
+      - Restart the VM on another host when its host fails (M(virtops.migration.ha_recover)), as RHV's
+        highly available VMs. V(true), V(false) or V(inherit); the built-in default is V(false).
+      - V(true) needs O(shared_storage), and every disk of the VM on it (a file or block device under that
+        path, or a network disk); otherwise the module fails naming the disks, and writes nothing.
+    type: raw
+    version_added: 0.3.0
+  shared_storage:
+    description:
+      - The cluster's shared storage, a directory every host mounts at the same path, usually the inventory
+        variable C(virtops_shared_storage). When given, the VM's definition is written into the
+        high-availability store there when O(high_availability=true), and removed when V(false).
+    type: path
+    version_added: 0.3.0
 notes:
   - The settings are stored under the namespace C(https://virtops.github.io/xmlns/migration/1).
 seealso:
@@ -137,6 +152,12 @@ EXAMPLES = r"""
   virtops.migration.migration_policy:
     name: licence1
     migration_mode: none
+
+- name: Make web1 highly available (its disks are on the shared storage)
+  virtops.migration.migration_policy:
+    name: web1
+    high_availability: true
+    shared_storage: /srv/virtops-shared
 
 - name: Drop every VM-level setting of web1
   virtops.migration.migration_policy:
@@ -181,7 +202,7 @@ def main() -> None:
     def work() -> dict:
         wanted = {key: params[key] for key in SETTING_NAMES if params.get(key) is not None}
         store = SettingsStore(params["uri"], params["username"], params["password"])
-        return store.apply(params["name"] or params["uuid"], params["state"], wanted, module.check_mode)
+        return store.apply(params["name"] or params["uuid"], params["state"], wanted, module.check_mode, params["shared_storage"])
 
     modulekit.run(module, work)
 

@@ -43,6 +43,7 @@ def test_defaults_when_nothing_is_set() -> None:
         "bandwidth_mib": None,
         "max_downtime_ms": None,
         "guest_hooks": False,
+        "high_availability": False,
     }
 
 

@@ -16,7 +16,8 @@ out and verified against libvirt in ``libvirt_io``, and each module's workflow j
   queue), mark (the maintenance mark and its hook), failover (SR-IOV failover pairs and unmovable
   host devices in domain XML), rules (the one assessor: whether, how and why not a VM may move, for
   vm_migrate and for an evacuation alike), affinity (affinity groups: which VMs run together or
-  apart, on which hosts), balance (the balancer's plan under a scheduling policy).
+  apart, on which hosts), balance (the balancer's plan under a scheduling policy), ha (high availability:
+  the restart rules, fencing conventions and the store of definitions on the shared storage).
 ``libvirt_io`` (reads and changes libvirt):
   connection (opening and closing), probe (reading destinations, where a VM is), runner (the one
   job runner: a move's libvirt job, its monitoring and verification), settings_store (settings
@@ -28,5 +29,7 @@ out and verified against libvirt in ``libvirt_io``, and each module's workflow j
   vm_migration (vm_migrate: plan one move, run it), maintenance (host_maintenance: plan an
   evacuation, run its moves, mark the host), hibernation (vm_hibernate: guest hooks and libvirt's
   managed save, restore), batch (a plan's moves run several at a time), balancing (cluster_balance:
-  read the cluster, plan under a policy, run the moves), modulekit (a module's result or failure).
+  read the cluster, plan under a policy, run the moves), ha_recovery (ha_recover: check the hosts, keep the
+  store, fence failed hosts, restart their highly available VMs, clean hosts that come back), modulekit
+  (a module's result or failure).
 """

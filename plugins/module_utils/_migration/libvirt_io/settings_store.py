@@ -22,7 +22,7 @@ import typing as t
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import metadata, settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import ha, metadata, settings
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import translate_libvirt_error
 
@@ -66,13 +66,20 @@ class SettingsStore:
         except libvirt.libvirtError as exc:
             raise translate_libvirt_error(exc, "write the migration settings", vm=name, uri=self.uri) from exc
 
-    def apply(self, vm: str, state: str, wanted: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
+    def apply(
+        self, vm: str, state: str, wanted: t.Mapping[str, t.Any], check_mode: bool, shared_storage: t.Optional[str] = None
+    ) -> t.Dict[str, t.Any]:
         """Make the VM's own settings match: ``present`` sets the given ones, ``absent`` removes them all.
 
         With ``present``, settings not given keep their value, and ``inherit`` removes a setting
         from the VM level so that the cluster or global value applies.
+
+        A VM made highly available must have every disk on ``shared_storage`` (else nothing is
+        written); its definition then goes into the high-availability store there (``ha.py``), and
+        leaves it when the setting is removed.
         """
         values = settings.validate(wanted, "options")
+        store = ha.HaStore(ha.check_shared_storage(shared_storage)) if shared_storage else None
         with libvirt_connection(self.uri, self.username, self.password) as conn:
             dom = domxml.lookup_domain(conn, vm)
             name = dom.name()
@@ -87,16 +94,32 @@ class SettingsStore:
                     else:
                         after[key] = value
             changed = after != current or (config is not None and after != config)
+            highly_available = after.get(ha.SETTING) is True
+            if highly_available:
+                ha.refuse_unless_shared(name, self._definition(dom, name, seen.persistent), store.shared if store else None)
             if changed and not check_mode:
                 # Still here, as read, no migration under way: else nothing is written.
                 domxml.recheck(conn, seen, "write the migration settings", self.uri)
                 self._write(dom, name, after, seen.active, seen.persistent)
+            if store is not None and not check_mode and after.get(ha.SETTING) is not None:
+                # Kept in step with the VM's own setting, also when only the store lagged behind it.
+                uuid = dom.UUIDString()
+                stored = store.write_definition(uuid, self._definition(dom, name, seen.persistent)) if highly_available else store.forget(uuid)
+                changed = changed or stored
         return {
             "changed": changed,
             "vm": name,
             "settings": after,
             "diff": {"before": current, "after": after},
         }
+
+    def _definition(self, dom: t.Any, name: str, persistent: bool) -> str:
+        """The VM's definition as another host would start it (its persistent one, if it has one)."""
+        flags = libvirt.VIR_DOMAIN_XML_SECURE | (libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0)
+        try:
+            return dom.XMLDesc(flags)
+        except libvirt.libvirtError as exc:
+            raise translate_libvirt_error(exc, "read the definition", vm=name, uri=self.uri) from exc
 
     def info(
         self,

@@ -225,6 +225,18 @@ CLUSTER_BALANCE: Group = {
     "allow_unsafe_cache": ALLOW_UNSAFE_CACHE,
 }
 
+HA_RECOVER: Group = {
+    "hosts": Option("every host of the cluster, dictionaries", type="list", elements="dict", required=True),
+    "shared_storage": Option("the cluster's shared storage, holding the high-availability store", type="path", required=True),
+    "checks": Option("checks a host must fail before it counts as failed", type="int", default=3, range=Range(1, 100, whole=True)),
+    "check_interval": Option("seconds between two checks of a host", type="float", default=5.0, range=Range(0, 600.0)),
+    "connect_timeout": Option("seconds one check waits for libvirt or SSH", type="float", default=5.0, range=Range(0, 300.0, exclusive_minimum=True)),
+    "without_fence": Option("what a failed host without a fence command allows", choices=("refuse", "lease"), default="refuse"),
+    "fence_timeout": Option("seconds for a fence and for the host to read powered off", type="int", default=60, range=Range(1, 3600, whole=True)),
+    "reason": Option("why the recovery runs"),
+    "requested_by": REQUESTED_BY,
+}
+
 VM_HIBERNATE: Group = {
     "state": Option("hibernated or running", choices=("hibernated", "running"), default="hibernated"),
     "guest_hooks": Option("run the guest's hibernation hooks", type="bool", default=True),
@@ -247,6 +259,8 @@ MIGRATION_POLICY: Group = {
     "bandwidth_mib": Option("the VM's bandwidth setting", type="raw"),
     "max_downtime_ms": Option("the VM's maximum downtime setting", type="raw"),
     "guest_hooks": Option("the VM's guest hooks setting", type="raw"),
+    "high_availability": Option("the VM's high availability setting", type="raw"),
+    "shared_storage": Option("the cluster's shared storage, which a highly available VM's disks must be on", type="path"),
 }
 
 MIGRATION_POLICY_INFO: Group = {
@@ -284,6 +298,7 @@ MODULES: t.Dict[str, t.Tuple[Group, ...]] = {
     "vm_migrate": (CONNECTION, VM, RUN, POLICY_OVERRIDES, VM_MIGRATE),
     "host_maintenance": (CONNECTION, RUN, HOST_MAINTENANCE),
     "cluster_balance": (only(CONNECTION, "username", "password"), RUN, CLUSTER_BALANCE),
+    "ha_recover": (only(CONNECTION, "username", "password"), only(RUN, "cluster_policy", "global_policy", "memory_reserved_mib", "affinity_groups"), HA_RECOVER),
     "vm_hibernate": (CONNECTION, VM, only(RUN, "guest_hook_failure", "guest_hook_timeout"), VM_HIBERNATE),
     "host_info": (CONNECTION, only(RUN, "state_dir"), HOST_INFO),
     "migration_policy": (CONNECTION, VM, MIGRATION_POLICY),

@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # This module_utils package is private to the virtops.migration collection; it is not a public API.
 """What one module run was asked to do: :class:`MigrateRequest` (``vm_migrate``),
-:class:`MaintenanceRequest` (``host_maintenance``), :class:`HibernateRequest` (``vm_hibernate``) and
-:class:`ClusterBalanceRequest` (``cluster_balance``),
+:class:`MaintenanceRequest` (``host_maintenance``), :class:`HibernateRequest` (``vm_hibernate``),
+:class:`ClusterBalanceRequest` (``cluster_balance``) and :class:`HaRecoverRequest` (``ha_recover``),
 each built from the module's parameters by one function that refuses bad input before any connection.
 
 An option missing from the parameters (or None) takes its default from the option tables of
@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity, settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity, ha, settings
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import (
     CLUSTER_BALANCE,
     CONNECTION,
+    HA_RECOVER,
     HOST_MAINTENANCE,
     RESERVE_RANGE,
     RUN,
@@ -308,4 +309,74 @@ def balance_request(params: t.Mapping[str, t.Any]) -> ClusterBalanceRequest:
         global_policy=settings.validate(params["global_policy"], "global_policy"),
         groups=affinity.parse_groups(params["affinity_groups"], hosts=names if len(names) == len(hosts) else None),
         options=options,
+    )
+
+
+HA_HOST_KEYS = ("ssh_host", "ssh_port", "fence_command")
+
+
+def parse_ha_hosts(raw: t.Any) -> t.List[ha.HaHost]:
+    """The option ``hosts``: candidate dictionaries (``name`` required) with ``ssh_host``, ``ssh_port``, ``fence_command``."""
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise ha.HaError("hosts must list every host of the cluster, got %r" % (raw,))
+    result = []
+    names: t.Set[str] = set()
+    for index, item in enumerate(raw):
+        if not isinstance(item, t.Mapping) or not item.get("name"):
+            raise ha.HaError("hosts[%d] must be a dictionary with a 'name' and a 'uri', got %r" % (index, item))
+        candidate = parse_candidates([{key: value for key, value in item.items() if key not in HA_HOST_KEYS}])[0]
+        name = ha.check_host_name(str(item["name"]))
+        if name in names:
+            raise ha.HaError("hosts: %s is listed twice" % name)
+        names.add(name)
+        port = item.get("ssh_port")
+        port = 22 if port in (None, "") else port
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ha.HaError("hosts[%d].ssh_port must be a TCP port, got %r" % (index, item.get("ssh_port")))
+        fence = item.get("fence_command") or ()
+        if isinstance(fence, str) or not isinstance(fence, (list, tuple)) or not all(isinstance(word, str) and word for word in fence):
+            raise ha.HaError("hosts[%d].fence_command must be a list of words (the command and its arguments), got %r" % (index, fence))
+        ssh_host = item.get("ssh_host") or name
+        if not isinstance(ssh_host, str):
+            raise ha.HaError("hosts[%d].ssh_host must be a host name or address, got %r" % (index, ssh_host))
+        result.append(ha.HaHost(name=name, candidate=candidate, ssh_host=ssh_host, ssh_port=port, fence_command=tuple(fence)))
+    return result
+
+
+@dataclasses.dataclass
+class HaRecoverRequest:
+    """One ``ha_recover`` run: the cluster's hosts, its shared storage, how a failure is decided and fenced."""
+
+    hosts: t.List[ha.HaHost]
+    shared_storage: str
+    checks: int = HA_RECOVER["checks"].default
+    check_interval: float = HA_RECOVER["check_interval"].default
+    connect_timeout: float = HA_RECOVER["connect_timeout"].default
+    without_fence: str = HA_RECOVER["without_fence"].default
+    fence_timeout: int = HA_RECOVER["fence_timeout"].default
+    reason: t.Optional[str] = HA_RECOVER["reason"].default
+    requested_by: t.Optional[str] = HA_RECOVER["requested_by"].default
+    username: t.Optional[str] = CONNECTION["username"].default
+    password: t.Optional[str] = CONNECTION["password"].default
+    memory_reserved_mib: int = RUN["memory_reserved_mib"].default
+    cluster_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["cluster_policy"].missing_value)
+    global_policy: t.Dict[str, t.Any] = dataclasses.field(default_factory=RUN["global_policy"].missing_value)
+    groups: t.Tuple[affinity.AffinityGroup, ...] = ()
+
+
+def ha_recover_request(params: t.Mapping[str, t.Any]) -> HaRecoverRequest:
+    """Validate ``ha_recover``'s parameters into a :class:`HaRecoverRequest` before any connection."""
+    params = with_defaults("ha_recover", params)
+    check_ranges("ha_recover", params)
+    hosts = parse_ha_hosts(params["hosts"])
+    return from_params(
+        HaRecoverRequest,
+        params,
+        hosts=hosts,
+        shared_storage=ha.check_shared_storage(params["shared_storage"]),
+        cluster_policy=settings.validate(params["cluster_policy"], "cluster_policy"),
+        global_policy=settings.validate(params["global_policy"], "global_policy"),
+        groups=affinity.parse_groups(params["affinity_groups"], hosts=[host.name for host in hosts]),
     )

@@ -43,6 +43,8 @@ DEFAULTS: t.Dict[str, t.Any] = {
     "bandwidth_mib": None,
     "max_downtime_ms": None,
     "guest_hooks": False,
+    # Restart the VM on another host when its host fails (ha_recover); needs every disk on shared storage.
+    "high_availability": False,
 }
 SETTING_NAMES = tuple(DEFAULTS)
 # The settings that make up a VM's effective migration policy.
@@ -86,7 +88,7 @@ def validate_value(name: str, value: t.Any, where: str = "settings") -> t.Any:
         value = sorted(set(value))
     elif name == "policy":
         value = _check_policy(value, where)
-    elif name in ("auto_converge", "guest_hooks"):
+    elif name in ("auto_converge", "guest_hooks", "high_availability"):
         if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
             value = _BOOLEAN_WORDS[value.lower()]
         if not isinstance(value, bool):

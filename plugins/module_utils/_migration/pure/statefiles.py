@@ -62,8 +62,8 @@ def exists(directory: str, name: str) -> bool:
     return os.path.lexists(os.path.join(directory, name))
 
 
-def read_json(directory: str, name: str) -> t.Optional[t.Any]:
-    """The JSON content of ``directory/name``, or None when the file does not exist."""
+def read_text(directory: str, name: str) -> t.Optional[str]:
+    """The text of ``directory/name``, or None when the file does not exist."""
     path = os.path.join(directory, name)
     check_directory(directory)
     try:
@@ -78,13 +78,25 @@ def read_json(directory: str, name: str) -> t.Optional[t.Any]:
         raise StateFileError("Cannot read %s: it is not a regular file" % path, path=path)
     try:
         with os.fdopen(fd, encoding="utf-8") as handle:
-            return json.load(handle)
+            return handle.read()
     except (OSError, ValueError) as exc:
         raise StateFileError("Cannot read %s: %s" % (path, exc), path=path) from exc
 
 
-def write_json(directory: str, name: str, data: t.Any, mode: int = 0o600) -> None:
-    """Replace ``directory/name`` with ``data`` atomically and durably (see the module docstring)."""
+def read_json(directory: str, name: str) -> t.Optional[t.Any]:
+    """The JSON content of ``directory/name``, or None when the file does not exist."""
+    text = read_text(directory, name)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        path = os.path.join(directory, name)
+        raise StateFileError("Cannot read %s: %s" % (path, exc), path=path) from exc
+
+
+def write_text(directory: str, name: str, text: str, mode: int = 0o600) -> None:
+    """Replace ``directory/name`` with ``text`` atomically and durably (see the module docstring)."""
     ensure_directory(directory)
     path = os.path.join(directory, name)
     partial = os.path.join(directory, ".%s.%s.tmp" % (name, secrets.token_hex(6)))
@@ -92,8 +104,7 @@ def write_json(directory: str, name: str, data: t.Any, mode: int = 0o600) -> Non
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=2, sort_keys=True)
-                handle.write("\n")
+                handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(partial, path)
@@ -106,6 +117,11 @@ def write_json(directory: str, name: str, data: t.Any, mode: int = 0o600) -> Non
         _sync_directory(directory)
     except OSError as exc:
         raise StateFileError("Cannot write %s: %s" % (path, exc), path=path) from exc
+
+
+def write_json(directory: str, name: str, data: t.Any, mode: int = 0o600) -> None:
+    """Replace ``directory/name`` with ``data`` as JSON, atomically and durably."""
+    write_text(directory, name, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
 
 
 def _why(exc: OSError) -> str:
