@@ -83,6 +83,12 @@ class VmFactory:
     def __call__(self, memory_mib: int = 192, host_index: int = 1, priority: str = "medium", guest: bool = False) -> str:
         return self.many([(memory_mib, host_index, priority)], guest=guest)[0]
 
+    def names(self, count: int) -> list[str]:
+        """``count`` fresh VM names, removed after the test, for VMs the test adds itself (``virtlab add-vm`` options of its own)."""
+        names = ["t%s" % secrets.token_hex(3) for _ in range(count)]
+        self.created.extend(names)
+        return names
+
     def many(self, specs: t.Sequence[tuple[int, int, str] | tuple[int, int]], guest: bool = False) -> list[str]:
         """One VM per (memory_mib, host_index[, priority]), all added by one ``virtlab add-vm``; their names in order."""
         names, args = [], []
