@@ -85,7 +85,7 @@ class VmFactory:
 
     def names(self, count: int) -> list[str]:
         """``count`` fresh VM names, removed after the test, for VMs the test adds itself (``virtlab add-vm`` options of its own)."""
-        names = ["t%s" % secrets.token_hex(3) for _ in range(count)]
+        names = ["t%s" % secrets.token_hex(3) for _index in range(count)]
         self.created.extend(names)
         return names
 
