@@ -1537,7 +1537,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 entry["migration_address"],
                 "up" if entry["migration_link_up"] else "DOWN",
                 "  [%s]" % entry["maintenance"] if entry["maintenance"] else "",
-                "  [%s]" % power_tag(entry),
+                "  [%s]" % power_tag(entry) if power_tag(entry) else "",
             )
         )
         if entry["maintenance_error"]:
@@ -1563,14 +1563,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def power_tag(entry: t.Mapping[str, t.Any]) -> str:
-    """A host's power state as `status` shows it: POWERED OFF, CRASHED, PARTITIONED (both links down), or on."""
+    """A host's condition as `status` tags it: POWERED OFF, CRASHED, PARTITIONED (both links down), or ""."""
     if entry["power"] == "off":
         return "POWERED OFF"
     if entry["crashed"]:
         return "CRASHED"
     if not entry["link_up"] and not entry["migration_link_up"]:
         return "PARTITIONED"
-    return "power on"
+    return ""
 
 
 def vm_invariant_problems(
