@@ -48,6 +48,65 @@ def lab_lock_held() -> t.Iterator[None]:
             del os.environ["VIRTLAB_SESSION_PID"]
 
 
+# The lab's state file (`virtlab` writes it; see tests/lab/virtlab_lib/common.py).
+LAB_STATE_FILE = Path(os.environ.get("VIRTLAB_STATE", "/var/tmp/virtops-lab")) / "state.json"
+
+
+def qemu_guest_name(argv: t.Sequence[str]) -> str | None:
+    """The guest name of a QEMU command line (``-name guest=NAME,debug-threads=on``; ",," is a comma in NAME)."""
+    for option, value in zip(argv, argv[1:]):
+        if option != "-name":
+            continue
+        name, index = [], 0
+        while index < len(value):
+            if value[index] == ",":
+                if value[index + 1 : index + 2] != ",":
+                    break
+                index += 1
+            name.append(value[index])
+            index += 1
+        text = "".join(name)
+        return text[len("guest=") :] if text.startswith("guest=") else text
+    return None
+
+
+def qemu_census() -> dict[str, list[str]]:
+    """Which lab hosts run a QEMU process of which VM: VM name -> host names (sorted), from /proc only.
+
+    No libvirt and no lab lock: a QEMU process belongs to the host whose network namespace it is in
+    (each host's named namespace, /run/netns/NETNS, as the lab state file records it), and its
+    VM is the ``-name guest=NAME`` of its command line. Cheap enough to call every second; a VM that
+    runs on two hosts at once (a split brain) shows both.
+    """
+    try:
+        hosts = json.loads(LAB_STATE_FILE.read_text()).get("hosts", [])
+    except (OSError, ValueError):
+        return {}
+    by_inode: dict[int, str] = {}
+    for host in hosts:
+        with contextlib.suppress(OSError, KeyError):
+            by_inode[os.stat("/run/netns/" + host["netns"]).st_ino] = host["name"]
+    census: dict[str, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/comm" % entry, encoding="utf-8") as handle:
+                if not handle.read().startswith("qemu-system"):
+                    continue
+            host = by_inode.get(os.stat("/proc/%s/ns/net" % entry).st_ino)
+            if host is None:
+                continue
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                argv = handle.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        name = qemu_guest_name(argv)
+        if name is not None:
+            census.setdefault(name, []).append(host)
+    return {name: sorted(found) for name, found in census.items()}
+
+
 # How long a guest's agent may not answer right after a move before a command in the guest fails.
 AGENT_WAIT_S = 60.0
 

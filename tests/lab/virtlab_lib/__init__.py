@@ -15,9 +15,10 @@ The command is tests/lab/virtlab; its code is here, one module per concern:
 
 - common: paths, the lab state file, the lab lock, process and shell helpers, the libvirt/PyYAML import
 - image: the guest kernel and initramfs (and the workload built into it), the KVM probe, `image`
-- hosts: namespaces, daemons, networks, inventory, lab VMs, teardown; `up`, `down`, `status`, `check`,
-  `add-vm`, `remove-vm`, `ssh`
-- perturbations: libvirtd killed or restarted, links down, commands and workloads in guests
+- hosts: namespaces, daemons (virtlockd, libvirtd, sshd), networks, the shared storage, inventory, lab
+  VMs and their shared disks, teardown; `up`, `down`, `status`, `check`, `add-vm`, `remove-vm`, `ssh`
+- perturbations: libvirtd killed or restarted, links down, a host partitioned, crashed or fenced
+  (its power off and on), commands and workloads in guests
 - cli: the command line and main()
 
 Run ``virtlab --help`` or read tests/lab/README.md.

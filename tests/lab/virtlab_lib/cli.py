@@ -26,7 +26,21 @@ from .hosts import (
     cmd_up,
 )
 from .image import cmd_image
-from .perturbations import cmd_auth, cmd_dirty, cmd_exec, cmd_kill_libvirtd, cmd_link, cmd_restart_libvirtd, cmd_start_libvirtd
+from .perturbations import (
+    FENCE_ACTIONS,
+    FENCE_STATUS_OFF,
+    FENCE_STATUS_ON,
+    cmd_auth,
+    cmd_crash,
+    cmd_dirty,
+    cmd_exec,
+    cmd_fence,
+    cmd_kill_libvirtd,
+    cmd_link,
+    cmd_partition,
+    cmd_restart_libvirtd,
+    cmd_start_libvirtd,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -151,6 +165,37 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("host", help="host name, hN or index")
     sub.add_argument("state", choices=("down", "up"))
 
+    sub = add(
+        "partition",
+        cmd_partition,
+        "cut a host off the network (both links down, as `link HOST down`); its guests, libvirtd and virtlockd keep running",
+    )
+    sub.add_argument("host", help="host name, hN or index")
+    sub.add_argument("--heal", action="store_true", help="set its links up again (as `link HOST up`)")
+
+    sub = add(
+        "crash",
+        cmd_crash,
+        "a hung host: SIGKILL everything of it (guests' QEMU, libvirtd, virtlockd, sshd); its power stays on",
+    )
+    sub.add_argument("host", help="host name, hN or index")
+
+    sub = add(
+        "fence",
+        cmd_fence,
+        "the host's fence agent (fence-agents conventions): off kills everything of it and takes its links down, "
+        "on boots it (links, virtlockd, libvirtd, sshd; libvirtd starts the autostart domains), reboot is off then "
+        "on, status prints \"Status: ON\" (exit %d) or \"Status: OFF\" (exit %d)" % (FENCE_STATUS_ON, FENCE_STATUS_OFF),
+    )
+    sub.add_argument("host", help="host name, hN or index")
+    sub.add_argument(
+        "-o",
+        "--action",
+        choices=FENCE_ACTIONS,
+        default="reboot",
+        help="off, on, reboot or status (default reboot, as fence agents)",
+    )
+
     sub = add("add-vm", cmd_add_vm, "define and start more lab VMs")
     sub.add_argument("vm", nargs="+", metavar="NAME:MEMORY_MIB[:PRIORITY][@HOSTINDEX]")
     sub.add_argument(
@@ -178,6 +223,13 @@ def parser() -> argparse.ArgumentParser:
         help="guests with Python 3 (Debian's python3, a trimmed standard library), so that Ansible modules run in "
         "them through the community.libvirt.libvirt_qemu connection; also the users nobody/nogroup and a system "
         "log written to the serial console. Boots slower than the normal guest; may be combined with --failover",
+    )
+    sub.add_argument(
+        "--shared-disk",
+        type=int,
+        metavar="MIB",
+        help="give each VM a raw sparse disk file of MIB MiB on the lab's shared storage "
+        "(SHARED/disks/NAME.img, a virtio disk, cache none); remove-vm deletes it",
     )
     sub.add_argument("--no-wait", action="store_true", help="do not wait for the guest agents to answer")
     sub.add_argument("--wait-timeout", type=float, default=180.0, metavar="SECONDS")

@@ -39,6 +39,10 @@ STATE_MARKER = STATE_DIR / ".virtlab-state-dir"
 # The lab's certificate authority, and the client certificate every host's libvirtd presents to the
 # others (the `pkipath` of the TLS URIs); each host has its own server certificate under HOST/pki.
 PKI_DIR = STATE_DIR / "pki"
+# The lab's shared storage: one directory that every host mounts at this same path (a bind mount in
+# its mount namespace), so a disk or file path means the same on the controller and on every host.
+SHARED_DIR = STATE_DIR / "shared"
+SHARED_DISKS = SHARED_DIR / "disks"
 LOCK_FILE = STATE_DIR.parent / (STATE_DIR.name + ".lock")
 # A test session holding LOCK_FILE for its whole run names its PID here; the virtlab commands it runs
 # serialise among themselves on SESSION_LOCK_FILE (see lab_lock()).
@@ -64,6 +68,7 @@ TOOL_PACKAGES = {
     "mount": "mount",
     "hostname": "hostname",
     "libvirtd": "libvirt-daemon",
+    "virtlockd": "libvirt-daemon",
     "virsh": "libvirt-clients",
     "qemu-system-x86_64": "qemu-system-x86",
     "sshd": "openssh-server",
@@ -428,6 +433,11 @@ class Host:
     holder_pid: int = 0
     libvirtd_pid: int = 0
     sshd_pid: int = 0
+    virtlockd_pid: int = 0
+    # The host's "power": "on", or "off" after `fence HOST -o off` (nothing of it runs, links down).
+    power: str = "on"
+    # `crash HOST`: everything of the host was killed, its power stays on (a hung machine).
+    crashed: bool = False
 
     @property
     def uri(self) -> str:
@@ -446,6 +456,13 @@ class Host:
         It works even while the host's link is down, so the lab can always inspect every host.
         """
         return "qemu+unix:///system?socket=/proc/%d/root%s/libvirt-sock" % (self.holder_pid, HOST_TMPFS)
+
+    @property
+    def down_reason(self) -> str:
+        """Why nothing of the host runs ("crashed", "powered off"), or "" when it runs."""
+        if self.power == "off":
+            return "powered off"
+        return "crashed" if self.crashed else ""
 
     @property
     def path(self) -> Path:
@@ -479,6 +496,10 @@ class Vm:
     failover: str = ""
     # The guest boots the Python variant of the initrd (image.build_python_image; `add-vm --python`).
     python: bool = False
+    # A raw sparse disk file on the shared storage (SHARED_DISKS/NAME.img; `add-vm --shared-disk`), and
+    # its size; empty and 0 for a VM without disk.
+    shared_disk: str = ""
+    shared_disk_mib: int = 0
 
 
 @dataclasses.dataclass

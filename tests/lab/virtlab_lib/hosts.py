@@ -1,8 +1,8 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Lab host lifecycle: each host's namespaces, libvirtd and sshd, the lab and migration networks, the
-lab's TLS certificates, the Ansible inventory, lab VMs (domain XML, define and start, waiting for their
-guest agents, removal), teardown, and the commands `up`, `down`, `status`, `check`, `add-vm`,
+"""Lab host lifecycle: each host's namespaces, virtlockd, libvirtd and sshd, the lab and migration
+networks, the shared storage, the lab's TLS certificates, the Ansible inventory, lab VMs (domain XML,
+define and start, waiting for their guest agents, removal), teardown, and the commands `up`, `down`, `status`, `check`, `add-vm`,
 `remove-vm` and `ssh`.
 """
 
@@ -36,6 +36,8 @@ from .common import (
     HOST_TMPFS,
     MODULE_UTILS,
     PKI_DIR,
+    SHARED_DIR,
+    SHARED_DISKS,
     STATE_DIR,
     TOOL_PACKAGES,
     VIRTLAB,
@@ -261,6 +263,11 @@ def qemu_settings(host: Host) -> dict[str, t.Any]:
         "migrate_tls_x509_cert_dir": str(host.path / "pki"),
         "migrate_tls_x509_verify": 1,
     }
+
+
+def virtlockd_settings() -> dict[str, t.Any]:
+    """virtlockd.conf settings of a lab host: its log in the host's /var/log/libvirt (no syslog in a lab host)."""
+    return {"log_outputs": "3:file:/var/log/libvirt/virtlockd.log"}
 
 
 def sshd_config(host: Host) -> str:
@@ -532,6 +539,7 @@ def prepare_host_files(lab: Lab, host: Host) -> None:
                 shutil.copy2(entry, base / "etc-libvirt" / entry.name)
     edit_conf(base / "etc-libvirt" / "libvirtd.conf", libvirtd_settings(host))
     edit_conf(base / "etc-libvirt" / "qemu.conf", qemu_settings(host))
+    edit_conf(base / "etc-libvirt" / "virtlockd.conf", virtlockd_settings())
     (base / "hosts").write_text(hosts_file(lab))
     (base / "resolv.conf").write_text(
         "# virtlab host %s: no DNS; names come from /etc/hosts\nnameserver 127.0.0.1\n" % host.name
@@ -593,9 +601,46 @@ def mount_host_dirs(host: Host) -> None:
         run(host.in_host([mount, "--bind", str(host.path / directory), target]))
     Path(HOST_TMPFS).mkdir(parents=True, exist_ok=True)
     run(host.in_host([mount, "-t", "tmpfs", "-o", "mode=0755", "tmpfs", HOST_TMPFS]))
+    # The shared storage, at the path it has on the controller.
+    run(host.in_host([mount, "--bind", str(SHARED_DIR), str(SHARED_DIR)]))
     for name, target in HOST_FILE_MOUNTS:
         if Path(target).is_file():
             run(host.in_host([mount, "--bind", str(host.path / name), target]))
+
+
+def create_shared_storage() -> None:
+    """The lab's shared storage directory (0700 root) and its directory of shared disks."""
+    for directory in (SHARED_DIR, SHARED_DISKS):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+
+
+def start_virtlockd(host: Host, timeout: float = 15.0) -> None:
+    """Start the host's virtlockd (libvirt's lock daemon) in its namespaces; wait for its socket; record its PID.
+
+    Its socket is /run/libvirt/virtlockd-sock, in the host's own /run/libvirt. libvirtd uses it only
+    when the host's qemu.conf says `lock_manager = "lockd"`, which the lab does not set.
+    """
+    run_dir = host.host_root() / HOST_TMPFS.lstrip("/")
+    pidfile = run_dir / "virtlockd.pid"
+    pidfile.unlink(missing_ok=True)
+    host.virtlockd_pid = 0
+    run(
+        host.in_host([tool("virtlockd"), "--daemon", "--pid-file", HOST_TMPFS + "/virtlockd.pid"]),
+        what="virtlockd on %s" % host.name,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            host.virtlockd_pid = int(pidfile.read_text().strip())
+        if host.virtlockd_pid and not pid_alive(host.virtlockd_pid, "virtlockd"):
+            break
+        if host.virtlockd_pid and (run_dir / "virtlockd-sock").exists():
+            return
+        time.sleep(0.02)
+    raise LabError(
+        "virtlockd on %s did not start: %s" % (host.name, tail(host.path / "log-libvirt" / "virtlockd.log") or "no log")
+    )
 
 
 def launch_libvirtd(host: Host) -> subprocess.Popen[bytes]:
@@ -713,6 +758,8 @@ def write_inventory(lab: Lab) -> None:
             "virtops_libvirtd_restart_command": [str(VIRTLAB), "restart-libvirtd", host.name],
             # The lab's stand-in for a reboot (rolling_maintenance): a restart of the host's libvirtd.
             "virtops_reboot_command": [str(VIRTLAB), "restart-libvirtd", host.name],
+            # The host's fence agent (fence-agents conventions; ha_recover appends `-o off` / `-o status`).
+            "virtops_fence_command": [str(VIRTLAB), "fence", host.name],
         }
         for host in lab.hosts
     }
@@ -727,6 +774,10 @@ def write_inventory(lab: Lab) -> None:
             "ansible_pipelining": True,
             "virtops_libvirtd_restart_delegate_to": "localhost",
             "virtops_reboot_delegate_to": "localhost",
+            # The directory every lab host mounts at the same path (the HA store and lockspace live there).
+            "virtops_shared_storage": str(SHARED_DIR),
+            # Where ha_recover runs: the controller, which reaches every host and the fence commands.
+            "virtops_ha_delegate_to": "localhost",
         },
     }
     text = "# virtlab inventory of lab %r (written by `virtlab up`; do not edit)\n" % lab.cluster
@@ -928,7 +979,8 @@ def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
 
     A lab guest boots the lab's kernel and initrd directly and has the guest agent's channel. A tiny VM
     boots only its firmware, which finds nothing to boot and idles without rebooting; it has no agent
-    channel, and its NIC no boot ROM (no network boot attempt).
+    channel, and its NIC no boot ROM (no network boot attempt). A VM with a shared disk has it as a
+    virtio disk (raw, cache none: libvirt counts such a disk safe to migrate on any file system).
     """
     metadata = migration_metadata()
     console_log = "/var/log/libvirt/qemu/%s-console.log" % vm.name
@@ -976,7 +1028,7 @@ def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>{escape(tool("qemu-system-x86_64"))}</emulator>
-    <controller type='usb' model='none'/>{agent}{nics}
+    <controller type='usb' model='none'/>{shared_disk_xml(vm)}{agent}{nics}
     <serial type='file'>
       <source path='{console_log}'/>
       <target port='0'/>
@@ -989,6 +1041,33 @@ def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
   </devices>{override}
 </domain>
 """
+
+
+def shared_disk_xml(vm: Vm) -> str:
+    """The <disk> of a VM's shared disk file, or "" for a VM without one."""
+    if not vm.shared_disk:
+        return ""
+    return f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source file='{escape(vm.shared_disk)}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>"""
+
+
+def create_shared_disk(vm: Vm, mib: int) -> None:
+    """Give the VM a raw sparse disk file of ``mib`` MiB on the shared storage (0600 root); record it."""
+    path = SHARED_DISKS / (vm.name + ".img")
+    if path.exists():
+        raise LabError("the shared disk %s exists already" % path)
+    SHARED_DISKS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, mib << 20)
+    finally:
+        os.close(fd)
+    vm.shared_disk = str(path)
+    vm.shared_disk_mib = mib
 
 
 def start_vm(lab: Lab, vm: Vm) -> None:
@@ -1061,10 +1140,29 @@ def wait_for_agents(lab: Lab, vms: t.Sequence[Vm], timeout: float) -> None:
             close_connection(conn)
 
 
+def remove_shared_disk(vm: Vm) -> None:
+    """Delete the VM's shared disk file, if it has one."""
+    if vm.shared_disk:
+        Path(vm.shared_disk).unlink(missing_ok=True)
+
+
 def remove_vm_everywhere(lab: Lab, name: str) -> list[str]:
-    """Destroy and undefine a VM on every host; return where it was."""
+    """Destroy and undefine a VM on every host; return where it was.
+
+    On a host that is down (crashed or powered off) no libvirtd runs and no QEMU: the VM's persistent
+    definition there is a file, removed as such, so that the host does not bring it back when it
+    starts again.
+    """
     where = []
     for host in lab.hosts:
+        if host.down_reason:
+            qemu_dir = host.path / "etc-libvirt" / "qemu"
+            files = [qemu_dir / (name + ".xml"), qemu_dir / "autostart" / (name + ".xml")]
+            if files[0].exists():
+                where.append("%s, %s" % (host.name, host.down_reason))
+            for path in files:
+                path.unlink(missing_ok=True)
+            continue
         with connect(host) as conn:
             try:
                 dom = conn.lookupByName(name)
@@ -1102,7 +1200,11 @@ def lab_pids(host: Host, inode: int | None) -> dict[str, list[int]]:
 
     holder = [host.holder_pid] if ours(host.holder_pid, "sleep") else []
     return {
-        "daemons": [pid for pid, comm in ((host.libvirtd_pid, "libvirtd"), (host.sshd_pid, "sshd")) if ours(pid, comm)],
+        "daemons": [
+            pid
+            for pid, comm in ((host.libvirtd_pid, "libvirtd"), (host.sshd_pid, "sshd"), (host.virtlockd_pid, "virtlockd"))
+            if ours(pid, comm)
+        ],
         "qemu": [pid for pid in qemu_pids(host) if ours(pid, "qemu")] if holder else [],
         "holder": holder,
     }
@@ -1111,7 +1213,7 @@ def lab_pids(host: Host, inode: int | None) -> dict[str, list[int]]:
 def teardown(lab: Lab) -> None:
     """Stop everything the lab started and remove its namespaces, interfaces and state.
 
-    Phases run across all hosts at once: daemons (libvirtd, sshd) by recorded PID, then the guests'
+    Phases run across all hosts at once: daemons (libvirtd, sshd, virtlockd) by recorded PID, then the guests'
     QEMU processes (by the PIDs their libvirtd recorded), then the namespace holders, then anything
     else still inside a lab network namespace. The lab subnets stay (or become) blackhole routes.
     """
@@ -1250,12 +1352,15 @@ def create_lab(lab: Lab) -> None:
     run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", "virtlab " + lab.cluster, "-f", lab.key])
     create_lab_bridges()
     create_pki(lab)
+    create_shared_storage()
     for host in lab.hosts:
         create_host_network(host)
         prepare_host_files(lab, host)
         start_holder(host)
         lab.save()
         mount_host_dirs(host)
+        start_virtlockd(host)
+        lab.save()
     write_known_hosts(lab)
     # Without a shared capabilities cache, let one host probe QEMU before the others start.
     first = [] if any(CAPABILITIES_CACHE.glob("*.xml")) else lab.hosts[:1]
@@ -1328,7 +1433,10 @@ def maintenance_mark(host: Host) -> tuple[str | None, str | None]:
 
 
 def host_status(lab: Lab, host: Host) -> dict[str, t.Any]:
-    """One host's state: daemons, links, maintenance mark and the domains defined or running on it."""
+    """One host's state: power, daemons, links, maintenance mark and the domains defined or running on it.
+
+    A host that is down (crashed or powered off) is not inspected: its domains are not listed.
+    """
     known = {vm.name for vm in lab.vms}
     maintenance, maintenance_error = maintenance_mark(host)
     entry: dict[str, t.Any] = {
@@ -1341,6 +1449,12 @@ def host_status(lab: Lab, host: Host) -> dict[str, t.Any]:
         "libvirtd_pid": host.libvirtd_pid,
         "sshd_alive": pid_alive(host.sshd_pid, "sshd"),
         "sshd_pid": host.sshd_pid,
+        "virtlockd_alive": pid_alive(host.virtlockd_pid, "virtlockd"),
+        "virtlockd_pid": host.virtlockd_pid,
+        "power": host.power,
+        "crashed": host.crashed,
+        "down": host.down_reason or None,
+        "inspected": not host.down_reason,
         "link_up": link_is_up(host.veth),
         "migration_link_up": link_is_up(host.migration_veth),
         "maintenance": maintenance,
@@ -1348,6 +1462,8 @@ def host_status(lab: Lab, host: Host) -> dict[str, t.Any]:
         "error": None,
         "vms": [],
     }
+    if host.down_reason:
+        return entry
     try:
         with connect(host) as conn:
             for dom in sorted(conn.listAllDomains(0), key=lambda d: d.name()):
@@ -1409,21 +1525,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     for entry in hosts:
         print(
-            "%-10s %-14s %-32s libvirtd %-16s sshd %-16s link %s, migration %s %s%s"
+            "%-10s %-14s %-32s libvirtd %-16s sshd %-16s virtlockd %-16s link %s, migration %s %s%s%s"
             % (
                 entry["name"],
                 entry["address"],
                 entry["uri"],
                 "alive (%d)" % entry["libvirtd_pid"] if entry["libvirtd_alive"] else "DOWN",
                 "alive (%d)" % entry["sshd_pid"] if entry["sshd_alive"] else "DOWN",
+                "alive (%d)" % entry["virtlockd_pid"] if entry["virtlockd_alive"] else "DOWN",
                 "up" if entry["link_up"] else "DOWN",
                 entry["migration_address"],
                 "up" if entry["migration_link_up"] else "DOWN",
                 "  [%s]" % entry["maintenance"] if entry["maintenance"] else "",
+                "  [%s]" % power_tag(entry) if power_tag(entry) else "",
             )
         )
         if entry["maintenance_error"]:
             print("    (%s)" % entry["maintenance_error"])
+        if entry["down"]:
+            print("    (not inspected: the host is %s)" % entry["down"])
+            continue
         if entry["error"]:
             print("    (cannot list VMs: %s)" % entry["error"])
         for vm in entry["vms"]:
@@ -1441,13 +1562,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def power_tag(entry: t.Mapping[str, t.Any]) -> str:
+    """A host's condition as `status` tags it: POWERED OFF, CRASHED, PARTITIONED (both links down), or ""."""
+    if entry["power"] == "off":
+        return "POWERED OFF"
+    if entry["crashed"]:
+        return "CRASHED"
+    if not entry["link_up"] and not entry["migration_link_up"]:
+        return "PARTITIONED"
+    return ""
+
+
 def vm_invariant_problems(
-    homes: list[str], active: list[tuple[str, str]], may_be_stopped: bool, uninspected: list[str]
+    homes: list[str],
+    active: list[tuple[str, str]],
+    may_be_stopped: bool,
+    uninspected: list[str],
+    down: t.Sequence[str] = (),
 ) -> list[str]:
     """What breaks the no-VM-lost invariant for one VM (empty when it holds).
 
     ``homes`` are the hosts where the VM is persistently defined, ``active`` the (host, state) pairs where
-    it is active, ``uninspected`` the hosts whose libvirtd could not be read.
+    it is active, ``uninspected`` the hosts whose libvirtd could not be read, ``down`` the hosts not
+    inspected because they are down (crashed or powered off; "NAME (crashed)"). A VM found on no
+    inspected host may be on a down host: allowed when it may be stopped.
     """
 
     def listing(pairs: list[tuple[str, str]]) -> str:
@@ -1473,7 +1611,11 @@ def vm_invariant_problems(
     if active:
         return ["not persistently defined on any host (transient, active on %s)" % listing(active)]
     if uninspected:
-        return ["not found on the hosts that could be inspected (not inspected: %s)" % ", ".join(uninspected)]
+        return ["not found on the hosts that could be inspected (not inspected: %s)" % ", ".join([*uninspected, *down])]
+    if down:
+        if may_be_stopped:
+            return []
+        return ["found on no inspected host (it may be on a host that is down: %s)" % ", ".join(down)]
     return ["defined on no host (lost)"]
 
 
@@ -1489,7 +1631,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems: list[str] = []
     uninspected: list[str] = []
     running_here: dict[str, list[str]] = {host.name: [] for host in lab.hosts}
+    down = ["%s (%s)" % (host.name, host.down_reason) for host in lab.hosts if host.down_reason]
     for host in lab.hosts:
+        if host.down_reason:
+            continue
         try:
             with connect(host) as conn:
                 for dom in conn.listAllDomains(0):
@@ -1520,9 +1665,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                 )
     placed = []
     for vm in lab.vms:
-        wrong = vm_invariant_problems(persistent[vm.name], active[vm.name], vm.name in allowed, uninspected)
+        wrong = vm_invariant_problems(persistent[vm.name], active[vm.name], vm.name in allowed, uninspected, down)
         if wrong:
             problems.append("%s: %s" % (vm.name, "; ".join(wrong)))
+        elif not persistent[vm.name]:
+            placed.append("%s@? (on no inspected host, allowed: it may be on a host that is down)" % vm.name)
         else:
             placed.append(
                 "%s@%s%s" % (vm.name, persistent[vm.name][0], "" if active[vm.name] else " (shut off, allowed)")
@@ -1542,6 +1689,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             " ".join(placed) or "-",
             "; in maintenance, running no VM: %s" % ", ".join(in_maintenance) if in_maintenance else "",
         )
+        + ("; not inspected (down): %s" % ", ".join(down) if down else "")
     )
     return 0
 
@@ -1555,10 +1703,16 @@ def cmd_add_vm(args: argparse.Namespace) -> int:
             raise LabError("--tiny and --failover exclude each other (a tiny VM has no kernel)")
         if args.tiny and args.python:
             raise LabError("--tiny and --python exclude each other (a tiny VM has no kernel)")
+        if args.shared_disk is not None and args.shared_disk < 1:
+            raise LabError("--shared-disk must be at least 1 MiB")
         vms = [
             parse_vm(spec, len(lab.hosts), tiny=args.tiny, failover=args.failover or "", python=args.python)
             for spec in args.vm
         ]
+        for vm in vms:
+            host = lab.host(str(vm.host_index))
+            if host.down_reason:
+                raise LabError("cannot start %s on %s: the host is %s" % (vm.name, host.name, host.down_reason))
         existing = {vm.name for vm in lab.vms}
         for vm in vms:
             if vm.name in existing:
@@ -1570,12 +1724,22 @@ def cmd_add_vm(args: argparse.Namespace) -> int:
             lab.python_initrd = build_python_image(build_image())["initrd"]
             lab.save()
         for host in lab.hosts:
-            with connect(host) as conn:
-                taken = {dom.name() for dom in conn.listAllDomains(0)} & {vm.name for vm in vms}
+            if host.down_reason:
+                # Its libvirtd does not run: its persistent definitions are files.
+                taken = {vm.name for vm in vms if (host.path / "etc-libvirt" / "qemu" / (vm.name + ".xml")).exists()}
+            else:
+                with connect(host) as conn:
+                    taken = {dom.name() for dom in conn.listAllDomains(0)} & {vm.name for vm in vms}
             if taken:
                 raise LabError("%s already has a domain named %s" % (host.name, ", ".join(sorted(taken))))
         for vm in vms:
-            start_vm(lab, vm)
+            if args.shared_disk:
+                create_shared_disk(vm, args.shared_disk)
+            try:
+                start_vm(lab, vm)
+            except LabError:
+                remove_shared_disk(vm)
+                raise
             lab.vms.append(vm)
             lab.save()
         if not args.no_wait:
@@ -1587,6 +1751,8 @@ def cmd_add_vm(args: argparse.Namespace) -> int:
                 "%s: failover stand-in (%s), guest address %s, standby %s, VF stand-in %s (an emulated %s, not a VF)"
                 % (vm.name, vm.failover, vm.guest_ip, STANDBY_ALIAS, VF_STANDIN_ALIAS, VF_STANDIN_MODEL)
             )
+        if vm.shared_disk:
+            say("%s: shared disk %s (%d MiB, raw, sparse)" % (vm.name, vm.shared_disk, vm.shared_disk_mib))
     return 0
 
 
@@ -1599,6 +1765,7 @@ def cmd_remove_vm(args: argparse.Namespace) -> int:
             lab.vm(name)
         for name in args.name:
             where = remove_vm_everywhere(lab, name)
+            remove_shared_disk(lab.vm(name))
             lab.vms = [vm for vm in lab.vms if vm.name != name]
             lab.save()
             say("removed %s%s" % (name, " (from %s)" % ", ".join(where) if where else " (it was defined nowhere)"))

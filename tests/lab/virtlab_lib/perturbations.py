@@ -1,16 +1,20 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Perturbations of a running lab, for failure and convergence tests: a host's libvirtd killed,
-started or restarted, its links down or up, and commands or the memory-dirtying workload run in a
-guest through its agent (`kill-libvirtd`, `start-libvirtd`, `restart-libvirtd`, `link`, `exec`, `dirty`).
+started or restarted, its links down or up, the whole host crashed, cut off the network or powered
+off and on by its fence agent, and commands or the memory-dirtying workload run in a guest through
+its agent (`kill-libvirtd`, `start-libvirtd`, `restart-libvirtd`, `link`, `partition`, `crash`,
+`fence`, `exec`, `dirty`).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -27,6 +31,7 @@ from .common import (
     netns_inode,
     pid_alive,
     pid_netns_inode,
+    pids_in_netns,
     require_lab,
     require_root,
     run,
@@ -44,13 +49,21 @@ from .hosts import (
     domain_state,
     finish_libvirtd,
     launch_libvirtd,
+    link_is_up,
     open_connection,
+    start_sshd,
+    start_virtlockd,
 )
 from .image import DIRTIER_PATH
 
 # How long restart-libvirtd waits for libvirtd to exit after SIGTERM.
 LIBVIRTD_STOP_TIMEOUT = 60.0
 DIRTY_DIR = "/tmp/virtlab-dirty"
+# `fence HOST -o ACTION`, as fence agents (fence-agents) name their actions; `-o status` exits
+# FENCE_STATUS_ON or FENCE_STATUS_OFF (anything else means the state is unknown).
+FENCE_ACTIONS = ("off", "on", "reboot", "status")
+FENCE_STATUS_ON = 0
+FENCE_STATUS_OFF = 2
 
 
 @contextlib.contextmanager
@@ -211,8 +224,30 @@ def cmd_kill_libvirtd(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_down(host: Host, what: str) -> None:
+    """Refuse to ``what`` on a host that is crashed or powered off (its fence agent brings it back)."""
+    if host.down_reason:
+        raise LabError(
+            "cannot %s on %s: the host is %s (bring it back with `virtlab fence %s -o %s`)"
+            % (what, host.name, host.down_reason, host.name, "on" if host.power == "off" else "reboot")
+        )
+
+
+def host_daemon_alive(host: Host, pid: int, comm: str) -> bool:
+    """Whether ``pid`` is a live ``comm`` inside the host's network namespace."""
+    return pid_alive(pid, comm) and pid_netns_inode(pid) == netns_inode(host.netns)
+
+
 def start_host_libvirtd(lab: Lab, host: Host) -> None:
-    """Start the host's libvirtd in the host's namespaces and wait until it answers; record its PID."""
+    """Start the host's libvirtd in the host's namespaces and wait until it answers; record its PID.
+
+    The host's virtlockd is started first when it does not run (libvirtd configured for lockd needs it).
+    """
+    if not host_daemon_alive(host, host.virtlockd_pid, "virtlockd"):
+        try:
+            start_virtlockd(host)
+        finally:
+            lab.save()
     host.libvirtd_pid = 0
     (host.host_root() / HOST_TMPFS.lstrip("/") / "libvirtd.pid").unlink(missing_ok=True)
     try:
@@ -227,6 +262,7 @@ def cmd_start_libvirtd(args: argparse.Namespace) -> int:
     with lab_lock():
         lab = require_lab()
         host = lab.host(args.host)
+        refuse_down(host, "start libvirtd")
         if pid_alive(host.libvirtd_pid, "libvirtd"):
             say("libvirtd on %s is already running (pid %d)" % (host.name, host.libvirtd_pid))
             return 0
@@ -236,7 +272,11 @@ def cmd_start_libvirtd(args: argparse.Namespace) -> int:
 
 
 def restart_host_libvirtd(lab: Lab, host: Host) -> str:
-    """Stop the host's libvirtd with SIGTERM (if it runs) and start it again; say what was stopped."""
+    """Stop the host's libvirtd with SIGTERM (if it runs) and start it again; say what was stopped.
+
+    The host's virtlockd keeps running (it holds the disk leases of the running guests).
+    """
+    refuse_down(host, "restart libvirtd")
     old = host.libvirtd_pid
     if pid_alive(old, "libvirtd") and pid_netns_inode(old) == netns_inode(host.netns):
         os.kill(old, signal.SIGTERM)
@@ -298,14 +338,155 @@ def cmd_auth(args: argparse.Namespace) -> int:
     return 0
 
 
+def set_links(host: Host, state: str) -> None:
+    """Set the host's veths (bridge side, lab and migration network) "down" or "up"."""
+    for veth in (host.veth, host.migration_veth):
+        if veth and Path("/sys/class/net", veth).exists():
+            run([tool("ip"), "link", "set", veth, state])
+
+
 def cmd_link(args: argparse.Namespace) -> int:
     """virtlab link: set a host's veths down or up (a network failure of that host, both networks)."""
     require_root()
     with lab_lock():
         lab = require_lab()
         host = lab.host(args.host)
-        for veth in (host.veth, host.migration_veth):
-            if veth:
-                run([tool("ip"), "link", "set", veth, args.state])
+        if args.state == "up" and host.power == "off":
+            raise LabError("%s is powered off: power it on with `virtlab fence %s -o on`" % (host.name, host.name))
+        set_links(host, args.state)
     say("link of %s is %s" % (host.name, args.state))
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    """virtlab partition: cut a host off both networks (or --heal it); everything in it keeps running."""
+    require_root()
+    with lab_lock():
+        lab = require_lab()
+        host = lab.host(args.host)
+        if host.power == "off":
+            raise LabError("%s is powered off: power it on with `virtlab fence %s -o on`" % (host.name, host.name))
+        set_links(host, "up" if args.heal else "down")
+    if args.heal:
+        say("healed %s: its links are up" % host.name)
+    else:
+        say(
+            "partitioned %s: its links are down, its guests, libvirtd and virtlockd keep running "
+            "(heal it with `virtlab partition %s --heal`)" % (host.name, host.name)
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# A host's crash and its power (the lab's fence agent)
+# ---------------------------------------------------------------------------------------------------
+
+
+def kill_host(host: Host) -> list[str]:
+    """SIGKILL everything of the host but its namespace holder; the command names of what was killed."""
+    inode = netns_inode(host.netns)
+    targets = [pid for pid in pids_in_netns(inode) if pid != host.holder_pid] if inode is not None else []
+    names = []
+    for pid in targets:
+        with contextlib.suppress(OSError):
+            names.append(Path("/proc/%d/comm" % pid).read_text().strip())
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    still = wait_gone(targets, 15.0)
+    if still:
+        raise LabError("processes of %s still run after SIGKILL: %s" % (host.name, " ".join(map(str, still))))
+    host.libvirtd_pid = host.sshd_pid = host.virtlockd_pid = 0
+    return names
+
+
+def killed_summary(names: t.Sequence[str]) -> str:
+    """``kill_host``'s command names as one phrase: "3 processes (libvirtd, sshd, virtlockd, 1 QEMU)"."""
+    if not names:
+        return "nothing was running"
+    counts = collections.Counter("QEMU" if name.startswith("qemu") else name for name in names)
+    qemu = counts.pop("QEMU", 0)
+    parts = sorted(counts) + (["%d QEMU" % qemu] if qemu else [])
+    return "%d process%s (%s)" % (len(names), "" if len(names) == 1 else "es", ", ".join(parts))
+
+
+def cmd_crash(args: argparse.Namespace) -> int:
+    """virtlab crash: a hung host: everything of it killed (SIGKILL), its power and links left as they are."""
+    require_root()
+    with lab_lock():
+        lab = require_lab()
+        host = lab.host(args.host)
+        if host.power == "off":
+            say("%s is powered off: nothing of it runs" % host.name)
+            return 0
+        killed = kill_host(host)
+        host.crashed = True
+        lab.save()
+    say(
+        "crashed %s: killed %s; its power stays on, its links %s (bring it back with `virtlab fence %s -o reboot`)"
+        % (host.name, killed_summary(killed), "up" if link_is_up(host.veth) else "down", host.name)
+    )
+    return 0
+
+
+def fence_status(power: str) -> tuple[str, int]:
+    """What `fence HOST -o status` prints and its exit code, for the host's power ("on" or "off")."""
+    if power == "off":
+        return "Status: OFF", FENCE_STATUS_OFF
+    return "Status: ON", FENCE_STATUS_ON
+
+
+def power_off(lab: Lab, host: Host) -> None:
+    """Everything of the host killed, its links down, its power recorded off."""
+    kill_host(host)
+    set_links(host, "down")
+    host.power = "off"
+    host.crashed = False
+    lab.save()
+
+
+def power_on(lab: Lab, host: Host) -> None:
+    """Boot a powered-off host: links up, a fresh /run/libvirt, virtlockd, libvirtd and sshd started.
+
+    libvirtd then starts the domains marked autostart (it does so only with a fresh /run/libvirt, as
+    after a real boot).
+    """
+    set_links(host, "up")
+    host.power = "on"
+    lab.save()
+    run_dir = host.host_root() / HOST_TMPFS.lstrip("/")
+    for entry in run_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    start_host_libvirtd(lab, host)
+    start_sshd(host)
+    lab.save()
+
+
+def cmd_fence(args: argparse.Namespace) -> int:
+    """virtlab fence: the host's fence agent (fence-agents conventions): -o off, on, reboot or status.
+
+    `status` prints "Status: ON" (exit 0) or "Status: OFF" (exit 2). `off` kills everything of the
+    host, as `crash` does, takes its links down and records its power off; `on` boots it (links up,
+    virtlockd, libvirtd, sshd; libvirtd starts the autostart domains); `reboot` is off, then on.
+    """
+    require_root()
+    if args.action == "status":
+        line, code = fence_status(require_lab().host(args.host).power)
+        print(line)
+        return code
+    with lab_lock():
+        lab = require_lab()
+        host = lab.host(args.host)
+        if args.action == "off" and host.power == "off":
+            print("Success: Already OFF")
+        elif args.action == "on" and host.power == "on":
+            print("Success: Already ON")
+        else:
+            if args.action in ("off", "reboot") and host.power == "on":
+                power_off(lab, host)
+            if args.action in ("on", "reboot"):
+                power_on(lab, host)
+            print({"off": "Success: Powered OFF", "on": "Success: Powered ON", "reboot": "Success: Rebooted"}[args.action])
     return 0
