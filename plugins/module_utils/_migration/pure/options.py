@@ -225,6 +225,20 @@ CLUSTER_BALANCE: Group = {
     "allow_unsafe_cache": ALLOW_UNSAFE_CACHE,
 }
 
+HA_RECOVER: Group = {
+    # Each {name, uri, ssh_host, ssh_port, fence_command, maintenance, memory_reserved_mib}.
+    "hosts": Option("every host of the cluster, each a dictionary with name and uri", type="list", elements="dict", required=True),
+    "shared_storage": Option("the directory every host mounts at the same path, holding the HA store", type="path", required=True),
+    "checks": Option("checks a host must fail, over libvirt and SSH, to have failed", type="int", default=3, range=Range(1, 100, whole=True)),
+    "check_interval": Option("seconds between two checks", type="float", default=5.0, range=Range(0, 3600.0, exclusive_minimum=True)),
+    "connect_timeout": Option("seconds one libvirt or SSH check may take", type="float", default=5.0, range=Range(0, 600.0, exclusive_minimum=True)),
+    "without_fence": Option("a failed host without a fence command: restart nothing, or rely on lockd leases", choices=("refuse", "lease"), default="refuse"),
+    "fence_timeout": Option("seconds for the fence command and for the power to read off", type="int", default=60, range=Range(1, 3600, whole=True)),
+    "reason": Option("why the cluster is recovered"),
+    "requested_by": REQUESTED_BY,
+    "log_dir": LOG_DIR,
+}
+
 VM_HIBERNATE: Group = {
     "state": Option("hibernated or running", choices=("hibernated", "running"), default="hibernated"),
     "guest_hooks": Option("run the guest's hibernation hooks", type="bool", default=True),
@@ -284,6 +298,7 @@ MODULES: t.Dict[str, t.Tuple[Group, ...]] = {
     "vm_migrate": (CONNECTION, VM, RUN, POLICY_OVERRIDES, VM_MIGRATE),
     "host_maintenance": (CONNECTION, RUN, HOST_MAINTENANCE),
     "cluster_balance": (only(CONNECTION, "username", "password"), RUN, CLUSTER_BALANCE),
+    "ha_recover": (only(RUN, "cluster_policy", "global_policy", "affinity_groups", "memory_reserved_mib", "state_dir"), HA_RECOVER),
     "vm_hibernate": (CONNECTION, VM, only(RUN, "guest_hook_failure", "guest_hook_timeout"), VM_HIBERNATE),
     "host_info": (CONNECTION, only(RUN, "state_dir"), HOST_INFO),
     "migration_policy": (CONNECTION, VM, MIGRATION_POLICY),
