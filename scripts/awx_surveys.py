@@ -40,15 +40,15 @@ def asked(description: str, required: bool = True) -> dict[str, t.Any]:
     return {"type": "text", "required": required, "question_description": description}
 
 
-def module_options(module: str, *, questions: bool = True) -> dict[str, t.Any]:
+def module_options(module: str, *, questions: bool = True, example: str = "{tunnelled: true}") -> dict[str, t.Any]:
     """The textarea that carries any options of ``module`` (the playbook's extra var ``options``), so that
     every option, one added to the module later too, reaches it without a question of its own."""
     return {
         "type": "textarea",
         "required": False,
         "question_description": "Any %soptions of the module virtops.migration.%s, as YAML or JSON (option: value, for example"
-        " {tunnelled: true}); ansible-doc virtops.migration.%s describes them.%s"
-        % ("other " if questions else "", module, module, " A key here wins over the questions above." if questions else ""),
+        " %s); ansible-doc virtops.migration.%s describes them.%s"
+        % ("other " if questions else "", module, example, module, " A key here wins over the questions above." if questions else ""),
     }
 
 
@@ -108,6 +108,15 @@ SURVEYS: dict[str, dict[str, t.Any]] = {
             "cluster": asked("Inventory group of the cluster to balance."),
             **from_role("cluster_balance", "policy", "check"),
             "options": module_options("cluster_balance"),
+        },
+    },
+    "ha_recover": {
+        "playbook": "playbooks/ha_recover.yml",
+        "description": "Restart the highly available VMs of a cluster's failed hosts on its other hosts (for a schedule).",
+        "inputs": {
+            "cluster": asked("Inventory group of the cluster to recover."),
+            **from_role("ha_recover", "check"),
+            "options": module_options("ha_recover", questions=False, example="{checks: 5, without_fence: lease}"),
         },
     },
 }

@@ -40,11 +40,13 @@ ALLOWED = [
 ]
 
 
-def render(state_dir: Path) -> str:
+def render(state_dir: Path, shared_storage: str = "", host_name: str = "localhost") -> str:
     """The script as the role's template task writes it (Ansible's own quote filter)."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
     env.filters["quote"] = FilterModule().filters()["quote"]
-    return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(maintenance_hook_state_dir=str(state_dir))
+    return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
+        maintenance_hook_state_dir=str(state_dir), maintenance_hook_shared_storage=shared_storage, maintenance_hook_host_name=host_name
+    )
 
 
 @pytest.fixture
@@ -58,11 +60,11 @@ def hook(tmp_path: Path) -> t.Tuple[Path, Path]:
     return script, state_dir
 
 
-def run(script: Path, vm: str, operation: str, sub_operation: str) -> subprocess.CompletedProcess[str]:
+def run(script: Path, vm: str, operation: str, sub_operation: str, xml: str = DOMAIN_XML) -> subprocess.CompletedProcess[str]:
     """Call the hook as libvirtd does: four arguments, the domain XML on stdin."""
     return subprocess.run(
         ["/bin/sh", str(script), vm, operation, sub_operation, "-"],
-        input=DOMAIN_XML,
+        input=xml,
         capture_output=True,
         text=True,
         timeout=10,
@@ -275,6 +277,206 @@ def test_does_not_wait_for_stdin(hook: t.Tuple[Path, Path], operation: str) -> N
 def test_shellcheck(hook: t.Tuple[Path, Path]) -> None:
     script, _state_dir = hook
     result = subprocess.run(["shellcheck", "--shell=sh", str(script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- high availability: the HA store on the cluster's shared storage -----------------------------------
+HA_UUID = "4f6c1a52-9d3e-4b7a-8c21-0e5d6f7a8b9c"
+HA_METADATA = (
+    "<metadata><virtops:migration xmlns:virtops='https://virtops.github.io/xmlns/migration/1'>"
+    "<virtops:priority>high</virtops:priority><virtops:high_availability>%s</virtops:high_availability>"
+    "</virtops:migration></metadata>"
+)
+
+
+def domain_xml(uuid: t.Optional[str] = HA_UUID, high_availability: t.Optional[bool] = True, name: str = "web1") -> str:
+    """A domain XML as libvirtd gives the hook: one element a line, the VM's settings in its metadata."""
+    lines = ["<domain type='kvm' id='7'>", "  <name>%s</name>" % name]
+    if uuid is not None:
+        lines.append("  <uuid>%s</uuid>" % uuid)
+    if high_availability is not None:
+        lines.append("  " + HA_METADATA % ("true" if high_availability else "false"))
+    lines += ["  <memory unit='KiB'>1048576</memory>", "  <sysinfo type='smbios'><system><entry name='uuid'>%s</entry></system></sysinfo>" % HA_UUID]
+    lines += ["  <devices><disk type='file' device='disk'><source file='/srv/shared/web1.qcow2'/></disk></devices>", "</domain>"]
+    return "\n".join(lines) + "\n"
+
+
+class HAHook(t.NamedTuple):
+    script: Path
+    state_dir: Path
+    shared: Path  # the shared storage
+    store: Path  # its HA store
+
+
+@pytest.fixture
+def ha_hook(tmp_path: Path) -> HAHook:
+    """A hook rendered for host lab-h1 with shared storage (a space in the path tests quoting) whose HA store exists."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    shared = tmp_path / "shared storage"
+    store = shared / "virtops-ha"
+    store.mkdir(parents=True, mode=0o700)
+    script = tmp_path / "virtops-maintenance"
+    script.write_text(render(state_dir, str(shared), "lab-h1"), encoding="utf-8")
+    script.chmod(0o755)
+    return HAHook(script, state_dir, shared, store)
+
+
+def tree(root: Path) -> t.Dict[str, t.Tuple[int, str]]:
+    """Every entry below ``root``: its mode and, for a file, its content."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        found[str(path.relative_to(root))] = (mode, path.read_text(encoding="utf-8") if path.is_file() else "")
+    return found
+
+
+def stale_marker(store: Path, host: str = "lab-h1", uuid: str = HA_UUID) -> Path:
+    marker = store / "stale" / host / uuid
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"vm": "web1", "uuid": uuid, "restarted_on": "lab-h2", "at": 1796000000}), encoding="utf-8")
+    return marker
+
+
+def stale_refusal(vm: str = "web1", host: str = "lab-h1") -> str:
+    return (
+        "virtops-maintenance: VM %s was restarted on another host after %s was fenced: its definition here is stale; refusing to start it\n" % (vm, host)
+    )
+
+
+@pytest.mark.parametrize("high_availability", [True, False, None], ids=["ha", "not-ha", "no-setting"])
+@pytest.mark.parametrize("operation", ["prepare", "migrate"])
+def test_a_vm_restarted_elsewhere_after_this_host_was_fenced_is_refused(ha_hook: HAHook, operation: str, high_availability: t.Optional[bool]) -> None:
+    stale_marker(ha_hook.store)
+    result = run(ha_hook.script, "web1", operation, "begin", domain_xml(high_availability=high_availability))
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", stale_refusal())
+
+
+def test_a_stale_marker_of_another_host_or_vm_refuses_nothing(ha_hook: HAHook) -> None:
+    stale_marker(ha_hook.store, host="lab-h2")
+    stale_marker(ha_hook.store, uuid="0f6c1a52-9d3e-4b7a-8c21-0e5d6f7a8b9c")
+    for operation in ("prepare", "migrate"):
+        result = run(ha_hook.script, "web1", operation, "begin", domain_xml())
+        assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_the_maintenance_mark_is_still_checked_first(ha_hook: HAHook) -> None:
+    stale_marker(ha_hook.store)
+    write_mark(ha_hook.state_dir, {"state": "preparing"})
+    result = run(ha_hook.script, "web1", "migrate", "begin", domain_xml())
+    assert (result.returncode, result.stderr) == (1, refusal("preparing", "migrate"))
+    # An activating host starts its own VMs, unless they are stale.
+    write_mark(ha_hook.state_dir, {"state": "activating"})
+    assert run(ha_hook.script, "web1", "prepare", "begin", domain_xml()).stderr == stale_refusal()
+    assert run(ha_hook.script, "web1", "prepare", "begin", domain_xml(uuid="0f6c1a52-9d3e-4b7a-8c21-0e5d6f7a8b9c")).returncode == 0
+
+
+@pytest.mark.parametrize("operation", ["prepare", "migrate"])
+def test_a_highly_available_vm_is_refused_when_the_store_is_not_mounted(ha_hook: HAHook, operation: str) -> None:
+    ha_hook.store.rmdir()
+    result = run(ha_hook.script, "web1", operation, "begin", domain_xml())
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == (
+        "virtops-maintenance: VM web1 is highly available but the HA store %s is missing (shared storage not mounted): refusing to %s it\n"
+        % (ha_hook.store, operation)
+    )
+    # Other VMs start and arrive, and nothing is written when one has started.
+    for high_availability in (False, None):
+        assert run(ha_hook.script, "web1", operation, "begin", domain_xml(high_availability=high_availability)).returncode == 0
+    started = run(ha_hook.script, "web1", "started", "begin", domain_xml())
+    assert (started.returncode, started.stderr) == (0, "")
+    assert sorted(p.name for p in ha_hook.shared.iterdir()) == []
+
+
+def test_a_started_highly_available_vm_is_written_into_the_store_for_root_only(ha_hook: HAHook) -> None:
+    xml = domain_xml()
+    for operation in ("prepare", "migrate"):
+        assert run(ha_hook.script, "web1", operation, "begin", xml).returncode == 0
+    assert tree(ha_hook.store) == {}
+    started = run(ha_hook.script, "web1", "started", "begin", xml)
+    assert (started.returncode, started.stdout, started.stderr) == (0, "", "")
+    assert tree(ha_hook.store) == {
+        "vms": (0o700, ""),
+        "vms/%s.xml" % HA_UUID: (0o600, xml),
+        "vms/%s.host" % HA_UUID: (0o600, "lab-h1\n"),
+    }
+    # A later start replaces both files; no temporary file is left behind.
+    again = run(ha_hook.script, "web1", "started", "begin", xml.replace("1048576", "2097152"))
+    assert again.returncode == 0
+    assert tree(ha_hook.store)["vms/%s.xml" % HA_UUID] == (0o600, xml.replace("1048576", "2097152"))
+    assert sorted(p.name for p in (ha_hook.store / "vms").iterdir()) == ["%s.host" % HA_UUID, "%s.xml" % HA_UUID]
+
+
+@pytest.mark.parametrize("high_availability", [False, None], ids=["not-ha", "no-setting"])
+def test_other_vms_are_left_alone(ha_hook: HAHook, high_availability: t.Optional[bool]) -> None:
+    xml = domain_xml(high_availability=high_availability)
+    for operation in ("prepare", "migrate", "started"):
+        result = run(ha_hook.script, "web1", operation, "begin", xml)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert tree(ha_hook.store) == {}
+
+
+def test_a_store_that_cannot_be_written_never_fails_the_start(ha_hook: HAHook) -> None:
+    (ha_hook.store / "vms").write_text("not a directory", encoding="utf-8")
+    result = run(ha_hook.script, "web1", "started", "begin", domain_xml())
+    assert result.returncode == 0
+    assert sorted(p.name for p in ha_hook.store.iterdir()) == ["vms"]
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        domain_xml(uuid=None),
+        domain_xml(uuid=""),
+        domain_xml(uuid="../../../escaped-000000000000000000000"),
+        domain_xml(uuid="4f6c1a52/9d3e/4b7a/8c21/0e5d6f7a8b9c"),
+        domain_xml(uuid="..%s" % HA_UUID[2:]),
+        domain_xml(uuid="%s/../../x" % HA_UUID),
+        domain_xml(uuid="$(touch injected)-0000000000000000000"),
+        domain_xml(uuid=" %s" % HA_UUID[1:]),
+        domain_xml(uuid="*"),
+        "",
+        "not xml at all\x01\x02",
+        "<domain><uuid>%s" % HA_UUID,
+    ],
+    ids=["no-uuid", "empty", "dot-dot", "slashes", "dot-dot-prefix", "trailing-path", "command", "space", "glob", "no-input", "garbage", "unclosed"],
+)
+def test_weird_input_never_writes_outside_the_store_nor_refuses_by_a_made_up_name(ha_hook: HAHook, xml: str) -> None:
+    # A marker for every name the input could make up: none of them may refuse (a UUID that is not one names no file).
+    (ha_hook.store / "stale" / "lab-h1").mkdir(parents=True)
+    for name in ("*", "..", "escaped-000000000000000000000"):
+        (ha_hook.store / "stale" / "lab-h1" / name).mkdir(exist_ok=True)
+    before = tree(ha_hook.shared.parent / "state") , sorted(p.name for p in ha_hook.shared.parent.iterdir())
+    for operation in ("prepare", "migrate", "started"):
+        result = run(ha_hook.script, "web1", operation, "begin", xml)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert not (ha_hook.store / "vms").exists()
+    assert (tree(ha_hook.shared.parent / "state"), sorted(p.name for p in ha_hook.shared.parent.iterdir())) == before
+    assert not (ha_hook.script.parent / "injected").exists()
+
+
+def test_a_highly_available_vm_without_a_uuid_is_still_refused_when_the_store_is_not_mounted(ha_hook: HAHook) -> None:
+    ha_hook.store.rmdir()
+    assert run(ha_hook.script, "web1", "prepare", "begin", domain_xml(uuid="../x")).returncode == 1
+
+
+def test_with_shared_storage_the_whole_domain_xml_is_read(ha_hook: HAHook) -> None:
+    # libvirtd writes the XML, then closes stdin: a large one is read whole, the first <uuid> counts.
+    xml = domain_xml().replace("</domain>", "<!-- padding -->" * 20000 + "<uuid>0f6c1a52-9d3e-4b7a-8c21-0e5d6f7a8b9c</uuid></domain>")
+    stale_marker(ha_hook.store)
+    assert run(ha_hook.script, "web1", "migrate", "begin", xml).stderr == stale_refusal()
+
+
+def test_without_shared_storage_nothing_of_high_availability_happens(hook: t.Tuple[Path, Path]) -> None:
+    script, state_dir = hook
+    for operation in ("prepare", "migrate", "started"):
+        result = run(script, "web1", operation, "begin", domain_xml())
+        assert (result.returncode, result.stderr) == (0, "")
+    assert sorted(p.name for p in state_dir.iterdir()) == []
+
+
+def test_shellcheck_with_shared_storage(ha_hook: HAHook) -> None:
+    result = subprocess.run(["shellcheck", "--shell=sh", str(ha_hook.script)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -45,6 +45,9 @@ SETS: t.Dict[t.Tuple[str, str], t.Dict[str, str]] = {
     ("role cluster_balance", "cluster_balance"): {
         "hosts": "every host of the cluster, as cluster_facts reads them (cluster_balance_cluster chooses the cluster)",
     },
+    ("role ha_recover", "ha_recover"): {
+        "hosts": "every host of the cluster, from the inventory alone as cluster_facts lists them without probing (ha_recover_cluster chooses the cluster)",
+    },
     ("playbook migrate_vm", "vm_migrate"): {
         "name": "the VM the play is asked to move (extra var vm)",
         "destination": "auto: the best host of the cluster",
@@ -60,6 +63,7 @@ ROLE_MODULES = {
     "cluster_facts": "host_info",
     "rolling_maintenance": "host_maintenance",
     "cluster_balance": "cluster_balance",
+    "ha_recover": "ha_recover",
 }
 ROLE_INCLUDES = {"rolling_maintenance": ("host_maintenance", "host_activate", "cluster_balance"), "host_activate": ("cluster_balance",)}
 # The variable a role hands its users' options on in, when it is not the included role's ROLE_options:
@@ -75,6 +79,7 @@ PLAYBOOKS = {
     "patch_cluster": ("role", "rolling_maintenance"),
     "migrate_vm": ("module", "vm_migrate"),
     "balance_cluster": ("role", "cluster_balance"),
+    "ha_recover": ("role", "ha_recover"),
 }
 
 
