@@ -123,7 +123,7 @@ def play(cluster: Cluster, *args: str) -> t.Tuple[int, str, t.Dict[str, t.Any]]:
     )
     proc = subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", str(cluster.inventory), str(REPO / "playbooks" / "ha_recover.yml"), "-e", "cluster=lab",
-         "-e", "ha_recover_state_dir=%s" % cluster.state_dir, *args],
+         "-e", "ha_recover_log_dir=%s" % cluster.state_dir, *args],
         capture_output=True, text=True, timeout=600, check=False, env=env, cwd=str(cluster.root),
     )
     report = json.loads(results.read_text(encoding="utf-8")) if results.exists() else {}
@@ -159,7 +159,7 @@ def test_a_cluster_with_a_host_down_is_recovered_from_the_first_host_that_answer
     args = got["args"]
     assert args["hosts"] == EXPECTED_HOSTS
     assert args["shared_storage"] == str(cluster.root / "shared")
-    assert args["state_dir"] == str(cluster.state_dir)
+    assert "state_dir" not in args and "log_dir" not in args
     assert args["cluster_policy"] == {"priority": "medium"}
     # The first host of the cluster is down: lab-h2 answered first, and the module ran there.
     assert re.search(MODULE_RAN_ON % "lab-h2", output), output
