@@ -28,6 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import re
 import shutil
 import socket
 import subprocess
@@ -54,8 +55,9 @@ except ImportError:  # reported by the module through missing_required_lib
 
 # The libvirt error code of a start refused because a lock is held (lockd: the disk is in use elsewhere).
 VIR_ERR_RESOURCE_BUSY = 87
-# Words of libvirt's lock manager refusals (the code varies with the lock driver).
-LEASE_WORDS = ("lock", "resource busy", "lease")
+# Words of libvirt's lock manager refusals (the code varies with the lock driver), each at the start of a
+# word: QEMU's "-blockdev" in an unrelated start failure is no lock.
+LEASE_WORDS = re.compile(r"\b(lock|resource busy|lease)", re.IGNORECASE)
 # Removing a stale definition never touches disks or NVRAM (possibly shared); its managed-save image and
 # snapshot metadata are the old host's own.
 UNDEFINE_STALE_FLAGS = 1 | 2 | 8 | 16  # MANAGED_SAVE | SNAPSHOTS_METADATA | KEEP_NVRAM | CHECKPOINTS_METADATA
@@ -313,7 +315,7 @@ class HaRecovery:
             dom.create()
         except libvirt.libvirtError as exc:
             message = exc.get_error_message() or str(exc)
-            lease = libvirt_error_code(exc) == VIR_ERR_RESOURCE_BUSY or any(word in message.lower() for word in LEASE_WORDS)
+            lease = libvirt_error_code(exc) == VIR_ERR_RESOURCE_BUSY or LEASE_WORDS.search(message) is not None
             undone = ""
             if not existed:
                 try:
