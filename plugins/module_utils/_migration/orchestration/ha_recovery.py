@@ -471,6 +471,7 @@ class HaRecovery:
             result["plan"].append({"vm": vm["vm"], "uuid": vm["uuid"], "priority": vm["priority"], "from": vm["from"], "to": chosen.name})
             if self.check_mode:
                 pending.add(chosen.name, needs[vm["uuid"]])
+                self.changed = True
                 continue
             refused = self.start(vm, chosen.name, vm["from"])
             if refused is not None:
