@@ -519,3 +519,19 @@ def test_the_fence_command_runs_without_a_shell_and_reports_a_missing_program(tm
     assert code is None and "No such file" in output
     assert command(["sleep", "5"], 0.2) == (None, "timed out after 0 s")
     assert json.dumps(command(["true"], 5)) == "[0, \"\"]"
+
+
+def test_a_vm_listed_by_two_failed_hosts_restarts_once(lab: Lab) -> None:
+    lab.run()
+    # hv1's listing still shows app1, which has moved to hv2 since (its location says so); then both fail.
+    store = ha.HaStore(str(lab.shared))
+    listing = store.listing("hv1") or {}
+    app1 = {"name": "app1", "uuid": vm_uuid("app1"), "active": True, "high_availability": True}
+    store.write_listing("hv1", listing["vms"] + [app1], 0)
+    lab.fail("hv1")
+    lab.fail("hv2")
+    result = lab.run()
+    assert sorted(name for _host, name in lab.defined) == ["app1", "batch", "db1", "web1"]
+    assert lab.running("app1") == ["hv3"]
+    assert [entry["from"] for entry in result["restarted"] if entry["vm"] == "app1"] == ["hv2"]
+    assert sorted(store.stale("hv2")) == [vm_uuid("app1")]

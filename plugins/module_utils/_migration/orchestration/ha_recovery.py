@@ -363,7 +363,7 @@ class HaRecovery:
             for host in failed:
                 entry, vms = self.assess_failed(host, result)
                 result["failed_hosts"].append(entry)
-                to_restart.extend(vms)
+                to_restart.extend(vm for vm in vms if vm["uuid"] not in {other["uuid"] for other in to_restart})
             self.restart_all(to_restart, stale_hosts, result)
             self.verify(result)
         restarted = len(result["restarted"])
@@ -383,7 +383,8 @@ class HaRecovery:
         listing = self.store.listing(host.name) or {}
         last_seen = {vm.get("uuid"): vm for vm in listing.get("vms") or [] if isinstance(vm, dict) and vm.get("uuid")}
         uuids = {uuid for uuid in self.store.uuids() if self.store.location(uuid) == host.name}
-        uuids |= {uuid for uuid, vm in last_seen.items() if vm.get(ha.SETTING)}
+        # A VM the listing shows but the store places on another host moved there since: that host answers for it.
+        uuids |= {uuid for uuid, vm in last_seen.items() if vm.get(ha.SETTING) and self.store.location(uuid) in (None, host.name)}
         vms = []
         for uuid in sorted(uuids):
             copies = self.where(uuid)
@@ -400,7 +401,7 @@ class HaRecovery:
             vms.append({"vm": facts.get("name") or name, "uuid": uuid, "priority": values["priority"], "from": host.name, "xml": xml,
                         "facts": facts, "settings": values, "defined_on": sorted(copy.host for copy in copies)})
         for uuid, vm in sorted(last_seen.items()):
-            if uuid in uuids or any(copy.active for copy in self.where(uuid)):
+            if uuid in uuids or vm.get(ha.SETTING) or any(copy.active for copy in self.where(uuid)):
                 continue
             result["left_down"].append({"vm": vm.get("name") or uuid, "uuid": uuid, "from": host.name})
         if not vms:
