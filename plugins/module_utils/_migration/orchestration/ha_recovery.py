@@ -58,8 +58,8 @@ VIR_ERR_RESOURCE_BUSY = 87
 # Words of libvirt's lock manager refusals (the code varies with the lock driver), each at the start of a
 # word: QEMU's "-blockdev" in an unrelated start failure is no lock.
 LEASE_WORDS = re.compile(r"\b(lock|resource busy|lease)", re.IGNORECASE)
-# Removing a stale definition never touches disks or NVRAM (possibly shared); its managed-save image and
-# snapshot metadata are the old host's own.
+# Removing a stale definition, or one made for a start that failed, never touches disks or NVRAM (possibly
+# shared), and is not refused for a UEFI VM's NVRAM; its managed-save image and snapshot metadata are the host's own.
 UNDEFINE_STALE_FLAGS = 1 | 2 | 8 | 16  # MANAGED_SAVE | SNAPSHOTS_METADATA | KEEP_NVRAM | CHECKPOINTS_METADATA
 MAX_PARALLEL_CHECKS = 16
 FENCE_STATUS_INTERVAL_S = 1.0
@@ -320,7 +320,7 @@ class HaRecovery:
             if not existed:
                 try:
                     if not dom.isActive():
-                        dom.undefine()
+                        dom.undefineFlags(UNDEFINE_STALE_FLAGS)
                 except libvirt.libvirtError as undo:
                     undone = "; removing the definition made on %s failed too: %s" % (host, undo.get_error_message())
             self.store.clear_stale(failed_host, uuid)
