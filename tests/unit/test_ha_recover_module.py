@@ -76,6 +76,7 @@ class Lab(FakeCluster):
         # What the fence commands answer, by action.
         self.fence_codes = {"off": 0, "status": ha.STATUS_OFF}
         self.defined: t.List[t.Tuple[str, str]] = []
+        self.made: t.List[FakeDomain] = []
         self.clock = Clock()
         self.programs = {FENCE[0]}
         for name, conn in self.conns.items():
@@ -94,7 +95,8 @@ class Lab(FakeCluster):
 
         def recorded(xml: str) -> FakeDomain:
             self.defined.append((name, xml.split("<name>", 1)[1].split("</name>", 1)[0]))
-            return define(xml)
+            self.made.append(define(xml))
+            return self.made[-1]
 
         conn.defineXML = recorded  # type: ignore[method-assign]
 
@@ -374,9 +376,13 @@ def test_a_start_refused_for_a_held_lease_is_undone(lab: Lab) -> None:
     for name in NAMES:
         locking_record(lab, name)
     busy = libvirt_error(87, "resource busy: Lockspace resource '/srv/shared/db1.qcow2' is locked", libvirt.VIR_FROM_LOCKING)
+    # A UEFI VM: libvirt refuses a plain undefine once the start has made its NVRAM file.
+    nvram = libvirt_error(libvirt.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: cannot undefine domain with nvram")
     for name in ("hv2", "hv3"):
-        lab.conns[name].new_domain_errors["create"] = busy
+        lab.conns[name].new_domain_errors.update(create=busy, undefine=nvram)
     error = lab.failing_run(fence={}, without_fence="lease")
+    assert "failed too" not in error.details["not_restarted"][0]["reason"]
+    assert lab.made and all(("undefineFlags", ha_recovery.UNDEFINE_STALE_FLAGS) in dom.calls for dom in lab.made)
     assert {entry["rule"] for entry in error.details["not_restarted"]} == {ha.RULE_LEASE}
     assert "its disks are locked" in error.details["not_restarted"][0]["reason"]
     assert error.details["restarted"] == []
