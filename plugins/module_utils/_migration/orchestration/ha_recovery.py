@@ -98,7 +98,7 @@ class HaRecovery:
         self.log = log
         self.sleep = sleep
         self.which = which
-        self.store = ha.HaStore(req.shared_storage)
+        self.store = ha.HaStore(req.shared_storage, dry_run=check_mode)
         self.conns: t.Dict[str, t.Any] = {}
         self.reach: t.Dict[str, ha.Reachability] = {}
         self.seen: t.Dict[str, t.List[SeenVm]] = {}
@@ -186,30 +186,28 @@ class HaRecovery:
         now = time.time()
         copies: t.Dict[str, t.List[SeenVm]] = {}
         for host, vms in sorted(self.seen.items()):
-            if not self.check_mode and self.store.write_listing(host, [vm.listing() for vm in vms], now):
+            if self.store.write_listing(host, [vm.listing() for vm in vms], now):
                 written.append("hosts/%s.json" % host)
             for vm in vms:
                 copies.setdefault(vm.uuid, []).append(vm)
         for uuid, found in sorted(copies.items()):
             current = next((vm for vm in found if vm.active), None) or next((vm for vm in found if vm.persistent), found[0])
             if not current.high_availability:
-                if not self.check_mode and self.store.forget(uuid):
+                if self.store.forget(uuid):
                     written.append("forgot %s (not highly available)" % current.name)
                 continue
             outside = ha.disks_off_shared_storage(current.xml, self.req.shared_storage)
             if outside:
                 not_protected.append({"vm": current.name, "uuid": uuid, "host": current.host, "reason": "disk(s) not on the shared storage: %s" % ", ".join(outside)})
-                if not self.check_mode and self.store.forget(uuid):
+                if self.store.forget(uuid):
                     written.append("forgot %s (disks not on the shared storage)" % current.name)
-                continue
-            if self.check_mode:
                 continue
             if self.store.write_definition(uuid, current.xml):
                 written.append("vms/%s.xml (%s)" % (uuid, current.name))
             if self.store.write_location(uuid, current.host):
                 written.append("vms/%s.host (%s on %s)" % (uuid, current.name, current.host))
         everyone = all(host.name in self.seen for host in self.req.hosts)
-        if everyone and not self.check_mode:
+        if everyone:
             for uuid in self.store.uuids():
                 if uuid not in copies and self.store.forget(uuid):
                     written.append("forgot %s (defined on no host)" % uuid)
