@@ -550,3 +550,22 @@ def test_other_settings_of_a_highly_available_vm_change_without_shared_storage(s
     monkeypatch.setattr(settings_store, "libvirt_connection", host.connect)
     result = settings_store.SettingsStore("qemu:///system").apply("web1", "present", {"priority": "high"}, False, None)
     assert result["changed"] is True and result["settings"] == {"high_availability": True, "priority": "high"}
+
+
+def test_a_dry_run_store_says_what_it_would_write_and_writes_nothing(tmp_path: Path) -> None:
+    real = ha.HaStore(str(tmp_path))
+    dry = ha.HaStore(str(tmp_path), dry_run=True)
+    assert dry.write_definition(UUID1, domain_xml()) is True
+    assert dry.write_location(UUID1, "hv1") is True
+    assert dry.write_listing("hv1", [], 0) is True
+    assert dry.forget(UUID1) is False
+    assert not (tmp_path / ha.STORE_DIR).exists()
+    real.write_definition(UUID1, domain_xml())
+    real.write_location(UUID1, "hv1")
+    real.write_listing("hv1", [], 0)
+    assert dry.write_definition(UUID1, domain_xml()) is False and dry.write_location(UUID1, "hv1") is False
+    assert dry.write_listing("hv1", [], 5) is False
+    assert dry.forget(UUID1) is True
+    assert real.definition(UUID1) == domain_xml() and real.location(UUID1) == "hv1"
+    with pytest.raises(ha.HaError):
+        dry.write_location(UUID1, "../x")

@@ -541,3 +541,16 @@ def test_a_vm_listed_by_two_failed_hosts_restarts_once(lab: Lab) -> None:
     assert lab.running("app1") == ["hv3"]
     assert [entry["from"] for entry in result["restarted"] if entry["vm"] == "app1"] == ["hv2"]
     assert sorted(store.stale("hv2")) == [vm_uuid("app1")]
+
+
+def test_check_mode_reports_the_store_writes_a_real_run_would_make(lab: Lab) -> None:
+    result = lab.run(check_mode=True)
+    assert result["changed"] is True and not (lab.shared / ha.STORE_DIR).exists()
+    real = lab.run()
+    assert sorted(result["store"]) == sorted(real["store"])
+    assert lab.run(check_mode=True)["changed"] is False
+    dom = next(dom for dom in lab.conns["hv1"].domains if dom.name() == "batch")
+    dom.xml = dom.xml.replace("<virtops:high_availability>true", "<virtops:high_availability>false")
+    before = store_files(lab.shared)
+    assert "forgot batch (not highly available)" in lab.run(check_mode=True)["store"]
+    assert store_files(lab.shared) == before
