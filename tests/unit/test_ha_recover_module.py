@@ -554,3 +554,20 @@ def test_check_mode_reports_the_store_writes_a_real_run_would_make(lab: Lab) -> 
     before = store_files(lab.shared)
     assert "forgot batch (not highly available)" in lab.run(check_mode=True)["store"]
     assert store_files(lab.shared) == before
+
+
+@pytest.mark.parametrize(
+    "message, rule",
+    [
+        ("internal error: qemu unexpectedly closed the monitor: Failed to get \"write\" lock", ha.RULE_LEASE),
+        ("Lease /srv/shared/web1 is held by another host", ha.RULE_LEASE),
+        ("internal error: process exited: -blockdev {\"driver\":\"file\"}: Could not open: Permission denied", ha.RULE_START),
+    ],
+)
+def test_a_start_failure_is_a_lease_by_its_words(lab: Lab, message: str, rule: str) -> None:
+    lab.run()
+    lab.fail("hv1")
+    for name in ("hv2", "hv3"):
+        lab.conns[name].new_domain_errors["create"] = libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, message)
+    error = lab.failing_run()
+    assert {entry["rule"] for entry in error.details["not_restarted"]} == {rule}
