@@ -59,7 +59,11 @@ def mode_of(path: Path) -> int:
         ([disk("", device="cdrom", target="sda")], []),
         ([disk("<source pool='default' volume='web1.qcow2'/>", kind="volume")], ["vda (a volume disk, which cannot be checked)"]),
         (
-            [disk("<source file='/srv/shared/ok.qcow2'/>"), disk("<source file='/data/b.qcow2'/>", target="vdb"), disk("<source dev='/dev/sdc'/>", "block", target="vdc")],
+            [
+                disk("<source file='/srv/shared/ok.qcow2'/>"),
+                disk("<source file='/data/b.qcow2'/>", target="vdb"),
+                disk("<source dev='/dev/sdc'/>", "block", target="vdc"),
+            ],
             ["vdb (/data/b.qcow2)", "vdc (/dev/sdc)"],
         ),
     ],
@@ -78,7 +82,8 @@ def test_on_shared_storage_is_the_path_itself_or_below_it() -> None:
 
 def test_refuse_unless_shared_names_each_disk_off_the_storage() -> None:
     xml = domain_xml([disk("<source file='/data/a.qcow2'/>"), disk("<source file='/srv/shared/b.qcow2'/>", target="vdb")])
-    with pytest.raises(ha.HaError, match=r"VM 'web1' cannot be made highly available: its disk\(s\) vda \(/data/a.qcow2\) are not on the shared storage /srv/shared"):
+    expected = r"VM 'web1' cannot be made highly available: its disk\(s\) vda \(/data/a.qcow2\) are not on the shared storage /srv/shared"
+    with pytest.raises(ha.HaError, match=expected):
         ha.refuse_unless_shared("web1", xml, SHARED)
     ha.refuse_unless_shared("web1", domain_xml([disk("<source file='/srv/shared/b.qcow2'/>")]), SHARED)
 

@@ -141,7 +141,8 @@ class Lab(FakeCluster):
     def request(self, **changes: t.Any) -> rq.HaRecoverRequest:
         fence = changes.pop("fence", {name: FENCE + [name] for name in NAMES})
         hosts = [dict({"name": name, "uri": self.uri(name)}, **({"fence_command": fence[name]} if fence.get(name) else {})) for name in NAMES]
-        params = dict({"hosts": hosts, "shared_storage": str(self.shared), "checks": 3, "check_interval": 2.0, "connect_timeout": 1.0, "fence_timeout": 10}, **changes)
+        params = {"hosts": hosts, "shared_storage": str(self.shared), "checks": 3, "check_interval": 2.0, "connect_timeout": 1.0, "fence_timeout": 10}
+        params.update(changes)
         return rq.ha_recover_request(params)
 
     def recovery(self, check_mode: bool = False, **changes: t.Any) -> ha_recovery.HaRecovery:
@@ -500,7 +501,8 @@ def test_check_mode_on_a_host_back_after_a_fence_removes_nothing(lab: Lab) -> No
 
 def test_a_missing_fence_program_is_refused_before_any_connection(lab: Lab) -> None:
     lab.programs = set()
-    with pytest.raises(ha.HaError, match=r"fence command not found for host\(s\) hv1 \(fence_virtlab\), hv2 \(fence_virtlab\), hv3 \(fence_virtlab\); nothing was done"):
+    expected = r"fence command not found for host\(s\) hv1 \(fence_virtlab\), hv2 \(fence_virtlab\), hv3 \(fence_virtlab\); nothing was done"
+    with pytest.raises(ha.HaError, match=expected):
         lab.run()
     assert lab.opened == [] and lab.ssh_checks == [] and lab.commands == []
     assert not (lab.shared / ha.STORE_DIR).exists()
