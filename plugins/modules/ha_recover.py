@@ -172,7 +172,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 failed_hosts:
-  description: The hosts that failed every check, each with its fence (C(outcome) is V(confirmed_off), V(failed), V(not_configured), V(not_needed) or V(would_fence)).
+  description:
+    - The hosts that failed every check, each with its fence (C(outcome) is V(confirmed_off), V(failed), V(not_configured),
+      V(not_needed) or V(would_fence)).
   returned: always
   type: list
   elements: dict
@@ -182,7 +184,9 @@ restarted:
   type: list
   elements: dict
 not_restarted:
-  description: The highly available VMs of failed hosts that were not restarted, each with C(rule) (V(fence), V(lease), V(placement), V(start), V(store)) and C(reason).
+  description:
+    - The highly available VMs of failed hosts that were not restarted, each with C(rule) (V(fence), V(lease), V(placement),
+      V(start), V(store)) and C(reason).
   returned: always
   type: list
   elements: dict

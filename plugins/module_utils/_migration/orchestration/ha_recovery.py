@@ -198,7 +198,9 @@ class HaRecovery:
                 continue
             outside = ha.disks_off_shared_storage(current.xml, self.req.shared_storage)
             if outside:
-                not_protected.append({"vm": current.name, "uuid": uuid, "host": current.host, "reason": "disk(s) not on the shared storage: %s" % ", ".join(outside)})
+                not_protected.append(
+                    {"vm": current.name, "uuid": uuid, "host": current.host, "reason": "disk(s) not on the shared storage: %s" % ", ".join(outside)}
+                )
                 if self.store.forget(uuid):
                     written.append("forgot %s (disks not on the shared storage)" % current.name)
                 continue
@@ -356,7 +358,9 @@ class HaRecovery:
             for host in req.hosts:
                 reach = self.reach[host.name]
                 if host.name not in self.conns and not reach.failed(req.checks):
-                    result["unreachable"].append({"host": host.name, "checks": reach.checks, "libvirt": reach.libvirt, "ssh": reach.ssh, "errors": reach.errors})
+                    result["unreachable"].append(
+                        {"host": host.name, "checks": reach.checks, "libvirt": reach.libvirt, "ssh": reach.ssh, "errors": reach.errors}
+                    )
             to_restart = []
             for host in failed:
                 entry, vms = self.assess_failed(host, result)
@@ -502,7 +506,8 @@ class HaRecovery:
                 confirmed.append(entry)
                 self.events.append(ha.event("restarted", entry["vm"], entry["to"], now_iso()))
             else:
-                result["not_restarted"].append(dict(entry, rule=ha.RULE_START, reason="after the start, libvirt shows it running on %s" % (", ".join(running) or "no host")))
+                reason = "after the start, libvirt shows it running on %s" % (", ".join(running) or "no host")
+                result["not_restarted"].append(dict(entry, rule=ha.RULE_START, reason=reason))
         result["restarted"] = confirmed
 
     @staticmethod

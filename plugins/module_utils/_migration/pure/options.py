@@ -298,7 +298,9 @@ MODULES: t.Dict[str, t.Tuple[Group, ...]] = {
     "vm_migrate": (CONNECTION, VM, RUN, POLICY_OVERRIDES, VM_MIGRATE),
     "host_maintenance": (CONNECTION, RUN, HOST_MAINTENANCE),
     "cluster_balance": (only(CONNECTION, "username", "password"), RUN, CLUSTER_BALANCE),
-    "ha_recover": (only(CONNECTION, "username", "password"), only(RUN, "cluster_policy", "global_policy", "memory_reserved_mib", "affinity_groups"), HA_RECOVER),
+    "ha_recover": (
+        only(CONNECTION, "username", "password"), only(RUN, "cluster_policy", "global_policy", "memory_reserved_mib", "affinity_groups"), HA_RECOVER
+    ),
     "vm_hibernate": (CONNECTION, VM, only(RUN, "guest_hook_failure", "guest_hook_timeout"), VM_HIBERNATE),
     "host_info": (CONNECTION, only(RUN, "state_dir"), HOST_INFO),
     "migration_policy": (CONNECTION, VM, MIGRATION_POLICY),
