@@ -174,10 +174,43 @@ class FakeDomain:
         self.calls.append(("undefineFlags", flags))
         if "undefineFlags" in self.errors:
             raise self.errors["undefineFlags"]
+        self._forget()
+        return 0
+
+    def _forget(self) -> None:
         self._persistent = False
         if self.conn is not None and not self.isActive() and self in self.conn.domains:
             self.conn.domains.remove(self)
             self.vanished = True
+
+    def undefine(self) -> int:
+        """Forget the definition, as ``undefineFlags(0)``."""
+        self._check()
+        self.calls.append(("undefine",))
+        if "undefine" in self.errors:
+            raise self.errors["undefine"]
+        self._forget()
+        return 0
+
+    def setMetadata(self, kind: int, xml: t.Optional[str], prefix: t.Optional[str], uri: str, flags: int = 0) -> int:  # noqa: N802 (libvirt's name)
+        """Replace (``xml`` None: remove) the metadata element of namespace ``uri`` in the XML."""
+        self._check()
+        self.calls.append(("setMetadata", xml, flags))
+        if "setMetadata" in self.errors:
+            raise self.errors["setMetadata"]
+        root = ET.fromstring(self.xml)
+        element = root.find("metadata")
+        if element is None:
+            element = ET.SubElement(root, "metadata")
+        for child in list(element):
+            if child.tag.startswith("{%s}" % uri):
+                element.remove(child)
+        if xml:
+            added = ET.fromstring(xml)
+            for node in added.iter():
+                node.tag = "{%s}%s" % (uri, node.tag)
+            element.append(added)
+        self.xml = ET.tostring(root, encoding="unicode")
         return 0
 
     def hasManagedSaveImage(self, flags: int = 0) -> int:  # noqa: N802 (libvirt's name)
@@ -274,6 +307,8 @@ class FakeConnection:
         self.network_error: t.Optional[libvirt.libvirtError] = None
         self.domain_capabilities_error: t.Optional[libvirt.libvirtError] = None
         self.calls: t.List[str] = []
+        self.define_error: t.Optional[libvirt.libvirtError] = None
+        self.new_domain_errors: t.Dict[str, libvirt.libvirtError] = {}
 
     def isAlive(self) -> int:  # noqa: N802 (libvirt's name)
         return int(not self.closed)
@@ -362,6 +397,25 @@ class FakeConnection:
                 domain.conn = self
                 return domain
         raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found: no domain with matching name '%s'" % name)
+
+    def defineXML(self, xml: str) -> FakeDomain:  # noqa: N802 (libvirt's name)
+        """Define a persistent domain, shut off, or redefine the one with the same UUID.
+
+        ``define_error`` is raised instead; a new domain gets the errors in ``new_domain_errors``.
+        """
+        self.calls.append("defineXML")
+        if self.define_error is not None:
+            raise self.define_error
+        uuid = xml.split("<uuid>", 1)[1].split("</uuid>", 1)[0]
+        for domain in self.domains:
+            if domain.UUIDString() == uuid:
+                domain.xml, domain._persistent, domain.conn = xml, True, self  # pylint: disable=protected-access
+                return domain
+        domain = FakeDomain(xml, (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN))
+        domain.errors.update(self.new_domain_errors)
+        domain.conn = self
+        self.domains.append(domain)
+        return domain
 
     def lookupByUUIDString(self, uuid: str) -> FakeDomain:
         self.calls.append("lookupByUUIDString(%s)" % uuid)

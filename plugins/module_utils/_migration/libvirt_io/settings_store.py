@@ -95,7 +95,9 @@ class SettingsStore:
                         after[key] = value
             changed = after != current or (config is not None and after != config)
             highly_available = after.get(ha.SETTING) is True
-            if highly_available:
+            # Checked when asked for now, or when the store is to be written; another setting of a VM already
+            # highly available changes without the shared storage given.
+            if highly_available and (values.get(ha.SETTING) is True or store is not None):
                 ha.refuse_unless_shared(name, self._definition(dom, name, seen.persistent), store.shared if store else None)
             if changed and not check_mode:
                 # Still here, as read, no migration under way: else nothing is written.

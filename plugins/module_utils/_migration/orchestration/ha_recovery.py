@@ -28,6 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import re
 import shutil
 import socket
 import subprocess
@@ -54,10 +55,11 @@ except ImportError:  # reported by the module through missing_required_lib
 
 # The libvirt error code of a start refused because a lock is held (lockd: the disk is in use elsewhere).
 VIR_ERR_RESOURCE_BUSY = 87
-# Words of libvirt's lock manager refusals (the code varies with the lock driver).
-LEASE_WORDS = ("lock", "resource busy", "lease")
-# Removing a stale definition never touches disks or NVRAM (possibly shared); its managed-save image and
-# snapshot metadata are the old host's own.
+# Words of libvirt's lock manager refusals (the code varies with the lock driver), each at the start of a
+# word: QEMU's "-blockdev" in an unrelated start failure is no lock.
+LEASE_WORDS = re.compile(r"\b(lock|resource busy|lease)", re.IGNORECASE)
+# Removing a stale definition, or one made for a start that failed, never touches disks or NVRAM (possibly
+# shared), and is not refused for a UEFI VM's NVRAM; its managed-save image and snapshot metadata are the host's own.
 UNDEFINE_STALE_FLAGS = 1 | 2 | 8 | 16  # MANAGED_SAVE | SNAPSHOTS_METADATA | KEEP_NVRAM | CHECKPOINTS_METADATA
 MAX_PARALLEL_CHECKS = 16
 FENCE_STATUS_INTERVAL_S = 1.0
@@ -96,7 +98,7 @@ class HaRecovery:
         self.log = log
         self.sleep = sleep
         self.which = which
-        self.store = ha.HaStore(req.shared_storage)
+        self.store = ha.HaStore(req.shared_storage, dry_run=check_mode)
         self.conns: t.Dict[str, t.Any] = {}
         self.reach: t.Dict[str, ha.Reachability] = {}
         self.seen: t.Dict[str, t.List[SeenVm]] = {}
@@ -184,31 +186,29 @@ class HaRecovery:
         now = time.time()
         copies: t.Dict[str, t.List[SeenVm]] = {}
         for host, vms in sorted(self.seen.items()):
-            if not self.check_mode and self.store.write_listing(host, [vm.listing() for vm in vms], now):
+            if self.store.write_listing(host, [vm.listing() for vm in vms], now):
                 written.append("hosts/%s.json" % host)
             for vm in vms:
                 copies.setdefault(vm.uuid, []).append(vm)
         for uuid, found in sorted(copies.items()):
             current = next((vm for vm in found if vm.active), None) or next((vm for vm in found if vm.persistent), found[0])
             if not current.high_availability:
-                if not self.check_mode and self.store.forget(uuid):
+                if self.store.forget(uuid):
                     written.append("forgot %s (not highly available)" % current.name)
                 continue
             outside = ha.disks_off_shared_storage(current.xml, self.req.shared_storage)
             if outside:
                 reason = "disk(s) not on the shared storage: %s" % ", ".join(outside)
                 not_protected.append({"vm": current.name, "uuid": uuid, "host": current.host, "reason": reason})
-                if not self.check_mode and self.store.forget(uuid):
+                if self.store.forget(uuid):
                     written.append("forgot %s (disks not on the shared storage)" % current.name)
-                continue
-            if self.check_mode:
                 continue
             if self.store.write_definition(uuid, current.xml):
                 written.append("vms/%s.xml (%s)" % (uuid, current.name))
             if self.store.write_location(uuid, current.host):
                 written.append("vms/%s.host (%s on %s)" % (uuid, current.name, current.host))
         everyone = all(host.name in self.seen for host in self.req.hosts)
-        if everyone and not self.check_mode:
+        if everyone:
             for uuid in self.store.uuids():
                 if uuid not in copies and self.store.forget(uuid):
                     written.append("forgot %s (defined on no host)" % uuid)
@@ -314,12 +314,12 @@ class HaRecovery:
             dom.create()
         except libvirt.libvirtError as exc:
             message = exc.get_error_message() or str(exc)
-            lease = libvirt_error_code(exc) == VIR_ERR_RESOURCE_BUSY or any(word in message.lower() for word in LEASE_WORDS)
+            lease = libvirt_error_code(exc) == VIR_ERR_RESOURCE_BUSY or LEASE_WORDS.search(message) is not None
             undone = ""
             if not existed:
                 try:
                     if not dom.isActive():
-                        dom.undefine()
+                        dom.undefineFlags(UNDEFINE_STALE_FLAGS)
                 except libvirt.libvirtError as undo:
                     undone = "; removing the definition made on %s failed too: %s" % (host, undo.get_error_message())
             self.store.clear_stale(failed_host, uuid)
@@ -364,7 +364,7 @@ class HaRecovery:
             for host in failed:
                 entry, vms = self.assess_failed(host, result)
                 result["failed_hosts"].append(entry)
-                to_restart.extend(vms)
+                to_restart.extend(vm for vm in vms if vm["uuid"] not in {other["uuid"] for other in to_restart})
             self.restart_all(to_restart, stale_hosts, result)
             self.verify(result)
         restarted = len(result["restarted"])
@@ -384,7 +384,8 @@ class HaRecovery:
         listing = self.store.listing(host.name) or {}
         last_seen = {vm.get("uuid"): vm for vm in listing.get("vms") or [] if isinstance(vm, dict) and vm.get("uuid")}
         uuids = {uuid for uuid in self.store.uuids() if self.store.location(uuid) == host.name}
-        uuids |= {uuid for uuid, vm in last_seen.items() if vm.get(ha.SETTING)}
+        # A VM the listing shows but the store places on another host moved there since: that host answers for it.
+        uuids |= {uuid for uuid, vm in last_seen.items() if vm.get(ha.SETTING) and self.store.location(uuid) in (None, host.name)}
         vms = []
         for uuid in sorted(uuids):
             copies = self.where(uuid)
@@ -401,7 +402,7 @@ class HaRecovery:
             vms.append({"vm": facts.get("name") or name, "uuid": uuid, "priority": values["priority"], "from": host.name, "xml": xml,
                         "facts": facts, "settings": values, "defined_on": sorted(copy.host for copy in copies)})
         for uuid, vm in sorted(last_seen.items()):
-            if uuid in uuids or any(copy.active for copy in self.where(uuid)):
+            if uuid in uuids or vm.get(ha.SETTING) or any(copy.active for copy in self.where(uuid)):
                 continue
             result["left_down"].append({"vm": vm.get("name") or uuid, "uuid": uuid, "from": host.name})
         if not vms:
@@ -472,6 +473,7 @@ class HaRecovery:
             result["plan"].append({"vm": vm["vm"], "uuid": vm["uuid"], "priority": vm["priority"], "from": vm["from"], "to": chosen.name})
             if self.check_mode:
                 pending.add(chosen.name, needs[vm["uuid"]])
+                self.changed = True
                 continue
             refused = self.start(vm, chosen.name, vm["from"])
             if refused is not None:

@@ -218,11 +218,15 @@ class Reachability:
 
 
 class HaStore:
-    """The high-availability store on the shared storage (see the module docstring)."""
+    """The high-availability store on the shared storage (see the module docstring).
 
-    def __init__(self, shared: str) -> None:
+    With ``dry_run`` (check mode) nothing is written: each write only says whether it would change the store.
+    """
+
+    def __init__(self, shared: str, dry_run: bool = False) -> None:
         self.shared = shared
         self.root = os.path.join(shared, STORE_DIR)
+        self.dry_run = dry_run
 
     def _dir(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -256,18 +260,22 @@ class HaStore:
     def write_definition(self, uuid: str, xml: str) -> bool:
         """Keep ``xml`` as the VM's definition; False when the store already held exactly it."""
         uuid = check_uuid(uuid)
-        statefiles.ensure_directory(self.root)
         if self.definition(uuid) == xml:
             return False
+        if self.dry_run:
+            return True
+        statefiles.ensure_directory(self.root)
         statefiles.write_text(self._dir("vms"), "%s.xml" % uuid, xml)
         return True
 
     def write_location(self, uuid: str, host: str) -> bool:
         uuid = check_uuid(uuid)
-        statefiles.ensure_directory(self.root)
-        if self.location(uuid) == host:
+        if self.location(uuid) == check_host_name(host):
             return False
-        statefiles.write_text(self._dir("vms"), "%s.host" % uuid, check_host_name(host) + "\n")
+        if self.dry_run:
+            return True
+        statefiles.ensure_directory(self.root)
+        statefiles.write_text(self._dir("vms"), "%s.host" % uuid, host + "\n")
         return True
 
     def forget(self, uuid: str) -> bool:
@@ -275,7 +283,9 @@ class HaStore:
         uuid = check_uuid(uuid)
         removed = False
         for name in ("%s.xml" % uuid, "%s.host" % uuid):
-            if os.path.isdir(self._dir("vms")) and statefiles.remove(self._dir("vms"), name):
+            if self.dry_run:
+                removed = removed or statefiles.exists(self._dir("vms"), name)
+            elif os.path.isdir(self._dir("vms")) and statefiles.remove(self._dir("vms"), name):
                 removed = True
         return removed
 
@@ -290,6 +300,8 @@ class HaStore:
         old = self.listing(host)
         if old is not None and old.get("vms") == entries:
             return False
+        if self.dry_run:
+            return True
         statefiles.ensure_directory(self.root)
         statefiles.write_json(self._dir("hosts"), "%s.json" % check_host_name(host), {"host": host, "seen_at": int(now), "vms": entries})
         return True

@@ -322,7 +322,7 @@ def parse_ha_hosts(raw: t.Any) -> t.List[ha.HaHost]:
     result = []
     names: t.Set[str] = set()
     for index, item in enumerate(raw):
-        if not isinstance(item, t.Mapping) or not item.get("name"):
+        if not isinstance(item, t.Mapping) or not item.get("name") or not isinstance(item.get("uri"), str) or not item["uri"]:
             raise ha.HaError("hosts[%d] must be a dictionary with a 'name' and a 'uri', got %r" % (index, item))
         candidate = parse_candidates([{key: value for key, value in item.items() if key not in HA_HOST_KEYS}])[0]
         name = ha.check_host_name(str(item["name"]))

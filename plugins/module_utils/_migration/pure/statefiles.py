@@ -175,8 +175,9 @@ def append_line(directory: str, name: str, line: str, mode: int = 0o600) -> None
 
 
 def remove(directory: str, name: str) -> bool:
-    """Remove ``directory/name`` durably; False when it was not there."""
+    """Remove ``directory/name`` durably; False when it was not there. Never through a directory link."""
     path = os.path.join(directory, name)
+    check_directory(directory)
     try:
         os.unlink(path)
     except FileNotFoundError:
