@@ -247,7 +247,7 @@ def test_a_failed_host_is_fenced_and_its_highly_available_vms_restart_elsewhere_
         assert entry["from"] == "hv1" and entry["to"] in ("hv2", "hv3")
         assert lab.running(entry["vm"]) == [entry["to"]] and entry["running_on"] == [entry["to"]]
     assert [entry["priority"] for entry in result["restarted"]] == ["high", "medium", "low"]
-    assert result["left_down"] == [{"vm": "misc", "uuid": vm_uuid("misc"), "from": "hv1"}]
+    assert result["left_down"] == [{"vm": "misc", "uuid": vm_uuid("misc"), "from": "hv1", "was_running": True}]
     assert result["not_restarted"] == []
     messages = [(event["event"], event["vm"], event["host"], event["message"]) for event in result["events"]]
     where = {entry["vm"]: entry["to"] for entry in result["restarted"]}

@@ -392,6 +392,10 @@ class HaRecovery:
             name = (last_seen.get(uuid) or {}).get("name") or uuid
             if any(copy.active for copy in copies):
                 continue  # runs on a reachable host: nothing to do (a rerun, or it moved before the failure)
+            if uuid in last_seen and not last_seen[uuid].get("active"):
+                # Shut off when the host was last read: it was down before the failure, and stays down.
+                result["left_down"].append({"vm": name, "uuid": uuid, "from": host.name, "was_running": False})
+                continue
             xml = self.store.definition(uuid)
             if xml is None:
                 result["not_restarted"].append({"vm": name, "uuid": uuid, "from": host.name, "rule": ha.RULE_STORE,
@@ -404,14 +408,10 @@ class HaRecovery:
         for uuid, vm in sorted(last_seen.items()):
             if uuid in uuids or vm.get(ha.SETTING) or any(copy.active for copy in self.where(uuid)):
                 continue
-            result["left_down"].append({"vm": vm.get("name") or uuid, "uuid": uuid, "from": host.name})
+            result["left_down"].append({"vm": vm.get("name") or uuid, "uuid": uuid, "from": host.name, "was_running": bool(vm.get("active"))})
         if not vms:
             entry["fence"] = {"outcome": ha.NOT_NEEDED, "detail": "no highly available VM of it needs a restart"}
             return entry, []
-        when = now_iso()
-        if not self.check_mode:
-            for vm in vms:
-                self.events.append(ha.event("failed", vm["vm"], host.name, when))
         lease = False
         if host.fence_command:
             entry["fence"] = {"outcome": ha.WOULD_FENCE, "detail": "check mode"} if self.check_mode else self.fence(host)
@@ -433,13 +433,27 @@ class HaRecovery:
                 result["not_restarted"].append({"vm": vm["vm"], "uuid": vm["uuid"], "priority": vm["priority"], "from": host.name,
                                                 "rule": ha.RULE_FENCE, "reason": why})
             return entry, []
-        for vm in vms:
+        when = now_iso()
+        for vm in ha.restart_order(vms):
             vm["lease"] = lease
+            if not self.check_mode:
+                self.events.append(ha.event("failed", vm["vm"], host.name, when))
         return entry, vms
 
     def restart_all(self, vms: t.List[t.Dict[str, t.Any]], stale_hosts: t.Set[str], result: t.Dict[str, t.Any]) -> None:
         if not vms:
             return
+        # A host that is not failed but cannot be read might run one of these VMs (moved there unnoticed): only
+        # lockd leases, held there too, can then keep a second start out.
+        unverified = sorted(host.name for host in self.req.hosts if host.name not in self.seen and not self.reach[host.name].failed(self.req.checks))
+        if unverified and not all(self.store.locking(name) is not None for name in unverified):
+            why = "host(s) %s cannot be read (not failed, libvirt does not answer) and use no lockd lease: the VM might run there" % ", ".join(unverified)
+            for vm in ha.restart_order(vms):
+                result["not_restarted"].append({"vm": vm["vm"], "uuid": vm["uuid"], "priority": vm["priority"], "from": vm["from"],
+                                                "rule": ha.RULE_UNVERIFIED, "reason": why})
+            return
+        for vm in vms:
+            vm["lease"] = vm["lease"] or bool(unverified)
         ordered = ha.restart_order(vms)
         shared = self.req.shared_storage
         needs = {}

@@ -69,6 +69,7 @@ RULE_LEASE = "lease"
 RULE_PLACEMENT = "placement"
 RULE_START = "start"
 RULE_STORE = "store"
+RULE_UNVERIFIED = "unverified"
 
 # Host names become file names in the store.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,252}\Z")
