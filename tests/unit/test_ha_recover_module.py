@@ -573,3 +573,30 @@ def test_a_start_failure_is_a_lease_by_its_words(lab: Lab, message: str, rule: s
         lab.conns[name].new_domain_errors["create"] = libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, message)
     error = lab.failing_run()
     assert {entry["rule"] for entry in error.details["not_restarted"]} == {rule}
+
+
+def test_a_vm_shut_off_when_its_host_was_last_read_stays_down(lab: Lab) -> None:
+    web1 = next(dom for dom in lab.conns["hv1"].domains if dom.name() == "web1")
+    web1._state = SHUT_OFF  # pylint: disable=protected-access
+    lab.run()
+    lab.fail("hv1")
+    result = lab.run()
+    assert "web1" not in [entry["vm"] for entry in result["restarted"]]
+    assert {"vm": "web1", "uuid": vm_uuid("web1"), "from": "hv1", "was_running": False} in result["left_down"]
+    assert "web1" not in [event["vm"] for event in result["events"]]
+
+
+def test_no_restart_while_a_host_that_has_not_failed_cannot_be_read_unless_leases_cover_it(lab: Lab) -> None:
+    lab.run()
+    lab.fail("hv1")
+    lab.fail("hv3")
+    lab.ssh_up.add("hv3")  # hv3's libvirt is down, its SSH answers: not failed, and its VMs cannot be seen
+    error = lab.failing_run()
+    assert error.details["restarted"] == [] and lab.defined == []
+    assert {entry["rule"] for entry in error.details["not_restarted"]} == {ha.RULE_UNVERIFIED}
+    assert "hv3" in error.details["not_restarted"][0]["reason"]
+    for host in NAMES:
+        locking_record(lab, host)
+    result = lab.run()
+    assert [entry["vm"] for entry in result["restarted"]] == ["db1", "web1", "batch"]
+    assert {entry["to"] for entry in result["restarted"]} == {"hv2"}
