@@ -778,6 +778,8 @@ def write_inventory(lab: Lab) -> None:
             "virtops_shared_storage": str(SHARED_DIR),
             # Where ha_recover runs: the controller, which reaches every host and the fence commands.
             "virtops_ha_delegate_to": "localhost",
+            # Lab hosts have no systemd: virtlab starts each host's virtlockd itself (ha_locking only checks its socket).
+            "virtops_virtlockd_service": "",
         },
     }
     text = "# virtlab inventory of lab %r (written by `virtlab up`; do not edit)\n" % lab.cluster
