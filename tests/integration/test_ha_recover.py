@@ -205,7 +205,7 @@ def test_a_crashed_host_s_ha_vms_restart_elsewhere_once_and_the_host_comes_back_
             assert FAILED_EVENT % vm in messages and RESTARTED_EVENT % (vm, dest) in messages, (dest, messages)
         assert disk_digest(lab, high) == digest, "the shared disk changed"
         again = recover(lab)
-        assert not again.get("failed") and not again["changed"] and not again["restarted"], again
+        assert not again.get("failed") and not again["changed"] and not again["restarted"], json.dumps(again, indent=1)[:5000]
         assert again["failed_hosts"][0]["fence"]["outcome"] == "not_needed", again["failed_hosts"]
         # The host comes back: its copies are stale; its hook refuses to start them, the next run removes them.
         virtlab("fence", VICTIM, "-o", "on")

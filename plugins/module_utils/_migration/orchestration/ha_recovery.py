@@ -367,13 +367,14 @@ class HaRecovery:
                 to_restart.extend(vm for vm in vms if vm["uuid"] not in {other["uuid"] for other in to_restart})
             self.restart_all(to_restart, stale_hosts, result)
             self.verify(result)
-            # The hosts this run changed, listed as they are now: a rerun finds the store current.
+            # The hosts this run changed, read again: a rerun finds the store current (libvirt completes a
+            # definition when it takes it, so the restarted VMs' definitions are kept as their new hosts show them).
             touched = {entry["to"] for entry in result["restarted"]} | {entry["host"] for entry in result["cleaned"]}
             for host in sorted(touched & set(self.seen)):
                 with contextlib.suppress(MigrationError):
                     self.seen[host] = self.read_host(host, self.conns[host])
-                    if self.store.write_listing(host, [vm.listing() for vm in self.seen[host]], time.time()):
-                        result["store"].append("hosts/%s.json" % host)
+            if touched:
+                result["store"].extend(entry for entry in self.sync_store([]) if entry not in result["store"])
         restarted = len(result["restarted"])
         result["changed"] = self.changed
         result["events"] = self.events
