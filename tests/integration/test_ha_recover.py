@@ -253,7 +253,6 @@ def test_a_partitioned_host_is_never_doubled_and_a_failed_or_missing_fence_resta
         assert not fenced.get("failed") and fenced["failed_hosts"][0]["fence"]["outcome"] == "confirmed_off", fenced
         assert [entry["vm"] for entry in fenced["restarted"]] == [vm], fenced
         assert [host for host, state in vm_homes(vm).items() if state == "running"] == [fenced["restarted"][0]["to"]]
-        virtlab("link", VICTIM, "up")
         virtlab("fence", VICTIM, "-o", "on")
         back = recover(lab)
         assert not back.get("failed") and [entry["vm"] for entry in back["cleaned"]] == [vm], back
