@@ -144,7 +144,7 @@ def lockd(lab: Path) -> t.Iterator[None]:
 def victim_back(lab: Path) -> t.Iterator[None]:
     """lab-h3 powered on and its session VM running again after the test, whatever happened."""
     yield
-    host = next(host for host in lab_status()["hosts"] if host["name"] == VICTIM)
+    host = {entry["name"]: entry for entry in lab_status()["hosts"]}[VICTIM]
     if host["power"] == "off":
         virtlab("fence", VICTIM, "-o", "on", check=False)
     elif host["crashed"] or not host["link_up"]:
