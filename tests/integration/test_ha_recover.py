@@ -199,6 +199,7 @@ def test_a_crashed_host_s_ha_vms_restart_elsewhere_once_and_the_host_comes_back_
         assert [entry["vm"] for entry in stats["restarted"]] == [high, low], stats
         assert {entry["vm"] for entry in stats["left_down"]} == {plain, "cache1"}, stats
         assert [(entry["name"], entry["fence"]["outcome"]) for entry in stats["failed_hosts"]] == [(VICTIM, "confirmed_off")], stats
+        assert {(event["event"], event["vm"]) for event in stats["events"]} == {(kind, vm) for kind in ("failed", "restarted") for vm in (high, low)}
         for vm in (high, low):
             dest = restarted[vm][0]
             messages = [event["message"] for event in events_on(dest) if event.get("vm") == vm]

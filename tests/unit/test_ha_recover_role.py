@@ -172,7 +172,7 @@ def test_a_cluster_with_a_host_down_is_recovered_from_the_first_host_that_answer
     assert oct((cluster.state_dir / "events.jsonl").stat().st_mode & 0o777) == "0o600"
     # The run's summary.
     stats = output.split("CUSTOM STATS:")[1]
-    for key in ('"restarted"', '"not_restarted"', '"left_down"', '"failed_hosts"', '"cleaned"', '"msg": "lab-h1 failed and was fenced'):
+    for key in ('"restarted"', '"not_restarted"', '"left_down"', '"failed_hosts"', '"cleaned"', '"events"', '"msg": "lab-h1 failed and was fenced'):
         assert key in stats, output
 
 
