@@ -107,27 +107,38 @@ class HaRecovery:
         self.changed = False
 
     # -- 2. checks
-    def _check_once(self, host: ha.HaHost, stack: contextlib.ExitStack) -> t.Tuple[t.Any, bool, t.List[str]]:
-        errors = []
-        conn = None
-        opened = libvirt_connection(host.uri, self.req.username, self.req.password, connect_timeout=self.req.connect_timeout)
-        try:
-            conn = opened.__enter__()  # pylint: disable=unnecessary-dunder-call
-            stack.push(opened.__exit__)
-        except MigrationError as exc:
-            errors.append("libvirt: %s" % exc.msg)
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            errors.append("libvirt: %s" % unexpected_error(exc, "open a libvirt connection", uri=host.uri).msg)
-        ssh = False
+    def _ssh_answers(self, host: ha.HaHost, errors: t.List[str]) -> bool:
         try:
             with socket.create_connection((host.ssh_host, host.ssh_port), timeout=self.req.connect_timeout):
-                ssh = True
+                return True
         except OSError as exc:
             errors.append("SSH %s:%d: %s" % (host.ssh_host, host.ssh_port, exc))
-        return conn, ssh, errors
+            return False
+
+    def _check_once(self, host: ha.HaHost, stack: contextlib.ExitStack) -> t.Tuple[t.Any, bool, t.List[str]]:
+        """One check of ``host``: its libvirt and its SSH port at the same time, each within connect_timeout."""
+        errors: t.List[str] = []
+        ssh_errors: t.List[str] = []
+        conn = None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as ssh_pool:
+            ssh_answer = ssh_pool.submit(self._ssh_answers, host, ssh_errors)
+            opened = libvirt_connection(host.uri, self.req.username, self.req.password, connect_timeout=self.req.connect_timeout)
+            try:
+                conn = opened.__enter__()  # pylint: disable=unnecessary-dunder-call
+                stack.push(opened.__exit__)
+            except MigrationError as exc:
+                errors.append("libvirt: %s" % exc.msg)
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                errors.append("libvirt: %s" % unexpected_error(exc, "open a libvirt connection", uri=host.uri).msg)
+            ssh = ssh_answer.result()
+        return conn, ssh, errors + ssh_errors
 
     def check_hosts(self, stack: contextlib.ExitStack) -> None:
-        """Check each host until it answers, ``checks`` times at most; keep the libvirt connections."""
+        """Check each host until its libvirt answers, ``checks`` times at most; keep the libvirt connections.
+
+        A host whose SSH answers is not failed, but is checked again for its libvirt (a busy host may
+        answer late): only one whose libvirt never answers is left out as unreachable.
+        """
         self.reach = {host.name: ha.Reachability() for host in self.req.hosts}
         pending = list(self.req.hosts)
         for round_ in range(self.req.checks):
@@ -143,7 +154,7 @@ class HaRecovery:
                 if conn is not None:
                     reach.libvirt = True
                     self.conns[host.name] = conn
-            pending = [host for host in pending if not self.reach[host.name].answered]
+            pending = [host for host in pending if not self.reach[host.name].libvirt]
             if not pending:
                 break
 
