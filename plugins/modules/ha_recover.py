@@ -249,7 +249,10 @@ def argument_spec() -> dict:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    modulekit.run(module, lambda: HaRecovery(ha_recover_request(module.params), module.check_mode, log=module.log).run())
+    def run_command(argv: list) -> tuple:
+        return module.run_command(argv, handle_exceptions=False)
+
+    modulekit.run(module, lambda: HaRecovery(ha_recover_request(module.params), module.check_mode, log=module.log, run_command=run_command).run())
 
 
 if __name__ == "__main__":

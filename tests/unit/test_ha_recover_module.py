@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import typing as t
 import uuid as uuidlib
 from pathlib import Path
@@ -519,14 +520,20 @@ def test_an_unsafe_store_is_refused_before_any_connection(lab: Lab) -> None:
 
 
 def test_the_fence_command_runs_without_a_shell_and_reports_a_missing_program(tmp_path: Path) -> None:
+    def run_command(argv: t.List[str]) -> t.Tuple[int, str, str]:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return done.returncode, done.stdout, done.stderr
+
     recovery = ha_recovery.HaRecovery(
-        rq.ha_recover_request({"hosts": [{"name": "hv1", "uri": "qemu+tcp://hv1/system"}], "shared_storage": str(tmp_path)}), False
+        rq.ha_recover_request({"hosts": [{"name": "hv1", "uri": "qemu+tcp://hv1/system"}], "shared_storage": str(tmp_path)}), False,
+        run_command=run_command,
     )
     command = ha_recovery.HaRecovery._command.__get__(recovery)  # pylint: disable=protected-access
     assert command(["sh", "-c", "echo off; exit 2"], 5) == (2, "off")
     code, output = command([str(tmp_path / "absent")], 5)
     assert code is None and "No such file" in output
     assert command(["sleep", "5"], 0.2) == (None, "timed out after 0 s")
+    assert ha_recovery.HaRecovery(recovery.req, False)._command(["true"], 5) == (None, "no command runner")  # pylint: disable=protected-access
     assert json.dumps(command(["true"], 5)) == "[0, \"\"]"
 
 

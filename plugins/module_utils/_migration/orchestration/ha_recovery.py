@@ -29,9 +29,9 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import re
+import math
 import shutil
 import socket
-import subprocess
 import time
 import typing as t
 
@@ -62,6 +62,11 @@ LEASE_WORDS = re.compile(r"\b(lock|resource busy|lease)", re.IGNORECASE)
 # shared), and is not refused for a UEFI VM's NVRAM; its managed-save image and snapshot metadata are the host's own.
 UNDEFINE_STALE_FLAGS = 1 | 2 | 8 | 16  # MANAGED_SAVE | SNAPSHOTS_METADATA | KEEP_NVRAM | CHECKPOINTS_METADATA
 MAX_PARALLEL_CHECKS = 16
+# coreutils' timeout: the command timed out, could not be run, or was not found.
+TIMEOUT_EXIT = 124
+TIMEOUT_CANNOT_RUN = 126
+TIMEOUT_NOT_FOUND = 127
+RunCommand = t.Callable[[t.List[str]], t.Tuple[int, str, str]]
 FENCE_STATUS_INTERVAL_S = 1.0
 
 
@@ -92,12 +97,15 @@ class HaRecovery:
         log: t.Callable[[str], None] = lambda _message: None,
         sleep: t.Callable[[float], None] = time.sleep,
         which: t.Callable[[str], t.Optional[str]] = shutil.which,
+        run_command: t.Optional[RunCommand] = None,
     ) -> None:
         self.req = req
         self.check_mode = check_mode
         self.log = log
         self.sleep = sleep
         self.which = which
+        # The module's run_command (no shell): runs the fence commands.
+        self.run_command = run_command
         self.store = ha.HaStore(req.shared_storage, dry_run=check_mode)
         self.conns: t.Dict[str, t.Any] = {}
         self.reach: t.Dict[str, ha.Reachability] = {}
@@ -267,14 +275,20 @@ class HaRecovery:
 
     # -- 5. fencing
     def _command(self, argv: t.Sequence[str], timeout: float) -> t.Tuple[t.Optional[int], str]:
+        """Run a fence command, at most ``timeout`` seconds (coreutils' timeout stops it); its exit code and output."""
+        if self.run_command is None:
+            return None, "no command runner"
+        limited = ["timeout", "--kill-after=5", "%d" % max(1, int(math.ceil(timeout)))] + list(argv)
         try:
-            done = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            return None, "timed out after %d s" % timeout
+            code, out, err = self.run_command(limited)
         except OSError as exc:
             return None, str(exc)
-        output = (done.stdout + done.stderr).decode("utf-8", "replace").strip()
-        return done.returncode, output[-500:]
+        output = ((out or "") + (err or "")).strip()
+        if code == TIMEOUT_EXIT:
+            return None, "timed out after %d s" % timeout
+        if code in (TIMEOUT_CANNOT_RUN, TIMEOUT_NOT_FOUND):
+            return None, output[-500:] or "cannot run %s" % argv[0]
+        return code, output[-500:]
 
     def fence(self, host: ha.HaHost) -> t.Dict[str, t.Any]:
         """Power ``host`` off with its fence command and read the power state back until it says off."""
