@@ -249,6 +249,7 @@ def argument_spec() -> dict:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+
     def run_command(argv: list) -> tuple:
         return module.run_command(argv, handle_exceptions=False)
 
