@@ -94,7 +94,7 @@ build:
 ## stays up, without VMs, for the molecule stage.
 integration:
 	@echo "== lab integration tests"
-	PYTHONPATH=$(VENV)/collections $(PYTEST) tests/integration -v --durations=25
+	PYTHONPATH=$(VENV)/collections $(PYTEST) tests/integration -vv --durations=25
 
 ## molecule: the scenarios against the lab that is up (make test's), or against one lab they start,
 ## torn down again at the end

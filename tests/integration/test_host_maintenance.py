@@ -159,7 +159,10 @@ def test_placement_spreads_and_follows_host_reserves(lab: Path, new_vm: VmFactor
     )
     assert {move["vm"]: move["to"] for move in planned["plan"]["moves"]} == expected, planned["plan"]
     before = planned["plan"]["load"]
-    assert abs(before["lab-h1"]["available_mib_before"] - 1000) < 64 and abs(before["lab-h3"]["available_mib_before"] - 700) < 64, before
+    # The machine's free memory moves between the two readings (other processes allocate), by the same
+    # amount for both hosts: the order of the placements depends only on the 300 MiB between them.
+    h1, h3 = before["lab-h1"]["available_mib_before"], before["lab-h3"]["available_mib_before"]
+    assert abs(h1 - h3 - 300) < 32 and abs(h1 - 1000) < 200, before
     assert done["changed"] is True, done
     assert {record["vm"]: record["to"] for record in done["vms"]} == expected
     assert all(vm_homes(vm) == {expected[vm]: "running"} for vm in made)
