@@ -65,6 +65,7 @@ author:
 extends_documentation_fragment:
   - virtops.migration.connection
   - virtops.migration.migration_run
+  - virtops.migration.storage
   - virtops.migration.attributes
   - virtops.migration.attributes.ACTIONGROUP_LIBVIRT
 attributes:

@@ -78,6 +78,7 @@ extends_documentation_fragment:
   - virtops.migration.connection
   - virtops.migration.vm
   - virtops.migration.migration_run
+  - virtops.migration.storage
   - virtops.migration.policy_overrides
   - virtops.migration.attributes
   - virtops.migration.attributes.ACTIONGROUP_LIBVIRT

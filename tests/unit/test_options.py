@@ -124,7 +124,8 @@ RUN_OPTION_SOURCES = {"poll_interval": (options.RUN, "wait_sleep"), "username": 
 def test_run_options_defaults_are_the_table_defaults() -> None:
     defaults = RunOptions()
     for field in dataclasses.fields(RunOptions):
-        group, name = RUN_OPTION_SOURCES.get(field.name) or ((options.RUN if field.name in options.RUN else options.VM_MIGRATE), field.name)
+        group = next((group for group in (options.RUN, options.STORAGE) if field.name in group), options.VM_MIGRATE)
+        group, name = RUN_OPTION_SOURCES.get(field.name) or (group, field.name)
         assert getattr(defaults, field.name) == group[name].default, field.name
 
 

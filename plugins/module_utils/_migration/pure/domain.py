@@ -456,7 +456,9 @@ def parse_requirements(domain_xml: str) -> t.Dict[str, t.Any]:
     ``networks``: libvirt networks its interfaces use; ``bridges``: host bridges they attach to;
     ``disks``: each disk with its target, source path, cache mode, whether it must be visible on the
     destination (``shared_storage``: a file or block source) and whether its cache mode makes a live
-    migration unsafe (``unsafe_cache``: a writable disk whose cache is neither ``none`` nor ``directsync``); ``cpu_xml``: the
+    migration unsafe (``unsafe_cache``: a writable disk whose cache is neither ``none`` nor ``directsync``), its ``format``
+    (the driver type), whether it has a ``backing`` file (a ``<backingStore>`` with a source) and, for a pool
+    volume (type ``volume``), its ``pool`` and ``volume`` names (``storage.py`` reads them); ``cpu_xml``: the
     ``<cpu>`` element to compare with a destination's hypervisor CPU (``None`` when the domain has
     none, or passes the host CPU through, which only an identical host can check).
 
@@ -492,6 +494,7 @@ def parse_requirements(domain_xml: str) -> t.Dict[str, t.Any]:
         path = None
         if source is not None:
             path = source.get("file") or source.get("dev")
+        backing = disk.find("backingStore")
         readonly = disk.find("readonly") is not None or disk.get("device") in ("cdrom", "floppy")
         cache = driver.get("cache") if driver is not None else None
         disks.append(
@@ -504,6 +507,10 @@ def parse_requirements(domain_xml: str) -> t.Dict[str, t.Any]:
                 "readonly": readonly,
                 "shared_storage": bool(path) and disk.get("type") in ("file", "block"),
                 "unsafe_cache": bool(path) and not readonly and cache not in SAFE_CACHE_MODES,
+                "format": driver.get("type") if driver is not None else None,
+                "backing": backing is not None and backing.find("source") is not None,
+                "pool": source.get("pool") if source is not None else None,
+                "volume": source.get("volume") if source is not None else None,
             }
         )
     cpu = root.find("cpu")

@@ -10,6 +10,8 @@ that documents them:
 * :data:`VM` -- ``name`` / ``uuid`` (doc fragment ``vm``);
 * :data:`RUN` -- inherited settings, monitoring, destination reserve, state directory, affinity
   groups (doc fragment ``migration_run``);
+* :data:`STORAGE` -- how the disks of a VM move: ``storage``, ``synchronous_writes``,
+  ``remove_source_disks`` and ``shared_storage`` (doc fragment ``storage``);
 * :data:`POLICY_OVERRIDES` -- the single policy settings a task may override (doc fragment
   ``policy_overrides``); their names are ``policy.OVERRIDES`` and their value rules live in
   ``policy.apply_overrides``;
@@ -151,6 +153,17 @@ POLICY_OVERRIDES: Group = {
     "parallel_connections": Option("parallel connections (QEMU multifd)", type="int"),
 }
 
+# The cluster's shared storage, a directory every host mounts at the same path (inventory virtops_shared_storage).
+SHARED_STORAGE = Option("the cluster's shared storage, a directory every host mounts at the same path", type="path")
+STORAGE_MODES = ("shared", "copy", "auto")
+
+STORAGE: Group = {
+    "storage": Option("shared: no disk is copied; copy: every local volume is copied; auto: the disks not on shared storage", choices=STORAGE_MODES, default="shared"),
+    "synchronous_writes": Option("the guest's writes go to both copies of a disk being copied", type="bool", default=False),
+    "remove_source_disks": Option("delete the copied disks on the source after a verified move", type="bool", default=False),
+    "shared_storage": SHARED_STORAGE,
+}
+
 # Options two modules take alike.
 CANDIDATES = Option("the other hosts of the cluster, URIs or dictionaries", type="list", elements="raw", default=[])
 TUNNELLED = Option("send memory through the libvirt connection to the destination", type="bool", default=False)
@@ -260,7 +273,7 @@ MIGRATION_POLICY: Group = {
     "max_downtime_ms": Option("the VM's maximum downtime setting", type="raw"),
     "guest_hooks": Option("the VM's guest hooks setting", type="raw"),
     "high_availability": Option("the VM's high availability setting", type="raw"),
-    "shared_storage": Option("the cluster's shared storage, which a highly available VM's disks must be on", type="path"),
+    "shared_storage": SHARED_STORAGE,
 }
 
 MIGRATION_POLICY_INFO: Group = {
@@ -295,8 +308,8 @@ def only(group: Group, *names: str) -> Group:
 
 # The options each module takes: whole groups, or some options of a group.
 MODULES: t.Dict[str, t.Tuple[Group, ...]] = {
-    "vm_migrate": (CONNECTION, VM, RUN, POLICY_OVERRIDES, VM_MIGRATE),
-    "host_maintenance": (CONNECTION, RUN, HOST_MAINTENANCE),
+    "vm_migrate": (CONNECTION, VM, RUN, POLICY_OVERRIDES, STORAGE, VM_MIGRATE),
+    "host_maintenance": (CONNECTION, RUN, STORAGE, HOST_MAINTENANCE),
     "cluster_balance": (only(CONNECTION, "username", "password"), RUN, CLUSTER_BALANCE),
     "ha_recover": (
         only(CONNECTION, "username", "password"),

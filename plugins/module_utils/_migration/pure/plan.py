@@ -14,7 +14,7 @@ import dataclasses
 import time
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import CONNECTION, RUN, VM_MIGRATE
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import CONNECTION, RUN, STORAGE, VM_MIGRATE
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import Policy
 
 # How a VM moves: live (running VM, keeps running), paused (running VM, paused while it moves) or
@@ -47,6 +47,9 @@ class Move:
     runner unplugs before the job and plugs in again afterwards (on the destination, or on the source
     when the move fails); ``failover_primaries`` lists the devices QEMU itself unplugs when a live
     migration starts (teaming mode), whose release the runner waits for under its own deadline.
+
+    ``copy_disks`` are the targets of the disks libvirt copies to the destination during the move
+    (``storage.py``; empty: every disk is shared storage).
     """
 
     vm: str
@@ -67,6 +70,7 @@ class Move:
     failover_primaries: t.Tuple[str, ...] = ()
     # Run the guest's before_migration / after_migration hooks around the move (guest_agent.py).
     guest_hooks: bool = False
+    copy_disks: t.Tuple[str, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -86,6 +90,7 @@ class Move:
             "to_uri": self.destination_uri,
             "kind": self.kind,
             "policy": self.policy.name,
+            "copy_disks": list(self.copy_disks),
         }
 
 
@@ -100,6 +105,8 @@ class RunOptions:
     ``guest_hook_timeout`` bounds each run of a guest's hooks. ``tunnelled`` sends a live move's
     memory through the libvirtd connection to the destination instead of a direct QEMU-to-QEMU
     stream (see :func:`tunnel_conflicts` for what libvirt refuses with it; offline moves ignore it).
+    ``synchronous_writes`` makes a move that copies disks send the guest's writes to both copies at
+    once; ``remove_source_disks`` deletes the copied disks on the source after a verified move.
     """
 
     # Each default is the option's (options.py); poll_interval is the option wait_sleep.
@@ -117,6 +124,8 @@ class RunOptions:
     unplug_timeout: float = RUN["unplug_timeout"].default
     guest_hook_failure: str = RUN["guest_hook_failure"].default
     guest_hook_timeout: float = RUN["guest_hook_timeout"].default
+    synchronous_writes: bool = STORAGE["synchronous_writes"].default
+    remove_source_disks: bool = STORAGE["remove_source_disks"].default
     username: t.Optional[str] = CONNECTION["username"].default
     password: t.Optional[str] = CONNECTION["password"].default
 

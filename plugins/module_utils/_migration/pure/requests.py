@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity, ha, settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity, ha, settings, storage
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.options import (
     CLUSTER_BALANCE,
     CONNECTION,
@@ -23,6 +23,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
     HOST_MAINTENANCE,
     RESERVE_RANGE,
     RUN,
+    STORAGE,
     VM_HIBERNATE,
     VM_MIGRATE,
     check_ranges,
@@ -111,6 +112,9 @@ class MigrateRequest:
     guest_hooks: t.Optional[bool] = RUN["guest_hooks"].default
     # The option affinity_groups, validated.
     groups: t.Tuple[affinity.AffinityGroup, ...] = ()
+    # Which disks move with the VM (storage.py), and the cluster's shared storage (normalised) that auto leaves alone.
+    storage: str = STORAGE["storage"].default
+    shared_storage: t.Optional[str] = STORAGE["shared_storage"].default
 
 
 def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
@@ -153,6 +157,7 @@ def migrate_request(params: t.Mapping[str, t.Any]) -> MigrateRequest:
         cluster_policy=cluster_policy,
         global_policy=global_policy,
         groups=affinity.parse_groups(params["affinity_groups"]),
+        shared_storage=storage.check_shared_storage(params["shared_storage"]),
     )
 
 
@@ -192,6 +197,12 @@ class MaintenanceRequest:
     allow_unsafe_cache: bool = HOST_MAINTENANCE["allow_unsafe_cache"].default
     # The option affinity_groups, validated.
     groups: t.Tuple[affinity.AffinityGroup, ...] = ()
+    # Which disks move with each VM (storage.py), the cluster's shared storage (normalised) that auto leaves alone,
+    # the guests' writes sent to both copies of a disk being copied, and the copied source disks deleted after a verified move.
+    storage: str = STORAGE["storage"].default
+    shared_storage: t.Optional[str] = STORAGE["shared_storage"].default
+    synchronous_writes: bool = STORAGE["synchronous_writes"].default
+    remove_source_disks: bool = STORAGE["remove_source_disks"].default
 
 
 def maintenance_request(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
@@ -209,6 +220,7 @@ def maintenance_request(params: t.Mapping[str, t.Any]) -> MaintenanceRequest:
         cluster_policy=settings.validate(params["cluster_policy"], "cluster_policy"),
         global_policy=settings.validate(params["global_policy"], "global_policy"),
         groups=affinity.parse_groups(params["affinity_groups"]),
+        shared_storage=storage.check_shared_storage(params["shared_storage"]),
     )
 
 

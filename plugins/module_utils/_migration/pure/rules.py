@@ -28,6 +28,7 @@ come in this order, and the first one is the verdict's:
 ``unsafe_cache``        an active VM with writable disks cached other than ``none``/``directsync``,
                         unless the request allows unsafe caches.
 ``tunnel_conflict``     a tunnelled move of an active VM whose policy libvirt refuses in a tunnel.
+``storage``             with ``storage: copy`` or ``auto``, disks that cannot be copied or told shared (``storage.classify``).
 
 Where the two callers deliberately differ, they map the same verdict differently; the rules are not
 written twice:
@@ -52,6 +53,7 @@ import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings as vm_settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import storage
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import LIVE, OFFLINE, PAUSED, Move, tunnel_conflicts
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import Policy, PolicyError, default_timeout
 
@@ -69,10 +71,11 @@ RULES = (
     "persistence",
     "unsafe_cache",
     "tunnel_conflict",
+    "storage",
 )
 # Rules that only make a VM not migratable: nothing is wrong with it, it just may not (or cannot) move
 # as it is now. Under the others it cannot be planned at all.
-NOT_MIGRATABLE = frozenset(("mode_none", "mode_manual", "pinned", "hibernated", "host_devices", "unsafe_cache"))
+NOT_MIGRATABLE = frozenset(("mode_none", "mode_manual", "pinned", "hibernated", "host_devices", "unsafe_cache", "storage"))
 # Active VMs in these states cannot be migrated, and why (the clause follows "VM 'name' ").
 UNMOVABLE_STATES = {
     "pmsuspended": "is pmsuspended: its guest suspended itself to RAM; wake it up first (virsh dompmwakeup)",
@@ -137,6 +140,10 @@ class VmToMove:
     unsafe_disks: t.Tuple[str, ...] = ()
     # Per effective setting, the level it came from (vm, cluster, global, default), when known.
     setting_sources: t.Dict[str, str] = dataclasses.field(default_factory=dict)
+    # Its disks (domain.parse_requirements), and what libvirt says of their volumes on the source (storage.py):
+    # needed only when the request copies disks (storage copy or auto).
+    disks: t.Tuple[t.Mapping[str, t.Any], ...] = ()
+    storage_facts: t.Optional[storage.SourceFacts] = None
 
     def __post_init__(self) -> None:
         if self.needs is None:
@@ -173,6 +180,7 @@ class VmToMove:
             failover_primaries=tuple(requirements.get("failover_primaries") or ()),
             unsafe_disks=unsafe_disks(requirements),
             setting_sources=dict(setting_sources or {}),
+            disks=tuple(requirements.get("disks") or ()),
         )
 
     @classmethod
@@ -219,6 +227,12 @@ class MoveRequest:
     timeout: t.Optional[int] = None
     policy: t.Any = None
     overrides: t.Mapping[str, t.Any] = dataclasses.field(default_factory=dict)
+    # Which disks move with the VM (storage.py): shared, copy or auto, and the cluster's shared storage for auto.
+    storage: str = storage.SHARED
+    shared_storage: t.Optional[str] = None
+    # QEMU's own TLS, and a timeout that switches to post-copy: libvirt refuses a disk copy over TLS with post-copy.
+    tls: bool = False
+    timeout_post_copy: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +259,8 @@ class Verdict:
     guest_hooks: bool
     persistent: bool
     findings: t.Tuple[Finding, ...] = ()
+    # The disks the move copies and those it leaves shared (None: storage=shared, nothing is copied).
+    storage: t.Optional[storage.Classification] = None
 
     @property
     def ok(self) -> bool:
@@ -258,8 +274,11 @@ class Verdict:
 
     @property
     def needs(self) -> placement.VmNeeds:
-        """What the destination must offer (``placement.py`` checks it)."""
-        return self.vm.placement_needs
+        """What the destination must offer (``placement.py`` checks it): the disks the move copies need not be visible there."""
+        needs = self.vm.placement_needs
+        if self.storage is None or not self.storage.copies:
+            return needs
+        return dataclasses.replace(needs, disk_paths=needs.disk_paths - self.storage.copied_paths)
 
     def refusal(self, ignore: t.Collection[str] = ()) -> t.Optional[Finding]:
         """The first finding whose rule is not in ``ignore``."""
@@ -415,6 +434,21 @@ class Assessor:
                 "parallel connections, or migrate without tunnelled" % (vm.name, self._origin(vm), t.cast(Policy, policy).name, "; ".join(conflicts)),
                 conflicts=conflicts,
             )
+        classified = None
+        if req.storage != storage.SHARED:
+            post_copy = bool(policy is not None and policy.post_copy) or req.timeout_post_copy
+            classified = storage.classify(
+                vm.name,
+                vm.disks,
+                vm.storage_facts or storage.SourceFacts(),
+                req.storage,
+                req.shared_storage,
+                running=vm.running,
+                tunnelled=req.tunnelled and vm.running,
+                post_copy_over_tls=req.tls and post_copy,
+            )
+            if classified.refusals:
+                refuse(storage.RULE, "; ".join(classified.refusals), storage_problems=list(classified.refusals))
         return Verdict(
             vm=vm,
             priority=priority,
@@ -424,6 +458,7 @@ class Assessor:
             guest_hooks=req.guest_hooks if req.guest_hooks is not None else vm.settings.get("guest_hooks") is True,
             persistent=vm.persistent or bool(req.persistent),
             findings=tuple(found),
+            storage=classified,
         )
 
 
@@ -451,4 +486,5 @@ def move_for(verdict: Verdict, source: SourceHost, destination: t.Optional[place
         bond_vfs=vm.bond_vfs if vm.running else (),
         failover_primaries=vm.failover_primaries if vm.running else (),
         guest_hooks=verdict.guest_hooks,
+        copy_disks=verdict.storage.targets if verdict.storage is not None and vm.running else (),
     )
