@@ -266,6 +266,11 @@ def classify(
         if kind not in COPYABLE_TYPES:
             refusals.append("VM '%s' disk %s is a %s disk, which libvirt cannot copy during a migration" % (vm, target, kind or "typeless"))
             continue
+        if kind == "volume" and not path:
+            refusals.append(
+                "VM '%s' disk %s: the volume '%s' of the pool '%s' cannot be found on the source" % (vm, target, disk.get("volume"), disk.get("pool"))
+            )
+            continue
         if not path or not _normal(path):
             refusals.append(
                 "VM '%s' disk %s has the path %r, not an absolute path in normal form (relative, '..', '.' or doubled "
