@@ -293,6 +293,12 @@ def assess(subject: rules.VmToMove, candidates: t.Optional[t.AbstractSet[str]] =
         (vm(unsafe_disks=("vdb (cache=writeback)",)), {}, "unsafe_cache", "unsafe to migrate live: vdb (cache=writeback); set allow_unsafe_cache=true"),
         (vm(settings={"policy": "post_copy"}), {"tunnelled": True}, "tunnel_conflict", "its policy setting, policy 'post_copy', has post_copy: true"),
         (vm(), {"tunnelled": True, "policy": "post_copy"}, "tunnel_conflict", "the task's policy, policy 'post_copy'"),
+        (
+            vm(disks=({"target": "vda", "type": "file", "path": "/var/lib/libvirt/images/web1.qcow2"},)),
+            {"storage": "auto"},
+            "storage",
+            "disk vda: cannot tell whether /var/lib/libvirt/images/web1.qcow2 is shared",
+        ),
     ],
 )
 def test_each_rule(subject: rules.VmToMove, asked: t.Dict[str, t.Any], rule: str, fragment: str) -> None:
@@ -331,7 +337,7 @@ def test_every_rule_that_fires_is_listed_in_order_and_the_first_decides() -> Non
     assert [finding.rule for finding in verdict.findings] == ["duplicate", "mode_none", "host_devices", "unsafe_cache"]
     assert verdict.refusal(ignore={"duplicate", "mode_none"}) == verdict.finding("host_devices")
     assert verdict.finding("host_devices").details == {"devices": ["USB"]}  # type: ignore[union-attr]
-    held = ["mode_none", "mode_manual", "pinned", "hibernated", "host_devices", "unsafe_cache"]
+    held = ["mode_none", "mode_manual", "pinned", "hibernated", "host_devices", "unsafe_cache", "storage"]
     assert [rule for rule in rules.RULES if rule in rules.NOT_MIGRATABLE] == held
 
 
