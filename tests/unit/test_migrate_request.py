@@ -294,3 +294,36 @@ def test_vm_migrate_refuses_tunnelled_with_tls_before_any_connection(
     result = json.loads(capsys.readouterr().out)
     assert exited.value.code == 1 and result["failed"] is True
     assert result["msg"].startswith("tunnelled=true cannot be combined with tls (") and "changed" not in result
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+@pytest.mark.parametrize("migrate_uri, disks_uri", [(None, None), ("tcp://10.1.0.2:49152", "tcp://10.1.0.2"), ("tcp://[fd00::2]:49152", "tcp://[fd00::2]")])
+def test_a_move_that_copies_disks_names_them_and_uses_the_migration_address(synchronous: bool, migrate_uri: t.Optional[str], disks_uri: t.Optional[str]) -> None:
+    request = rq.migrate_request(params(storage="copy", synchronous_writes=synchronous, migrate_uri=migrate_uri))
+    move = Move("web1", None, "medium", 1024, 1, "hv1", "qemu:///system", "hv2", "qemu+tcp://hv2/system", LIVE, request.policy, copy_disks=("vda", "vdc"))
+    flags, values = runner.migration_flags_and_params(move, request.options)
+    assert flags & libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    assert bool(flags & libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES) is synchronous
+    assert values[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] == ["vda", "vdc"]
+    assert values.get(libvirt.VIR_MIGRATE_PARAM_DISKS_URI) == disks_uri
+
+
+def test_a_move_that_copies_nothing_sets_no_disk_flag() -> None:
+    flags, values = flags_for(rq.migrate_request(params(storage="auto", synchronous_writes=True)), running=True)
+    assert not flags & (libvirt.VIR_MIGRATE_NON_SHARED_DISK | libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES)
+    assert libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS not in values
+
+
+def test_storage_options_reach_the_request() -> None:
+    request = rq.migrate_request(params(storage="auto", shared_storage="/srv/shared/", remove_source_disks=True))
+    assert (request.storage, request.shared_storage, request.options.remove_source_disks) == ("auto", "/srv/shared", True)
+    with pytest.raises(PolicyError, match="shared_storage must be an absolute path"):
+        rq.migrate_request(params(shared_storage="srv"))
+    maintenance = rq.maintenance_request({"state": "active", "storage": "copy", "synchronous_writes": True, "shared_storage": "/srv//x"})
+    assert (maintenance.storage, maintenance.synchronous_writes, maintenance.shared_storage) == ("copy", True, "/srv/x")
+
+
+def test_job_summaries_carry_the_disk_copy_when_libvirt_gives_it() -> None:
+    assert "disk_total_mib" not in runner.job_summary({"time_elapsed": 1000})
+    summary = runner.job_summary({"disk_total": 2 * 1024**2, "disk_processed": 1024**2, "disk_remaining": 1024**2})
+    assert (summary["disk_total_mib"], summary["disk_processed_mib"], summary["disk_remaining_mib"]) == (2.0, 1.0, 1.0)

@@ -86,7 +86,9 @@ def migration_flags_and_params(move: Move, options: RunOptions) -> t.Tuple[int, 
     A persistent VM stays persistent (``move.persistent``); libvirt's storage-safety check is
     switched off only when ``unsafe_storage`` asks for it, never by the cache-mode override.
     ``tunnelled`` applies to moves of a running VM only (libvirt refuses a tunnelled offline move);
-    the options and the plan have already refused what libvirt refuses with it.
+    the options and the plan have already refused what libvirt refuses with it. The disks of
+    ``move.copy_disks`` are copied during the move (NBD, over the migration address when one is given,
+    and under QEMU's TLS like the memory); ``synchronous_writes`` sends the guest's writes to both copies.
     """
     policy = move.policy
     flags = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
@@ -121,7 +123,28 @@ def migration_flags_and_params(move: Move, options: RunOptions) -> t.Tuple[int, 
         params[libvirt.VIR_MIGRATE_PARAM_URI] = options.migrate_uri
     if options.listen_address:
         params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = options.listen_address
+    if move.copy_disks:
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(move.copy_disks)
+        if options.synchronous_writes:
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
+        disks_uri = nbd_uri(options.migrate_uri)
+        if disks_uri:
+            params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] = disks_uri
     return flags, params
+
+
+def nbd_uri(migrate_uri: t.Optional[str]) -> t.Optional[str]:
+    """The address of the destination's NBD server for copied disks: ``tcp://ADDR`` of a ``tcp://ADDR[:PORT]``
+    migration address (libvirt picks the NBD port), or None when there is none."""
+    if not migrate_uri or not migrate_uri.startswith("tcp://"):
+        return None
+    address = migrate_uri[len("tcp://"):].split("/", 1)[0]
+    if address.startswith("["):
+        host = address.split("]", 1)[0] + "]"
+    else:
+        host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+    return "tcp://%s" % host if host and host != "[]" else None
 
 
 def compression_stats(stats: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
@@ -781,6 +804,7 @@ class JobRunner:
             data_remaining_mib=round((stats.get("data_remaining") or 0) / MIB, 1),
             memory_iteration=stats.get("memory_iteration"),
             dirty_rate_pages_s=stats.get("memory_dirty_rate"),
+            **disk_progress(stats),
         )
 
     def _set_downtime(self, dom: t.Any, ms: int) -> bool:
@@ -1158,11 +1182,19 @@ class JobRunner:
 
 def job_summary(job: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     """How far a running job has come, for messages and events."""
-    return {
-        "elapsed_s": round((job.get("time_elapsed") or 0) / 1000.0, 1),
-        "data_remaining_mib": round((job.get("data_remaining") or 0) / MIB, 1),
-        "memory_iteration": job.get("memory_iteration"),
-    }
+    return dict(
+        {
+            "elapsed_s": round((job.get("time_elapsed") or 0) / 1000.0, 1),
+            "data_remaining_mib": round((job.get("data_remaining") or 0) / MIB, 1),
+            "memory_iteration": job.get("memory_iteration"),
+        },
+        **disk_progress(job),
+    )
+
+
+def disk_progress(stats: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The disk copy's figures of a job (MiB), when libvirt gives them (a move that copies disks)."""
+    return {"%s_mib" % key: round((stats.get(key) or 0) / MIB, 1) for key in ("disk_total", "disk_processed", "disk_remaining") if key in stats}
 
 
 def foreign_job(job: t.Mapping[str, t.Any]) -> bool:
