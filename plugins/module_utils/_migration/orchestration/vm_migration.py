@@ -21,6 +21,15 @@ rule it breaks is a warning. A shut-off VM moved offline keeps only the host rul
 The task runs on (or connects to) the source host. The source libvirtd drives the migration
 peer-to-peer to the destination's libvirt URI, so that URI must be the one the source host uses to
 reach the destination (the inventory's ``virtops_libvirt_uri``).
+
+Local disks (option ``storage``, ``storage.py``): with ``copy`` or ``auto`` the rules classify the
+VM's disks from what the source's libvirt says of their volumes; the disks to copy need not be
+visible on the destination, and once it is chosen their copies are planned there (pool, free space,
+no volume at the path), refused with every reason, and shown in check mode. A real run creates the
+volumes under a manifest (``<state_dir>/copies/<UUID>.json``), migrates with the disk copy, and after
+the verified move drops the manifest (and, with ``remove_source_disks``, the source volumes); any
+failure deletes the created volumes unless the VM is running or defined there. A manifest a lost run
+left is cleaned the same way before the VM is planned again.
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity, placement, rules
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity, placement, rules, storage
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import storage as disk_io
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import DuplicateVmError, MigrationError, VmNotFoundError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.hostinfo import parse_capabilities
@@ -86,24 +96,28 @@ class VmMigration:
             vm = rules.VmToMove.from_domain(facts, requirements, req.cluster_policy, req.global_policy)
             if not vm.running and vm.persistent:
                 vm.saved_image = bool(self.runner.call(dom.hasManagedSaveImage, "read the managed save state", req.source_uri, 0))
+            if req.storage != storage.SHARED:
+                vm.storage_facts = self.runner.call(disk_io.source_facts, "read the VM's storage volumes", req.source_uri, source, dom, vm.disks)
             source_uuid = parse_capabilities(self.runner.call(source.getCapabilities, "read the host capabilities", req.source_uri))["uuid"]
             origin = rules.SourceHost(name=src_host["hostname"], uuid=source_uuid, uri=req.source_uri)
             job = job_stats(dom)
             if job is not None:
                 return self._adopt(source, dom, rules.move_for(self._assessor(origin).assess(vm), origin), src_host, job, check_mode)
             self.runner.resume_after_lost_run(dom, uuid, req.source_uri, check_mode)
+            leftover = self._leftover_copies(uuid, check_mode)
             mark = record_phase(self.timings, "read_vm", mark)
             hosts = probe_hosts(self.connect, req.candidates, [vm.placement_needs], self._cpus(vm, facts, requirements), req.memory_reserved_mib)
             vm.duplicate_on = rules.defined_elsewhere(uuid, source_uuid, hosts + self._look_elsewhere(uuid))
             candidates = frozenset(host.name for host in hosts if host.uuid != source_uuid)
             self.verdict = verdict = self._assessor(origin, candidates).assess(vm)
-            warnings = [finding.message for finding in verdict.findings if finding.rule in WARNED]
+            warnings = [finding.message for finding in verdict.findings if finding.rule in WARNED] + leftover
             refuse(verdict, req.source_uri)
             groups = self._affinity(source, origin, hosts, vm) if req.groups else None
             dest, rejected, soft = self._choose(verdict.needs, hosts, source_uuid, groups)
             warnings.extend(soft)
             mark = record_phase(self.timings, "probe", mark)
             move = rules.move_for(verdict, origin, dest)
+            copies = self._copy_plan(verdict, dest) if move.copy_disks else None
             tunnelled = req.options.tunnelled and move.running
             plan = {
                 "vm": name,
@@ -118,6 +132,8 @@ class VmMigration:
                 "tunnelled": tunnelled,
                 "rejected_hosts": rejected,
             }
+            if copies is not None:
+                plan["storage"] = copies.as_list()
             if move.bond_vfs or move.failover_primaries:
                 plan["failover"] = {"bond_vfs": list(move.bond_vfs), "primaries": list(move.failover_primaries)}
             result: t.Dict[str, t.Any] = {
@@ -129,17 +145,21 @@ class VmMigration:
                 "policy": move.policy.as_dict(),
                 "diff": {"before": {"vm": name, "host": src_host["hostname"]}, "after": {"vm": name, "host": dest.name}},
             }
+            if copies is not None:
+                result["storage"] = {"mode": req.storage, "disks": copies.as_list()}
             if warnings:
                 result["warnings"] = warnings
             if check_mode:
                 if self.events:
                     result["events"] = self.events
                 return result
-            outcome = self.runner.run(source, dom, move)
+            outcome = self._run(source, dom, move, copies) if copies is not None else self.runner.run(source, dom, move)
             if outcome.get("started"):
                 result.update(msg="Migration of VM '%s' to %s started; not waiting for it." % (name, dest.uri), events=self.events)
                 return result
             warnings.extend(outcome.pop("warnings", None) or [])
+            if copies is not None:
+                result["storage"] = self._after_copy(copies, uuid, dest, warnings)
             if (facts.get("placement") or {}).get("left_host"):
                 warnings.extend(self._forget_left_host(name, uuid, dest))
             result.update(outcome)
@@ -149,6 +169,84 @@ class VmMigration:
         self.timings["total"] = round(time.monotonic() - began, 3)
         result.update(duration_s=self.runner.clock.now(), schedule_applied=self.runner.applied, events=self.events, timings=self.timings)
         return result
+
+    # -- disks copied with the move ------------------------------------------------------------
+    @property
+    def manifest(self) -> disk_io.CopyManifest:
+        return disk_io.CopyManifest(self.request.options.state_dir)
+
+    def _leftover_copies(self, uuid: str, check_mode: bool) -> t.List[str]:
+        """Clean the volumes a lost earlier run created for this VM (its manifest); in check mode, a warning that a real run will."""
+        found = self.manifest.read(uuid)
+        if found is None:
+            return []
+        if check_mode:
+            return [
+                "VM '%s' has volumes of an interrupted disk copy recorded on %s (%s); a real run deletes them first, unless the VM is "
+                "running or defined there" % (self.runner.vm, found["destination_uri"], ", ".join(found["volumes"]) or "none")
+            ]
+        done = disk_io.clean_copies(self.connect, self.manifest, uuid)
+        self.runner.event("copies_cleaned", destination=done.get("destination_uri"), deleted=done.get("deleted"), kept=done.get("kept") or None)
+        return []
+
+    def _copy_plan(self, verdict: rules.Verdict, dest: placement.HostState) -> storage.CopyPlan:
+        """The copies of the VM's disks onto ``dest``, refused (rule storage, every reason) when it cannot take them."""
+        req = self.request
+        classified = t.cast(storage.Classification, verdict.storage)
+        paths = [disk.path for disk in classified.copies] + [disk.path for disk in classified.shared if disk.readonly and disk.path]
+        with self.connect(dest.uri) as conn:
+            facts = self.runner.call(disk_io.destination_facts, "read the storage pools", dest.uri, conn, paths)
+        copies = storage.plan_for(verdict.vm.name, classified, dest.name, facts)
+        if copies.refusals:
+            raise PolicyError(
+                "%s. Nothing was moved." % "; ".join(copies.refusals),
+                vm=verdict.vm.name,
+                uri=req.source_uri,
+                destination_uri=dest.uri,
+                rule=storage.RULE,
+                storage_problems=list(copies.refusals),
+            )
+        return copies
+
+    def _run(self, source: t.Any, dom: t.Any, move: Move, copies: storage.CopyPlan) -> t.Dict[str, t.Any]:
+        """The move with its disk copies: the volumes created under the manifest first, deleted again on any failure."""
+        uuid = t.cast(str, move.uuid)
+        try:
+            with self.connect(move.destination_uri) as conn:
+                created = disk_io.create_volumes(conn, copies, self.manifest, uuid, move.destination_uri)
+            self.runner.event("volumes_created", destination=move.destination_uri, volumes=created)
+            return self.runner.run(source, dom, move)
+        except BaseException as exc:
+            try:
+                done = disk_io.clean_copies(self.connect, self.manifest, uuid)
+                self.runner.event("copies_cleaned", destination=done.get("destination_uri"), deleted=done.get("deleted"), kept=done.get("kept") or None)
+            except (MigrationError, libvirt.libvirtError) as cleanup:
+                if isinstance(exc, MigrationError):
+                    exc.details["copies_left"] = "%s; the next run deletes them" % getattr(cleanup, "msg", cleanup)
+            raise
+
+    def _after_copy(self, copies: storage.CopyPlan, uuid: str, dest: placement.HostState, warnings: t.List[str]) -> t.Dict[str, t.Any]:
+        """After the verified move: the manifest dropped, the copied source volumes removed or kept, and the disks as libvirt shows them now."""
+        req = self.request
+        self.manifest.remove(uuid)
+        paths = [disk.path for disk in copies.disks]
+        removed: t.List[str] = []
+        if req.options.remove_source_disks:
+            with self.connect(req.source_uri) as conn:
+                removed, problems = disk_io.remove_source_volumes(conn, paths, copies.vm, req.source_uri)
+            warnings.extend(problems)
+        with self.connect(dest.uri) as conn:
+            there = self.runner.call(disk_io.disk_paths, "read the VM's disks", dest.uri, conn.lookupByUUIDString(uuid))
+        moved = [disk.target for disk in copies.disks if there.get(disk.target) != disk.path]
+        if moved:
+            warnings.append("VM '%s' runs on %s, but its disk(s) %s do not name the copied paths there" % (copies.vm, dest.name, ", ".join(moved)))
+        return {
+            "mode": req.storage,
+            "disks": copies.as_list(),
+            "destination_disks": there,
+            "source_disks_removed": removed,
+            "source_disks_kept": [path for path in paths if path not in removed],
+        }
 
     def _forget_left_host(self, name: str, uuid: str, dest: placement.HostState) -> t.List[str]:
         """A VM moved by name has its place chosen: it no longer waits to return to a host it left for a
@@ -174,6 +272,10 @@ class VmMigration:
             timeout=req.timeout,
             policy=req.policy_option,
             overrides=req.overrides,
+            storage=req.storage,
+            shared_storage=req.shared_storage,
+            tls=req.options.tls,
+            timeout_post_copy=req.options.timeout_action == "post_copy",
         )
         return rules.Assessor(asked, origin, candidates)
 
@@ -311,6 +413,8 @@ class VmMigration:
             dom = conn.lookupByUUIDString(uuid)
             self.runner.resume_after_lost_run(dom, uuid, candidate.uri, check_mode)
             state = domxml.state_name(dom.state()[0])
+        # A lost run's copy manifest: the VM is defined there, so its volumes stay and only the manifest goes.
+        leftover = self._leftover_copies(uuid, check_mode)
         where = {"hostname": hostname, "uri": candidate.uri}
         return {
             "changed": any(event["event"].startswith(("resumed", "would_resume")) for event in self.events),
@@ -321,6 +425,7 @@ class VmMigration:
             "msg": "VM '%s' is already on %s (%s)." % (req.vm, hostname, candidate.uri),
             "events": self.events,
             "schedule_applied": [],
+            **({"warnings": leftover} if leftover else {}),
         }
 
     # -- cancel -------------------------------------------------------------------------------

@@ -1,0 +1,245 @@
+# Copyright (c) virtops.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module_utils package is private to the virtops.migration collection; it is not a public API.
+"""The disks a move copies, as libvirt sees them: the facts ``pure/storage.py`` judges, and the volumes created and removed.
+
+* :func:`source_facts` reads, on the source, the pool and volume of each disk and the VM's snapshot count;
+* :func:`destination_facts` reads, on a destination, its active pools and which paths already hold a volume;
+* :class:`CopyManifest` records the volumes created on a destination in ``<state_dir>/copies/<UUID>.json``,
+  written before each volume is created and removed once the move is verified, so that a failed or
+  interrupted move never leaves them behind;
+* :func:`create_volumes` creates the copies' volumes (sparse: same format and capacity, nothing allocated);
+* :func:`clean_copies` deletes a manifest's volumes, only when the VM is neither running nor defined there;
+* :func:`remove_source_volumes` deletes the copied volumes on the source after a verified move.
+"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape
+
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import statefiles
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import storage
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError, is_not_found, translate_libvirt_error
+
+try:
+    import libvirt
+except ImportError:  # reported by the module through missing_required_lib
+    pass
+
+Connect = t.Callable[[str], t.ContextManager[t.Any]]
+
+
+def _pool(pool: t.Any) -> storage.Pool:
+    """A libvirt pool as ``storage.Pool``: name, type, target path, and its free bytes when it is active."""
+    root = ET.fromstring(pool.XMLDesc(0))
+    target = root.find("target/path")
+    available = None
+    if pool.isActive():
+        info = pool.info()
+        available = int(info[3]) if len(info) > 3 else None
+    return storage.Pool(pool.name(), root.get("type"), target.text.strip() if target is not None and target.text else None, available)
+
+
+def _volume(vol: t.Any, pool: t.Optional[storage.Pool]) -> storage.Volume:
+    """A libvirt volume as ``storage.Volume``: its path, pool, capacity and allocation (vol.info()) and format."""
+    info = vol.info()
+    fmt = ET.fromstring(vol.XMLDesc(0)).find("target/format")
+    return storage.Volume(
+        path=vol.path(),
+        pool=pool,
+        capacity_bytes=int(info[1]) if len(info) > 1 else None,
+        allocation_bytes=int(info[2]) if len(info) > 2 else None,
+        format=fmt.get("type") if fmt is not None else None,
+    )
+
+
+def source_facts(conn: t.Any, dom: t.Any, disks: t.Sequence[t.Mapping[str, t.Any]]) -> storage.SourceFacts:
+    """What the source says of ``dom``'s disks (``domain.parse_requirements``'s): each one's volume and pool, and its snapshot count.
+
+    A disk whose path is in no pool (or whose pool volume cannot be found) is left out: ``storage.classify``
+    refuses to copy it, or to guess whether it is shared.
+    """
+    volumes: t.Dict[str, storage.Volume] = {}
+    for disk in disks:
+        target = disk.get("target")
+        if not target or disk.get("type") not in storage.COPYABLE_TYPES or disk.get("readonly"):
+            continue
+        try:
+            if disk.get("type") == "volume":
+                pool = conn.storagePoolLookupByName(disk.get("pool"))
+                vol = pool.storageVolLookupByName(disk.get("volume"))
+            elif disk.get("path"):
+                vol = conn.storageVolLookupByPath(disk["path"])
+                pool = vol.storagePoolLookupByVolume()
+            else:
+                continue
+            volumes[str(target)] = _volume(vol, _pool(pool))
+        except libvirt.libvirtError:
+            continue
+    return storage.SourceFacts(volumes=volumes, snapshots=int(dom.snapshotNum(0)))
+
+
+def destination_facts(conn: t.Any, paths: t.Iterable[str]) -> storage.DestinationFacts:
+    """A destination's active pools (refreshed, so that files put there behind libvirt's back count) and which of ``paths`` hold a volume."""
+    pools = []
+    for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        try:
+            pool.refresh(0)
+        except libvirt.libvirtError:
+            pass  # a pool busy with another job: its listing may be older, and a create there fails safely
+        try:
+            pools.append(_pool(pool))
+        except libvirt.libvirtError:
+            continue
+    existing = set()
+    for path in paths:
+        try:
+            conn.storageVolLookupByPath(path)
+            existing.add(path)
+        except libvirt.libvirtError:
+            pass
+    return storage.DestinationFacts(tuple(pools), frozenset(existing))
+
+
+class CopyManifest:
+    """The volumes a move created on a destination, in ``<state_dir>/copies/<UUID>.json`` (0600, written atomically).
+
+    ``{"vm", "uuid", "destination_uri", "volumes": [paths]}``: a path is added before its volume is
+    created, so that whatever a run created is known to the next one even when the controller died.
+    """
+
+    def __init__(self, state_dir: str) -> None:
+        self.directory = os.path.join(state_dir, "copies")
+
+    def _name(self, uuid: str) -> str:
+        if not domxml.looks_like_uuid(uuid):
+            raise MigrationError("%r is not a VM UUID" % uuid)
+        return uuid.lower() + ".json"
+
+    def read(self, uuid: str) -> t.Optional[t.Dict[str, t.Any]]:
+        data = statefiles.read_json(self.directory, self._name(uuid))
+        if data is None:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("volumes"), list) or not isinstance(data.get("destination_uri"), str):
+            raise MigrationError("the copy manifest %s is damaged: %r" % (os.path.join(self.directory, self._name(uuid)), data), uuid=uuid)
+        return data
+
+    def write(self, vm: str, uuid: str, destination_uri: str, volumes: t.Sequence[str]) -> None:
+        statefiles.ensure_directory(self.directory)
+        statefiles.write_json(self.directory, self._name(uuid), {"vm": vm, "uuid": uuid, "destination_uri": destination_uri, "volumes": list(volumes)})
+
+    def remove(self, uuid: str) -> None:
+        statefiles.remove(self.directory, self._name(uuid))
+
+
+def volume_xml(disk: storage.DiskCopy, pool_type: t.Optional[str]) -> str:
+    """The XML of a copy's volume: the source's name, capacity and format, nothing allocated (a logical volume is allocated whole)."""
+    allocation = disk.virtual_bytes if pool_type in ("logical", "disk") else 0
+    fmt = "" if pool_type in storage.RAW_ONLY_POOL_TYPES or not disk.format else "<target><format type='%s'/></target>" % escape(disk.format, {"'": "&apos;"})
+    return "<volume><name>%s</name><capacity unit='bytes'>%d</capacity><allocation unit='bytes'>%d</allocation>%s</volume>" % (
+        escape(os.path.basename(disk.path)),
+        disk.virtual_bytes,
+        allocation,
+        fmt,
+    )
+
+
+def create_volumes(conn: t.Any, plan: storage.CopyPlan, manifest: CopyManifest, uuid: str, destination_uri: str) -> t.List[str]:
+    """Create on the destination ``conn`` the volume of each disk of ``plan`` to create, each recorded in ``manifest`` first.
+
+    A volume that appears at the path meanwhile, a create libvirt refuses, or a volume libvirt puts
+    elsewhere than the planned path: the error names the VM and the disk, and whatever this call
+    created stays in the manifest for :func:`clean_copies`. Returns the paths created.
+    """
+    created: t.List[str] = []
+    recorded = list((manifest.read(uuid) or {}).get("volumes") or [])
+    for disk in plan.disks:
+        if not disk.create:
+            continue
+        action = "create the volume %s for disk %s" % (disk.path, disk.target)
+        try:
+            pool = conn.storagePoolLookupByName(disk.destination_pool)
+            pool_type = ET.fromstring(pool.XMLDesc(0)).get("type")
+            try:
+                conn.storageVolLookupByPath(disk.path)
+                raise MigrationError(
+                    "Cannot %s for VM '%s' on %s: a volume appeared at that path; nothing was overwritten" % (action, plan.vm, destination_uri),
+                    vm=plan.vm,
+                    uri=destination_uri,
+                )
+            except libvirt.libvirtError:
+                pass
+            manifest.write(plan.vm, uuid, destination_uri, recorded + [disk.path])
+            try:
+                vol = pool.createXML(volume_xml(disk, pool_type), 0)
+            except libvirt.libvirtError:
+                # Nothing was created: the path, which may be another's file, leaves the manifest again.
+                manifest.write(plan.vm, uuid, destination_uri, recorded)
+                raise
+            recorded.append(disk.path)
+            created.append(disk.path)
+            if vol.path() != disk.path:
+                recorded[-1] = vol.path()
+                manifest.write(plan.vm, uuid, destination_uri, recorded)
+                raise MigrationError(
+                    "Cannot %s for VM '%s' on %s: libvirt created it at %s instead" % (action, plan.vm, destination_uri, vol.path()),
+                    vm=plan.vm,
+                    uri=destination_uri,
+                )
+        except libvirt.libvirtError as exc:
+            raise translate_libvirt_error(exc, action, plan.vm, destination_uri) from exc
+    return created
+
+
+def clean_copies(connect: Connect, manifest: CopyManifest, uuid: str) -> t.Dict[str, t.Any]:
+    """Delete the volumes ``manifest`` lists for ``uuid`` on its destination, unless the VM is running or defined there; then drop the manifest.
+
+    Returns what was done (``deleted``, ``kept`` with ``why``), empty when there was no manifest. A
+    destination that cannot be reached raises, and the manifest stays for the next run.
+    """
+    data = manifest.read(uuid)
+    if data is None:
+        return {}
+    uri = data["destination_uri"]
+    done: t.Dict[str, t.Any] = {"destination_uri": uri, "deleted": [], "kept": []}
+    try:
+        with connect(uri) as conn:
+            try:
+                conn.lookupByUUIDString(uuid)
+                done.update(kept=list(data["volumes"]), why="the VM is running or defined on %s: its volumes are its disks" % uri)
+            except libvirt.libvirtError as exc:
+                if not is_not_found(exc):
+                    raise
+                for path in data["volumes"]:
+                    try:
+                        vol = conn.storageVolLookupByPath(path)
+                    except libvirt.libvirtError:
+                        continue  # never created, or already gone
+                    vol.delete(0)
+                    done["deleted"].append(path)
+    except libvirt.libvirtError as exc:
+        raise translate_libvirt_error(exc, "delete the volumes created for a disk copy", data.get("vm"), uri) from exc
+    manifest.remove(uuid)
+    return done
+
+
+def remove_source_volumes(conn: t.Any, paths: t.Iterable[str], vm: str, uri: str) -> t.Tuple[t.List[str], t.List[str]]:
+    """Delete the volumes at ``paths`` on the source ``conn`` (after a verified move); returns the removed paths, and a warning per failure."""
+    removed: t.List[str] = []
+    problems: t.List[str] = []
+    for path in paths:
+        try:
+            conn.storageVolLookupByPath(path).delete(0)
+            removed.append(path)
+        except libvirt.libvirtError as exc:
+            problems.append("VM '%s' moved, but its copied disk %s could not be removed on %s: %s" % (vm, path, uri, exc.get_error_message()))
+    return removed, problems
+
+
+def disk_paths(dom: t.Any) -> t.Dict[str, t.Optional[str]]:
+    """Each disk target of ``dom`` with its path, as libvirt describes the domain now."""
+    return {str(disk["target"]): disk["path"] for disk in domxml.parse_requirements(dom.XMLDesc(0))["disks"]}
