@@ -274,6 +274,75 @@ class FakeObject:
         return int(self._autostart)
 
 
+class FakeVolume:
+    """A storage volume of a :class:`FakePool`: its name, sizes (bytes) and format."""
+
+    def __init__(self, pool: "FakePool", name: str, capacity: int, allocation: int = 0, fmt: str = "qcow2") -> None:
+        self.pool, self._name, self.capacity, self.allocation, self.format = pool, name, capacity, allocation, fmt
+
+    def name(self) -> str:
+        return self._name
+
+    def path(self) -> str:
+        return "%s/%s" % (self.pool.target.rstrip("/"), self._name)
+
+    def info(self) -> t.List[int]:
+        return [0, self.capacity, self.allocation]
+
+    def XMLDesc(self, flags: int = 0) -> str:  # noqa: N802 (libvirt's name)
+        return "<volume><name>%s</name><target><path>%s</path><format type='%s'/></target></volume>" % (self._name, self.path(), self.format)
+
+    def storagePoolLookupByVolume(self) -> "FakePool":  # noqa: N802 (libvirt's name)
+        return self.pool
+
+    def delete(self, flags: int = 0) -> int:
+        if self.pool.delete_error is not None:
+            raise self.pool.delete_error
+        self.pool.volumes.remove(self)
+        self.pool.deleted.append(self.path())
+        return 0
+
+
+class FakePool(FakeObject):
+    """A storage pool: type, target path, free bytes, its volumes; ``createXML`` adds one (``created`` keeps the XML given)."""
+
+    def __init__(self, name: str, kind: str = "dir", target: str = "/var/lib/libvirt/images", available: int = 100 * 1024**3, active: bool = True) -> None:
+        super().__init__("<pool type='%s'><name>%s</name><target><path>%s</path></target></pool>" % (kind, name, target), active=active)
+        self.target = target
+        self.available = available
+        self.volumes: t.List[FakeVolume] = []
+        self.created: t.List[str] = []
+        self.deleted: t.List[str] = []
+        self.create_error: t.Optional[libvirt.libvirtError] = None
+        self.delete_error: t.Optional[libvirt.libvirtError] = None
+
+    def add(self, name: str, capacity: int, allocation: int = 0, fmt: str = "qcow2") -> FakeVolume:
+        volume = FakeVolume(self, name, capacity, allocation, fmt)
+        self.volumes.append(volume)
+        return volume
+
+    def info(self) -> t.List[int]:
+        return [2 if self._active else 0, self.available * 2, self.available, self.available]
+
+    def refresh(self, flags: int = 0) -> int:
+        return 0
+
+    def createXML(self, xml: str, flags: int = 0) -> FakeVolume:  # noqa: N802 (libvirt's name)
+        if self.create_error is not None:
+            raise self.create_error
+        self.created.append(xml)
+        name = xml.split("<name>", 1)[1].split("</name>", 1)[0]
+        capacity = int(xml.split("<capacity unit='bytes'>", 1)[1].split("<", 1)[0])
+        fmt = xml.split("<format type='", 1)[1].split("'", 1)[0] if "<format type='" in xml else "raw"
+        return self.add(name, capacity, 0, fmt)
+
+    def storageVolLookupByName(self, name: str) -> FakeVolume:  # noqa: N802 (libvirt's name)
+        for volume in self.volumes:
+            if volume.name() == name:
+                return volume
+        raise libvirt_error(libvirt.VIR_ERR_NO_STORAGE_VOL, "Storage volume not found: no storage vol with matching name '%s'" % name, libvirt.VIR_FROM_STORAGE)
+
+
 class FakeConnection:
     """A ``virConnect`` for a QEMU host; attributes can be replaced to change its answers."""
 
@@ -383,6 +452,19 @@ class FakeConnection:
 
     def listAllStoragePools(self, flags: int = 0) -> t.List[FakeObject]:
         return list(self.pools)
+
+    def storageVolLookupByPath(self, path: str) -> FakeVolume:  # noqa: N802 (libvirt's name)
+        for pool in self.pools:
+            for volume in getattr(pool, "volumes", ()):
+                if volume.path() == path:
+                    return volume
+        raise libvirt_error(libvirt.VIR_ERR_NO_STORAGE_VOL, "Storage volume not found: no storage vol with matching path '%s'" % path, libvirt.VIR_FROM_STORAGE)
+
+    def storagePoolLookupByName(self, name: str) -> FakeObject:  # noqa: N802 (libvirt's name)
+        for pool in self.pools:
+            if pool.name() == name:
+                return pool
+        raise libvirt_error(libvirt.VIR_ERR_NO_STORAGE_POOL, "Storage pool not found: no storage pool with matching name '%s'" % name, libvirt.VIR_FROM_STORAGE)
 
     def nodeDeviceLookupByName(self, name: str) -> FakeObject:  # noqa: N802 (libvirt's name)
         for device in self.node_devices:

@@ -34,6 +34,7 @@ left is cleaned the same way before the VM is planned again.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import typing as t
 
@@ -67,6 +68,8 @@ class VmMigration:
         self.timings: t.Dict[str, float] = {}
         # What the rules said about the VM (rules.py), once it was read.
         self.verdict: t.Optional[rules.Verdict] = None
+        # In check mode, the copy manifest a lost run left, which a real run cleans first.
+        self.leftover: t.Optional[t.Dict[str, t.Any]] = None
 
     def connect(self, uri: str, connect_timeout: t.Optional[float] = None) -> t.ContextManager[t.Any]:
         return libvirt_connection(uri, self.request.options.username, self.request.options.password, connect_timeout=connect_timeout)
@@ -181,6 +184,7 @@ class VmMigration:
         if found is None:
             return []
         if check_mode:
+            self.leftover = found
             return [
                 "VM '%s' has volumes of an interrupted disk copy recorded on %s (%s); a real run deletes them first, unless the VM is "
                 "running or defined there" % (self.runner.vm, found["destination_uri"], ", ".join(found["volumes"]) or "none")
@@ -196,6 +200,9 @@ class VmMigration:
         paths = [disk.path for disk in classified.copies] + [disk.path for disk in classified.shared if disk.readonly and disk.path]
         with self.connect(dest.uri) as conn:
             facts = self.runner.call(disk_io.destination_facts, "read the storage pools", dest.uri, conn, paths)
+        if self.leftover is not None and self.leftover["destination_uri"] == dest.uri:
+            # A real run deletes them first (the VM is not there, or it would not be planned from the source).
+            facts = dataclasses.replace(facts, existing=facts.existing - frozenset(self.leftover["volumes"]))
         copies = storage.plan_for(verdict.vm.name, classified, dest.name, facts)
         if copies.refusals:
             raise PolicyError(

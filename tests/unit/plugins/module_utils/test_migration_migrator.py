@@ -22,6 +22,7 @@ import pytest
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement, rules
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import requests as rq
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import probe, runner
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import storage as disk_io
 from ansible_collections.virtops.migration.plugins.module_utils._migration.orchestration import vm_migration
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, RunOptions
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
@@ -32,7 +33,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
     VmNotFoundError,
 )
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.policy import PolicyError, Step, base_policy
-from libvirt_fakes import HV1_UUID, HV2_UUID, HV3_UUID, TEAMING_PAIR, USB_HOSTDEV, FakeCluster, FakeConnection, FakeDomain, FakeObject, libvirt_error
+from libvirt_fakes import HV1_UUID, HV2_UUID, HV3_UUID, TEAMING_PAIR, USB_HOSTDEV, FakeCluster, FakeConnection, FakeDomain, FakeObject, FakePool, libvirt_error
 
 SOURCE_URI = "qemu+tls://hv1/system"
 DEST_URI = "qemu+tls://hv2/system"
@@ -1555,3 +1556,132 @@ def test_a_source_libvirtd_lost_at_the_end_of_a_move_is_waited_for_and_its_pause
     assert len(reconnects) == 3 and "source_reconnected" in event_names(caught.value.details)
     assert "left paused on hv1 and not resumed: %s (running) has it too" % DEST_URI in caught.value.msg
     assert changes_to(cluster.vm) == [] and caught.value.details["kept_paused"] is True
+
+
+# -- local disks copied with the move (storage copy / auto)
+
+DISK_PATH = "/var/lib/libvirt/images/web1.qcow2"
+DISK_VM_XML = VM_XML.replace(
+    "<devices/>",
+    "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='%s'/><target dev='vda' bus='virtio'/></disk>"
+    "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sda' bus='sata'/><readonly/></disk></devices>" % DISK_PATH,
+)
+
+
+def with_local_disk(cluster: Cluster, destination_pool: bool = True) -> t.Tuple[FakePool, FakePool]:
+    """The VM has one qcow2 disk in the source's dir pool; the destination has an empty pool at the same path (or none)."""
+    cluster.vm.xml = DISK_VM_XML
+    source_pool = FakePool("default")
+    source_pool.add("web1.qcow2", 10 * 1024**3, 2 * 1024**3)
+    cluster.source.pools.append(source_pool)
+    dest_pool = FakePool("default")
+    if destination_pool:
+        cluster.destination.pools.append(dest_pool)
+
+    def move() -> None:
+        cluster.leave_source()
+        cluster.arrive().xml = DISK_VM_XML
+
+    cluster.vm.on_migrate = move
+    return source_pool, dest_pool
+
+
+def manifests(tmp_path: Path) -> t.List[str]:
+    directory = tmp_path / "state" / "copies"
+    return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
+
+
+def test_check_mode_shows_each_disk_copy_and_creates_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    _source, dest_pool = with_local_disk(cluster)
+    result = migrator(tmp_path, storage="copy").migrate(check_mode=True)
+    (disk,) = result["storage"]["disks"][:1]
+    assert disk == {
+        "target": "vda",
+        "path": DISK_PATH,
+        "format": "qcow2",
+        "virtual_bytes": 10 * 1024**3,
+        "allocated_bytes": 2 * 1024**3,
+        "source_pool": "default",
+        "destination_pool": "default",
+        "create": True,
+        "action": "copy",
+    }
+    assert result["plan"]["storage"] == result["storage"]["disks"]
+    assert not dest_pool.created and not manifests(tmp_path)
+    assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+
+
+def test_a_move_copies_the_disk_into_a_volume_created_first_and_keeps_the_source_volume(cluster: Cluster, tmp_path: Path) -> None:
+    source_pool, dest_pool = with_local_disk(cluster)
+    result = migrator(tmp_path, storage="auto", synchronous_writes=True).migrate(check_mode=False)
+    assert result["changed"] is True
+    assert len(dest_pool.created) == 1 and "<allocation unit='bytes'>0</allocation>" in dest_pool.created[0]
+    assert "<format type='qcow2'/>" in dest_pool.created[0] and "<capacity unit='bytes'>%d</capacity>" % (10 * 1024**3) in dest_pool.created[0]
+    (call,) = [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
+    assert call[2] & libvirt.VIR_MIGRATE_NON_SHARED_DISK and call[2] & libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
+    assert result["storage"]["destination_disks"]["vda"] == DISK_PATH
+    assert result["storage"]["source_disks_kept"] == [DISK_PATH] and result["storage"]["source_disks_removed"] == []
+    assert [volume.path() for volume in source_pool.volumes] == [DISK_PATH]
+    assert not manifests(tmp_path)
+    assert "volumes_created" in event_names(result)
+
+
+def test_remove_source_disks_deletes_the_copied_source_volume_after_the_verified_move(cluster: Cluster, tmp_path: Path) -> None:
+    source_pool, _dest = with_local_disk(cluster)
+    result = migrator(tmp_path, storage="copy", remove_source_disks=True).migrate(check_mode=False)
+    assert result["storage"]["source_disks_removed"] == [DISK_PATH] and result["storage"]["source_disks_kept"] == []
+    assert source_pool.deleted == [DISK_PATH]
+
+
+def test_a_failed_move_deletes_the_created_volume_and_its_manifest(cluster: Cluster, tmp_path: Path) -> None:
+    source_pool, dest_pool = with_local_disk(cluster)
+
+    def refuse() -> None:
+        raise libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED, "operation failed: migration of disk vda failed")
+
+    cluster.vm.on_migrate = refuse
+    with pytest.raises(MigrationError) as failure:
+        migrator(tmp_path, storage="copy", remove_source_disks=True).migrate(check_mode=False)
+    assert dest_pool.deleted == [DISK_PATH] and not dest_pool.volumes
+    assert not manifests(tmp_path)
+    assert [volume.path() for volume in source_pool.volumes] == [DISK_PATH]
+    assert "copies_cleaned" in event_names(failure.value.details)
+
+
+def test_a_destination_without_the_pool_is_refused_under_rule_storage_before_anything_is_created(cluster: Cluster, tmp_path: Path) -> None:
+    with_local_disk(cluster, destination_pool=False)
+    with pytest.raises(PolicyError, match="hv2 has no active storage pool whose target path is /var/lib/libvirt/images") as refusal:
+        migrator(tmp_path, storage="copy").migrate(check_mode=True)
+    assert refusal.value.details["rule"] == "storage"
+    assert not manifests(tmp_path)
+
+
+def test_a_file_in_no_pool_is_refused_in_auto(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.vm.xml = DISK_VM_XML
+    with pytest.raises(PolicyError, match="cannot tell whether %s is shared" % DISK_PATH):
+        migrator(tmp_path, storage="auto").migrate(check_mode=True)
+    # Under shared_storage it is shared: placement then needs it visible on the destination.
+    with pytest.raises(MigrationError, match="cannot see the disk"):
+        migrator(tmp_path, storage="auto", shared_storage="/var/lib/libvirt").migrate(check_mode=True)
+
+
+def test_a_leftover_manifest_is_cleaned_before_a_new_move(cluster: Cluster, tmp_path: Path) -> None:
+    _source, dest_pool = with_local_disk(cluster)
+    dest_pool.add("web1.qcow2", 10 * 1024**3)
+    disk_io.CopyManifest(str(tmp_path / "state")).write("web1", VM_UUID, DEST_URI, [DISK_PATH])
+    planned = migrator(tmp_path, storage="copy").migrate(check_mode=True)
+    assert any("interrupted disk copy" in warning for warning in planned["warnings"]) and dest_pool.volumes
+    result = migrator(tmp_path, storage="copy").migrate(check_mode=False)
+    assert dest_pool.deleted == [DISK_PATH]
+    assert event_names(result)[0] == "copies_cleaned"
+    assert result["storage"]["destination_disks"]["vda"] == DISK_PATH and not manifests(tmp_path)
+
+
+def test_a_leftover_manifest_keeps_the_volumes_of_a_vm_defined_on_its_destination(cluster: Cluster, tmp_path: Path) -> None:
+    _source, dest_pool = with_local_disk(cluster)
+    dest_pool.add("web1.qcow2", 10 * 1024**3)
+    cluster.move()
+    disk_io.CopyManifest(str(tmp_path / "state")).write("web1", VM_UUID, DEST_URI, [DISK_PATH])
+    result = migrator(tmp_path, storage="copy").migrate(check_mode=False)
+    assert "already on hv2" in result["msg"] and dest_pool.volumes and not dest_pool.deleted
+    assert not manifests(tmp_path)
