@@ -282,6 +282,10 @@ notes:
     O(destination=auto) chooses only a host where the VM breaks no hard rule, preferring the fewest soft
     rules broken; a named destination that breaks a hard rule is refused (C(rule=affinity), naming the
     group) before anything moves, and a soft rule it breaks is a warning. A shut-off VM keeps only host rules.
+  - With O(storage=copy) or O(storage=auto), the disks to copy need not be visible on the destination; their
+    copies are planned on the chosen destination (with O(destination=auto), on the host placement chose), and
+    any reason it cannot take them refuses the move (C(rule=storage)). The copy goes over QEMU's NBD, on the
+    address of O(migrate_uri) when given, under QEMU's TLS with O(tls=true).
 seealso:
   - module: virtops.migration.host_info
   - name: libvirt migration guide
@@ -312,6 +316,15 @@ EXAMPLES = r"""
       - {name: hv3, uri: qemu+tls://hv3.example.com/system, maintenance: true}
   check_mode: true
   register: plan
+
+- name: Move web3, whose disks live on hv1's local pool, copying them to hv2 and removing them on hv1 afterwards
+  virtops.migration.vm_migrate:
+    name: web3
+    destination_uri: qemu+tls://hv2.example.com/system
+    storage: auto
+    shared_storage: /srv/virtops-shared
+    synchronous_writes: true
+    remove_source_disks: true
 
 - name: Move web2 through libvirt's SSH connection to hv2 (no migration port open between the hosts)
   virtops.migration.vm_migrate:
@@ -377,6 +390,7 @@ plan:
       O(destination=auto), why each other candidate was rejected.
     - C(tunnelled) (added in 0.2.0) is true when the VM's memory goes through the libvirt connection
       (O(tunnelled=true) and a running VM).
+    - C(storage) (added in 0.3.0) lists the VM's disks when some are copied; see RV(storage).
   returned: state=migrated and the VM was not already on the destination
   type: dict
   sample:
@@ -389,6 +403,28 @@ plan:
     timeout_action: abort
     tunnelled: false
     rejected_hosts: {hv3: [is in maintenance]}
+storage:
+  description:
+    - The VM's disks with O(storage=copy) or O(storage=auto) when some are copied. C(mode) is O(storage); C(disks)
+      lists each disk - the copied ones (C(action=copy)) with C(target), C(path), C(format), C(virtual_bytes),
+      C(allocated_bytes), C(source_pool), C(destination_pool) and C(create) (the volume is created before the move),
+      then the others (C(action=shared)) with C(why).
+    - After the move, C(destination_disks) maps each disk target to its path as the destination's libvirt shows the VM;
+      C(source_disks_removed) and C(source_disks_kept) list the copied volumes deleted on the source
+      (O(remove_source_disks=true)) or kept there.
+    - The same list of disks is in RV(plan.storage).
+  returned: state=migrated and disks are copied (in check mode too)
+  type: dict
+  version_added: 0.3.0
+  sample:
+    mode: auto
+    disks:
+      - {target: vda, path: /var/lib/libvirt/images/web3.qcow2, format: qcow2, virtual_bytes: 21474836480,
+         allocated_bytes: 3221225472, source_pool: default, destination_pool: default, create: true, action: copy}
+      - {target: vdb, path: /srv/virtops-shared/web3-data.qcow2, action: shared, why: under shared_storage /srv/virtops-shared}
+    destination_disks: {vda: /var/lib/libvirt/images/web3.qcow2, vdb: /srv/virtops-shared/web3-data.qcow2}
+    source_disks_removed: [/var/lib/libvirt/images/web3.qcow2]
+    source_disks_kept: []
 policy:
   description: The effective migration policy.
   returned: state=migrated and the VM was not already on the destination
