@@ -412,7 +412,7 @@ storage:
     - After the move, C(destination_disks) maps each disk target to its path as the destination's libvirt shows the VM;
       C(source_disks_removed) and C(source_disks_kept) list the copied volumes deleted on the source
       (O(remove_source_disks=true)) or kept there.
-    - The same list of disks is in RV(plan.storage).
+    - The same list of disks is in the plan (RV(plan)), under C(storage).
   returned: state=migrated and disks are copied (in check mode too)
   type: dict
   version_added: 0.3.0

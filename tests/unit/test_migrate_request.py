@@ -298,7 +298,9 @@ def test_vm_migrate_refuses_tunnelled_with_tls_before_any_connection(
 
 @pytest.mark.parametrize("synchronous", [False, True])
 @pytest.mark.parametrize("migrate_uri, disks_uri", [(None, None), ("tcp://10.1.0.2:49152", "tcp://10.1.0.2"), ("tcp://[fd00::2]:49152", "tcp://[fd00::2]")])
-def test_a_move_that_copies_disks_names_them_and_uses_the_migration_address(synchronous: bool, migrate_uri: t.Optional[str], disks_uri: t.Optional[str]) -> None:
+def test_a_move_that_copies_disks_names_them_and_uses_the_migration_address(
+    synchronous: bool, migrate_uri: t.Optional[str], disks_uri: t.Optional[str]
+) -> None:
     request = rq.migrate_request(params(storage="copy", synchronous_writes=synchronous, migrate_uri=migrate_uri))
     move = Move("web1", None, "medium", 1024, 1, "hv1", "qemu:///system", "hv2", "qemu+tcp://hv2/system", LIVE, request.policy, copy_disks=("vda", "vdc"))
     flags, values = runner.migration_flags_and_params(move, request.options)

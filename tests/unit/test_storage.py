@@ -103,7 +103,9 @@ def test_auto_refuses_a_pool_of_unknown_type() -> None:
     assert "pool 'odd' of type mpath" in found.refusals[0]
 
 
-@pytest.mark.parametrize("path", ["web1.qcow2", "images/web1.qcow2", "/var/lib/libvirt/images/../images/web1.qcow2", "/var/lib//web1.qcow2", "/var/./web1.qcow2"])
+@pytest.mark.parametrize(
+    "path", ["web1.qcow2", "images/web1.qcow2", "/var/lib/libvirt/images/../images/web1.qcow2", "/var/lib//web1.qcow2", "/var/./web1.qcow2"]
+)
 def test_a_path_not_absolute_and_normal_is_refused(path: str) -> None:
     found = classify([disk(path=path)], {"vda": volume(path)})
     assert not found.copies and "not an absolute path in normal form" in found.refusals[0]

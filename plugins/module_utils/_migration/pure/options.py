@@ -158,7 +158,9 @@ SHARED_STORAGE = Option("the cluster's shared storage, a directory every host mo
 STORAGE_MODES = ("shared", "copy", "auto")
 
 STORAGE: Group = {
-    "storage": Option("shared: no disk is copied; copy: every local volume is copied; auto: the disks not on shared storage", choices=STORAGE_MODES, default="shared"),
+    "storage": Option(
+        "shared: no disk is copied; copy: every local volume is copied; auto: the disks not on shared storage", choices=STORAGE_MODES, default="shared"
+    ),
     "synchronous_writes": Option("the guest's writes go to both copies of a disk being copied", type="bool", default=False),
     "remove_source_disks": Option("delete the copied disks on the source after a verified move", type="bool", default=False),
     "shared_storage": SHARED_STORAGE,

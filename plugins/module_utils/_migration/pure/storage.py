@@ -375,10 +375,14 @@ def plan_for(
             refusals.append("%s: a volume already exists at that path on %s; the copy would overwrite it" % (where, destination))
             continue
         if pool.type not in CREATABLE_POOL_TYPES:
-            refusals.append("%s: the pool '%s' on %s is of type %s, in which the copy cannot be created under the same name" % (where, pool.name, destination, pool.type))
+            refusals.append(
+                "%s: the pool '%s' on %s is of type %s, in which the copy cannot be created under the same name" % (where, pool.name, destination, pool.type)
+            )
             continue
         if pool.type in RAW_ONLY_POOL_TYPES and disk.format not in (None, "raw"):
-            refusals.append("%s: the pool '%s' on %s is of type %s, which holds raw volumes only, and the disk is %s" % (where, pool.name, destination, pool.type, disk.format))
+            refusals.append(
+                "%s: the pool '%s' on %s is of type %s, which holds raw volumes only, and the disk is %s" % (where, pool.name, destination, pool.type, disk.format)
+            )
             continue
         copies.append(DiskCopy(disk.target, disk.path, disk.format, disk.virtual_bytes, disk.allocated_bytes, disk.source_pool, pool.name, create=True))
     plan = CopyPlan(vm, destination, tuple(copies), classification.shared, ())
