@@ -116,11 +116,10 @@ class VmMigration:
             warnings = [finding.message for finding in verdict.findings if finding.rule in WARNED] + leftover
             refuse(verdict, req.source_uri)
             groups = self._affinity(source, origin, hosts, vm) if req.groups else None
-            dest, rejected, soft = self._choose(verdict.needs, hosts, source_uuid, groups)
+            dest, rejected, soft, copies = self._destination(verdict, hosts, source_uuid, groups)
             warnings.extend(soft)
             mark = record_phase(self.timings, "probe", mark)
             move = rules.move_for(verdict, origin, dest)
-            copies = self._copy_plan(verdict, dest) if move.copy_disks else None
             tunnelled = req.options.tunnelled and move.running
             plan = {
                 "vm": name,
@@ -193,6 +192,41 @@ class VmMigration:
         self.runner.event("copies_cleaned", destination=done.get("destination_uri"), deleted=done.get("deleted"), kept=done.get("kept") or None)
         return []
 
+    def _destination(
+        self, verdict: rules.Verdict, hosts: t.Sequence[placement.HostState], source_uuid: str, groups: t.Optional[affinity.Affinity]
+    ) -> t.Tuple[placement.HostState, t.Dict[str, t.List[str]], t.List[str], t.Optional[storage.CopyPlan]]:
+        """The destination (:meth:`_choose`) and, when disks are copied, their copies there.
+
+        With ``destination=auto`` a host that cannot take the copies is rejected with its reasons and the
+        next best is tried; a named destination that cannot take them refuses the move.
+        """
+        copying = verdict.storage is not None and bool(verdict.storage.copies) and verdict.vm.running
+        remaining = list(hosts)
+        refused: t.Dict[str, t.List[str]] = {}
+        while True:
+            try:
+                dest, rejected, soft = self._choose(verdict.needs, remaining, source_uuid, groups)
+            except MigrationError as exc:
+                if not refused:
+                    raise
+                raise PolicyError(
+                    "No candidate can take the disk copies of VM '%s': %s; and among the others: %s"
+                    % (verdict.vm.name, placement.explain(verdict.vm.name, refused), exc.msg),
+                    vm=verdict.vm.name,
+                    uri=self.request.source_uri,
+                    rule=storage.RULE,
+                    rejected_hosts=refused,
+                ) from None
+            if not copying:
+                return dest, rejected, soft, None
+            try:
+                return dest, dict(rejected, **refused), soft, self._copy_plan(verdict, dest)
+            except PolicyError as exc:
+                if not self.request.auto or exc.details.get("rule") != storage.RULE:
+                    raise
+                refused[dest.name] = list(exc.details.get("storage_problems") or [exc.msg])
+                remaining = [host for host in remaining if host is not dest]
+
     def _copy_plan(self, verdict: rules.Verdict, dest: placement.HostState) -> storage.CopyPlan:
         """The copies of the VM's disks onto ``dest``, refused (rule storage, every reason) when it cannot take them."""
         req = self.request
@@ -224,13 +258,20 @@ class VmMigration:
             self.runner.event("volumes_created", destination=move.destination_uri, volumes=created)
             return self.runner.run(source, dom, move)
         except BaseException as exc:
-            try:
-                done = disk_io.clean_copies(self.connect, self.manifest, uuid)
-                self.runner.event("copies_cleaned", destination=done.get("destination_uri"), deleted=done.get("deleted"), kept=done.get("kept") or None)
-            except (MigrationError, libvirt.libvirtError) as cleanup:
-                if isinstance(exc, MigrationError):
-                    exc.details["copies_left"] = "%s; the next run deletes them" % getattr(cleanup, "msg", cleanup)
+            left = self._clean_quietly(uuid)
+            if left and isinstance(exc, MigrationError):
+                exc.details["copies_left"] = left
             raise
+
+    def _clean_quietly(self, uuid: str) -> t.Optional[str]:
+        """Clean the VM's copy manifest, if any (:func:`~storage.clean_copies`); why it could not be, for an error already on its way."""
+        try:
+            done = disk_io.clean_copies(self.connect, self.manifest, uuid)
+        except (MigrationError, libvirt.libvirtError) as cleanup:
+            return "%s; the next run deletes them" % getattr(cleanup, "msg", cleanup)
+        if done:
+            self.runner.event("copies_cleaned", destination=done.get("destination_uri"), deleted=done.get("deleted"), kept=done.get("kept") or None)
+        return None
 
     def _after_copy(self, copies: storage.CopyPlan, uuid: str, dest: placement.HostState, warnings: t.List[str]) -> t.Dict[str, t.Any]:
         """After the verified move: the manifest dropped, the copied source volumes removed or kept, and the disks as libvirt shows them now."""
@@ -377,7 +418,11 @@ class VmMigration:
                 "msg": "VM '%s' has a migration job running on %s for %.0f s; a real run adopts it and follows it to its end."
                 % (move.vm, req.source_uri, summary["elapsed_s"]),
             }
-        result = self.runner.adopt(source, dom, move, job, req.candidates + req.elsewhere)
+        try:
+            result = self.runner.adopt(source, dom, move, job, req.candidates + req.elsewhere)
+        finally:
+            # A disk copy a lost run started: its volumes stay with the VM where it runs, or go where it does not.
+            self._clean_quietly(t.cast(str, move.uuid))
         result.pop("outcome", None)
         result.update(vm=move.vm, source=src_host)
         return result

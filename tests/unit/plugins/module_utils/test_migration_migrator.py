@@ -1685,3 +1685,18 @@ def test_a_leftover_manifest_keeps_the_volumes_of_a_vm_defined_on_its_destinatio
     result = migrator(tmp_path, storage="copy").migrate(check_mode=False)
     assert "already on hv2" in result["msg"] and dest_pool.volumes and not dest_pool.deleted
     assert not manifests(tmp_path)
+
+
+def test_destination_auto_passes_over_a_host_that_cannot_take_the_copies(cluster: Cluster, tmp_path: Path) -> None:
+    with_local_disk(cluster, destination_pool=False)
+    hv3 = cluster.add_host(HV3_URI, "hv3", HV3_UUID)
+    candidates = [Candidate(uri=DEST_URI), Candidate(uri=HV3_URI)]
+    with pytest.raises(PolicyError, match="No candidate can take the disk copies of VM 'web1'") as refusal:
+        migrator(tmp_path, storage="copy", auto=True, candidates=candidates).migrate(check_mode=True)
+    assert refusal.value.details["rule"] == "storage" and sorted(refusal.value.details["rejected_hosts"]) == ["hv2", "hv3"]
+    hv3.pools.append(FakePool("default"))
+    result = migrator(tmp_path, storage="copy", auto=True, candidates=candidates).migrate(check_mode=True)
+    assert result["destination"]["hostname"] == "hv3"
+    assert "hv2 has no active storage pool" in result["plan"]["rejected_hosts"]["hv2"][0]
+    with pytest.raises(PolicyError, match="hv2 has no active storage pool"):
+        migrator(tmp_path, storage="copy").migrate(check_mode=True)
