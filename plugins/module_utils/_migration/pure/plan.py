@@ -78,6 +78,8 @@ class Move:
         return self.kind != OFFLINE
 
     def as_dict(self) -> t.Dict[str, t.Any]:
+        """The move for a module's result (``copy_disks`` only when some disks are copied)."""
+        copied = {"copy_disks": list(self.copy_disks)} if self.copy_disks else {}
         return {
             "vm": self.vm,
             "uuid": self.uuid,
@@ -90,7 +92,7 @@ class Move:
             "to_uri": self.destination_uri,
             "kind": self.kind,
             "policy": self.policy.name,
-            "copy_disks": list(self.copy_disks),
+            **copied,
         }
 
 
