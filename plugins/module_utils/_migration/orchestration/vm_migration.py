@@ -279,15 +279,26 @@ class VmMigration:
         self.manifest.remove(uuid)
         paths = [disk.path for disk in copies.disks]
         removed: t.List[str] = []
-        if req.options.remove_source_disks:
-            with self.connect(req.source_uri) as conn:
-                removed, problems = disk_io.remove_source_volumes(conn, paths, copies.vm, req.source_uri)
-            warnings.extend(problems)
-        with self.connect(dest.uri) as conn:
-            there = self.runner.call(disk_io.disk_paths, "read the VM's disks", dest.uri, conn.lookupByUUIDString(uuid))
-        moved = [disk.target for disk in copies.disks if there.get(disk.target) != disk.path]
+        there: t.Optional[t.Dict[str, t.Optional[str]]] = None
+        # The move is done and verified: what follows is reported, never a failure of the move.
+        try:
+            with self.connect(dest.uri) as conn:
+                arrived = self.runner.call(conn.lookupByUUIDString, "find the VM", dest.uri, uuid)
+                there = self.runner.call(disk_io.disk_paths, "read the VM's disks", dest.uri, arrived)
+        except MigrationError as exc:
+            warnings.append("VM '%s' moved, but its disks cannot be read on %s: %s" % (copies.vm, dest.name, exc.msg))
+        moved = [disk.target for disk in copies.disks if there is not None and there.get(disk.target) != disk.path]
         if moved:
             warnings.append("VM '%s' runs on %s, but its disk(s) %s do not name the copied paths there" % (copies.vm, dest.name, ", ".join(moved)))
+        if req.options.remove_source_disks and there is not None and not moved:
+            try:
+                with self.connect(req.source_uri) as conn:
+                    removed, problems = disk_io.remove_source_volumes(conn, paths, copies.vm, req.source_uri)
+                warnings.extend(problems)
+            except MigrationError as exc:
+                warnings.append("VM '%s' moved, but its copied disks could not be removed on the source: %s" % (copies.vm, exc.msg))
+        elif req.options.remove_source_disks:
+            warnings.append("VM '%s' moved, but its copied disks are kept on the source: the destination's disks could not be checked" % copies.vm)
         return {
             "mode": req.storage,
             "disks": copies.as_list(),

@@ -1700,3 +1700,16 @@ def test_destination_auto_passes_over_a_host_that_cannot_take_the_copies(cluster
     assert "hv2 has no active storage pool" in result["plan"]["rejected_hosts"]["hv2"][0]
     with pytest.raises(PolicyError, match="hv2 has no active storage pool"):
         migrator(tmp_path, storage="copy").migrate(check_mode=True)
+
+
+def test_source_disks_stay_when_the_destination_does_not_name_the_copied_paths(cluster: Cluster, tmp_path: Path) -> None:
+    source_pool, _dest = with_local_disk(cluster)
+
+    def move() -> None:
+        cluster.leave_source()
+        cluster.arrive().xml = DISK_VM_XML.replace(DISK_PATH, "/elsewhere/web1.qcow2")
+
+    cluster.vm.on_migrate = move
+    result = migrator(tmp_path, storage="copy", remove_source_disks=True).migrate(check_mode=False)
+    assert result["storage"]["source_disks_kept"] == [DISK_PATH] and not source_pool.deleted
+    assert any("do not name the copied paths" in warning for warning in result["warnings"])
