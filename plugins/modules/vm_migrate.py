@@ -11,16 +11,16 @@ short_description: Live-migrate a VM between KVM/libvirt hosts, or cancel its mi
 version_added: 0.1.0
 description:
   - Moves one VM from the host given by O(uri) (the source) to another host, keeping it running;
-    its memory is copied while it runs, then it continues on the destination. Storage and network
-    connectivity are unchanged, so both hosts must see the VM's disks (shared storage) and offer
-    its networks.
+    its memory is copied while it runs, then it continues on the destination. Network connectivity
+    is unchanged, so both hosts must offer its networks. Both hosts must see the VM's disks (shared
+    storage), unless O(storage) copies the disks that live on the source host itself.
   - The destination is either named (O(destination_uri)) or chosen among O(candidates)
     (O(destination=auto)), which picks the candidate that passes every check with the most free memory after
     its reserve, ties broken by the fewest running vCPUs.
   - Before anything moves, also in check mode, the destination is checked. It must be reachable
     and not the source itself (host UUID), not in maintenance, able to run the VM's CPU definition
     (libvirt's hypervisor CPU comparison), offer every libvirt network the VM uses and see every
-    disk path (as a storage volume), and have the VM's memory free after its reserve. Disks must use
+    disk path it does not copy (as a storage volume), and have the VM's memory free after its reserve. Disks must use
     C(cache='none') or C(cache='directsync') unless O(allow_unsafe_cache=true). The VM's UUID must not
     be defined on any destination checked already (a stale copy left by an interrupted move). A VM
     defined on two hosts is refused with both hosts named. Each failed check is an error naming the
