@@ -381,7 +381,8 @@ def plan_for(
             continue
         if pool.type in RAW_ONLY_POOL_TYPES and disk.format not in (None, "raw"):
             refusals.append(
-                "%s: the pool '%s' on %s is of type %s, which holds raw volumes only, and the disk is %s" % (where, pool.name, destination, pool.type, disk.format)
+                "%s: the pool '%s' on %s is of type %s, which holds raw volumes only, and the disk is %s"
+                % (where, pool.name, destination, pool.type, disk.format)
             )
             continue
         copies.append(DiskCopy(disk.target, disk.path, disk.format, disk.virtual_bytes, disk.allocated_bytes, disk.source_pool, pool.name, create=True))
