@@ -10,7 +10,8 @@
   interrupted move never leaves them behind;
 * :func:`create_volumes` creates the copies' volumes (sparse: same format and capacity, nothing allocated);
 * :func:`clean_copies` deletes a manifest's volumes, only when the VM is neither running nor defined there;
-* :func:`remove_source_volumes` deletes the copied volumes on the source after a verified move.
+* :func:`remove_source_volumes` deletes the copied volumes on the source after a verified move;
+* :class:`DiskCopies` puts these together around one move, for every module that moves VMs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import statefiles
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import storage
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError, is_not_found, translate_libvirt_error
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Move
 
 try:
     import libvirt
@@ -243,3 +245,89 @@ def remove_source_volumes(conn: t.Any, paths: t.Iterable[str], vm: str, uri: str
 def disk_paths(dom: t.Any) -> t.Dict[str, t.Optional[str]]:
     """Each disk target of ``dom`` with its path, as libvirt describes the domain now."""
     return {str(disk["target"]): disk["path"] for disk in domxml.parse_requirements(dom.XMLDesc(0))["disks"]}
+
+
+class DiskCopies:
+    """The disk copies of a run's moves: created under their manifest before a move, cleaned after any failure, finished after a verified move.
+
+    ``connect`` opens a libvirt connection by URI (a context manager); ``event`` records what was done
+    (the job runner's ``event``: name and details).
+    """
+
+    def __init__(self, connect: Connect, state_dir: str, event: t.Callable[..., None]) -> None:
+        self.connect = connect
+        self.manifest = CopyManifest(state_dir)
+        self.event = event
+
+    def leftover(self, uuid: str) -> t.Optional[t.Dict[str, t.Any]]:
+        """The manifest a lost run left for the VM ``uuid`` (None: none)."""
+        return self.manifest.read(uuid)
+
+    def clean(self, uuid: str) -> t.Dict[str, t.Any]:
+        """:func:`clean_copies` for ``uuid``, recorded as the event ``copies_cleaned``; raises when its destination cannot be reached."""
+        done = clean_copies(self.connect, self.manifest, uuid)
+        if done:
+            self.event("copies_cleaned", destination=done.get("destination_uri"), deleted=done.get("deleted"), kept=done.get("kept") or None)
+        return done
+
+    def clean_quietly(self, uuid: str) -> t.Optional[str]:
+        """:meth:`clean`, for an error already on its way: why the volumes are left, or None."""
+        try:
+            self.clean(uuid)
+        except (MigrationError, libvirt.libvirtError) as cleanup:
+            return "%s; the next run deletes them" % getattr(cleanup, "msg", cleanup)
+        return None
+
+    def run(self, copies: storage.CopyPlan, move: Move, run: t.Callable[[], t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
+        """Create the volumes of ``copies`` on ``move``'s destination, then ``run`` the move (the job runner's); on any
+        failure, delete them again (unless the VM is there) and add ``copies_left`` to the error when that fails too."""
+        uuid = t.cast(str, move.uuid)
+        try:
+            with self.connect(move.destination_uri) as conn:
+                created = create_volumes(conn, copies, self.manifest, uuid, move.destination_uri)
+            self.event("volumes_created", destination=move.destination_uri, volumes=created)
+            return run()
+        except BaseException as exc:
+            left = self.clean_quietly(uuid)
+            if left and isinstance(exc, MigrationError):
+                exc.details["copies_left"] = left
+            raise
+
+    def finish(
+        self, copies: storage.CopyPlan, uuid: str, source_uri: str, destination_uri: str, remove_source: bool
+    ) -> t.Tuple[t.Dict[str, t.Any], t.List[str]]:
+        """After a verified move: the manifest dropped, the disks as the destination shows the VM, the copied source
+        volumes removed (``remove_source``, and only when the destination names every copied path) or kept; and warnings.
+
+        The move is done: nothing here fails it, every problem is a warning.
+        """
+        self.manifest.remove(uuid)
+        warnings: t.List[str] = []
+        paths = [disk.path for disk in copies.disks]
+        removed: t.List[str] = []
+        there: t.Optional[t.Dict[str, t.Optional[str]]] = None
+        try:
+            with self.connect(destination_uri) as conn:
+                there = disk_paths(conn.lookupByUUIDString(uuid))
+        except (MigrationError, libvirt.libvirtError) as exc:
+            warnings.append("VM '%s' moved, but its disks cannot be read on %s: %s" % (copies.vm, copies.destination, getattr(exc, "msg", exc)))
+        elsewhere = [disk.target for disk in copies.disks if there is not None and there.get(disk.target) != disk.path]
+        if elsewhere:
+            warnings.append("VM '%s' runs on %s, but its disk(s) %s do not name the copied paths there" % (copies.vm, copies.destination, ", ".join(elsewhere)))
+        if remove_source and there is not None and not elsewhere:
+            try:
+                with self.connect(source_uri) as conn:
+                    removed, problems = remove_source_volumes(conn, paths, copies.vm, source_uri)
+                warnings.extend(problems)
+            except MigrationError as exc:
+                warnings.append("VM '%s' moved, but its copied disks could not be removed on the source: %s" % (copies.vm, exc.msg))
+        elif remove_source:
+            warnings.append("VM '%s' moved, but its copied disks are kept on the source: the destination's disks could not be checked" % copies.vm)
+        if removed:
+            self.event("source_disks_removed", volumes=removed)
+        return {
+            "disks": copies.as_list(),
+            "destination_disks": there,
+            "source_disks_removed": removed,
+            "source_disks_kept": [path for path in paths if path not in removed],
+        }, warnings

@@ -70,6 +70,7 @@ class VmMigration:
         self.verdict: t.Optional[rules.Verdict] = None
         # In check mode, the copy manifest a lost run left, which a real run cleans first.
         self.leftover: t.Optional[t.Dict[str, t.Any]] = None
+        self.copies = disk_io.DiskCopies(self.connect, request.options.state_dir, self.runner.event)
 
     def connect(self, uri: str, connect_timeout: t.Optional[float] = None) -> t.ContextManager[t.Any]:
         return libvirt_connection(uri, self.request.options.username, self.request.options.password, connect_timeout=connect_timeout)
@@ -155,13 +156,18 @@ class VmMigration:
                 if self.events:
                     result["events"] = self.events
                 return result
-            outcome = self._run(source, dom, move, copies) if copies is not None else self.runner.run(source, dom, move)
+            if copies is not None:
+                outcome = self.copies.run(copies, move, lambda: self.runner.run(source, dom, move))
+            else:
+                outcome = self.runner.run(source, dom, move)
             if outcome.get("started"):
                 result.update(msg="Migration of VM '%s' to %s started; not waiting for it." % (name, dest.uri), events=self.events)
                 return result
             warnings.extend(outcome.pop("warnings", None) or [])
             if copies is not None:
-                result["storage"] = self._after_copy(copies, uuid, dest, warnings)
+                done, problems = self.copies.finish(copies, uuid, req.source_uri, dest.uri, req.options.remove_source_disks)
+                result["storage"] = dict(done, mode=req.storage)
+                warnings.extend(problems)
             if (facts.get("placement") or {}).get("left_host"):
                 warnings.extend(self._forget_left_host(name, uuid, dest))
             result.update(outcome)
@@ -173,13 +179,9 @@ class VmMigration:
         return result
 
     # -- disks copied with the move ------------------------------------------------------------
-    @property
-    def manifest(self) -> disk_io.CopyManifest:
-        return disk_io.CopyManifest(self.request.options.state_dir)
-
     def _leftover_copies(self, uuid: str, check_mode: bool) -> t.List[str]:
         """Clean the volumes a lost earlier run created for this VM (its manifest); in check mode, a warning that a real run will."""
-        found = self.manifest.read(uuid)
+        found = self.copies.leftover(uuid)
         if found is None:
             return []
         if check_mode:
@@ -188,8 +190,7 @@ class VmMigration:
                 "VM '%s' has volumes of an interrupted disk copy recorded on %s (%s); a real run deletes them first, unless the VM is "
                 "running or defined there" % (self.runner.vm, found["destination_uri"], ", ".join(found["volumes"]) or "none")
             ]
-        done = disk_io.clean_copies(self.connect, self.manifest, uuid)
-        self.runner.event("copies_cleaned", destination=done.get("destination_uri"), deleted=done.get("deleted"), kept=done.get("kept") or None)
+        self.copies.clean(uuid)
         return []
 
     def _destination(
@@ -248,64 +249,6 @@ class VmMigration:
                 storage_problems=list(copies.refusals),
             )
         return copies
-
-    def _run(self, source: t.Any, dom: t.Any, move: Move, copies: storage.CopyPlan) -> t.Dict[str, t.Any]:
-        """The move with its disk copies: the volumes created under the manifest first, deleted again on any failure."""
-        uuid = t.cast(str, move.uuid)
-        try:
-            with self.connect(move.destination_uri) as conn:
-                created = disk_io.create_volumes(conn, copies, self.manifest, uuid, move.destination_uri)
-            self.runner.event("volumes_created", destination=move.destination_uri, volumes=created)
-            return self.runner.run(source, dom, move)
-        except BaseException as exc:
-            left = self._clean_quietly(uuid)
-            if left and isinstance(exc, MigrationError):
-                exc.details["copies_left"] = left
-            raise
-
-    def _clean_quietly(self, uuid: str) -> t.Optional[str]:
-        """Clean the VM's copy manifest, if any (:func:`~storage.clean_copies`); why it could not be, for an error already on its way."""
-        try:
-            done = disk_io.clean_copies(self.connect, self.manifest, uuid)
-        except (MigrationError, libvirt.libvirtError) as cleanup:
-            return "%s; the next run deletes them" % getattr(cleanup, "msg", cleanup)
-        if done:
-            self.runner.event("copies_cleaned", destination=done.get("destination_uri"), deleted=done.get("deleted"), kept=done.get("kept") or None)
-        return None
-
-    def _after_copy(self, copies: storage.CopyPlan, uuid: str, dest: placement.HostState, warnings: t.List[str]) -> t.Dict[str, t.Any]:
-        """After the verified move: the manifest dropped, the copied source volumes removed or kept, and the disks as libvirt shows them now."""
-        req = self.request
-        self.manifest.remove(uuid)
-        paths = [disk.path for disk in copies.disks]
-        removed: t.List[str] = []
-        there: t.Optional[t.Dict[str, t.Optional[str]]] = None
-        # The move is done and verified: what follows is reported, never a failure of the move.
-        try:
-            with self.connect(dest.uri) as conn:
-                arrived = self.runner.call(conn.lookupByUUIDString, "find the VM", dest.uri, uuid)
-                there = self.runner.call(disk_io.disk_paths, "read the VM's disks", dest.uri, arrived)
-        except MigrationError as exc:
-            warnings.append("VM '%s' moved, but its disks cannot be read on %s: %s" % (copies.vm, dest.name, exc.msg))
-        moved = [disk.target for disk in copies.disks if there is not None and there.get(disk.target) != disk.path]
-        if moved:
-            warnings.append("VM '%s' runs on %s, but its disk(s) %s do not name the copied paths there" % (copies.vm, dest.name, ", ".join(moved)))
-        if req.options.remove_source_disks and there is not None and not moved:
-            try:
-                with self.connect(req.source_uri) as conn:
-                    removed, problems = disk_io.remove_source_volumes(conn, paths, copies.vm, req.source_uri)
-                warnings.extend(problems)
-            except MigrationError as exc:
-                warnings.append("VM '%s' moved, but its copied disks could not be removed on the source: %s" % (copies.vm, exc.msg))
-        elif req.options.remove_source_disks:
-            warnings.append("VM '%s' moved, but its copied disks are kept on the source: the destination's disks could not be checked" % copies.vm)
-        return {
-            "mode": req.storage,
-            "disks": copies.as_list(),
-            "destination_disks": there,
-            "source_disks_removed": removed,
-            "source_disks_kept": [path for path in paths if path not in removed],
-        }
 
     def _forget_left_host(self, name: str, uuid: str, dest: placement.HostState) -> t.List[str]:
         """A VM moved by name has its place chosen: it no longer waits to return to a host it left for a
@@ -433,7 +376,7 @@ class VmMigration:
             result = self.runner.adopt(source, dom, move, job, req.candidates + req.elsewhere)
         finally:
             # A disk copy a lost run started: its volumes stay with the VM where it runs, or go where it does not.
-            self._clean_quietly(t.cast(str, move.uuid))
+            self.copies.clean_quietly(t.cast(str, move.uuid))
         result.pop("outcome", None)
         result.update(vm=move.vm, source=src_host)
         return result
