@@ -229,6 +229,15 @@ def clean_copies(connect: Connect, manifest: CopyManifest, uuid: str) -> t.Dict[
     return done
 
 
+def leftover_warning(vm: str, found: t.Mapping[str, t.Any]) -> str:
+    """Check mode's warning about the manifest ``found`` a lost run left for ``vm``: a real run cleans it first."""
+    return "VM '%s' has volumes of an interrupted disk copy recorded on %s (%s); a real run deletes them first, unless the VM is running or defined there" % (
+        vm,
+        found["destination_uri"],
+        ", ".join(found["volumes"]) or "none",
+    )
+
+
 def remove_source_volumes(conn: t.Any, paths: t.Iterable[str], vm: str, uri: str) -> t.Tuple[t.List[str], t.List[str]]:
     """Delete the volumes at ``paths`` on the source ``conn`` (after a verified move); returns the removed paths, and a warning per failure."""
     removed: t.List[str] = []

@@ -34,7 +34,6 @@ left is cleaned the same way before the VM is planned again.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import typing as t
 
@@ -120,7 +119,7 @@ class VmMigration:
             dest, rejected, soft, copies = self._destination(verdict, hosts, source_uuid, groups)
             warnings.extend(soft)
             mark = record_phase(self.timings, "probe", mark)
-            move = rules.move_for(verdict, origin, dest)
+            move = rules.move_for(verdict, origin, dest, copies)
             tunnelled = req.options.tunnelled and move.running
             plan = {
                 "vm": name,
@@ -186,10 +185,7 @@ class VmMigration:
             return []
         if check_mode:
             self.leftover = found
-            return [
-                "VM '%s' has volumes of an interrupted disk copy recorded on %s (%s); a real run deletes them first, unless the VM is "
-                "running or defined there" % (self.runner.vm, found["destination_uri"], ", ".join(found["volumes"]) or "none")
-            ]
+            return [disk_io.leftover_warning(t.cast(str, self.runner.vm), found)]
         self.copies.clean(uuid)
         return []
 
@@ -237,7 +233,7 @@ class VmMigration:
             facts = self.runner.call(disk_io.destination_facts, "read the storage pools", dest.uri, conn, paths)
         if self.leftover is not None and self.leftover["destination_uri"] == dest.uri:
             # A real run deletes them first (the VM is not there, or it would not be planned from the source).
-            facts = dataclasses.replace(facts, existing=facts.existing - frozenset(self.leftover["volumes"]))
+            facts = facts.without(self.leftover["volumes"])
         copies = storage.plan_for(verdict.vm.name, classified, dest.name, facts)
         if copies.refusals:
             raise PolicyError(

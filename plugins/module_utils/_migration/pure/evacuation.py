@@ -40,6 +40,15 @@ behind:
   placement, counting the affinity placements as pending load. The plan reports the rules left
   unmet afterwards (soft ones, and hard ones already broken elsewhere).
 
+* Local disks (``storage.py``, option ``storage`` copy or auto): a running VM whose disks are copied
+  goes only to a host that can take the copies (``storage.plan_for`` gives no refusal: an active pool
+  at each disk's directory, no volume at its path, and room for the copies beyond what the copies
+  planned before it already take in that pool, :class:`~storage.PendingSpace`), chosen among those as
+  ``placement.choose`` chooses; a VM no host can take is ``unplaceable`` with each host's placement
+  and storage reasons together. VMs without copies keep the fast placement. A move that copies disks
+  has its job timeout extended for the copy (``storage.copy_timeout``), and the plan shows its disks
+  (``storage``) and, per destination, the bytes its pools receive.
+
 The plan is ``ok`` when nothing is blocked or unplaceable. :class:`EvacuationQueue` then orders the
 execution: a bounded number of migrations out of the source and into each destination at once, and
 never a VM started before one of higher priority.
@@ -56,6 +65,7 @@ import typing as t
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity as vm_affinity
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings as vm_settings
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import storage
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import LIVE, Move
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.rules import (
@@ -114,13 +124,15 @@ class HostLoad:
     memory_mib: int = 0
     vcpus: int = 0
     vms: int = 0
+    # Per destination pool, the bytes the copied disks take there (margins included).
+    copy_bytes: t.Dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def available_mib_after(self) -> int:
         return self.available_mib_before - self.memory_mib
 
     def as_dict(self) -> t.Dict[str, t.Any]:
-        return {
+        data = {
             "uri": self.uri,
             "vms": self.vms,
             "memory_mib": self.memory_mib,
@@ -128,6 +140,9 @@ class HostLoad:
             "available_mib_before": self.available_mib_before,
             "available_mib_after": self.available_mib_after,
         }
+        if self.copy_bytes:
+            data["copy_bytes_by_pool"] = dict(sorted(self.copy_bytes.items()))
+        return data
 
 
 @dataclasses.dataclass
@@ -141,6 +156,7 @@ class EvacuationPlan:
     plan puts there: live VMs' memory and vCPUs, and the count of all VMs moved there.
     ``tunnelled`` says whether live moves go through the libvirt connections (the run's option).
     ``unmet`` are the affinity rules broken once the plan has run (None: no affinity groups were given).
+    ``copies`` are, per VM UUID (else name), the disk copies of the moves that copy disks.
     """
 
     source: SourceHost
@@ -154,6 +170,18 @@ class EvacuationPlan:
     load: t.Dict[str, HostLoad] = dataclasses.field(default_factory=dict)
     tunnelled: bool = False
     unmet: t.Optional[t.List[vm_affinity.Breach]] = None
+    copies: t.Dict[str, storage.CopyPlan] = dataclasses.field(default_factory=dict)
+
+    def copies_of(self, move: Move) -> t.Optional[storage.CopyPlan]:
+        """The disk copies of ``move`` (None: it copies none)."""
+        return self.copies.get(move.uuid or move.vm)
+
+    def _move_dict(self, move: Move) -> t.Dict[str, t.Any]:
+        data = move.as_dict()
+        copies = self.copies_of(move)
+        if copies is not None:
+            data.update(timeout_s=move.timeout_s, storage=copies.as_list())
+        return data
 
     @property
     def ok(self) -> bool:
@@ -173,7 +201,7 @@ class EvacuationPlan:
             "include_manual": self.include_manual,
             "non_migratable": self.non_migratable,
             "tunnelled": self.tunnelled,
-            "moves": [move.as_dict() for move in self.moves],
+            "moves": [self._move_dict(move) for move in self.moves],
             "blocked": [held.as_dict() for held in self.blocked],
             "shutdown": [held.as_dict() for held in self.shutdown],
             "kept": [held.as_dict() for held in self.kept],
@@ -328,13 +356,81 @@ def _combined(members: t.Sequence[placement.VmNeeds]) -> t.Optional[placement.Vm
     )
 
 
+class _Copies:
+    """The disk copies of the VMs that copy some: each destination's storage facts, and the space the planned copies take.
+
+    ``facts`` are per host name (``storage.DestinationFacts``); a usable host without them cannot be
+    judged, and takes no copy.
+    """
+
+    def __init__(self, facts: t.Mapping[str, storage.DestinationFacts], source_uuid: str) -> None:
+        self.facts = facts
+        self.source_uuid = source_uuid
+        self.pending = storage.PendingSpace()
+        self.plans: t.Dict[str, storage.CopyPlan] = {}
+
+    @staticmethod
+    def concerns(verdict: Verdict) -> bool:
+        """The VM moves live and copies disks."""
+        return verdict.vm.running and verdict.storage is not None and bool(verdict.storage.copies)
+
+    def plan(self, verdict: Verdict, host: placement.HostState, pending: t.Optional[storage.PendingSpace] = None) -> storage.CopyPlan:
+        """The copies of the VM onto ``host``, counting ``pending`` (else the plan's) space; refused when its pools were not read."""
+        vm = verdict.vm.name
+        facts = self.facts.get(host.name)
+        if facts is None:
+            return storage.CopyPlan(vm, host.name, refusals=("VM '%s': the storage pools of %s could not be read" % (vm, host.name),))
+        return storage.plan_for(vm, t.cast(storage.Classification, verdict.storage), host.name, facts, self.pending if pending is None else pending)
+
+    def usable(self, host: placement.HostState) -> bool:
+        """A host placement may choose at all (the others it rejects by itself, without storage reasons)."""
+        return host.error is None and not host.maintenance and host.uuid != self.source_uuid
+
+    def choose(
+        self,
+        verdict: Verdict,
+        hosts: t.Sequence[placement.HostState],
+        pending: placement.PendingLoad,
+        rules: t.Optional[vm_affinity.Affinity] = None,
+    ) -> t.Tuple[t.Optional[placement.HostState], t.Dict[str, t.List[str]]]:
+        """``placement.choose`` among the hosts that can take the VM's copies; every host's reasons, placement's and storage's together."""
+        needs = verdict.needs
+        refused: t.Dict[str, t.List[str]] = {}
+        able = []
+        for host in hosts:
+            problems = self.plan(verdict, host).refusals if self.usable(host) else ()
+            if problems:
+                refused[host.name] = list(problems)
+            else:
+                able.append(host)
+        best, rejected = placement.choose(needs, able, self.source_uuid, pending, rules)
+        for name, problems in refused.items():
+            host = next(host for host in hosts if host.name == name)
+            rejected[name] = placement.rejections(needs, host, self.source_uuid, pending, rules) + problems
+        return best, rejected
+
+    def take(self, verdict: Verdict, host: placement.HostState) -> storage.CopyPlan:
+        """The VM's copies onto ``host``, counted as pending there from now on."""
+        plan = self.plan(verdict, host)
+        self.pending.add(plan)
+        self.plans[verdict.vm.uuid or verdict.vm.name] = plan
+        return plan
+
+
 class _AffinityPlacer:
     """Places the VMs affinity groups constrain, sharing the chooser's pending load (see the module docstring)."""
 
     def __init__(
-        self, affinity: vm_affinity.Affinity, hosts: t.Sequence[placement.HostState], source_uuid: str, chooser: _Chooser, moving: t.Sequence[Verdict]
+        self,
+        affinity: vm_affinity.Affinity,
+        hosts: t.Sequence[placement.HostState],
+        source_uuid: str,
+        chooser: _Chooser,
+        moving: t.Sequence[Verdict],
+        copies: _Copies,
     ) -> None:
         self.affinity = affinity
+        self.copies = copies
         self.offline = affinity.host_rules_only()
         self.hosts = hosts
         self.source_uuid = source_uuid
@@ -366,8 +462,13 @@ class _AffinityPlacer:
         if vm.running and len(self.parties.get(vm.name, ())) > 1:
             return self._place_party(self.parties[vm.name])
         rules = self.affinity if vm.running else self.offline
-        host, rejected = placement.choose(needs, self.hosts, self.source_uuid, self.chooser.pending, rules)
+        if self.copies.concerns(verdict):
+            host, rejected = self.copies.choose(verdict, self.hosts, self.chooser.pending, rules)
+        else:
+            host, rejected = placement.choose(needs, self.hosts, self.source_uuid, self.chooser.pending, rules)
         if host is not None:
+            if self.copies.concerns(verdict):
+                self.copies.take(verdict, host)
             self.chooser.assign(host.name, needs)
             if vm.running:
                 self.affinity.move(vm.name, host.name)
@@ -379,6 +480,20 @@ class _AffinityPlacer:
         reason = "VM '%s' cannot be placed without breaking a hard rule of affinity group(s) %s: %s" % (
             vm.name, ", ".join("'%s'" % name for name in groups), placement.explain(vm.name, rejected))
         return None, reason, rejected, vm_affinity.RULE
+
+    def _party_copies(self, party: t.Sequence[str], host: placement.HostState) -> t.List[str]:
+        """Why ``host`` cannot take the disk copies of every VM of ``party`` at once, each counting the ones before it (empty: it can)."""
+        if not self.copies.usable(host):
+            return []
+        pending = storage.PendingSpace(dict(self.copies.pending.taken))
+        problems: t.List[str] = []
+        for name in party:
+            verdict = self.verdicts[name]
+            if self.copies.concerns(verdict):
+                plan = self.copies.plan(verdict, host, pending)
+                problems.extend(plan.refusals)
+                pending.add(plan)
+        return problems
 
     def _place_party(self, party: t.Sequence[str]) -> t.Tuple[t.Optional[placement.HostState], str, t.Dict[str, t.List[str]], t.Optional[str]]:
         members = [t.cast(placement.VmNeeds, self.verdicts[name].needs) for name in party]
@@ -395,6 +510,7 @@ class _AffinityPlacer:
                 if not host.error:
                     for needs in members:
                         reasons.extend(self.affinity.rejections(needs.name, host.name))
+                reasons.extend(self._party_copies(party, host))
                 if reasons:
                     rejected[host.name] = reasons
                 else:
@@ -407,6 +523,8 @@ class _AffinityPlacer:
             )
             self.chooser.assign(host.name, t.cast(placement.VmNeeds, together))
             for name in party:
+                if self.copies.concerns(self.verdicts[name]):
+                    self.copies.take(self.verdicts[name], host)
                 self.reserved[name] = host
                 self.affinity.move(name, host.name)
             return host, "", rejected, None
@@ -430,6 +548,7 @@ def plan_evacuation(
     fast: bool = True,
     request: t.Optional[MoveRequest] = None,
     affinity: t.Optional[vm_affinity.Affinity] = None,
+    destination_storage: t.Optional[t.Mapping[str, storage.DestinationFacts]] = None,
 ) -> EvacuationPlan:
     """Plan moving every VM in ``vms`` off ``source`` onto ``hosts`` (see the module docstring for the rules).
 
@@ -439,6 +558,8 @@ def plan_evacuation(
     first instead of checking every host for every VM; the plan is the same either way.
     ``affinity``, when given, holds the affinity groups and where every running VM of the cluster is,
     the VMs of the source left out (they are placed as the plan goes); the plan moves VMs in it.
+    ``destination_storage`` holds, per host name, what its storage pools can take (``storage.DestinationFacts``),
+    read when the request copies disks (``request.storage`` copy or auto).
     """
     if non_migratable not in NON_MIGRATABLE_ACTIONS:
         raise EvacuationError("non_migratable must be one of %s, got %r" % (", ".join(NON_MIGRATABLE_ACTIONS), non_migratable))
@@ -459,10 +580,11 @@ def plan_evacuation(
     verdicts = sorted((assessor.assess(vm) for vm in vms), key=_order_key)
 
     chooser: _Chooser = _RankedChooser(hosts, source.uuid) if fast else _ScanChooser(hosts, source.uuid)
+    copies = _Copies(destination_storage or {}, source.uuid)
     placer: t.Optional[_AffinityPlacer] = None
     if affinity is not None:
         moving = [verdict for verdict in verdicts if verdict.refusal() is None and verdict.vm.running]
-        placer = _AffinityPlacer(affinity, hosts, source.uuid, chooser, moving)
+        placer = _AffinityPlacer(affinity, hosts, source.uuid, chooser, moving, copies)
     for verdict in verdicts:
         vm = verdict.vm
         refusal = verdict.refusal()
@@ -488,6 +610,15 @@ def plan_evacuation(
             if destination is None:
                 plan.unplaceable.append(_held(verdict, reason, rule, rejected))
                 continue
+        elif copies.concerns(verdict):
+            destination, rejected = copies.choose(verdict, hosts, chooser.pending)
+            if destination is None:
+                plan.unplaceable.append(_held(verdict, placement.explain(vm.name, rejected), None, rejected))
+                continue
+            copies.take(verdict, destination)
+            chooser.assign(destination.name, needs)
+            if affinity is not None:
+                affinity.move(vm.name, destination.name)
         else:
             destination = chooser.place(needs)
             if destination is None:
@@ -500,7 +631,12 @@ def plan_evacuation(
         load.memory_mib += needs.memory_mib
         load.vcpus += needs.vcpus
         load.vms += 1
-        plan.moves.append(move_for(verdict, source, destination))
+        copied = copies.plans.get(vm.uuid or vm.name) if copies.concerns(verdict) else None
+        if copied is not None:
+            plan.copies[vm.uuid or vm.name] = copied
+            for pool, size in copied.bytes_by_pool().items():
+                load.copy_bytes[pool] = load.copy_bytes.get(pool, 0) + size
+        plan.moves.append(move_for(verdict, source, destination, copied))
     if affinity is not None:
         plan.unmet = affinity.unmet()
     return plan

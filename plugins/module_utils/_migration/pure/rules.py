@@ -462,8 +462,14 @@ class Assessor:
         )
 
 
-def move_for(verdict: Verdict, source: SourceHost, destination: t.Optional[placement.HostState] = None) -> Move:
-    """The move the job runner carries out for a VM the rules let move (``destination`` unknown yet: empty)."""
+def move_for(
+    verdict: Verdict, source: SourceHost, destination: t.Optional[placement.HostState] = None, copies: t.Optional[storage.CopyPlan] = None
+) -> Move:
+    """The move the job runner carries out for a VM the rules let move (``destination`` unknown yet: empty).
+
+    ``copies``: the disks the move copies onto ``destination`` (``storage.plan_for``); their copy
+    extends the job's timeout (``storage.copy_timeout``).
+    """
     vm = verdict.vm
     if verdict.policy is None:
         why = t.cast(Finding, verdict.finding("invalid_settings"))
@@ -482,7 +488,7 @@ def move_for(verdict: Verdict, source: SourceHost, destination: t.Optional[place
         policy=verdict.policy,
         persistent=verdict.persistent,
         state=vm.state,
-        timeout_s=verdict.timeout_s,
+        timeout_s=storage.copy_timeout(verdict.timeout_s, copies) if vm.running else verdict.timeout_s,
         bond_vfs=vm.bond_vfs if vm.running else (),
         failover_primaries=vm.failover_primaries if vm.running else (),
         guest_hooks=verdict.guest_hooks,

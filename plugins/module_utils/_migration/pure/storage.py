@@ -46,6 +46,11 @@ COPYABLE_TYPES = frozenset(("file", "block", "volume"))
 MIB = 1024 * 1024
 # Room kept free in a destination pool per copied disk: 10 % of its allocation plus 64 MiB.
 COPY_SPACE_MARGIN = (0.10, 64 * MIB)
+# The rate at which a move is assumed to copy disks when its job's timeout is set: 32 MiB/s (about
+# 270 Mbit/s), well below a 1 Gbit/s migration network shared by two moves, so that a copy that is
+# merely slow is not aborted. A move that copies disks gets its timeout extended by their allocated
+# bytes at this rate (:func:`copy_timeout`).
+COPY_RATE_BYTES_PER_S = 32 * MIB
 
 
 def check_shared_storage(path: t.Any) -> t.Optional[str]:
@@ -55,6 +60,13 @@ def check_shared_storage(path: t.Any) -> t.Optional[str]:
     if not isinstance(path, str) or not os.path.isabs(path):
         raise PolicyError("shared_storage must be an absolute path, got %r" % (path,))
     return os.path.normpath(path)
+
+
+def copy_timeout(timeout_s: t.Optional[int], plan: t.Optional["CopyPlan"]) -> t.Optional[int]:
+    """The job timeout of a move that copies ``plan``'s disks: ``timeout_s`` plus their allocated bytes at :data:`COPY_RATE_BYTES_PER_S`."""
+    if timeout_s is None or plan is None or not plan.disks:
+        return timeout_s
+    return timeout_s + -(-sum(disk.allocated_bytes for disk in plan.disks) // COPY_RATE_BYTES_PER_S)
 
 
 def margin(allocated_bytes: int) -> int:
@@ -102,6 +114,10 @@ class DestinationFacts:
 
     pools: t.Tuple[Pool, ...] = ()
     existing: t.FrozenSet[str] = frozenset()
+
+    def without(self, paths: t.Iterable[str]) -> "DestinationFacts":
+        """These facts once ``paths`` are deleted (the volumes a lost run left, which a real run deletes first)."""
+        return dataclasses.replace(self, existing=self.existing - frozenset(paths))
 
 
 @dataclasses.dataclass(frozen=True)
