@@ -277,20 +277,30 @@ class JobRunner:
         return observed
 
     # -- a planned move -----------------------------------------------------------------------
-    def carry_out(self, move: Move, others: t.Sequence[Candidate] = ()) -> t.Dict[str, t.Any]:
+    def carry_out(
+        self, move: Move, others: t.Sequence[Candidate] = (), around: t.Optional[t.Callable[[t.Callable[[], t.Dict[str, t.Any]]], t.Dict[str, t.Any]]] = None
+    ) -> t.Dict[str, t.Any]:
         """Carry out one move of an evacuation plan, as planned: ``outcome`` is ``migrated`` or ``already there``.
 
         Opens the source and the destination once each. Before the job starts it re-checks what may
         have changed since the plan: the VM is still on the source (else it is looked for on the
         destination), no job holds it (a job a lost run left is adopted), and the destination still
         has the memory a live move needs. ``others`` are the other hosts an adopted job may be taking
-        the VM to.
+        the VM to. ``around``, when given, is called with the job itself (once the re-checks passed, not
+        for an adopted job or a VM that arrived meanwhile) and runs it: ``DiskCopies.run`` creates the
+        disk copies' volumes first and cleans them after any failure.
         """
         source_uri = t.cast(str, move.source_uri)
         self.know(others)
-        return self.guarded("migrate", source_uri, lambda: self._carry_out(move, source_uri, others))
+        return self.guarded("migrate", source_uri, lambda: self._carry_out(move, source_uri, others, around))
 
-    def _carry_out(self, move: Move, source_uri: str, others: t.Sequence[Candidate]) -> t.Dict[str, t.Any]:
+    def _carry_out(
+        self,
+        move: Move,
+        source_uri: str,
+        others: t.Sequence[Candidate],
+        around: t.Optional[t.Callable[[t.Callable[[], t.Dict[str, t.Any]]], t.Dict[str, t.Any]]] = None,
+    ) -> t.Dict[str, t.Any]:
         began = time.monotonic()
         uuid = t.cast(str, move.uuid)
         self._uuid = uuid
@@ -326,7 +336,10 @@ class JobRunner:
                         available_mib=memory["available_mib"],
                     )
             record_phase(self.timings, "start", began)
-            result = self.run(source, dom, move, dest)
+            if around is not None:
+                result = around(lambda: self.run(source, dom, move, dest))
+            else:
+                result = self.run(source, dom, move, dest)
         result["outcome"] = "migrated"
         return result
 

@@ -8,6 +8,12 @@ first; at most so many out of each source and into each destination at once, few
 so). Each runs in its own thread through :meth:`~runner.JobRunner.carry_out`, which re-checks what may
 have changed since the plan and verifies the move through libvirt. A move that fails does not stop the
 others; every move gets one record, in start order, whatever happened to it.
+
+A move that copies disks (``copies``, the plan's ``storage.CopyPlan`` per VM) runs under
+:class:`~storage.DiskCopies` as ``vm_migrate``'s does: its volumes are created on the destination
+under the copy manifest right before its job, deleted again after any failure (unless the VM is there),
+and after the verified move the manifest goes, the copied source volumes are removed with
+``remove_source_disks``, and the record's ``storage`` says what libvirt shows.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import threading
 import time
 import typing as t
 
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation, statefiles
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation, statefiles, storage
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import storage as disk_io
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.mark import now_iso
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.plan import Candidate, Move, RunOptions
@@ -26,7 +33,19 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.libvi
 
 # The runner's events a batch keeps in each VM's record: the steps around a move (not its progress).
 STEP_EVENTS = frozenset(
-    ("guest_hooks", "vf_unplugged", "vf_unplug_timeout", "vf_absent", "vf_plugged", "vf_plug_failed", "primary_released", "unplug_timeout")
+    (
+        "guest_hooks",
+        "vf_unplugged",
+        "vf_unplug_timeout",
+        "vf_absent",
+        "vf_plugged",
+        "vf_plug_failed",
+        "primary_released",
+        "unplug_timeout",
+        "volumes_created",
+        "copies_cleaned",
+        "source_disks_removed",
+    )
 )
 
 Record = t.Dict[str, t.Any]
@@ -72,6 +91,8 @@ class MoveBatch:
       warning of the record, never a failed move;
     * ``begun`` in the calling thread when a move has started, with every record so far (progress);
     * ``ended`` in the calling thread when the move has ended, whatever its outcome (audit, progress).
+
+    ``copies`` are the disk copies of the moves that copy disks, per VM UUID (else name).
     """
 
     def __init__(
@@ -87,6 +108,7 @@ class MoveBatch:
         self.candidates = list(candidates)
         self.log = log
         self.started = time.monotonic() if started is None else started
+        self.copies: t.Mapping[str, storage.CopyPlan] = {}
         self.check: t.Optional[t.Callable[[Move, Record], t.Optional[str]]] = None
         self.moved: t.Optional[t.Callable[[Move, Record], None]] = None
         self.begun: t.Callable[[t.Sequence[Record]], None] = lambda _records: None
@@ -104,7 +126,11 @@ class MoveBatch:
                 return
             # Where a migration left running by a lost run may have taken the VM, besides the destination.
             others = [candidate for candidate in self.candidates if candidate.uri != move.destination_uri]
-            outcome = runner.carry_out(move, others)
+            plan = self.copies.get(move.uuid or move.vm)
+            if plan is not None:
+                outcome = self._copying(runner, move, plan, others, record)
+            else:
+                outcome = runner.carry_out(move, others)
             record.update(
                 outcome=outcome["outcome"],
                 downtime_ms=outcome.get("downtime_ms"),
@@ -114,7 +140,7 @@ class MoveBatch:
             if outcome.get("adopted"):
                 record["adopted"] = True
             if outcome.get("warnings"):
-                record["warnings"] = list(outcome["warnings"])
+                record.setdefault("warnings", []).extend(outcome["warnings"])
             if self.moved is not None and record["outcome"] == "migrated":
                 try:
                     self.moved(move, record)
@@ -123,6 +149,8 @@ class MoveBatch:
                     record.setdefault("warnings", []).append("VM '%s' moved, but its placement record was not written: %s" % (move.vm, text))
         except MigrationError as exc:
             record.update(outcome="failed", error=exc.msg, observed=exc.details.get("observed"))
+            if exc.details.get("copies_left"):
+                record["copies_left"] = exc.details["copies_left"]
         except BaseException as exc:  # pylint: disable=broad-exception-caught
             record.update(outcome="failed", error="unexpected %s: %s" % (type(exc).__name__, exc))
         finally:
@@ -130,6 +158,24 @@ class MoveBatch:
             steps = [event for event in runner.events if event.get("event") in STEP_EVENTS]
             if steps:
                 record["events"] = steps
+
+    def _copying(self, runner: JobRunner, move: Move, plan: storage.CopyPlan, others: t.Sequence[Candidate], record: Record) -> t.Dict[str, t.Any]:
+        """Carry out a move that copies disks (see the module docstring); the record gets its ``storage`` and warnings."""
+        uuid = t.cast(str, move.uuid)
+        copies = disk_io.DiskCopies(self.connect, self.options.state_dir, runner.event)
+        record["storage"] = {"disks": plan.as_list()}
+        outcome = runner.carry_out(move, others, around=lambda job: copies.run(plan, move, job))
+        if outcome["outcome"] != "migrated" or outcome.get("adopted"):
+            # A lost run's job or move: its volumes stay with the VM where it runs, or go where it does not.
+            left = copies.clean_quietly(uuid)
+            if left:
+                record.setdefault("warnings", []).append(left)
+            return outcome
+        done, problems = copies.finish(plan, uuid, t.cast(str, move.source_uri), move.destination_uri, self.options.remove_source_disks)
+        record["storage"] = done
+        if problems:
+            record.setdefault("warnings", []).extend(problems)
+        return outcome
 
     def run(self, moves: t.Sequence[Move], max_outgoing: int, max_incoming: int) -> t.List[Record]:
         """Carry out ``moves`` under the limits; each record starts with :func:`first_keys`."""

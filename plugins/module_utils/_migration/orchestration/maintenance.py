@@ -11,6 +11,12 @@ host, for audit.
 The host is marked only when every VM has moved (or been shut down as asked). If any migration
 fails, the others still run, the host is not marked, and the result lists every VM's outcome; a
 rerun resumes, since VMs that have moved are no longer on the host.
+
+Local disks (option ``storage`` copy or auto, ``storage.py``): the source's libvirt is asked about
+each VM's volumes, and each usable candidate once (at the same time) about its pools and the paths
+the VMs' disks would take there; the plan sends a VM that copies disks only where its copies fit
+(``evacuation.py``). Copy manifests a lost run left for the host's VMs are cleaned before the plan
+is made (in check mode, a warning). Each copy move runs under ``DiskCopies`` (``batch.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import time
 import typing as t
 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import domain as domxml
-from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity, evacuation, placement, rules, statefiles
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import affinity, evacuation, placement, rules, statefiles, storage
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import storage as disk_io
 from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io.connection import libvirt_connection
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import (
     MigrationError,
@@ -103,6 +110,8 @@ class HostMaintenance:
         self.start = time.monotonic()
         self._log_lock = threading.Lock()
         self.timings: t.Dict[str, float] = {}
+        # The disk copies of lost runs cleaned before the plan was made.
+        self.cleaned: t.List[t.Dict[str, t.Any]] = []
 
     def connect(self, uri: str, connect_timeout: t.Optional[float] = None) -> t.ContextManager[t.Any]:
         return libvirt_connection(uri, self.request.username, self.request.password, connect_timeout=connect_timeout)
@@ -134,6 +143,11 @@ class HostMaintenance:
             vm = rules.VmToMove.from_domain(facts, requirements, req.cluster_policy, req.global_policy)
             if not vm.running:
                 vm.saved_image = _has_saved_image(dom)
+            if req.storage != storage.SHARED:
+                try:
+                    vm.storage_facts = disk_io.source_facts(conn, dom, vm.disks)
+                except libvirt.libvirtError as exc:
+                    raise translate_libvirt_error(exc, "read the VM's storage volumes", vm=vm.name, uri=req.uri) from exc
             vms.append(vm)
             cpu = CpuCheck.of(facts, requirements)
             if cpu is not None:
@@ -143,6 +157,56 @@ class HostMaintenance:
     def _hosts(self, vms: t.Sequence[evacuation.VmToMove], cpus: t.Mapping[str, CpuCheck]) -> t.List[placement.HostState]:
         needs = [t.cast(placement.VmNeeds, vm.needs) for vm in vms]
         return probe_hosts(self.connect, self.request.candidates, needs, cpus, self.request.memory_reserved_mib)
+
+    def _destination_storage(
+        self, vms: t.Sequence[evacuation.VmToMove], hosts: t.Sequence[placement.HostState], source_uuid: str, leftovers: t.Mapping[str, t.Sequence[str]]
+    ) -> t.Dict[str, storage.DestinationFacts]:
+        """Per usable candidate (by name), its storage pools and which of the VMs' disk paths it has, read once each, all at the same time.
+
+        ``leftovers`` are, per destination URI, the volumes of lost runs' copies that a real run deletes
+        first (check mode): they do not count as present. A candidate that cannot be read is left out:
+        it takes no copy, and the plan says why.
+        """
+        paths = sorted({str(disk["path"]) for vm in vms for disk in vm.disks if disk.get("path")})
+        usable = [host for host in hosts if host.error is None and not host.maintenance and host.uuid != source_uuid]
+
+        def one(host: placement.HostState) -> t.Optional[t.Tuple[str, storage.DestinationFacts]]:
+            try:
+                with self.connect(host.uri) as conn:
+                    facts = disk_io.destination_facts(conn, paths)
+            except (MigrationError, libvirt.libvirtError) as exc:
+                self.log("cannot read the storage pools of %s: %s" % (host.name, getattr(exc, "msg", exc)))
+                return None
+            return host.name, facts.without(leftovers.get(host.uri, ()))
+
+        if not usable:
+            return {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(usable)))) as pool:
+            return dict(entry for entry in pool.map(one, usable) if entry is not None)
+
+    def _leftover_copies(self, vms: t.Sequence[evacuation.VmToMove], check_mode: bool) -> t.Tuple[t.List[str], t.Dict[str, t.List[str]]]:
+        """Clean the volumes lost runs created for the host's VMs (their copy manifests) before the plan is made.
+
+        In check mode nothing is deleted: a warning per VM, and per destination URI the volumes a real
+        run would delete first. Returns (warnings, those volumes).
+        """
+        copies = disk_io.DiskCopies(self.connect, self.request.state_dir, self._cleaned)
+        warnings: t.List[str] = []
+        volumes: t.Dict[str, t.List[str]] = {}
+        for vm in vms:
+            found = copies.leftover(t.cast(str, vm.uuid)) if vm.uuid else None
+            if found is None:
+                continue
+            if check_mode:
+                warnings.append(disk_io.leftover_warning(vm.name, found))
+                volumes.setdefault(found["destination_uri"], []).extend(found["volumes"])
+            else:
+                copies.clean(t.cast(str, vm.uuid))
+        return warnings, volumes
+
+    def _cleaned(self, event: str, **details: t.Any) -> None:
+        """A lost run's disk copies cleaned before the plan (``DiskCopies``' event), for the result's ``copies_cleaned``."""
+        self.cleaned.append(dict(details, event=event, at_s=self.at()))
 
     @staticmethod
     def _known_as(source: rules.SourceHost, hosts: t.Sequence[placement.HostState]) -> rules.SourceHost:
@@ -220,12 +284,28 @@ class HostMaintenance:
         began = record_phase(self.timings, "probe", began)
         for vm in to_move:
             vm.duplicate_on = rules.defined_elsewhere(vm.uuid, uuid, hosts)
-        asked = rules.MoveRequest(allow_unsafe_cache=req.allow_unsafe_cache, tunnelled=req.tunnelled, guest_hooks=req.guest_hooks)
+        asked = rules.MoveRequest(
+            allow_unsafe_cache=req.allow_unsafe_cache,
+            tunnelled=req.tunnelled,
+            guest_hooks=req.guest_hooks,
+            storage=req.storage,
+            shared_storage=req.shared_storage,
+        )
         groups, warnings = self._affinity(hosts, source)
-        plan = evacuation.plan_evacuation(to_move, hosts, source, req.include_manual, req.non_migratable, request=asked, affinity=groups)
+        pools = None
+        if req.storage != storage.SHARED:
+            left, leftovers = self._leftover_copies(to_move, check_mode)
+            warnings.extend(left)
+            pools = self._destination_storage(to_move, hosts, uuid, leftovers)
+            began = record_phase(self.timings, "storage", began)
+        plan = evacuation.plan_evacuation(
+            to_move, hosts, source, req.include_manual, req.non_migratable, request=asked, affinity=groups, destination_storage=pools
+        )
         enforcement = hook_status(state_dir=req.state_dir)
         record_phase(self.timings, "plan", began)
         result: t.Dict[str, t.Any] = {"changed": True, "host": hostname, "plan": plan.as_dict(), "enforcement": enforcement, "timings": self.timings}
+        if self.cleaned:
+            result["copies_cleaned"] = self.cleaned
         # Rules the plan leaves unmet: soft ones it could not keep, hard ones already broken elsewhere.
         warnings.extend("%s (after the evacuation)." % breach.message for breach in plan.unmet or ())
         if not plan.ok:
@@ -237,7 +317,7 @@ class HostMaintenance:
         to_shut = [held for held in plan.shutdown if held.running]
         if mark is not None and mark["state"] == MAINTENANCE and not plan.moves and not to_shut:
             return {
-                "changed": False,
+                "changed": bool(self.cleaned),
                 "host": hostname,
                 "maintenance": mark,
                 "plan": plan.as_dict(),
@@ -442,8 +522,9 @@ class HostMaintenance:
         options = RunOptions(poll_interval=req.poll_interval, monitor_interval=req.monitor_interval, state_dir=req.state_dir,
                              username=req.username, password=req.password, unplug_timeout=req.unplug_timeout,
                              guest_hook_failure=req.guest_hook_failure, guest_hook_timeout=req.guest_hook_timeout,
-                             tunnelled=req.tunnelled)
+                             tunnelled=req.tunnelled, synchronous_writes=req.synchronous_writes, remove_source_disks=req.remove_source_disks)
         batch = MoveBatch(options, self.connect, req.candidates, log=self.log, started=self.start)
+        batch.copies = plan.copies
         left = {"left_host": source.name, "left_host_uuid": source.uuid, "left_at": now_iso(), "balanced_at": None}
 
         def moved(move: Move, _record: t.Dict[str, t.Any]) -> None:
