@@ -14,6 +14,8 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure 
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import evacuation as ev
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import placement as pl
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import settings as st
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure import storage
+from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.rules import MoveRequest
 from libvirt_fakes import host_state
 
 SOURCE = ev.SourceHost(name="h1", uuid="uuid-h1", uri="qemu:///system")
@@ -844,3 +846,98 @@ def test_fast_path_gives_the_same_plan_with_affinity_groups(seed: int) -> None:
     assert fast.as_dict() == reference.as_dict()
     # No hard rule is broken by the plan.
     assert not [breach for breach in fast.unmet or () if breach.enforcing]
+
+
+# -- local disks copied with the moves (storage copy or auto)
+
+GIB = 1024**3
+IMAGES = "/var/lib/libvirt/images"
+
+
+def copying_vm(name: str, allocated_gib: int, memory: int = 1024, **kwargs: t.Any) -> ev.VmToMove:
+    """A running VM with one qcow2 disk of 20 GiB in the source's ``default`` dir pool, ``allocated_gib`` of it allocated."""
+    subject = vm(name, memory, **kwargs)
+    path = "%s/%s.qcow2" % (IMAGES, name)
+    pool = storage.Pool("default", "dir", IMAGES, 500 * GIB)
+    subject.disks = ({"target": "vda", "type": "file", "path": path, "device": "disk", "readonly": False, "format": "qcow2", "backing": False},)
+    subject.storage_facts = storage.SourceFacts(volumes={"vda": storage.Volume(path, pool, 20 * GIB, allocated_gib * GIB, "qcow2")})
+    return subject
+
+
+def pools(free_gib: int, existing: t.Iterable[str] = ()) -> storage.DestinationFacts:
+    return storage.DestinationFacts((storage.Pool("default", "dir", IMAGES, free_gib * GIB),), frozenset(existing))
+
+
+def copy_plan(vms: t.Sequence[ev.VmToMove], hosts: t.Sequence[pl.HostState], facts: t.Mapping[str, storage.DestinationFacts], **kwargs: t.Any) -> ev.EvacuationPlan:
+    return plan(vms, hosts, request=MoveRequest(storage="copy"), destination_storage=facts, **kwargs)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_copies_share_a_pool_and_spill_to_another_host(fast: bool) -> None:
+    # h2 has far more memory (the fast path would put everything there), but room for one 8 GiB copy only.
+    vms = [copying_vm("a", 8), copying_vm("b", 8), vm("c")]
+    result = copy_plan(vms, [host("h2", 64000), host("h3", 8000)], {"h2": pools(10), "h3": pools(100)}, fast=fast)
+    assert result.ok
+    assert sorted(moves(result)) == [("a", "h2"), ("b", "h3"), ("c", "h2")]
+    by_vm = {move.vm: move for move in result.moves}
+    # 8 GiB + 10 % + 64 MiB per copy.
+    taken = 8 * GIB + int(0.8 * GIB) + 64 * storage.MIB
+    assert result.load["h2"].copy_bytes == {"default": taken} and result.load["h3"].copy_bytes == {"default": taken}
+    assert by_vm["a"].copy_disks == ("vda",) and by_vm["c"].copy_disks == ()
+    shown = result.as_dict()
+    assert shown["load"]["h2"]["copy_bytes_by_pool"] == {"default": taken}
+    [a] = [move for move in shown["moves"] if move["vm"] == "a"]
+    assert a["storage"][0]["destination_pool"] == "default" and a["storage"][0]["action"] == "copy" and a["copy_disks"] == ["vda"]
+    [c] = [move for move in shown["moves"] if move["vm"] == "c"]
+    assert "storage" not in c and "copy_bytes_by_pool" not in shown["load"].get("h4", {})
+
+
+def test_copies_no_host_can_take_is_unplaceable_with_every_hosts_reasons() -> None:
+    facts = {"h2": pools(1), "h3": pools(100, existing=["%s/a.qcow2" % IMAGES])}
+    result = copy_plan([copying_vm("a", 8, memory=4096)], [host("h2", 8000), host("h3", 2048)], facts)
+    assert not result.ok and not result.moves
+    [held] = result.unplaceable
+    assert "free after planned copies" in " ".join(held.rejected["h2"])
+    # h3: its memory and its storage, together.
+    reasons = " ".join(held.rejected["h3"])
+    assert "MiB" in held.rejected["h3"][0] and "a volume already exists at that path on h3" in reasons
+    assert "h2" in held.reason and "h3" in held.reason
+
+
+def test_copies_need_the_destinations_pools_read() -> None:
+    result = copy_plan([copying_vm("a", 1)], [host("h2")], {})
+    assert result.unplaceable[0].rejected["h2"] == ["VM 'a': the storage pools of h2 could not be read"]
+
+
+def test_vms_without_copies_are_placed_as_before() -> None:
+    vms = [vm("a", 2048), vm("b", 1024), vm("c", 512, running=False)]
+    hosts = [host("h2", 8000), host("h3", 6000)]
+    before = plan(vms, hosts)
+    after = copy_plan(vms, hosts, {"h2": pools(0), "h3": pools(0)})
+    assert moves(after) == moves(before) and not after.copies
+    assert [move.timeout_s for move in after.moves] == [move.timeout_s for move in before.moves]
+    assert all("copy_bytes_by_pool" not in load for load in after.as_dict()["load"].values())
+
+
+def test_a_copy_move_has_its_timeout_extended_for_the_copy() -> None:
+    result = copy_plan([copying_vm("a", 8), vm("b")], [host("h2")], {"h2": pools(100)})
+    by_vm = {move.vm: move for move in result.moves}
+    base = by_vm["b"].timeout_s
+    assert base is not None and by_vm["a"].timeout_s == base + 8 * GIB // storage.COPY_RATE_BYTES_PER_S
+    assert result.as_dict()["moves"][0]["timeout_s"] == by_vm["a"].timeout_s
+
+
+def test_affinity_placement_respects_copies() -> None:
+    # a and b in a soft positive group: together on h2 if its pool took both, it takes one only.
+    groups = af.Affinity(af.parse_groups([{"name": "pair", "vms": ["a", "b"], "vm_rule": "positive", "vm_enforcing": False}]), {})
+    result = copy_plan([copying_vm("a", 8), copying_vm("b", 8)], [host("h2"), host("h3")], {"h2": pools(10), "h3": pools(10)}, affinity=groups)
+    assert result.ok and sorted(destination for _vm, destination in moves(result)) == ["h2", "h3"]
+
+
+def test_hard_positive_party_needs_room_for_every_copy() -> None:
+    groups = af.Affinity(af.parse_groups([{"name": "pair", "vms": ["a", "b"], "vm_rule": "positive", "vm_enforcing": True}]), {})
+    result = copy_plan([copying_vm("a", 8), copying_vm("b", 8)], [host("h2"), host("h3")], {"h2": pools(10), "h3": pools(20)}, affinity=groups)
+    assert result.ok and sorted(moves(result)) == [("a", "h3"), ("b", "h3")]
+    tight = copy_plan([copying_vm("a", 8), copying_vm("b", 8)], [host("h2"), host("h3")], {"h2": pools(10), "h3": pools(10)}, affinity=groups)
+    assert not tight.ok and {held.vm for held in tight.unplaceable} == {"a", "b"}
+    assert "free after planned copies" in tight.unplaceable[0].reason
