@@ -25,7 +25,8 @@ from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import DEFAULT_STATE_DIR
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.errors import MigrationError
 from ansible_collections.virtops.migration.plugins.module_utils._migration.pure.statefiles import StateFileError
-from libvirt_fakes import HV1_UUID, HV2_UUID, FakeCluster, FakeConnection, FakeDomain, libvirt_error
+from ansible_collections.virtops.migration.plugins.module_utils._migration.libvirt_io import storage as disk_io
+from libvirt_fakes import HV1_UUID, HV2_UUID, FakeCluster, FakeConnection, FakeDomain, FakePool, libvirt_error
 
 
 def test_mark_round_trip_and_status(tmp_path: Path) -> None:
@@ -781,3 +782,152 @@ def test_a_state_directory_others_can_write_is_refused_even_without_a_mark(tmp_p
     with pytest.raises(MigrationError, match="is writable by other users .mode 777.; refusing to use it"):
         mt.HostMaintenance(request).maintenance(check_mode=check_mode)
     assert not hosts.migrations and list(state_dir.iterdir()) == []
+
+
+# -- local disks copied with the moves (storage copy / auto)
+
+IMAGES = "/var/lib/libvirt/images"
+GIB = 1024**3
+
+
+def disk_domain(name: str) -> FakeDomain:
+    """A running VM with one qcow2 disk at IMAGES/<name>.qcow2."""
+    dom = domain(name, RUNNING)
+    dom.xml = dom.xml.replace(
+        "<devices/>",
+        "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='%s/%s.qcow2'/>"
+        "<target dev='vda' bus='virtio'/></disk></devices>" % (IMAGES, name),
+    )
+    return dom
+
+
+@pytest.fixture
+def copying(hosts: Hosts, monkeypatch: pytest.MonkeyPatch) -> t.Tuple[FakePool, FakePool]:
+    """hv1's and hv2's dir pools at IMAGES; the job runner moves the VM inside ``around`` (the disk copies' create and cleanup)."""
+    source_pool, dest_pool = FakePool("default"), FakePool("default")
+    hosts.hv1.pools.append(source_pool)
+    hosts.hv2.pools.append(dest_pool)
+
+    class CopyingRunner:
+        def __init__(self, _options: t.Any, _connect: t.Any, _vm: str, log: t.Callable[[str], None]) -> None:
+            self.timings: t.Dict[str, float] = {}
+            self.events: t.List[t.Dict[str, t.Any]] = []
+
+        def event(self, name: str, **details: t.Any) -> None:
+            self.events.append(dict(details, event=name))
+
+        def carry_out(self, move: Move, _others: t.Sequence[Candidate] = (), around: t.Any = None) -> t.Dict[str, t.Any]:
+            hosts.migrations.append(move)
+
+            def job() -> t.Dict[str, t.Any]:
+                # The volumes exist on hv2 by now: the job runs after they were created.
+                assert all(any(vol.name() == "%s.qcow2" % move.vm for vol in dest_pool.volumes) for _disk in move.copy_disks)
+                if hosts.migration_error is not None:
+                    raise hosts.migration_error
+                dom = next(dom for dom in hosts.hv1.domains if dom.UUIDString() == move.uuid)
+                hosts.hv1.domains.remove(dom)
+                hosts.hv2.domains.append(dom)
+                return {"changed": True, "vm_state": "running"}
+
+            result = around(job) if around is not None else job()
+            return dict(result, outcome="migrated")
+
+    monkeypatch.setattr(batch_mod, "JobRunner", CopyingRunner)
+    return source_pool, dest_pool
+
+
+def copy_request(tmp_path: Path, **changes: t.Any) -> mt.MaintenanceRequest:
+    request = host_maintenance(tmp_path).request
+    request.storage = "copy"
+    for name, value in changes.items():
+        setattr(request, name, value)
+    return request
+
+
+def copies_dir(tmp_path: Path) -> t.List[str]:
+    directory = tmp_path / "state" / "copies"
+    return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
+
+
+def test_an_evacuation_copies_local_disks_under_the_manifest_and_keeps_the_source_disks(
+    tmp_path: Path, hosts: Hosts, copying: t.Tuple[FakePool, FakePool]
+) -> None:
+    source_pool, dest_pool = copying
+    hosts.hv1.domains += [disk_domain("a1"), disk_domain("b2")]
+    source_pool.add("a1.qcow2", 20 * GIB, 4 * GIB)
+    source_pool.add("b2.qcow2", 20 * GIB, 2 * GIB)
+    planned = mt.HostMaintenance(copy_request(tmp_path)).maintenance(check_mode=True)
+    shown = {move["vm"]: move for move in planned["plan"]["moves"]}
+    assert shown["a1"]["copy_disks"] == ["vda"] and shown["a1"]["storage"][0]["path"] == IMAGES + "/a1.qcow2"
+    assert shown["a1"]["storage"][0]["action"] == "copy" and shown["a1"]["storage"][0]["allocated_bytes"] == 4 * GIB
+    assert planned["plan"]["load"]["hv2"]["copy_bytes_by_pool"]["default"] > 6 * GIB
+    assert not dest_pool.created and not hosts.migrations and not copies_dir(tmp_path)
+    result = mt.HostMaintenance(copy_request(tmp_path)).maintenance(check_mode=False)
+    assert [record["outcome"] for record in result["vms"]] == ["migrated", "migrated"]
+    assert sorted(vol.path() for vol in dest_pool.volumes) == [IMAGES + "/a1.qcow2", IMAGES + "/b2.qcow2"]
+    for record in result["vms"]:
+        path = "%s/%s.qcow2" % (IMAGES, record["vm"])
+        assert record["storage"]["destination_disks"] == {"vda": path}
+        assert record["storage"]["source_disks_kept"] == [path] and record["storage"]["source_disks_removed"] == []
+        assert [event["event"] for event in record["events"]] == ["volumes_created"]
+    assert len(source_pool.volumes) == 2 and not copies_dir(tmp_path)
+    assert result["maintenance"]["state"] == mk.MAINTENANCE
+
+
+def test_remove_source_disks_deletes_the_copied_source_volumes_after_the_verified_move(
+    tmp_path: Path, hosts: Hosts, copying: t.Tuple[FakePool, FakePool]
+) -> None:
+    source_pool, _dest_pool = copying
+    hosts.hv1.domains.append(disk_domain("a1"))
+    source_pool.add("a1.qcow2", 20 * GIB, 4 * GIB)
+    result = mt.HostMaintenance(copy_request(tmp_path, remove_source_disks=True)).maintenance(check_mode=False)
+    [record] = result["vms"]
+    assert record["storage"]["source_disks_removed"] == [IMAGES + "/a1.qcow2"] and record["storage"]["source_disks_kept"] == []
+    assert source_pool.deleted == [IMAGES + "/a1.qcow2"] and not source_pool.volumes
+
+
+def test_a_failed_copy_move_deletes_its_volumes_and_the_vm_stays_on_the_source(
+    tmp_path: Path, hosts: Hosts, copying: t.Tuple[FakePool, FakePool]
+) -> None:
+    source_pool, dest_pool = copying
+    hosts.hv1.domains.append(disk_domain("a1"))
+    source_pool.add("a1.qcow2", 20 * GIB, 4 * GIB)
+    hosts.migration_error = MigrationError("operation failed: migration of disk vda failed: No space left on device", vm="a1")
+    with pytest.raises(MigrationError) as caught:
+        mt.HostMaintenance(copy_request(tmp_path, remove_source_disks=True)).maintenance(check_mode=False)
+    [record] = caught.value.details["vms"]
+    assert record["outcome"] == "failed" and "No space left" in record["error"]
+    assert [event["event"] for event in record["events"]] == ["volumes_created", "copies_cleaned"]
+    assert dest_pool.deleted == [IMAGES + "/a1.qcow2"] and not dest_pool.volumes
+    assert [dom.name() for dom in hosts.hv1.domains] == ["a1"] and len(source_pool.volumes) == 1 and not source_pool.deleted
+    assert not copies_dir(tmp_path) and mk.read_mark(str(tmp_path / "state")) is None
+
+
+def test_no_room_for_the_copies_leaves_the_vm_unplaceable_before_anything_moves(
+    tmp_path: Path, hosts: Hosts, copying: t.Tuple[FakePool, FakePool]
+) -> None:
+    source_pool, dest_pool = copying
+    dest_pool.available = 3 * GIB
+    hosts.hv1.domains.append(disk_domain("a1"))
+    source_pool.add("a1.qcow2", 20 * GIB, 4 * GIB)
+    with pytest.raises(MigrationError) as caught:
+        mt.HostMaintenance(copy_request(tmp_path)).maintenance(check_mode=True)
+    assert "the pool 'default' on hv2 has 3072 MiB free after planned copies" in caught.value.msg
+    assert caught.value.details["plan"]["unplaceable"][0]["vm"] == "a1" and not hosts.migrations
+
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_a_lost_runs_copies_are_cleaned_before_the_plan(tmp_path: Path, hosts: Hosts, copying: t.Tuple[FakePool, FakePool], check_mode: bool) -> None:
+    source_pool, dest_pool = copying
+    dom = disk_domain("a1")
+    hosts.hv1.domains.append(dom)
+    source_pool.add("a1.qcow2", 20 * GIB, 4 * GIB)
+    dest_pool.add("a1.qcow2", 20 * GIB)  # created by a run that died before its job
+    disk_io.CopyManifest(str(tmp_path / "state")).write("a1", dom.UUIDString(), HV2_URI, [IMAGES + "/a1.qcow2"])
+    result = mt.HostMaintenance(copy_request(tmp_path)).maintenance(check_mode=check_mode)
+    if check_mode:
+        assert any("interrupted disk copy" in warning for warning in result["warnings"])
+        assert result["plan"]["ok"] and not dest_pool.deleted and copies_dir(tmp_path)
+    else:
+        assert result["copies_cleaned"][0]["deleted"] == [IMAGES + "/a1.qcow2"] and dest_pool.deleted == [IMAGES + "/a1.qcow2"]
+        assert [record["outcome"] for record in result["vms"]] == ["migrated"] and len(dest_pool.volumes) == 1 and not copies_dir(tmp_path)
