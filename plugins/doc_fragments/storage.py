@@ -33,6 +33,9 @@ options:
       - A move is refused (rule C(storage), naming the VM, the disk and the reason) for a VM with
         snapshots, a copied disk with a backing file, a disk type libvirt cannot copy, a shut-off VM whose
         disks would be left behind, a tunnelled move (O(tunnelled=true)), or post-copy with QEMU's TLS.
+      - A move that copies disks has its job timeout extended by the time its disks' allocated bytes take
+        at 32 MiB/s. An evacuation places such a VM only on a host whose pools take its copies, counting
+        the copies of the VMs planned there before it.
     type: str
     choices: [shared, copy, auto]
     default: shared

@@ -206,6 +206,18 @@ notes:
     keeps together go to one host that takes all of them at once. A VM only a broken hard rule could
     place is unplaceable with C(rule=affinity) (the reason naming the group), and the maintenance fails
     before anything moves. Rules the plan leaves unmet are in the plan's C(affinity.unmet) and the warnings.
+  - With O(storage=copy) or O(storage=auto), the disks of each running VM are classified as for
+    M(virtops.migration.vm_migrate), and each reachable candidate's storage pools are read once. A VM whose
+    disks are copied goes only to a candidate with, for each copied disk, an active pool at the disk's
+    directory, no volume at its path, and room for the copies beyond those of the VMs planned there before
+    it; when none can take it, it is unplaceable with each candidate's reasons (memory and storage alike),
+    and the maintenance fails before anything moves. A running VM whose disks cannot be copied (rule
+    C(storage)) may not migrate (see O(non_migratable)).
+  - A move that copies disks has its job timeout extended by the time its disks' allocated bytes take at
+    32 MiB/s, and runs under the same O(max_outgoing) and O(max_incoming) limits. Its volumes are created on
+    the destination right before its job, under a manifest in O(state_dir)C(/copies/), and deleted again if the
+    move fails (the VM stays on this host); manifests a run that died left for this host's VMs are cleaned
+    before the plan is made.
 seealso:
   - module: virtops.migration.vm_migrate
   - module: virtops.migration.host_info
@@ -235,6 +247,13 @@ EXAMPLES = r"""
     include_manual: true
     non_migratable: shutdown
 
+- name: Evacuate a host whose VMs have their disks in its local dir pool, copying them during the moves
+  virtops.migration.host_maintenance:
+    candidates: "{{ cluster_candidates }}"
+    storage: auto
+    shared_storage: "{{ virtops_shared_storage | default(omit) }}"
+    remove_source_disks: true
+
 - name: Bring hv1 back (restarts the VMs shut down for the maintenance)
   virtops.migration.host_maintenance:
     state: active
@@ -257,6 +276,11 @@ plan:
     - An C(unplaceable) VM has C(rule=affinity) when only breaking a hard rule of O(affinity_groups) could place it.
     - C(affinity) (added in 0.2.0, only with O(affinity_groups)) has C(unmet), the rules broken once the plan
       has run, each with C(group), C(kind) (V(vm) or V(host)), C(polarity), C(enforcing) and C(message).
+    - A move that copies disks (added in 0.3.0, O(storage)) also has C(copy_disks) (the targets copied),
+      C(timeout_s) (its job timeout, extended for the copy) and C(storage), its disks one by one (C(target),
+      C(path), C(format), C(virtual_bytes), C(allocated_bytes), C(source_pool), C(destination_pool), C(create),
+      C(action) V(copy); or C(action) V(shared) with C(why)); the C(load) of a destination that receives
+      copies has C(copy_bytes_by_pool), the bytes each of its pools takes (margins included).
   returned: state=maintenance and the host had VMs
   type: dict
   sample: {ok: true, tunnelled: false, moves: [{vm: db1, priority: high, memory_mib: 4096, from: hv1, to: hv3, kind: live}], blocked: []}
@@ -268,6 +292,11 @@ vms:
       unplug and plug of an SR-IOV failover VF, a released or kept failover primary; named as in the
       RV(virtops.migration.vm_migrate#module:events) of M(virtops.migration.vm_migrate)), C(warnings) (also
       added to the task's warnings), C(error) and C(observed) for a move that failed.
+    - A move that copied disks (added in 0.3.0) has C(storage) - C(disks) (as in the plan), C(destination_disks)
+      (each disk's path on the destination, as libvirt shows the VM there), C(source_disks_removed) and
+      C(source_disks_kept) (see O(remove_source_disks)) - and its C(events) include C(volumes_created),
+      C(copies_cleaned) (after a failure) and C(source_disks_removed). A failed one whose volumes could not
+      be deleted has C(copies_left), saying why; the next run deletes them.
   returned: state=maintenance and migrations ran
   type: list
   elements: dict
@@ -288,6 +317,15 @@ timings:
   type: dict
   version_added: 0.2.0
   sample: {connect: 0.004, read_source: 0.021, probe: 0.032, plan: 0.001, moves: 8.6, shutdown: 0.0, recheck: 0.006, report: 0.02, total: 8.68}
+copies_cleaned:
+  description:
+    - The volumes of interrupted disk copies a run that died left for this host's VMs, cleaned before the plan
+      was made (O(storage)), each with C(destination), C(deleted) and C(kept) (the VM is defined there).
+  returned: when such volumes were found, not in check mode (check mode warns instead)
+  type: list
+  elements: dict
+  version_added: 0.3.0
+  sample: [{event: copies_cleaned, destination: "qemu+tls://hv2.example.com/system", deleted: [/var/lib/libvirt/images/db1.qcow2], kept: null}]
 shutdown:
   description: VMs shut down for the maintenance.
   returned: state=maintenance and not in check mode
