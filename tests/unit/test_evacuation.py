@@ -868,7 +868,9 @@ def pools(free_gib: int, existing: t.Iterable[str] = ()) -> storage.DestinationF
     return storage.DestinationFacts((storage.Pool("default", "dir", IMAGES, free_gib * GIB),), frozenset(existing))
 
 
-def copy_plan(vms: t.Sequence[ev.VmToMove], hosts: t.Sequence[pl.HostState], facts: t.Mapping[str, storage.DestinationFacts], **kwargs: t.Any) -> ev.EvacuationPlan:
+def copy_plan(
+    vms: t.Sequence[ev.VmToMove], hosts: t.Sequence[pl.HostState], facts: t.Mapping[str, storage.DestinationFacts], **kwargs: t.Any
+) -> ev.EvacuationPlan:
     return plan(vms, hosts, request=MoveRequest(storage="copy"), destination_storage=facts, **kwargs)
 
 
