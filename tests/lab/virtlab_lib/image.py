@@ -58,8 +58,9 @@ STATIC_LIBC = Path("/usr/lib/x86_64-linux-gnu/libc.a")
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 AGENT_PACKAGE = "qemu-guest-agent"
 # Kernel modules the guest needs (dependencies are added from each module's own modinfo): virtio, its
-# disks (virtio_blk: the VM's shared or local disk, see hosts.py), the failover driver pair virtio_net pulls in, vmxnet3 (the emulated NIC that stands in for an SR-IOV VF
-# in the lab's failover guests: Debian's cloud kernel has no e1000e) and bonding (which needs tls).
+# disks (virtio_blk: a VM's shared or local disk, see hosts.py), the failover driver pair virtio_net
+# pulls in, vmxnet3 (the emulated NIC that stands in for an SR-IOV VF in the lab's failover guests:
+# Debian's cloud kernel has no e1000e) and bonding (which needs tls).
 GUEST_MODULES_REQUIRED = ("virtio_pci", "virtio_console", "virtio_blk")
 GUEST_MODULES_OPTIONAL = ("virtio_net", "net_failover", "failover", "vmxnet3", "bonding")
 # insmod parameters: bonding makes no bond0 of its own (a bond guest creates it through sysfs).
