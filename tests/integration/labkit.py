@@ -404,6 +404,38 @@ def assert_no_lost_writes(vm: str) -> None:
     assert passes > 0 and lost == 0, "workload in %s: %d passes, %d lost writes" % (vm, passes, lost)
 
 
+# The local disk of a VM added with `virtlab add-vm --disk SIZE`, as its guest names it (a link the
+# guest's /init makes from the disk's serial), and the guest's block workload on it (virtlab-blocks).
+LOCAL_DISK = "/dev/disk/by-id/virtio-virtops-local"
+
+
+def start_blocks(vm: str, rate: float = 2.0, device: str = LOCAL_DISK) -> int:
+    """Start the guest's block writer in the background, at most ``rate`` MiB/s from block 0 of ``device``; its PID."""
+    return int(guest_exec(vm, "virtlab-blocks", "write", device, "--rate", "%g" % rate, "--background").stdout)
+
+
+def blocks_status(vm: str) -> dict[str, t.Any]:
+    """The guest's block writer: {"acked": last durable block or None, "running": ..., "pid": ..., "result": ...}."""
+    return t.cast("dict[str, t.Any]", json.loads(guest_exec(vm, "virtlab-blocks", "status").stdout))
+
+
+def assert_no_lost_blocks(vm: str, device: str = LOCAL_DISK, timeout: float = 300) -> dict[str, t.Any]:
+    """Stop the guest's block writer and verify its disk: every acknowledged block is there, no block is bad,
+    and no valid block follows a hole. Returns the verifier's report.
+    """
+    status = json.loads(guest_exec(vm, "virtlab-blocks", "stop").stdout)
+    assert status["acked"] is not None and (status["result"] or {}).get("stopped") == "signal", "block writer in %s: %s" % (vm, status)
+    proc = virtlab("exec", vm, "--timeout", "%g" % timeout, "--", "virtlab-blocks", "verify", device, check=False, timeout=timeout + 60)
+    verdict: dict[str, t.Any] = json.loads(proc.stdout) if proc.stdout.startswith("{") else {}
+    assert proc.returncode == 0 and verdict.get("blocks", 0) >= status["acked"] + 1, "disk of %s after %s acknowledged blocks: %s %s" % (
+        vm,
+        status["acked"] + 1,
+        verdict or proc.stdout,
+        proc.stderr,
+    )
+    return verdict
+
+
 # ---------------------------------------------------------------------------------------------------
 # The guest network and the lab's SR-IOV failover stand-ins (`virtlab add-vm --failover MODE`)
 # ---------------------------------------------------------------------------------------------------

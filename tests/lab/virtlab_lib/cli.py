@@ -14,6 +14,9 @@ from .common import CACHE_DIR, STATE_DIR, LabError, import_dependencies, raise_o
 from .hosts import (
     FAILOVER_MEMORY_MIB,
     FAILOVER_MODES,
+    LOCAL_DISK_GUEST_PATH,
+    LOCAL_POOL_NAME,
+    LOCAL_POOL_PATH,
     STANDBY_ALIAS,
     VF_STANDIN_ALIAS,
     VF_STANDIN_MODEL,
@@ -231,10 +234,20 @@ def parser() -> argparse.ArgumentParser:
         help="give each VM a raw sparse disk file of MIB MiB on the lab's shared storage "
         "(SHARED/disks/NAME.img, a virtio disk, cache none); remove-vm deletes it",
     )
+    sub.add_argument(
+        "--disk",
+        metavar="SIZE",
+        help="give each VM a local disk: a thin qcow2 volume NAME.qcow2 of SIZE (256M, 1G, 512MiB: binary units, "
+        "1M to 1T) in the storage pool %s (%s on every host, each host's own) of its host, the next free virtio "
+        "disk (cache none), %s in the guest; remove-vm deletes it on every host that has a copy"
+        % (LOCAL_POOL_NAME, LOCAL_POOL_PATH, LOCAL_DISK_GUEST_PATH),
+    )
     sub.add_argument("--no-wait", action="store_true", help="do not wait for the guest agents to answer")
     sub.add_argument("--wait-timeout", type=float, default=180.0, metavar="SECONDS")
 
-    sub = add("remove-vm", cmd_remove_vm, "destroy and undefine lab VMs wherever they are")
+    sub = add(
+        "remove-vm", cmd_remove_vm, "destroy and undefine lab VMs wherever they are, and delete their shared and local disks"
+    )
     sub.add_argument("name", nargs="+")
 
     sub = add("ssh", cmd_ssh, "SSH to a lab host as root with the lab key")

@@ -71,6 +71,8 @@ TOOL_PACKAGES = {
     "virtlockd": "libvirt-daemon",
     "virsh": "libvirt-clients",
     "qemu-system-x86_64": "qemu-system-x86",
+    # libvirt's dir pools create qcow2 volumes (the VMs' local disks) with it.
+    "qemu-img": "qemu-utils",
     "sshd": "openssh-server",
     "ssh-keygen": "openssh-client",
     "ssh": "openssh-client",
@@ -500,6 +502,12 @@ class Vm:
     # its size; empty and 0 for a VM without disk.
     shared_disk: str = ""
     shared_disk_mib: int = 0
+    # A thin qcow2 volume NAME.qcow2 in the storage pool `virtops-local` of the host it was created on
+    # (`add-vm --disk`; the pool has the same path on every host, each host its own content): its path,
+    # its capacity in bytes and its target device; empty and 0 for a VM without one.
+    local_disk: str = ""
+    local_disk_bytes: int = 0
+    local_disk_target: str = ""
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Lab host lifecycle: each host's namespaces, virtlockd, libvirtd and sshd, the lab and migration
 networks, the shared storage, the lab's TLS certificates, the Ansible inventory, lab VMs (domain XML,
-define and start, waiting for their guest agents, removal), teardown, and the commands `up`, `down`, `status`, `check`, `add-vm`,
+define and start, waiting for their guest agents, removal, shared disks and local disks), teardown, and the commands `up`, `down`, `status`, `check`, `add-vm`,
 `remove-vm` and `ssh`.
 """
 
@@ -94,6 +94,20 @@ GUEST_BRIDGE = "labnet"
 NETWORK_NAME = "lab"
 POOL_NAME = "lab"
 POOL_PATH = "/var/lib/libvirt/images"
+# The storage pool of the VMs' local disks (`add-vm --disk`): a dir pool at the same path on every host,
+# inside the host's private /var/lib/libvirt, so that the path is the same everywhere and the content is
+# each host's own (a migration that copies a VM's storage finds the pool on its destination).
+LOCAL_POOL_NAME = "virtops-local"
+LOCAL_POOL_PATH = POOL_PATH + "/" + LOCAL_POOL_NAME
+# A local disk's serial: the guest's /init links /dev/disk/by-id/virtio-SERIAL to it.
+LOCAL_DISK_SERIAL = "virtops-local"
+LOCAL_DISK_GUEST_PATH = "/dev/disk/by-id/virtio-" + LOCAL_DISK_SERIAL
+# `add-vm --disk SIZE`: a whole number and a binary unit (256M, 1G, 512MiB), from DISK_MIN to DISK_MAX.
+DISK_SIZE = re.compile(r"([1-9][0-9]{0,12})([KMGT])(iB)?")
+DISK_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+DISK_MIN_BYTES = 1 << 20
+DISK_MAX_BYTES = 1 << 40
+SHARED_DISK_TARGET = "vda"
 LIBVIRTD_PORT = 16509
 LIBVIRTD_TLS_PORT = 16514
 MAX_HOSTS = 32
@@ -724,7 +738,7 @@ def start_sshd(host: Host, timeout: float = 15.0) -> None:
 
 
 def define_host_resources(host: Host) -> None:
-    """Define, start and autostart the host's network `lab` and storage pool `lab`."""
+    """Define, start and autostart the host's network `lab`, its storage pool `lab` and its pool `virtops-local`."""
     network_xml = "<network><name>%s</name><forward mode='bridge'/><bridge name='%s'/></network>" % (
         NETWORK_NAME,
         GUEST_BRIDGE,
@@ -743,6 +757,31 @@ def define_host_resources(host: Host) -> None:
             raise LabError(
                 "defining network/pool %s on %s: %s" % (NETWORK_NAME, host.name, exc.get_error_message())
             ) from exc
+        ensure_local_pool(conn, host)
+
+
+def local_pool_xml() -> str:
+    """The `virtops-local` dir pool of the VMs' local disks (the same path on every host)."""
+    return "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (LOCAL_POOL_NAME, LOCAL_POOL_PATH)
+
+
+def ensure_local_pool(conn: t.Any, host: Host) -> t.Any:
+    """The host's pool `virtops-local`, defined, built, started and autostarted where it is not yet (idempotent)."""
+    try:
+        try:
+            pool = conn.storagePoolLookupByName(LOCAL_POOL_NAME)
+        except common.libvirt.libvirtError as exc:
+            if exc.get_error_code() != common.libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise
+            pool = conn.storagePoolDefineXML(local_pool_xml(), 0)
+            pool.build(0)
+        if not pool.isActive():
+            pool.create(0)
+        if not pool.autostart():
+            pool.setAutostart(1)
+    except common.libvirt.libvirtError as exc:
+        raise LabError("storage pool %s on %s: %s" % (LOCAL_POOL_NAME, host.name, exc.get_error_message())) from exc
+    return pool
 
 
 def write_inventory(lab: Lab) -> None:
@@ -982,7 +1021,8 @@ def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
     A lab guest boots the lab's kernel and initrd directly and has the guest agent's channel. A tiny VM
     boots only its firmware, which finds nothing to boot and idles without rebooting; it has no agent
     channel, and its NIC no boot ROM (no network boot attempt). A VM with a shared disk has it as a
-    virtio disk (raw, cache none: libvirt counts such a disk safe to migrate on any file system).
+    virtio disk (raw, cache none: libvirt counts such a disk safe to migrate on any file system), and a
+    VM with a local disk has its qcow2 volume as the next virtio disk.
     """
     metadata = migration_metadata()
     console_log = "/var/log/libvirt/qemu/%s-console.log" % vm.name
@@ -1030,7 +1070,7 @@ def domain_xml(lab: Lab, vm: Vm, domain_type: str) -> str:
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>{escape(tool("qemu-system-x86_64"))}</emulator>
-    <controller type='usb' model='none'/>{shared_disk_xml(vm)}{agent}{nics}
+    <controller type='usb' model='none'/>{shared_disk_xml(vm)}{local_disk_xml(vm)}{agent}{nics}
     <serial type='file'>
       <source path='{console_log}'/>
       <target port='0'/>
@@ -1053,7 +1093,7 @@ def shared_disk_xml(vm: Vm) -> str:
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw' cache='none'/>
       <source file='{escape(vm.shared_disk)}'/>
-      <target dev='vda' bus='virtio'/>
+      <target dev='{SHARED_DISK_TARGET}' bus='virtio'/>
     </disk>"""
 
 
@@ -1070,6 +1110,117 @@ def create_shared_disk(vm: Vm, mib: int) -> None:
         os.close(fd)
     vm.shared_disk = str(path)
     vm.shared_disk_mib = mib
+
+
+def parse_disk_size(text: str) -> int:
+    """The bytes of `add-vm --disk SIZE`: a whole number and a binary unit (256M, 1G, 512MiB), 1M to 1T."""
+    match = DISK_SIZE.fullmatch(text)
+    size = int(match.group(1)) * DISK_UNITS[match.group(2)] if match else 0
+    if not match or not DISK_MIN_BYTES <= size <= DISK_MAX_BYTES:
+        raise LabError(
+            "bad --disk %r: expected a whole number and a binary unit K, M, G or T (256M, 1G, 512MiB), from 1M to 1T"
+            % text
+        )
+    return size
+
+
+def free_disk_target(vm: Vm) -> str:
+    """The first virtio target the VM's disks leave free (vda, or vdb next to a shared disk)."""
+    taken = {SHARED_DISK_TARGET} if vm.shared_disk else set()
+    return next("vd" + letter for letter in "abcdefghijklmnopqrstuvwxyz" if "vd" + letter not in taken)
+
+
+def local_volume_xml(name: str, size: int) -> str:
+    """The volume of a VM's local disk: NAME.qcow2, ``size`` bytes, nothing allocated (a thin qcow2)."""
+    return f"""<volume type='file'>
+  <name>{escape(name)}.qcow2</name>
+  <capacity unit='bytes'>{size}</capacity>
+  <allocation unit='bytes'>0</allocation>
+  <target>
+    <format type='qcow2'/>
+    <permissions><mode>0600</mode></permissions>
+  </target>
+</volume>"""
+
+
+def local_disk_xml(vm: Vm) -> str:
+    """The <disk> of a VM's local disk (its qcow2 volume, cache none, serial LOCAL_DISK_SERIAL), or ""."""
+    if not vm.local_disk:
+        return ""
+    return f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='{escape(vm.local_disk)}'/>
+      <target dev='{vm.local_disk_target}' bus='virtio'/>
+      <serial>{LOCAL_DISK_SERIAL}</serial>
+    </disk>"""
+
+
+def create_local_disk(lab: Lab, vm: Vm, size: int) -> None:
+    """Give the VM a thin qcow2 volume NAME.qcow2 of ``size`` bytes in the pool `virtops-local` of its host
+    (created by libvirt's storage API, so nothing is allocated); record it.
+    """
+    host = lab.host(str(vm.host_index))
+    with connect(host) as conn:
+        pool = ensure_local_pool(conn, host)
+        try:
+            # Files libvirt does not know yet (a leftover NAME.qcow2) count: creating over one fails.
+            pool.refresh(0)
+            path = pool.createXML(local_volume_xml(vm.name, size), 0).path()
+        except common.libvirt.libvirtError as exc:
+            raise LabError(
+                "creating the local disk %s.qcow2 in pool %s on %s: %s"
+                % (vm.name, LOCAL_POOL_NAME, host.name, exc.get_error_message())
+            ) from exc
+    vm.local_disk = path
+    vm.local_disk_bytes = size
+    vm.local_disk_target = free_disk_target(vm)
+
+
+def host_file(host: Host, path: str) -> Path:
+    """Where a path in one of the host's private directories (HOST_DIR_MOUNTS) is, seen from the root namespace."""
+    for directory, target in HOST_DIR_MOUNTS:
+        if path == target or path.startswith(target + "/"):
+            return host.path / directory / path[len(target) :].lstrip("/")
+    raise LabError("%s is in none of the private directories of %s" % (path, host.name))
+
+
+def delete_local_volume(host: Host, name: str) -> bool:
+    """Delete the volume ``name`` of the host's pool `virtops-local` through libvirt; False if there is none."""
+    with connect(host) as conn:
+        try:
+            pool = conn.storagePoolLookupByName(LOCAL_POOL_NAME)
+            pool.refresh(0)
+            pool.storageVolLookupByName(name).delete(0)
+        except common.libvirt.libvirtError as exc:
+            if exc.get_error_code() in (common.libvirt.VIR_ERR_NO_STORAGE_POOL, common.libvirt.VIR_ERR_NO_STORAGE_VOL):
+                return False
+            raise LabError("deleting %s on %s: %s" % (name, host.name, exc.get_error_message())) from exc
+    return True
+
+
+def remove_local_disk(lab: Lab, vm: Vm) -> list[str]:
+    """Delete the VM's local disk volume on every host that has one (after a move that copied it, the copy is
+    on another host); return those hosts. Call it once the VM is defined nowhere.
+
+    On a host that is down, or whose libvirtd does not answer, the volume is a file, deleted as such.
+    """
+    if not vm.local_disk:
+        return []
+    name = Path(vm.local_disk).name
+    where = []
+    for host in lab.hosts:
+        deleted = False
+        if not host.down_reason:
+            with contextlib.suppress(LabError):
+                deleted = delete_local_volume(host, name)
+        path = host_file(host, LOCAL_POOL_PATH + "/" + name)
+        if path.exists():
+            path.unlink()
+            deleted = True
+        if deleted:
+            where.append(host.name)
+    return where
 
 
 def start_vm(lab: Lab, vm: Vm) -> None:
@@ -1707,6 +1858,9 @@ def cmd_add_vm(args: argparse.Namespace) -> int:
             raise LabError("--tiny and --python exclude each other (a tiny VM has no kernel)")
         if args.shared_disk is not None and args.shared_disk < 1:
             raise LabError("--shared-disk must be at least 1 MiB")
+        disk_bytes = parse_disk_size(args.disk) if args.disk is not None else 0
+        if disk_bytes:
+            require(["qemu-img"])
         vms = [
             parse_vm(spec, len(lab.hosts), tiny=args.tiny, failover=args.failover or "", python=args.python)
             for spec in args.vm
@@ -1734,13 +1888,20 @@ def cmd_add_vm(args: argparse.Namespace) -> int:
                     taken = {dom.name() for dom in conn.listAllDomains(0)} & {vm.name for vm in vms}
             if taken:
                 raise LabError("%s already has a domain named %s" % (host.name, ", ".join(sorted(taken))))
+            if disk_bytes and not host.down_reason:
+                # Every host has the pool, so that a move that copies the disk finds it on its destination.
+                with connect(host) as conn:
+                    ensure_local_pool(conn, host)
         for vm in vms:
             if args.shared_disk:
                 create_shared_disk(vm, args.shared_disk)
             try:
+                if disk_bytes:
+                    create_local_disk(lab, vm, disk_bytes)
                 start_vm(lab, vm)
             except LabError:
                 remove_shared_disk(vm)
+                remove_local_disk(lab, vm)
                 raise
             lab.vms.append(vm)
             lab.save()
@@ -1755,6 +1916,11 @@ def cmd_add_vm(args: argparse.Namespace) -> int:
             )
         if vm.shared_disk:
             say("%s: shared disk %s (%d MiB, raw, sparse)" % (vm.name, vm.shared_disk, vm.shared_disk_mib))
+        if vm.local_disk:
+            say(
+                "%s: local disk %s (%s, thin qcow2, target %s; %s in the guest)"
+                % (vm.name, vm.local_disk, args.disk, vm.local_disk_target, LOCAL_DISK_GUEST_PATH)
+            )
     return 0
 
 
@@ -1768,9 +1934,17 @@ def cmd_remove_vm(args: argparse.Namespace) -> int:
         for name in args.name:
             where = remove_vm_everywhere(lab, name)
             remove_shared_disk(lab.vm(name))
+            disks = remove_local_disk(lab, lab.vm(name))
             lab.vms = [vm for vm in lab.vms if vm.name != name]
             lab.save()
-            say("removed %s%s" % (name, " (from %s)" % ", ".join(where) if where else " (it was defined nowhere)"))
+            say(
+                "removed %s%s%s"
+                % (
+                    name,
+                    " (from %s)" % ", ".join(where) if where else " (it was defined nowhere)",
+                    " and its local disk (from %s)" % ", ".join(disks) if disks else "",
+                )
+            )
     return 0
 
 

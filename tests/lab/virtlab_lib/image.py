@@ -1,8 +1,9 @@
 # Copyright (c) virtops.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The guest image: Debian's cloud kernel booted directly with an initramfs of busybox-static,
-qemu-guest-agent and the lab's memory-dirtying workload (guest/virtlab-dirty.c, compiled here with
-gcc -static), cached in CACHE_DIR/guest; the KVM probe that decides whether guests run under KVM or
+qemu-guest-agent and the lab's workloads (guest/virtlab-dirty.c, which dirties memory, and
+guest/virtlab-blocks.c, which writes and verifies disk blocks; compiled here with gcc -static),
+cached in CACHE_DIR/guest; the KVM probe that decides whether guests run under KVM or
 TCG (cached per image and host kernel); and the `image` command.
 """
 
@@ -44,18 +45,23 @@ from .common import (
 IMAGE_TOOLS = ("apt-get", "dpkg", "dpkg-deb", "busybox", "ldd", "gcc")
 
 # Guest image: Debian's cloud kernel, plus an initramfs of busybox-static, qemu-guest-agent and the
-# lab's own memory-dirtying workload (compiled from guest/virtlab-dirty.c, linked statically).
+# lab's own workloads, each compiled from guest/NAME.c and linked statically: virtlab-dirty rewrites
+# guest memory, virtlab-blocks writes numbered, checksummed blocks to a disk and verifies them.
 # IMAGE_FORMAT changes whenever what goes into the image changes, so that a cached image is rebuilt.
-IMAGE_FORMAT = 3
+IMAGE_FORMAT = 4
 DIRTIER_SOURCE = LAB_DIR / "guest" / "virtlab-dirty.c"
 DIRTIER_PATH = "/usr/bin/virtlab-dirty"
+BLOCKS_SOURCE = LAB_DIR / "guest" / "virtlab-blocks.c"
+BLOCKS_PATH = "/usr/bin/virtlab-blocks"
+GUEST_PROGRAMS = ((DIRTIER_SOURCE, DIRTIER_PATH), (BLOCKS_SOURCE, BLOCKS_PATH))
 STATIC_LIBC = Path("/usr/lib/x86_64-linux-gnu/libc.a")
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 AGENT_PACKAGE = "qemu-guest-agent"
-# Kernel modules the guest needs (dependencies are added from each module's own modinfo): virtio, the
-# failover driver pair virtio_net pulls in, vmxnet3 (the emulated NIC that stands in for an SR-IOV VF
-# in the lab's failover guests: Debian's cloud kernel has no e1000e) and bonding (which needs tls).
-GUEST_MODULES_REQUIRED = ("virtio_pci", "virtio_console")
+# Kernel modules the guest needs (dependencies are added from each module's own modinfo): virtio, its
+# disks (virtio_blk: a VM's shared or local disk, see hosts.py), the failover driver pair virtio_net
+# pulls in, vmxnet3 (the emulated NIC that stands in for an SR-IOV VF in the lab's failover guests:
+# Debian's cloud kernel has no e1000e) and bonding (which needs tls).
+GUEST_MODULES_REQUIRED = ("virtio_pci", "virtio_console", "virtio_blk")
 GUEST_MODULES_OPTIONAL = ("virtio_net", "net_failover", "failover", "vmxnet3", "bonding")
 # insmod parameters: bonding makes no bond0 of its own (a bond guest creates it through sysfs).
 GUEST_MODULE_PARAMETERS = {"bonding": "max_bonds=0"}
@@ -185,6 +191,13 @@ while [ "$tries" -lt 100 ]; do
     [ -e /dev/virtio-ports/@CHANNEL@ ] && break
     tries=$((tries + 1))
     sleep 0.1
+done
+# Nor the /dev/disk/by-id/virtio-SERIAL links of the virtio disks that have a serial (the local disk).
+for disk in /sys/block/vd*; do
+    serial=$(cat "$disk/serial" 2>/dev/null)
+    [ -n "$serial" ] || continue
+    mkdir -p /dev/disk/by-id
+    ln -sf "../../${disk##*/}" "/dev/disk/by-id/virtio-$serial"
 done
 
 # The guest's network log: wall clock, seconds since boot, what happened.
@@ -561,13 +574,13 @@ def cached_image() -> dict[str, t.Any] | None:
     return description
 
 
-def build_dirtier(output: Path) -> None:
-    """Compile the guest's memory-dirtying workload, statically linked (the guest has no libc)."""
+def build_guest_program(source: Path, output: Path) -> None:
+    """Compile one of the guest's workloads (GUEST_PROGRAMS), statically linked (the guest has no libc)."""
     if not STATIC_LIBC.exists():
         raise LabError("linking the guest workload statically needs %s: `apt-get install libc6-dev`" % STATIC_LIBC)
-    proc = run([tool("gcc"), "-O2", "-static", "-Wall", "-o", str(output), str(DIRTIER_SOURCE)], check=False)
+    proc = run([tool("gcc"), "-O2", "-static", "-Wall", "-o", str(output), str(source)], check=False)
     if proc.returncode != 0:
-        raise LabError("compiling %s failed:\n%s" % (DIRTIER_SOURCE, (proc.stdout + proc.stderr).strip()))
+        raise LabError("compiling %s failed:\n%s" % (source, (proc.stdout + proc.stderr).strip()))
 
 
 def build_image(force: bool = False) -> dict[str, t.Any]:
@@ -618,9 +631,10 @@ def build_image(force: bool = False) -> dict[str, t.Any]:
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink("/bin/busybox", link)
         copy_into(root, agent_binary, "/usr/sbin/qemu-ga", 0o755)
-        dirtier = work / "virtlab-dirty"
-        build_dirtier(dirtier)
-        copy_into(root, dirtier, DIRTIER_PATH, 0o755)
+        for source, target in GUEST_PROGRAMS:
+            program = work / source.stem
+            build_guest_program(source, program)
+            copy_into(root, program, target, 0o755)
         libraries = shared_libraries(agent_binary)
         for library in libraries:
             copy_into(root, Path(library), library, 0o755)
