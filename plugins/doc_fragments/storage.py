@@ -39,7 +39,7 @@ options:
     type: str
     choices: [shared, copy, auto]
     default: shared
-    version_added: 0.3.0
+    version_added: 0.2.0
   synchronous_writes:
     description:
       - While disks are copied, the guest's writes go to both the source and the destination at once
@@ -48,7 +48,7 @@ options:
       - Used only when disks are copied (O(storage)).
     type: bool
     default: false
-    version_added: 0.3.0
+    version_added: 0.2.0
   remove_source_disks:
     description:
       - After a move that copied disks, and once the VM is verified running on the destination with the
@@ -56,12 +56,12 @@ options:
       - With V(false), they are kept and listed in the result, for the operator to remove.
     type: bool
     default: false
-    version_added: 0.3.0
+    version_added: 0.2.0
   shared_storage:
     description:
       - The cluster's shared storage, a directory every host mounts at the same path, usually the inventory
         variable C(virtops_shared_storage). With O(storage=auto), disks under it are not copied.
       - An absolute path; it is compared with the disks' paths only, never read.
     type: path
-    version_added: 0.3.0
+    version_added: 0.2.0
 """

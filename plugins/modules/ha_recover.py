@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: ha_recover
 short_description: Restart the highly available VMs of a failed KVM/libvirt host on the other hosts, never twice
-version_added: 0.3.0
+version_added: 0.2.0
 description:
   - Checks every host of the cluster (O(hosts)) through libvirt and through a TCP connection to its SSH port.
     A host that answers neither is checked again, O(checks) times in all, O(check_interval) seconds apart;

@@ -324,7 +324,7 @@ copies_cleaned:
   returned: when such volumes were found, not in check mode (check mode warns instead)
   type: list
   elements: dict
-  version_added: 0.3.0
+  version_added: 0.2.0
   sample: [{event: copies_cleaned, destination: "qemu+tls://hv2.example.com/system", deleted: [/var/lib/libvirt/images/db1.qcow2], kept: null}]
 shutdown:
   description: VMs shut down for the maintenance.

@@ -113,14 +113,14 @@ options:
       - V(true) needs O(shared_storage), and every disk of the VM on it (a file or block device under that
         path, or a network disk); otherwise the module fails naming the disks, and writes nothing.
     type: raw
-    version_added: 0.3.0
+    version_added: 0.2.0
   shared_storage:
     description:
       - The cluster's shared storage, a directory every host mounts at the same path, usually the inventory
         variable C(virtops_shared_storage). When given, the VM's definition is written into the
         high-availability store there when O(high_availability=true), and removed when V(false).
     type: path
-    version_added: 0.3.0
+    version_added: 0.2.0
 notes:
   - The settings are stored under the namespace C(https://virtops.github.io/xmlns/migration/1).
 seealso:

@@ -415,7 +415,7 @@ storage:
     - The same list of disks is in the plan (RV(plan)), under C(storage).
   returned: state=migrated and disks are copied (in check mode too)
   type: dict
-  version_added: 0.3.0
+  version_added: 0.2.0
   sample:
     mode: auto
     disks:
