@@ -176,7 +176,7 @@ def test_watch_follows_a_real_background_job(tmp_path: Path) -> None:
     ansible_python_interpreter: "{{ ansible_playbook_python }}"
   tasks:
     - name: Start a job that takes a few looks
-      ansible.builtin.command: sleep 2
+      ansible.builtin.command: sleep 8
       async: 60
       poll: 0
       register: job

@@ -145,6 +145,22 @@ def running_job(cluster: Cluster) -> None:
     cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "operation": libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT}
 
 
+def after_the_job_is_seen(cluster: Cluster, delay: float, action: t.Callable[[], None]) -> threading.Timer:
+    """Run ``action`` ``delay`` s after the run first reads the VM's job (and so decides to adopt it), however
+    slowly the run gets there on a busy machine; the timer, to join."""
+    timer = threading.Timer(delay, action)
+    first_look = cluster.vm.jobStats
+
+    def job_stats(flags: int = 0) -> t.Dict[str, t.Any]:
+        stats = first_look(flags)
+        if timer.ident is None:
+            timer.start()
+        return stats
+
+    cluster.vm.jobStats = job_stats  # type: ignore[method-assign]
+    return timer
+
+
 RUNNING_ON_SOURCE = {"state": "running", "reason": "booted", "active": True, "persistent": True}
 RUNNING_ON_DESTINATION = {"state": "running", "reason": "booted", "active": True, "persistent": True}
 
@@ -979,8 +995,9 @@ def test_a_planned_move_adopts_a_job_a_lost_run_left(cluster: Cluster, tmp_path:
         cluster.move()
         cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
 
-    threading.Timer(0.05, finish).start()
+    timer = after_the_job_is_seen(cluster, 0.05, finish)
     outcome = job_runner(tmp_path, cluster).carry_out(planned_move())
+    timer.join()
     assert outcome["adopted"] is True and outcome["outcome"] == "migrated"
     assert outcome["observed"]["destination"] == RUNNING_ON_DESTINATION
     assert not [call for call in cluster.vm.calls if call[0] == "migrateToURI3"]
@@ -1515,8 +1532,7 @@ def test_an_adopted_job_plugs_in_the_vfs_the_lost_run_unplugged(cluster: Cluster
         cluster.leave_source()
         cluster.vm.job = {"type": libvirt.VIR_DOMAIN_JOB_NONE}  # the job ends once the VM is there
 
-    timer = threading.Timer(0.1, arrive_without_vf)
-    timer.start()
+    timer = after_the_job_is_seen(cluster, 0.1, arrive_without_vf)
     result = migrator(tmp_path).migrate(check_mode=False)
     timer.join()
     (arrived,) = cluster.destination.domains
