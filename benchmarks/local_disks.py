@@ -105,7 +105,7 @@ def main() -> int:
                 walls[label].append(wall)
                 rates[label].append(mib / wall)
                 here = there
-        verdict = virtlab("exec", VM, "--timeout", "600", "--", "virtlab-blocks", "verify", DEVICE, check=False, timeout=700)
+        verdict = virtlab("exec", "--timeout", "600", VM, "--", "virtlab-blocks", "verify", DEVICE, check=False, timeout=700)
         report = json.loads(verdict.stdout) if verdict.stdout.startswith("{") else {}
         if verdict.returncode != 0 or report.get("blocks", 0) < blocks:
             raise SystemExit("the guest's disk lost blocks after the moves: %s %s" % (verdict.stdout, verdict.stderr))

@@ -425,7 +425,7 @@ def assert_no_lost_blocks(vm: str, device: str = LOCAL_DISK, timeout: float = 30
     """
     status = json.loads(guest_exec(vm, "virtlab-blocks", "stop").stdout)
     assert status["acked"] is not None and (status["result"] or {}).get("stopped") == "signal", "block writer in %s: %s" % (vm, status)
-    proc = virtlab("exec", vm, "--timeout", "%g" % timeout, "--", "virtlab-blocks", "verify", device, check=False, timeout=timeout + 60)
+    proc = virtlab("exec", "--timeout", "%g" % timeout, vm, "--", "virtlab-blocks", "verify", device, check=False, timeout=timeout + 60)
     verdict: dict[str, t.Any] = json.loads(proc.stdout) if proc.stdout.startswith("{") else {}
     assert proc.returncode == 0 and verdict.get("blocks", 0) >= status["acked"] + 1, "disk of %s after %s acknowledged blocks: %s %s" % (
         vm,
