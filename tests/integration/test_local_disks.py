@@ -167,7 +167,7 @@ def test_an_evacuation_copies_local_disks_and_moves_diskless_vms_alike(lab: Path
         homes = vm_homes(name)
         assert len(homes) == 1 and "lab-h2" not in homes and list(homes.values()) == ["running"], (name, homes)
     for name in with_disk:
-        (host,) = vm_homes(name)
+        host = next(iter(vm_homes(name)))
         assert allocation(lab, host, volume(name)) is not None, "%s runs on %s from its copied disk" % (name, host)
         assert records[name]["storage"]["source_disks_removed"] == [volume(name)], records[name]
         assert allocation(lab, "lab-h2", volume(name)) is None
