@@ -102,6 +102,8 @@ def test_a_writing_guest_moves_h1_h2_h3_with_its_thin_disk_and_aborted_copies_le
     assert_thin_copy(lab, "lab-h2", "lab-h3", path)
     repeat = run_module(lab, "lab-h3", MIGRATE, again)
     assert repeat["changed"] is False, repeat
+    repeat_checked = run_module(lab, "lab-h3", MIGRATE, again, check_mode=True)
+    assert repeat_checked["changed"] is False, repeat_checked
     assert blocks_status(vm)["running"] is True
 
     # A volume the operator kept on a host is never overwritten: a move back there is refused.
@@ -172,6 +174,9 @@ def test_an_evacuation_copies_local_disks_and_moves_diskless_vms_alike(lab: Path
         assert records[name]["storage"]["source_disks_removed"] == [volume(name)], records[name]
         assert allocation(lab, "lab-h2", volume(name)) is None
     assert_no_vm_lost()
+    for check_mode in (False, True):
+        again = run_module(lab, "lab-h2", MAINTENANCE, args, check_mode=check_mode)
+        assert again["changed"] is False, again
     activated = run_module(lab, "lab-h2", MAINTENANCE, {"state": "active"})
     assert activated.get("failed") is not True, activated
 
